@@ -1,0 +1,138 @@
+//! The one Redis key scheme. Every key that belongs to a partition carries the hash tag
+//! `{<family>:<partition>}`, so a partition's stream, its dead letters and any per-partition
+//! bookkeeping hash to the same cluster slot: multi-key commands and Lua scripts that touch them
+//! run unchanged on a single Redis and on Redis Cluster.
+//!
+//! ```text
+//! <prefix>:stream:{events:3}       the stream of partition 3 of the `events` family
+//! <prefix>:dlq.events:{events:3}   its dead letters (the `dlq.events` family, same slot)
+//! ```
+//!
+//! The prefix isolates deployments (and tests) sharing one Redis.
+
+use crate::ids::TenantId;
+use crate::names::StreamName;
+
+/// Builds every key of one deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyScheme {
+    prefix: String,
+}
+
+impl KeyScheme {
+    /// `prefix` must not contain `{` or `}`: a brace in it would move the hash tag.
+    pub fn new(prefix: impl Into<String>) -> Result<Self, String> {
+        let prefix = prefix.into();
+        if prefix.is_empty() || prefix.contains(['{', '}']) || prefix.contains(char::is_whitespace) {
+            return Err(format!("key prefix {prefix:?} must be non-empty, without braces or spaces"));
+        }
+        Ok(Self { prefix })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn partition(&self, family: &StreamName, partition: u16) -> PartitionKeys {
+        let tag = format!("{{{family}:{partition}}}");
+        PartitionKeys {
+            family: family.clone(),
+            partition,
+            stream: format!("{}:stream:{tag}", self.prefix),
+            dead_letters: format!("{}:dlq.{family}:{tag}", self.prefix),
+        }
+    }
+}
+
+/// The keys of one partition of one stream family; all in one cluster slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionKeys {
+    pub family: StreamName,
+    pub partition: u16,
+    pub stream: String,
+    pub dead_letters: String,
+}
+
+/// FNV-1a, 64 bit. Chosen because it is tiny, has no dependency and, unlike `std`'s
+/// `DefaultHasher`, is guaranteed never to change between Rust releases: a tenant must map to
+/// the same partition forever, or its resume cursors would point into the wrong stream.
+fn fnv1a_64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// `partition = hash(tenant) % partitions`: all of a tenant's events land in one partition, so
+/// they are totally ordered and one entry id is a complete resume cursor.
+pub fn partition_for_tenant(tenant: &TenantId, partitions: u16) -> u16 {
+    assert!(partitions > 0, "partition count is validated to be at least 1");
+    (fnv1a_64(tenant.0.as_bytes()) % u64::from(partitions)) as u16
+}
+
+/// Redis Cluster's slot for a key (CRC16/XMODEM of the hash tag, mod 16384), used by tests and
+/// tooling to check that keys that must share a slot do.
+pub fn cluster_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = match key.find('{') {
+        Some(open) => match key[open + 1..].find('}') {
+            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
+            _ => bytes,
+        },
+        None => bytes,
+    };
+    let mut crc: u16 = 0;
+    for byte in hashed {
+        crc ^= u16::from(*byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc % 16_384
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    #[test]
+    fn partition_keys_share_one_slot() {
+        let scheme = KeyScheme::new("chatdesk").unwrap();
+        let events = StreamName::parse("events").unwrap();
+        let keys = scheme.partition(&events, 3);
+        assert_eq!(keys.stream, "chatdesk:stream:{events:3}");
+        assert_eq!(keys.dead_letters, "chatdesk:dlq.events:{events:3}");
+        assert_eq!(cluster_slot(&keys.stream), cluster_slot(&keys.dead_letters));
+        assert_ne!(cluster_slot(&keys.stream), cluster_slot(&scheme.partition(&events, 4).stream));
+    }
+
+    #[test]
+    fn cluster_slot_matches_redis() {
+        // Values from CLUSTER KEYSLOT on Redis 7.
+        assert_eq!(cluster_slot("foo"), 12182);
+        assert_eq!(cluster_slot("{user1000}.following"), cluster_slot("{user1000}.followers"));
+        assert_eq!(cluster_slot("123456789"), 12739);
+    }
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        let tenant = TenantId(Uuid::from_u128(0x0192_0000_0000_7000_8000_0000_0000_0001));
+        assert_eq!(partition_for_tenant(&tenant, 8), partition_for_tenant(&tenant, 8));
+        let mut seen = [0u32; 8];
+        for index in 0..800u128 {
+            let tenant = TenantId(Uuid::from_u128(index * 7919));
+            seen[partition_for_tenant(&tenant, 8) as usize] += 1;
+        }
+        assert!(seen.iter().all(|count| *count > 50), "uneven spread: {seen:?}");
+    }
+
+    #[test]
+    fn prefixes_with_braces_are_refused() {
+        assert!(KeyScheme::new("a{b").is_err());
+        assert!(KeyScheme::new("").is_err());
+        assert!(KeyScheme::new("test-1").is_ok());
+    }
+}

@@ -1,0 +1,105 @@
+//! Connections to Redis (a single server or a cluster, chosen by the URL scheme:
+//! `redis://` or `redis-cluster://host:port?node=host2:port2`).
+//!
+//! A blocking `XREADGROUP` occupies its connection for the whole BLOCK time, so every blocking
+//! reader gets a connection of its own ([`RedisConnector::dedicated`]); everything else shares
+//! one client ([`RedisConnector::shared`]).
+//!
+//! fred reconnects forever with exponential backoff after the server goes away. Commands are
+//! attempted once: a command whose connection dropped fails instead of being re-sent, because
+//! re-sending an XADD that Redis already executed would append it twice. Callers that can
+//! safely repeat a command (XACK, reads) retry it themselves.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Upper bound for any non-blocking command, so nothing hangs while Redis is away.
+    pub command_timeout: Duration,
+}
+
+impl RedisSettings {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), command_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Builds connected fred clients from one configuration.
+#[derive(Clone)]
+pub struct RedisConnector {
+    settings: RedisSettings,
+    config: Config,
+}
+
+impl std::fmt::Debug for RedisConnector {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("RedisConnector").field("url", &redact(&self.settings.url)).finish()
+    }
+}
+
+/// The URL without a password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}://***@{}", &url[..scheme_end], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl RedisConnector {
+    pub fn new(settings: RedisSettings) -> Result<Self, Error> {
+        let config = Config::from_url(&settings.url)?;
+        Ok(Self { settings, config })
+    }
+
+    pub fn settings(&self) -> &RedisSettings {
+        &self.settings
+    }
+
+    fn build(&self, command_timeout: Duration) -> Result<Client, Error> {
+        Builder::from_config(self.config.clone())
+            .with_performance_config(|performance| {
+                performance.default_command_timeout = command_timeout;
+            })
+            .with_connection_config(|connection| {
+                connection.connection_timeout = Duration::from_secs(5);
+                connection.internal_command_timeout = Duration::from_secs(5);
+                connection.max_command_attempts = 1;
+                connection.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(command_timeout + Duration::from_secs(5)),
+                    interval: Duration::from_secs(1),
+                };
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .build()
+    }
+
+    /// A connected client for ordinary (non-blocking) commands; cheap to clone and share.
+    pub async fn shared(&self) -> Result<Client, Error> {
+        let client = self.build(self.settings.command_timeout)?;
+        client.init().await?;
+        Ok(client)
+    }
+
+    /// A connected client of its own for a blocking reader whose BLOCK is at most `block`.
+    pub async fn dedicated(&self, block: Duration) -> Result<Client, Error> {
+        let client = self.build(block + self.settings.command_timeout)?;
+        client.init().await?;
+        Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("redis://user:secret@host:6379"), "redis://***@host:6379");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

@@ -1,0 +1,85 @@
+//! Appending entries. The producer picks the partition from the tenant
+//! (`hash(tenant) % partitions`), so a tenant's events are totally ordered in one stream.
+//!
+//! Entries are appended without MAXLEN: a length cap would delete entries that durable groups
+//! have not acknowledged yet. Trimming is done separately, never past those groups.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chatdesk_core::keys::partition_for_tenant;
+use chatdesk_core::{EntryId, KeyScheme, StreamsConfig};
+use fred::prelude::*;
+use fred::types::streams::XID;
+
+use crate::entry::NewEntry;
+use crate::metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    #[error("stream family {0:?} is not declared in streams.toml")]
+    UnknownStream(String),
+    #[error("partition {partition} does not exist in stream {stream} ({partitions} partitions)")]
+    NoSuchPartition { stream: String, partition: u16, partitions: u16 },
+    #[error("XADD to {key} failed")]
+    Redis {
+        key: String,
+        #[source]
+        source: Error,
+    },
+    #[error("XADD to {key} returned an invalid id {id:?}")]
+    InvalidId { key: String, id: String },
+}
+
+/// Where an entry landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub partition: u16,
+    pub id: EntryId,
+}
+
+#[derive(Clone)]
+pub struct Producer {
+    client: Client,
+    keys: KeyScheme,
+    config: Arc<StreamsConfig>,
+}
+
+impl Producer {
+    pub fn new(client: Client, keys: KeyScheme, config: Arc<StreamsConfig>) -> Self {
+        Self { client, keys, config }
+    }
+
+    fn partitions(&self, family: &str) -> Result<(chatdesk_core::StreamName, u16), ProduceError> {
+        let stream = self.config.stream(family).ok_or_else(|| ProduceError::UnknownStream(family.to_owned()))?;
+        Ok((stream.name.clone(), stream.partitions))
+    }
+
+    /// Appends `entry` to its tenant's partition of `family` and returns the entry id once
+    /// Redis acknowledged the XADD.
+    pub async fn append(&self, family: &str, entry: &NewEntry) -> Result<Appended, ProduceError> {
+        let (_, partitions) = self.partitions(family)?;
+        self.append_to_partition(family, partition_for_tenant(&entry.tenant, partitions), entry).await
+    }
+
+    /// Appends to an explicit partition (replays and tooling that must keep an entry where it
+    /// was).
+    pub async fn append_to_partition(&self, family: &str, partition: u16, entry: &NewEntry) -> Result<Appended, ProduceError> {
+        let (name, partitions) = self.partitions(family)?;
+        if partition >= partitions {
+            return Err(ProduceError::NoSuchPartition { stream: family.to_owned(), partition, partitions });
+        }
+        let key = self.keys.partition(&name, partition).stream;
+        let started = Instant::now();
+        let id: String = self
+            .client
+            .xadd(&key, false, None::<()>, XID::Auto, entry.fields())
+            .await
+            .map_err(|source| ProduceError::Redis { key: key.clone(), source })?;
+        let labels = [("stream", name.to_string())];
+        ::metrics::histogram!(metrics::APPEND_DURATION_SECONDS, &labels).record(started.elapsed().as_secs_f64());
+        ::metrics::counter!(metrics::ENTRIES_APPENDED_TOTAL, &labels).increment(1);
+        let id = id.parse().map_err(|_| ProduceError::InvalidId { key, id })?;
+        Ok(Appended { partition, id })
+    }
+}

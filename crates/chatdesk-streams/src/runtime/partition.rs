@@ -1,0 +1,441 @@
+//! The loop of one partition of one consumer. See the module docs of [`super`] for the
+//! sequence; this file is the state machine behind it.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatdesk_core::{EntryId, GroupName, GroupSettings, PartitionKeys};
+use fred::prelude::*;
+use fred::types::streams::XID;
+use futures::FutureExt;
+use rand::Rng;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::consumer::ensure_group;
+use super::dead_letter::{DeadLetter, dead_letter};
+use super::{Batch, Handler, Outcome};
+use crate::entry::{decode, value_text};
+use crate::metrics;
+
+const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(100);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
+const ERROR_BACKOFF_BASE: Duration = Duration::from_millis(100);
+const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(3);
+/// How long shutdown keeps trying to acknowledge finished entries while Redis is unreachable.
+const SHUTDOWN_ACK_DEADLINE: Duration = Duration::from_secs(10);
+
+/// An entry as read, before decoding.
+struct RawEntry {
+    id: String,
+    fields: Vec<(String, String)>,
+    delivery_count: u64,
+}
+
+/// Where a batch came from; decides how delivery counts are known.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    New,
+    OwnPending,
+    Claimed,
+}
+
+fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exponential = base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(16)));
+    let capped = exponential.min(max);
+    // Full jitter on the upper half keeps retries of many partitions from synchronising.
+    let half = capped / 2;
+    half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis().max(1) as u64))
+}
+
+pub(super) struct PartitionWorker<H> {
+    shared: Client,
+    reader: Client,
+    keys: PartitionKeys,
+    group: GroupName,
+    consumer: String,
+    settings: GroupSettings,
+    handler: Arc<H>,
+    permits: Arc<Semaphore>,
+    labels: [(&'static str, String); 3],
+    /// Entries the handler finished whose XACK has not been confirmed yet.
+    unacked: Vec<String>,
+    /// Our own pending list may hold entries (after a retry, a restart, or a Redis error).
+    own_pending: bool,
+    retry_attempt: u32,
+    retry_not_before: Option<Instant>,
+    last_errors: HashMap<String, String>,
+    next_claim_at: Instant,
+    claim_cursor: String,
+}
+
+impl<H: Handler> PartitionWorker<H> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        shared: Client,
+        reader: Client,
+        keys: PartitionKeys,
+        group: GroupName,
+        consumer: String,
+        settings: GroupSettings,
+        handler: Arc<H>,
+        permits: Arc<Semaphore>,
+    ) -> Self {
+        let labels =
+            [("stream", keys.family.to_string()), ("group", group.to_string()), ("partition", keys.partition.to_string())];
+        Self {
+            shared,
+            reader,
+            keys,
+            group,
+            consumer,
+            settings,
+            handler,
+            permits,
+            labels,
+            unacked: Vec::new(),
+            // A consumer restarted under the same name picks up what it had in hand.
+            own_pending: true,
+            retry_attempt: 0,
+            retry_not_before: None,
+            last_errors: HashMap::new(),
+            // Claim once right away: a survivor takes over a crashed peer's old work promptly.
+            next_claim_at: Instant::now(),
+            claim_cursor: "0-0".to_owned(),
+        }
+    }
+
+    fn claim_interval(&self) -> Duration {
+        (self.settings.claim_idle / 2).max(Duration::from_millis(100))
+    }
+
+    pub(super) async fn run(mut self, cancel: CancellationToken) {
+        let mut error_attempt = 0;
+        while !cancel.is_cancelled() {
+            match self.step(&cancel).await {
+                Ok(()) => error_attempt = 0,
+                Err(error) => {
+                    error_attempt += 1;
+                    metrics::record_redis_error(&self.labels, "consume");
+                    tracing::warn!(
+                        stream = %self.keys.family,
+                        group = %self.group,
+                        partition = self.keys.partition,
+                        error = %error,
+                        "stream read failed, retrying"
+                    );
+                    // Whatever was delivered before the error is in our pending list.
+                    self.own_pending = true;
+                    if error.details().starts_with("NOGROUP") {
+                        // The stream (and its groups) vanished, e.g. Redis restarted without
+                        // persistence: recreate so the partition keeps flowing.
+                        let _ = ensure_group(&self.shared, &self.keys.stream, self.group.as_str(), self.settings.start).await;
+                    }
+                    let pause = backoff(ERROR_BACKOFF_BASE, ERROR_BACKOFF_MAX, error_attempt);
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = cancel.cancelled() => {}
+                    }
+                }
+            }
+        }
+        let deadline = Instant::now() + SHUTDOWN_ACK_DEADLINE;
+        while !self.unacked.is_empty() && Instant::now() < deadline {
+            if self.flush_acks().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        if !self.unacked.is_empty() {
+            tracing::warn!(
+                stream = %self.keys.family,
+                group = %self.group,
+                partition = self.keys.partition,
+                entries = self.unacked.len(),
+                "stopping with finished entries unacknowledged; they will be delivered again"
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.reader.quit()).await;
+    }
+
+    /// One turn of the loop: acknowledge, then read from our pending list, from claimable
+    /// entries or from new entries, and handle what was read.
+    async fn step(&mut self, cancel: &CancellationToken) -> Result<(), Error> {
+        self.flush_acks().await?;
+        let (source, entries) = if self.own_pending {
+            if let Some(not_before) = self.retry_not_before {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(not_before) => {}
+                    _ = cancel.cancelled() => return Ok(()),
+                }
+            }
+            let entries = self.read(XID::Manual("0".into()), None).await?;
+            if entries.is_empty() {
+                self.own_pending = false;
+                self.retry_attempt = 0;
+                self.retry_not_before = None;
+                self.last_errors.clear();
+                return Ok(());
+            }
+            (Source::OwnPending, entries)
+        } else if Instant::now() >= self.next_claim_at {
+            let entries = self.claim().await?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            (Source::Claimed, entries)
+        } else {
+            let until_claim = self.next_claim_at.saturating_duration_since(Instant::now());
+            let block = self.settings.block.min(until_claim).max(Duration::from_millis(1));
+            let entries = tokio::select! {
+                read = self.read(XID::NewInGroup, Some(block)) => read?,
+                // Dropping the read may leave entries delivered to us; they stay in our pending
+                // list and are claimed by a peer (or re-read by us under the same name).
+                _ = cancel.cancelled() => return Ok(()),
+            };
+            if entries.is_empty() {
+                return Ok(());
+            }
+            (Source::New, entries)
+        };
+        let entries = if source == Source::New { entries } else { self.with_delivery_counts(entries).await? };
+        let batch_len = entries.len();
+        let span = tracing::info_span!(
+            "batch",
+            stream = %self.keys.family,
+            group = %self.group,
+            partition = self.keys.partition,
+            batch_len,
+            done = tracing::field::Empty,
+            retried = tracing::field::Empty,
+            dead_lettered = tracing::field::Empty,
+        );
+        self.process(entries).instrument(span).await
+    }
+
+    async fn read(&self, id: XID, block: Option<Duration>) -> Result<Vec<RawEntry>, Error> {
+        let response: HashMap<String, Vec<(String, HashMap<String, Value>)>> = self
+            .reader
+            .xreadgroup_map(
+                self.group.as_str(),
+                self.consumer.as_str(),
+                Some(u64::from(self.settings.batch_size)),
+                block.map(|block| block.as_millis() as u64),
+                false,
+                self.keys.stream.as_str(),
+                id,
+            )
+            .await?;
+        Ok(response.into_values().flatten().map(|(id, fields)| raw_entry(id, fields)).collect())
+    }
+
+    /// XAUTOCLAIM: take over entries idle past `claim_idle`, a batch at a time, walking the
+    /// pending list with a cursor until it wraps.
+    async fn claim(&mut self) -> Result<Vec<RawEntry>, Error> {
+        let (cursor, claimed, deleted): (String, Value, Vec<String>) = self
+            .shared
+            .xautoclaim(
+                self.keys.stream.as_str(),
+                self.group.as_str(),
+                self.consumer.as_str(),
+                self.settings.claim_idle.as_millis() as u64,
+                self.claim_cursor.as_str(),
+                Some(u64::from(self.settings.batch_size)),
+                false,
+            )
+            .await?;
+        if cursor == "0-0" {
+            self.next_claim_at = Instant::now() + self.claim_interval();
+        }
+        self.claim_cursor = cursor;
+        if !deleted.is_empty() {
+            ::metrics::counter!(metrics::ENTRIES_LOST_TOTAL, &self.labels).increment(deleted.len() as u64);
+            tracing::error!(
+                stream = %self.keys.family,
+                group = %self.group,
+                partition = self.keys.partition,
+                ids = ?deleted,
+                "pending entries were deleted from the stream before the group handled them"
+            );
+        }
+        let entries: Vec<(String, HashMap<String, Value>)> = if claimed.is_null() { Vec::new() } else { claimed.into_xread_value()? };
+        if !entries.is_empty() {
+            ::metrics::counter!(metrics::ENTRIES_CLAIMED_TOTAL, &self.labels).increment(entries.len() as u64);
+            tracing::info!(
+                stream = %self.keys.family,
+                group = %self.group,
+                partition = self.keys.partition,
+                entries = entries.len(),
+                "claimed entries idle past claim_idle"
+            );
+        }
+        Ok(entries.into_iter().map(|(id, fields)| raw_entry(id, fields)).collect())
+    }
+
+    /// Re-delivered entries: look up how often the group has delivered each.
+    async fn with_delivery_counts(&self, mut entries: Vec<RawEntry>) -> Result<Vec<RawEntry>, Error> {
+        let first = entries.iter().map(|entry| entry.id.as_str()).min_by_key(|id| parse_id(id)).unwrap_or("-").to_owned();
+        let last = entries.iter().map(|entry| entry.id.as_str()).max_by_key(|id| parse_id(id)).unwrap_or("+").to_owned();
+        let pending: Vec<(String, String, u64, u64)> = self
+            .shared
+            .xpending(
+                self.keys.stream.as_str(),
+                self.group.as_str(),
+                (first.as_str(), last.as_str(), (entries.len() * 2 + 100) as u64, self.consumer.as_str()),
+            )
+            .await?;
+        let counts: HashMap<String, u64> = pending.into_iter().map(|(id, _, _, count)| (id, count)).collect();
+        for entry in &mut entries {
+            entry.delivery_count = counts.get(&entry.id).copied().unwrap_or(1);
+        }
+        Ok(entries)
+    }
+
+    async fn process(&mut self, entries: Vec<RawEntry>) -> Result<(), Error> {
+        let started = std::time::Instant::now();
+        let max_deliveries = u64::from(self.settings.max_deliveries);
+        let mut to_handle = Vec::with_capacity(entries.len());
+        let mut to_dead_letter: Vec<(RawEntry, String)> = Vec::new();
+        for raw in entries {
+            if raw.fields.is_empty() {
+                // Deleted from the stream (XDEL or trim) while pending: nothing left to handle.
+                ::metrics::counter!(metrics::ENTRIES_LOST_TOTAL, &self.labels).increment(1);
+                tracing::error!(stream = %self.keys.family, group = %self.group, id = %raw.id, "pending entry no longer exists");
+                self.unacked.push(raw.id);
+                continue;
+            }
+            if raw.delivery_count > max_deliveries {
+                let error = self.last_errors.remove(&raw.id).unwrap_or_else(|| {
+                    format!("delivered {} times without being acknowledged (consumers failed or crashed)", raw.delivery_count - 1)
+                });
+                to_dead_letter.push((raw, error));
+                continue;
+            }
+            let Ok(id) = raw.id.parse::<EntryId>() else {
+                to_dead_letter.push((raw, "entry id is not a valid stream id".to_owned()));
+                continue;
+            };
+            let field_map: HashMap<String, String> = raw.fields.iter().cloned().collect();
+            match decode(id, self.keys.partition, raw.delivery_count, &field_map) {
+                Ok(entry) => to_handle.push((raw, entry)),
+                Err(error) => to_dead_letter.push((raw, format!("cannot decode entry: {error}"))),
+            }
+        }
+
+        let (mut done, mut retried) = (0u64, 0u64);
+        if !to_handle.is_empty() {
+            let batch = Batch {
+                stream: self.keys.family.clone(),
+                group: self.group.clone(),
+                partition: self.keys.partition,
+                entries: to_handle.iter().map(|(_, entry)| entry.clone()).collect(),
+            };
+            let outcome = {
+                let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+                AssertUnwindSafe(self.handler.handle(&batch)).catch_unwind().await
+            };
+            let outcomes = match outcome {
+                Ok(Ok(outcomes)) => Ok(outcomes),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(panic) => Err(format!(
+                    "handler panicked: {}",
+                    panic
+                        .downcast_ref::<&str>()
+                        .map(|text| text.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default()
+                )),
+            };
+            for (raw, entry) in to_handle {
+                let outcome = match &outcomes {
+                    Ok(outcomes) => outcomes.of(&entry.id).clone(),
+                    Err(error) => Outcome::Retry(error.clone()),
+                };
+                match outcome {
+                    Outcome::Done => {
+                        done += 1;
+                        self.last_errors.remove(&raw.id);
+                        self.unacked.push(raw.id);
+                    }
+                    Outcome::Retry(reason) if raw.delivery_count >= max_deliveries => to_dead_letter.push((raw, reason)),
+                    Outcome::Retry(reason) => {
+                        retried += 1;
+                        self.last_errors.insert(raw.id, reason);
+                    }
+                    Outcome::Reject(reason) => to_dead_letter.push((raw, reason)),
+                }
+            }
+        }
+
+        let failed = retried + to_dead_letter.len() as u64;
+        let dead_lettered = to_dead_letter.len() as u64;
+        for (raw, error) in &to_dead_letter {
+            let letter = DeadLetter { id: &raw.id, delivery_count: raw.delivery_count, error, original_fields: &raw.fields };
+            let moved = dead_letter(&self.shared, &self.keys, self.group.as_str(), &self.consumer, &letter).await?;
+            if moved {
+                tracing::warn!(stream = %self.keys.family, group = %self.group, id = %raw.id, error = %error, "entry dead-lettered");
+            }
+        }
+        if retried > 0 {
+            self.own_pending = true;
+            self.retry_attempt += 1;
+            self.retry_not_before = Some(Instant::now() + backoff(RETRY_BACKOFF_BASE, RETRY_BACKOFF_MAX, self.retry_attempt));
+        }
+        self.flush_acks().await?;
+
+        let span = tracing::Span::current();
+        span.record("done", done);
+        span.record("retried", retried);
+        span.record("dead_lettered", dead_lettered);
+        ::metrics::counter!(metrics::ENTRIES_PROCESSED_TOTAL, &self.labels).increment(done);
+        if failed > 0 {
+            ::metrics::counter!(metrics::ENTRIES_FAILED_TOTAL, &self.labels).increment(failed);
+        }
+        if dead_lettered > 0 {
+            ::metrics::counter!(metrics::ENTRIES_DEAD_LETTERED_TOTAL, &self.labels).increment(dead_lettered);
+        }
+        ::metrics::histogram!(metrics::BATCH_DURATION_SECONDS, &self.labels).record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// XACK everything finished, in one call. On failure the ids are kept and the next attempt
+    /// includes them: an entry whose effect is done is never handed to the handler again by
+    /// this consumer.
+    async fn flush_acks(&mut self) -> Result<(), Error> {
+        if self.unacked.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = self.unacked.iter().map(String::as_str).collect();
+        let _: i64 = self.shared.xack(self.keys.stream.as_str(), self.group.as_str(), ids).await?;
+        self.unacked.clear();
+        Ok(())
+    }
+}
+
+fn parse_id(id: &str) -> EntryId {
+    id.parse().unwrap_or(EntryId::ZERO)
+}
+
+fn raw_entry(id: String, fields: HashMap<String, Value>) -> RawEntry {
+    let mut fields: Vec<(String, String)> =
+        fields.into_iter().map(|(field, value)| (field, value_text(&value))).collect();
+    fields.sort();
+    RawEntry { id, fields, delivery_count: 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_capped() {
+        for attempt in 1..30 {
+            let pause = backoff(Duration::from_millis(100), Duration::from_secs(10), attempt);
+            let ceiling = Duration::from_millis(100).saturating_mul(1 << (attempt - 1).min(16)).min(Duration::from_secs(10));
+            assert!(pause >= ceiling / 2 && pause <= ceiling + Duration::from_millis(1), "attempt {attempt}: {pause:?}");
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the streams layer against real Redis servers (see chatdesk-testkit).
+
+mod claim;
+mod competing;
+mod dead_letters;
+mod redis_restart;
+mod shutdown;
+mod support;

@@ -1,0 +1,57 @@
+//! Cancellation during a batch: the batch is finished and acknowledged, then the runtime returns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatdesk_streams::{Batch, Handler, HandlerError, Outcomes};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{Record, Setup};
+
+/// Signals when it starts a batch, then takes a while to finish it.
+struct Slow {
+    record: Record,
+    started: Arc<Notify>,
+}
+
+impl Handler for Slow {
+    async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
+        self.started.notify_one();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for entry in &batch.entries {
+            self.record.add(entry.event_id, "slow");
+        }
+        Ok(Outcomes::all_done())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_finishes_and_acknowledges_the_batch_in_hand() {
+    let redis = chatdesk_testkit::redis().await;
+    let setup = Setup::new(redis.url()).await;
+    let record = Record::default();
+    let started = Arc::new(Notify::new());
+    let cancel = CancellationToken::new();
+    let consumer = setup.consumer("c", Slow { record: record.clone(), started: started.clone() });
+    let running = tokio::spawn(consumer.run(cancel.clone()));
+
+    let mut appended = Vec::new();
+    for sequence in 0..10 {
+        let entry = crate::support::entry(sequence, false);
+        setup.producer.append_to_partition("events", 5, &entry).await.unwrap();
+        appended.push(entry.event_id);
+    }
+    tokio::time::timeout(Duration::from_secs(30), started.notified()).await.expect("a batch started");
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(30), running).await.expect("the runtime returns").unwrap().unwrap();
+
+    let handled = record.distinct();
+    assert!(handled > 0, "the batch in hand was finished");
+    assert_eq!(setup.pending().await, 0, "the finished batch was acknowledged");
+    // Nothing was read after cancellation: what was not handled is still undelivered.
+    let stream = setup.config.stream("events").unwrap();
+    let statuses = chatdesk_streams::status::partition_status(&setup.client, &setup.keys, stream, 5).await.unwrap();
+    let group = statuses.iter().find(|status| status.group == "workers").unwrap();
+    assert_eq!(group.lag, Some((appended.len() - handled) as u64));
+}
