@@ -32,8 +32,18 @@ impl ServerProcess {
         log: &Path,
         run_as: Option<RunAs>,
     ) -> Result<Self, LocalError> {
-        let io = |action: &'static str| move |source| LocalError::Io { action, path: log.to_path_buf(), source };
-        let log_file = File::options().create(true).append(true).open(log).map_err(io("cannot open log"))?;
+        let io = |action: &'static str| {
+            move |source| LocalError::Io {
+                action,
+                path: log.to_path_buf(),
+                source,
+            }
+        };
+        let log_file = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(io("cannot open log"))?;
         let log_err = log_file.try_clone().map_err(io("cannot open log"))?;
         let mut command = Command::new(program);
         command
@@ -41,14 +51,23 @@ impl ServerProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_file))
             .stderr(Stdio::from(log_err))
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            // Its own process group: a Ctrl-C in the terminal reaches only chatdesk, which then
+            // stops the servers after its own work is finished, in order.
+            .process_group(0);
         if let Some(run_as) = run_as {
             command.uid(run_as.uid).gid(run_as.gid);
         }
-        let child = command
-            .spawn()
-            .map_err(|source| LocalError::Io { action: "cannot start", path: program.to_path_buf(), source })?;
-        Ok(Self { name, child, log: log.to_path_buf() })
+        let child = command.spawn().map_err(|source| LocalError::Io {
+            action: "cannot start",
+            path: program.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            name,
+            child,
+            log: log.to_path_buf(),
+        })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -73,7 +92,12 @@ impl ServerProcess {
     }
 
     pub fn not_ready(&self, seconds: u64) -> LocalError {
-        LocalError::NotReady { server: self.name, seconds, log: self.log.clone(), tail: log_tail(&self.log) }
+        LocalError::NotReady {
+            server: self.name,
+            seconds,
+            log: self.log.clone(),
+            tail: log_tail(&self.log),
+        }
     }
 
     /// SIGKILL, as a crash would: nothing is flushed.
@@ -110,8 +134,16 @@ fn is_alive(pid: u32) -> bool {
 /// A server left running by an earlier process that died without stopping it (its pid file is
 /// still there and the pid is alive) is asked to stop, so its data directory can be reused.
 pub async fn stop_stale(pidfile: &Path, signal: &str, command_fragment: &str) {
-    let Ok(text) = std::fs::read_to_string(pidfile) else { return };
-    let Some(pid) = text.lines().next().and_then(|line| line.trim().parse::<u32>().ok()) else { return };
+    let Ok(text) = std::fs::read_to_string(pidfile) else {
+        return;
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|line| line.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     if !String::from_utf8_lossy(&cmdline).contains(command_fragment) {
         return;
@@ -128,17 +160,26 @@ pub async fn stop_stale(pidfile: &Path, signal: &str, command_fragment: &str) {
 }
 
 /// Runs a short command to completion; `Err` carries its output when it fails.
-pub async fn run(program: &Path, args: &[String], run_as: Option<RunAs>) -> Result<String, LocalError> {
+pub async fn run(
+    program: &Path,
+    args: &[String],
+    run_as: Option<RunAs>,
+) -> Result<String, LocalError> {
     let mut command = Command::new(program);
     command.args(args).stdin(Stdio::null());
     if let Some(run_as) = run_as {
         command.uid(run_as.uid).gid(run_as.gid);
     }
-    let output = command
-        .output()
-        .await
-        .map_err(|source| LocalError::Io { action: "cannot run", path: program.to_path_buf(), source })?;
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let output = command.output().await.map_err(|source| LocalError::Io {
+        action: "cannot run",
+        path: program.to_path_buf(),
+        source,
+    })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     if output.status.success() {
         Ok(text)
     } else {
@@ -157,7 +198,11 @@ pub fn log_tail(log: &Path) -> String {
 }
 
 /// Polls `ready` until it answers true, the process exits, or `timeout` passes.
-pub async fn wait_until_ready<F, Fut>(process: &mut ServerProcess, timeout: Duration, mut ready: F) -> Result<(), LocalError>
+pub async fn wait_until_ready<F, Fut>(
+    process: &mut ServerProcess,
+    timeout: Duration,
+    mut ready: F,
+) -> Result<(), LocalError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -179,7 +224,16 @@ where
 /// reach data directories below it.
 pub fn create_dir(dir: &Path) -> Result<(), LocalError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).map_err(|source| LocalError::Io { action: "cannot create", path: dir.to_path_buf(), source })?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-        .map_err(|source| LocalError::Io { action: "cannot set permissions on", path: dir.to_path_buf(), source })
+    std::fs::create_dir_all(dir).map_err(|source| LocalError::Io {
+        action: "cannot create",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|source| {
+        LocalError::Io {
+            action: "cannot set permissions on",
+            path: dir.to_path_buf(),
+            source,
+        }
+    })
 }

@@ -25,7 +25,10 @@ pub struct RedisSettings {
 
 impl RedisSettings {
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), command_timeout: Duration::from_secs(10) }
+        Self {
+            url: url.into(),
+            command_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -38,14 +41,19 @@ pub struct RedisConnector {
 
 impl std::fmt::Debug for RedisConnector {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("RedisConnector").field("url", &redact(&self.settings.url)).finish()
+        formatter
+            .debug_struct("RedisConnector")
+            .field("url", &redact(&self.settings.url))
+            .finish()
     }
 }
 
 /// The URL without a password, for logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}://***@{}", &url[..scheme_end], &url[at + 1..]),
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
         _ => url.to_owned(),
     }
 }
@@ -99,7 +107,10 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact("redis://user:secret@host:6379"), "redis://***@host:6379");
+        assert_eq!(
+            redact("redis://user:secret@host:6379"),
+            "redis://***@host:6379"
+        );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

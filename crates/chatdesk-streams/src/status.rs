@@ -36,7 +36,12 @@ fn as_u64(value: Option<&Value>) -> Option<u64> {
 
 /// Every group of one partition, as Redis reports it. A partition that does not exist yet has
 /// no groups.
-pub async fn partition_status(client: &Client, keys: &KeyScheme, stream: &StreamSettings, partition: u16) -> Result<Vec<GroupStatus>, Error> {
+pub async fn partition_status(
+    client: &Client,
+    keys: &KeyScheme,
+    stream: &StreamSettings,
+    partition: u16,
+) -> Result<Vec<GroupStatus>, Error> {
     let key = keys.partition(&stream.name, partition).stream;
     let exists: u64 = client.exists(&key).await?;
     if exists == 0 {
@@ -53,7 +58,10 @@ pub async fn partition_status(client: &Client, keys: &KeyScheme, stream: &Stream
             consumers: as_u64(group.get("consumers")).unwrap_or(0),
             pending: as_u64(group.get("pending")).unwrap_or(0),
             lag: as_u64(group.get("lag")),
-            last_delivered_id: group.get("last-delivered-id").map(value_text).unwrap_or_default(),
+            last_delivered_id: group
+                .get("last-delivered-id")
+                .map(value_text)
+                .unwrap_or_default(),
             length,
         })
         .collect())
@@ -72,11 +80,16 @@ pub async fn monitor_group(
         for &partition in &partitions {
             match partition_status(&client, &keys, &stream, partition).await {
                 Ok(statuses) => {
-                    for status in statuses.into_iter().filter(|status| status.group == group.as_str()) {
+                    for status in statuses
+                        .into_iter()
+                        .filter(|status| status.group == group.as_str())
+                    {
                         publish(&status);
                     }
                 }
-                Err(error) => tracing::debug!(stream = %stream.name, partition, error = %error, "cannot read group status"),
+                Err(error) => {
+                    tracing::debug!(stream = %stream.name, partition, error = %error, "cannot read group status")
+                }
             }
         }
         tokio::select! {
@@ -97,6 +110,9 @@ pub fn publish(status: &GroupStatus) {
     }
     ::metrics::gauge!(metrics::GROUP_PENDING_ENTRIES, &labels).set(status.pending as f64);
     ::metrics::gauge!(metrics::GROUP_CONSUMERS, &labels).set(status.consumers as f64);
-    let stream_labels = [("stream", status.stream.clone()), ("partition", status.partition.to_string())];
+    let stream_labels = [
+        ("stream", status.stream.clone()),
+        ("partition", status.partition.to_string()),
+    ];
     ::metrics::gauge!(metrics::STREAM_LENGTH_ENTRIES, &stream_labels).set(status.length as f64);
 }

@@ -16,8 +16,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use chatdesk_local::{RedisPersistence, RedisServer};
 use chatdesk_local::{PostgresOptions, PostgresServer, RedisCluster, RedisOptions};
+pub use chatdesk_local::{RedisPersistence, RedisServer};
 use tempfile::TempDir;
 
 /// A key prefix unique to this test.
@@ -26,7 +26,10 @@ pub fn unique_prefix() -> String {
 }
 
 fn temp_dir() -> TempDir {
-    tempfile::Builder::new().prefix("chatdesk-test-").tempdir().expect("cannot create a temporary directory")
+    tempfile::Builder::new()
+        .prefix("chatdesk-test-")
+        .tempdir()
+        .expect("cannot create a temporary directory")
 }
 
 /// A Redis for one test.
@@ -50,7 +53,11 @@ impl TestRedis {
 /// `REDIS_URL` when set, else a private server.
 pub async fn redis() -> TestRedis {
     match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => TestRedis { url, server: None, _dir: None },
+        Ok(url) if !url.is_empty() => TestRedis {
+            url,
+            server: None,
+            _dir: None,
+        },
         _ => private_redis(RedisPersistence::None).await,
     }
 }
@@ -58,10 +65,15 @@ pub async fn redis() -> TestRedis {
 /// Always a private server, which the test may kill and restart.
 pub async fn private_redis(persistence: RedisPersistence) -> TestRedis {
     let dir = temp_dir();
-    let server = RedisServer::start(RedisOptions::new(dir.path().join("redis")).persistence(persistence))
-        .await
-        .unwrap_or_else(|error| panic!("cannot start a private redis-server: {error}"));
-    TestRedis { url: server.url(), server: Some(server), _dir: Some(dir) }
+    let server =
+        RedisServer::start(RedisOptions::new(dir.path().join("redis")).persistence(persistence))
+            .await
+            .unwrap_or_else(|error| panic!("cannot start a private redis-server: {error}"));
+    TestRedis {
+        url: server.url(),
+        server: Some(server),
+        _dir: Some(dir),
+    }
 }
 
 /// A local Redis Cluster of three masters.
@@ -124,12 +136,20 @@ pub async fn postgres() -> TestPostgres {
         && !url.is_empty()
     {
         use sqlx::Connection;
-        let mut connection = sqlx::PgConnection::connect(&url).await.expect("cannot connect to DATABASE_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{database}\"")))
-            .execute(&mut connection)
+        let mut connection = sqlx::PgConnection::connect(&url)
             .await
-            .expect("cannot create a test database");
-        return TestPostgres { url: with_database(&url, &database), server: None, _dir: None };
+            .expect("cannot connect to DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{database}\""
+        )))
+        .execute(&mut connection)
+        .await
+        .expect("cannot create a test database");
+        return TestPostgres {
+            url: with_database(&url, &database),
+            server: None,
+            _dir: None,
+        };
     }
     private_postgres(&database).await
 }
@@ -138,7 +158,13 @@ pub async fn postgres() -> TestPostgres {
 fn template_cache() -> PathBuf {
     let version = chatdesk_local::binaries::postgres_program("initdb")
         .ok()
-        .and_then(|path| path.parent()?.parent()?.file_name()?.to_str().map(str::to_owned))
+        .and_then(|path| {
+            path.parent()?
+                .parent()?
+                .file_name()?
+                .to_str()
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| "default".to_owned());
     std::env::temp_dir().join(format!("chatdesk-testkit-pg-template-{version}"))
 }
@@ -152,7 +178,11 @@ pub async fn private_postgres(database: &str) -> TestPostgres {
     let server = PostgresServer::start(options)
         .await
         .unwrap_or_else(|error| panic!("cannot start a private PostgreSQL: {error}"));
-    TestPostgres { url: server.url(), server: Some(server), _dir: Some(dir) }
+    TestPostgres {
+        url: server.url(),
+        server: Some(server),
+        _dir: Some(dir),
+    }
 }
 
 /// Polls `condition` every 20 ms until it holds; panics with `what` after `timeout`.
@@ -179,8 +209,44 @@ mod tests {
 
     #[test]
     fn database_names_are_replaced() {
-        assert_eq!(with_database("postgres://u@h:5432/db", "x"), "postgres://u@h:5432/x");
-        assert_eq!(with_database("postgres://u@h:5432/db?sslmode=disable", "x"), "postgres://u@h:5432/x?sslmode=disable");
-        assert_eq!(with_database("postgres://u@h:5432", "x"), "postgres://u@h:5432/x");
+        assert_eq!(
+            with_database("postgres://u@h:5432/db", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5432/db?sslmode=disable", "x"),
+            "postgres://u@h:5432/x?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5432", "x"),
+            "postgres://u@h:5432/x"
+        );
     }
+}
+
+/// A minimal HTTP/1.1 GET against a local server: `(status, body)`. Enough for probing health
+/// endpoints without a TLS-capable client.
+pub async fn http_get(address: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A free loopback port for a server under test.
+pub fn free_port() -> u16 {
+    chatdesk_local::ports::free_port().expect("a free loopback port")
 }

@@ -1,1 +1,42 @@
-fn main() {}
+//! The `chatdesk` binary: the CLI, the roles a process runs, telemetry and shutdown.
+//!
+//! - `cli`: the command line (clap).
+//! - `settings`: configuration from the environment (and `.env`-style files), typed.
+//! - `telemetry`: logs (tracing) and the Prometheus recorder.
+//! - `servers`: private Redis / PostgreSQL for `chatdesk up` when no URLs are configured.
+//! - `roles`: what `up` and `serve` run, supervised under one cancellation token.
+//! - `commands`: `streams check|status` and `migrate`.
+
+mod cli;
+mod commands;
+mod roles;
+mod servers;
+mod settings;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("chatdesk: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            // The one place the whole cause chain is printed.
+            tracing::error!(error = format!("{error:#}"), "chatdesk failed");
+            eprintln!("chatdesk: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -45,6 +45,12 @@ pub async fn dead_letter(
         args.push(field.clone());
         args.push(value.clone());
     }
-    let moved: i64 = client.eval(SCRIPT, vec![keys.stream.clone(), keys.dead_letters.clone()], args).await?;
+    let moved: i64 = client
+        .eval(
+            SCRIPT,
+            vec![keys.stream.clone(), keys.dead_letters.clone()],
+            args,
+        )
+        .await?;
     Ok(moved == 1)
 }

@@ -33,7 +33,7 @@ use std::future::Future;
 
 use chatdesk_core::{EntryId, GroupName, StreamName};
 
-pub use consumer::{Consumer, ConsumerError};
+pub use consumer::{Consumer, ConsumerError, ensure_durable_groups, ensure_group};
 
 use crate::entry::Entry;
 

@@ -16,24 +16,43 @@ async fn exactly_once_with_competing_consumers(url: &str) {
     let consumers: Vec<_> = (0..3)
         .map(|index| {
             let name = format!("consumer-{index}");
-            spawn(setup.consumer(&name, Recording { name: name.clone(), record: record.clone() }), &cancel)
+            spawn(
+                setup.consumer(
+                    &name,
+                    Recording {
+                        name: name.clone(),
+                        record: record.clone(),
+                    },
+                ),
+                &cancel,
+            )
         })
         .collect();
 
     let appended = setup.fill(ENTRIES, 16).await;
     assert_eq!(appended.len(), ENTRIES);
 
-    chatdesk_testkit::wait_until("every entry handled", Duration::from_secs(180), || async { record.distinct() == ENTRIES }).await;
+    chatdesk_testkit::wait_until("every entry handled", Duration::from_secs(180), || async {
+        record.distinct() == ENTRIES
+    })
+    .await;
     setup.wait_pending_zero().await;
     cancel.cancel();
     for consumer in consumers {
         consumer.await.unwrap();
     }
 
-    assert!(record.handled_more_than_once().is_empty(), "handled twice: {:?}", record.handled_more_than_once());
+    assert!(
+        record.handled_more_than_once().is_empty(),
+        "handled twice: {:?}",
+        record.handled_more_than_once()
+    );
     assert!(appended.iter().all(|id| record.contains(id)));
     let per_consumer = record.per_consumer();
-    assert!(per_consumer.len() >= 2, "the group's work was not shared: {per_consumer:?}");
+    assert!(
+        per_consumer.len() >= 2,
+        "the group's work was not shared: {per_consumer:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

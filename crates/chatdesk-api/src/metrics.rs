@@ -1,0 +1,51 @@
+//! `/metrics` in the Prometheus text format, and per-request HTTP metrics labelled by route
+//! template (never the raw path, which would make labels unbounded).
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::AppState;
+
+pub const HTTP_REQUESTS_TOTAL: &str = "chatdesk_http_requests_total";
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "chatdesk_http_request_duration_seconds";
+
+pub fn describe() {
+    use ::metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        Unit::Count,
+        "HTTP requests answered, by route, method and status"
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "HTTP request latency, by route and method"
+    );
+}
+
+pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+pub async fn track_requests(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    ::metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => route.clone(), "method" => method.clone(), "status" => status).increment(1);
+    ::metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

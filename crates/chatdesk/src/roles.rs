@@ -1,0 +1,130 @@
+//! The roles a process runs, built in one `match`, and their supervision: one root
+//! cancellation token (Ctrl-C / SIGTERM), every role a task; when any role exits the others are
+//! cancelled and the one that exited is reported by name.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chatdesk_api::AppState;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::Runtime;
+
+/// How long roles get to finish their work after cancellation before they are aborted.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Role {
+    /// The public HTTP API: webhooks and REST, next to health, readiness and metrics.
+    Ingress,
+}
+
+impl Role {
+    pub fn all() -> Vec<Role> {
+        vec![Role::Ingress]
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Ingress => "ingress",
+        }
+    }
+}
+
+/// Fires `cancel` on Ctrl-C or SIGTERM.
+pub fn cancel_on_signals(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let sigterm = async {
+            match terminate.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("interrupt received, shutting down"),
+            _ = sigterm => tracing::info!("SIGTERM received, shutting down"),
+        }
+        cancel.cancel();
+    });
+}
+
+/// Runs the HTTP server and `roles` until `cancel` fires or one of them exits.
+pub async fn run(
+    runtime: &Runtime,
+    roles: &[Role],
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = AppState {
+        redis: runtime.redis.clone(),
+        db: runtime.db.clone(),
+        metrics: runtime.metrics.clone(),
+    };
+    // Every process serves health, readiness and metrics; roles add their routes.
+    let mut router = chatdesk_api::ops_router(state.clone());
+    for role in roles {
+        match role {
+            Role::Ingress => router = router.merge(chatdesk_api::api_router(state.clone())),
+        }
+    }
+    let router = chatdesk_api::finish(router);
+    let listener = TcpListener::bind(runtime.http)
+        .await
+        .with_context(|| format!("cannot listen on {}", runtime.http))?;
+    tracing::info!(
+        http = %runtime.http,
+        roles = ?roles.iter().map(|role| role.name()).collect::<Vec<_>>(),
+        "chatdesk running"
+    );
+
+    let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    let http_cancel = cancel.clone();
+    tasks.spawn(async move {
+        (
+            "http",
+            chatdesk_api::serve(listener, router, http_cancel)
+                .await
+                .map_err(Into::into),
+        )
+    });
+
+    let mut failure = None;
+    if let Some(joined) = tasks.join_next().await {
+        let (name, result) = joined.context("a role task panicked")?;
+        if !cancel.is_cancelled() {
+            tracing::error!(role = name, "role exited unexpectedly, stopping the others");
+            failure = Some(
+                result
+                    .err()
+                    .unwrap_or_else(|| anyhow::anyhow!("role {name} exited"))
+                    .context(format!("role {name}")),
+            );
+        } else if let Err(error) = result {
+            failure = Some(error.context(format!("role {name}")));
+        }
+        cancel.cancel();
+    }
+    let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((name, Err(error))) = joined {
+                tracing::warn!(
+                    role = name,
+                    error = format!("{error:#}"),
+                    "role stopped with an error"
+                );
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(deadline = ?SHUTDOWN_DEADLINE, "roles did not stop in time, aborting them");
+        tasks.abort_all();
+    }
+    failure.map_or(Ok(()), Err)
+}

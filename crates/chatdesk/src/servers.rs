@@ -1,0 +1,120 @@
+//! Private servers for `chatdesk up`: when REDIS_URL or DATABASE_URL is not set, a Redis (AOF,
+//! `appendfsync always`, so every acknowledged append survives a crash) and a PostgreSQL are
+//! started from the system's binaries under the data directory. Their URLs are written to
+//! `<data-dir>/servers.env` so other tools (or a `chatdesk serve` in another terminal) can
+//! reach them, and the same ports are preferred on the next start.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use chatdesk_local::{
+    PostgresOptions, PostgresServer, RedisOptions, RedisPersistence, RedisServer,
+};
+
+use crate::settings::Secret;
+
+pub struct PrivateServers {
+    redis: Option<RedisServer>,
+    postgres: Option<PostgresServer>,
+}
+
+fn previous_ports(file: &Path) -> HashMap<String, u16> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (name, url) = line.split_once('=')?;
+            let port = url.rsplit(':').next()?.split('/').next()?.parse().ok()?;
+            Some((name.to_owned(), port))
+        })
+        .collect()
+}
+
+fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
+    if dir.is_absolute() {
+        return Ok(dir.to_path_buf());
+    }
+    Ok(std::env::current_dir()
+        .context("cannot read the current directory")?
+        .join(dir))
+}
+
+impl PrivateServers {
+    /// Starts what is missing; returns the URLs to use.
+    pub async fn start(
+        data_dir: &Path,
+        redis_url: Option<Secret>,
+        database_url: Option<Secret>,
+    ) -> anyhow::Result<(Self, Secret, Secret)> {
+        let data_dir = absolute(data_dir)?;
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        let env_file = data_dir.join("servers.env");
+        let previous = previous_ports(&env_file);
+        let mut servers = Self {
+            redis: None,
+            postgres: None,
+        };
+
+        let redis_url = match redis_url {
+            Some(url) => url,
+            None => {
+                let mut options = RedisOptions::new(data_dir.join("redis"))
+                    .persistence(RedisPersistence::AofAlways);
+                if let Some(port) = previous.get("REDIS_URL") {
+                    options = options.port(*port);
+                }
+                let server = RedisServer::start(options)
+                    .await
+                    .context("cannot start the private Redis")?;
+                tracing::info!(url = %server.url(), dir = %server.dir().display(), "private Redis running");
+                let url = server.url();
+                servers.redis = Some(server);
+                Secret::new(url)
+            }
+        };
+        let database_url = match database_url {
+            Some(url) => url,
+            None => {
+                let mut options = PostgresOptions::new(data_dir.join("postgres"));
+                options.port = previous.get("DATABASE_URL").copied();
+                let server = match PostgresServer::start(options).await {
+                    Ok(server) => server,
+                    Err(error) => {
+                        servers.stop().await;
+                        return Err(error).context("cannot start the private PostgreSQL");
+                    }
+                };
+                tracing::info!(url = %server.url(), dir = %data_dir.join("postgres").display(), "private PostgreSQL running");
+                let url = server.url();
+                servers.postgres = Some(server);
+                Secret::new(url)
+            }
+        };
+        if servers.redis.is_some() || servers.postgres.is_some() {
+            let mut text = String::from(
+                "# Written by `chatdesk up`: the private servers of this data directory.\n",
+            );
+            text.push_str(&format!(
+                "REDIS_URL={}\nDATABASE_URL={}\n",
+                redis_url.expose(),
+                database_url.expose()
+            ));
+            std::fs::write(&env_file, text)
+                .with_context(|| format!("cannot write {}", env_file.display()))?;
+        }
+        Ok((servers, redis_url, database_url))
+    }
+
+    /// Clean shutdown of whatever was started.
+    pub async fn stop(&mut self) {
+        if let Some(mut redis) = self.redis.take() {
+            redis.stop().await;
+            tracing::info!("private Redis stopped");
+        }
+        if let Some(mut postgres) = self.postgres.take() {
+            postgres.stop().await;
+            tracing::info!("private PostgreSQL stopped");
+        }
+    }
+}

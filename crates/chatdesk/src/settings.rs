@@ -1,0 +1,129 @@
+//! Configuration from the environment, typed and validated before anything starts. Secrets
+//! (URLs with passwords) are wrapped so they never print.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use chatdesk_core::{KeyScheme, StreamsConfig};
+use chatdesk_streams::{RedisClient, RedisConnector, RedisSettings};
+use fred::interfaces::ClientLike;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// The streams.toml compiled into the binary, used when no file is given or found.
+const BUILTIN_STREAMS: &str = include_str!("../../../streams.toml");
+
+/// A value that must never appear in logs.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Secret(***)")
+    }
+}
+
+pub fn env_var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+}
+
+pub fn redis_url() -> Option<Secret> {
+    env_var("REDIS_URL").map(Secret::new)
+}
+
+pub fn database_url() -> Option<Secret> {
+    env_var("DATABASE_URL").map(Secret::new)
+}
+
+/// `CHATDESK_KEY_PREFIX` (default `chatdesk`): isolates deployments that share one Redis.
+pub fn key_scheme() -> anyhow::Result<KeyScheme> {
+    let prefix = env_var("CHATDESK_KEY_PREFIX").unwrap_or_else(|| "chatdesk".to_owned());
+    KeyScheme::new(prefix).map_err(|reason| anyhow::anyhow!("CHATDESK_KEY_PREFIX: {reason}"))
+}
+
+/// Loads streams.toml: the given file, else `./streams.toml`, else the built-in copy.
+pub fn load_streams(file: Option<&Path>) -> anyhow::Result<(StreamsConfig, String)> {
+    if let Some(file) = file {
+        let name = file.display().to_string();
+        return Ok((StreamsConfig::from_file(&name)?, name));
+    }
+    if Path::new("streams.toml").exists() {
+        return Ok((
+            StreamsConfig::from_file("streams.toml")?,
+            "streams.toml".to_owned(),
+        ));
+    }
+    Ok((
+        StreamsConfig::from_toml_str("(built-in streams.toml)", BUILTIN_STREAMS)?,
+        "(built-in streams.toml)".to_owned(),
+    ))
+}
+
+/// Everything a running process shares.
+pub struct Runtime {
+    pub http: SocketAddr,
+    pub redis: RedisClient,
+    pub db: chatdesk_store::Pool,
+    pub metrics: PrometheusHandle,
+}
+
+impl Runtime {
+    /// Connects to Redis and PostgreSQL, applies migrations and creates the durable consumer
+    /// groups (so entries appended before a consumer first starts are kept for it).
+    pub async fn connect(
+        http: SocketAddr,
+        redis_url: &Secret,
+        database_url: &Secret,
+        streams_file: Option<&PathBuf>,
+        metrics: PrometheusHandle,
+    ) -> anyhow::Result<Self> {
+        let (streams, source) = load_streams(streams_file.map(PathBuf::as_path))?;
+        tracing::info!(
+            source,
+            families = streams.streams.len(),
+            "stream configuration loaded"
+        );
+        let keys = key_scheme()?;
+        let connector =
+            RedisConnector::new(RedisSettings::new(redis_url.expose())).with_context(|| {
+                format!(
+                    "REDIS_URL {} is not a valid Redis URL",
+                    chatdesk_streams::connection::redact(redis_url.expose())
+                )
+            })?;
+        let redis = connector.shared().await.with_context(|| {
+            format!(
+                "cannot connect to Redis at {}",
+                chatdesk_streams::connection::redact(redis_url.expose())
+            )
+        })?;
+        let db = chatdesk_store::connect(database_url.expose(), 16).await?;
+        chatdesk_store::migrate(&db).await?;
+        tracing::info!("database migrations applied");
+        chatdesk_streams::runtime::ensure_durable_groups(&redis, &keys, &streams).await?;
+        Ok(Self {
+            http,
+            redis,
+            db,
+            metrics,
+        })
+    }
+
+    /// Closes connections before the servers behind them go away.
+    pub async fn close(self) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.redis.quit()).await;
+        self.db.close().await;
+    }
+}

@@ -1,0 +1,4 @@
+//! The `chatdesk` binary, run as a user runs it.
+
+mod cli;
+mod up;
