@@ -7,7 +7,7 @@
 //! - [`binaries`]: finding `redis-server`, `initdb`, … and saying exactly what to install.
 //! - [`process`]: a supervised child process with its log, signals and stale-pid handling.
 //! - [`redis`]: [`RedisServer`] and [`RedisCluster`].
-//! - [`postgres`]: [`PostgresServer`].
+//! - [`postgres`], with [`PostgresServer`].
 //!
 //! Servers are children of the calling process and are killed when their handle is dropped, so
 //! a crashed test leaves nothing listening. Call `stop` for a clean shutdown.

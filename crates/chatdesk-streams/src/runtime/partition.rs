@@ -29,6 +29,9 @@ const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(3);
 /// How long shutdown keeps trying to acknowledge finished entries while Redis is unreachable.
 const SHUTDOWN_ACK_DEADLINE: Duration = Duration::from_secs(10);
 
+/// XREADGROUP's answer: stream key → entries (id, fields).
+type ReadResponse = HashMap<String, Vec<(String, HashMap<String, Value>)>>;
+
 /// An entry as read, before decoding.
 struct RawEntry {
     id: String,
@@ -234,7 +237,7 @@ impl<H: Handler> PartitionWorker<H> {
     }
 
     async fn read(&self, id: XID, block: Option<Duration>) -> Result<Vec<RawEntry>, Error> {
-        let response: HashMap<String, Vec<(String, HashMap<String, Value>)>> = self
+        let response: ReadResponse = self
             .reader
             .xreadgroup_map(
                 self.group.as_str(),
