@@ -17,16 +17,13 @@ use anyhow::{Context, bail};
 use chatdesk_core::{GroupName, KeyScheme, StreamsConfig, TenantId};
 use chatdesk_local::{RedisOptions, RedisServer};
 use chatdesk_streams::{
-    Batch, Consumer, Handler, HandlerError, NewEntry, Outcomes, Producer, RedisConnector,
-    RedisSettings,
+    Batch, Consumer, Handler, HandlerError, NewEntry, Outcomes, Producer, RedisConnector, RedisSettings,
 };
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    about = "Entries per second through chatdesk consumer groups, next to raw redis-benchmark XADD"
-)]
+#[command(about = "Entries per second through chatdesk consumer groups, next to raw redis-benchmark XADD")]
 struct Args {
     /// Entries per scenario.
     #[arg(long, default_value_t = 200_000)]
@@ -49,8 +46,7 @@ struct NoOp {
 
 impl Handler for NoOp {
     async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
-        self.handled
-            .fetch_add(batch.entries.len() as u64, Ordering::Relaxed);
+        self.handled.fetch_add(batch.entries.len() as u64, Ordering::Relaxed);
         Ok(Outcomes::all_done())
     }
 }
@@ -66,26 +62,8 @@ fn config(partitions: u16, batch_size: u32) -> anyhow::Result<StreamsConfig> {
 fn redis_benchmark(port: u16, requests: u64, pipeline: u32) -> anyhow::Result<f64> {
     let program = chatdesk_local::binaries::redis_program("redis-benchmark")?;
     let output = std::process::Command::new(program)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-n",
-            &requests.to_string(),
-            "-c",
-            "50",
-        ])
-        .args([
-            "-P",
-            &pipeline.to_string(),
-            "-q",
-            "xadd",
-            "bench:raw",
-            "*",
-            "field",
-            "value",
-        ])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-n", &requests.to_string(), "-c", "50"])
+        .args(["-P", &pipeline.to_string(), "-q", "xadd", "bench:raw", "*", "field", "value"])
         .output()
         .context("cannot run redis-benchmark")?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -99,12 +77,7 @@ fn redis_benchmark(port: u16, requests: u64, pipeline: u32) -> anyhow::Result<f6
     Ok(rate)
 }
 
-async fn fill(
-    producer: &Producer,
-    entries: u64,
-    appenders: u64,
-    partitions: u16,
-) -> anyhow::Result<f64> {
+async fn fill(producer: &Producer, entries: u64, appenders: u64, partitions: u16) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for appender in 0..appenders {
@@ -114,9 +87,7 @@ async fn fill(
             let mut index = appender;
             while index < entries {
                 let entry = NewEntry::new("bench", tenant, &serde_json::json!({ "n": index }))?;
-                producer
-                    .append_to_partition("bench", (index % u64::from(partitions)) as u16, &entry)
-                    .await?;
+                producer.append_to_partition("bench", (index % u64::from(partitions)) as u16, &entry).await?;
                 index += appenders;
             }
             anyhow::Ok(())
@@ -135,8 +106,7 @@ async fn consume(
     batch_size: u32,
 ) -> anyhow::Result<(f64, f64)> {
     let config = Arc::new(config(args.partitions, batch_size)?);
-    let keys = KeyScheme::new(format!("bench-{}", uuid::Uuid::now_v7().simple()))
-        .map_err(anyhow::Error::msg)?;
+    let keys = KeyScheme::new(format!("bench-{}", uuid::Uuid::now_v7().simple())).map_err(anyhow::Error::msg)?;
     let client = connector.shared().await?;
     let producer = Producer::new(client.clone(), keys.clone(), config.clone());
     let append_rate = fill(&producer, args.entries, args.appenders, args.partitions).await?;
@@ -154,9 +124,7 @@ async fn consume(
             "noop",
             GroupName::parse("noop")?,
             format!("bench-{index}"),
-            NoOp {
-                handled: handled.clone(),
-            },
+            NoOp { handled: handled.clone() },
         )?;
         running.push(tokio::spawn(consumer.run(cancel.clone())));
     }
@@ -173,11 +141,8 @@ async fn consume(
     }
     // Free the memory for the next scenario.
     for partition in 0..args.partitions {
-        let _: i64 = fred::interfaces::KeysInterface::del(
-            &client,
-            keys.partition(&stream.name, partition).stream,
-        )
-        .await?;
+        let _: i64 =
+            fred::interfaces::KeysInterface::del(&client, keys.partition(&stream.name, partition).stream).await?;
     }
     Ok((append_rate, consume_rate))
 }
@@ -196,37 +161,19 @@ async fn main() -> anyhow::Result<()> {
             url
         }
     };
-    let port: u16 = url
-        .rsplit(':')
-        .next()
-        .and_then(|port| port.parse().ok())
-        .context("the Redis URL needs a port")?;
+    let port: u16 = url.rsplit(':').next().and_then(|port| port.parse().ok()).context("the Redis URL needs a port")?;
     let connector = RedisConnector::new(RedisSettings::new(&url))?;
 
-    println!(
-        "stream-throughput: {} entries per scenario, {} partitions, Redis {url}",
-        args.entries, args.partitions
-    );
+    println!("stream-throughput: {} entries per scenario, {} partitions, Redis {url}", args.entries, args.partitions);
     let raw = redis_benchmark(port, args.entries, 1)?;
     let raw_pipelined = redis_benchmark(port, args.entries, 16)?;
     println!("{:<44} {:>14}", "scenario", "entries/s");
     println!("{:<44} {:>14.0}", "redis-benchmark XADD (50 clients)", raw);
-    println!(
-        "{:<44} {:>14.0}",
-        "redis-benchmark XADD (50 clients, pipeline 16)", raw_pipelined
-    );
+    println!("{:<44} {:>14.0}", "redis-benchmark XADD (50 clients, pipeline 16)", raw_pipelined);
     for (consumers, batch_size) in [(1, 100), (1, 500), (3, 100), (3, 500)] {
         let (append_rate, consume_rate) = consume(&connector, &args, consumers, batch_size).await?;
-        println!(
-            "{:<44} {:>14.0}",
-            format!("chatdesk Producer append ({} appenders)", args.appenders),
-            append_rate
-        );
-        println!(
-            "{:<44} {:>14.0}",
-            format!("no-op group: {consumers} consumer(s), batch {batch_size}"),
-            consume_rate
-        );
+        println!("{:<44} {:>14.0}", format!("chatdesk Producer append ({} appenders)", args.appenders), append_rate);
+        println!("{:<44} {:>14.0}", format!("no-op group: {consumers} consumer(s), batch {batch_size}"), consume_rate);
     }
     if let Some(mut server) = private {
         server.stop().await;

@@ -51,18 +51,11 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(source) = &self {
             tracing::error!(error = %source, "request failed");
         }
-        let body = Body {
-            error: Detail {
-                code: self.code(),
-                message: self.to_string(),
-            },
-        };
+        let body = Body { error: Detail { code: self.code(), message: self.to_string() } };
         (self.status(), Json(body)).into_response()
     }
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {
-    ApiError::NotFound {
-        message: format!("no route for {}", uri.path()),
-    }
+    ApiError::NotFound { message: format!("no route for {}", uri.path()) }
 }

@@ -43,12 +43,5 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         "status": if ready { "ready" } else { "unready" },
         "checks": { "redis": render(&redis), "postgres": render(&postgres) },
     });
-    (
-        if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        Json(body),
-    )
+    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
 }

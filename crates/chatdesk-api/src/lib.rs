@@ -68,14 +68,8 @@ async fn info() -> axum::Json<serde_json::Value> {
 }
 
 /// Serves `router` on `listener` until `cancel` fires, then lets requests in flight finish.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, app: Router, cancel: CancellationToken) -> std::io::Result<()> {
     let address: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?address, "http server listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await
 }

@@ -15,23 +15,12 @@ pub const HTTP_REQUEST_DURATION_SECONDS: &str = "chatdesk_http_request_duration_
 
 pub fn describe() {
     use ::metrics::{Unit, describe_counter, describe_histogram};
-    describe_counter!(
-        HTTP_REQUESTS_TOTAL,
-        Unit::Count,
-        "HTTP requests answered, by route, method and status"
-    );
-    describe_histogram!(
-        HTTP_REQUEST_DURATION_SECONDS,
-        Unit::Seconds,
-        "HTTP request latency, by route and method"
-    );
+    describe_counter!(HTTP_REQUESTS_TOTAL, Unit::Count, "HTTP requests answered, by route, method and status");
+    describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, Unit::Seconds, "HTTP request latency, by route and method");
 }
 
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
 pub async fn track_requests(request: Request, next: Next) -> Response {
@@ -44,7 +33,8 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
     let method = request.method().as_str().to_owned();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    ::metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => route.clone(), "method" => method.clone(), "status" => status).increment(1);
+    ::metrics::counter!(HTTP_REQUESTS_TOTAL, "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
     ::metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
     response

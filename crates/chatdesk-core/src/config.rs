@@ -114,10 +114,7 @@ pub enum ConfigError {
     #[error("{file}: not valid TOML: {message}")]
     Syntax { file: String, message: String },
     #[error("{}", render_problems(file, problems))]
-    Invalid {
-        file: String,
-        problems: Vec<Problem>,
-    },
+    Invalid { file: String, problems: Vec<Problem> },
 }
 
 impl ConfigError {
@@ -131,11 +128,7 @@ impl ConfigError {
 }
 
 fn render_problems(file: &str, problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|problem| format!("{file}: {}: {}", problem.key, problem.reason))
-        .collect::<Vec<_>>()
-        .join("\n")
+    problems.iter().map(|problem| format!("{file}: {}: {}", problem.key, problem.reason)).collect::<Vec<_>>().join("\n")
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,10 +177,7 @@ struct Checker {
 
 impl Checker {
     fn report(&mut self, key: impl Into<String>, reason: impl Into<String>) {
-        self.problems.push(Problem {
-            key: key.into(),
-            reason: reason.into(),
-        });
+        self.problems.push(Problem { key: key.into(), reason: reason.into() });
     }
 
     fn int_in(&mut self, key: &str, value: i64, min: i64, max: i64) -> Option<i64> {
@@ -220,26 +210,16 @@ struct ResolvedGroup {
     start: Option<StartFrom>,
 }
 
-fn resolve_group(
-    checker: &mut Checker,
-    path: &str,
-    raw: &RawGroup,
-    partitions: u16,
-) -> ResolvedGroup {
+fn resolve_group(checker: &mut Checker, path: &str, raw: &RawGroup, partitions: u16) -> ResolvedGroup {
     let key = |name: &str| format!("{path}.{name}");
     let batch_size = match raw.batch_size {
-        Some(value) => checker
-            .int_in(&key("batch_size"), value, 1, MAX_BATCH_SIZE)
-            .map(|v| v as u32),
+        Some(value) => checker.int_in(&key("batch_size"), value, 1, MAX_BATCH_SIZE).map(|v| v as u32),
         None => Some(builtin::BATCH_SIZE),
     };
     let block = match &raw.block {
         Some(text) => checker.duration(&key("block"), text).and_then(|block| {
             if block.is_zero() || block > MAX_BLOCK {
-                checker.report(
-                    key("block"),
-                    format!("must be between 1ms and {}s", MAX_BLOCK.as_secs()),
-                );
+                checker.report(key("block"), format!("must be between 1ms and {}s", MAX_BLOCK.as_secs()));
                 return None;
             }
             Some(block)
@@ -251,46 +231,29 @@ fn resolve_group(
         None => Some(builtin::CLAIM_IDLE),
     };
     let max_deliveries = match raw.max_deliveries {
-        Some(value) => checker
-            .int_in(&key("max_deliveries"), value, 1, MAX_DELIVERIES_LIMIT)
-            .map(|v| v as u32),
+        Some(value) => checker.int_in(&key("max_deliveries"), value, 1, MAX_DELIVERIES_LIMIT).map(|v| v as u32),
         None => Some(builtin::MAX_DELIVERIES),
     };
     let concurrency = match raw.concurrency {
-        Some(value) => checker
-            .int_in(&key("concurrency"), value, 1, MAX_CONCURRENCY)
-            .map(|v| v as u32),
+        Some(value) => checker.int_in(&key("concurrency"), value, 1, MAX_CONCURRENCY).map(|v| v as u32),
         None => Some(u32::from(partitions)),
     };
     let start = match raw.start.as_deref() {
         None | Some("earliest") => Some(StartFrom::Earliest),
         Some("latest") => Some(StartFrom::Latest),
         Some(other) => {
-            checker.report(
-                key("start"),
-                format!("must be \"earliest\" or \"latest\", got {other:?}"),
-            );
+            checker.report(key("start"), format!("must be \"earliest\" or \"latest\", got {other:?}"));
             None
         }
     };
-    ResolvedGroup {
-        batch_size,
-        block,
-        claim_idle,
-        max_deliveries,
-        concurrency,
-        start,
-    }
+    ResolvedGroup { batch_size, block, claim_idle, max_deliveries, concurrency, start }
 }
 
 fn merge(group: &RawGroup, defaults: &RawGroup) -> RawGroup {
     RawGroup {
         batch_size: group.batch_size.or(defaults.batch_size),
         block: group.block.clone().or_else(|| defaults.block.clone()),
-        claim_idle: group
-            .claim_idle
-            .clone()
-            .or_else(|| defaults.claim_idle.clone()),
+        claim_idle: group.claim_idle.clone().or_else(|| defaults.claim_idle.clone()),
         max_deliveries: group.max_deliveries.or(defaults.max_deliveries),
         concurrency: group.concurrency.or(defaults.concurrency),
         start: group.start.clone().or_else(|| defaults.start.clone()),
@@ -300,81 +263,55 @@ fn merge(group: &RawGroup, defaults: &RawGroup) -> RawGroup {
 /// The dotted key a merged knob came from: the group's own key when it set the knob, else the
 /// `[defaults]` one, so an error points at the line to edit.
 fn origin(path: &str, name: &str, group_sets_it: bool) -> String {
-    if group_sets_it {
-        format!("{path}.{name}")
-    } else {
-        format!("defaults.{name}")
-    }
+    if group_sets_it { format!("{path}.{name}") } else { format!("defaults.{name}") }
 }
 
 impl StreamsConfig {
     /// Reads and validates a file; `file` is also the name used in error messages.
     pub fn from_file(file: &str) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-            file: file.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
         Self::from_toml_str(file, &text)
     }
 
     /// Parses and validates `text`; `file` names the source in error messages.
     pub fn from_toml_str(file: &str, text: &str) -> Result<Self, ConfigError> {
-        let table: toml::Table =
-            text.parse()
-                .map_err(|error: toml::de::Error| ConfigError::Syntax {
-                    file: file.to_owned(),
-                    message: error.to_string(),
-                })?;
+        let table: toml::Table = text.parse().map_err(|error: toml::de::Error| ConfigError::Syntax {
+            file: file.to_owned(),
+            message: error.to_string(),
+        })?;
         let raw: RawFile = serde_path_to_error::deserialize(table).map_err(|error| {
             let path = error.path().to_string();
             ConfigError::Invalid {
                 file: file.to_owned(),
                 problems: vec![Problem {
-                    key: if path == "." {
-                        "(top level)".to_owned()
-                    } else {
-                        path
-                    },
+                    key: if path == "." { "(top level)".to_owned() } else { path },
                     reason: error.into_inner().message().trim().to_owned(),
                 }],
             }
         })?;
-        validate(raw).map_err(|problems| ConfigError::Invalid {
-            file: file.to_owned(),
-            problems,
-        })
+        validate(raw).map_err(|problems| ConfigError::Invalid { file: file.to_owned(), problems })
     }
 
     pub fn stream(&self, name: &str) -> Option<&StreamSettings> {
-        self.streams
-            .iter()
-            .find(|(key, _)| key.as_str() == name)
-            .map(|(_, settings)| settings)
+        self.streams.iter().find(|(key, _)| key.as_str() == name).map(|(_, settings)| settings)
     }
 }
 
 impl StreamSettings {
     pub fn group(&self, name: &str) -> Option<&GroupSettings> {
-        self.groups
-            .iter()
-            .find(|(key, _)| key.as_str() == name)
-            .map(|(_, settings)| settings)
+        self.groups.iter().find(|(key, _)| key.as_str() == name).map(|(_, settings)| settings)
     }
 }
 
 fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
-    let mut checker = Checker {
-        problems: Vec::new(),
-    };
+    let mut checker = Checker { problems: Vec::new() };
     // Check the defaults on their own so a bad default is reported once, at its own key.
     resolve_group(&mut checker, "defaults", &raw.defaults, 1);
     let defaults_ok = checker.problems.is_empty();
 
     if raw.streams.is_empty() {
-        checker.report(
-            "streams",
-            "no stream family declared; declare at least one [streams.<name>] table",
-        );
+        checker.report("streams", "no stream family declared; declare at least one [streams.<name>] table");
     }
 
     let mut streams = BTreeMap::new();
@@ -388,14 +325,9 @@ fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
             }
         };
         let partitions = match raw_stream.partitions {
-            Some(value) => checker
-                .int_in(&format!("{path}.partitions"), value, 1, MAX_PARTITIONS)
-                .map(|v| v as u16),
+            Some(value) => checker.int_in(&format!("{path}.partitions"), value, 1, MAX_PARTITIONS).map(|v| v as u16),
             None => {
-                checker.report(
-                    format!("{path}.partitions"),
-                    "is required (number of partitions, 1 to 1024)",
-                );
+                checker.report(format!("{path}.partitions"), "is required (number of partitions, 1 to 1024)");
                 None
             }
         };
@@ -414,18 +346,10 @@ fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
             let before = checker.problems.len();
             // Knobs that come from [defaults] were checked already; re-checking would report
             // the same default once per group.
-            let mut scratch = Checker {
-                problems: Vec::new(),
-            };
-            let resolved =
-                resolve_group(&mut scratch, &group_path, &merged, partitions.unwrap_or(1));
+            let mut scratch = Checker { problems: Vec::new() };
+            let resolved = resolve_group(&mut scratch, &group_path, &merged, partitions.unwrap_or(1));
             for problem in scratch.problems {
-                let knob = problem
-                    .key
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
+                let knob = problem.key.rsplit('.').next().unwrap_or_default().to_owned();
                 let from_group = match knob.as_str() {
                     "batch_size" => raw_group.batch_size.is_some(),
                     "block" => raw_group.block.is_some(),
@@ -474,14 +398,7 @@ fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
             ) {
                 groups.insert(
                     group_name,
-                    GroupSettings {
-                        batch_size,
-                        block,
-                        claim_idle,
-                        max_deliveries,
-                        concurrency,
-                        start,
-                    },
+                    GroupSettings { batch_size, block, claim_idle, max_deliveries, concurrency, start },
                 );
             }
         }
@@ -491,10 +408,7 @@ fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
             let key = format!("{retention_path}.max_age");
             let age = checker.duration(&key, text)?;
             if age < Duration::from_secs(60) {
-                checker.report(
-                    key,
-                    "must be at least 1m: shorter retention breaks resume after brief disconnects",
-                );
+                checker.report(key, "must be at least 1m: shorter retention breaks resume after brief disconnects");
                 return None;
             }
             Some(age)
@@ -502,9 +416,7 @@ fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
         let max_len = raw_stream
             .retention
             .max_len
-            .and_then(|value| {
-                checker.int_in(&format!("{retention_path}.max_len"), value, 1, i64::MAX)
-            })
+            .and_then(|value| checker.int_in(&format!("{retention_path}.max_len"), value, 1, i64::MAX))
             .map(|value| value as u64);
         let mut durable_groups = Vec::new();
         for (index, reference) in raw_stream.retention.durable_groups.iter().enumerate() {
@@ -515,11 +427,7 @@ fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
                     format!("{retention_path}.durable_groups[{index}]"),
                     format!(
                         "unknown group reference {reference:?}: stream {raw_name} declares {}",
-                        if known.is_empty() {
-                            "no groups".to_owned()
-                        } else {
-                            known.join(", ")
-                        }
+                        if known.is_empty() { "no groups".to_owned() } else { known.join(", ") }
                     ),
                 );
                 continue;
@@ -532,25 +440,12 @@ fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
         if let (Some(name), Some(partitions)) = (name, partitions) {
             streams.insert(
                 name.clone(),
-                StreamSettings {
-                    name,
-                    partitions,
-                    retention: Retention {
-                        max_age,
-                        max_len,
-                        durable_groups,
-                    },
-                    groups,
-                },
+                StreamSettings { name, partitions, retention: Retention { max_age, max_len, durable_groups }, groups },
             );
         }
     }
 
-    if checker.problems.is_empty() {
-        Ok(StreamsConfig { streams })
-    } else {
-        Err(checker.problems)
-    }
+    if checker.problems.is_empty() { Ok(StreamsConfig { streams }) } else { Err(checker.problems) }
 }
 
 impl fmt::Display for StartFrom {
@@ -588,10 +483,7 @@ mod tests {
         let config = StreamsConfig::from_toml_str("streams.toml", VALID).unwrap();
         let events = config.stream("events").unwrap();
         assert_eq!(events.partitions, 8);
-        assert_eq!(
-            events.retention.max_age,
-            Some(Duration::from_secs(7 * 86_400))
-        );
+        assert_eq!(events.retention.max_age, Some(Duration::from_secs(7 * 86_400)));
         let writer = events.group("writer").unwrap();
         assert_eq!(writer.batch_size, 500);
         assert_eq!(writer.block, Duration::from_secs(1));
@@ -599,10 +491,7 @@ mod tests {
         assert_eq!(writer.max_deliveries, 3);
         assert_eq!(writer.concurrency, 8);
         assert_eq!(events.group("gateway").unwrap().start, StartFrom::Latest);
-        assert_eq!(
-            events.group("gateway").unwrap().batch_size,
-            builtin::BATCH_SIZE
-        );
+        assert_eq!(events.group("gateway").unwrap().batch_size, builtin::BATCH_SIZE);
     }
 
     #[test]
@@ -610,10 +499,7 @@ mod tests {
         let text = include_str!("../../../streams.toml");
         let config = StreamsConfig::from_toml_str("streams.toml", text).unwrap();
         for family in ["events", "send", "broadcast"] {
-            assert!(
-                config.stream(family).is_some(),
-                "{family} missing from the shipped streams.toml"
-            );
+            assert!(config.stream(family).is_some(), "{family} missing from the shipped streams.toml");
         }
     }
 
@@ -621,21 +507,9 @@ mod tests {
     #[test]
     fn invalid_files_name_the_key_and_the_reason() {
         let cases: &[(&str, &str, &str)] = &[
-            (
-                "[streams.events]\npartitions = 0",
-                "streams.events.partitions",
-                "between 1 and 1024, got 0",
-            ),
-            (
-                "[streams.events]\npartitions = 5000",
-                "streams.events.partitions",
-                "between 1 and 1024",
-            ),
-            (
-                "[streams.events]\n",
-                "streams.events.partitions",
-                "is required",
-            ),
+            ("[streams.events]\npartitions = 0", "streams.events.partitions", "between 1 and 1024, got 0"),
+            ("[streams.events]\npartitions = 5000", "streams.events.partitions", "between 1 and 1024"),
+            ("[streams.events]\n", "streams.events.partitions", "is required"),
             (
                 "[streams.events]\npartitions = 2\nretention.durable_groups = [\"writr\"]\n[streams.events.groups.writer]\n",
                 "streams.events.retention.durable_groups[0]",
@@ -681,16 +555,8 @@ mod tests {
                 "streams.events.groups.writer.block",
                 "invalid type",
             ),
-            (
-                "[streams.events]\npartitons = 2",
-                "streams.events.partitons",
-                "unknown field `partitons`",
-            ),
-            (
-                "[streams.Events]\npartitions = 2",
-                "streams.Events",
-                "invalid stream name",
-            ),
+            ("[streams.events]\npartitons = 2", "streams.events.partitons", "unknown field `partitons`"),
+            ("[streams.Events]\npartitions = 2", "streams.Events", "invalid stream name"),
             (
                 "[streams.events]\npartitions = 2\n[streams.events.groups.\"a b\"]\n",
                 "streams.events.groups.a b",
@@ -707,19 +573,13 @@ mod tests {
                 "between 1",
             ),
             ("", "streams", "no stream family declared"),
-            (
-                "[defaults]\nbatch_size = 0\n[streams.events]\npartitions = 1",
-                "defaults.batch_size",
-                "between 1",
-            ),
+            ("[defaults]\nbatch_size = 0\n[streams.events]\npartitions = 1", "defaults.batch_size", "between 1"),
         ];
         for (text, key, reason) in cases {
             let error = StreamsConfig::from_toml_str("test.toml", text).expect_err(text);
             let problems = error.problems();
             assert!(
-                problems
-                    .iter()
-                    .any(|problem| problem.key == *key && problem.reason.contains(reason)),
+                problems.iter().any(|problem| problem.key == *key && problem.reason.contains(reason)),
                 "file {text:?}: expected {key}: …{reason}…, got {problems:?}"
             );
             let rendered = error.to_string();
@@ -730,7 +590,8 @@ mod tests {
 
     #[test]
     fn a_bad_default_is_reported_once() {
-        let text = "[defaults]\nbatch_size = 0\n[streams.a]\npartitions = 1\n[streams.a.groups.x]\n[streams.a.groups.y]\n";
+        let text =
+            "[defaults]\nbatch_size = 0\n[streams.a]\npartitions = 1\n[streams.a.groups.x]\n[streams.a.groups.y]\n";
         let error = StreamsConfig::from_toml_str("f", text).unwrap_err();
         assert_eq!(error.problems().len(), 1, "{error}");
     }

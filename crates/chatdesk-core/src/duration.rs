@@ -8,9 +8,7 @@ use std::time::Duration;
 pub enum DurationError {
     #[error("empty duration")]
     Empty,
-    #[error(
-        "{0:?} is not a duration: write a number followed by a unit (ms, s, m, h, d), e.g. \"5s\""
-    )]
+    #[error("{0:?} is not a duration: write a number followed by a unit (ms, s, m, h, d), e.g. \"5s\"")]
     Malformed(String),
     #[error("{0:?} is too large")]
     Overflow(String),
@@ -25,19 +23,13 @@ pub fn parse_duration(raw: &str) -> Result<Duration, DurationError> {
     let mut total_ms: u64 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits_end = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let digits_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         if digits_end == 0 {
             return Err(malformed());
         }
-        let amount: u64 = rest[..digits_end]
-            .parse()
-            .map_err(|_| DurationError::Overflow(raw.to_owned()))?;
+        let amount: u64 = rest[..digits_end].parse().map_err(|_| DurationError::Overflow(raw.to_owned()))?;
         rest = &rest[digits_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_end = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit_ms: u64 = match &rest[..unit_end] {
             "ms" => 1,
             "s" => 1_000,
@@ -47,12 +39,8 @@ pub fn parse_duration(raw: &str) -> Result<Duration, DurationError> {
             _ => return Err(malformed()),
         };
         rest = &rest[unit_end..];
-        let part = amount
-            .checked_mul(unit_ms)
-            .ok_or_else(|| DurationError::Overflow(raw.to_owned()))?;
-        total_ms = total_ms
-            .checked_add(part)
-            .ok_or_else(|| DurationError::Overflow(raw.to_owned()))?;
+        let part = amount.checked_mul(unit_ms).ok_or_else(|| DurationError::Overflow(raw.to_owned()))?;
+        total_ms = total_ms.checked_add(part).ok_or_else(|| DurationError::Overflow(raw.to_owned()))?;
     }
     Ok(Duration::from_millis(total_ms))
 }
@@ -72,26 +60,16 @@ mod tests {
             (" 3s ", 3_000),
         ];
         for (raw, millis) in cases {
-            assert_eq!(
-                parse_duration(raw),
-                Ok(Duration::from_millis(millis)),
-                "{raw}"
-            );
+            assert_eq!(parse_duration(raw), Ok(Duration::from_millis(millis)), "{raw}");
         }
     }
 
     #[test]
     fn refuses_what_is_not_a_duration() {
         for raw in ["5", "s", "5 s", "5sec", "-5s", "1.5s", "5parsecs"] {
-            assert!(
-                matches!(parse_duration(raw), Err(DurationError::Malformed(_))),
-                "{raw}"
-            );
+            assert!(matches!(parse_duration(raw), Err(DurationError::Malformed(_))), "{raw}");
         }
         assert_eq!(parse_duration(""), Err(DurationError::Empty));
-        assert!(matches!(
-            parse_duration("99999999999999999999d"),
-            Err(DurationError::Overflow(_))
-        ));
+        assert!(matches!(parse_duration("99999999999999999999d"), Err(DurationError::Overflow(_))));
     }
 }

@@ -21,10 +21,7 @@ pub struct EntryId {
 
 impl EntryId {
     /// Lower than any real entry: `0-0`.
-    pub const ZERO: EntryId = EntryId {
-        millis: 0,
-        sequence: 0,
-    };
+    pub const ZERO: EntryId = EntryId { millis: 0, sequence: 0 };
 
     pub fn new(millis: u64, sequence: u64) -> Self {
         Self { millis, sequence }
@@ -37,15 +34,11 @@ impl FromStr for EntryId {
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         let error = || EntryIdError(raw.to_owned());
         let (millis, sequence) = raw.split_once('-').ok_or_else(error)?;
-        let all_digits =
-            |part: &str| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit());
+        let all_digits = |part: &str| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit());
         if !all_digits(millis) || !all_digits(sequence) {
             return Err(error());
         }
-        Ok(Self {
-            millis: millis.parse().map_err(|_| error())?,
-            sequence: sequence.parse().map_err(|_| error())?,
-        })
+        Ok(Self { millis: millis.parse().map_err(|_| error())?, sequence: sequence.parse().map_err(|_| error())? })
     }
 }
 

@@ -23,11 +23,8 @@ impl KeyScheme {
     /// `prefix` must not contain `{` or `}`: a brace in it would move the hash tag.
     pub fn new(prefix: impl Into<String>) -> Result<Self, String> {
         let prefix = prefix.into();
-        if prefix.is_empty() || prefix.contains(['{', '}']) || prefix.contains(char::is_whitespace)
-        {
-            return Err(format!(
-                "key prefix {prefix:?} must be non-empty, without braces or spaces"
-            ));
+        if prefix.is_empty() || prefix.contains(['{', '}']) || prefix.contains(char::is_whitespace) {
+            return Err(format!("key prefix {prefix:?} must be non-empty, without braces or spaces"));
         }
         Ok(Self { prefix })
     }
@@ -71,10 +68,7 @@ fn fnv1a_64(bytes: &[u8]) -> u64 {
 /// `partition = hash(tenant) % partitions`: all of a tenant's events land in one partition, so
 /// they are totally ordered and one entry id is a complete resume cursor.
 pub fn partition_for_tenant(tenant: &TenantId, partitions: u16) -> u16 {
-    assert!(
-        partitions > 0,
-        "partition count is validated to be at least 1"
-    );
+    assert!(partitions > 0, "partition count is validated to be at least 1");
     (fnv1a_64(tenant.0.as_bytes()) % u64::from(partitions)) as u16
 }
 
@@ -93,11 +87,7 @@ pub fn cluster_slot(key: &str) -> u16 {
     for byte in hashed {
         crc ^= u16::from(*byte) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
         }
     }
     crc % 16_384
@@ -116,39 +106,27 @@ mod tests {
         assert_eq!(keys.stream, "chatdesk:stream:{events:3}");
         assert_eq!(keys.dead_letters, "chatdesk:dlq.events:{events:3}");
         assert_eq!(cluster_slot(&keys.stream), cluster_slot(&keys.dead_letters));
-        assert_ne!(
-            cluster_slot(&keys.stream),
-            cluster_slot(&scheme.partition(&events, 4).stream)
-        );
+        assert_ne!(cluster_slot(&keys.stream), cluster_slot(&scheme.partition(&events, 4).stream));
     }
 
     #[test]
     fn cluster_slot_matches_redis() {
         // Values from CLUSTER KEYSLOT on Redis 7.
         assert_eq!(cluster_slot("foo"), 12182);
-        assert_eq!(
-            cluster_slot("{user1000}.following"),
-            cluster_slot("{user1000}.followers")
-        );
+        assert_eq!(cluster_slot("{user1000}.following"), cluster_slot("{user1000}.followers"));
         assert_eq!(cluster_slot("123456789"), 12739);
     }
 
     #[test]
     fn partitions_are_stable_and_spread() {
         let tenant = TenantId(Uuid::from_u128(0x0192_0000_0000_7000_8000_0000_0000_0001));
-        assert_eq!(
-            partition_for_tenant(&tenant, 8),
-            partition_for_tenant(&tenant, 8)
-        );
+        assert_eq!(partition_for_tenant(&tenant, 8), partition_for_tenant(&tenant, 8));
         let mut seen = [0u32; 8];
         for index in 0..800u128 {
             let tenant = TenantId(Uuid::from_u128(index * 7919));
             seen[partition_for_tenant(&tenant, 8) as usize] += 1;
         }
-        assert!(
-            seen.iter().all(|count| *count > 50),
-            "uneven spread: {seen:?}"
-        );
+        assert!(seen.iter().all(|count| *count > 50), "uneven spread: {seen:?}");
     }
 
     #[test]

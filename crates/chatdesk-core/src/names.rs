@@ -22,10 +22,7 @@ fn check(raw: &str, allow_dot: bool) -> Result<(), NameError> {
         return Err(NameError::Empty);
     }
     if raw.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong {
-            max: MAX_NAME_LEN,
-            len: raw.len(),
-        });
+        return Err(NameError::TooLong { max: MAX_NAME_LEN, len: raw.len() });
     }
     let first_is_letter = raw.as_bytes()[0].is_ascii_lowercase();
     let all_allowed = raw.bytes().all(|byte| {
@@ -93,25 +90,10 @@ mod tests {
         assert!(StreamName::parse("events").is_ok());
         assert!(GroupName::parse("gateway.node-1").is_ok());
         assert_eq!(StreamName::parse(""), Err(NameError::Empty));
-        assert!(matches!(
-            StreamName::parse("dlq.events"),
-            Err(NameError::BadCharacters(_))
-        ));
-        assert!(matches!(
-            StreamName::parse("Events"),
-            Err(NameError::BadCharacters(_))
-        ));
-        assert!(matches!(
-            GroupName::parse("1writer"),
-            Err(NameError::BadCharacters(_))
-        ));
-        assert!(matches!(
-            GroupName::parse("a{b}"),
-            Err(NameError::BadCharacters(_))
-        ));
-        assert!(matches!(
-            GroupName::parse(&"a".repeat(65)),
-            Err(NameError::TooLong { .. })
-        ));
+        assert!(matches!(StreamName::parse("dlq.events"), Err(NameError::BadCharacters(_))));
+        assert!(matches!(StreamName::parse("Events"), Err(NameError::BadCharacters(_))));
+        assert!(matches!(GroupName::parse("1writer"), Err(NameError::BadCharacters(_))));
+        assert!(matches!(GroupName::parse("a{b}"), Err(NameError::BadCharacters(_))));
+        assert!(matches!(GroupName::parse(&"a".repeat(65)), Err(NameError::TooLong { .. })));
     }
 }

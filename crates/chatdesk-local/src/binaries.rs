@@ -16,27 +16,19 @@ pub struct MissingBinary {
 
 fn on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| is_executable(candidate))
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| is_executable(candidate))
 }
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    path.metadata().map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// `redis-server`, `redis-cli`, `redis-benchmark` (all in Debian's `redis-server`/`redis-tools`).
 pub fn redis_program(program: &str) -> Result<PathBuf, MissingBinary> {
     on_path(program).ok_or_else(|| MissingBinary {
         program: program.to_owned(),
-        package: if program == "redis-server" {
-            "redis-server"
-        } else {
-            "redis-tools"
-        },
+        package: if program == "redis-server" { "redis-server" } else { "redis-tools" },
         extra: String::new(),
     })
 }

@@ -38,25 +38,11 @@ pub enum LocalError {
         source: std::io::Error,
     },
     #[error("{server} did not become ready within {seconds}s; last lines of {log}:\n{tail}")]
-    NotReady {
-        server: &'static str,
-        seconds: u64,
-        log: PathBuf,
-        tail: String,
-    },
+    NotReady { server: &'static str, seconds: u64, log: PathBuf, tail: String },
     #[error("{server} exited during start-up ({status}); last lines of {log}:\n{tail}")]
-    ExitedEarly {
-        server: &'static str,
-        status: String,
-        log: PathBuf,
-        tail: String,
-    },
+    ExitedEarly { server: &'static str, status: String, log: PathBuf, tail: String },
     #[error("{command} failed ({status}): {output}")]
-    CommandFailed {
-        command: String,
-        status: String,
-        output: String,
-    },
+    CommandFailed { command: String, status: String, output: String },
     #[error(
         "running as root, but there is no `postgres` system user to run PostgreSQL as; install the postgresql package or run as an ordinary user"
     )]

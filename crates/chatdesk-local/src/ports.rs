@@ -6,12 +6,8 @@ use std::net::{Ipv4Addr, TcpListener};
 use crate::LocalError;
 
 pub fn free_port() -> Result<u16, LocalError> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|_| LocalError::NoFreePort)?;
-    listener
-        .local_addr()
-        .map(|addr| addr.port())
-        .map_err(|_| LocalError::NoFreePort)
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|_| LocalError::NoFreePort)?;
+    listener.local_addr().map(|addr| addr.port()).map_err(|_| LocalError::NoFreePort)
 }
 
 pub fn is_free(port: u16) -> bool {

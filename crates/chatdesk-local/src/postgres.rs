@@ -28,13 +28,7 @@ pub struct PostgresOptions {
 
 impl PostgresOptions {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            data_dir: data_dir.into(),
-            port: None,
-            durable: true,
-            database: "chatdesk".into(),
-            template_cache: None,
-        }
+        Self { data_dir: data_dir.into(), port: None, durable: true, database: "chatdesk".into(), template_cache: None }
     }
 }
 
@@ -62,12 +56,7 @@ fn run_as() -> Result<Option<RunAs>, LocalError> {
         .find_map(|line| {
             let fields: Vec<&str> = line.split(':').collect();
             (fields.first() == Some(&"postgres") && fields.len() > 3)
-                .then(|| {
-                    Some(RunAs {
-                        uid: fields[2].parse().ok()?,
-                        gid: fields[3].parse().ok()?,
-                    })
-                })
+                .then(|| Some(RunAs { uid: fields[2].parse().ok()?, gid: fields[3].parse().ok()? }))
                 .flatten()
         })
         .map(Some)
@@ -75,11 +64,7 @@ fn run_as() -> Result<Option<RunAs>, LocalError> {
 }
 
 fn chown_tree(path: &Path, run_as: RunAs) -> Result<(), LocalError> {
-    let io = |source| LocalError::Io {
-        action: "cannot change owner of",
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| LocalError::Io { action: "cannot change owner of", path: path.to_path_buf(), source };
     std::os::unix::fs::chown(path, Some(run_as.uid), Some(run_as.gid)).map_err(io)?;
     if path.is_dir() {
         for entry in std::fs::read_dir(path).map_err(io)? {
@@ -100,20 +85,11 @@ async fn initdb(data_dir: &Path, durable: bool, run_as: Option<RunAs>) -> Result
     if let Some(run_as) = run_as {
         chown_tree(data_dir, run_as)?;
     }
-    let mut args: Vec<String> = [
-        "-D",
-        &data_dir.display().to_string(),
-        "-A",
-        "trust",
-        "-U",
-        "postgres",
-        "-E",
-        "UTF8",
-        "--no-locale",
-    ]
-    .iter()
-    .map(|arg| arg.to_string())
-    .collect();
+    let mut args: Vec<String> =
+        ["-D", &data_dir.display().to_string(), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale"]
+            .iter()
+            .map(|arg| arg.to_string())
+            .collect();
     if !durable {
         args.push("--no-sync".into());
     }
@@ -137,12 +113,7 @@ impl PostgresServer {
                 Some(port) if attempt == 0 && is_free(port) => port,
                 _ => free_port()?,
             };
-            let mut server = Self {
-                options: options.clone(),
-                port,
-                run_as,
-                process: None,
-            };
+            let mut server = Self { options: options.clone(), port, run_as, process: None };
             match server.spawn().await {
                 Ok(()) => {
                     server.ensure_database(&options.database).await?;
@@ -172,24 +143,15 @@ impl PostgresServer {
         .map(|arg| arg.to_string())
         .collect();
         if !self.options.durable {
-            for setting in [
-                "fsync=off",
-                "synchronous_commit=off",
-                "full_page_writes=off",
-            ] {
+            for setting in ["fsync=off", "synchronous_commit=off", "full_page_writes=off"] {
                 args.extend(["-c".to_owned(), setting.to_owned()]);
             }
         }
         let log = self.log_path();
         let mut process = ServerProcess::spawn("postgres", &program, &args, &log, self.run_as)?;
         let isready = postgres_program("pg_isready")?;
-        let ready_args: Vec<String> = vec![
-            "-h".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            self.port.to_string(),
-            "-q".into(),
-        ];
+        let ready_args: Vec<String> =
+            vec!["-h".into(), "127.0.0.1".into(), "-p".into(), self.port.to_string(), "-q".into()];
         let ready = wait_until_ready(&mut process, READY_TIMEOUT, || {
             let (isready, ready_args) = (isready.clone(), ready_args.clone());
             async move { run(&isready, &ready_args, None).await.is_ok() }
@@ -205,19 +167,9 @@ impl PostgresServer {
     }
 
     fn log_path(&self) -> PathBuf {
-        let name = format!(
-            "{}.log",
-            self.options
-                .data_dir
-                .file_name()
-                .and_then(|name| name.to_str())
-                .unwrap_or("postgres")
-        );
-        self.options
-            .data_dir
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(name)
+        let name =
+            format!("{}.log", self.options.data_dir.file_name().and_then(|name| name.to_str()).unwrap_or("postgres"));
+        self.options.data_dir.parent().unwrap_or(Path::new(".")).join(name)
     }
 
     /// Creates `database` unless it exists.
@@ -233,9 +185,7 @@ impl PostgresServer {
         ];
         match run(&postgres_program("createdb")?, &args, None).await {
             Ok(_) => Ok(()),
-            Err(LocalError::CommandFailed { output, .. }) if output.contains("already exists") => {
-                Ok(())
-            }
+            Err(LocalError::CommandFailed { output, .. }) if output.contains("already exists") => Ok(()),
             Err(error) => Err(error),
         }
     }
@@ -276,11 +226,7 @@ impl PostgresServer {
 /// Copies a cached, freshly initialised cluster; creates the cache first if needed. The cache is
 /// built in a private directory and renamed into place, so concurrent test processes never see a
 /// half-written one.
-async fn copy_from_template(
-    template: &Path,
-    data_dir: &Path,
-    run_as: Option<RunAs>,
-) -> Result<(), LocalError> {
+async fn copy_from_template(template: &Path, data_dir: &Path, run_as: Option<RunAs>) -> Result<(), LocalError> {
     if !template.join("PG_VERSION").exists() {
         let building = template.with_extension(format!("building-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&building);
@@ -290,11 +236,7 @@ async fn copy_from_template(
         }
     }
     create_dir(data_dir.parent().unwrap_or(Path::new("/")))?;
-    let args = vec![
-        "-a".to_owned(),
-        template.display().to_string(),
-        data_dir.display().to_string(),
-    ];
+    let args = vec!["-a".to_owned(), template.display().to_string(), data_dir.display().to_string()];
     run(Path::new("cp"), &args, None).await?;
     Ok(())
 }

@@ -32,18 +32,8 @@ impl ServerProcess {
         log: &Path,
         run_as: Option<RunAs>,
     ) -> Result<Self, LocalError> {
-        let io = |action: &'static str| {
-            move |source| LocalError::Io {
-                action,
-                path: log.to_path_buf(),
-                source,
-            }
-        };
-        let log_file = File::options()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(io("cannot open log"))?;
+        let io = |action: &'static str| move |source| LocalError::Io { action, path: log.to_path_buf(), source };
+        let log_file = File::options().create(true).append(true).open(log).map_err(io("cannot open log"))?;
         let log_err = log_file.try_clone().map_err(io("cannot open log"))?;
         let mut command = Command::new(program);
         command
@@ -63,11 +53,7 @@ impl ServerProcess {
             path: program.to_path_buf(),
             source,
         })?;
-        Ok(Self {
-            name,
-            child,
-            log: log.to_path_buf(),
-        })
+        Ok(Self { name, child, log: log.to_path_buf() })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -92,12 +78,7 @@ impl ServerProcess {
     }
 
     pub fn not_ready(&self, seconds: u64) -> LocalError {
-        LocalError::NotReady {
-            server: self.name,
-            seconds,
-            log: self.log.clone(),
-            tail: log_tail(&self.log),
-        }
+        LocalError::NotReady { server: self.name, seconds, log: self.log.clone(), tail: log_tail(&self.log) }
     }
 
     /// SIGKILL, as a crash would: nothing is flushed.
@@ -137,11 +118,7 @@ pub async fn stop_stale(pidfile: &Path, signal: &str, command_fragment: &str) {
     let Ok(text) = std::fs::read_to_string(pidfile) else {
         return;
     };
-    let Some(pid) = text
-        .lines()
-        .next()
-        .and_then(|line| line.trim().parse::<u32>().ok())
-    else {
+    let Some(pid) = text.lines().next().and_then(|line| line.trim().parse::<u32>().ok()) else {
         return;
     };
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -160,11 +137,7 @@ pub async fn stop_stale(pidfile: &Path, signal: &str, command_fragment: &str) {
 }
 
 /// Runs a short command to completion; `Err` carries its output when it fails.
-pub async fn run(
-    program: &Path,
-    args: &[String],
-    run_as: Option<RunAs>,
-) -> Result<String, LocalError> {
+pub async fn run(program: &Path, args: &[String], run_as: Option<RunAs>) -> Result<String, LocalError> {
     let mut command = Command::new(program);
     command.args(args).stdin(Stdio::null());
     if let Some(run_as) = run_as {
@@ -175,11 +148,7 @@ pub async fn run(
         path: program.to_path_buf(),
         source,
     })?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     if output.status.success() {
         Ok(text)
     } else {
@@ -229,11 +198,9 @@ pub fn create_dir(dir: &Path) -> Result<(), LocalError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|source| {
-        LocalError::Io {
-            action: "cannot set permissions on",
-            path: dir.to_path_buf(),
-            source,
-        }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|source| LocalError::Io {
+        action: "cannot set permissions on",
+        path: dir.to_path_buf(),
+        source,
     })
 }

@@ -34,12 +34,7 @@ pub struct RedisOptions {
 
 impl RedisOptions {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self {
-            dir: dir.into(),
-            port: None,
-            persistence: RedisPersistence::None,
-            cluster: false,
-        }
+        Self { dir: dir.into(), port: None, persistence: RedisPersistence::None, cluster: false }
     }
 
     pub fn persistence(mut self, persistence: RedisPersistence) -> Self {
@@ -71,11 +66,7 @@ impl RedisServer {
                 _ if options.cluster => free_cluster_port()?,
                 _ => free_port()?,
             };
-            let mut server = Self {
-                options: options.clone(),
-                port,
-                process: None,
-            };
+            let mut server = Self { options: options.clone(), port, process: None };
             match server.spawn().await {
                 Ok(()) => return Ok(server),
                 // Another process may have taken the port between our check and the bind.
@@ -131,9 +122,7 @@ impl RedisServer {
         let mut process = ServerProcess::spawn("redis-server", &program, &args, &log, None)?;
         let port = self.port;
         let ready = wait_until_ready(&mut process, READY_TIMEOUT, || async move {
-            resp::command(port, &["PING"])
-                .await
-                .is_ok_and(|reply| reply == "PONG")
+            resp::command(port, &["PING"]).await.is_ok_and(|reply| reply == "PONG")
         })
         .await;
         if let Err(error) = ready {
@@ -197,25 +186,15 @@ impl RedisCluster {
             nodes.push(RedisServer::start(options).await?);
         }
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
-        args.extend(
-            nodes
-                .iter()
-                .map(|node| format!("127.0.0.1:{}", node.port())),
-        );
-        args.extend([
-            "--cluster-replicas".into(),
-            "0".into(),
-            "--cluster-yes".into(),
-        ]);
+        args.extend(nodes.iter().map(|node| format!("127.0.0.1:{}", node.port())));
+        args.extend(["--cluster-replicas".into(), "0".into(), "--cluster-yes".into()]);
         run(&redis_program("redis-cli")?, &args, None).await?;
         // `--cluster create` returns once slots are assigned; every node must agree before
         // clients are routed reliably.
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         for node in &nodes {
             loop {
-                let info = resp::command(node.port(), &["CLUSTER", "INFO"])
-                    .await
-                    .unwrap_or_default();
+                let info = resp::command(node.port(), &["CLUSTER", "INFO"]).await.unwrap_or_default();
                 if info.contains("cluster_state:ok") {
                     break;
                 }
@@ -236,15 +215,9 @@ impl RedisCluster {
     /// A `redis-cluster://` URL naming every node, as fred expects.
     pub fn url(&self) -> String {
         let first = &self.nodes[0];
-        let others: Vec<String> = self.nodes[1..]
-            .iter()
-            .map(|node| format!("node=127.0.0.1:{}", node.port()))
-            .collect();
-        format!(
-            "redis-cluster://127.0.0.1:{}?{}",
-            first.port(),
-            others.join("&")
-        )
+        let others: Vec<String> =
+            self.nodes[1..].iter().map(|node| format!("node=127.0.0.1:{}", node.port())).collect();
+        format!("redis-cluster://127.0.0.1:{}?{}", first.port(), others.join("&"))
     }
 
     pub fn ports(&self) -> Vec<u16> {

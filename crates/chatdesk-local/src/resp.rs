@@ -10,44 +10,29 @@ use tokio::net::TcpStream;
 /// I/O problem is `Err(text)`.
 pub async fn command(port: u16, args: &[&str]) -> Result<String, String> {
     let exchange = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|error| error.to_string())?;
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.map_err(|error| error.to_string())?;
         let mut request = format!("*{}\r\n", args.len());
         for arg in args {
             request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
         }
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|error| error.to_string())?;
+        stream.write_all(request.as_bytes()).await.map_err(|error| error.to_string())?;
         let mut reader = BufReader::new(stream);
         let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .await
-            .map_err(|error| error.to_string())?;
+        reader.read_line(&mut line).await.map_err(|error| error.to_string())?;
         let line = line.trim_end();
         match line.chars().next() {
             Some('+') => Ok(line[1..].to_owned()),
             Some(':') => Ok(line[1..].to_owned()),
             Some('-') => Err(line[1..].to_owned()),
             Some('$') => {
-                let len: usize = line[1..]
-                    .parse()
-                    .map_err(|_| format!("bad bulk length {line:?}"))?;
+                let len: usize = line[1..].parse().map_err(|_| format!("bad bulk length {line:?}"))?;
                 let mut body = vec![0u8; len + 2];
-                reader
-                    .read_exact(&mut body)
-                    .await
-                    .map_err(|error| error.to_string())?;
+                reader.read_exact(&mut body).await.map_err(|error| error.to_string())?;
                 body.truncate(len);
                 String::from_utf8(body).map_err(|error| error.to_string())
             }
             _ => Err(format!("unexpected reply {line:?}")),
         }
     };
-    tokio::time::timeout(Duration::from_secs(2), exchange)
-        .await
-        .unwrap_or_else(|_| Err("timed out".to_owned()))
+    tokio::time::timeout(Duration::from_secs(2), exchange).await.unwrap_or_else(|_| Err("timed out".to_owned()))
 }

@@ -31,24 +31,14 @@ pub enum StoreError {
 
 /// `(version, description, sql)` of every migration, in order. A unit test checks that this list
 /// and the `migrations/` folder agree.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "tenants",
-    include_str!("../../../migrations/0001_tenants.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "tenants", include_str!("../../../migrations/0001_tenants.sql"))];
 
 fn migrator() -> Migrator {
     Migrator::with_migrations(
         MIGRATIONS
             .iter()
             .map(|(version, description, sql)| {
-                Migration::new(
-                    *version,
-                    Cow::Borrowed(*description),
-                    MigrationType::Simple,
-                    sql.into_sql_str(),
-                    false,
-                )
+                Migration::new(*version, Cow::Borrowed(*description), MigrationType::Simple, sql.into_sql_str(), false)
             })
             .collect(),
     )
@@ -72,10 +62,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
         .acquire_timeout(Duration::from_secs(5))
         .connect(url)
         .await
-        .map_err(|source| StoreError::Connect {
-            url: redact(url),
-            source,
-        })
+        .map_err(|source| StoreError::Connect { url: redact(url), source })
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
@@ -83,11 +70,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 }
 
 pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
-    sqlx::query("SELECT 1")
-        .execute(pool)
-        .await
-        .map(|_| ())
-        .map_err(StoreError::Query)
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ()).map_err(StoreError::Query)
 }
 
 #[cfg(test)]
@@ -103,19 +86,14 @@ mod tests {
             .filter(|name| name.ends_with(".sql"))
             .collect();
         files.sort();
-        let embedded: Vec<String> = MIGRATIONS
-            .iter()
-            .map(|(version, description, _)| format!("{version:04}_{description}.sql"))
-            .collect();
+        let embedded: Vec<String> =
+            MIGRATIONS.iter().map(|(version, description, _)| format!("{version:04}_{description}.sql")).collect();
         assert_eq!(files, embedded);
     }
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://app:secret@db:5432/chatdesk"),
-            "postgres://app@db:5432/chatdesk"
-        );
+        assert_eq!(redact("postgres://app:secret@db:5432/chatdesk"), "postgres://app@db:5432/chatdesk");
         assert_eq!(redact("postgres://db/chatdesk"), "postgres://db/chatdesk");
     }
 }

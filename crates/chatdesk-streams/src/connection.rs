@@ -25,10 +25,7 @@ pub struct RedisSettings {
 
 impl RedisSettings {
     pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            command_timeout: Duration::from_secs(10),
-        }
+        Self { url: url.into(), command_timeout: Duration::from_secs(10) }
     }
 }
 
@@ -41,10 +38,7 @@ pub struct RedisConnector {
 
 impl std::fmt::Debug for RedisConnector {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("RedisConnector")
-            .field("url", &redact(&self.settings.url))
-            .finish()
+        formatter.debug_struct("RedisConnector").field("url", &redact(&self.settings.url)).finish()
     }
 }
 
@@ -107,10 +101,7 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(
-            redact("redis://user:secret@host:6379"),
-            "redis://***@host:6379"
-        );
+        assert_eq!(redact("redis://user:secret@host:6379"), "redis://***@host:6379");
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

@@ -29,10 +29,7 @@ pub struct NewEntry {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
 }
 
 impl NewEntry {
@@ -101,10 +98,7 @@ impl Entry {
 
 /// A Redis reply value as text (binary data decoded lossily rather than failing the read).
 pub(crate) fn value_text(value: &fred::types::Value) -> String {
-    value
-        .as_str_lossy()
-        .map(|text| text.into_owned())
-        .unwrap_or_default()
+    value.as_str_lossy().map(|text| text.into_owned()).unwrap_or_default()
 }
 
 /// Why an entry cannot be decoded; such an entry is dead-lettered at once, since no retry can
@@ -125,10 +119,7 @@ pub fn decode(
     fields: &HashMap<String, String>,
 ) -> Result<Entry, DecodeError> {
     let get = |name: &'static str| fields.get(name).ok_or(DecodeError::Missing(name));
-    let invalid = |field: &'static str, value: &str| DecodeError::Invalid {
-        field,
-        value: value.to_owned(),
-    };
+    let invalid = |field: &'static str, value: &str| DecodeError::Invalid { field, value: value.to_owned() };
     let tenant = get(FIELD_TENANT)?;
     let event_id = get(FIELD_EVENT_ID)?;
     let time = get(FIELD_TIME)?;
@@ -143,9 +134,7 @@ pub fn decode(
         event_type: get(FIELD_TYPE)?.clone(),
         tenant: tenant.parse().map_err(|_| invalid(FIELD_TENANT, tenant))?,
         conversation,
-        event_id: event_id
-            .parse()
-            .map_err(|_| invalid(FIELD_EVENT_ID, event_id))?,
+        event_id: event_id.parse().map_err(|_| invalid(FIELD_EVENT_ID, event_id))?,
         time_ms: time.parse().map_err(|_| invalid(FIELD_TIME, time))?,
         payload: get(FIELD_PAYLOAD)?.clone(),
     })
@@ -159,47 +148,28 @@ mod tests {
     fn fields_round_trip() {
         let tenant = TenantId(Uuid::now_v7());
         let conversation = Uuid::now_v7();
-        let new = NewEntry::new(
-            "message.created",
-            tenant,
-            &serde_json::json!({"text": "hi"}),
-        )
-        .unwrap()
-        .with_conversation(conversation);
-        let fields: HashMap<String, String> = new
-            .fields()
-            .into_iter()
-            .map(|(key, value)| (key.to_owned(), value))
-            .collect();
+        let new = NewEntry::new("message.created", tenant, &serde_json::json!({"text": "hi"}))
+            .unwrap()
+            .with_conversation(conversation);
+        let fields: HashMap<String, String> =
+            new.fields().into_iter().map(|(key, value)| (key.to_owned(), value)).collect();
         let entry = decode(EntryId::new(1, 0), 3, 1, &fields).unwrap();
         assert_eq!(entry.event_type, "message.created");
         assert_eq!(entry.tenant, tenant);
         assert_eq!(entry.conversation, Some(conversation));
         assert_eq!(entry.event_id, new.event_id);
-        assert_eq!(
-            entry.payload_json::<serde_json::Value>().unwrap()["text"],
-            "hi"
-        );
+        assert_eq!(entry.payload_json::<serde_json::Value>().unwrap()["text"], "hi");
     }
 
     #[test]
     fn missing_or_bad_fields_are_named() {
         let mut fields: HashMap<String, String> = HashMap::new();
-        assert_eq!(
-            decode(EntryId::ZERO, 0, 1, &fields).unwrap_err(),
-            DecodeError::Missing("tenant")
-        );
+        assert_eq!(decode(EntryId::ZERO, 0, 1, &fields).unwrap_err(), DecodeError::Missing("tenant"));
         fields.insert("tenant".into(), "not-a-uuid".into());
         fields.insert("event_id".into(), Uuid::now_v7().to_string());
         fields.insert("time".into(), "1".into());
         fields.insert("type".into(), "x".into());
         fields.insert("payload".into(), "{}".into());
-        assert!(matches!(
-            decode(EntryId::ZERO, 0, 1, &fields),
-            Err(DecodeError::Invalid {
-                field: "tenant",
-                ..
-            })
-        ));
+        assert!(matches!(decode(EntryId::ZERO, 0, 1, &fields), Err(DecodeError::Invalid { field: "tenant", .. })));
     }
 }

@@ -8,6 +8,8 @@
 //! - [`runtime`]: the consumer-group runtime every consumer uses: a [`Handler`] decides what an
 //!   entry means, the runtime does the Redis work (groups, reads, acks, claims, retries, dead
 //!   letters, shutdown, metrics).
+//! - [`retention`]: trimming to `max_age` / `max_len`, never past what a durable group still
+//!   needs.
 //! - [`status`]: per-group lag and pending, for `/metrics` and `chatdesk streams status`.
 //! - [`metrics`]: metric names and descriptions.
 
@@ -15,6 +17,7 @@ pub mod connection;
 pub mod entry;
 pub mod metrics;
 pub mod producer;
+pub mod retention;
 pub mod runtime;
 pub mod status;
 

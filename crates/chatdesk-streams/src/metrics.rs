@@ -14,75 +14,36 @@ pub const GROUP_LAG_ENTRIES: &str = "chatdesk_stream_group_lag_entries";
 pub const GROUP_PENDING_ENTRIES: &str = "chatdesk_stream_group_pending_entries";
 pub const GROUP_CONSUMERS: &str = "chatdesk_stream_group_consumers";
 pub const STREAM_LENGTH_ENTRIES: &str = "chatdesk_stream_length_entries";
+pub const ENTRIES_TRIMMED_TOTAL: &str = "chatdesk_stream_entries_trimmed_total";
 
 /// Registers descriptions with the installed recorder; call once at start-up.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        ENTRIES_APPENDED_TOTAL,
-        Unit::Count,
-        "Entries appended (XADD acknowledged by Redis)"
-    );
-    describe_histogram!(
-        APPEND_DURATION_SECONDS,
-        Unit::Seconds,
-        "Time for one XADD round trip"
-    );
-    describe_counter!(
-        ENTRIES_PROCESSED_TOTAL,
-        Unit::Count,
-        "Entries a handler finished and the group acknowledged"
-    );
+    describe_counter!(ENTRIES_APPENDED_TOTAL, Unit::Count, "Entries appended (XADD acknowledged by Redis)");
+    describe_histogram!(APPEND_DURATION_SECONDS, Unit::Seconds, "Time for one XADD round trip");
+    describe_counter!(ENTRIES_PROCESSED_TOTAL, Unit::Count, "Entries a handler finished and the group acknowledged");
     describe_counter!(
         ENTRIES_FAILED_TOTAL,
         Unit::Count,
         "Entry deliveries that failed and will be retried or dead-lettered"
     );
-    describe_counter!(
-        ENTRIES_DEAD_LETTERED_TOTAL,
-        Unit::Count,
-        "Entries moved to the dead-letter stream"
-    );
-    describe_counter!(
-        ENTRIES_CLAIMED_TOTAL,
-        Unit::Count,
-        "Entries claimed from consumers idle longer than claim_idle"
-    );
+    describe_counter!(ENTRIES_DEAD_LETTERED_TOTAL, Unit::Count, "Entries moved to the dead-letter stream");
+    describe_counter!(ENTRIES_CLAIMED_TOTAL, Unit::Count, "Entries claimed from consumers idle longer than claim_idle");
     describe_counter!(
         ENTRIES_LOST_TOTAL,
         Unit::Count,
         "Pending entries deleted from the stream before they were handled"
     );
-    describe_histogram!(
-        BATCH_DURATION_SECONDS,
-        Unit::Seconds,
-        "Time to handle and acknowledge one batch"
-    );
-    describe_counter!(
-        REDIS_ERRORS_TOTAL,
-        Unit::Count,
-        "Redis commands of the consumer runtime that failed"
-    );
+    describe_histogram!(BATCH_DURATION_SECONDS, Unit::Seconds, "Time to handle and acknowledge one batch");
+    describe_counter!(REDIS_ERRORS_TOTAL, Unit::Count, "Redis commands of the consumer runtime that failed");
     describe_gauge!(
         GROUP_LAG_ENTRIES,
         Unit::Count,
         "Entries in the partition not yet delivered to the group (XINFO GROUPS lag)"
     );
-    describe_gauge!(
-        GROUP_PENDING_ENTRIES,
-        Unit::Count,
-        "Entries delivered to the group but not acknowledged"
-    );
-    describe_gauge!(
-        GROUP_CONSUMERS,
-        Unit::Count,
-        "Consumers registered in the group"
-    );
-    describe_gauge!(
-        STREAM_LENGTH_ENTRIES,
-        Unit::Count,
-        "Entries in the partition (XLEN)"
-    );
+    describe_gauge!(GROUP_PENDING_ENTRIES, Unit::Count, "Entries delivered to the group but not acknowledged");
+    describe_gauge!(GROUP_CONSUMERS, Unit::Count, "Consumers registered in the group");
+    describe_gauge!(STREAM_LENGTH_ENTRIES, Unit::Count, "Entries in the partition (XLEN)");
 }
 
 pub(crate) fn record_redis_error(labels: &[(&'static str, String); 3], operation: &'static str) {

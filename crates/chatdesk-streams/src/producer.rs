@@ -20,11 +20,7 @@ pub enum ProduceError {
     #[error("stream family {0:?} is not declared in streams.toml")]
     UnknownStream(String),
     #[error("partition {partition} does not exist in stream {stream} ({partitions} partitions)")]
-    NoSuchPartition {
-        stream: String,
-        partition: u16,
-        partitions: u16,
-    },
+    NoSuchPartition { stream: String, partition: u16, partitions: u16 },
     #[error("XADD to {key} failed")]
     Redis {
         key: String,
@@ -51,18 +47,11 @@ pub struct Producer {
 
 impl Producer {
     pub fn new(client: Client, keys: KeyScheme, config: Arc<StreamsConfig>) -> Self {
-        Self {
-            client,
-            keys,
-            config,
-        }
+        Self { client, keys, config }
     }
 
     fn partitions(&self, family: &str) -> Result<(chatdesk_core::StreamName, u16), ProduceError> {
-        let stream = self
-            .config
-            .stream(family)
-            .ok_or_else(|| ProduceError::UnknownStream(family.to_owned()))?;
+        let stream = self.config.stream(family).ok_or_else(|| ProduceError::UnknownStream(family.to_owned()))?;
         Ok((stream.name.clone(), stream.partitions))
     }
 
@@ -70,12 +59,7 @@ impl Producer {
     /// Redis acknowledged the XADD.
     pub async fn append(&self, family: &str, entry: &NewEntry) -> Result<Appended, ProduceError> {
         let (_, partitions) = self.partitions(family)?;
-        self.append_to_partition(
-            family,
-            partition_for_tenant(&entry.tenant, partitions),
-            entry,
-        )
-        .await
+        self.append_to_partition(family, partition_for_tenant(&entry.tenant, partitions), entry).await
     }
 
     /// Appends to an explicit partition (replays and tooling that must keep an entry where it
@@ -88,11 +72,7 @@ impl Producer {
     ) -> Result<Appended, ProduceError> {
         let (name, partitions) = self.partitions(family)?;
         if partition >= partitions {
-            return Err(ProduceError::NoSuchPartition {
-                stream: family.to_owned(),
-                partition,
-                partitions,
-            });
+            return Err(ProduceError::NoSuchPartition { stream: family.to_owned(), partition, partitions });
         }
         let key = self.keys.partition(&name, partition).stream;
         let started = Instant::now();
@@ -100,17 +80,11 @@ impl Producer {
             .client
             .xadd(&key, false, None::<()>, XID::Auto, entry.fields())
             .await
-            .map_err(|source| ProduceError::Redis {
-                key: key.clone(),
-                source,
-            })?;
+            .map_err(|source| ProduceError::Redis { key: key.clone(), source })?;
         let labels = [("stream", name.to_string())];
-        ::metrics::histogram!(metrics::APPEND_DURATION_SECONDS, &labels)
-            .record(started.elapsed().as_secs_f64());
+        ::metrics::histogram!(metrics::APPEND_DURATION_SECONDS, &labels).record(started.elapsed().as_secs_f64());
         ::metrics::counter!(metrics::ENTRIES_APPENDED_TOTAL, &labels).increment(1);
-        let id = id
-            .parse()
-            .map_err(|_| ProduceError::InvalidId { key, id })?;
+        let id = id.parse().map_err(|_| ProduceError::InvalidId { key, id })?;
         Ok(Appended { partition, id })
     }
 }

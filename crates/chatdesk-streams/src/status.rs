@@ -58,10 +58,7 @@ pub async fn partition_status(
             consumers: as_u64(group.get("consumers")).unwrap_or(0),
             pending: as_u64(group.get("pending")).unwrap_or(0),
             lag: as_u64(group.get("lag")),
-            last_delivered_id: group
-                .get("last-delivered-id")
-                .map(value_text)
-                .unwrap_or_default(),
+            last_delivered_id: group.get("last-delivered-id").map(value_text).unwrap_or_default(),
             length,
         })
         .collect())
@@ -80,10 +77,7 @@ pub async fn monitor_group(
         for &partition in &partitions {
             match partition_status(&client, &keys, &stream, partition).await {
                 Ok(statuses) => {
-                    for status in statuses
-                        .into_iter()
-                        .filter(|status| status.group == group.as_str())
-                    {
+                    for status in statuses.into_iter().filter(|status| status.group == group.as_str()) {
                         publish(&status);
                     }
                 }
@@ -110,9 +104,6 @@ pub fn publish(status: &GroupStatus) {
     }
     ::metrics::gauge!(metrics::GROUP_PENDING_ENTRIES, &labels).set(status.pending as f64);
     ::metrics::gauge!(metrics::GROUP_CONSUMERS, &labels).set(status.consumers as f64);
-    let stream_labels = [
-        ("stream", status.stream.clone()),
-        ("partition", status.partition.to_string()),
-    ];
+    let stream_labels = [("stream", status.stream.clone()), ("partition", status.partition.to_string())];
     ::metrics::gauge!(metrics::STREAM_LENGTH_ENTRIES, &stream_labels).set(status.length as f64);
 }

@@ -26,10 +26,7 @@ pub fn unique_prefix() -> String {
 }
 
 fn temp_dir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("chatdesk-test-")
-        .tempdir()
-        .expect("cannot create a temporary directory")
+    tempfile::Builder::new().prefix("chatdesk-test-").tempdir().expect("cannot create a temporary directory")
 }
 
 /// A Redis for one test.
@@ -53,11 +50,7 @@ impl TestRedis {
 /// `REDIS_URL` when set, else a private server.
 pub async fn redis() -> TestRedis {
     match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => TestRedis {
-            url,
-            server: None,
-            _dir: None,
-        },
+        Ok(url) if !url.is_empty() => TestRedis { url, server: None, _dir: None },
         _ => private_redis(RedisPersistence::None).await,
     }
 }
@@ -65,15 +58,10 @@ pub async fn redis() -> TestRedis {
 /// Always a private server, which the test may kill and restart.
 pub async fn private_redis(persistence: RedisPersistence) -> TestRedis {
     let dir = temp_dir();
-    let server =
-        RedisServer::start(RedisOptions::new(dir.path().join("redis")).persistence(persistence))
-            .await
-            .unwrap_or_else(|error| panic!("cannot start a private redis-server: {error}"));
-    TestRedis {
-        url: server.url(),
-        server: Some(server),
-        _dir: Some(dir),
-    }
+    let server = RedisServer::start(RedisOptions::new(dir.path().join("redis")).persistence(persistence))
+        .await
+        .unwrap_or_else(|error| panic!("cannot start a private redis-server: {error}"));
+    TestRedis { url: server.url(), server: Some(server), _dir: Some(dir) }
 }
 
 /// A local Redis Cluster of three masters.
@@ -136,20 +124,12 @@ pub async fn postgres() -> TestPostgres {
         && !url.is_empty()
     {
         use sqlx::Connection;
-        let mut connection = sqlx::PgConnection::connect(&url)
+        let mut connection = sqlx::PgConnection::connect(&url).await.expect("cannot connect to DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{database}\"")))
+            .execute(&mut connection)
             .await
-            .expect("cannot connect to DATABASE_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE \"{database}\""
-        )))
-        .execute(&mut connection)
-        .await
-        .expect("cannot create a test database");
-        return TestPostgres {
-            url: with_database(&url, &database),
-            server: None,
-            _dir: None,
-        };
+            .expect("cannot create a test database");
+        return TestPostgres { url: with_database(&url, &database), server: None, _dir: None };
     }
     private_postgres(&database).await
 }
@@ -158,13 +138,7 @@ pub async fn postgres() -> TestPostgres {
 fn template_cache() -> PathBuf {
     let version = chatdesk_local::binaries::postgres_program("initdb")
         .ok()
-        .and_then(|path| {
-            path.parent()?
-                .parent()?
-                .file_name()?
-                .to_str()
-                .map(str::to_owned)
-        })
+        .and_then(|path| path.parent()?.parent()?.file_name()?.to_str().map(str::to_owned))
         .unwrap_or_else(|| "default".to_owned());
     std::env::temp_dir().join(format!("chatdesk-testkit-pg-template-{version}"))
 }
@@ -178,11 +152,7 @@ pub async fn private_postgres(database: &str) -> TestPostgres {
     let server = PostgresServer::start(options)
         .await
         .unwrap_or_else(|error| panic!("cannot start a private PostgreSQL: {error}"));
-    TestPostgres {
-        url: server.url(),
-        server: Some(server),
-        _dir: Some(dir),
-    }
+    TestPostgres { url: server.url(), server: Some(server), _dir: Some(dir) }
 }
 
 /// Polls `condition` every 20 ms until it holds; panics with `what` after `timeout`.
@@ -218,10 +188,7 @@ pub async fn http_get(address: std::net::SocketAddr, path: &str) -> std::io::Res
         .nth(1)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
     Ok((status, body))
 }
 
@@ -236,17 +203,11 @@ mod tests {
 
     #[test]
     fn database_names_are_replaced() {
-        assert_eq!(
-            with_database("postgres://u@h:5432/db", "x"),
-            "postgres://u@h:5432/x"
-        );
+        assert_eq!(with_database("postgres://u@h:5432/db", "x"), "postgres://u@h:5432/x");
         assert_eq!(
             with_database("postgres://u@h:5432/db?sslmode=disable", "x"),
             "postgres://u@h:5432/x?sslmode=disable"
         );
-        assert_eq!(
-            with_database("postgres://u@h:5432", "x"),
-            "postgres://u@h:5432/x"
-        );
+        assert_eq!(with_database("postgres://u@h:5432", "x"), "postgres://u@h:5432/x");
     }
 }

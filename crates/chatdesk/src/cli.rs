@@ -8,11 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::roles::Role;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "chatdesk",
-    version,
-    about = "Customer-messaging backbone on Redis Streams consumer groups"
-)]
+#[command(name = "chatdesk", version, about = "Customer-messaging backbone on Redis Streams consumer groups")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -91,8 +87,7 @@ mod tests {
 
     #[test]
     fn unknown_roles_and_bad_addresses_are_refused() {
-        let error = Cli::try_parse_from(["chatdesk", "serve", "--roles", "ingress,teleporter"])
-            .unwrap_err();
+        let error = Cli::try_parse_from(["chatdesk", "serve", "--roles", "ingress,teleporter"]).unwrap_err();
         assert!(error.to_string().contains("teleporter"), "{error}");
         let error = Cli::try_parse_from(["chatdesk", "up", "--http", "localhost"]).unwrap_err();
         assert!(error.to_string().contains("--http"), "{error}");

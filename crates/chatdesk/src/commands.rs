@@ -16,12 +16,8 @@ use crate::telemetry;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Streams {
-            command: StreamsCommand::Check { file },
-        } => Ok(streams_check(file)),
-        Command::Streams {
-            command: StreamsCommand::Status { streams, json },
-        } => {
+        Command::Streams { command: StreamsCommand::Check { file } } => Ok(streams_check(file)),
+        Command::Streams { command: StreamsCommand::Status { streams, json } } => {
             telemetry::init_logs();
             streams_status(streams, json).await
         }
@@ -40,14 +36,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let database_url = settings::database_url()
                 .context("DATABASE_URL is not set: `chatdesk serve` runs against existing servers (`chatdesk up` starts private ones)")?;
             let metrics = telemetry::init_metrics()?;
-            let runtime = Runtime::connect(
-                args.common.http,
-                &redis_url,
-                &database_url,
-                args.common.streams.as_ref(),
-                metrics,
-            )
-            .await?;
+            let runtime =
+                Runtime::connect(args.common.http, &redis_url, &database_url, args.common.streams.as_ref(), metrics)
+                    .await?;
             let cancel = CancellationToken::new();
             roles::cancel_on_signals(cancel.clone());
             let result = roles::run(&runtime, &args.roles, cancel).await;
@@ -61,12 +52,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             settings::load_streams(args.common.streams.as_deref())?;
             let cancel = CancellationToken::new();
             roles::cancel_on_signals(cancel.clone());
-            let (mut servers, redis_url, database_url) = PrivateServers::start(
-                &args.data_dir,
-                settings::redis_url(),
-                settings::database_url(),
-            )
-            .await?;
+            let (mut servers, redis_url, database_url) =
+                PrivateServers::start(&args.data_dir, settings::redis_url(), settings::database_url()).await?;
             let result = async {
                 let metrics = telemetry::init_metrics()?;
                 let runtime = Runtime::connect(
@@ -77,10 +64,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     metrics,
                 )
                 .await?;
-                tracing::info!(
-                    url = format!("http://{}/", args.common.http),
-                    "chatdesk is up; Ctrl-C stops it"
-                );
+                tracing::info!(url = format!("http://{}/", args.common.http), "chatdesk is up; Ctrl-C stops it");
                 let result = roles::run(&runtime, &Role::all(), cancel).await;
                 runtime.close().await;
                 result
@@ -97,24 +81,11 @@ fn streams_check(file: Option<PathBuf>) -> ExitCode {
     let file = file.unwrap_or_else(|| PathBuf::from("streams.toml"));
     match chatdesk_core::StreamsConfig::from_file(&file.display().to_string()) {
         Ok(config) => {
-            let groups: usize = config
-                .streams
-                .values()
-                .map(|stream| stream.groups.len())
-                .sum();
-            println!(
-                "{}: ok ({} stream families, {groups} groups)",
-                file.display(),
-                config.streams.len()
-            );
+            let groups: usize = config.streams.values().map(|stream| stream.groups.len()).sum();
+            println!("{}: ok ({} stream families, {groups} groups)", file.display(), config.streams.len());
             for stream in config.streams.values() {
                 let names: Vec<&str> = stream.groups.keys().map(|group| group.as_str()).collect();
-                println!(
-                    "  {}: {} partitions, groups: {}",
-                    stream.name,
-                    stream.partitions,
-                    names.join(", ")
-                );
+                println!("  {}: {} partitions, groups: {}", stream.name, stream.partitions, names.join(", "));
             }
             ExitCode::SUCCESS
         }
@@ -129,10 +100,8 @@ async fn streams_status(file: Option<PathBuf>, json: bool) -> anyhow::Result<Exi
     let url = settings::redis_url().context("REDIS_URL is not set")?;
     let (config, _) = settings::load_streams(file.as_deref())?;
     let keys = settings::key_scheme()?;
-    let client = RedisConnector::new(RedisSettings::new(url.expose()))?
-        .shared()
-        .await
-        .context("cannot connect to Redis")?;
+    let client =
+        RedisConnector::new(RedisSettings::new(url.expose()))?.shared().await.context("cannot connect to Redis")?;
     if !json {
         println!(
             "{:<12} {:>4} {:<24} {:>10} {:>10} {:>8} {:>9}",
@@ -141,13 +110,8 @@ async fn streams_status(file: Option<PathBuf>, json: bool) -> anyhow::Result<Exi
     }
     for stream in config.streams.values() {
         for partition in 0..stream.partitions {
-            for status in
-                chatdesk_streams::status::partition_status(&client, &keys, stream, partition)
-                    .await?
-            {
-                let lag = status
-                    .lag
-                    .map_or_else(|| "?".to_owned(), |lag| lag.to_string());
+            for status in chatdesk_streams::status::partition_status(&client, &keys, stream, partition).await? {
+                let lag = status.lag.map_or_else(|| "?".to_owned(), |lag| lag.to_string());
                 if json {
                     println!(
                         "{}",

@@ -14,6 +14,8 @@ use crate::settings::Runtime;
 
 /// How long roles get to finish their work after cancellation before they are aborted.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+/// How often streams are trimmed to their retention.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Role {
@@ -37,8 +39,7 @@ impl Role {
 pub fn cancel_on_signals(cancel: CancellationToken) {
     tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let sigterm = async {
             match terminate.as_mut() {
                 Some(signal) => {
@@ -56,16 +57,8 @@ pub fn cancel_on_signals(cancel: CancellationToken) {
 }
 
 /// Runs the HTTP server and `roles` until `cancel` fires or one of them exits.
-pub async fn run(
-    runtime: &Runtime,
-    roles: &[Role],
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
-    let state = AppState {
-        redis: runtime.redis.clone(),
-        db: runtime.db.clone(),
-        metrics: runtime.metrics.clone(),
-    };
+pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -> anyhow::Result<()> {
+    let state = AppState { redis: runtime.redis.clone(), db: runtime.db.clone(), metrics: runtime.metrics.clone() };
     // Every process serves health, readiness and metrics; roles add their routes.
     let mut router = chatdesk_api::ops_router(state.clone());
     for role in roles {
@@ -74,9 +67,8 @@ pub async fn run(
         }
     }
     let router = chatdesk_api::finish(router);
-    let listener = TcpListener::bind(runtime.http)
-        .await
-        .with_context(|| format!("cannot listen on {}", runtime.http))?;
+    let listener =
+        TcpListener::bind(runtime.http).await.with_context(|| format!("cannot listen on {}", runtime.http))?;
     tracing::info!(
         http = %runtime.http,
         roles = ?roles.iter().map(|role| role.name()).collect::<Vec<_>>(),
@@ -85,13 +77,19 @@ pub async fn run(
 
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let http_cancel = cancel.clone();
+    tasks.spawn(async move { ("http", chatdesk_api::serve(listener, router, http_cancel).await.map_err(Into::into)) });
+    // Every process applies retention: trimming is idempotent and never passes what a durable
+    // group still needs, so several processes doing it at once is harmless.
+    let retention = chatdesk_streams::retention::run(
+        runtime.redis.clone(),
+        runtime.keys.clone(),
+        (*runtime.streams).clone(),
+        RETENTION_INTERVAL,
+        cancel.clone(),
+    );
     tasks.spawn(async move {
-        (
-            "http",
-            chatdesk_api::serve(listener, router, http_cancel)
-                .await
-                .map_err(Into::into),
-        )
+        retention.await;
+        ("retention", Ok(()))
     });
 
     let mut failure = None;
@@ -100,10 +98,7 @@ pub async fn run(
         if !cancel.is_cancelled() {
             tracing::error!(role = name, "role exited unexpectedly, stopping the others");
             failure = Some(
-                result
-                    .err()
-                    .unwrap_or_else(|| anyhow::anyhow!("role {name} exited"))
-                    .context(format!("role {name}")),
+                result.err().unwrap_or_else(|| anyhow::anyhow!("role {name} exited")).context(format!("role {name}")),
             );
         } else if let Err(error) = result {
             failure = Some(error.context(format!("role {name}")));
@@ -113,11 +108,7 @@ pub async fn run(
     let drained = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
         while let Some(joined) = tasks.join_next().await {
             if let Ok((name, Err(error))) = joined {
-                tracing::warn!(
-                    role = name,
-                    error = format!("{error:#}"),
-                    "role stopped with an error"
-                );
+                tracing::warn!(role = name, error = format!("{error:#}"), "role stopped with an error");
             }
         }
     })

@@ -8,9 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use chatdesk_local::{
-    PostgresOptions, PostgresServer, RedisOptions, RedisPersistence, RedisServer,
-};
+use chatdesk_local::{PostgresOptions, PostgresServer, RedisOptions, RedisPersistence, RedisServer};
 
 use crate::settings::Secret;
 
@@ -34,9 +32,7 @@ fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
     if dir.is_absolute() {
         return Ok(dir.to_path_buf());
     }
-    Ok(std::env::current_dir()
-        .context("cannot read the current directory")?
-        .join(dir))
+    Ok(std::env::current_dir().context("cannot read the current directory")?.join(dir))
 }
 
 impl PrivateServers {
@@ -51,22 +47,16 @@ impl PrivateServers {
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         let env_file = data_dir.join("servers.env");
         let previous = previous_ports(&env_file);
-        let mut servers = Self {
-            redis: None,
-            postgres: None,
-        };
+        let mut servers = Self { redis: None, postgres: None };
 
         let redis_url = match redis_url {
             Some(url) => url,
             None => {
-                let mut options = RedisOptions::new(data_dir.join("redis"))
-                    .persistence(RedisPersistence::AofAlways);
+                let mut options = RedisOptions::new(data_dir.join("redis")).persistence(RedisPersistence::AofAlways);
                 if let Some(port) = previous.get("REDIS_URL") {
                     options = options.port(*port);
                 }
-                let server = RedisServer::start(options)
-                    .await
-                    .context("cannot start the private Redis")?;
+                let server = RedisServer::start(options).await.context("cannot start the private Redis")?;
                 tracing::info!(url = %server.url(), dir = %server.dir().display(), "private Redis running");
                 let url = server.url();
                 servers.redis = Some(server);
@@ -92,16 +82,9 @@ impl PrivateServers {
             }
         };
         if servers.redis.is_some() || servers.postgres.is_some() {
-            let mut text = String::from(
-                "# Written by `chatdesk up`: the private servers of this data directory.\n",
-            );
-            text.push_str(&format!(
-                "REDIS_URL={}\nDATABASE_URL={}\n",
-                redis_url.expose(),
-                database_url.expose()
-            ));
-            std::fs::write(&env_file, text)
-                .with_context(|| format!("cannot write {}", env_file.display()))?;
+            let mut text = String::from("# Written by `chatdesk up`: the private servers of this data directory.\n");
+            text.push_str(&format!("REDIS_URL={}\nDATABASE_URL={}\n", redis_url.expose(), database_url.expose()));
+            std::fs::write(&env_file, text).with_context(|| format!("cannot write {}", env_file.display()))?;
         }
         Ok((servers, redis_url, database_url))
     }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use chatdesk_core::{KeyScheme, StreamsConfig};
@@ -34,9 +35,7 @@ impl std::fmt::Debug for Secret {
 }
 
 pub fn env_var(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .filter(|value| !value.trim().is_empty())
+    std::env::var(name).ok().filter(|value| !value.trim().is_empty())
 }
 
 pub fn redis_url() -> Option<Secret> {
@@ -60,10 +59,7 @@ pub fn load_streams(file: Option<&Path>) -> anyhow::Result<(StreamsConfig, Strin
         return Ok((StreamsConfig::from_file(&name)?, name));
     }
     if Path::new("streams.toml").exists() {
-        return Ok((
-            StreamsConfig::from_file("streams.toml")?,
-            "streams.toml".to_owned(),
-        ));
+        return Ok((StreamsConfig::from_file("streams.toml")?, "streams.toml".to_owned()));
     }
     Ok((
         StreamsConfig::from_toml_str("(built-in streams.toml)", BUILTIN_STREAMS)?,
@@ -77,6 +73,8 @@ pub struct Runtime {
     pub redis: RedisClient,
     pub db: chatdesk_store::Pool,
     pub metrics: PrometheusHandle,
+    pub streams: Arc<StreamsConfig>,
+    pub keys: KeyScheme,
 }
 
 impl Runtime {
@@ -90,35 +88,19 @@ impl Runtime {
         metrics: PrometheusHandle,
     ) -> anyhow::Result<Self> {
         let (streams, source) = load_streams(streams_file.map(PathBuf::as_path))?;
-        tracing::info!(
-            source,
-            families = streams.streams.len(),
-            "stream configuration loaded"
-        );
+        tracing::info!(source, families = streams.streams.len(), "stream configuration loaded");
         let keys = key_scheme()?;
-        let connector =
-            RedisConnector::new(RedisSettings::new(redis_url.expose())).with_context(|| {
-                format!(
-                    "REDIS_URL {} is not a valid Redis URL",
-                    chatdesk_streams::connection::redact(redis_url.expose())
-                )
-            })?;
+        let connector = RedisConnector::new(RedisSettings::new(redis_url.expose())).with_context(|| {
+            format!("REDIS_URL {} is not a valid Redis URL", chatdesk_streams::connection::redact(redis_url.expose()))
+        })?;
         let redis = connector.shared().await.with_context(|| {
-            format!(
-                "cannot connect to Redis at {}",
-                chatdesk_streams::connection::redact(redis_url.expose())
-            )
+            format!("cannot connect to Redis at {}", chatdesk_streams::connection::redact(redis_url.expose()))
         })?;
         let db = chatdesk_store::connect(database_url.expose(), 16).await?;
         chatdesk_store::migrate(&db).await?;
         tracing::info!("database migrations applied");
         chatdesk_streams::runtime::ensure_durable_groups(&redis, &keys, &streams).await?;
-        Ok(Self {
-            http,
-            redis,
-            db,
-            metrics,
-        })
+        Ok(Self { http, redis, db, metrics, streams: Arc::new(streams), keys })
     }
 
     /// Closes connections before the servers behind them go away.

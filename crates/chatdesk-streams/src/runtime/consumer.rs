@@ -20,11 +20,7 @@ pub enum ConsumerError {
     #[error("group {group:?} is not declared for stream {stream:?} in streams.toml")]
     UnknownGroup { stream: String, group: String },
     #[error("partition {partition} does not exist in stream {stream} ({partitions} partitions)")]
-    NoSuchPartition {
-        stream: String,
-        partition: u16,
-        partitions: u16,
-    },
+    NoSuchPartition { stream: String, partition: u16, partitions: u16 },
     #[error("cannot connect to Redis for {stream}/{group}")]
     Connect {
         stream: String,
@@ -40,11 +36,7 @@ pub enum ConsumerError {
         source: Error,
     },
     #[error("a partition task of {stream}/{group} failed: {message}")]
-    TaskFailed {
-        stream: String,
-        group: String,
-        message: String,
-    },
+    TaskFailed { stream: String, group: String, message: String },
 }
 
 /// One consumer (one name) in one group, reading some or all partitions of a stream family.
@@ -61,20 +53,12 @@ pub struct Consumer<H> {
 
 /// Creates `group` on `key` if it does not exist (with MKSTREAM, so the group can exist before
 /// the first entry).
-pub async fn ensure_group(
-    client: &Client,
-    key: &str,
-    group: &str,
-    start: StartFrom,
-) -> Result<(), Error> {
+pub async fn ensure_group(client: &Client, key: &str, group: &str, start: StartFrom) -> Result<(), Error> {
     let start_id = match start {
         StartFrom::Earliest => XID::Manual("0".into()),
         StartFrom::Latest => XID::Max,
     };
-    match client
-        .xgroup_create::<String, _, _, _>(key, group, start_id, true)
-        .await
-    {
+    match client.xgroup_create::<String, _, _, _>(key, group, start_id, true).await {
         Ok(_) => Ok(()),
         Err(error) if error.details().starts_with("BUSYGROUP") => Ok(()),
         Err(error) => Err(error),
@@ -94,11 +78,9 @@ impl<H: Handler> Consumer<H> {
         consumer_name: impl Into<String>,
         handler: H,
     ) -> Result<Self, ConsumerError> {
-        let settings = stream.group(group_settings_name).cloned().ok_or_else(|| {
-            ConsumerError::UnknownGroup {
-                stream: stream.name.to_string(),
-                group: group_settings_name.to_owned(),
-            }
+        let settings = stream.group(group_settings_name).cloned().ok_or_else(|| ConsumerError::UnknownGroup {
+            stream: stream.name.to_string(),
+            group: group_settings_name.to_owned(),
         })?;
         Ok(Self {
             connector,
@@ -120,10 +102,7 @@ impl<H: Handler> Consumer<H> {
 
     /// Reads only these partitions (a gateway reads just the ones its clients need).
     pub fn with_partitions(mut self, partitions: Vec<u16>) -> Result<Self, ConsumerError> {
-        if let Some(&partition) = partitions
-            .iter()
-            .find(|&&partition| partition >= self.stream.partitions)
-        {
+        if let Some(&partition) = partitions.iter().find(|&&partition| partition >= self.stream.partitions) {
             return Err(ConsumerError::NoSuchPartition {
                 stream: self.stream.name.to_string(),
                 partition,
@@ -135,30 +114,18 @@ impl<H: Handler> Consumer<H> {
     }
 
     fn connect_error(&self) -> impl Fn(Error) -> ConsumerError + '_ {
-        |source| ConsumerError::Connect {
-            stream: self.stream.name.to_string(),
-            group: self.group.to_string(),
-            source,
-        }
+        |source| ConsumerError::Connect { stream: self.stream.name.to_string(), group: self.group.to_string(), source }
     }
 
     /// Runs until `cancel` fires (then finishes and acknowledges the batches in hand) or a
     /// partition task fails for good.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), ConsumerError> {
-        let shared = self
-            .connector
-            .shared()
-            .await
-            .map_err(self.connect_error())?;
+        let shared = self.connector.shared().await.map_err(self.connect_error())?;
         for &partition in &self.partitions {
             let key = self.keys.partition(&self.stream.name, partition).stream;
             ensure_group(&shared, &key, self.group.as_str(), self.settings.start)
                 .await
-                .map_err(|source| ConsumerError::CreateGroup {
-                    key,
-                    group: self.group.to_string(),
-                    source,
-                })?;
+                .map_err(|source| ConsumerError::CreateGroup { key, group: self.group.to_string(), source })?;
         }
         tracing::info!(
             stream = %self.stream.name,
@@ -171,11 +138,7 @@ impl<H: Handler> Consumer<H> {
         let permits = Arc::new(Semaphore::new(self.settings.concurrency as usize));
         let mut tasks = JoinSet::new();
         for &partition in &self.partitions {
-            let reader = self
-                .connector
-                .dedicated(self.settings.block)
-                .await
-                .map_err(self.connect_error())?;
+            let reader = self.connector.dedicated(self.settings.block).await.map_err(self.connect_error())?;
             let worker = PartitionWorker::new(
                 shared.clone(),
                 reader,
@@ -235,19 +198,12 @@ pub async fn ensure_durable_groups(
 ) -> Result<(), ConsumerError> {
     for stream in config.streams.values() {
         for group in &stream.retention.durable_groups {
-            let start = stream
-                .group(group.as_str())
-                .map(|settings| settings.start)
-                .unwrap_or(StartFrom::Earliest);
+            let start = stream.group(group.as_str()).map(|settings| settings.start).unwrap_or(StartFrom::Earliest);
             for partition in 0..stream.partitions {
                 let key = keys.partition(&stream.name, partition).stream;
                 ensure_group(client, &key, group.as_str(), start)
                     .await
-                    .map_err(|source| ConsumerError::CreateGroup {
-                        key,
-                        group: group.to_string(),
-                        source,
-                    })?;
+                    .map_err(|source| ConsumerError::CreateGroup { key, group: group.to_string(), source })?;
             }
         }
     }

@@ -45,12 +45,6 @@ pub async fn dead_letter(
         args.push(field.clone());
         args.push(value.clone());
     }
-    let moved: i64 = client
-        .eval(
-            SCRIPT,
-            vec![keys.stream.clone(), keys.dead_letters.clone()],
-            args,
-        )
-        .await?;
+    let moved: i64 = client.eval(SCRIPT, vec![keys.stream.clone(), keys.dead_letters.clone()], args).await?;
     Ok(moved == 1)
 }

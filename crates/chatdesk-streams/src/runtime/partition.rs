@@ -139,13 +139,8 @@ impl<H: Handler> PartitionWorker<H> {
                     if error.details().starts_with("NOGROUP") {
                         // The stream (and its groups) vanished, e.g. Redis restarted without
                         // persistence: recreate so the partition keeps flowing.
-                        let _ = ensure_group(
-                            &self.shared,
-                            &self.keys.stream,
-                            self.group.as_str(),
-                            self.settings.start,
-                        )
-                        .await;
+                        let _ = ensure_group(&self.shared, &self.keys.stream, self.group.as_str(), self.settings.start)
+                            .await;
                     }
                     let pause = backoff(ERROR_BACKOFF_BASE, ERROR_BACKOFF_MAX, error_attempt);
                     tokio::select! {
@@ -201,11 +196,7 @@ impl<H: Handler> PartitionWorker<H> {
             (Source::Claimed, entries)
         } else {
             let until_claim = self.next_claim_at.saturating_duration_since(Instant::now());
-            let block = self
-                .settings
-                .block
-                .min(until_claim)
-                .max(Duration::from_millis(1));
+            let block = self.settings.block.min(until_claim).max(Duration::from_millis(1));
             let entries = tokio::select! {
                 read = self.read(XID::NewInGroup, Some(block)) => read?,
                 // Dropping the read may leave entries delivered to us; they stay in our pending
@@ -217,11 +208,7 @@ impl<H: Handler> PartitionWorker<H> {
             }
             (Source::New, entries)
         };
-        let entries = if source == Source::New {
-            entries
-        } else {
-            self.with_delivery_counts(entries).await?
-        };
+        let entries = if source == Source::New { entries } else { self.with_delivery_counts(entries).await? };
         let batch_len = entries.len();
         let span = tracing::info_span!(
             "batch",
@@ -249,11 +236,7 @@ impl<H: Handler> PartitionWorker<H> {
                 id,
             )
             .await?;
-        Ok(response
-            .into_values()
-            .flatten()
-            .map(|(id, fields)| raw_entry(id, fields))
-            .collect())
+        Ok(response.into_values().flatten().map(|(id, fields)| raw_entry(id, fields)).collect())
     }
 
     /// XAUTOCLAIM: take over entries idle past `claim_idle`, a batch at a time, walking the
@@ -276,8 +259,7 @@ impl<H: Handler> PartitionWorker<H> {
         }
         self.claim_cursor = cursor;
         if !deleted.is_empty() {
-            ::metrics::counter!(metrics::ENTRIES_LOST_TOTAL, &self.labels)
-                .increment(deleted.len() as u64);
+            ::metrics::counter!(metrics::ENTRIES_LOST_TOTAL, &self.labels).increment(deleted.len() as u64);
             tracing::error!(
                 stream = %self.keys.family,
                 group = %self.group,
@@ -286,14 +268,10 @@ impl<H: Handler> PartitionWorker<H> {
                 "pending entries were deleted from the stream before the group handled them"
             );
         }
-        let entries: Vec<(String, HashMap<String, Value>)> = if claimed.is_null() {
-            Vec::new()
-        } else {
-            claimed.into_xread_value()?
-        };
+        let entries: Vec<(String, HashMap<String, Value>)> =
+            if claimed.is_null() { Vec::new() } else { claimed.into_xread_value()? };
         if !entries.is_empty() {
-            ::metrics::counter!(metrics::ENTRIES_CLAIMED_TOTAL, &self.labels)
-                .increment(entries.len() as u64);
+            ::metrics::counter!(metrics::ENTRIES_CLAIMED_TOTAL, &self.labels).increment(entries.len() as u64);
             tracing::info!(
                 stream = %self.keys.family,
                 group = %self.group,
@@ -302,46 +280,24 @@ impl<H: Handler> PartitionWorker<H> {
                 "claimed entries idle past claim_idle"
             );
         }
-        Ok(entries
-            .into_iter()
-            .map(|(id, fields)| raw_entry(id, fields))
-            .collect())
+        Ok(entries.into_iter().map(|(id, fields)| raw_entry(id, fields)).collect())
     }
 
     /// Re-delivered entries: look up how often the group has delivered each.
-    async fn with_delivery_counts(
-        &self,
-        mut entries: Vec<RawEntry>,
-    ) -> Result<Vec<RawEntry>, Error> {
-        let first = entries
-            .iter()
-            .map(|entry| entry.id.as_str())
-            .min_by_key(|id| parse_id(id))
-            .unwrap_or("-")
-            .to_owned();
-        let last = entries
-            .iter()
-            .map(|entry| entry.id.as_str())
-            .max_by_key(|id| parse_id(id))
-            .unwrap_or("+")
-            .to_owned();
+    async fn with_delivery_counts(&self, mut entries: Vec<RawEntry>) -> Result<Vec<RawEntry>, Error> {
+        let first =
+            entries.iter().map(|entry| entry.id.as_str()).min_by_key(|id| parse_id(id)).unwrap_or("-").to_owned();
+        let last =
+            entries.iter().map(|entry| entry.id.as_str()).max_by_key(|id| parse_id(id)).unwrap_or("+").to_owned();
         let pending: Vec<(String, String, u64, u64)> = self
             .shared
             .xpending(
                 self.keys.stream.as_str(),
                 self.group.as_str(),
-                (
-                    first.as_str(),
-                    last.as_str(),
-                    (entries.len() * 2 + 100) as u64,
-                    self.consumer.as_str(),
-                ),
+                (first.as_str(), last.as_str(), (entries.len() * 2 + 100) as u64, self.consumer.as_str()),
             )
             .await?;
-        let counts: HashMap<String, u64> = pending
-            .into_iter()
-            .map(|(id, _, _, count)| (id, count))
-            .collect();
+        let counts: HashMap<String, u64> = pending.into_iter().map(|(id, _, _, count)| (id, count)).collect();
         for entry in &mut entries {
             entry.delivery_count = counts.get(&entry.id).copied().unwrap_or(1);
         }
@@ -363,7 +319,10 @@ impl<H: Handler> PartitionWorker<H> {
             }
             if raw.delivery_count > max_deliveries {
                 let error = self.last_errors.remove(&raw.id).unwrap_or_else(|| {
-                    format!("delivered {} times without being acknowledged (consumers failed or crashed)", raw.delivery_count - 1)
+                    format!(
+                        "delivered {} times without being acknowledged (consumers failed or crashed)",
+                        raw.delivery_count - 1
+                    )
                 });
                 to_dead_letter.push((raw, error));
                 continue;
@@ -388,14 +347,8 @@ impl<H: Handler> PartitionWorker<H> {
                 entries: to_handle.iter().map(|(_, entry)| entry.clone()).collect(),
             };
             let outcome = {
-                let _permit = self
-                    .permits
-                    .acquire()
-                    .await
-                    .expect("the semaphore is never closed");
-                AssertUnwindSafe(self.handler.handle(&batch))
-                    .catch_unwind()
-                    .await
+                let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+                AssertUnwindSafe(self.handler.handle(&batch)).catch_unwind().await
             };
             let outcomes = match outcome {
                 Ok(Ok(outcomes)) => Ok(outcomes),
@@ -435,20 +388,9 @@ impl<H: Handler> PartitionWorker<H> {
         let failed = retried + to_dead_letter.len() as u64;
         let dead_lettered = to_dead_letter.len() as u64;
         for (raw, error) in &to_dead_letter {
-            let letter = DeadLetter {
-                id: &raw.id,
-                delivery_count: raw.delivery_count,
-                error,
-                original_fields: &raw.fields,
-            };
-            let moved = dead_letter(
-                &self.shared,
-                &self.keys,
-                self.group.as_str(),
-                &self.consumer,
-                &letter,
-            )
-            .await?;
+            let letter =
+                DeadLetter { id: &raw.id, delivery_count: raw.delivery_count, error, original_fields: &raw.fields };
+            let moved = dead_letter(&self.shared, &self.keys, self.group.as_str(), &self.consumer, &letter).await?;
             if moved {
                 tracing::warn!(stream = %self.keys.family, group = %self.group, id = %raw.id, error = %error, "entry dead-lettered");
             }
@@ -456,9 +398,8 @@ impl<H: Handler> PartitionWorker<H> {
         if retried > 0 {
             self.own_pending = true;
             self.retry_attempt += 1;
-            self.retry_not_before = Some(
-                Instant::now() + backoff(RETRY_BACKOFF_BASE, RETRY_BACKOFF_MAX, self.retry_attempt),
-            );
+            self.retry_not_before =
+                Some(Instant::now() + backoff(RETRY_BACKOFF_BASE, RETRY_BACKOFF_MAX, self.retry_attempt));
         }
         self.flush_acks().await?;
 
@@ -471,11 +412,9 @@ impl<H: Handler> PartitionWorker<H> {
             ::metrics::counter!(metrics::ENTRIES_FAILED_TOTAL, &self.labels).increment(failed);
         }
         if dead_lettered > 0 {
-            ::metrics::counter!(metrics::ENTRIES_DEAD_LETTERED_TOTAL, &self.labels)
-                .increment(dead_lettered);
+            ::metrics::counter!(metrics::ENTRIES_DEAD_LETTERED_TOTAL, &self.labels).increment(dead_lettered);
         }
-        ::metrics::histogram!(metrics::BATCH_DURATION_SECONDS, &self.labels)
-            .record(started.elapsed().as_secs_f64());
+        ::metrics::histogram!(metrics::BATCH_DURATION_SECONDS, &self.labels).record(started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -487,10 +426,7 @@ impl<H: Handler> PartitionWorker<H> {
             return Ok(());
         }
         let ids: Vec<&str> = self.unacked.iter().map(String::as_str).collect();
-        let _: i64 = self
-            .shared
-            .xack(self.keys.stream.as_str(), self.group.as_str(), ids)
-            .await?;
+        let _: i64 = self.shared.xack(self.keys.stream.as_str(), self.group.as_str(), ids).await?;
         self.unacked.clear();
         Ok(())
     }
@@ -501,16 +437,10 @@ fn parse_id(id: &str) -> EntryId {
 }
 
 fn raw_entry(id: String, fields: HashMap<String, Value>) -> RawEntry {
-    let mut fields: Vec<(String, String)> = fields
-        .into_iter()
-        .map(|(field, value)| (field, value_text(&value)))
-        .collect();
+    let mut fields: Vec<(String, String)> =
+        fields.into_iter().map(|(field, value)| (field, value_text(&value))).collect();
     fields.sort();
-    RawEntry {
-        id,
-        fields,
-        delivery_count: 1,
-    }
+    RawEntry { id, fields, delivery_count: 1 }
 }
 
 #[cfg(test)]
@@ -521,9 +451,8 @@ mod tests {
     fn backoff_grows_and_stays_capped() {
         for attempt in 1..30 {
             let pause = backoff(Duration::from_millis(100), Duration::from_secs(10), attempt);
-            let ceiling = Duration::from_millis(100)
-                .saturating_mul(1 << (attempt - 1).min(16))
-                .min(Duration::from_secs(10));
+            let ceiling =
+                Duration::from_millis(100).saturating_mul(1 << (attempt - 1).min(16)).min(Duration::from_secs(10));
             assert!(
                 pause >= ceiling / 2 && pause <= ceiling + Duration::from_millis(1),
                 "attempt {attempt}: {pause:?}"

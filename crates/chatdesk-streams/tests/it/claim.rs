@@ -29,25 +29,15 @@ async fn a_dead_consumers_entries_are_claimed_and_handled_once() {
     let appended = setup.fill(400, 4).await;
 
     let took_batch = Arc::new(Notify::new());
-    let doomed = tokio::spawn(
-        setup
-            .consumer(
-                "doomed",
-                Stuck {
-                    took_batch: took_batch.clone(),
-                },
-            )
-            .run(CancellationToken::new()),
-    );
+    let doomed =
+        tokio::spawn(setup.consumer("doomed", Stuck { took_batch: took_batch.clone() }).run(CancellationToken::new()));
     tokio::time::timeout(Duration::from_secs(30), took_batch.notified())
         .await
         .expect("the doomed consumer took a batch");
     // Let every partition of the doomed consumer read its first batch, then kill it.
-    chatdesk_testkit::wait_until(
-        "the doomed consumer holds entries",
-        Duration::from_secs(10),
-        || async { setup.pending().await >= 8 },
-    )
+    chatdesk_testkit::wait_until("the doomed consumer holds entries", Duration::from_secs(10), || async {
+        setup.pending().await >= 8
+    })
     .await;
     doomed.abort();
     let _ = doomed.await;
@@ -56,21 +46,11 @@ async fn a_dead_consumers_entries_are_claimed_and_handled_once() {
 
     let record = Record::default();
     let cancel = CancellationToken::new();
-    let survivor = spawn(
-        setup.consumer(
-            "survivor",
-            Recording {
-                name: "survivor".into(),
-                record: record.clone(),
-            },
-        ),
-        &cancel,
-    );
-    chatdesk_testkit::wait_until(
-        "every entry handled by the survivor",
-        Duration::from_secs(60),
-        || async { record.distinct() == appended.len() },
-    )
+    let survivor =
+        spawn(setup.consumer("survivor", Recording { name: "survivor".into(), record: record.clone() }), &cancel);
+    chatdesk_testkit::wait_until("every entry handled by the survivor", Duration::from_secs(60), || async {
+        record.distinct() == appended.len()
+    })
     .await;
     setup.wait_pending_zero().await;
     cancel.cancel();

@@ -16,16 +16,7 @@ async fn exactly_once_with_competing_consumers(url: &str) {
     let consumers: Vec<_> = (0..3)
         .map(|index| {
             let name = format!("consumer-{index}");
-            spawn(
-                setup.consumer(
-                    &name,
-                    Recording {
-                        name: name.clone(),
-                        record: record.clone(),
-                    },
-                ),
-                &cancel,
-            )
+            spawn(setup.consumer(&name, Recording { name: name.clone(), record: record.clone() }), &cancel)
         })
         .collect();
 
@@ -42,17 +33,10 @@ async fn exactly_once_with_competing_consumers(url: &str) {
         consumer.await.unwrap();
     }
 
-    assert!(
-        record.handled_more_than_once().is_empty(),
-        "handled twice: {:?}",
-        record.handled_more_than_once()
-    );
+    assert!(record.handled_more_than_once().is_empty(), "handled twice: {:?}", record.handled_more_than_once());
     assert!(appended.iter().all(|id| record.contains(id)));
     let per_consumer = record.per_consumer();
-    assert!(
-        per_consumer.len() >= 2,
-        "the group's work was not shared: {per_consumer:?}"
-    );
+    assert!(per_consumer.len() >= 2, "the group's work was not shared: {per_consumer:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -50,44 +50,26 @@ async fn a_poison_entry_is_dead_lettered_and_the_partition_keeps_flowing() {
     let poison_attempts = Arc::new(AtomicU32::new(0));
     let cancel = CancellationToken::new();
     let consumer = spawn(
-        setup.consumer(
-            "c",
-            PoisonAware {
-                record: record.clone(),
-                poison_attempts: poison_attempts.clone(),
-            },
-        ),
+        setup.consumer("c", PoisonAware { record: record.clone(), poison_attempts: poison_attempts.clone() }),
         &cancel,
     );
 
     let poison = entry(0, true);
-    let poisoned_at = setup
-        .producer
-        .append_to_partition("events", 2, &poison)
-        .await
-        .unwrap();
+    let poisoned_at = setup.producer.append_to_partition("events", 2, &poison).await.unwrap();
     let mut behind = Vec::new();
     for sequence in 1..=50 {
         let entry = entry(sequence, false);
-        setup
-            .producer
-            .append_to_partition("events", 2, &entry)
-            .await
-            .unwrap();
+        setup.producer.append_to_partition("events", 2, &entry).await.unwrap();
         behind.push(entry.event_id);
     }
 
-    chatdesk_testkit::wait_until(
-        "entries behind the poison handled",
-        Duration::from_secs(30),
-        || async { record.distinct() == behind.len() },
-    )
+    chatdesk_testkit::wait_until("entries behind the poison handled", Duration::from_secs(30), || async {
+        record.distinct() == behind.len()
+    })
     .await;
-    chatdesk_testkit::wait_until(
-        "the poison dead-lettered",
-        Duration::from_secs(30),
-        || async { !dead_letters(&setup, 2).await.is_empty() },
-    )
+    chatdesk_testkit::wait_until("the poison dead-lettered", Duration::from_secs(30), || async {
+        !dead_letters(&setup, 2).await.is_empty()
+    })
     .await;
     setup.wait_pending_zero().await;
     cancel.cancel();
@@ -102,11 +84,7 @@ async fn a_poison_entry_is_dead_lettered_and_the_partition_keeps_flowing() {
     assert_eq!(fields["error"], "template 42 does not exist");
     assert_eq!(fields["event_id"], poison.event_id.to_string());
     assert_eq!(fields["payload"], poison.payload);
-    assert_eq!(
-        poison_attempts.load(Ordering::SeqCst),
-        3,
-        "max_deliveries is 3"
-    );
+    assert_eq!(poison_attempts.load(Ordering::SeqCst), 3, "max_deliveries is 3");
     assert!(behind.iter().all(|id| record.contains(id)));
 }
 
@@ -119,44 +97,21 @@ async fn an_undecodable_entry_is_dead_lettered_at_once() {
     let record = Record::default();
     let cancel = CancellationToken::new();
     let consumer = spawn(
-        setup.consumer(
-            "c",
-            PoisonAware {
-                record: record.clone(),
-                poison_attempts: Arc::new(AtomicU32::new(0)),
-            },
-        ),
+        setup.consumer("c", PoisonAware { record: record.clone(), poison_attempts: Arc::new(AtomicU32::new(0)) }),
         &cancel,
     );
-    let _: String = setup
-        .client
-        .xadd(
-            &key,
-            false,
-            None,
-            XID::Auto,
-            vec![("type", "x"), ("tenant", "not-a-uuid")],
-        )
-        .await
-        .unwrap();
+    let _: String =
+        setup.client.xadd(&key, false, None, XID::Auto, vec![("type", "x"), ("tenant", "not-a-uuid")]).await.unwrap();
     let good = entry(1, false);
-    setup
-        .producer
-        .append_to_partition("events", 0, &good)
-        .await
-        .unwrap();
+    setup.producer.append_to_partition("events", 0, &good).await.unwrap();
 
-    chatdesk_testkit::wait_until(
-        "the good entry handled",
-        Duration::from_secs(30),
-        || async { record.contains(&good.event_id) },
-    )
+    chatdesk_testkit::wait_until("the good entry handled", Duration::from_secs(30), || async {
+        record.contains(&good.event_id)
+    })
     .await;
-    chatdesk_testkit::wait_until(
-        "the bad entry dead-lettered",
-        Duration::from_secs(30),
-        || async { !dead_letters(&setup, 0).await.is_empty() },
-    )
+    chatdesk_testkit::wait_until("the bad entry dead-lettered", Duration::from_secs(30), || async {
+        !dead_letters(&setup, 0).await.is_empty()
+    })
     .await;
     setup.wait_pending_zero().await;
     cancel.cancel();
@@ -164,10 +119,6 @@ async fn an_undecodable_entry_is_dead_lettered_at_once() {
     let letters = dead_letters(&setup, 0).await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].1["delivery_count"], "1");
-    assert!(
-        letters[0].1["error"].starts_with("cannot decode entry"),
-        "{:?}",
-        letters[0].1
-    );
+    assert!(letters[0].1["error"].starts_with("cannot decode entry"), "{:?}", letters[0].1);
     assert_eq!(letters[0].1["tenant"], "not-a-uuid");
 }

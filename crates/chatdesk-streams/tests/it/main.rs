@@ -4,5 +4,6 @@ mod claim;
 mod competing;
 mod dead_letters;
 mod redis_restart;
+mod retention;
 mod shutdown;
 mod support;

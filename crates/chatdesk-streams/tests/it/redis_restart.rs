@@ -20,16 +20,7 @@ async fn every_acknowledged_entry_is_handled_once_across_a_redis_crash() {
     let consumers: Vec<_> = (0..2)
         .map(|index| {
             let name = format!("c{index}");
-            spawn(
-                setup.consumer(
-                    &name,
-                    Recording {
-                        name: name.clone(),
-                        record: record.clone(),
-                    },
-                ),
-                &cancel,
-            )
+            spawn(setup.consumer(&name, Recording { name: name.clone(), record: record.clone() }), &cancel)
         })
         .collect();
 
@@ -37,17 +28,12 @@ async fn every_acknowledged_entry_is_handled_once_across_a_redis_crash() {
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let failures = Arc::new(Mutex::new(0u64));
     let producer = {
-        let (setup, acknowledged, failures) =
-            (setup.clone(), acknowledged.clone(), failures.clone());
+        let (setup, acknowledged, failures) = (setup.clone(), acknowledged.clone(), failures.clone());
         tokio::spawn(async move {
             let mut sequence = 0;
             while sequence < ENTRIES {
                 let entry = entry(sequence, false);
-                match setup
-                    .producer
-                    .append_to_partition("events", (sequence % 8) as u16, &entry)
-                    .await
-                {
+                match setup.producer.append_to_partition("events", (sequence % 8) as u16, &entry).await {
                     Ok(_) => {
                         acknowledged.lock().unwrap().push(entry.event_id);
                         sequence += 1;
@@ -72,24 +58,15 @@ async fn every_acknowledged_entry_is_handled_once_across_a_redis_crash() {
 
     producer.await.unwrap();
     let acknowledged = acknowledged.lock().unwrap().clone();
-    chatdesk_testkit::wait_until(
-        "every acknowledged entry handled",
-        Duration::from_secs(120),
-        || async { acknowledged.iter().all(|id| record.contains(id)) },
-    )
+    chatdesk_testkit::wait_until("every acknowledged entry handled", Duration::from_secs(120), || async {
+        acknowledged.iter().all(|id| record.contains(id))
+    })
     .await;
     setup.wait_pending_zero().await;
     cancel.cancel();
     for consumer in consumers {
         consumer.await.unwrap();
     }
-    assert!(
-        record.handled_more_than_once().is_empty(),
-        "handled twice: {:?}",
-        record.handled_more_than_once()
-    );
-    assert!(
-        *failures.lock().unwrap() > 0,
-        "the crash should have been noticed by the producer"
-    );
+    assert!(record.handled_more_than_once().is_empty(), "handled twice: {:?}", record.handled_more_than_once());
+    assert!(*failures.lock().unwrap() > 0, "the crash should have been noticed by the producer");
 }

@@ -33,51 +33,25 @@ async fn cancellation_finishes_and_acknowledges_the_batch_in_hand() {
     let record = Record::default();
     let started = Arc::new(Notify::new());
     let cancel = CancellationToken::new();
-    let consumer = setup.consumer(
-        "c",
-        Slow {
-            record: record.clone(),
-            started: started.clone(),
-        },
-    );
+    let consumer = setup.consumer("c", Slow { record: record.clone(), started: started.clone() });
     let running = tokio::spawn(consumer.run(cancel.clone()));
 
     let mut appended = Vec::new();
     for sequence in 0..10 {
         let entry = crate::support::entry(sequence, false);
-        setup
-            .producer
-            .append_to_partition("events", 5, &entry)
-            .await
-            .unwrap();
+        setup.producer.append_to_partition("events", 5, &entry).await.unwrap();
         appended.push(entry.event_id);
     }
-    tokio::time::timeout(Duration::from_secs(30), started.notified())
-        .await
-        .expect("a batch started");
+    tokio::time::timeout(Duration::from_secs(30), started.notified()).await.expect("a batch started");
     cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the runtime returns")
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), running).await.expect("the runtime returns").unwrap().unwrap();
 
     let handled = record.distinct();
     assert!(handled > 0, "the batch in hand was finished");
-    assert_eq!(
-        setup.pending().await,
-        0,
-        "the finished batch was acknowledged"
-    );
+    assert_eq!(setup.pending().await, 0, "the finished batch was acknowledged");
     // Nothing was read after cancellation: what was not handled is still undelivered.
     let stream = setup.config.stream("events").unwrap();
-    let statuses =
-        chatdesk_streams::status::partition_status(&setup.client, &setup.keys, stream, 5)
-            .await
-            .unwrap();
-    let group = statuses
-        .iter()
-        .find(|status| status.group == "workers")
-        .unwrap();
+    let statuses = chatdesk_streams::status::partition_status(&setup.client, &setup.keys, stream, 5).await.unwrap();
+    let group = statuses.iter().find(|status| status.group == "workers").unwrap();
     assert_eq!(group.lag, Some((appended.len() - handled) as u64));
 }

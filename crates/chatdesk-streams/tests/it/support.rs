@@ -7,8 +7,7 @@ use std::time::Duration;
 use chatdesk_core::{EventId, GroupName, KeyScheme, StreamsConfig, TenantId};
 use chatdesk_streams::status::partition_status;
 use chatdesk_streams::{
-    Batch, Consumer, Handler, HandlerError, NewEntry, Outcomes, Producer, RedisConnector,
-    RedisSettings,
+    Batch, Consumer, Handler, HandlerError, NewEntry, Outcomes, Producer, RedisConnector, RedisSettings,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -41,13 +40,7 @@ impl Setup {
         let keys = KeyScheme::new(chatdesk_testkit::unique_prefix()).unwrap();
         let config = Arc::new(StreamsConfig::from_toml_str("test", CONFIG).unwrap());
         let producer = Producer::new(client.clone(), keys.clone(), config.clone());
-        Self {
-            connector,
-            keys,
-            config,
-            producer,
-            client,
-        }
+        Self { connector, keys, config, producer, client }
     }
 
     pub fn consumer<H: Handler>(&self, name: &str, handler: H) -> Consumer<H> {
@@ -76,10 +69,7 @@ impl Setup {
                 let mut index = worker;
                 while index < count {
                     let entry = entry(index as u64, false);
-                    producer
-                        .append_to_partition("events", (index % partitions) as u16, &entry)
-                        .await
-                        .expect("append");
+                    producer.append_to_partition("events", (index % partitions) as u16, &entry).await.expect("append");
                     ids.push(entry.event_id);
                     index += parallel;
                 }
@@ -98,14 +88,9 @@ impl Setup {
         let stream = self.config.stream("events").unwrap();
         let mut total = 0;
         for partition in 0..stream.partitions {
-            let statuses = partition_status(&self.client, &self.keys, stream, partition)
-                .await
-                .unwrap();
-            total += statuses
-                .iter()
-                .filter(|status| status.group == "workers")
-                .map(|status| status.pending)
-                .sum::<u64>();
+            let statuses = partition_status(&self.client, &self.keys, stream, partition).await.unwrap();
+            total +=
+                statuses.iter().filter(|status| status.group == "workers").map(|status| status.pending).sum::<u64>();
         }
         total
     }
@@ -123,12 +108,7 @@ pub fn tenant() -> TenantId {
 }
 
 pub fn entry(sequence: u64, poison: bool) -> NewEntry {
-    NewEntry::new(
-        "test.event",
-        tenant(),
-        &serde_json::json!({ "sequence": sequence, "poison": poison }),
-    )
-    .unwrap()
+    NewEntry::new("test.event", tenant(), &serde_json::json!({ "sequence": sequence, "poison": poison })).unwrap()
 }
 
 /// How many times each event was handled to completion, and by which consumer.
@@ -139,12 +119,7 @@ pub struct Record {
 
 impl Record {
     pub fn add(&self, event_id: EventId, consumer: &str) {
-        self.inner
-            .lock()
-            .unwrap()
-            .entry(event_id)
-            .or_default()
-            .push(consumer.to_owned());
+        self.inner.lock().unwrap().entry(event_id).or_default().push(consumer.to_owned());
     }
 
     pub fn distinct(&self) -> usize {
@@ -152,13 +127,7 @@ impl Record {
     }
 
     pub fn handled_more_than_once(&self) -> Vec<EventId> {
-        self.inner
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, by)| by.len() > 1)
-            .map(|(id, _)| *id)
-            .collect()
+        self.inner.lock().unwrap().iter().filter(|(_, by)| by.len() > 1).map(|(id, _)| *id).collect()
     }
 
     pub fn contains(&self, event_id: &EventId) -> bool {
@@ -194,10 +163,7 @@ impl Handler for Recording {
 }
 
 /// Runs a consumer in the background.
-pub fn spawn<H: Handler>(
-    consumer: Consumer<H>,
-    cancel: &CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+pub fn spawn<H: Handler>(consumer: Consumer<H>, cancel: &CancellationToken) -> tokio::task::JoinHandle<()> {
     let cancel = cancel.clone();
     tokio::spawn(async move { consumer.run(cancel).await.expect("consumer failed") })
 }

@@ -9,11 +9,7 @@ fn chatdesk() -> Command {
 #[test]
 fn streams_check_accepts_the_shipped_file() {
     let output = chatdesk()
-        .args([
-            "streams",
-            "check",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../streams.toml"),
-        ])
+        .args(["streams", "check", concat!(env!("CARGO_MANIFEST_DIR"), "/../../streams.toml")])
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
@@ -25,18 +21,11 @@ fn streams_check_names_file_key_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("streams.toml");
     std::fs::write(&file, "[streams.events]\npartitions = 0\n").unwrap();
-    let output = chatdesk()
-        .args(["streams", "check"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let output = chatdesk().args(["streams", "check"]).arg(&file).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains(&format!(
-            "{}: streams.events.partitions: must be between 1 and 1024, got 0",
-            file.display()
-        )),
+        stderr.contains(&format!("{}: streams.events.partitions: must be between 1 and 1024, got 0", file.display())),
         "{stderr}"
     );
 }
@@ -55,10 +44,7 @@ fn serve_without_servers_says_what_is_missing() {
 
 #[test]
 fn unknown_roles_are_refused_by_name() {
-    let output = chatdesk()
-        .args(["serve", "--roles", "ingress,teleporter"])
-        .output()
-        .unwrap();
+    let output = chatdesk().args(["serve", "--roles", "ingress,teleporter"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid value 'teleporter'"));
 }

@@ -24,10 +24,7 @@ async fn start(data_dir: &Path, http: SocketAddr) -> Child {
 
 async fn wait_ready(http: SocketAddr) {
     chatdesk_testkit::wait_until("/readyz answers 200", Duration::from_secs(120), || async {
-        matches!(
-            chatdesk_testkit::http_get(http, "/readyz").await,
-            Ok((200, _))
-        )
+        matches!(chatdesk_testkit::http_get(http, "/readyz").await, Ok((200, _)))
     })
     .await;
 }
@@ -35,38 +32,22 @@ async fn wait_ready(http: SocketAddr) {
 /// Ctrl-C, as a terminal sends it.
 async fn interrupt(mut child: Child) {
     let pid = child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-s", "INT", &pid])
-        .status()
-        .unwrap();
+    let status = std::process::Command::new("kill").args(["-s", "INT", &pid]).status().unwrap();
     assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("chatdesk stops")
-        .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait()).await.expect("chatdesk stops").unwrap();
     assert!(exit.success(), "chatdesk exited with {exit}");
 }
 
 fn urls(data_dir: &Path) -> (String, String) {
     let text = std::fs::read_to_string(data_dir.join("servers.env")).expect("servers.env written");
     let get = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(&format!("{name}=")))
-            .map(str::to_owned)
-            .expect(name)
+        text.lines().find_map(|line| line.strip_prefix(&format!("{name}="))).map(str::to_owned).expect(name)
     };
     (get("REDIS_URL"), get("DATABASE_URL"))
 }
 
 fn port_of(url: &str) -> u16 {
-    url.rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    url.rsplit(':').next().unwrap().split('/').next().unwrap().parse().unwrap()
 }
 
 fn listening(port: u16) -> bool {
@@ -75,82 +56,45 @@ fn listening(port: u16) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_starts_private_servers_stops_them_and_reuses_their_data() {
-    let dir = tempfile::Builder::new()
-        .prefix("chatdesk-up-")
-        .tempdir()
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("chatdesk-up-").tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port())
-        .parse()
-        .unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
 
     let first = start(&data_dir, http).await;
     wait_ready(http).await;
     let (redis_url, database_url) = urls(&data_dir);
     let (status, body) = chatdesk_testkit::http_get(http, "/readyz").await.unwrap();
     assert_eq!(status, 200);
-    assert!(
-        body.contains(r#""redis":{"status":"ok"}"#)
-            && body.contains(r#""postgres":{"status":"ok"}"#),
-        "{body}"
-    );
+    assert!(body.contains(r#""redis":{"status":"ok"}"#) && body.contains(r#""postgres":{"status":"ok"}"#), "{body}");
     let (status, metrics) = chatdesk_testkit::http_get(http, "/metrics").await.unwrap();
     assert_eq!(status, 200);
-    assert!(
-        metrics.contains("chatdesk_http_requests_total"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("chatdesk_http_requests_total"), "{metrics}");
 
     // Leave data in both servers.
-    let redis = RedisConnector::new(RedisSettings::new(&redis_url))
-        .unwrap()
-        .shared()
-        .await
-        .unwrap();
-    let _: () = redis
-        .set("up-test", "kept", None, None, false)
-        .await
-        .unwrap();
+    let redis = RedisConnector::new(RedisSettings::new(&redis_url)).unwrap().shared().await.unwrap();
+    let _: () = redis.set("up-test", "kept", None, None, false).await.unwrap();
     let _ = redis.quit().await;
     let pool = chatdesk_store::connect(&database_url, 1).await.unwrap();
-    sqlx::query(
-        "INSERT INTO tenants (id, name) VALUES ('01900000-0000-7000-8000-000000000001', 'Acme')",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ('01900000-0000-7000-8000-000000000001', 'Acme')")
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
 
     interrupt(first).await;
-    assert!(
-        !listening(port_of(&redis_url)),
-        "private Redis still running"
-    );
-    assert!(
-        !listening(port_of(&database_url)),
-        "private PostgreSQL still running"
-    );
-    assert!(
-        !data_dir.join("postgres/postmaster.pid").exists(),
-        "PostgreSQL was not shut down cleanly"
-    );
+    assert!(!listening(port_of(&redis_url)), "private Redis still running");
+    assert!(!listening(port_of(&database_url)), "private PostgreSQL still running");
+    assert!(!data_dir.join("postgres/postmaster.pid").exists(), "PostgreSQL was not shut down cleanly");
 
     let second = start(&data_dir, http).await;
     wait_ready(http).await;
     let (redis_url, database_url) = urls(&data_dir);
-    let redis = RedisConnector::new(RedisSettings::new(&redis_url))
-        .unwrap()
-        .shared()
-        .await
-        .unwrap();
+    let redis = RedisConnector::new(RedisSettings::new(&redis_url)).unwrap().shared().await.unwrap();
     let kept: Option<String> = redis.get("up-test").await.unwrap();
     assert_eq!(kept.as_deref(), Some("kept"), "Redis data was not reused");
     let _ = redis.quit().await;
     let pool = chatdesk_store::connect(&database_url, 1).await.unwrap();
-    let name: String = sqlx::query_scalar("SELECT name FROM tenants")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let name: String = sqlx::query_scalar("SELECT name FROM tenants").fetch_one(&pool).await.unwrap();
     assert_eq!(name, "Acme", "PostgreSQL data was not reused");
     pool.close().await;
     interrupt(second).await;

@@ -1,0 +1,154 @@
+//! Retention: trimming streams to `retention.max_age` / `retention.max_len` without ever removing
+//! an entry that a durable group has not acknowledged.
+//!
+//! For each partition the trim point (an `XTRIM … MINID`) is the lower of
+//! - what retention allows: entries older than `max_age`, or beyond the newest `max_len`, and
+//! - what every durable group allows: its oldest pending entry, or, with nothing pending, the
+//!   entry after the last one it was delivered (everything up to that is acknowledged).
+//!
+//! A durable group missing from a partition blocks trimming there: nothing is known about what
+//! it has read. Trimming is idempotent, so several processes may run it at once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chatdesk_core::{EntryId, KeyScheme, StreamSettings, StreamsConfig};
+use fred::prelude::*;
+use tokio_util::sync::CancellationToken;
+
+use crate::entry::{now_ms, value_text};
+use crate::metrics;
+
+/// Entries looked at per partition and pass to find the `max_len` cut; a long backlog is cut
+/// down over several passes instead of one slow command.
+const MAX_LEN_SCAN: u64 = 10_000;
+
+/// What one partition's trim did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trimmed {
+    pub partition: u16,
+    /// The MINID used; `None` when nothing could be trimmed.
+    pub min_id: Option<EntryId>,
+    pub removed: u64,
+}
+
+fn successor(id: EntryId) -> EntryId {
+    EntryId::new(id.millis, id.sequence.saturating_add(1))
+}
+
+/// The lowest entry id every durable group still needs, or `None` when a durable group is
+/// missing (then nothing may be trimmed).
+async fn durable_floor(client: &Client, key: &str, stream: &StreamSettings) -> Result<Option<EntryId>, Error> {
+    let groups: Vec<HashMap<String, Value>> = client.xinfo_groups(key).await?;
+    let mut floor: Option<EntryId> = None;
+    for durable in &stream.retention.durable_groups {
+        let Some(info) =
+            groups.iter().find(|group| group.get("name").map(value_text).as_deref() == Some(durable.as_str()))
+        else {
+            return Ok(None);
+        };
+        let pending = info.get("pending").and_then(Value::as_u64).unwrap_or(0);
+        let group_floor = if pending > 0 {
+            let (_, oldest, _, _): (u64, Option<String>, Option<String>, Vec<(String, String)>) =
+                client.xpending(key, durable.as_str(), ()).await?;
+            match oldest.and_then(|id| id.parse().ok()) {
+                Some(id) => id,
+                None => return Ok(None),
+            }
+        } else {
+            match info.get("last-delivered-id").map(value_text).and_then(|id| id.parse().ok()) {
+                Some(id) => successor(id),
+                None => return Ok(None),
+            }
+        };
+        floor = Some(floor.map_or(group_floor, |current| current.min(group_floor)));
+    }
+    Ok(floor)
+}
+
+/// The MINID retention alone would trim to, if any.
+async fn retention_cut(
+    client: &Client,
+    key: &str,
+    stream: &StreamSettings,
+    now_ms: u64,
+) -> Result<Option<EntryId>, Error> {
+    let mut cut: Option<EntryId> = None;
+    if let Some(max_age) = stream.retention.max_age {
+        let oldest_kept = now_ms.saturating_sub(max_age.as_millis() as u64);
+        cut = Some(EntryId::new(oldest_kept, 0));
+    }
+    if let Some(max_len) = stream.retention.max_len {
+        let length: u64 = client.xlen(key).await?;
+        if length > max_len {
+            let excess = (length - max_len).min(MAX_LEN_SCAN);
+            let oldest: Vec<(String, HashMap<String, Value>)> = client.xrange(key, "-", "+", Some(excess)).await?;
+            if let Some(last) = oldest.last().and_then(|(id, _)| id.parse::<EntryId>().ok()) {
+                let by_length = successor(last);
+                cut = Some(cut.map_or(by_length, |current| current.max(by_length)));
+            }
+        }
+    }
+    Ok(cut)
+}
+
+/// Trims one partition as far as retention and the durable groups allow.
+pub async fn trim_partition(
+    client: &Client,
+    keys: &KeyScheme,
+    stream: &StreamSettings,
+    partition: u16,
+    now_ms: u64,
+) -> Result<Trimmed, Error> {
+    let key = keys.partition(&stream.name, partition).stream;
+    let nothing = Trimmed { partition, min_id: None, removed: 0 };
+    let exists: u64 = client.exists(&key).await?;
+    if exists == 0 {
+        return Ok(nothing);
+    }
+    let Some(cut) = retention_cut(client, &key, stream, now_ms).await? else {
+        return Ok(nothing);
+    };
+    let min_id = if stream.retention.durable_groups.is_empty() {
+        cut
+    } else {
+        match durable_floor(client, &key, stream).await? {
+            Some(floor) => cut.min(floor),
+            None => return Ok(nothing),
+        }
+    };
+    let removed: u64 = client.xtrim(&key, ("MINID", "=", min_id.to_string())).await?;
+    if removed > 0 {
+        ::metrics::counter!(metrics::ENTRIES_TRIMMED_TOTAL, "stream" => stream.name.to_string()).increment(removed);
+    }
+    Ok(Trimmed { partition, min_id: Some(min_id), removed })
+}
+
+/// Trims every partition of every family every `interval` until cancelled.
+pub async fn run(
+    client: Client,
+    keys: KeyScheme,
+    config: StreamsConfig,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        for stream in config.streams.values() {
+            for partition in 0..stream.partitions {
+                match trim_partition(&client, &keys, stream, partition, now_ms()).await {
+                    Ok(trimmed) if trimmed.removed > 0 => {
+                        tracing::debug!(stream = %stream.name, partition, removed = trimmed.removed, "trimmed")
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(stream = %stream.name, partition, error = %error, "trim failed")
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
