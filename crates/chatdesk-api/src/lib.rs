@@ -1,5 +1,5 @@
-//! chatdesk's HTTP surface (axum). For now: liveness, readiness and Prometheus metrics; the
-//! ingress webhooks and the REST API mount on the same router.
+//! chatdesk's HTTP surface (axum): the web console at `/`, liveness, readiness and Prometheus
+//! metrics in every process, and the public API under `/v1`.
 //!
 //! - [`ops_router`], [`api_router`] and [`finish`] build the application; [`serve`] runs it
 //!   until cancelled.
@@ -38,7 +38,13 @@ pub fn ops_router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
+        .route("/", get(console))
         .with_state(state)
+}
+
+/// The web console, compiled into the binary so it works from any directory and offline.
+async fn console() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../../../dashboard/index.html"))
 }
 
 /// The public API under `/v1`, served by the `ingress` role.

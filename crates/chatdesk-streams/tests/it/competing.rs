@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Record, Recording, Setup, spawn};
+use crate::support::{Record, Setup};
 
 const ENTRIES: usize = 20_000;
 
@@ -13,12 +13,7 @@ async fn exactly_once_with_competing_consumers(url: &str) {
     let setup = Setup::new(url).await;
     let record = Record::default();
     let cancel = CancellationToken::new();
-    let consumers: Vec<_> = (0..3)
-        .map(|index| {
-            let name = format!("consumer-{index}");
-            spawn(setup.consumer(&name, Recording { name: name.clone(), record: record.clone() }), &cancel)
-        })
-        .collect();
+    let consumers = setup.spawn_recording(3, &record, &cancel);
 
     let appended = setup.fill(ENTRIES, 16).await;
     assert_eq!(appended.len(), ENTRIES);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chatdesk_testkit::RedisPersistence;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Record, Recording, Setup, entry, spawn};
+use crate::support::{Record, Setup, entry};
 
 const ENTRIES: u64 = 3_000;
 
@@ -17,12 +17,7 @@ async fn every_acknowledged_entry_is_handled_once_across_a_redis_crash() {
     let setup = Arc::new(Setup::new(redis.url()).await);
     let record = Record::default();
     let cancel = CancellationToken::new();
-    let consumers: Vec<_> = (0..2)
-        .map(|index| {
-            let name = format!("c{index}");
-            spawn(setup.consumer(&name, Recording { name: name.clone(), record: record.clone() }), &cancel)
-        })
-        .collect();
+    let consumers = setup.spawn_recording(2, &record, &cancel);
 
     // The producer keeps appending through the crash; only ids Redis acknowledged count.
     let acknowledged = Arc::new(Mutex::new(Vec::new()));

@@ -83,6 +83,21 @@ impl Setup {
         all
     }
 
+    /// Starts `count` consumers named `consumer-<n>` that record what they handle.
+    pub fn spawn_recording(
+        &self,
+        count: usize,
+        record: &Record,
+        cancel: &CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..count)
+            .map(|index| {
+                let name = format!("consumer-{index}");
+                spawn(self.consumer(&name, Recording { name: name.clone(), record: record.clone() }), cancel)
+            })
+            .collect()
+    }
+
     /// Pending entries of the group, summed over partitions.
     pub async fn pending(&self) -> u64 {
         let stream = self.config.stream("events").unwrap();
