@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 use crate::entry::{now_ms, value_text};
 use crate::metrics;
 
+/// XPENDING's summary: count, oldest id, newest id, pending per consumer.
+type PendingSummary = (u64, Option<String>, Option<String>, Vec<(String, String)>);
+
 /// Entries looked at per partition and pass to find the `max_len` cut; a long backlog is cut
 /// down over several passes instead of one slow command.
 const MAX_LEN_SCAN: u64 = 10_000;
@@ -49,8 +52,7 @@ async fn durable_floor(client: &Client, key: &str, stream: &StreamSettings) -> R
         };
         let pending = info.get("pending").and_then(Value::as_u64).unwrap_or(0);
         let group_floor = if pending > 0 {
-            let (_, oldest, _, _): (u64, Option<String>, Option<String>, Vec<(String, String)>) =
-                client.xpending(key, durable.as_str(), ()).await?;
+            let (_, oldest, _, _): PendingSummary = client.xpending(key, durable.as_str(), ()).await?;
             match oldest.and_then(|id| id.parse().ok()) {
                 Some(id) => id,
                 None => return Ok(None),
