@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod duration;
+pub mod events;
 pub mod ids;
 pub mod keys;
 pub mod names;
