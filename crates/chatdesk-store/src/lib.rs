@@ -13,6 +13,9 @@ use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+pub mod directory;
+pub mod writer;
+
 pub use sqlx::PgPool as Pool;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +34,10 @@ pub enum StoreError {
 
 /// `(version, description, sql)` of every migration, in order. A unit test checks that this list
 /// and the `migrations/` folder agree.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "tenants", include_str!("../../../migrations/0001_tenants.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "tenants", include_str!("../../../migrations/0001_tenants.sql")),
+    (2, "conversations", include_str!("../../../migrations/0002_conversations.sql")),
+];
 
 fn migrator() -> Migrator {
     Migrator::with_migrations(
@@ -53,6 +59,32 @@ pub fn redact(url: &str) -> String {
             format!("{}://{user}@{}", &url[..scheme_end], &url[at + 1..])
         }
         _ => url.to_owned(),
+    }
+}
+
+impl StoreError {
+    /// The database could not be reached or asked us to come back later (connection lost,
+    /// shutting down, overloaded, serialization conflict): retrying later will work. Anything
+    /// else is about the data and will fail again.
+    pub fn is_transient(&self) -> bool {
+        let error = match self {
+            StoreError::Connect { .. } => return true,
+            StoreError::Migrate(_) => return false,
+            StoreError::Query(error) => error,
+        };
+        match error {
+            sqlx::Error::Database(database) => {
+                let code = database.code().unwrap_or_default();
+                ["08", "53", "57", "40"].iter().any(|class| code.starts_with(class))
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            _ => false,
+        }
     }
 }
 

@@ -24,7 +24,7 @@ pub mod status;
 pub use connection::{RedisConnector, RedisSettings};
 pub use entry::{Entry, NewEntry};
 pub use producer::{Appended, ProduceError, Producer};
-pub use runtime::{Batch, Consumer, ConsumerError, Handler, HandlerError, Outcome, Outcomes};
+pub use runtime::{Batch, Consumer, ConsumerError, Handler, HandlerError, Outcome, Outcomes, Unavailable};
 
 /// fred's client, re-exported so callers need no direct dependency for the common case.
 pub use fred::clients::Client as RedisClient;

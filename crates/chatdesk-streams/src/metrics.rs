@@ -8,6 +8,7 @@ pub const ENTRIES_FAILED_TOTAL: &str = "chatdesk_stream_entries_failed_total";
 pub const ENTRIES_DEAD_LETTERED_TOTAL: &str = "chatdesk_stream_entries_dead_lettered_total";
 pub const ENTRIES_CLAIMED_TOTAL: &str = "chatdesk_stream_entries_claimed_total";
 pub const ENTRIES_LOST_TOTAL: &str = "chatdesk_stream_entries_lost_total";
+pub const HANDLER_UNAVAILABLE_TOTAL: &str = "chatdesk_stream_handler_unavailable_total";
 pub const BATCH_DURATION_SECONDS: &str = "chatdesk_stream_batch_duration_seconds";
 pub const REDIS_ERRORS_TOTAL: &str = "chatdesk_stream_redis_errors_total";
 pub const GROUP_LAG_ENTRIES: &str = "chatdesk_stream_group_lag_entries";
@@ -33,6 +34,11 @@ pub fn describe() {
         ENTRIES_LOST_TOTAL,
         Unit::Count,
         "Pending entries deleted from the stream before they were handled"
+    );
+    describe_counter!(
+        HANDLER_UNAVAILABLE_TOTAL,
+        Unit::Count,
+        "Handler calls that found a dependency down (batch kept and retried)"
     );
     describe_histogram!(BATCH_DURATION_SECONDS, Unit::Seconds, "Time to handle and acknowledge one batch");
     describe_counter!(REDIS_ERRORS_TOTAL, Unit::Count, "Redis commands of the consumer runtime that failed");

@@ -16,8 +16,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chatdesk_local::{PostgresOptions, PostgresServer, RedisCluster, RedisOptions};
-pub use chatdesk_local::{RedisPersistence, RedisServer};
+use chatdesk_local::{PostgresOptions, RedisCluster, RedisOptions};
+pub use chatdesk_local::{PostgresServer, RedisPersistence, RedisServer};
 use tempfile::TempDir;
 
 /// A key prefix unique to this test.

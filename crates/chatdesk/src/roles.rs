@@ -6,11 +6,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chatdesk_api::AppState;
+use chatdesk_core::GroupName;
+use chatdesk_streams::Consumer;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::Runtime;
+
+type ConsumerTask = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
 
 /// How long roles get to finish their work after cancellation before they are aborted.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
@@ -21,16 +25,19 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 pub enum Role {
     /// The public HTTP API: webhooks and REST, next to health, readiness and metrics.
     Ingress,
+    /// Persists every durable event to PostgreSQL (group `writer` on `events`).
+    Writer,
 }
 
 impl Role {
     pub fn all() -> Vec<Role> {
-        vec![Role::Ingress]
+        vec![Role::Ingress, Role::Writer]
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Role::Ingress => "ingress",
+            Role::Writer => "writer",
         }
     }
 }
@@ -61,9 +68,24 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
     let state = AppState { redis: runtime.redis.clone(), db: runtime.db.clone(), metrics: runtime.metrics.clone() };
     // Every process serves health, readiness and metrics; roles add their routes.
     let mut router = chatdesk_api::ops_router(state.clone());
+    let mut consumers: Vec<(&'static str, ConsumerTask)> = Vec::new();
     for role in roles {
         match role {
             Role::Ingress => router = router.merge(chatdesk_api::api_router(state.clone())),
+            Role::Writer => {
+                let stream = runtime.streams.stream("events").context("streams.toml declares no `events` stream")?;
+                let writer = Consumer::new(
+                    runtime.connector.clone(),
+                    runtime.keys.clone(),
+                    stream,
+                    chatdesk_workers::writer::GROUP,
+                    GroupName::parse(chatdesk_workers::writer::GROUP).expect("a valid group name"),
+                    runtime.node_id.clone(),
+                    chatdesk_workers::writer::Writer::new(runtime.db.clone()),
+                )?;
+                let cancel = cancel.clone();
+                consumers.push(("writer", Box::pin(async move { writer.run(cancel).await.map_err(Into::into) })));
+            }
         }
     }
     let router = chatdesk_api::finish(router);
@@ -78,6 +100,9 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let http_cancel = cancel.clone();
     tasks.spawn(async move { ("http", chatdesk_api::serve(listener, router, http_cancel).await.map_err(Into::into)) });
+    for (name, consumer) in consumers {
+        tasks.spawn(async move { (name, consumer.await) });
+    }
     // Every process applies retention: trimming is idempotent and never passes what a durable
     // group still needs, so several processes doing it at once is harmless.
     let retention = chatdesk_streams::retention::run(

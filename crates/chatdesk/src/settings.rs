@@ -52,6 +52,22 @@ pub fn key_scheme() -> anyhow::Result<KeyScheme> {
     KeyScheme::new(prefix).map_err(|reason| anyhow::anyhow!("CHATDESK_KEY_PREFIX: {reason}"))
 }
 
+/// `CHATDESK_NODE_ID` (default: the host name) names this process's consumers, so it must be
+/// unique among running processes; keeping it stable across restarts lets a restarted process
+/// pick up its own unfinished entries at once instead of waiting for another to claim them.
+pub fn node_id() -> anyhow::Result<String> {
+    let node = env_var("CHATDESK_NODE_ID")
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|name| name.trim().to_owned()))
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    let valid =
+        node.len() <= 64 && node.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+    if !valid {
+        anyhow::bail!("CHATDESK_NODE_ID {node:?}: use at most 64 letters, digits, '-' or '_'");
+    }
+    Ok(node)
+}
+
 /// Loads streams.toml: the given file, else `./streams.toml`, else the built-in copy.
 pub fn load_streams(file: Option<&Path>) -> anyhow::Result<(StreamsConfig, String)> {
     if let Some(file) = file {
@@ -75,6 +91,8 @@ pub struct Runtime {
     pub metrics: PrometheusHandle,
     pub streams: Arc<StreamsConfig>,
     pub keys: KeyScheme,
+    pub connector: RedisConnector,
+    pub node_id: String,
 }
 
 impl Runtime {
@@ -90,6 +108,7 @@ impl Runtime {
         let (streams, source) = load_streams(streams_file.map(PathBuf::as_path))?;
         tracing::info!(source, families = streams.streams.len(), "stream configuration loaded");
         let keys = key_scheme()?;
+        let node_id = node_id()?;
         let connector = RedisConnector::new(RedisSettings::new(redis_url.expose())).with_context(|| {
             format!("REDIS_URL {} is not a valid Redis URL", chatdesk_streams::connection::redact(redis_url.expose()))
         })?;
@@ -100,7 +119,7 @@ impl Runtime {
         chatdesk_store::migrate(&db).await?;
         tracing::info!("database migrations applied");
         chatdesk_streams::runtime::ensure_durable_groups(&redis, &keys, &streams).await?;
-        Ok(Self { http, redis, db, metrics, streams: Arc::new(streams), keys })
+        Ok(Self { http, redis, db, metrics, streams: Arc::new(streams), keys, connector, node_id })
     }
 
     /// Closes connections before the servers behind them go away.

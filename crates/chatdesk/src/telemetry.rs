@@ -28,6 +28,7 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         .context("cannot install the metrics recorder")?;
     chatdesk_streams::metrics::describe();
     chatdesk_api::metrics::describe();
+    chatdesk_workers::writer::describe();
     let upkeep = handle.clone();
     // Histograms are drained into their buckets on upkeep; without it memory grows.
     tokio::spawn(async move {

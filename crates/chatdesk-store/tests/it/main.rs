@@ -10,6 +10,6 @@ async fn migrations_apply_once_and_are_idempotent() {
     second.unwrap();
     chatdesk_store::migrate(&pool).await.unwrap();
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&pool).await.unwrap();
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 2);
     chatdesk_store::ping(&pool).await.unwrap();
 }

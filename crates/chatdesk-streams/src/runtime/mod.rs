@@ -19,7 +19,10 @@
 //!    than `claim_idle` (`XAUTOCLAIM`): a crashed consumer's work is taken over;
 //! 7. after a Redis error (including a restart of Redis) backs off, reconnects, and first
 //!    re-reads its own pending entries, so nothing delivered before the error is forgotten;
-//! 8. on cancellation stops reading, finishes the batch in hand, acknowledges it and returns.
+//! 8. when the handler reports a dependency [`Unavailable`], keeps the batch and calls the handler
+//!    again after a backoff until it succeeds (deliveries are not counted: an outage never
+//!    dead-letters anything);
+//! 9. on cancellation stops reading, finishes the batch in hand, acknowledges it and returns.
 //!
 //! Metrics (see [`crate::metrics`]) are emitted per batch; each batch runs in a `batch` span
 //! with `stream`, `group`, `partition` and `batch_len`.
@@ -87,7 +90,15 @@ impl Outcomes {
 }
 
 /// An error that fails the whole batch: every entry is retried with this error as the reason.
+/// Return [`Unavailable`] (boxed) instead when a dependency is down.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A dependency the handler needs (a database, a provider) is down. The runtime keeps the batch
+/// and calls the handler again after a backoff, for as long as it takes, without counting
+/// deliveries: an outage must never push healthy entries into the dead-letter stream.
+#[derive(Debug, thiserror::Error)]
+#[error("dependency unavailable: {0}")]
+pub struct Unavailable(pub String);
 
 /// What a consumer does with entries.
 ///
@@ -100,7 +111,8 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 ///   Different partitions are handled concurrently.
 /// - **The handler never acknowledges.** It returns [`Outcomes`]; the runtime acknowledges
 ///   done entries only after `handle` returned, so returning means "the effect is durable".
-/// - Returning `Err` (or panicking) retries the whole batch.
+/// - Returning `Err` (or panicking) retries the whole batch; returning [`Unavailable`] waits for
+///   the dependency and tries the same batch again.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, batch: &Batch) -> impl Future<Output = Result<Outcomes, HandlerError>> + Send;
 }

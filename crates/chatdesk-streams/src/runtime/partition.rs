@@ -18,12 +18,14 @@ use tracing::Instrument;
 
 use super::consumer::ensure_group;
 use super::dead_letter::{DeadLetter, dead_letter};
-use super::{Batch, Handler, Outcome};
+use super::{Batch, Handler, Outcome, Unavailable};
 use crate::entry::{decode, value_text};
 use crate::metrics;
 
 const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(100);
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Longest wait between calls while a dependency is down.
+const UNAVAILABLE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 const ERROR_BACKOFF_BASE: Duration = Duration::from_millis(100);
 const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(3);
 /// How long shutdown keeps trying to acknowledge finished entries while Redis is unreachable.
@@ -220,7 +222,7 @@ impl<H: Handler> PartitionWorker<H> {
             retried = tracing::field::Empty,
             dead_lettered = tracing::field::Empty,
         );
-        self.process(entries).instrument(span).await
+        self.process(entries, cancel).instrument(span).await
     }
 
     async fn read(&self, id: XID, block: Option<Duration>) -> Result<Vec<RawEntry>, Error> {
@@ -304,7 +306,7 @@ impl<H: Handler> PartitionWorker<H> {
         Ok(entries)
     }
 
-    async fn process(&mut self, entries: Vec<RawEntry>) -> Result<(), Error> {
+    async fn process(&mut self, entries: Vec<RawEntry>, cancel: &CancellationToken) -> Result<(), Error> {
         let started = std::time::Instant::now();
         let max_deliveries = u64::from(self.settings.max_deliveries);
         let mut to_handle = Vec::with_capacity(entries.len());
@@ -346,9 +348,31 @@ impl<H: Handler> PartitionWorker<H> {
                 partition: self.keys.partition,
                 entries: to_handle.iter().map(|(_, entry)| entry.clone()).collect(),
             };
-            let outcome = {
-                let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
-                AssertUnwindSafe(self.handler.handle(&batch)).catch_unwind().await
+            let mut unavailable_attempt = 0;
+            let outcome = loop {
+                let outcome = {
+                    let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+                    AssertUnwindSafe(self.handler.handle(&batch)).catch_unwind().await
+                };
+                let Ok(Err(error)) = &outcome else { break outcome };
+                if !error.is::<Unavailable>() {
+                    break outcome;
+                }
+                unavailable_attempt += 1;
+                ::metrics::counter!(metrics::HANDLER_UNAVAILABLE_TOTAL, &self.labels).increment(1);
+                tracing::warn!(
+                    stream = %self.keys.family,
+                    group = %self.group,
+                    partition = self.keys.partition,
+                    error = %error,
+                    attempt = unavailable_attempt,
+                    "dependency unavailable, keeping the batch"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff(RETRY_BACKOFF_BASE, UNAVAILABLE_BACKOFF_MAX, unavailable_attempt)) => {}
+                    // Shutting down: the entries stay pending and are delivered again later.
+                    _ = cancel.cancelled() => return Ok(()),
+                }
             };
             let outcomes = match outcome {
                 Ok(Ok(outcomes)) => Ok(outcomes),

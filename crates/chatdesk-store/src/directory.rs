@@ -1,0 +1,195 @@
+//! Tenants, users, API keys and inboxes: the rows the admin commands and authentication use.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::StoreError;
+
+/// The roles a user or API key can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Owner,
+    Admin,
+    Agent,
+    Marketer,
+    Sre,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::Owner, Role::Admin, Role::Agent, Role::Marketer, Role::Sre];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Agent => "agent",
+            Role::Marketer => "marketer",
+            Role::Sre => "sre",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|role| role.as_str() == raw)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxKind {
+    Generic,
+    Whatsapp,
+    Telegram,
+    Web,
+}
+
+impl InboxKind {
+    pub const ALL: [InboxKind; 4] = [InboxKind::Generic, InboxKind::Whatsapp, InboxKind::Telegram, InboxKind::Web];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboxKind::Generic => "generic",
+            InboxKind::Whatsapp => "whatsapp",
+            InboxKind::Telegram => "telegram",
+            InboxKind::Web => "web",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == raw)
+    }
+}
+
+fn query_error(error: sqlx::Error) -> StoreError {
+    StoreError::Query(error)
+}
+
+pub async fn create_tenant(pool: &PgPool, name: &str) -> Result<Uuid, StoreError> {
+    let id = Uuid::now_v7();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $2)")
+        .bind(id)
+        .bind(name)
+        .execute(pool)
+        .await
+        .map_err(query_error)?;
+    Ok(id)
+}
+
+pub async fn tenant_exists(pool: &PgPool, tenant: Uuid) -> Result<bool, StoreError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
+        .bind(tenant)
+        .fetch_one(pool)
+        .await
+        .map_err(query_error)
+}
+
+/// A user row as authentication needs it.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub email: String,
+    pub role: String,
+    pub password_hash: String,
+}
+
+pub async fn create_user(
+    pool: &PgPool,
+    tenant: Uuid,
+    email: &str,
+    role: Role,
+    password_hash: &str,
+) -> Result<Uuid, StoreError> {
+    let id = Uuid::now_v7();
+    sqlx::query("INSERT INTO users (id, tenant_id, email, role, password_hash) VALUES ($1, $2, $3, $4, $5)")
+        .bind(id)
+        .bind(tenant)
+        .bind(email)
+        .bind(role.as_str())
+        .bind(password_hash)
+        .execute(pool)
+        .await
+        .map_err(query_error)?;
+    Ok(id)
+}
+
+pub async fn user_by_email(pool: &PgPool, email: &str) -> Result<Option<UserRecord>, StoreError> {
+    let row: Option<(Uuid, Uuid, String, String, String)> =
+        sqlx::query_as("SELECT id, tenant_id, email, role, password_hash FROM users WHERE lower(email) = lower($1)")
+            .bind(email)
+            .fetch_optional(pool)
+            .await
+            .map_err(query_error)?;
+    Ok(row.map(|(id, tenant_id, email, role, password_hash)| UserRecord { id, tenant_id, email, role, password_hash }))
+}
+
+pub async fn user_in_tenant(pool: &PgPool, tenant: Uuid, user: Uuid) -> Result<bool, StoreError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE tenant_id = $1 AND id = $2)")
+        .bind(tenant)
+        .bind(user)
+        .fetch_one(pool)
+        .await
+        .map_err(query_error)
+}
+
+pub async fn create_api_key(
+    pool: &PgPool,
+    tenant: Uuid,
+    role: Role,
+    key_hash: &[u8],
+    key_prefix: &str,
+) -> Result<Uuid, StoreError> {
+    let id = Uuid::now_v7();
+    sqlx::query("INSERT INTO api_keys (id, tenant_id, role, key_hash, key_prefix) VALUES ($1, $2, $3, $4, $5)")
+        .bind(id)
+        .bind(tenant)
+        .bind(role.as_str())
+        .bind(key_hash)
+        .bind(key_prefix)
+        .execute(pool)
+        .await
+        .map_err(query_error)?;
+    Ok(id)
+}
+
+/// `(key id, tenant, role)` of a live key with this hash.
+pub async fn api_key_by_hash(pool: &PgPool, key_hash: &[u8]) -> Result<Option<(Uuid, Uuid, String)>, StoreError> {
+    sqlx::query_as("SELECT id, tenant_id, role FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+        .bind(key_hash)
+        .fetch_optional(pool)
+        .await
+        .map_err(query_error)
+}
+
+#[derive(Debug, Clone)]
+pub struct InboxRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub kind: String,
+    pub name: String,
+    pub webhook_secret: String,
+    pub outbound_url: Option<String>,
+}
+
+pub async fn create_inbox(
+    pool: &PgPool,
+    tenant: Uuid,
+    kind: InboxKind,
+    name: &str,
+    webhook_secret: &str,
+    outbound_url: Option<&str>,
+) -> Result<InboxRecord, StoreError> {
+    let row: (Uuid, Uuid, String, String, String, Option<String>) = sqlx::query_as(
+        "INSERT INTO inboxes (id, tenant_id, kind, name, webhook_secret, outbound_url) VALUES ($1, $2, $3, $4, $5, $6) \
+         RETURNING id, tenant_id, kind, name, webhook_secret, outbound_url",
+    )
+    .bind(Uuid::now_v7())
+    .bind(tenant)
+    .bind(kind.as_str())
+    .bind(name)
+    .bind(webhook_secret)
+    .bind(outbound_url)
+    .fetch_one(pool)
+    .await
+    .map_err(query_error)?;
+    let (id, tenant_id, kind, name, webhook_secret, outbound_url) = row;
+    Ok(InboxRecord { id, tenant_id, kind, name, webhook_secret, outbound_url })
+}

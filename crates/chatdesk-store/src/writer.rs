@@ -1,0 +1,428 @@
+//! Applying events to PostgreSQL: the persistence writer's side of the store.
+//!
+//! One batch is one transaction. The `events` table is the idempotency ledger: a batch first
+//! inserts every event there with `ON CONFLICT DO NOTHING` and only the events that were new
+//! change anything else. A replay, a redelivery after a crash, or a claim of a slow writer's
+//! batch therefore changes nothing twice: not the message rows, not the unread counts.
+
+use std::collections::HashMap;
+
+use chatdesk_core::EntryId;
+use chatdesk_core::events::{Direction, Event, MessageStatus, SenderKind};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::StoreError;
+
+/// An event as read from its stream, ready to store.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub event_id: Uuid,
+    pub tenant_id: Uuid,
+    pub partition: u16,
+    pub offset: EntryId,
+    pub occurred_at_ms: u64,
+    pub event: Event,
+}
+
+/// What a batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Events stored for the first time.
+    pub fresh: usize,
+    /// Events already stored (replays, redeliveries): nothing changed for them.
+    pub duplicates: usize,
+}
+
+fn ms(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Stores `events` (durable ones; others are skipped) in one transaction.
+pub async fn apply_events(pool: &PgPool, events: &[StoredEvent]) -> Result<Applied, StoreError> {
+    let durable: Vec<&StoredEvent> = events.iter().filter(|stored| stored.event.is_durable()).collect();
+    if durable.is_empty() {
+        return Ok(Applied::default());
+    }
+    let mut tx = pool.begin().await.map_err(StoreError::Query)?;
+    let fresh_ids = insert_ledger(&mut tx, &durable).await?;
+    let fresh: Vec<&StoredEvent> =
+        durable.iter().copied().filter(|stored| fresh_ids.contains(&stored.event_id)).collect();
+    insert_contacts(&mut tx, &fresh).await?;
+    insert_conversations(&mut tx, &fresh).await?;
+    insert_messages(&mut tx, &fresh).await?;
+    update_statuses(&mut tx, &fresh).await?;
+    apply_conversation_changes(&mut tx, &fresh).await?;
+    tx.commit().await.map_err(StoreError::Query)?;
+    Ok(Applied { fresh: fresh.len(), duplicates: durable.len() - fresh.len() })
+}
+
+async fn insert_ledger(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[&StoredEvent],
+) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+    let ids: Vec<Uuid> = events.iter().map(|stored| stored.event_id).collect();
+    let tenants: Vec<Uuid> = events.iter().map(|stored| stored.tenant_id).collect();
+    let types: Vec<&str> = events.iter().map(|stored| stored.event.event_type()).collect();
+    let conversations: Vec<Option<Uuid>> = events.iter().map(|stored| stored.event.conversation_id()).collect();
+    let partitions: Vec<i16> = events.iter().map(|stored| stored.partition as i16).collect();
+    let offsets: Vec<String> = events.iter().map(|stored| stored.offset.to_string()).collect();
+    let offset_ms: Vec<i64> = events.iter().map(|stored| ms(stored.offset.millis)).collect();
+    let offset_seq: Vec<i64> = events.iter().map(|stored| ms(stored.offset.sequence)).collect();
+    let occurred: Vec<i64> = events.iter().map(|stored| ms(stored.occurred_at_ms)).collect();
+    let payloads: Vec<serde_json::Value> = events.iter().map(|stored| stored.event.to_payload()).collect();
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO events (event_id, tenant_id, type, conversation_id, stream_partition, stream_offset, \
+                             offset_ms, offset_seq, occurred_at, payload) \
+         SELECT e.id, e.tenant, e.type, e.conversation, e.part, e.off, e.ms, e.seq, to_timestamp(e.at / 1000.0), e.payload \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::int2[], $6::text[], $7::int8[], $8::int8[], \
+                     $9::int8[], $10::jsonb[]) AS e(id, tenant, type, conversation, part, off, ms, seq, at, payload) \
+         ON CONFLICT (event_id) DO NOTHING \
+         RETURNING event_id",
+    )
+    .bind(&ids)
+    .bind(&tenants)
+    .bind(&types)
+    .bind(&conversations)
+    .bind(&partitions)
+    .bind(&offsets)
+    .bind(&offset_ms)
+    .bind(&offset_seq)
+    .bind(&occurred)
+    .bind(&payloads)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(StoreError::Query)?;
+    Ok(inserted.into_iter().collect())
+}
+
+async fn insert_contacts(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEvent]) -> Result<(), StoreError> {
+    for stored in events {
+        match &stored.event {
+            Event::ContactCreated(contact) => {
+                sqlx::query(
+                    "INSERT INTO contacts (id, tenant_id, inbox_id, external_id, name, email, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7 / 1000.0), to_timestamp($7 / 1000.0)) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(contact.contact_id)
+                .bind(stored.tenant_id)
+                .bind(contact.inbox_id)
+                .bind(&contact.external_id)
+                .bind(&contact.name)
+                .bind(&contact.email)
+                .bind(ms(stored.occurred_at_ms))
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::Query)?;
+            }
+            Event::ContactUpdated(contact) => {
+                sqlx::query(
+                    "UPDATE contacts SET name = COALESCE($3, name), email = COALESCE($4, email), \
+                     updated_at = greatest(updated_at, to_timestamp($5 / 1000.0)) WHERE id = $1 AND tenant_id = $2",
+                )
+                .bind(contact.contact_id)
+                .bind(stored.tenant_id)
+                .bind(&contact.name)
+                .bind(&contact.email)
+                .bind(ms(stored.occurred_at_ms))
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::Query)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn insert_conversations(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEvent]) -> Result<(), StoreError> {
+    let (mut ids, mut tenants, mut inboxes, mut contacts, mut times) = (vec![], vec![], vec![], vec![], vec![]);
+    for stored in events {
+        if let Event::ConversationCreated(created) = &stored.event {
+            ids.push(created.conversation_id);
+            tenants.push(stored.tenant_id);
+            inboxes.push(created.inbox_id);
+            contacts.push(created.contact_id);
+            times.push(ms(stored.occurred_at_ms));
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO conversations (id, tenant_id, inbox_id, contact_id, status, last_activity_at, created_at) \
+         SELECT c.id, c.tenant, c.inbox, c.contact, 'open', to_timestamp(c.at / 1000.0), to_timestamp(c.at / 1000.0) \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int8[]) AS c(id, tenant, inbox, contact, at) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&tenants)
+    .bind(&inboxes)
+    .bind(&contacts)
+    .bind(&times)
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::Query)?;
+    Ok(())
+}
+
+/// The conversation projection's change from one batch.
+#[derive(Default)]
+struct ProjectionDelta {
+    last: Option<(Uuid, String, i64, EntryId)>,
+    unread: i32,
+    /// An agent replied in this batch: unread counts only inbound messages after that.
+    reset: bool,
+    tenant: Uuid,
+}
+
+async fn insert_messages(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEvent]) -> Result<(), StoreError> {
+    let mut columns = MessageColumns::default();
+    let mut deltas: HashMap<Uuid, ProjectionDelta> = HashMap::new();
+    for stored in events {
+        let Event::MessageCreated(message) = &stored.event else { continue };
+        columns.push(stored, message);
+        let delta = deltas.entry(message.conversation_id).or_default();
+        delta.tenant = stored.tenant_id;
+        match (message.direction, message.sender.kind) {
+            (Direction::Inbound, _) => delta.unread += 1,
+            (Direction::Outbound, SenderKind::Agent) => {
+                delta.reset = true;
+                delta.unread = 0;
+            }
+            (Direction::Outbound, _) => {}
+        }
+        let newer = delta.last.as_ref().is_none_or(|(_, _, _, offset)| stored.offset > *offset);
+        if newer {
+            delta.last = Some((stored.event_id, message.text.clone(), ms(stored.occurred_at_ms), stored.offset));
+        }
+    }
+    if columns.ids.is_empty() {
+        return Ok(());
+    }
+    columns.insert(tx).await?;
+
+    let (
+        mut conversations,
+        mut tenants,
+        mut last_ids,
+        mut texts,
+        mut times,
+        mut offset_ms,
+        mut offset_seq,
+        mut unread,
+        mut reset,
+    ) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (conversation, delta) in deltas {
+        let Some((id, text, at, offset)) = delta.last else { continue };
+        conversations.push(conversation);
+        tenants.push(delta.tenant);
+        last_ids.push(id);
+        texts.push(text);
+        times.push(at);
+        offset_ms.push(ms(offset.millis));
+        offset_seq.push(ms(offset.sequence));
+        unread.push(delta.unread);
+        reset.push(delta.reset);
+    }
+    // `newer` guards the last-message columns: a batch never replaces a later message.
+    sqlx::query(
+        "UPDATE conversations c SET \
+           last_message_id = CASE WHEN n.newer THEN n.id ELSE c.last_message_id END, \
+           last_message_text = CASE WHEN n.newer THEN n.body ELSE c.last_message_text END, \
+           last_message_at = CASE WHEN n.newer THEN to_timestamp(n.at / 1000.0) ELSE c.last_message_at END, \
+           last_message_offset_ms = CASE WHEN n.newer THEN n.off_ms ELSE c.last_message_offset_ms END, \
+           last_message_offset_seq = CASE WHEN n.newer THEN n.off_seq ELSE c.last_message_offset_seq END, \
+           last_activity_at = greatest(c.last_activity_at, to_timestamp(n.at / 1000.0)), \
+           unread_count = CASE WHEN n.reset THEN n.unread ELSE c.unread_count + n.unread END, \
+           updated_at = now() \
+         FROM (SELECT u.*, (c2.last_message_offset_ms IS NULL \
+                 OR (u.off_ms, u.off_seq) > (c2.last_message_offset_ms, c2.last_message_offset_seq)) AS newer \
+               FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int8[], $6::int8[], $7::int8[], \
+                           $8::int4[], $9::bool[]) AS u(conversation, tenant, id, body, at, off_ms, off_seq, unread, reset) \
+               JOIN conversations c2 ON c2.id = u.conversation) AS n \
+         WHERE c.id = n.conversation AND c.tenant_id = n.tenant",
+    )
+    .bind(&conversations)
+    .bind(&tenants)
+    .bind(&last_ids)
+    .bind(&texts)
+    .bind(&times)
+    .bind(&offset_ms)
+    .bind(&offset_seq)
+    .bind(&unread)
+    .bind(&reset)
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::Query)?;
+    Ok(())
+}
+
+/// Column arrays for one multi-row message insert.
+#[derive(Default)]
+struct MessageColumns {
+    ids: Vec<Uuid>,
+    tenants: Vec<Uuid>,
+    conversations: Vec<Uuid>,
+    offsets: Vec<String>,
+    offset_ms: Vec<i64>,
+    offset_seq: Vec<i64>,
+    directions: Vec<&'static str>,
+    sender_kinds: Vec<&'static str>,
+    sender_ids: Vec<Option<Uuid>>,
+    bodies: Vec<String>,
+    extras: Vec<Option<serde_json::Value>>,
+    provider_ids: Vec<Option<String>>,
+    client_ids: Vec<Option<String>>,
+    statuses: Vec<Option<&'static str>>,
+    ranks: Vec<i16>,
+    times: Vec<i64>,
+}
+
+fn sender_kind(kind: SenderKind) -> &'static str {
+    match kind {
+        SenderKind::Customer => "customer",
+        SenderKind::Agent => "agent",
+        SenderKind::Bot => "bot",
+        SenderKind::System => "system",
+    }
+}
+
+impl MessageColumns {
+    fn push(&mut self, stored: &StoredEvent, message: &chatdesk_core::events::MessageCreated) {
+        self.ids.push(stored.event_id);
+        self.tenants.push(stored.tenant_id);
+        self.conversations.push(message.conversation_id);
+        self.offsets.push(stored.offset.to_string());
+        self.offset_ms.push(ms(stored.offset.millis));
+        self.offset_seq.push(ms(stored.offset.sequence));
+        let outbound = message.direction == Direction::Outbound;
+        self.directions.push(if outbound { "outbound" } else { "inbound" });
+        self.sender_kinds.push(sender_kind(message.sender.kind));
+        self.sender_ids.push(message.sender.id);
+        self.bodies.push(message.text.clone());
+        self.extras.push(message.extra.clone());
+        self.provider_ids.push(message.provider_message_id.clone());
+        self.client_ids.push(message.client_msg_id.clone());
+        // Outbound messages start queued; inbound ones have no delivery status.
+        self.statuses.push(outbound.then_some(MessageStatus::Queued.as_str()));
+        self.ranks.push(if outbound { MessageStatus::Queued.rank() } else { -1 });
+        self.times.push(ms(stored.occurred_at_ms));
+    }
+
+    async fn insert(&self, tx: &mut Transaction<'_, Postgres>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO messages (event_id, tenant_id, conversation_id, stream_offset, offset_ms, offset_seq, direction, \
+                                   sender_kind, sender_id, body, extra, provider_message_id, client_msg_id, status, \
+                                   status_rank, created_at) \
+             SELECT m.id, m.tenant, m.conversation, m.off, m.off_ms, m.off_seq, m.direction, m.sender_kind, m.sender_id, \
+                    m.body, m.extra, m.provider_id, m.client_id, m.status, m.rank, to_timestamp(m.at / 1000.0) \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int8[], $6::int8[], $7::text[], $8::text[], \
+                         $9::uuid[], $10::text[], $11::jsonb[], $12::text[], $13::text[], $14::text[], $15::int2[], \
+                         $16::int8[]) \
+                  AS m(id, tenant, conversation, off, off_ms, off_seq, direction, sender_kind, sender_id, body, extra, \
+                       provider_id, client_id, status, rank, at) \
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(&self.ids)
+        .bind(&self.tenants)
+        .bind(&self.conversations)
+        .bind(&self.offsets)
+        .bind(&self.offset_ms)
+        .bind(&self.offset_seq)
+        .bind(&self.directions)
+        .bind(&self.sender_kinds)
+        .bind(&self.sender_ids)
+        .bind(&self.bodies)
+        .bind(&self.extras)
+        .bind(&self.provider_ids)
+        .bind(&self.client_ids)
+        .bind(&self.statuses)
+        .bind(&self.ranks)
+        .bind(&self.times)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::Query)?;
+        Ok(())
+    }
+}
+
+/// Applies statuses, highest per message first; `status_rank <` makes a status never move back.
+async fn update_statuses(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEvent]) -> Result<(), StoreError> {
+    let mut best: HashMap<Uuid, (&StoredEvent, &chatdesk_core::events::MessageStatusChanged)> = HashMap::new();
+    for stored in events {
+        let Event::MessageStatus(status) = &stored.event else { continue };
+        let replace =
+            best.get(&status.message_id).is_none_or(|(_, current)| status.status.rank() > current.status.rank());
+        if replace {
+            best.insert(status.message_id, (stored, status));
+        }
+    }
+    if best.is_empty() {
+        return Ok(());
+    }
+    let (mut ids, mut tenants, mut statuses, mut ranks, mut reasons, mut provider_ids, mut times) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (message_id, (stored, status)) in best {
+        ids.push(message_id);
+        tenants.push(stored.tenant_id);
+        statuses.push(status.status.as_str());
+        ranks.push(status.status.rank());
+        reasons.push(status.reason.clone());
+        provider_ids.push(status.provider_message_id.clone());
+        times.push(ms(stored.occurred_at_ms));
+    }
+    sqlx::query(
+        "UPDATE messages m SET status = u.status, status_rank = u.rank, \
+           failure_reason = CASE WHEN u.status = 'failed' THEN u.reason ELSE m.failure_reason END, \
+           provider_message_id = COALESCE(u.provider_id, m.provider_message_id), \
+           status_at = to_timestamp(u.at / 1000.0) \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::text[], $6::text[], $7::int8[]) \
+              AS u(id, tenant, status, rank, reason, provider_id, at) \
+         WHERE m.event_id = u.id AND m.tenant_id = u.tenant AND m.status_rank < u.rank",
+    )
+    .bind(&ids)
+    .bind(&tenants)
+    .bind(&statuses)
+    .bind(&ranks)
+    .bind(&reasons)
+    .bind(&provider_ids)
+    .bind(&times)
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::Query)?;
+    Ok(())
+}
+
+/// Assignments and status changes, in stream order (rare next to messages).
+async fn apply_conversation_changes(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[&StoredEvent],
+) -> Result<(), StoreError> {
+    for stored in events {
+        let query = match &stored.event {
+            Event::ConversationAssigned(assigned) => sqlx::query(
+                "UPDATE conversations SET assignee_id = $3, \
+                   last_activity_at = greatest(last_activity_at, to_timestamp($4 / 1000.0)), updated_at = now() \
+                 WHERE id = $1 AND tenant_id = $2",
+            )
+            .bind(assigned.conversation_id)
+            .bind(stored.tenant_id)
+            .bind(assigned.assignee_id)
+            .bind(ms(stored.occurred_at_ms)),
+            Event::ConversationStatusChanged(changed) => sqlx::query(
+                "UPDATE conversations SET status = $3, \
+                   last_activity_at = greatest(last_activity_at, to_timestamp($4 / 1000.0)), updated_at = now() \
+                 WHERE id = $1 AND tenant_id = $2",
+            )
+            .bind(changed.conversation_id)
+            .bind(stored.tenant_id)
+            .bind(changed.status.as_str())
+            .bind(ms(stored.occurred_at_ms)),
+            _ => continue,
+        };
+        query.execute(&mut **tx).await.map_err(StoreError::Query)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! chatdesk's stream consumers, one module per role. Each is a [`chatdesk_streams::Handler`]
+//! run by the consumer-group runtime; none touches Redis itself.
+//!
+//! - [`writer`]: persists every durable event to PostgreSQL (group `writer` on `events`).
+
+pub mod writer;
+
+/// Renders an error with its causes, for dead-letter reasons and logs.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

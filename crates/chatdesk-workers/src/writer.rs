@@ -1,0 +1,99 @@
+//! The persistence writer: group `writer` on the `events` stream. A batch is stored in one
+//! transaction, idempotently by event id (see `chatdesk_store::writer`). If PostgreSQL is down the
+//! batch waits ([`Unavailable`]) and nothing is dead-lettered; if the batch fails because of one
+//! bad event, each event is retried alone so only the bad one is dead-lettered.
+
+use chatdesk_core::events::Event;
+use chatdesk_store::writer::{StoredEvent, apply_events};
+use chatdesk_streams::{Batch, Handler, HandlerError, Outcomes, Unavailable};
+
+use crate::error_chain;
+
+pub const GROUP: &str = "writer";
+pub const EVENTS_STORED_TOTAL: &str = "chatdesk_writer_events_stored_total";
+pub const EVENTS_DUPLICATE_TOTAL: &str = "chatdesk_writer_events_duplicate_total";
+
+pub fn describe() {
+    metrics::describe_counter!(
+        EVENTS_STORED_TOTAL,
+        metrics::Unit::Count,
+        "Events stored in PostgreSQL for the first time"
+    );
+    metrics::describe_counter!(
+        EVENTS_DUPLICATE_TOTAL,
+        metrics::Unit::Count,
+        "Events delivered again (replay, redelivery) and found already stored"
+    );
+}
+
+pub struct Writer {
+    pool: chatdesk_store::Pool,
+}
+
+impl Writer {
+    pub fn new(pool: chatdesk_store::Pool) -> Self {
+        Self { pool }
+    }
+}
+
+fn unavailable(error: &chatdesk_store::StoreError) -> HandlerError {
+    Box::new(Unavailable(error_chain(error)))
+}
+
+impl Handler for Writer {
+    async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
+        let mut outcomes = Outcomes::all_done();
+        let mut events = Vec::with_capacity(batch.entries.len());
+        for entry in &batch.entries {
+            match Event::from_payload(&entry.payload) {
+                Ok(event) if event.event_type() != entry.event_type => {
+                    outcomes.reject(
+                        entry.id,
+                        format!(
+                            "entry type {:?} does not match its payload's type {:?}",
+                            entry.event_type,
+                            event.event_type()
+                        ),
+                    );
+                }
+                Ok(event) => events.push(StoredEvent {
+                    event_id: entry.event_id.0,
+                    tenant_id: entry.tenant.0,
+                    partition: entry.partition,
+                    offset: entry.id,
+                    occurred_at_ms: entry.time_ms,
+                    event,
+                }),
+                Err(error) => {
+                    outcomes.reject(entry.id, error.to_string());
+                }
+            }
+        }
+        let stream = batch.stream.to_string();
+        match apply_events(&self.pool, &events).await {
+            Ok(applied) => {
+                metrics::counter!(EVENTS_STORED_TOTAL, "stream" => stream.clone()).increment(applied.fresh as u64);
+                metrics::counter!(EVENTS_DUPLICATE_TOTAL, "stream" => stream).increment(applied.duplicates as u64);
+                Ok(outcomes)
+            }
+            Err(error) if error.is_transient() => Err(unavailable(&error)),
+            Err(batch_error) => {
+                tracing::warn!(
+                    partition = batch.partition,
+                    error = error_chain(&batch_error),
+                    "batch refused by PostgreSQL, storing its events one by one"
+                );
+                for event in &events {
+                    match apply_events(&self.pool, std::slice::from_ref(event)).await {
+                        Ok(_) => {}
+                        Err(error) if error.is_transient() => return Err(unavailable(&error)),
+                        Err(error) => {
+                            outcomes.reject(event.offset, error_chain(&error));
+                        }
+                    }
+                }
+                Ok(outcomes)
+            }
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! The writer against real Redis and PostgreSQL.
+
+mod support;
+mod writer;
