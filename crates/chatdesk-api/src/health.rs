@@ -14,6 +14,8 @@ use crate::AppState;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive")))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
@@ -30,6 +32,12 @@ where
     }
 }
 
+/// Readiness: Redis and PostgreSQL both answer within a second. The body names each check:
+/// `{"status": "ready"|"unready", "checks": {"redis": {"status": "ok"|"error", "error"?}, "postgres": {…}}}`.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready"),
+    (status = 503, description = "Not ready; `checks` says which dependency failed and why"),
+))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let redis = check(async { state.redis.ping::<String>(None).await.map(|_| ()) });
     let postgres = check(chatdesk_store::ping(&state.db));

@@ -1,28 +1,44 @@
 //! chatdesk's HTTP surface (axum): the web console at `/`, liveness, readiness and Prometheus
 //! metrics in every process, and the public API under `/v1`.
 //!
+//! - [`auth`]: agent tokens, API keys, passwords, and the [`auth::Principal`] of a request.
+//! - [`login`], [`conversations`]: the `/v1` handlers.
+//! - [`extract`]: body, path and query extractors whose errors name what is wrong.
+//! - [`openapi`]: the OpenAPI document, generated from the handlers.
 //! - [`ops_router`], [`api_router`] and [`finish`] build the application; [`serve`] runs it
 //!   until cancelled.
 //! - [`error::ApiError`]: the one error type of every handler, rendered as
-//!   `{"error": {"code", "message"}}` with a stable `code`.
+//!   `{"error": {"code", "message", "details"}}` with a stable `code`.
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`metrics`]: `/metrics` and the per-request metrics middleware.
 
+pub mod auth;
+pub mod conversations;
 pub mod error;
+pub mod extract;
 pub mod health;
+pub mod login;
 pub mod metrics;
+pub mod openapi;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use chatdesk_streams::RedisClient;
+use chatdesk_core::KeyScheme;
+use chatdesk_streams::{Producer, RedisClient};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// What handlers share.
 #[derive(Clone)]
@@ -30,16 +46,42 @@ pub struct AppState {
     pub redis: RedisClient,
     pub db: chatdesk_store::Pool,
     pub metrics: PrometheusHandle,
+    pub auth: auth::TokenKey,
+    pub producer: Producer,
+    pub keys: KeyScheme,
 }
 
-/// Health, readiness and metrics: served by every process, whatever its roles.
+/// Health, readiness, metrics and the web console: served by every process, whatever its roles.
 pub fn ops_router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::render))
-        .route("/", get(console))
-        .with_state(state)
+    let (router, _) = ops_routes().split_for_parts();
+    router.route("/", get(console)).with_state(state)
+}
+
+fn ops_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(metrics::render))
+}
+
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login::login))
+        .routes(routes!(conversations::list_conversations))
+        .routes(routes!(conversations::get_conversation))
+        .routes(routes!(conversations::list_messages, conversations::reply))
+        .routes(routes!(conversations::assign))
+        .routes(routes!(conversations::resolve))
+        .routes(routes!(conversations::reopen))
+        .routes(routes!(conversations::block))
+}
+
+/// The whole OpenAPI document: every operational and `/v1` route.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let mut document = openapi::ApiDoc::openapi();
+    document.merge(ops_routes().into_openapi());
+    document.merge(api_routes().into_openapi());
+    document
 }
 
 /// The web console, compiled into the binary so it works from any directory and offline.
@@ -47,9 +89,16 @@ async fn console() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("../../../dashboard/index.html"))
 }
 
-/// The public API under `/v1`, served by the `ingress` role.
+/// The public API under `/v1`, served by the `ingress` role, with its OpenAPI document at
+/// `/v1/openapi.json`.
 pub fn api_router(state: AppState) -> Router {
-    Router::new().route("/v1", get(info)).with_state(state)
+    let (router, _) = api_routes().split_for_parts();
+    let document = openapi_document();
+    router
+        .route("/v1", get(info))
+        .route("/v1/openapi.json", get(move || async move { axum::Json(document.clone()) }))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
 }
 
 /// Layers every route shares: JSON 404s, request metrics and traces, a request timeout.

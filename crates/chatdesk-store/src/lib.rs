@@ -13,6 +13,7 @@ use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+pub mod conversations;
 pub mod directory;
 pub mod writer;
 

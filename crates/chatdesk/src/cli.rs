@@ -28,6 +28,112 @@ pub enum Command {
         #[command(subcommand)]
         command: StreamsCommand,
     },
+    /// Create tenants, agents, inboxes and API keys; prints JSON for scripts. Uses DATABASE_URL,
+    /// else the servers of `chatdesk up`'s data directory.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+        #[arg(long, env = "CHATDESK_DATA_DIR", default_value = ".chatdesk", global = true)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Tenants: `admin tenant create --name --owner-email --password`.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Agents (users): `admin agent create --tenant --email --password --role`.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Inboxes: `admin inbox create --tenant --kind --name [--outbound-url]`.
+    Inbox {
+        #[command(subcommand)]
+        command: InboxCommand,
+    },
+    /// API keys for server-to-server calls: `admin apikey create --tenant --role`.
+    Apikey {
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Creates a tenant and its owner; prints {"tenant_id", "user_id"}.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        owner_email: String,
+        /// At least 8 characters.
+        #[arg(long, env = "CHATDESK_ADMIN_PASSWORD")]
+        password: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Creates a user of a tenant; prints {"user_id"}.
+    Create {
+        #[arg(long)]
+        tenant: uuid::Uuid,
+        #[arg(long)]
+        email: String,
+        /// At least 8 characters.
+        #[arg(long, env = "CHATDESK_ADMIN_PASSWORD")]
+        password: String,
+        #[arg(long, value_enum, default_value = "agent")]
+        role: RoleArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InboxCommand {
+    /// Creates an inbox; prints {"inbox_id", "webhook_path", "secret"}.
+    Create {
+        #[arg(long)]
+        tenant: uuid::Uuid,
+        #[arg(long, value_enum)]
+        kind: KindArg,
+        #[arg(long)]
+        name: String,
+        /// Where the generic channel delivers outbound messages (signed POST).
+        #[arg(long)]
+        outbound_url: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCommand {
+    /// Creates an API key; prints {"key", "key_id"}. The key is shown only once.
+    Create {
+        #[arg(long)]
+        tenant: uuid::Uuid,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    Owner,
+    Admin,
+    Agent,
+    Marketer,
+    Sre,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KindArg {
+    Generic,
+    Whatsapp,
+    Telegram,
+    Web,
 }
 
 #[derive(Debug, Args)]

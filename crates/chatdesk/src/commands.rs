@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, StreamsCommand};
 use crate::roles::{self, Role};
-use crate::servers::PrivateServers;
+use crate::servers::{self, PrivateServers};
 use crate::settings::{self, Runtime};
 use crate::telemetry;
 
@@ -20,6 +20,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Streams { command: StreamsCommand::Status { streams, json } } => {
             telemetry::init_logs();
             streams_status(streams, json).await
+        }
+        Command::Admin { command, data_dir } => {
+            let output = crate::admin::run(command, &data_dir).await?;
+            println!("{output}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
             telemetry::init_logs();
@@ -35,10 +40,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("REDIS_URL is not set: `chatdesk serve` runs against existing servers (`chatdesk up` starts private ones)")?;
             let database_url = settings::database_url()
                 .context("DATABASE_URL is not set: `chatdesk serve` runs against existing servers (`chatdesk up` starts private ones)")?;
+            let jwt_secret = settings::jwt_secret()
+                .context("CHATDESK_JWT_SECRET is not set: agent tokens need a signing key of at least 32 bytes")?;
             let metrics = telemetry::init_metrics()?;
-            let runtime =
-                Runtime::connect(args.common.http, &redis_url, &database_url, args.common.streams.as_ref(), metrics)
-                    .await?;
+            let runtime = Runtime::connect(
+                args.common.http,
+                &redis_url,
+                &database_url,
+                args.common.streams.as_ref(),
+                &jwt_secret,
+                metrics,
+            )
+            .await?;
             let cancel = CancellationToken::new();
             roles::cancel_on_signals(cancel.clone());
             let result = roles::run(&runtime, &args.roles, cancel).await;
@@ -55,12 +68,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (mut servers, redis_url, database_url) =
                 PrivateServers::start(&args.data_dir, settings::redis_url(), settings::database_url()).await?;
             let result = async {
+                let jwt_secret = match settings::jwt_secret() {
+                    Some(secret) => secret,
+                    None => servers::persistent_jwt_secret(&args.data_dir)?,
+                };
                 let metrics = telemetry::init_metrics()?;
                 let runtime = Runtime::connect(
                     args.common.http,
                     &redis_url,
                     &database_url,
                     args.common.streams.as_ref(),
+                    &jwt_secret,
                     metrics,
                 )
                 .await?;

@@ -5,8 +5,9 @@
 //! - `telemetry`: logs (tracing) and the Prometheus recorder.
 //! - `servers`: private Redis / PostgreSQL for `chatdesk up` when no URLs are configured.
 //! - `roles`: what `up` and `serve` run, supervised under one cancellation token.
-//! - `commands`: `streams check|status` and `migrate`.
+//! - `commands`: `streams check|status`, `migrate`, and `admin` (in `admin`).
 
+mod admin;
 mod cli;
 mod commands;
 mod roles;

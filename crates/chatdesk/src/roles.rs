@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chatdesk_api::AppState;
 use chatdesk_core::GroupName;
-use chatdesk_streams::Consumer;
+use chatdesk_streams::{Consumer, Producer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -65,7 +65,14 @@ pub fn cancel_on_signals(cancel: CancellationToken) {
 
 /// Runs the HTTP server and `roles` until `cancel` fires or one of them exits.
 pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -> anyhow::Result<()> {
-    let state = AppState { redis: runtime.redis.clone(), db: runtime.db.clone(), metrics: runtime.metrics.clone() };
+    let state = AppState {
+        redis: runtime.redis.clone(),
+        db: runtime.db.clone(),
+        metrics: runtime.metrics.clone(),
+        auth: runtime.token_key.clone(),
+        producer: Producer::new(runtime.redis.clone(), runtime.keys.clone(), runtime.streams.clone()),
+        keys: runtime.keys.clone(),
+    };
     // Every process serves health, readiness and metrics; roles add their routes.
     let mut router = chatdesk_api::ops_router(state.clone());
     let mut consumers: Vec<(&'static str, ConsumerTask)> = Vec::new();

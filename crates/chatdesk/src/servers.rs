@@ -101,3 +101,21 @@ impl PrivateServers {
         }
     }
 }
+
+/// The token-signing key of this data directory: generated once and kept (readable only by its
+/// owner) so agent tokens stay valid across restarts of `chatdesk up`.
+pub fn persistent_jwt_secret(data_dir: &Path) -> anyhow::Result<Secret> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = data_dir.join("jwt-secret");
+    if let Ok(secret) = std::fs::read_to_string(&file)
+        && secret.trim().len() >= 32
+    {
+        return Ok(Secret::new(secret.trim().to_owned()));
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let secret = chatdesk_api::auth::TokenKey::generate_secret();
+    std::fs::write(&file, &secret).with_context(|| format!("cannot write {}", file.display()))?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", file.display()))?;
+    Ok(Secret::new(secret))
+}

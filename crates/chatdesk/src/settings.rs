@@ -46,6 +46,20 @@ pub fn database_url() -> Option<Secret> {
     env_var("DATABASE_URL").map(Secret::new)
 }
 
+/// A value from `<data-dir>/servers.env`, written by a running `chatdesk up`.
+pub fn servers_env_value(data_dir: &Path, name: &str) -> Option<Secret> {
+    let text = std::fs::read_to_string(data_dir.join("servers.env")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix('=').map(str::to_owned))
+        .filter(|value| !value.is_empty())
+        .map(Secret::new)
+}
+
+/// `CHATDESK_JWT_SECRET`: the key agent tokens are signed with.
+pub fn jwt_secret() -> Option<Secret> {
+    env_var("CHATDESK_JWT_SECRET").map(Secret::new)
+}
+
 /// `CHATDESK_KEY_PREFIX` (default `chatdesk`): isolates deployments that share one Redis.
 pub fn key_scheme() -> anyhow::Result<KeyScheme> {
     let prefix = env_var("CHATDESK_KEY_PREFIX").unwrap_or_else(|| "chatdesk".to_owned());
@@ -93,6 +107,7 @@ pub struct Runtime {
     pub keys: KeyScheme,
     pub connector: RedisConnector,
     pub node_id: String,
+    pub token_key: chatdesk_api::auth::TokenKey,
 }
 
 impl Runtime {
@@ -103,8 +118,11 @@ impl Runtime {
         redis_url: &Secret,
         database_url: &Secret,
         streams_file: Option<&PathBuf>,
+        jwt_secret: &Secret,
         metrics: PrometheusHandle,
     ) -> anyhow::Result<Self> {
+        let token_key = chatdesk_api::auth::TokenKey::new(jwt_secret.expose().as_bytes())
+            .map_err(|reason| anyhow::anyhow!("CHATDESK_JWT_SECRET {reason}"))?;
         let (streams, source) = load_streams(streams_file.map(PathBuf::as_path))?;
         tracing::info!(source, families = streams.streams.len(), "stream configuration loaded");
         let keys = key_scheme()?;
@@ -119,7 +137,7 @@ impl Runtime {
         chatdesk_store::migrate(&db).await?;
         tracing::info!("database migrations applied");
         chatdesk_streams::runtime::ensure_durable_groups(&redis, &keys, &streams).await?;
-        Ok(Self { http, redis, db, metrics, streams: Arc::new(streams), keys, connector, node_id })
+        Ok(Self { http, redis, db, metrics, streams: Arc::new(streams), keys, connector, node_id, token_key })
     }
 
     /// Closes connections before the servers behind them go away.

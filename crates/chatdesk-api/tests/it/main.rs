@@ -22,10 +22,18 @@ async fn serve(state: AppState) -> (SocketAddr, CancellationToken) {
 async fn readiness_follows_redis_and_errors_are_json() {
     let mut redis = chatdesk_testkit::private_redis(RedisPersistence::None).await;
     let postgres = chatdesk_testkit::postgres().await;
+    let redis_client = RedisConnector::new(RedisSettings::new(redis.url())).unwrap().shared().await.unwrap();
+    let keys = chatdesk_core::KeyScheme::new(chatdesk_testkit::unique_prefix()).unwrap();
+    let streams = std::sync::Arc::new(
+        chatdesk_core::StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap(),
+    );
     let state = AppState {
-        redis: RedisConnector::new(RedisSettings::new(redis.url())).unwrap().shared().await.unwrap(),
+        redis: redis_client.clone(),
         db: chatdesk_store::connect(postgres.url(), 2).await.unwrap(),
         metrics: PrometheusBuilder::new().build_recorder().handle(),
+        auth: chatdesk_api::auth::TokenKey::new(&[1u8; 32]).unwrap(),
+        producer: chatdesk_streams::Producer::new(redis_client, keys.clone(), streams),
+        keys,
     };
     let (address, cancel) = serve(state).await;
 

@@ -48,3 +48,55 @@ fn unknown_roles_are_refused_by_name() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid value 'teleporter'"));
 }
+
+#[test]
+fn admin_commands_refuse_bad_arguments_by_name() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "admin",
+                "tenant",
+                "create",
+                "--name",
+                "Acme",
+                "--owner-email",
+                "not-an-email",
+                "--password",
+                "long-enough",
+            ],
+            "--owner-email \"not-an-email\" is not an e-mail address",
+        ),
+        (
+            &["admin", "tenant", "create", "--name", "Acme", "--owner-email", "a@b.co", "--password", "short"],
+            "--password must be at least 8 characters",
+        ),
+        (
+            &["admin", "agent", "create", "--tenant", "nope", "--email", "a@b.co", "--password", "long-enough"],
+            "invalid value 'nope' for '--tenant <TENANT>'",
+        ),
+        (
+            &[
+                "admin",
+                "inbox",
+                "create",
+                "--tenant",
+                "0192f0c4-0000-7000-8000-000000000000",
+                "--kind",
+                "fax",
+                "--name",
+                "x",
+            ],
+            "invalid value 'fax' for '--kind <KIND>'",
+        ),
+        (
+            &["admin", "apikey", "create", "--tenant", "0192f0c4-0000-7000-8000-000000000000", "--role", "king"],
+            "invalid value 'king' for '--role <ROLE>'",
+        ),
+    ];
+    for (args, message) in cases {
+        let output = chatdesk().args(*args).env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none").output().unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}

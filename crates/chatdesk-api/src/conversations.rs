@@ -1,0 +1,580 @@
+//! Conversations and their history (read from PostgreSQL), and what agents do to them
+//! (appended to the events stream: nothing here writes PostgreSQL; the writer does).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chatdesk_core::events::{
+    Actor, ConversationAssigned, ConversationStatus, ConversationStatusChanged, Direction, Event, MessageCreated,
+    SenderKind,
+};
+use chatdesk_core::{EntryId, EventId, TenantId};
+use chatdesk_store::conversations::{self as store, AssigneeFilter, ConversationFilter, ConversationRow, MessageRow};
+use chatdesk_streams::NewEntry;
+use fred::prelude::*;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::{CONVERSATION_ROLES, Principal};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::openapi::ErrorBody;
+
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 200;
+const MAX_TEXT_CHARS: usize = 4096;
+/// How long a `client_msg_id` is remembered: a retry within this window is answered with the
+/// first attempt's event instead of sending twice.
+const CLIENT_MSG_ID_TTL_SECONDS: i64 = 86_400;
+
+fn rfc3339(time: OffsetDateTime) -> String {
+    time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContactView {
+    pub id: Uuid,
+    pub name: Option<String>,
+    /// The contact's id on its channel (phone number, chat id, visitor id).
+    pub external_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LastMessage {
+    pub id: Uuid,
+    pub text: String,
+    /// RFC 3339.
+    pub at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationView {
+    pub id: Uuid,
+    pub inbox_id: Uuid,
+    pub contact: ContactView,
+    /// open, pending, resolved or blocked.
+    pub status: String,
+    pub assignee_id: Option<Uuid>,
+    pub last_message: Option<LastMessage>,
+    /// RFC 3339.
+    pub last_activity_at: String,
+    /// Inbound messages since the last agent reply.
+    pub unread_count: i32,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<ConversationRow> for ConversationView {
+    fn from(row: ConversationRow) -> Self {
+        let last_message = match (row.last_message_id, row.last_message_text, row.last_message_at) {
+            (Some(id), Some(text), Some(at)) => Some(LastMessage { id, text, at: rfc3339(at) }),
+            _ => None,
+        };
+        Self {
+            id: row.id,
+            inbox_id: row.inbox_id,
+            contact: ContactView { id: row.contact_id, name: row.contact_name, external_id: row.contact_external_id },
+            status: row.status,
+            assignee_id: row.assignee_id,
+            last_message,
+            last_activity_at: rfc3339(row.last_activity_at),
+            unread_count: row.unread_count,
+            created_at: rfc3339(row.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConversationPage {
+    pub items: Vec<ConversationView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListConversations {
+    /// open, pending, resolved or blocked.
+    pub status: Option<String>,
+    /// A user id, `me`, or `none` (unassigned).
+    pub assignee: Option<String>,
+    pub inbox: Option<Uuid>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// 1 to 200, default 50.
+    pub limit: Option<u32>,
+}
+
+fn bad_query(parameter: &str, message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest {
+        code: "invalid_query",
+        message: format!("query parameter {parameter}: {}", message.into()),
+        details: Some(serde_json::json!({ "parameter": parameter })),
+    }
+}
+
+fn limit(requested: Option<u32>) -> Result<i64, ApiError> {
+    match requested.unwrap_or(DEFAULT_LIMIT) {
+        limit @ 1..=MAX_LIMIT => Ok(i64::from(limit)),
+        other => Err(bad_query("limit", format!("must be between 1 and {MAX_LIMIT}, got {other}"))),
+    }
+}
+
+fn encode_conversation_cursor(row: &ConversationRow) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{}", row.last_activity_at.unix_timestamp_nanos(), row.id))
+}
+
+fn decode_conversation_cursor(cursor: &str) -> Result<(OffsetDateTime, Uuid), ApiError> {
+    let invalid = || bad_query("cursor", "not a cursor returned by this API");
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?).map_err(|_| invalid())?;
+    let (nanos, id) = text.split_once(':').ok_or_else(invalid)?;
+    let time =
+        OffsetDateTime::from_unix_timestamp_nanos(nanos.parse().map_err(|_| invalid())?).map_err(|_| invalid())?;
+    Ok((time, id.parse().map_err(|_| invalid())?))
+}
+
+/// Lists the caller's tenant's conversations, most recent activity first.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations",
+    tag = "conversations",
+    params(ListConversations),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of conversations", body = ConversationPage),
+        (status = 400, description = "A query parameter is invalid", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "The role may not read conversations", body = ErrorBody),
+    )
+)]
+pub async fn list_conversations(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(query): ApiQuery<ListConversations>,
+) -> Result<Json<ConversationPage>, ApiError> {
+    principal.require(CONVERSATION_ROLES, "read conversations")?;
+    if let Some(status) = &query.status
+        && ConversationStatus::parse(status).is_none()
+    {
+        return Err(bad_query("status", format!("must be open, pending, resolved or blocked, got {status:?}")));
+    }
+    let assignee = match query.assignee.as_deref() {
+        None => AssigneeFilter::Any,
+        Some("none") => AssigneeFilter::Unassigned,
+        Some("me") => {
+            AssigneeFilter::User(principal.user.ok_or_else(|| bad_query("assignee", "`me` needs an agent token"))?)
+        }
+        Some(other) => {
+            AssigneeFilter::User(other.parse().map_err(|_| bad_query("assignee", "must be a user id, `me` or `none`"))?)
+        }
+    };
+    let limit = limit(query.limit)?;
+    let filter = ConversationFilter {
+        status: query.status,
+        assignee,
+        inbox: query.inbox,
+        after: query.cursor.as_deref().map(decode_conversation_cursor).transpose()?,
+        limit: limit + 1,
+    };
+    let mut rows = store::list_conversations(&state.db, principal.tenant, &filter).await.map_err(ApiError::store)?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(encode_conversation_cursor)
+    } else {
+        None
+    };
+    Ok(Json(ConversationPage { items: rows.into_iter().map(ConversationView::from).collect(), next_cursor }))
+}
+
+async fn conversation_of(state: &AppState, principal: &Principal, id: Uuid) -> Result<ConversationRow, ApiError> {
+    store::get_conversation(&state.db, principal.tenant, id)
+        .await
+        .map_err(ApiError::store)?
+        .ok_or_else(|| ApiError::not_found("conversation"))
+}
+
+/// One conversation of the caller's tenant.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}",
+    tag = "conversations",
+    params(("id" = Uuid, Path, description = "Conversation id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The conversation", body = ConversationView),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "The role may not read conversations", body = ErrorBody),
+        (status = 404, description = "No such conversation in this tenant", body = ErrorBody),
+    )
+)]
+pub async fn get_conversation(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<ConversationView>, ApiError> {
+    principal.require(CONVERSATION_ROLES, "read conversations")?;
+    Ok(Json(conversation_of(&state, &principal, id).await?.into()))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageView {
+    pub event_id: Uuid,
+    /// The stream entry id the message was appended under: its position in the tenant's event
+    /// order, and a resume cursor for the WebSocket protocol.
+    pub offset: String,
+    /// inbound or outbound.
+    pub direction: String,
+    /// customer, agent, bot or system.
+    pub sender_kind: String,
+    pub sender_id: Option<Uuid>,
+    pub text: String,
+    /// queued, sent, failed, delivered or read (outbound); `null` for inbound messages.
+    pub status: Option<String>,
+    pub failure_reason: Option<String>,
+    pub extra: Option<serde_json::Value>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<MessageRow> for MessageView {
+    fn from(row: MessageRow) -> Self {
+        Self {
+            event_id: row.event_id,
+            offset: row.stream_offset,
+            direction: row.direction,
+            sender_kind: row.sender_kind,
+            sender_id: row.sender_id,
+            text: row.body,
+            status: row.status,
+            failure_reason: row.failure_reason,
+            extra: row.extra,
+            created_at: rfc3339(row.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessagePage {
+    /// Newest first.
+    pub items: Vec<MessageView>,
+    /// Pass as `cursor` for older messages; `null` when there are none.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListMessages {
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// 1 to 200, default 50.
+    pub limit: Option<u32>,
+}
+
+/// A conversation's messages, newest first, paging backwards.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}/messages",
+    tag = "conversations",
+    params(("id" = Uuid, Path, description = "Conversation id"), ListMessages),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of messages", body = MessagePage),
+        (status = 400, description = "A query parameter is invalid", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "The role may not read conversations", body = ErrorBody),
+        (status = 404, description = "No such conversation in this tenant", body = ErrorBody),
+    )
+)]
+pub async fn list_messages(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<ListMessages>,
+) -> Result<Json<MessagePage>, ApiError> {
+    principal.require(CONVERSATION_ROLES, "read conversations")?;
+    let limit = limit(query.limit)?;
+    let before = match query.cursor.as_deref() {
+        Some(cursor) => {
+            let offset: EntryId =
+                cursor.parse().map_err(|_| bad_query("cursor", "not a cursor returned by this API"))?;
+            Some((offset.millis as i64, offset.sequence as i64))
+        }
+        None => None,
+    };
+    conversation_of(&state, &principal, id).await?;
+    let mut rows =
+        store::list_messages(&state.db, principal.tenant, id, before, limit + 1).await.map_err(ApiError::store)?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|row| row.stream_offset.clone())
+    } else {
+        None
+    };
+    Ok(Json(MessagePage { items: rows.into_iter().map(MessageView::from).collect(), next_cursor }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    pub event_id: Uuid,
+    /// The events-stream entry id of the appended event (`null` only when a repeated
+    /// `client_msg_id` is answered before its first attempt finished appending).
+    pub offset: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyRequest {
+    /// 1 to 4096 characters.
+    pub text: String,
+    /// The client's own id for this message; a repeated id is answered with the first
+    /// attempt's event instead of sending again (remembered for 24 hours).
+    pub client_msg_id: Option<String>,
+}
+
+fn actor(principal: &Principal) -> Actor {
+    Actor { kind: if principal.user.is_some() { SenderKind::Agent } else { SenderKind::System }, id: principal.user }
+}
+
+async fn append(
+    state: &AppState,
+    tenant: Uuid,
+    conversation: Uuid,
+    event: &Event,
+    event_id: EventId,
+) -> Result<EntryId, ApiError> {
+    let entry = NewEntry::new(event.event_type(), TenantId(tenant), &event.to_payload())
+        .map_err(|error| ApiError::Internal(Box::new(error)))?
+        .with_conversation(conversation)
+        .with_event_id(event_id);
+    let appended = state.producer.append("events", &entry).await.map_err(ApiError::append)?;
+    Ok(appended.id)
+}
+
+/// Sends an agent reply: appends the outbound message to the events stream and a delivery
+/// request to the send stream. The message shows as `queued` until the provider answers.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/messages",
+    tag = "conversations",
+    params(("id" = Uuid, Path, description = "Conversation id")),
+    request_body = ReplyRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted: the message is queued for delivery", body = Accepted),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "The role may not reply", body = ErrorBody),
+        (status = 404, description = "No such conversation in this tenant", body = ErrorBody),
+        (status = 409, description = "The conversation is blocked", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "A field is missing or invalid", body = ErrorBody),
+        (status = 503, description = "Redis or PostgreSQL is unavailable; nothing was sent", body = ErrorBody),
+    )
+)]
+pub async fn reply(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(request): ApiJson<ReplyRequest>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    principal.require(CONVERSATION_ROLES, "reply to conversations")?;
+    let text = request.text.trim().to_owned();
+    if text.is_empty() {
+        return Err(ApiError::invalid_field("text", "must not be empty"));
+    }
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return Err(ApiError::invalid_field("text", format!("must be at most {MAX_TEXT_CHARS} characters")));
+    }
+    if let Some(client_msg_id) = &request.client_msg_id
+        && (client_msg_id.is_empty() || client_msg_id.len() > 128)
+    {
+        return Err(ApiError::invalid_field("client_msg_id", "must be 1 to 128 characters"));
+    }
+    let conversation = conversation_of(&state, &principal, id).await?;
+    if conversation.status == ConversationStatus::Blocked.as_str() {
+        return Err(ApiError::Conflict { message: "the conversation is blocked; reopen it to reply".into() });
+    }
+
+    let event_id = EventId::new();
+    let idempotency_key = request
+        .client_msg_id
+        .as_ref()
+        .map(|client| format!("{}:client-msg:{}:{}", state.keys.prefix(), principal.tenant, client));
+    if let Some(key) = &idempotency_key {
+        let claimed: Option<String> = state
+            .redis
+            .set(
+                key,
+                event_id.to_string(),
+                Some(Expiration::EX(CLIENT_MSG_ID_TTL_SECONDS)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(|_| ApiError::Unavailable { dependency: "Redis" })?;
+        if claimed.is_none() {
+            let first: Option<String> =
+                state.redis.get(key).await.map_err(|_| ApiError::Unavailable { dependency: "Redis" })?;
+            let mut parts = first.as_deref().unwrap_or_default().splitn(2, ' ');
+            let first_event = parts.next().and_then(|id| id.parse().ok()).unwrap_or(event_id.0);
+            let offset = parts.next().map(str::to_owned);
+            return Ok((StatusCode::ACCEPTED, Json(Accepted { event_id: first_event, offset })));
+        }
+    }
+
+    let event = Event::MessageCreated(MessageCreated {
+        conversation_id: id,
+        inbox_id: conversation.inbox_id,
+        contact_id: conversation.contact_id,
+        direction: Direction::Outbound,
+        sender: actor(&principal),
+        text: text.clone(),
+        extra: None,
+        provider_message_id: None,
+        client_msg_id: request.client_msg_id.clone(),
+        sent_at_ms: None,
+    });
+    let offset = match append(&state, principal.tenant, id, &event, event_id).await {
+        Ok(offset) => offset,
+        Err(error) => {
+            if let Some(key) = &idempotency_key {
+                let _: Result<i64, _> = state.redis.del(key).await;
+            }
+            return Err(error);
+        }
+    };
+    let delivery = serde_json::json!({
+        "message_id": event_id.0,
+        "conversation_id": id,
+        "inbox_id": conversation.inbox_id,
+        "contact_id": conversation.contact_id,
+        "text": text,
+    });
+    let request_entry = NewEntry::new("send.requested", TenantId(principal.tenant), &delivery)
+        .map_err(|error| ApiError::Internal(Box::new(error)))?
+        .with_conversation(id);
+    state.producer.append("send", &request_entry).await.map_err(ApiError::append)?;
+    if let Some(key) = &idempotency_key {
+        let _: Result<(), _> = state
+            .redis
+            .set(
+                key,
+                format!("{event_id} {offset}"),
+                Some(Expiration::EX(CLIENT_MSG_ID_TTL_SECONDS)),
+                Some(SetOptions::XX),
+                false,
+            )
+            .await;
+    }
+    Ok((StatusCode::ACCEPTED, Json(Accepted { event_id: event_id.0, offset: Some(offset.to_string()) })))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssignRequest {
+    /// A user of the same tenant; `null` unassigns.
+    pub assignee_id: Option<Uuid>,
+}
+
+/// Assigns the conversation to an agent of the tenant, or unassigns it.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/assign",
+    tag = "conversations",
+    params(("id" = Uuid, Path, description = "Conversation id")),
+    request_body = AssignRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted", body = Accepted),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "The role may not assign", body = ErrorBody),
+        (status = 404, description = "No such conversation in this tenant", body = ErrorBody),
+        (status = 422, description = "assignee_id is not a user of this tenant", body = ErrorBody),
+    )
+)]
+pub async fn assign(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(request): ApiJson<AssignRequest>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    principal.require(CONVERSATION_ROLES, "assign conversations")?;
+    conversation_of(&state, &principal, id).await?;
+    if let Some(assignee) = request.assignee_id {
+        let known = chatdesk_store::directory::user_in_tenant(&state.db, principal.tenant, assignee)
+            .await
+            .map_err(ApiError::store)?;
+        if !known {
+            return Err(ApiError::invalid_field("assignee_id", "is not a user of this tenant"));
+        }
+    }
+    let event = Event::ConversationAssigned(ConversationAssigned {
+        conversation_id: id,
+        assignee_id: request.assignee_id,
+        by: actor(&principal),
+    });
+    let event_id = EventId::new();
+    let offset = append(&state, principal.tenant, id, &event, event_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(Accepted { event_id: event_id.0, offset: Some(offset.to_string()) })))
+}
+
+async fn change_status(
+    state: AppState,
+    principal: Principal,
+    id: Uuid,
+    status: ConversationStatus,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    principal.require(CONVERSATION_ROLES, "change a conversation's status")?;
+    conversation_of(&state, &principal, id).await?;
+    let event = Event::ConversationStatusChanged(ConversationStatusChanged {
+        conversation_id: id,
+        status,
+        by: actor(&principal),
+    });
+    let event_id = EventId::new();
+    let offset = append(&state, principal.tenant, id, &event, event_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(Accepted { event_id: event_id.0, offset: Some(offset.to_string()) })))
+}
+
+/// Marks the conversation resolved.
+#[utoipa::path(post, path = "/v1/conversations/{id}/resolve", tag = "conversations",
+    params(("id" = Uuid, Path, description = "Conversation id")), security(("bearer" = [])),
+    responses((status = 202, body = Accepted), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn resolve(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    change_status(state, principal, id, ConversationStatus::Resolved).await
+}
+
+/// Opens the conversation again.
+#[utoipa::path(post, path = "/v1/conversations/{id}/reopen", tag = "conversations",
+    params(("id" = Uuid, Path, description = "Conversation id")), security(("bearer" = [])),
+    responses((status = 202, body = Accepted), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn reopen(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    change_status(state, principal, id, ConversationStatus::Open).await
+}
+
+/// Blocks the conversation: no replies until it is reopened.
+#[utoipa::path(post, path = "/v1/conversations/{id}/block", tag = "conversations",
+    params(("id" = Uuid, Path, description = "Conversation id")), security(("bearer" = [])),
+    responses((status = 202, body = Accepted), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn block(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    change_status(state, principal, id, ConversationStatus::Blocked).await
+}

@@ -1,0 +1,233 @@
+//! Reading conversations and their history, always scoped to one tenant: a row of another
+//! tenant is indistinguishable from a row that does not exist.
+
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::StoreError;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationRow {
+    pub id: Uuid,
+    pub inbox_id: Uuid,
+    pub contact_id: Uuid,
+    pub contact_name: Option<String>,
+    pub contact_external_id: String,
+    pub status: String,
+    pub assignee_id: Option<Uuid>,
+    pub last_message_id: Option<Uuid>,
+    pub last_message_text: Option<String>,
+    pub last_message_at: Option<OffsetDateTime>,
+    pub last_activity_at: OffsetDateTime,
+    pub unread_count: i32,
+    pub created_at: OffsetDateTime,
+}
+
+type ConversationTuple = (
+    Uuid,
+    Uuid,
+    Uuid,
+    Option<String>,
+    String,
+    String,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<String>,
+    Option<OffsetDateTime>,
+    OffsetDateTime,
+    i32,
+    OffsetDateTime,
+);
+
+fn conversation(row: ConversationTuple) -> ConversationRow {
+    let (
+        id,
+        inbox_id,
+        contact_id,
+        contact_name,
+        contact_external_id,
+        status,
+        assignee_id,
+        last_message_id,
+        last_message_text,
+        last_message_at,
+        last_activity_at,
+        unread_count,
+        created_at,
+    ) = row;
+    ConversationRow {
+        id,
+        inbox_id,
+        contact_id,
+        contact_name,
+        contact_external_id,
+        status,
+        assignee_id,
+        last_message_id,
+        last_message_text,
+        last_message_at,
+        last_activity_at,
+        unread_count,
+        created_at,
+    }
+}
+
+const CONVERSATION_COLUMNS: &str = "c.id, c.inbox_id, c.contact_id, k.name, k.external_id, c.status, c.assignee_id, \
+     c.last_message_id, c.last_message_text, c.last_message_at, c.last_activity_at, c.unread_count, c.created_at";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssigneeFilter {
+    Any,
+    Unassigned,
+    User(Uuid),
+}
+
+#[derive(Debug, Clone)]
+pub struct ConversationFilter {
+    pub status: Option<String>,
+    pub assignee: AssigneeFilter,
+    pub inbox: Option<Uuid>,
+    /// Keyset cursor: only conversations after this `(last_activity_at, id)` in list order.
+    pub after: Option<(OffsetDateTime, Uuid)>,
+    pub limit: i64,
+}
+
+/// A tenant's conversations, most recent activity first.
+pub async fn list_conversations(
+    pool: &PgPool,
+    tenant: Uuid,
+    filter: &ConversationFilter,
+) -> Result<Vec<ConversationRow>, StoreError> {
+    let (assignee_mode, assignee) = match filter.assignee {
+        AssigneeFilter::Any => ("any", None),
+        AssigneeFilter::Unassigned => ("none", None),
+        AssigneeFilter::User(user) => ("user", Some(user)),
+    };
+    let (after_time, after_id) = filter.after.map_or((None, None), |(time, id)| (Some(time), Some(id)));
+    let sql = format!(
+        "SELECT {CONVERSATION_COLUMNS} FROM conversations c JOIN contacts k ON k.id = c.contact_id \
+         WHERE c.tenant_id = $1 \
+           AND ($2::text IS NULL OR c.status = $2) \
+           AND ($3 = 'any' OR ($3 = 'none' AND c.assignee_id IS NULL) OR ($3 = 'user' AND c.assignee_id = $4)) \
+           AND ($5::uuid IS NULL OR c.inbox_id = $5) \
+           AND ($6::timestamptz IS NULL OR (c.last_activity_at, c.id) < ($6, $7)) \
+         ORDER BY c.last_activity_at DESC, c.id DESC LIMIT $8"
+    );
+    let rows: Vec<ConversationTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(&filter.status)
+        .bind(assignee_mode)
+        .bind(assignee)
+        .bind(filter.inbox)
+        .bind(after_time)
+        .bind(after_id)
+        .bind(filter.limit)
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::Query)?;
+    Ok(rows.into_iter().map(conversation).collect())
+}
+
+pub async fn get_conversation(pool: &PgPool, tenant: Uuid, id: Uuid) -> Result<Option<ConversationRow>, StoreError> {
+    let sql = format!(
+        "SELECT {CONVERSATION_COLUMNS} FROM conversations c JOIN contacts k ON k.id = c.contact_id \
+         WHERE c.tenant_id = $1 AND c.id = $2"
+    );
+    let row: Option<ConversationTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::Query)?;
+    Ok(row.map(conversation))
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageRow {
+    pub event_id: Uuid,
+    pub stream_offset: String,
+    pub offset_ms: i64,
+    pub offset_seq: i64,
+    pub direction: String,
+    pub sender_kind: String,
+    pub sender_id: Option<Uuid>,
+    pub body: String,
+    pub extra: Option<serde_json::Value>,
+    pub status: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created_at: OffsetDateTime,
+}
+
+type MessageTuple = (
+    Uuid,
+    String,
+    i64,
+    i64,
+    String,
+    String,
+    Option<Uuid>,
+    String,
+    Option<serde_json::Value>,
+    Option<String>,
+    Option<String>,
+    OffsetDateTime,
+);
+
+/// A conversation's messages, newest first, older than `before` (a stream offset) if given.
+pub async fn list_messages(
+    pool: &PgPool,
+    tenant: Uuid,
+    conversation: Uuid,
+    before: Option<(i64, i64)>,
+    limit: i64,
+) -> Result<Vec<MessageRow>, StoreError> {
+    let (before_ms, before_seq) = before.map_or((None, None), |(ms, seq)| (Some(ms), Some(seq)));
+    let rows: Vec<MessageTuple> = sqlx::query_as(
+        "SELECT event_id, stream_offset, offset_ms, offset_seq, direction, sender_kind, sender_id, body, extra, status, \
+                failure_reason, created_at \
+         FROM messages WHERE tenant_id = $1 AND conversation_id = $2 \
+           AND ($3::int8 IS NULL OR (offset_ms, offset_seq) < ($3, $4)) \
+         ORDER BY offset_ms DESC, offset_seq DESC LIMIT $5",
+    )
+    .bind(tenant)
+    .bind(conversation)
+    .bind(before_ms)
+    .bind(before_seq)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::Query)?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(
+                event_id,
+                stream_offset,
+                offset_ms,
+                offset_seq,
+                direction,
+                sender_kind,
+                sender_id,
+                body,
+                extra,
+                status,
+                failure_reason,
+                created_at,
+            )| MessageRow {
+                event_id,
+                stream_offset,
+                offset_ms,
+                offset_seq,
+                direction,
+                sender_kind,
+                sender_id,
+                body,
+                extra,
+                status,
+                failure_reason,
+                created_at,
+            },
+        )
+        .collect())
+}

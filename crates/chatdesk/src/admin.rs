@@ -1,0 +1,144 @@
+//! `chatdesk admin …`: create tenants, agents, inboxes and API keys. Each prints one JSON object
+//! whose keys are stable for scripts: `tenant_id`, `user_id`, `inbox_id`, `secret`,
+//! `webhook_path`, `key`.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use chatdesk_api::auth::{generate_api_key, generate_webhook_secret, hash_password};
+use chatdesk_store::directory::{self, InboxKind, Role};
+use serde_json::json;
+
+use crate::cli::{AdminCommand, AgentCommand, ApikeyCommand, InboxCommand, KindArg, RoleArg, TenantCommand};
+use crate::settings;
+
+fn role(arg: RoleArg) -> Role {
+    match arg {
+        RoleArg::Owner => Role::Owner,
+        RoleArg::Admin => Role::Admin,
+        RoleArg::Agent => Role::Agent,
+        RoleArg::Marketer => Role::Marketer,
+        RoleArg::Sre => Role::Sre,
+    }
+}
+
+fn kind(arg: KindArg) -> InboxKind {
+    match arg {
+        KindArg::Generic => InboxKind::Generic,
+        KindArg::Whatsapp => InboxKind::Whatsapp,
+        KindArg::Telegram => InboxKind::Telegram,
+        KindArg::Web => InboxKind::Web,
+    }
+}
+
+fn check_email(flag: &str, email: &str) -> anyhow::Result<()> {
+    let valid = email.len() <= 320
+        && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+        && !email.contains(char::is_whitespace);
+    if !valid {
+        bail!("{flag} {email:?} is not an e-mail address");
+    }
+    Ok(())
+}
+
+fn check_password(password: &str) -> anyhow::Result<()> {
+    if password.chars().count() < 8 {
+        bail!("--password must be at least 8 characters");
+    }
+    Ok(())
+}
+
+/// The path a channel posts to for an inbox of `kind`.
+pub fn webhook_path(kind: InboxKind, inbox: uuid::Uuid) -> String {
+    match kind {
+        InboxKind::Web => format!("/v1/widget/{inbox}/sessions"),
+        other => format!("/v1/webhooks/{}/{inbox}", other.as_str()),
+    }
+}
+
+async fn connect(data_dir: &Path) -> anyhow::Result<chatdesk_store::Pool> {
+    let url = match settings::database_url() {
+        Some(url) => url,
+        None => settings::servers_env_value(data_dir, "DATABASE_URL").with_context(|| {
+            format!("DATABASE_URL is not set and {} has no running `chatdesk up` servers", data_dir.display())
+        })?,
+    };
+    let pool = chatdesk_store::connect(url.expose(), 2).await?;
+    chatdesk_store::migrate(&pool).await?;
+    Ok(pool)
+}
+
+fn unique_violation(error: &chatdesk_store::StoreError) -> bool {
+    matches!(error, chatdesk_store::StoreError::Query(sqlx_error) if sqlx_error.as_database_error().and_then(|db| db.code()).as_deref() == Some("23505"))
+}
+
+async fn require_tenant(pool: &chatdesk_store::Pool, tenant: uuid::Uuid) -> anyhow::Result<()> {
+    if !directory::tenant_exists(pool, tenant).await? {
+        bail!("--tenant {tenant}: no such tenant");
+    }
+    Ok(())
+}
+
+pub async fn run(command: AdminCommand, data_dir: &Path) -> anyhow::Result<serde_json::Value> {
+    match command {
+        AdminCommand::Tenant { command: TenantCommand::Create { name, owner_email, password } } => {
+            if name.trim().is_empty() {
+                bail!("--name must not be empty");
+            }
+            check_email("--owner-email", &owner_email)?;
+            check_password(&password)?;
+            let pool = connect(data_dir).await?;
+            if directory::user_by_email(&pool, &owner_email).await?.is_some() {
+                bail!("--owner-email {owner_email}: a user with this e-mail already exists");
+            }
+            let tenant = directory::create_tenant(&pool, name.trim()).await?;
+            let hash = hash_password(&password);
+            let user = directory::create_user(&pool, tenant, &owner_email, Role::Owner, &hash).await?;
+            Ok(json!({ "tenant_id": tenant, "user_id": user }))
+        }
+        AdminCommand::Agent { command: AgentCommand::Create { tenant, email, password, role: role_arg } } => {
+            check_email("--email", &email)?;
+            check_password(&password)?;
+            let pool = connect(data_dir).await?;
+            require_tenant(&pool, tenant).await?;
+            let hash = hash_password(&password);
+            match directory::create_user(&pool, tenant, &email, role(role_arg), &hash).await {
+                Ok(user) => Ok(json!({ "user_id": user, "tenant_id": tenant })),
+                Err(error) if unique_violation(&error) => {
+                    bail!("--email {email}: a user with this e-mail already exists")
+                }
+                Err(error) => Err(error.into()),
+            }
+        }
+        AdminCommand::Inbox { command: InboxCommand::Create { tenant, kind: kind_arg, name, outbound_url } } => {
+            if name.trim().is_empty() {
+                bail!("--name must not be empty");
+            }
+            if let Some(url) = &outbound_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                bail!("--outbound-url {url:?} must be an http:// or https:// URL");
+            }
+            let pool = connect(data_dir).await?;
+            require_tenant(&pool, tenant).await?;
+            let secret = generate_webhook_secret();
+            let inbox =
+                directory::create_inbox(&pool, tenant, kind(kind_arg), name.trim(), &secret, outbound_url.as_deref())
+                    .await?;
+            Ok(json!({
+                "inbox_id": inbox.id,
+                "tenant_id": tenant,
+                "kind": inbox.kind,
+                "webhook_path": webhook_path(kind(kind_arg), inbox.id),
+                "secret": secret,
+            }))
+        }
+        AdminCommand::Apikey { command: ApikeyCommand::Create { tenant, role: role_arg } } => {
+            let pool = connect(data_dir).await?;
+            require_tenant(&pool, tenant).await?;
+            let (key, hash, prefix) = generate_api_key();
+            let id = directory::create_api_key(&pool, tenant, role(role_arg), &hash, &prefix).await?;
+            Ok(json!({ "key": key, "key_id": id, "tenant_id": tenant, "role": role(role_arg).as_str() }))
+        }
+    }
+}
