@@ -22,6 +22,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chatdesk_store::directory::Role;
 use hmac::{Hmac, KeyInit, Mac};
 use rand::Rng;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -65,6 +66,7 @@ impl std::fmt::Debug for TokenKey {
 
 /// What an agent token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Claims {
     /// The user id.
     pub sub: Uuid,
@@ -80,19 +82,24 @@ fn now_seconds() -> u64 {
 
 const JWT_HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 
-/// Signs an HS256 JWT for `user`; returns the token and its expiry (seconds since the epoch).
-pub fn issue_token(key: &TokenKey, user: Uuid, tenant: Uuid, role: Role, ttl: Duration) -> (String, u64) {
-    let iat = now_seconds();
-    let claims = Claims { sub: user, tenant, role: role.as_str().to_owned(), iat, exp: iat + ttl.as_secs() };
+/// Signs `claims` as an HS256 JWT.
+pub fn sign<T: Serialize>(key: &TokenKey, claims: &T) -> String {
     let signing_input = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(JWT_HEADER),
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialise"))
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialise"))
     );
     let mut mac = key.mac();
     mac.update(signing_input.as_bytes());
     let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-    (format!("{signing_input}.{signature}"), claims.exp)
+    format!("{signing_input}.{signature}")
+}
+
+/// Signs an agent token for `user`; returns the token and its expiry (seconds since the epoch).
+pub fn issue_token(key: &TokenKey, user: Uuid, tenant: Uuid, role: Role, ttl: Duration) -> (String, u64) {
+    let iat = now_seconds();
+    let claims = Claims { sub: user, tenant, role: role.as_str().to_owned(), iat, exp: iat + ttl.as_secs() };
+    (sign(key, &claims), claims.exp)
 }
 
 /// Why a token was refused; all answer 401, the message says which.
@@ -106,8 +113,8 @@ pub enum TokenError {
     Expired,
 }
 
-/// Verifies signature, algorithm and expiry of an HS256 JWT.
-pub fn verify_token(key: &TokenKey, token: &str) -> Result<Claims, TokenError> {
+/// Verifies signature, algorithm and expiry (`exp`) of an HS256 JWT and decodes its claims.
+pub fn verify<T: DeserializeOwned>(key: &TokenKey, token: &str) -> Result<T, TokenError> {
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -127,10 +134,65 @@ pub fn verify_token(key: &TokenKey, token: &str) -> Result<Claims, TokenError> {
     if header.get("alg").and_then(serde_json::Value::as_str) != Some("HS256") {
         return Err(TokenError::Malformed);
     }
-    let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?)
-        .map_err(|_| TokenError::Malformed)?;
-    if claims.exp <= now_seconds() {
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?)
+            .map_err(|_| TokenError::Malformed)?;
+    let expiry = claims.get("exp").and_then(serde_json::Value::as_u64).ok_or(TokenError::Malformed)?;
+    if expiry <= now_seconds() {
         return Err(TokenError::Expired);
+    }
+    serde_json::from_value(claims).map_err(|_| TokenError::Malformed)
+}
+
+/// Verifies an agent token.
+pub fn verify_token(key: &TokenKey, token: &str) -> Result<Claims, TokenError> {
+    verify(key, token)
+}
+
+/// What a web-widget visitor token says: the visitor may only write to and read its own
+/// conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisitorClaims {
+    /// Always `"visitor"`: an agent token can never be read as a visitor token or back.
+    pub typ: String,
+    pub tenant: Uuid,
+    pub inbox: Uuid,
+    pub contact: Uuid,
+    pub conversation: Uuid,
+    /// The visitor's e-mail address (its identity in the inbox).
+    pub email: String,
+    pub exp: u64,
+}
+
+pub const VISITOR_TYPE: &str = "visitor";
+
+/// Signs a visitor token valid for `ttl`; returns it and its expiry.
+pub fn issue_visitor_token(
+    key: &TokenKey,
+    tenant: Uuid,
+    inbox: Uuid,
+    contact: Uuid,
+    conversation: Uuid,
+    email: &str,
+    ttl: Duration,
+) -> (String, u64) {
+    let claims = VisitorClaims {
+        typ: VISITOR_TYPE.to_owned(),
+        tenant,
+        inbox,
+        contact,
+        conversation,
+        email: email.to_owned(),
+        exp: now_seconds() + ttl.as_secs(),
+    };
+    (sign(key, &claims), claims.exp)
+}
+
+pub fn verify_visitor_token(key: &TokenKey, token: &str) -> Result<VisitorClaims, TokenError> {
+    let claims: VisitorClaims = verify(key, token)?;
+    if claims.typ != VISITOR_TYPE {
+        return Err(TokenError::Malformed);
     }
     Ok(claims)
 }
@@ -267,6 +329,16 @@ mod tests {
         let none_header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#);
         assert_eq!(verify_token(&key(), &format!("{none_header}.{}.", parts[1])), Err(TokenError::BadSignature));
         assert_eq!(verify_token(&key(), "not-a-token"), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn visitor_and_agent_tokens_do_not_mix() {
+        let ids = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let (visitor, _) = issue_visitor_token(&key(), ids.0, ids.1, ids.2, ids.3, "ana@example.com", TOKEN_TTL);
+        assert_eq!(verify_visitor_token(&key(), &visitor).unwrap().conversation, ids.3);
+        assert_eq!(verify_token(&key(), &visitor), Err(TokenError::Malformed));
+        let (agent, _) = issue_token(&key(), ids.0, ids.1, Role::Agent, TOKEN_TTL);
+        assert_eq!(verify_visitor_token(&key(), &agent), Err(TokenError::Malformed));
     }
 
     #[test]

@@ -357,6 +357,18 @@ async fn append(
     Ok(appended.id)
 }
 
+/// Appends an agent action and answers 202 with its event id and offset.
+async fn accept(
+    state: &AppState,
+    tenant: Uuid,
+    conversation: Uuid,
+    event: &Event,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let event_id = EventId::new();
+    let offset = append(state, tenant, conversation, event, event_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(Accepted { event_id: event_id.0, offset: Some(offset.to_string()) })))
+}
+
 /// Sends an agent reply: appends the outbound message to the events stream and a delivery
 /// request to the send stream. The message shows as `queued` until the provider answers.
 #[utoipa::path(
@@ -520,9 +532,7 @@ pub async fn assign(
         assignee_id: request.assignee_id,
         by: actor(&principal),
     });
-    let event_id = EventId::new();
-    let offset = append(&state, principal.tenant, id, &event, event_id).await?;
-    Ok((StatusCode::ACCEPTED, Json(Accepted { event_id: event_id.0, offset: Some(offset.to_string()) })))
+    accept(&state, principal.tenant, id, &event).await
 }
 
 async fn change_status(
@@ -538,9 +548,7 @@ async fn change_status(
         status,
         by: actor(&principal),
     });
-    let event_id = EventId::new();
-    let offset = append(&state, principal.tenant, id, &event, event_id).await?;
-    Ok((StatusCode::ACCEPTED, Json(Accepted { event_id: event_id.0, offset: Some(offset.to_string()) })))
+    accept(&state, principal.tenant, id, &event).await
 }
 
 /// Marks the conversation resolved.

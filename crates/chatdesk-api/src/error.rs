@@ -21,6 +21,9 @@ pub enum ApiError {
     Forbidden { message: String },
     #[error("{message}")]
     NotFound { message: String },
+    /// 429: slow down; `Retry-After` says for how long.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after_seconds: u64 },
     /// 409: the resource's state does not allow it.
     #[error("{message}")]
     Conflict { message: String },
@@ -59,6 +62,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -74,6 +78,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => "forbidden",
             ApiError::NotFound { .. } => "not_found",
             ApiError::Conflict { .. } => "conflict",
+            ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::Unavailable { .. } => "unavailable",
@@ -123,7 +128,13 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %source, "request failed");
         }
         let body = Body { error: Detail { code: self.code(), message: self.to_string(), details: self.details() } };
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if let ApiError::TooManyRequests { retry_after_seconds, .. } = &self {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(*retry_after_seconds));
+        }
+        response
     }
 }
 

@@ -51,7 +51,11 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
                     details: Some(serde_json::json!({ "line": inner.line(), "column": inner.column() })),
                 });
             }
-            let field = if path == "." { missing_field(&inner.to_string()).unwrap_or(path) } else { path };
+            let field = match (missing_field(&inner.to_string()), path.as_str()) {
+                (Some(missing), ".") => missing,
+                (Some(missing), parent) => format!("{parent}.{missing}"),
+                (None, _) => path,
+            };
             Err(ApiError::Unprocessable {
                 code: "invalid_field",
                 message: format!("{field}: {}", strip_position(&inner.to_string())),

@@ -2,7 +2,8 @@
 //! metrics in every process, and the public API under `/v1`.
 //!
 //! - [`auth`]: agent tokens, API keys, passwords, and the [`auth::Principal`] of a request.
-//! - [`login`], [`conversations`]: the `/v1` handlers.
+//! - [`login`], [`conversations`]: the `/v1` REST handlers.
+//! - [`ingress`]: channel webhooks (generic, WhatsApp, Telegram) and the web widget.
 //! - [`extract`]: body, path and query extractors whose errors name what is wrong.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers.
 //! - [`ops_router`], [`api_router`] and [`finish`] build the application; [`serve`] runs it
@@ -17,6 +18,7 @@ pub mod conversations;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod ingress;
 pub mod login;
 pub mod metrics;
 pub mod openapi;
@@ -48,6 +50,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub auth: auth::TokenKey,
     pub producer: Producer,
+    pub ingest: chatdesk_streams::ingest::Ingest,
+    pub ingress: ingress::IngressSettings,
     pub keys: KeyScheme,
 }
 
@@ -74,6 +78,17 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(conversations::resolve))
         .routes(routes!(conversations::reopen))
         .routes(routes!(conversations::block))
+        .routes(routes!(ingress::generic::receive))
+        .routes(routes!(ingress::whatsapp::receive, ingress::whatsapp::verify))
+        .routes(routes!(ingress::telegram::receive))
+}
+
+/// The widget's routes answer any origin: the widget runs on customers' own sites.
+fn widget_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(ingress::widget::start_session))
+        .routes(routes!(ingress::widget::post_message))
+        .layer(tower_http::cors::CorsLayer::permissive())
 }
 
 /// The whole OpenAPI document: every operational and `/v1` route.
@@ -81,6 +96,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let mut document = openapi::ApiDoc::openapi();
     document.merge(ops_routes().into_openapi());
     document.merge(api_routes().into_openapi());
+    document.merge(widget_routes().into_openapi());
     document
 }
 
@@ -92,7 +108,7 @@ async fn console() -> axum::response::Html<&'static str> {
 /// The public API under `/v1`, served by the `ingress` role, with its OpenAPI document at
 /// `/v1/openapi.json`.
 pub fn api_router(state: AppState) -> Router {
-    let (router, _) = api_routes().split_for_parts();
+    let (router, _) = api_routes().merge(widget_routes()).split_for_parts();
     let document = openapi_document();
     router
         .route("/v1", get(info))

@@ -15,8 +15,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: unauthorized, forbidden, not_found, invalid_json, invalid_field,
-    /// invalid_query, invalid_path, conflict, unsupported_media_type, payload_too_large,
-    /// unavailable, internal.
+    /// invalid_query, invalid_path, conflict, rate_limited, unsupported_media_type,
+    /// payload_too_large, unavailable, internal.
     pub code: String,
     pub message: String,
     /// More about the error, e.g. `{"field": "text"}`; `null` when there is nothing more.
@@ -53,7 +53,9 @@ impl Modify for BearerAuth {
     tags(
         (name = "operations", description = "Health, readiness and metrics, served by every process"),
         (name = "auth", description = "Agent login"),
-        (name = "conversations", description = "Conversations, history and agent actions")
+        (name = "conversations", description = "Conversations, history and agent actions"),
+        (name = "ingress", description = "Channel webhooks: generic, WhatsApp Cloud API, Telegram Bot API"),
+        (name = "widget", description = "The embeddable web widget's visitor sessions and messages")
     )
 )]
 pub struct ApiDoc;
@@ -107,6 +109,12 @@ mod tests {
             "POST /v1/conversations/{id}/resolve",
             "POST /v1/conversations/{id}/reopen",
             "POST /v1/conversations/{id}/block",
+            "POST /v1/webhooks/generic/{inbox_id}",
+            "POST /v1/webhooks/whatsapp/{inbox_id}",
+            "GET /v1/webhooks/whatsapp/{inbox_id}",
+            "POST /v1/webhooks/telegram/{inbox_id}",
+            "POST /v1/widget/{inbox_id}/sessions",
+            "POST /v1/widget/{inbox_id}/messages",
         ] {
             assert!(operations.contains(expected), "{expected} is not documented: {operations:?}");
         }

@@ -231,3 +231,20 @@ pub async fn list_messages(
         )
         .collect())
 }
+
+/// The message (event id and conversation) a provider knows by `provider_message_id`.
+pub async fn message_by_provider_id(
+    pool: &PgPool,
+    tenant: Uuid,
+    provider_message_id: &str,
+) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+    sqlx::query_as(
+        "SELECT event_id, conversation_id FROM messages WHERE tenant_id = $1 AND provider_message_id = $2 \
+         ORDER BY offset_ms DESC LIMIT 1",
+    )
+    .bind(tenant)
+    .bind(provider_message_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(StoreError::Query)
+}

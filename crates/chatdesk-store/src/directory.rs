@@ -193,3 +193,20 @@ pub async fn create_inbox(
     let (id, tenant_id, kind, name, webhook_secret, outbound_url) = row;
     Ok(InboxRecord { id, tenant_id, kind, name, webhook_secret, outbound_url })
 }
+
+pub async fn inbox_by_id(pool: &PgPool, inbox: Uuid) -> Result<Option<InboxRecord>, StoreError> {
+    let row: Option<(Uuid, Uuid, String, String, String, Option<String>)> =
+        sqlx::query_as("SELECT id, tenant_id, kind, name, webhook_secret, outbound_url FROM inboxes WHERE id = $1")
+            .bind(inbox)
+            .fetch_optional(pool)
+            .await
+            .map_err(query_error)?;
+    Ok(row.map(|(id, tenant_id, kind, name, webhook_secret, outbound_url)| InboxRecord {
+        id,
+        tenant_id,
+        kind,
+        name,
+        webhook_secret,
+        outbound_url,
+    }))
+}

@@ -38,6 +38,7 @@ pub enum StoreError {
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "tenants", include_str!("../../../migrations/0001_tenants.sql")),
     (2, "conversations", include_str!("../../../migrations/0002_conversations.sql")),
+    (3, "provider_message_index", include_str!("../../../migrations/0003_provider_message_index.sql")),
 ];
 
 fn migrator() -> Migrator {

@@ -5,6 +5,8 @@
 //! - [`entry`]: the entry format: flat routing fields (type, tenant, conversation, event id,
 //!   time) readable without parsing JSON, plus one JSON payload.
 //! - [`producer`]: XADD into the partition of a tenant.
+//! - [`ingest`]: what channels send, appended exactly once and in order (contacts and
+//!   conversations created atomically with their first message).
 //! - [`runtime`]: the consumer-group runtime every consumer uses: a [`Handler`] decides what an
 //!   entry means, the runtime does the Redis work (groups, reads, acks, claims, retries, dead
 //!   letters, shutdown, metrics).
@@ -15,6 +17,7 @@
 
 pub mod connection;
 pub mod entry;
+pub mod ingest;
 pub mod metrics;
 pub mod producer;
 pub mod retention;

@@ -177,10 +177,20 @@ where
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
     pub status: u16,
+    /// The status line and headers, as received.
+    pub head: String,
     pub body: String,
 }
 
 impl HttpResponse {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+
     /// The body as JSON; panics with the body when it is not.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.body))
@@ -216,7 +226,7 @@ pub async fn http_request(
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
     let body = if chunked { dechunk(body) } else { body.to_owned() };
-    Ok(HttpResponse { status, body })
+    Ok(HttpResponse { status, head: head.to_owned(), body })
 }
 
 fn dechunk(mut body: &str) -> String {

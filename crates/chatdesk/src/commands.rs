@@ -8,10 +8,10 @@ use chatdesk_streams::RedisConnector;
 use chatdesk_streams::connection::RedisSettings;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, StreamsCommand};
+use crate::cli::{Cli, Command, CommonArgs, StreamsCommand};
 use crate::roles::{self, Role};
 use crate::servers::{self, PrivateServers};
-use crate::settings::{self, Runtime};
+use crate::settings::{self, Runtime, Secret};
 use crate::telemetry;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -42,21 +42,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("DATABASE_URL is not set: `chatdesk serve` runs against existing servers (`chatdesk up` starts private ones)")?;
             let jwt_secret = settings::jwt_secret()
                 .context("CHATDESK_JWT_SECRET is not set: agent tokens need a signing key of at least 32 bytes")?;
-            let metrics = telemetry::init_metrics()?;
-            let runtime = Runtime::connect(
-                args.common.http,
-                &redis_url,
-                &database_url,
-                args.common.streams.as_ref(),
-                &jwt_secret,
-                metrics,
-            )
-            .await?;
             let cancel = CancellationToken::new();
             roles::cancel_on_signals(cancel.clone());
-            let result = roles::run(&runtime, &args.roles, cancel).await;
-            runtime.close().await;
-            result?;
+            run_roles(&args.common, &redis_url, &database_url, &jwt_secret, &args.roles, cancel).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Up(args) => {
@@ -72,27 +60,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(secret) => secret,
                     None => servers::persistent_jwt_secret(&args.data_dir)?,
                 };
-                let metrics = telemetry::init_metrics()?;
-                let runtime = Runtime::connect(
-                    args.common.http,
-                    &redis_url,
-                    &database_url,
-                    args.common.streams.as_ref(),
-                    &jwt_secret,
-                    metrics,
-                )
-                .await?;
-                tracing::info!(url = format!("http://{}/", args.common.http), "chatdesk is up; Ctrl-C stops it");
-                let result = roles::run(&runtime, &Role::all(), cancel).await;
-                runtime.close().await;
-                result
+                tracing::info!(url = format!("http://{}/", args.common.http), "starting chatdesk; Ctrl-C stops it");
+                run_roles(&args.common, &redis_url, &database_url, &jwt_secret, &Role::all(), cancel).await
             }
             .await;
+            // Last, after every role has finished and acknowledged its work.
             servers.stop().await;
             result?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Connects, runs `roles` until cancelled, and closes connections.
+async fn run_roles(
+    common: &CommonArgs,
+    redis_url: &Secret,
+    database_url: &Secret,
+    jwt_secret: &Secret,
+    roles: &[Role],
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = telemetry::init_metrics()?;
+    let runtime =
+        Runtime::connect(common.http, redis_url, database_url, common.streams.as_ref(), jwt_secret, metrics).await?;
+    let result = roles::run(&runtime, roles, cancel).await;
+    runtime.close().await;
+    result
 }
 
 fn streams_check(file: Option<PathBuf>) -> ExitCode {

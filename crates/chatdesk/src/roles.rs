@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chatdesk_api::AppState;
 use chatdesk_core::GroupName;
+use chatdesk_streams::ingest::Ingest;
 use chatdesk_streams::{Consumer, Producer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -71,6 +72,8 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
         metrics: runtime.metrics.clone(),
         auth: runtime.token_key.clone(),
         producer: Producer::new(runtime.redis.clone(), runtime.keys.clone(), runtime.streams.clone()),
+        ingest: Ingest::new(runtime.redis.clone(), runtime.keys.clone(), runtime.streams.clone()),
+        ingress: runtime.ingress.clone(),
         keys: runtime.keys.clone(),
     };
     // Every process serves health, readiness and metrics; roles add their routes.

@@ -55,6 +55,24 @@ pub fn servers_env_value(data_dir: &Path, name: &str) -> Option<Secret> {
         .map(Secret::new)
 }
 
+/// `CHATDESK_INGRESS_RATE_PER_INBOX` (requests per second per inbox, default 200) and
+/// `CHATDESK_WIDGET_STANDBY` (how long a widget visitor may be away and continue the same
+/// conversation, default `10m`).
+pub fn ingress_settings() -> anyhow::Result<chatdesk_api::ingress::IngressSettings> {
+    let mut settings = chatdesk_api::ingress::IngressSettings::default();
+    if let Some(rate) = env_var("CHATDESK_INGRESS_RATE_PER_INBOX") {
+        settings.rate_per_inbox =
+            rate.parse().ok().filter(|rate| *rate > 0).with_context(|| {
+                format!("CHATDESK_INGRESS_RATE_PER_INBOX {rate:?}: expected a positive whole number")
+            })?;
+    }
+    if let Some(standby) = env_var("CHATDESK_WIDGET_STANDBY") {
+        settings.widget_standby = chatdesk_core::duration::parse_duration(&standby)
+            .map_err(|error| anyhow::anyhow!("CHATDESK_WIDGET_STANDBY: {error}"))?;
+    }
+    Ok(settings)
+}
+
 /// `CHATDESK_JWT_SECRET`: the key agent tokens are signed with.
 pub fn jwt_secret() -> Option<Secret> {
     env_var("CHATDESK_JWT_SECRET").map(Secret::new)
@@ -108,6 +126,7 @@ pub struct Runtime {
     pub connector: RedisConnector,
     pub node_id: String,
     pub token_key: chatdesk_api::auth::TokenKey,
+    pub ingress: chatdesk_api::ingress::IngressSettings,
 }
 
 impl Runtime {
@@ -127,6 +146,7 @@ impl Runtime {
         tracing::info!(source, families = streams.streams.len(), "stream configuration loaded");
         let keys = key_scheme()?;
         let node_id = node_id()?;
+        let ingress = ingress_settings()?;
         let connector = RedisConnector::new(RedisSettings::new(redis_url.expose())).with_context(|| {
             format!("REDIS_URL {} is not a valid Redis URL", chatdesk_streams::connection::redact(redis_url.expose()))
         })?;
@@ -137,7 +157,7 @@ impl Runtime {
         chatdesk_store::migrate(&db).await?;
         tracing::info!("database migrations applied");
         chatdesk_streams::runtime::ensure_durable_groups(&redis, &keys, &streams).await?;
-        Ok(Self { http, redis, db, metrics, streams: Arc::new(streams), keys, connector, node_id, token_key })
+        Ok(Self { http, redis, db, metrics, streams: Arc::new(streams), keys, connector, node_id, token_key, ingress })
     }
 
     /// Closes connections before the servers behind them go away.

@@ -29,6 +29,7 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     chatdesk_streams::metrics::describe();
     chatdesk_api::metrics::describe();
     chatdesk_workers::writer::describe();
+    chatdesk_api::ingress::describe();
     let upkeep = handle.clone();
     // Histograms are drained into their buckets on upkeep; without it memory grows.
     tokio::spawn(async move {

@@ -32,7 +32,9 @@ async fn readiness_follows_redis_and_errors_are_json() {
         db: chatdesk_store::connect(postgres.url(), 2).await.unwrap(),
         metrics: PrometheusBuilder::new().build_recorder().handle(),
         auth: chatdesk_api::auth::TokenKey::new(&[1u8; 32]).unwrap(),
-        producer: chatdesk_streams::Producer::new(redis_client, keys.clone(), streams),
+        producer: chatdesk_streams::Producer::new(redis_client.clone(), keys.clone(), streams.clone()),
+        ingest: chatdesk_streams::ingest::Ingest::new(redis_client, keys.clone(), streams),
+        ingress: chatdesk_api::ingress::IngressSettings::default(),
         keys,
     };
     let (address, cancel) = serve(state).await;

@@ -1,4 +1,6 @@
-//! Migrations against a real PostgreSQL.
+//! The store against a real PostgreSQL.
+
+mod writer;
 
 #[tokio::test]
 async fn migrations_apply_once_and_are_idempotent() {
@@ -10,6 +12,6 @@ async fn migrations_apply_once_and_are_idempotent() {
     second.unwrap();
     chatdesk_store::migrate(&pool).await.unwrap();
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&pool).await.unwrap();
-    assert_eq!(applied, 2);
+    assert_eq!(applied, 3);
     chatdesk_store::ping(&pool).await.unwrap();
 }

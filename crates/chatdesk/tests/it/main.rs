@@ -1,5 +1,7 @@
 //! The `chatdesk` binary, run as a user runs it.
 
 mod cli;
+mod ingress;
 mod rest;
+mod support;
 mod up;

@@ -1,75 +1,18 @@
 //! The REST API as a client meets it: a real `chatdesk serve --roles ingress,writer` process,
 //! tenants and users made with `chatdesk admin`, events appended to the stream as ingress would.
 
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chatdesk_core::events::{Actor, ContactCreated, ConversationCreated, Direction, Event, MessageCreated, SenderKind};
 use chatdesk_core::{KeyScheme, StreamsConfig, TenantId};
 use chatdesk_streams::{NewEntry, Producer, RedisConnector, RedisSettings};
-use chatdesk_testkit::{HttpResponse, http_request};
+use chatdesk_testkit::http_request;
 use fred::prelude::*;
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-const JWT_SECRET: &str = "a-test-signing-key-that-is-long-enough-0123456789";
-
-struct Env {
-    redis_url: String,
-    database_url: String,
-    prefix: String,
-}
-
-fn admin(env: &Env, args: &[&str]) -> Value {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chatdesk"))
-        .arg("admin")
-        .args(args)
-        .env("DATABASE_URL", &env.database_url)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "admin {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
-fn serve(env: &Env, http: SocketAddr) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_chatdesk"))
-        .args(["serve", "--roles", "ingress,writer", "--http", &http.to_string()])
-        .env("REDIS_URL", &env.redis_url)
-        .env("DATABASE_URL", &env.database_url)
-        .env("CHATDESK_JWT_SECRET", JWT_SECRET)
-        .env("CHATDESK_KEY_PREFIX", &env.prefix)
-        .env("CHATDESK_NODE_ID", "rest-test")
-        .env("CHATDESK_STREAMS", concat!(env!("CARGO_MANIFEST_DIR"), "/../../streams.toml"))
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-struct Client {
-    http: SocketAddr,
-    token: String,
-}
-
-impl Client {
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> HttpResponse {
-        let authorization = format!("Bearer {}", self.token);
-        let body = body.map(|body| body.to_string());
-        let mut headers = vec![("Authorization", authorization.as_str())];
-        if body.is_some() {
-            headers.push(("Content-Type", "application/json"));
-        }
-        http_request(self.http, method, path, &headers, body.as_deref()).await.unwrap()
-    }
-}
-
-async fn login(http: SocketAddr, email: &str, password: &str) -> HttpResponse {
-    let body = json!({ "email": email, "password": password }).to_string();
-    http_request(http, "POST", "/v1/auth/login", &[("Content-Type", "application/json")], Some(&body)).await.unwrap()
-}
+use crate::support::{Client, Env, JWT_SECRET, admin, eventually, login, serve};
 
 /// A contact, a conversation and `messages` inbound messages in `inbox` of `tenant`, appended as
 /// ingress appends them.
@@ -112,30 +55,11 @@ async fn seed_conversation(producer: &Producer, tenant: Uuid, inbox: Uuid, messa
     conversation
 }
 
-async fn eventually(client: &Client, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..500 {
-        let response = client.call("GET", path, None).await;
-        if response.status == 200 {
-            last = response.json();
-            if check(&last) {
-                return last;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}; last answer: {last}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conversations_history_and_agent_actions_over_rest() {
     let redis = chatdesk_testkit::redis().await;
     let postgres = chatdesk_testkit::postgres().await;
-    let env = Env {
-        redis_url: redis.url().to_owned(),
-        database_url: postgres.url().to_owned(),
-        prefix: chatdesk_testkit::unique_prefix(),
-    };
+    let env = Env::new(redis.url(), postgres.url());
 
     let tenant_a = admin(
         &env,
@@ -184,12 +108,7 @@ async fn conversations_history_and_agent_actions_over_rest() {
     let key_a = admin(&env, &["apikey", "create", "--tenant", &a, "--role", "agent"]);
     let key_b = admin(&env, &["apikey", "create", "--tenant", &b, "--role", "admin"]);
 
-    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
-    let _server = serve(&env, http);
-    chatdesk_testkit::wait_until("the API answers", Duration::from_secs(60), || async {
-        matches!(chatdesk_testkit::http_get(http, "/readyz").await, Ok((200, _)))
-    })
-    .await;
+    let (http, _server) = serve(&env, &[]).await;
 
     // The served OpenAPI document is the committed one clients are written from.
     let served = http_request(http, "GET", "/v1/openapi.json", &[], None).await.unwrap();

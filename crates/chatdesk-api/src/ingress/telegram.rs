@@ -1,0 +1,167 @@
+//! Telegram Bot API webhooks: `POST /v1/webhooks/telegram/{inbox_id}` with one `Update` per
+//! request, authenticated by `X-Telegram-Bot-Api-Secret-Token` (the `secret_token` given to
+//! `setWebhook`, which is the inbox secret). `message` and `edited_message` become
+//! `message.created`; other update kinds are acknowledged and ignored, since Telegram retries
+//! anything but a 2xx.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use chatdesk_store::directory::InboxKind;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{
+    Inbound, RawJsonBody, Received, check_rate, header_text, inbox_of_kind, ingest_all, observe, ok, signature,
+};
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{ApiPath, parse_json};
+use crate::openapi::ErrorBody;
+
+pub const SECRET_HEADER: &str = "X-Telegram-Bot-Api-Secret-Token";
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Update {
+    pub update_id: i64,
+    pub message: Option<TelegramMessage>,
+    pub edited_message: Option<TelegramMessage>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TelegramMessage {
+    pub message_id: i64,
+    pub from: Option<TelegramUser>,
+    pub chat: TelegramChat,
+    /// Seconds since the epoch.
+    pub date: i64,
+    pub edit_date: Option<i64>,
+    pub text: Option<String>,
+    pub caption: Option<String>,
+    #[serde(flatten)]
+    #[schema(additional_properties)]
+    pub rest: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TelegramUser {
+    pub id: i64,
+    pub first_name: String,
+    pub last_name: Option<String>,
+    pub username: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TelegramChat {
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+pub fn parse(body: &[u8]) -> Result<Vec<Inbound>, ApiError> {
+    let update: Update = parse_json(body)?;
+    let (message, edited) = match (update.message, update.edited_message) {
+        (Some(message), _) => (message, false),
+        (None, Some(message)) => (message, true),
+        (None, None) => return Ok(Vec::new()),
+    };
+    let name = message.from.as_ref().map(|user| match &user.last_name {
+        Some(last) => format!("{} {last}", user.first_name),
+        None => user.first_name.clone(),
+    });
+    let text = message.text.clone().or_else(|| message.caption.clone()).unwrap_or_else(|| {
+        let kind = message
+            .rest
+            .keys()
+            .find(|key| ["photo", "document", "voice", "video", "sticker", "location"].contains(&key.as_str()));
+        format!("[{}]", kind.map_or("message", String::as_str))
+    });
+    let mut extra = message.rest.clone();
+    extra.insert("update_id".into(), serde_json::Value::from(update.update_id));
+    extra.insert("chat_type".into(), serde_json::Value::from(message.chat.kind.clone()));
+    if let Some(user) = &message.from {
+        extra.insert("from_id".into(), serde_json::Value::from(user.id));
+        if let Some(username) = &user.username {
+            extra.insert("username".into(), serde_json::Value::from(username.clone()));
+        }
+    }
+    // Message ids are unique per chat; an edit is a new message that says what it edits.
+    let provider_message_id = if edited {
+        extra.insert("edits".into(), serde_json::Value::from(format!("{}:{}", message.chat.id, message.message_id)));
+        format!("{}:{}:edit:{}", message.chat.id, message.message_id, message.edit_date.unwrap_or(message.date))
+    } else {
+        format!("{}:{}", message.chat.id, message.message_id)
+    };
+    Ok(vec![Inbound {
+        provider_message_id,
+        external_id: message.chat.id.to_string(),
+        name,
+        email: None,
+        text,
+        extra: Some(serde_json::Value::Object(extra)),
+        sent_at_ms: u64::try_from(message.date).ok().map(|seconds| seconds * 1000),
+    }])
+}
+
+/// Receives one Telegram `Update`.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/telegram/{inbox_id}",
+    tag = "ingress",
+    params(
+        ("inbox_id" = Uuid, Path, description = "The inbox"),
+        ("X-Telegram-Bot-Api-Secret-Token" = String, Header, description = "The inbox secret, as given to setWebhook's secret_token"),
+    ),
+    request_body = Update,
+    responses(
+        (status = 200, description = "Appended, already appended, or an update kind that carries no message", body = Received),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong secret token", body = ErrorBody),
+        (status = 404, description = "No Telegram inbox with this id", body = ErrorBody),
+        (status = 422, description = "A field is missing or invalid", body = ErrorBody),
+        (status = 429, description = "The inbox's rate limit; see Retry-After", body = ErrorBody),
+    )
+)]
+pub async fn receive(
+    State(state): State<AppState>,
+    ApiPath(inbox_id): ApiPath<Uuid>,
+    headers: HeaderMap,
+    RawJsonBody(body): RawJsonBody,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let inbox = inbox_of_kind(&state, inbox_id, InboxKind::Telegram).await?;
+        check_rate(&state, inbox.id).await?;
+        signature::verify_secret_header(SECRET_HEADER, header_text(&headers, SECRET_HEADER), &inbox.webhook_secret)?;
+        let messages = parse(&body)?;
+        ok(ingest_all(&state, &inbox, &messages).await?)
+    }
+    .await;
+    observe(InboxKind::Telegram, started, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_real_update_parses() {
+        let body = br#"{"update_id":10000,"message":{"date":1441645532,"chat":{"last_name":"Test Lastname","id":1111111,"type":"private","first_name":"Test Firstname","username":"Testusername"},"message_id":1365,"from":{"last_name":"Test Lastname","id":1111111,"is_bot":false,"first_name":"Test Firstname","username":"Testusername"},"text":"/start"}}"#;
+        let messages = parse(body).unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].external_id, "1111111");
+        assert_eq!(messages[0].provider_message_id, "1111111:1365");
+        assert_eq!(messages[0].name.as_deref(), Some("Test Firstname Test Lastname"));
+        assert_eq!(messages[0].text, "/start");
+    }
+
+    #[test]
+    fn updates_without_messages_are_ignored_and_bad_ones_named() {
+        assert!(parse(br#"{"update_id":1,"callback_query":{"id":"1"}}"#).unwrap().is_empty());
+        let error = parse(br#"{"update_id":1,"message":{"message_id":1,"date":1}}"#).unwrap_err();
+        assert!(error.to_string().starts_with("message.chat: missing field"), "{error}");
+    }
+}

@@ -1,0 +1,189 @@
+//! The web widget channel. A visitor gives an e-mail address (and a name) and gets a visitor
+//! token for one conversation; coming back within the standby window (default 10 minutes)
+//! continues the same conversation, later opens a new one. The widget then writes over REST
+//! here (and reads over the WebSocket protocol with the same token). These routes answer any
+//! origin (CORS), since the widget runs on the customer's own site.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chatdesk_store::directory::InboxKind;
+use chatdesk_streams::ingest::Appended;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Inbound, check_rate, inbox_of_kind, ingest, observe, resolve};
+use crate::AppState;
+use crate::auth::{TOKEN_TTL, issue_visitor_token, verify_visitor_token};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath};
+use crate::openapi::ErrorBody;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    pub email: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Session {
+    /// The visitor token: `Authorization: Bearer <token>` here, and `hello.token` on the WebSocket.
+    pub token: String,
+    pub conversation_id: Uuid,
+    pub contact_id: Uuid,
+    /// Seconds since the epoch.
+    pub expires_at: u64,
+}
+
+fn valid_email(email: &str) -> bool {
+    email.len() <= 320
+        && !email.contains(char::is_whitespace)
+        && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+}
+
+/// Starts (or resumes, within the standby window) a visitor's conversation.
+#[utoipa::path(
+    post,
+    path = "/v1/widget/{inbox_id}/sessions",
+    tag = "widget",
+    params(("inbox_id" = Uuid, Path, description = "A web inbox")),
+    request_body = SessionRequest,
+    responses(
+        (status = 201, description = "A visitor token for the conversation", body = Session),
+        (status = 404, description = "No web inbox with this id", body = ErrorBody),
+        (status = 422, description = "email is missing or invalid", body = ErrorBody),
+        (status = 429, description = "The inbox's rate limit; see Retry-After", body = ErrorBody),
+    )
+)]
+pub async fn start_session(
+    State(state): State<AppState>,
+    ApiPath(inbox_id): ApiPath<Uuid>,
+    ApiJson(request): ApiJson<SessionRequest>,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let inbox = inbox_of_kind(&state, inbox_id, InboxKind::Web).await?;
+        check_rate(&state, inbox.id).await?;
+        let email = request.email.trim().to_lowercase();
+        if !valid_email(&email) {
+            return Err(ApiError::invalid_field("email", "is not an e-mail address"));
+        }
+        let name = request.name.map(|name| name.trim().to_owned()).filter(|name| !name.is_empty());
+        let resolved =
+            resolve(&state, &inbox, &email, name, Some(email.clone()), Some(state.ingress.widget_standby)).await?;
+        let (token, expires_at) = issue_visitor_token(
+            &state.auth,
+            inbox.tenant_id,
+            inbox.id,
+            resolved.contact_id,
+            resolved.conversation_id,
+            &email,
+            TOKEN_TTL,
+        );
+        let session =
+            Session { token, conversation_id: resolved.conversation_id, contact_id: resolved.contact_id, expires_at };
+        Ok((StatusCode::CREATED, Json(session)).into_response())
+    }
+    .await;
+    observe(InboxKind::Web, started, result)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VisitorMessage {
+    /// 1 to 4096 characters.
+    pub text: String,
+    /// The widget's own id of the message: a retry with the same id is not appended twice.
+    pub client_msg_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VisitorAccepted {
+    /// The message's event id; `null` when `duplicate` (the first attempt's entry is `offset`).
+    pub event_id: Option<Uuid>,
+    /// The events-stream entry id.
+    pub offset: String,
+    /// The conversation the message went to (a new one after the standby window).
+    pub conversation_id: Uuid,
+    pub duplicate: bool,
+}
+
+/// A visitor's message, with a visitor token.
+#[utoipa::path(
+    post,
+    path = "/v1/widget/{inbox_id}/messages",
+    tag = "widget",
+    params(("inbox_id" = Uuid, Path, description = "A web inbox")),
+    request_body = VisitorMessage,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Appended", body = VisitorAccepted),
+        (status = 401, description = "Missing or invalid visitor token", body = ErrorBody),
+        (status = 404, description = "No web inbox with this id, or the token is for another inbox", body = ErrorBody),
+        (status = 422, description = "A field is missing or invalid", body = ErrorBody),
+    )
+)]
+pub async fn post_message(
+    State(state): State<AppState>,
+    ApiPath(inbox_id): ApiPath<Uuid>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<VisitorMessage>,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::Unauthorized {
+                message: "missing visitor token (Authorization: Bearer <token>)".into(),
+            })?;
+        let visitor = verify_visitor_token(&state.auth, token.trim())
+            .map_err(|error| ApiError::Unauthorized { message: error.to_string() })?;
+        let inbox = inbox_of_kind(&state, inbox_id, InboxKind::Web).await?;
+        if visitor.inbox != inbox.id {
+            return Err(ApiError::NotFound { message: "the visitor token belongs to another inbox".into() });
+        }
+        check_rate(&state, inbox.id).await?;
+        let text = request.text.trim().to_owned();
+        if text.is_empty() || text.chars().count() > 4096 {
+            return Err(ApiError::invalid_field("text", "must be 1 to 4096 characters"));
+        }
+        let client_msg_id = match request.client_msg_id {
+            Some(id) if id.is_empty() || id.len() > 128 => {
+                return Err(ApiError::invalid_field("client_msg_id", "must be 1 to 128 characters"));
+            }
+            Some(id) => id,
+            None => Uuid::now_v7().to_string(),
+        };
+        let message = Inbound {
+            provider_message_id: format!("widget:{}:{client_msg_id}", visitor.contact),
+            external_id: visitor.email.clone(),
+            name: None,
+            email: Some(visitor.email.clone()),
+            text,
+            extra: None,
+            sent_at_ms: None,
+        };
+        let (resolved, event_id, appended) =
+            ingest(&state, &inbox, &message, Some(state.ingress.widget_standby)).await?;
+        let (offset, duplicate) = match appended {
+            Appended::New(offset) => (offset, false),
+            Appended::Duplicate(offset) => (offset, true),
+        };
+        let accepted = VisitorAccepted {
+            event_id: (!duplicate).then_some(event_id.0),
+            offset: offset.to_string(),
+            conversation_id: resolved.conversation_id,
+            duplicate,
+        };
+        Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+    }
+    .await;
+    observe(InboxKind::Web, started, result)
+}

@@ -1,0 +1,146 @@
+//! The writer's SQL against a real PostgreSQL: statuses never move backwards, replays change
+//! nothing, and one bad event is reported as a data error, not an outage.
+
+use chatdesk_core::EntryId;
+use chatdesk_core::events::{
+    Actor, ContactCreated, ConversationCreated, Direction, Event, MessageCreated, MessageStatus, MessageStatusChanged,
+    SenderKind,
+};
+use chatdesk_store::directory::{InboxKind, create_inbox, create_tenant};
+use chatdesk_store::writer::{StoredEvent, apply_events};
+use uuid::Uuid;
+
+struct Fixture {
+    pool: chatdesk_store::Pool,
+    tenant: Uuid,
+    conversation: Uuid,
+    message: Uuid,
+    next_offset: u64,
+    _postgres: chatdesk_testkit::TestPostgres,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let postgres = chatdesk_testkit::postgres().await;
+        let pool = chatdesk_store::connect(postgres.url(), 2).await.unwrap();
+        chatdesk_store::migrate(&pool).await.unwrap();
+        let tenant = create_tenant(&pool, "Acme").await.unwrap();
+        let inbox = create_inbox(&pool, tenant, InboxKind::Whatsapp, "wa", "secret", None).await.unwrap().id;
+        let (contact, conversation, message) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut fixture = Self { pool, tenant, conversation, message, next_offset: 1, _postgres: postgres };
+        let setup = vec![
+            fixture.stored(
+                Uuid::now_v7(),
+                Event::ContactCreated(ContactCreated {
+                    contact_id: contact,
+                    inbox_id: inbox,
+                    external_id: "15551234567".into(),
+                    name: None,
+                    email: None,
+                }),
+            ),
+            fixture.stored(
+                Uuid::now_v7(),
+                Event::ConversationCreated(ConversationCreated {
+                    conversation_id: conversation,
+                    inbox_id: inbox,
+                    contact_id: contact,
+                }),
+            ),
+            fixture.stored(
+                message,
+                Event::MessageCreated(MessageCreated {
+                    conversation_id: conversation,
+                    inbox_id: inbox,
+                    contact_id: contact,
+                    direction: Direction::Outbound,
+                    sender: Actor { kind: SenderKind::Agent, id: None },
+                    text: "Your order shipped".into(),
+                    extra: None,
+                    provider_message_id: None,
+                    client_msg_id: None,
+                    sent_at_ms: None,
+                }),
+            ),
+        ];
+        apply_events(&fixture.pool, &setup).await.unwrap();
+        fixture
+    }
+
+    fn stored(&mut self, event_id: Uuid, event: Event) -> StoredEvent {
+        self.next_offset += 1;
+        StoredEvent {
+            event_id,
+            tenant_id: self.tenant,
+            partition: 0,
+            offset: EntryId::new(self.next_offset, 0),
+            occurred_at_ms: 1_763_800_000_000 + self.next_offset,
+            event,
+        }
+    }
+
+    fn status(&mut self, status: MessageStatus) -> StoredEvent {
+        let event = Event::MessageStatus(MessageStatusChanged {
+            message_id: self.message,
+            conversation_id: self.conversation,
+            status,
+            reason: (status == MessageStatus::Failed).then(|| "recipient unreachable".to_owned()),
+            provider_message_id: Some("wamid.1".into()),
+            attempts: Some(1),
+        });
+        self.stored(Uuid::now_v7(), event)
+    }
+
+    async fn current(&self) -> (String, Option<String>) {
+        sqlx::query_as("SELECT status, failure_reason FROM messages WHERE event_id = $1")
+            .bind(self.message)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn statuses_never_move_backwards() {
+    let mut fixture = Fixture::new().await;
+    assert_eq!(fixture.current().await.0, "queued");
+    let delivered = fixture.status(MessageStatus::Delivered);
+    apply_events(&fixture.pool, std::slice::from_ref(&delivered)).await.unwrap();
+    let late_sent = fixture.status(MessageStatus::Sent);
+    apply_events(&fixture.pool, &[late_sent]).await.unwrap();
+    assert_eq!(fixture.current().await.0, "delivered", "a late `sent` after `delivered` is ignored");
+
+    let read = fixture.status(MessageStatus::Read);
+    let failed = fixture.status(MessageStatus::Failed);
+    apply_events(&fixture.pool, &[read, failed]).await.unwrap();
+    assert_eq!(fixture.current().await, ("read".to_owned(), None), "the highest status of a batch wins");
+
+    let replay = apply_events(&fixture.pool, &[delivered]).await.unwrap();
+    assert_eq!((replay.fresh, replay.duplicates), (0, 1));
+    assert_eq!(fixture.current().await.0, "read");
+}
+
+#[tokio::test]
+async fn a_failure_before_delivery_keeps_its_reason() {
+    let mut fixture = Fixture::new().await;
+    let sent = fixture.status(MessageStatus::Sent);
+    let failed = fixture.status(MessageStatus::Failed);
+    apply_events(&fixture.pool, &[sent]).await.unwrap();
+    apply_events(&fixture.pool, &[failed]).await.unwrap();
+    assert_eq!(fixture.current().await, ("failed".to_owned(), Some("recipient unreachable".to_owned())));
+}
+
+#[tokio::test]
+async fn an_event_pointing_into_nothing_is_a_data_error() {
+    let mut fixture = Fixture::new().await;
+    let orphan = fixture.stored(
+        Uuid::now_v7(),
+        Event::ConversationCreated(ConversationCreated {
+            conversation_id: Uuid::now_v7(),
+            inbox_id: Uuid::now_v7(),
+            contact_id: Uuid::now_v7(),
+        }),
+    );
+    let error = apply_events(&fixture.pool, &[orphan]).await.unwrap_err();
+    assert!(!error.is_transient(), "{error:?}");
+}

@@ -1,0 +1,309 @@
+//! Channel webhooks and the web widget against a running `chatdesk serve`, with bodies shaped
+//! exactly as the providers send them.
+
+use std::sync::Arc;
+
+use chatdesk_api::ingress::signature::sign;
+use chatdesk_core::events::{Event, MessageStatus, MessageStatusChanged};
+use chatdesk_core::{KeyScheme, StreamsConfig, TenantId};
+use chatdesk_streams::{NewEntry, Producer, RedisClient, RedisConnector, RedisSettings};
+use chatdesk_testkit::{HttpResponse, http_request};
+use fred::prelude::*;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::{Client, Env, admin, eventually, serve};
+
+struct Inboxes {
+    generic: Value,
+    whatsapp: Value,
+    telegram: Value,
+    web: Value,
+}
+
+fn id(value: &Value, key: &str) -> String {
+    value[key].as_str().unwrap_or_else(|| panic!("{key} in {value}")).to_owned()
+}
+
+async fn post(http: std::net::SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    http_request(http, "POST", path, &all, Some(body)).await.unwrap()
+}
+
+async fn post_generic(http: std::net::SocketAddr, inbox: &Value, body: &str) -> HttpResponse {
+    let signature = sign(body.as_bytes(), inbox["secret"].as_str().unwrap());
+    post(http, inbox["webhook_path"].as_str().unwrap(), &[("X-Chatdesk-Signature", &signature)], body).await
+}
+
+fn generic_body(message_id: &str, from: &str, text: &str) -> String {
+    json!({ "message_id": message_id, "from": { "id": from, "name": "Ana" }, "text": text, "timestamp": 1763800000 })
+        .to_string()
+}
+
+async fn events_length(redis: &RedisClient, keys: &KeyScheme, streams: &StreamsConfig) -> u64 {
+    let events = streams.stream("events").unwrap();
+    let mut total = 0;
+    for partition in 0..events.partitions {
+        let length: u64 = redis.xlen(keys.partition(&events.name, partition).stream).await.unwrap();
+        total += length;
+    }
+    total
+}
+
+/// The conversation whose contact has `external_id`, once stored.
+async fn conversation_of(api: &Client, external_id: &str) -> Value {
+    eventually(api, "/v1/conversations?limit=200", &format!("a conversation with {external_id}"), |page| {
+        page["items"].as_array().unwrap().iter().any(|item| item["contact"]["external_id"] == external_id)
+    })
+    .await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["contact"]["external_id"] == external_id)
+        .unwrap()
+        .clone()
+}
+
+async fn texts(api: &Client, conversation: &str, expected: usize) -> Vec<String> {
+    let page =
+        eventually(api, &format!("/v1/conversations/{conversation}/messages?limit=200"), "messages stored", |page| {
+            page["items"].as_array().unwrap().len() >= expected
+        })
+        .await;
+    page["items"].as_array().unwrap().iter().map(|message| message["text"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn channel_messages_land_once_in_the_right_conversation() {
+    let redis = chatdesk_testkit::redis().await;
+    let postgres = chatdesk_testkit::postgres().await;
+    let env = Env::new(redis.url(), postgres.url());
+    let tenant = admin(
+        &env,
+        &["tenant", "create", "--name", "Acme", "--owner-email", "owner@ingress.test", "--password", "owner-pass-1"],
+    );
+    let tenant_id = id(&tenant, "tenant_id");
+    let inbox = |kind: &str| admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", kind, "--name", kind]);
+    let inboxes = Inboxes {
+        generic: inbox("generic"),
+        whatsapp: inbox("whatsapp"),
+        telegram: inbox("telegram"),
+        web: inbox("web"),
+    };
+    assert_eq!(id(&inboxes.web, "webhook_path"), format!("/v1/widget/{}/sessions", id(&inboxes.web, "inbox_id")));
+    let key = admin(&env, &["apikey", "create", "--tenant", &tenant_id, "--role", "admin"]);
+    let (http, _server) = serve(&env, &[]).await;
+    let api = Client { http, token: id(&key, "key") };
+    let redis_client = RedisConnector::new(RedisSettings::new(&env.redis_url)).unwrap().shared().await.unwrap();
+    let streams =
+        Arc::new(StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap());
+    let keys = KeyScheme::new(&env.prefix).unwrap();
+
+    // Generic: one message, one event, one row in the sender's conversation.
+    let first = post_generic(http, &inboxes.generic, &generic_body("m-1", "cust-42", "hello")).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json(), json!({"accepted": 1, "duplicates": 0, "statuses": 0}));
+    let conversation = conversation_of(&api, "cust-42").await;
+    assert_eq!(conversation["contact"]["name"], "Ana");
+    assert_eq!(conversation["inbox_id"], inboxes.generic["inbox_id"]);
+    let conversation_id = id(&conversation, "id");
+    assert_eq!(texts(&api, &conversation_id, 1).await, ["hello"]);
+
+    // The same provider message 5 times, 3 of them concurrently: one event.
+    let duplicate = generic_body("m-dup", "cust-42", "are you there?");
+    let mut accepted = 0;
+    for _ in 0..2 {
+        accepted += post_generic(http, &inboxes.generic, &duplicate).await.json()["accepted"].as_u64().unwrap();
+    }
+    let concurrent = futures::future::join_all((0..3).map(|_| post_generic(http, &inboxes.generic, &duplicate))).await;
+    for response in &concurrent {
+        assert_eq!(response.status, 200);
+        accepted += response.json()["accepted"].as_u64().unwrap();
+    }
+    assert_eq!(accepted, 1, "one of five deliveries is appended");
+
+    // 50 concurrent first messages from one new contact: one contact, one conversation.
+    let bodies: Vec<String> =
+        (0..50).map(|index| generic_body(&format!("burst-{index}"), "cust-new", &format!("burst {index}"))).collect();
+    let responses =
+        futures::future::join_all(bodies.iter().map(|body| post_generic(http, &inboxes.generic, body))).await;
+    assert!(responses.iter().all(|response| response.status == 200 && response.json()["accepted"] == 1));
+    let burst = conversation_of(&api, "cust-new").await;
+    let stored = texts(&api, &id(&burst, "id"), 50).await;
+    assert_eq!(stored.len(), 50);
+    let all = api.call("GET", "/v1/conversations?limit=200", None).await.json();
+    assert_eq!(
+        all["items"].as_array().unwrap().iter().filter(|item| item["contact"]["external_id"] == "cust-new").count(),
+        1
+    );
+    assert_eq!(texts(&api, &conversation_id, 2).await, ["are you there?", "hello"]);
+
+    // Every rejection answers precisely and appends nothing.
+    let before = events_length(&redis_client, &keys, &streams).await;
+    let body = generic_body("m-bad", "cust-42", "nope");
+    let path = inboxes.generic["webhook_path"].as_str().unwrap().to_owned();
+    let wrong = sign(body.as_bytes(), "not-the-secret");
+    let cases: Vec<(HttpResponse, u16, &str)> = vec![
+        (post(http, &path, &[("X-Chatdesk-Signature", &wrong)], &body).await, 401, "unauthorized"),
+        (post(http, &path, &[], &body).await, 401, "unauthorized"),
+        (post_generic(http, &json!({"webhook_path": format!("/v1/webhooks/generic/{}", Uuid::now_v7()), "secret": "x"}), &body).await, 404, "not_found"),
+        (post_generic(http, &json!({"webhook_path": format!("/v1/webhooks/generic/{}", id(&inboxes.whatsapp, "inbox_id")), "secret": "x"}), &body).await, 404, "not_found"),
+        (http_request(http, "POST", &path, &[("Content-Type", "text/plain")], Some(&body)).await.unwrap(), 415, "unsupported_media_type"),
+        (post_generic(http, &inboxes.generic, &format!("{{\"text\": \"{}\"}}", "x".repeat(300 * 1024))).await, 413, "payload_too_large"),
+        (post_generic(http, &inboxes.generic, "{\"message_id\": \"m-x\",").await, 400, "invalid_json"),
+        (post_generic(http, &inboxes.generic, r#"{"message_id": "m-x", "text": "hi"}"#).await, 422, "invalid_field"),
+        (post_generic(http, &inboxes.generic, r#"{"message_id": "m-x", "from": {"name": "no id"}, "text": "hi"}"#).await, 422, "invalid_field"),
+    ];
+    for (index, (response, status, code)) in cases.iter().enumerate() {
+        assert_eq!(response.status, *status, "case {index}: {}", response.body);
+        assert_eq!(response.json()["error"]["code"], *code, "case {index}");
+    }
+    assert_eq!(cases[7].0.json()["error"]["details"]["field"], "from");
+    assert_eq!(cases[8].0.json()["error"]["details"]["field"], "from.id");
+    assert!(cases[6].0.json()["error"]["details"]["line"].is_number());
+    assert_eq!(events_length(&redis_client, &keys, &streams).await, before, "rejected requests appended something");
+
+    // WhatsApp: verification, a message, then statuses of an outbound reply.
+    let whatsapp_path = inboxes.whatsapp["webhook_path"].as_str().unwrap().to_owned();
+    let secret = inboxes.whatsapp["secret"].as_str().unwrap().to_owned();
+    let verify = http_request(
+        http,
+        "GET",
+        &format!("{whatsapp_path}?hub.mode=subscribe&hub.verify_token={secret}&hub.challenge=1158201444"),
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!((verify.status, verify.body.as_str()), (200, "1158201444"));
+    let refused = http_request(
+        http,
+        "GET",
+        &format!("{whatsapp_path}?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1"),
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 403);
+    let notification = json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+        "contacts": [{"profile": {"name": "Sheena Nelson"}, "wa_id": "16505551234"}],
+        "messages": [{"from": "16505551234", "id": "wamid.HBgLMTY1MDUwNzY1MjAVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=", "timestamp": "1749416383", "type": "text", "text": {"body": "Does it come in another color?"}}]
+    }}]}]})
+    .to_string();
+    let unsigned = post(http, &whatsapp_path, &[], &notification).await;
+    assert_eq!(unsigned.status, 401);
+    let signature = sign(notification.as_bytes(), &secret);
+    let delivered = post(http, &whatsapp_path, &[("X-Hub-Signature-256", &signature)], &notification).await;
+    assert_eq!(delivered.status, 200, "{}", delivered.body);
+    let whatsapp_conversation = conversation_of(&api, "16505551234").await;
+    assert_eq!(whatsapp_conversation["contact"]["name"], "Sheena Nelson");
+    let whatsapp_id = id(&whatsapp_conversation, "id");
+    assert_eq!(texts(&api, &whatsapp_id, 1).await, ["Does it come in another color?"]);
+
+    let reply = api
+        .call("POST", &format!("/v1/conversations/{whatsapp_id}/messages"), Some(json!({"text": "Yes, in blue."})))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let message_id: Uuid = reply.json()["event_id"].as_str().unwrap().parse().unwrap();
+    // What the sender records once WhatsApp accepted the message: its wamid.
+    let producer = Producer::new(redis_client.clone(), keys.clone(), streams.clone());
+    let sent = Event::MessageStatus(MessageStatusChanged {
+        message_id,
+        conversation_id: whatsapp_id.parse().unwrap(),
+        status: MessageStatus::Sent,
+        reason: None,
+        provider_message_id: Some("wamid.OUT-1".into()),
+        attempts: Some(1),
+    });
+    let entry = NewEntry::new(sent.event_type(), TenantId(tenant_id.parse().unwrap()), &sent.to_payload()).unwrap();
+    producer.append("events", &entry).await.unwrap();
+    let status_of = |status: &'static str| {
+        let api = &api;
+        let path = format!("/v1/conversations/{whatsapp_id}/messages?limit=1");
+        async move {
+            eventually(api, &path, &format!("reply {status}"), |page| page["items"][0]["status"] == status).await;
+        }
+    };
+    status_of("sent").await;
+    let statuses = |status: &str| {
+        json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+            "statuses": [{"id": "wamid.OUT-1", "status": status, "timestamp": "1749416500", "recipient_id": "16505551234"}]
+        }}]}]})
+        .to_string()
+    };
+    for status in ["delivered", "sent"] {
+        let body = statuses(status);
+        let signature = sign(body.as_bytes(), &secret);
+        let response = post(http, &whatsapp_path, &[("X-Hub-Signature-256", &signature)], &body).await;
+        assert_eq!(response.json()["statuses"], 1, "{}", response.body);
+    }
+    status_of("delivered").await;
+
+    // Telegram: the secret token header, and a real Update.
+    let telegram_path = inboxes.telegram["webhook_path"].as_str().unwrap().to_owned();
+    let update = json!({"update_id": 10000, "message": {"date": 1441645532, "chat": {"last_name": "Lastname", "id": 1111111, "type": "private", "first_name": "Test", "username": "tester"}, "message_id": 1365, "from": {"last_name": "Lastname", "id": 1111111, "is_bot": false, "first_name": "Test", "username": "tester"}, "text": "/start"}}).to_string();
+    assert_eq!(post(http, &telegram_path, &[("X-Telegram-Bot-Api-Secret-Token", "wrong")], &update).await.status, 401);
+    let telegram_secret = inboxes.telegram["secret"].as_str().unwrap().to_owned();
+    let accepted = post(http, &telegram_path, &[("X-Telegram-Bot-Api-Secret-Token", &telegram_secret)], &update).await;
+    assert_eq!(accepted.json()["accepted"], 1, "{}", accepted.body);
+    let again = post(http, &telegram_path, &[("X-Telegram-Bot-Api-Secret-Token", &telegram_secret)], &update).await;
+    assert_eq!(again.json()["duplicates"], 1);
+    let telegram_conversation = conversation_of(&api, "1111111").await;
+    assert_eq!(telegram_conversation["contact"]["name"], "Test Lastname");
+    assert_eq!(texts(&api, &id(&telegram_conversation, "id"), 1).await, ["/start"]);
+
+    // The widget: a session, a message, and a return within the standby window.
+    let sessions = inboxes.web["webhook_path"].as_str().unwrap().to_owned();
+    let session = post(http, &sessions, &[], r#"{"email": "Visitor@Example.com", "name": "Vera"}"#).await;
+    assert_eq!(session.status, 201, "{}", session.body);
+    let session = session.json();
+    let token = format!("Bearer {}", id(&session, "token"));
+    let messages_path = sessions.replace("/sessions", "/messages");
+    let written = post(
+        http,
+        &messages_path,
+        &[("Authorization", &token)],
+        r#"{"text": "Hi from the widget", "client_msg_id": "w-1"}"#,
+    )
+    .await;
+    assert_eq!(written.status, 202, "{}", written.body);
+    assert_eq!(written.json()["conversation_id"], session["conversation_id"]);
+    assert_eq!(post(http, &messages_path, &[], r#"{"text": "no token"}"#).await.status, 401);
+    let returning = post(http, &sessions, &[], r#"{"email": "visitor@example.com"}"#).await.json();
+    assert_eq!(
+        returning["conversation_id"], session["conversation_id"],
+        "a return within the standby window continues"
+    );
+    let bad_email = post(http, &sessions, &[], r#"{"email": "not-an-address"}"#).await;
+    assert_eq!(bad_email.status, 422);
+    assert_eq!(texts(&api, &id(&session, "conversation_id"), 1).await, ["Hi from the widget"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_inbox_has_a_rate_limit() {
+    let redis = chatdesk_testkit::redis().await;
+    let postgres = chatdesk_testkit::postgres().await;
+    let env = Env::new(redis.url(), postgres.url());
+    let tenant = admin(
+        &env,
+        &["tenant", "create", "--name", "Acme", "--owner-email", "owner@rate.test", "--password", "owner-pass-1"],
+    );
+    let inbox =
+        admin(&env, &["inbox", "create", "--tenant", &id(&tenant, "tenant_id"), "--kind", "generic", "--name", "busy"]);
+    let (http, _server) = serve(&env, &[("CHATDESK_INGRESS_RATE_PER_INBOX", "3")]).await;
+    let bodies: Vec<String> = (0..12).map(|index| generic_body(&format!("r-{index}"), "cust-1", "hi")).collect();
+    let responses = futures::future::join_all(bodies.iter().map(|body| post_generic(http, &inbox, body))).await;
+    let limited: Vec<&HttpResponse> = responses.iter().filter(|response| response.status == 429).collect();
+    assert!(!limited.is_empty(), "12 requests at once against a limit of 3 per second");
+    assert!(responses.iter().all(|response| response.status == 200 || response.status == 429));
+    for response in limited {
+        assert_eq!(response.header("retry-after"), Some("1"));
+        assert_eq!(response.json()["error"]["code"], "rate_limited");
+    }
+}

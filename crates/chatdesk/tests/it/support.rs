@@ -1,0 +1,99 @@
+//! Running `chatdesk` as its users do: admin commands, a served process, an HTTP client.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use chatdesk_testkit::{HttpResponse, http_request};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+pub const JWT_SECRET: &str = "a-test-signing-key-that-is-long-enough-0123456789";
+
+pub struct Env {
+    pub redis_url: String,
+    pub database_url: String,
+    pub prefix: String,
+}
+
+pub fn admin(env: &Env, args: &[&str]) -> Value {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chatdesk"))
+        .arg("admin")
+        .args(args)
+        .env("DATABASE_URL", &env.database_url)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "admin {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+impl Env {
+    pub fn new(redis_url: &str, database_url: &str) -> Self {
+        Self {
+            redis_url: redis_url.to_owned(),
+            database_url: database_url.to_owned(),
+            prefix: chatdesk_testkit::unique_prefix(),
+        }
+    }
+}
+
+/// `chatdesk serve --roles ingress,writer` on a free port, with extra environment; returns once
+/// it is ready. The process is killed when the handle drops.
+pub async fn serve(env: &Env, extra_env: &[(&str, &str)]) -> (SocketAddr, Child) {
+    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_chatdesk"))
+        .args(["serve", "--roles", "ingress,writer", "--http", &http.to_string()])
+        .env("REDIS_URL", &env.redis_url)
+        .env("DATABASE_URL", &env.database_url)
+        .env("CHATDESK_JWT_SECRET", JWT_SECRET)
+        .env("CHATDESK_KEY_PREFIX", &env.prefix)
+        .env("CHATDESK_NODE_ID", "test-node")
+        .env("CHATDESK_STREAMS", concat!(env!("CARGO_MANIFEST_DIR"), "/../../streams.toml"))
+        .envs(extra_env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    chatdesk_testkit::wait_until("the API answers", Duration::from_secs(60), || async {
+        matches!(chatdesk_testkit::http_get(http, "/readyz").await, Ok((200, _)))
+    })
+    .await;
+    (http, child)
+}
+
+pub struct Client {
+    pub http: SocketAddr,
+    pub token: String,
+}
+
+impl Client {
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> HttpResponse {
+        let authorization = format!("Bearer {}", self.token);
+        let body = body.map(|body| body.to_string());
+        let mut headers = vec![("Authorization", authorization.as_str())];
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        http_request(self.http, method, path, &headers, body.as_deref()).await.unwrap()
+    }
+}
+
+pub async fn login(http: SocketAddr, email: &str, password: &str) -> HttpResponse {
+    let body = json!({ "email": email, "password": password }).to_string();
+    http_request(http, "POST", "/v1/auth/login", &[("Content-Type", "application/json")], Some(&body)).await.unwrap()
+}
+
+pub async fn eventually(client: &Client, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..500 {
+        let response = client.call("GET", path, None).await;
+        if response.status == 200 {
+            last = response.json();
+            if check(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}; last answer: {last}");
+}

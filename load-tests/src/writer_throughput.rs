@@ -1,0 +1,220 @@
+//! Writer throughput: events per second from the `events` stream into PostgreSQL through the
+//! `writer` consumer group, for batch sizes 100, 500 and 2000, next to a raw PostgreSQL `COPY`
+//! of the same message rows measured in the same run against the same server.
+//!
+//! ```text
+//! cargo run --release -p chatdesk-load-tests --bin writer-throughput -- [--messages 100000]
+//! ```
+//!
+//! Starts a private Redis and a private PostgreSQL (fsync on, as in production) on loopback.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chatdesk_core::events::{Actor, ContactCreated, ConversationCreated, Direction, Event, MessageCreated, SenderKind};
+use chatdesk_core::{GroupName, KeyScheme, StreamsConfig, TenantId};
+use chatdesk_local::{PostgresOptions, PostgresServer, RedisOptions, RedisServer};
+use chatdesk_store::directory::{InboxKind, create_inbox, create_tenant};
+use chatdesk_streams::{Consumer, NewEntry, Producer, RedisConnector, RedisSettings};
+use chatdesk_workers::writer::Writer;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(about = "Writer events/s for batch sizes 100, 500, 2000 next to a raw PostgreSQL COPY")]
+struct Args {
+    /// Message events per scenario.
+    #[arg(long, default_value_t = 100_000)]
+    messages: usize,
+    /// Conversations the messages are spread over.
+    #[arg(long, default_value_t = 200)]
+    conversations: usize,
+}
+
+struct Scenario {
+    pool: chatdesk_store::Pool,
+    tenant: Uuid,
+    inbox: Uuid,
+}
+
+async fn fresh_database(postgres: &PostgresServer, name: &str) -> anyhow::Result<Scenario> {
+    postgres.ensure_database(name).await?;
+    let pool = chatdesk_store::connect(&postgres.url_for(name), 8).await?;
+    chatdesk_store::migrate(&pool).await?;
+    let tenant = create_tenant(&pool, "bench").await?;
+    let inbox = create_inbox(&pool, tenant, InboxKind::Generic, "bench", "secret", None).await?.id;
+    Ok(Scenario { pool, tenant, inbox })
+}
+
+/// Contacts and conversations first, then the messages round-robin over the conversations.
+fn events(scenario: &Scenario, args: &Args) -> Vec<Event> {
+    let pairs: Vec<(Uuid, Uuid)> = (0..args.conversations).map(|_| (Uuid::now_v7(), Uuid::now_v7())).collect();
+    let mut events = Vec::with_capacity(args.messages + 2 * args.conversations);
+    for (index, (contact, conversation)) in pairs.iter().enumerate() {
+        events.push(Event::ContactCreated(ContactCreated {
+            contact_id: *contact,
+            inbox_id: scenario.inbox,
+            external_id: format!("customer-{index}"),
+            name: Some(format!("Customer {index}")),
+            email: None,
+        }));
+        events.push(Event::ConversationCreated(ConversationCreated {
+            conversation_id: *conversation,
+            inbox_id: scenario.inbox,
+            contact_id: *contact,
+        }));
+    }
+    for index in 0..args.messages {
+        let (contact, conversation) = pairs[index % pairs.len()];
+        events.push(Event::MessageCreated(MessageCreated {
+            conversation_id: conversation,
+            inbox_id: scenario.inbox,
+            contact_id: contact,
+            direction: Direction::Inbound,
+            sender: Actor { kind: SenderKind::Customer, id: Some(contact) },
+            text: format!("Hello, this is message number {index} about my order"),
+            extra: None,
+            provider_message_id: Some(format!("provider-{index}")),
+            client_msg_id: None,
+            sent_at_ms: None,
+        }));
+    }
+    events
+}
+
+async fn writer_rate(redis_url: &str, scenario: &Scenario, args: &Args, batch_size: u32) -> anyhow::Result<f64> {
+    let config = Arc::new(StreamsConfig::from_toml_str(
+        "(benchmark)",
+        &format!(
+            "[streams.events]\npartitions = 1\n[streams.events.groups.writer]\nbatch_size = {batch_size}\nblock = \"100ms\"\nclaim_idle = \"5m\"\n"
+        ),
+    )?);
+    let connector = RedisConnector::new(RedisSettings::new(redis_url))?;
+    let client = connector.shared().await?;
+    let keys = KeyScheme::new(format!("bench-{}", Uuid::now_v7().simple())).map_err(anyhow::Error::msg)?;
+    let producer = Producer::new(client, keys.clone(), config.clone());
+    let mut appending = tokio::task::JoinSet::new();
+    let all = Arc::new(events(scenario, args));
+    // Contacts and conversations are appended (in order) before any message that refers to them;
+    // the messages go concurrently.
+    for event in all.iter() {
+        let entry = NewEntry::new(event.event_type(), TenantId(scenario.tenant), &event.to_payload())?;
+        if !matches!(event, Event::MessageCreated(_)) {
+            producer.append("events", &entry).await?;
+            continue;
+        }
+        let producer = producer.clone();
+        appending.spawn(async move { producer.append("events", &entry).await.map(|_| ()) });
+        if appending.len() >= 64 {
+            appending.join_next().await.context("appender")???;
+        }
+    }
+    while let Some(joined) = appending.join_next().await {
+        joined??;
+    }
+
+    let stream = config.stream("events").context("events stream")?;
+    let consumer = Consumer::new(
+        connector.clone(),
+        keys,
+        stream,
+        "writer",
+        GroupName::parse("writer")?,
+        "bench",
+        Writer::new(scenario.pool.clone()),
+    )?;
+    let cancel = CancellationToken::new();
+    let started = Instant::now();
+    let running = tokio::spawn(consumer.run(cancel.clone()));
+    let expected = i64::try_from(args.messages)?;
+    loop {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM messages").fetch_one(&scenario.pool).await?;
+        if rows >= expected {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            bail!("the writer stored {rows} of {expected} rows in 15 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    cancel.cancel();
+    running.await??;
+    Ok(rate)
+}
+
+/// COPY of the same message rows (after their conversations exist), one statement.
+async fn copy_rate(scenario: &Scenario, args: &Args) -> anyhow::Result<f64> {
+    let all = events(scenario, args);
+    let (setup, messages): (Vec<&Event>, Vec<&Event>) =
+        all.iter().partition(|event| !matches!(event, Event::MessageCreated(_)));
+    let stored: Vec<chatdesk_store::writer::StoredEvent> = setup
+        .iter()
+        .enumerate()
+        .map(|(index, event)| chatdesk_store::writer::StoredEvent {
+            event_id: Uuid::now_v7(),
+            tenant_id: scenario.tenant,
+            partition: 0,
+            offset: chatdesk_core::EntryId::new(1, index as u64),
+            occurred_at_ms: 1_763_800_000_000,
+            event: (*event).clone(),
+        })
+        .collect();
+    chatdesk_store::writer::apply_events(&scenario.pool, &stored).await?;
+    let mut data = String::with_capacity(messages.len() * 200);
+    for (index, event) in messages.iter().enumerate() {
+        let Event::MessageCreated(message) = event else { continue };
+        data.push_str(&format!(
+            "{}\t{}\t{}\t2-{index}\t2\t{index}\tinbound\tcustomer\t{}\t{}\t\\N\t{}\t\\N\t\\N\t-1\t2026-11-22 00:00:00+00\n",
+            Uuid::now_v7(),
+            scenario.tenant,
+            message.conversation_id,
+            message.contact_id,
+            message.text,
+            message.provider_message_id.as_deref().unwrap_or_default(),
+        ));
+    }
+    let mut connection = scenario.pool.acquire().await?;
+    let started = Instant::now();
+    let mut copy = connection
+        .copy_in_raw(
+            "COPY messages (event_id, tenant_id, conversation_id, stream_offset, offset_ms, offset_seq, direction, sender_kind, \
+             sender_id, body, extra, provider_message_id, client_msg_id, status, status_rank, created_at) FROM STDIN",
+        )
+        .await?;
+    copy.send(data.as_bytes()).await?;
+    let rows = copy.finish().await?;
+    let rate = rows as f64 / started.elapsed().as_secs_f64();
+    Ok(rate)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let dir = std::env::temp_dir().join(format!("chatdesk-writer-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut redis = RedisServer::start(RedisOptions::new(dir.join("redis"))).await?;
+    let mut postgres = PostgresServer::start(PostgresOptions::new(dir.join("postgres"))).await?;
+    println!(
+        "writer-throughput: {} message events (+{} contact/conversation events) per scenario, PostgreSQL with fsync on",
+        args.messages,
+        2 * args.conversations
+    );
+    println!("{:<40} {:>14}", "scenario", "events/s");
+    for batch_size in [100, 500, 2000] {
+        let scenario = fresh_database(&postgres, &format!("bench_writer_{batch_size}")).await?;
+        let rate = writer_rate(&redis.url(), &scenario, &args, batch_size).await?;
+        println!("{:<40} {:>14.0}", format!("writer group, batch {batch_size}"), rate);
+        scenario.pool.close().await;
+    }
+    let scenario = fresh_database(&postgres, "bench_copy").await?;
+    let rate = copy_rate(&scenario, &args).await?;
+    println!("{:<40} {:>14.0}", "raw COPY of the message rows", rate);
+    scenario.pool.close().await;
+    redis.stop().await;
+    postgres.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
