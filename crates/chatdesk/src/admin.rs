@@ -110,7 +110,9 @@ pub async fn run(command: AdminCommand, data_dir: &Path) -> anyhow::Result<serde
                 Err(error) => Err(error.into()),
             }
         }
-        AdminCommand::Inbox { command: InboxCommand::Create { tenant, kind: kind_arg, name, outbound_url } } => {
+        AdminCommand::Inbox {
+            command: InboxCommand::Create { tenant, kind: kind_arg, name, outbound_url, secret },
+        } => {
             if name.trim().is_empty() {
                 bail!("--name must not be empty");
             }
@@ -121,7 +123,13 @@ pub async fn run(command: AdminCommand, data_dir: &Path) -> anyhow::Result<serde
             }
             let pool = connect(data_dir).await?;
             require_tenant(&pool, tenant).await?;
-            let secret = generate_webhook_secret();
+            let secret = match secret {
+                Some(secret) if secret.len() < 8 || secret.len() > 256 || secret.contains(char::is_whitespace) => {
+                    bail!("--secret must be 8 to 256 characters without spaces")
+                }
+                Some(secret) => secret,
+                None => generate_webhook_secret(),
+            };
             let inbox =
                 directory::create_inbox(&pool, tenant, kind(kind_arg), name.trim(), &secret, outbound_url.as_deref())
                     .await?;

@@ -105,6 +105,10 @@ pub enum InboxCommand {
         /// Where the generic channel delivers outbound messages (signed POST).
         #[arg(long)]
         outbound_url: Option<String>,
+        /// The webhook secret, when the provider fixes it (WhatsApp: the app secret); random
+        /// otherwise.
+        #[arg(long)]
+        secret: Option<String>,
     },
 }
 

@@ -118,7 +118,14 @@ pub struct StatusUpdate {
     pub wamid: String,
     pub status: MessageStatus,
     pub reason: Option<String>,
+    /// When WhatsApp says it happened, milliseconds since the epoch.
+    pub at_ms: Option<u64>,
 }
+
+/// A status for a wamid no stored message has yet is answered 503 so Meta delivers it again
+/// (it retries for days): the message's provider id may simply not be stored yet. Statuses older
+/// than this are for messages chatdesk never sent and are dropped.
+const UNMATCHED_RETRY_WINDOW_MS: u64 = 3_600_000;
 
 fn seconds_to_ms(text: Option<&str>) -> Option<u64> {
     text.and_then(|seconds| seconds.parse::<u64>().ok()).map(|seconds| seconds * 1000)
@@ -183,7 +190,12 @@ pub fn parse(body: &[u8]) -> Result<(Vec<Inbound>, Vec<StatusUpdate>), ApiError>
                         .unwrap_or("");
                     format!("{code} {title}").trim().to_owned()
                 });
-                statuses.push(StatusUpdate { wamid: status.id.clone(), status: mapped, reason });
+                statuses.push(StatusUpdate {
+                    wamid: status.id.clone(),
+                    status: mapped,
+                    reason,
+                    at_ms: seconds_to_ms(status.timestamp.as_deref()),
+                });
             }
         }
     }
@@ -199,7 +211,12 @@ async fn append_statuses(state: &AppState, inbox: &InboxRecord, statuses: &[Stat
             .map_err(ApiError::store)?;
         let Some((message_id, conversation_id)) = found else {
             ::metrics::counter!(UNMATCHED_STATUSES_TOTAL).increment(1);
-            tracing::warn!(inbox = %inbox.id, wamid = %update.wamid, status = update.status.as_str(), "status for an unknown message");
+            let age_ms = chatdesk_streams::entry::now_ms().saturating_sub(update.at_ms.unwrap_or(0));
+            if age_ms < UNMATCHED_RETRY_WINDOW_MS {
+                tracing::info!(inbox = %inbox.id, wamid = %update.wamid, "status for a message not stored yet, asking for redelivery");
+                return Err(ApiError::Unavailable { dependency: "the message this status is for" });
+            }
+            tracing::warn!(inbox = %inbox.id, wamid = %update.wamid, status = update.status.as_str(), "dropping an old status for an unknown message");
             continue;
         };
         let event = Event::MessageStatus(MessageStatusChanged {
@@ -330,7 +347,8 @@ mod tests {
             vec![StatusUpdate {
                 wamid: "wamid.out".into(),
                 status: MessageStatus::Failed,
-                reason: Some("131026 Message undeliverable".into())
+                reason: Some("131026 Message undeliverable".into()),
+                at_ms: Some(1_749_416_400_000),
             }]
         );
     }
