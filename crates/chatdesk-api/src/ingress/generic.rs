@@ -6,19 +6,15 @@
 //! (other fields, e.g. attachment metadata, are kept), signed with
 //! `X-Chatdesk-Signature: sha256=<hex HMAC-SHA256 of the raw body with the inbox secret>`.
 
-use std::time::Instant;
-
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use chatdesk_store::directory::InboxKind;
+use chatdesk_store::directory::{InboxKind, InboxRecord};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{
-    Inbound, RawJsonBody, Received, check_rate, header_text, inbox_of_kind, ingest_all, observe, ok, signature,
-};
+use super::{Inbound, RawJsonBody, Received, header_text, ingest_all, signature, webhook};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, parse_json};
@@ -97,21 +93,20 @@ pub async fn receive(
     headers: HeaderMap,
     RawJsonBody(body): RawJsonBody,
 ) -> Response {
-    let started = Instant::now();
-    let result = async {
-        let inbox = inbox_of_kind(&state, inbox_id, InboxKind::Generic).await?;
-        check_rate(&state, inbox.id).await?;
+    let (state, body) = (&state, &body);
+    let authenticate = |inbox: &InboxRecord| {
         signature::verify_hmac_header(
             SIGNATURE_HEADER,
             header_text(&headers, SIGNATURE_HEADER),
-            &body,
+            body,
             &inbox.webhook_secret,
-        )?;
-        let message = parse(&body)?;
-        ok(ingest_all(&state, &inbox, &[message]).await?)
-    }
-    .await;
-    observe(InboxKind::Generic, started, result)
+        )
+    };
+    webhook(state, InboxKind::Generic, inbox_id, authenticate, |inbox| async move {
+        let message = parse(body)?;
+        ingest_all(state, &inbox, &[message]).await
+    })
+    .await
 }
 
 #[cfg(test)]

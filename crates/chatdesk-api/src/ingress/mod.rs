@@ -252,6 +252,31 @@ pub async fn ingest_all(state: &AppState, inbox: &InboxRecord, messages: &[Inbou
     Ok(received)
 }
 
+/// The steps every webhook shares: the inbox of this kind (404), its rate limit (429), the
+/// caller's proof (401), then `receive` (parse and append); outcome and latency are recorded.
+pub async fn webhook<Authenticate, Receive, Fut>(
+    state: &AppState,
+    kind: InboxKind,
+    inbox_id: Uuid,
+    authenticate: Authenticate,
+    receive: Receive,
+) -> Response
+where
+    Authenticate: FnOnce(&InboxRecord) -> Result<(), ApiError>,
+    Receive: FnOnce(InboxRecord) -> Fut,
+    Fut: std::future::Future<Output = Result<Received, ApiError>>,
+{
+    let started = Instant::now();
+    let result = async {
+        let inbox = inbox_of_kind(state, inbox_id, kind).await?;
+        check_rate(state, inbox.id).await?;
+        authenticate(&inbox)?;
+        ok(receive(inbox).await?)
+    }
+    .await;
+    observe(kind, started, result)
+}
+
 /// Records the request's outcome and latency by inbox kind.
 pub fn observe(kind: InboxKind, started: Instant, result: Result<Response, ApiError>) -> Response {
     let response = result.unwrap_or_else(IntoResponse::into_response);

@@ -4,19 +4,15 @@
 //! `message.created`; other update kinds are acknowledged and ignored, since Telegram retries
 //! anything but a 2xx.
 
-use std::time::Instant;
-
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use chatdesk_store::directory::InboxKind;
+use chatdesk_store::directory::{InboxKind, InboxRecord};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{
-    Inbound, RawJsonBody, Received, check_rate, header_text, inbox_of_kind, ingest_all, observe, ok, signature,
-};
+use super::{Inbound, RawJsonBody, Received, header_text, ingest_all, signature, webhook};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, parse_json};
@@ -131,16 +127,15 @@ pub async fn receive(
     headers: HeaderMap,
     RawJsonBody(body): RawJsonBody,
 ) -> Response {
-    let started = Instant::now();
-    let result = async {
-        let inbox = inbox_of_kind(&state, inbox_id, InboxKind::Telegram).await?;
-        check_rate(&state, inbox.id).await?;
-        signature::verify_secret_header(SECRET_HEADER, header_text(&headers, SECRET_HEADER), &inbox.webhook_secret)?;
-        let messages = parse(&body)?;
-        ok(ingest_all(&state, &inbox, &messages).await?)
-    }
-    .await;
-    observe(InboxKind::Telegram, started, result)
+    let (state, body) = (&state, &body);
+    let authenticate = |inbox: &InboxRecord| {
+        signature::verify_secret_header(SECRET_HEADER, header_text(&headers, SECRET_HEADER), &inbox.webhook_secret)
+    };
+    webhook(state, InboxKind::Telegram, inbox_id, authenticate, |inbox| async move {
+        let messages = parse(body)?;
+        ingest_all(state, &inbox, &messages).await
+    })
+    .await
 }
 
 #[cfg(test)]

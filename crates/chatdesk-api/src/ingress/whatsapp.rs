@@ -9,7 +9,6 @@
 //!   `message.status` of the outbound message with that wamid.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -24,8 +23,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::{
-    DEDUPE_WINDOW, Inbound, RawJsonBody, Received, check_rate, header_text, inbox_of_kind, ingest_all, observe, ok,
-    signature,
+    DEDUPE_WINDOW, Inbound, RawJsonBody, Received, header_text, inbox_of_kind, ingest_all, signature, webhook,
 };
 use crate::AppState;
 use crate::error::ApiError;
@@ -268,23 +266,22 @@ pub async fn receive(
     headers: HeaderMap,
     RawJsonBody(body): RawJsonBody,
 ) -> Response {
-    let started = Instant::now();
-    let result = async {
-        let inbox = inbox_of_kind(&state, inbox_id, InboxKind::Whatsapp).await?;
-        check_rate(&state, inbox.id).await?;
+    let (state, body) = (&state, &body);
+    let authenticate = |inbox: &InboxRecord| {
         signature::verify_hmac_header(
             SIGNATURE_HEADER,
             header_text(&headers, SIGNATURE_HEADER),
-            &body,
+            body,
             &inbox.webhook_secret,
-        )?;
-        let (messages, statuses) = parse(&body)?;
-        let mut received = ingest_all(&state, &inbox, &messages).await?;
-        received.statuses = append_statuses(&state, &inbox, &statuses).await?;
-        ok(received)
-    }
-    .await;
-    observe(InboxKind::Whatsapp, started, result)
+        )
+    };
+    webhook(state, InboxKind::Whatsapp, inbox_id, authenticate, |inbox| async move {
+        let (messages, statuses) = parse(body)?;
+        let mut received = ingest_all(state, &inbox, &messages).await?;
+        received.statuses = append_statuses(state, &inbox, &statuses).await?;
+        Ok(received)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
