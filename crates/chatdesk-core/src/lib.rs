@@ -3,12 +3,14 @@
 //! `streams.toml` is) are unit-tested in isolation and reused unchanged by the binary, the
 //! consumers and the tests.
 //!
+//! - [`auth`]: roles, and the signed agent and visitor tokens.
 //! - [`ids`]: stream entry ids (the resume cursor), event ids (UUIDv7), tenant ids.
 //! - [`keys`]: the Redis key scheme, hash-tagged per partition, and `partition = hash(tenant) % P`.
 //! - [`duration`]: human durations (`"250ms"`, `"5s"`, `"7d"`) used in configuration.
 //! - [`config`]: typed `streams.toml`, parsed and validated with errors naming file, key and reason.
 //! - [`names`]: validated stream-family and group names.
 
+pub mod auth;
 pub mod config;
 pub mod duration;
 pub mod events;

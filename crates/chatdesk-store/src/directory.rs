@@ -5,33 +5,7 @@ use uuid::Uuid;
 
 use crate::StoreError;
 
-/// The roles a user or API key can have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    Owner,
-    Admin,
-    Agent,
-    Marketer,
-    Sre,
-}
-
-impl Role {
-    pub const ALL: [Role; 5] = [Role::Owner, Role::Admin, Role::Agent, Role::Marketer, Role::Sre];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Owner => "owner",
-            Role::Admin => "admin",
-            Role::Agent => "agent",
-            Role::Marketer => "marketer",
-            Role::Sre => "sre",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|role| role.as_str() == raw)
-    }
-}
+pub use chatdesk_core::auth::Role;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InboxKind {
