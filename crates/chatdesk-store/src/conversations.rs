@@ -248,3 +248,54 @@ pub async fn message_by_provider_id(
     .await
     .map_err(StoreError::Query)
 }
+
+/// A stored event, as a resuming client receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEventRow {
+    pub event_type: String,
+    pub conversation_id: Option<Uuid>,
+    pub partition: i16,
+    pub offset_ms: i64,
+    pub offset_seq: i64,
+    pub payload: serde_json::Value,
+    pub occurred_at_ms: i64,
+}
+
+type StoredEventTuple = (String, Option<Uuid>, i16, i64, i64, serde_json::Value, i64);
+
+/// A tenant's stored events (of one conversation, if given) with offsets after `after` and
+/// before `before`, in stream order: the part of a client's gap that the stream no longer holds.
+pub async fn events_between(
+    pool: &PgPool,
+    tenant: Uuid,
+    conversation: Option<Uuid>,
+    after: (i64, i64),
+    before: Option<(i64, i64)>,
+    limit: i64,
+) -> Result<Vec<StoredEventRow>, StoreError> {
+    let (before_ms, before_seq) = before.map_or((None, None), |(ms, seq)| (Some(ms), Some(seq)));
+    let rows: Vec<StoredEventTuple> = sqlx::query_as(
+        "SELECT type, conversation_id, stream_partition, offset_ms, offset_seq, payload, \
+                (extract(epoch from occurred_at) * 1000)::int8 \
+         FROM events WHERE tenant_id = $1 AND ($2::uuid IS NULL OR conversation_id = $2) \
+           AND (offset_ms, offset_seq) > ($3, $4) \
+           AND ($5::int8 IS NULL OR (offset_ms, offset_seq) < ($5, $6)) \
+         ORDER BY offset_ms, offset_seq LIMIT $7",
+    )
+    .bind(tenant)
+    .bind(conversation)
+    .bind(after.0)
+    .bind(after.1)
+    .bind(before_ms)
+    .bind(before_seq)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::Query)?;
+    Ok(rows
+        .into_iter()
+        .map(|(event_type, conversation_id, partition, offset_ms, offset_seq, payload, occurred_at_ms)| {
+            StoredEventRow { event_type, conversation_id, partition, offset_ms, offset_seq, payload, occurred_at_ms }
+        })
+        .collect())
+}

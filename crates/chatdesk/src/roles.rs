@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chatdesk_api::AppState;
 use chatdesk_core::GroupName;
+use chatdesk_gateway::{Gateway, GatewaySettings};
 use chatdesk_streams::ingest::Ingest;
 use chatdesk_streams::{Consumer, Producer};
 use tokio::net::TcpListener;
@@ -28,17 +29,20 @@ pub enum Role {
     Ingress,
     /// Persists every durable event to PostgreSQL (group `writer` on `events`).
     Writer,
+    /// The WebSocket gateway at `/v1/ws` (group `gateway.<node id>` on `events`).
+    Gateway,
 }
 
 impl Role {
     pub fn all() -> Vec<Role> {
-        vec![Role::Ingress, Role::Writer]
+        vec![Role::Ingress, Role::Writer, Role::Gateway]
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Role::Ingress => "ingress",
             Role::Writer => "writer",
+            Role::Gateway => "gateway",
         }
     }
 }
@@ -95,6 +99,34 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                 )?;
                 let cancel = cancel.clone();
                 consumers.push(("writer", Box::pin(async move { writer.run(cancel).await.map_err(Into::into) })));
+            }
+            Role::Gateway => {
+                let stream = runtime.streams.stream("events").context("streams.toml declares no `events` stream")?;
+                let gateway = Gateway::new(
+                    runtime.redis.clone(),
+                    runtime.db.clone(),
+                    runtime.keys.clone(),
+                    runtime.streams.clone(),
+                    runtime.token_key.clone(),
+                    runtime.node_id.clone(),
+                    GatewaySettings::default(),
+                    cancel.clone(),
+                );
+                router = router.merge(gateway.router());
+                let group = GroupName::parse(&format!("gateway.{}", runtime.node_id)).map_err(|error| {
+                    anyhow::anyhow!("CHATDESK_NODE_ID makes an invalid gateway group name: {error}")
+                })?;
+                let fanout = Consumer::new(
+                    runtime.connector.clone(),
+                    runtime.keys.clone(),
+                    stream,
+                    "gateway",
+                    group,
+                    runtime.node_id.clone(),
+                    gateway.fanout(),
+                )?;
+                let cancel = cancel.clone();
+                consumers.push(("gateway", Box::pin(async move { fanout.run(cancel).await.map_err(Into::into) })));
             }
         }
     }

@@ -30,6 +30,7 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     chatdesk_api::metrics::describe();
     chatdesk_workers::writer::describe();
     chatdesk_api::ingress::describe();
+    chatdesk_gateway::metrics::describe();
     let upkeep = handle.clone();
     // Histograms are drained into their buckets on upkeep; without it memory grows.
     tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! The `chatdesk` binary, run as a user runs it.
 
 mod cli;
+mod gateway;
 mod ingress;
 mod rest;
 mod support;

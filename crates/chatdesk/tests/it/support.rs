@@ -37,12 +37,17 @@ impl Env {
     }
 }
 
-/// `chatdesk serve --roles ingress,writer` on a free port, with extra environment; returns once
-/// it is ready. The process is killed when the handle drops.
+/// `chatdesk serve` with every role on a free port, with extra environment; returns once it is
+/// ready. The process is killed when the handle drops.
 pub async fn serve(env: &Env, extra_env: &[(&str, &str)]) -> (SocketAddr, Child) {
     let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    (http, serve_roles(env, "ingress,writer,gateway", http, extra_env).await)
+}
+
+/// `chatdesk serve --roles <roles>` on `http`; returns once it is ready.
+pub async fn serve_roles(env: &Env, roles: &str, http: SocketAddr, extra_env: &[(&str, &str)]) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_chatdesk"))
-        .args(["serve", "--roles", "ingress,writer", "--http", &http.to_string()])
+        .args(["serve", "--roles", roles, "--http", &http.to_string()])
         .env("REDIS_URL", &env.redis_url)
         .env("DATABASE_URL", &env.database_url)
         .env("CHATDESK_JWT_SECRET", JWT_SECRET)
@@ -58,7 +63,7 @@ pub async fn serve(env: &Env, extra_env: &[(&str, &str)]) -> (SocketAddr, Child)
         matches!(chatdesk_testkit::http_get(http, "/readyz").await, Ok((200, _)))
     })
     .await;
-    (http, child)
+    child
 }
 
 pub struct Client {

@@ -1,0 +1,83 @@
+//! Channels a socket can subscribe to, and who may.
+
+use chatdesk_core::auth::Role;
+use uuid::Uuid;
+
+/// A channel, as named in `subscribe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// `inbox`: every event of the caller's tenant (conversation list changes, new messages).
+    Inbox,
+    /// `conversation:<id>`: one conversation's messages, statuses and changes.
+    Conversation(Uuid),
+}
+
+impl Channel {
+    pub fn parse(name: &str) -> Option<Self> {
+        if name == "inbox" {
+            return Some(Channel::Inbox);
+        }
+        let id = name.strip_prefix("conversation:")?;
+        Uuid::parse_str(id).ok().map(Channel::Conversation)
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Channel::Inbox => "inbox".to_owned(),
+            Channel::Conversation(id) => format!("conversation:{id}"),
+        }
+    }
+}
+
+/// Who is on the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Agent {
+        tenant: Uuid,
+        user: Uuid,
+        role: Role,
+    },
+    /// A web-widget visitor: only its own conversation.
+    Visitor {
+        tenant: Uuid,
+        conversation: Uuid,
+    },
+}
+
+impl Identity {
+    pub fn tenant(&self) -> Uuid {
+        match self {
+            Identity::Agent { tenant, .. } | Identity::Visitor { tenant, .. } => *tenant,
+        }
+    }
+}
+
+/// Why a subscription is refused before any lookup.
+pub fn authorize(identity: &Identity, channel: &Channel) -> Result<(), &'static str> {
+    match (identity, channel) {
+        (Identity::Visitor { conversation, .. }, Channel::Conversation(wanted)) if conversation == wanted => Ok(()),
+        (Identity::Visitor { .. }, _) => Err("a visitor may only subscribe to its own conversation"),
+        (Identity::Agent { role: Role::Owner | Role::Admin | Role::Agent, .. }, _) => Ok(()),
+        (Identity::Agent { .. }, _) => Err("this role may not read conversations"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_rights_hold() {
+        let id = Uuid::now_v7();
+        assert_eq!(Channel::parse("inbox"), Some(Channel::Inbox));
+        assert_eq!(Channel::parse(&format!("conversation:{id}")), Some(Channel::Conversation(id)));
+        assert_eq!(Channel::parse("conversation:nope"), None);
+        assert_eq!(Channel::parse("everything"), None);
+        let visitor = Identity::Visitor { tenant: Uuid::nil(), conversation: id };
+        assert!(authorize(&visitor, &Channel::Conversation(id)).is_ok());
+        assert!(authorize(&visitor, &Channel::Conversation(Uuid::now_v7())).is_err());
+        assert!(authorize(&visitor, &Channel::Inbox).is_err());
+        let marketer = Identity::Agent { tenant: Uuid::nil(), user: id, role: Role::Marketer };
+        assert!(authorize(&marketer, &Channel::Inbox).is_err());
+    }
+}

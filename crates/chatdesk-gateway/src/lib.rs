@@ -1,0 +1,138 @@
+//! The WebSocket gateway and chatdesk protocol v1 (`docs/protocol.md`).
+//!
+//! - [`protocol`]: frames, error codes, close codes.
+//! - [`channel`]: channel names and who may subscribe.
+//! - [`hub`]: in-memory fan-out of this node's entries to its sockets, with bounded queues.
+//! - [`replay`]: the gap of a resuming client, from the stream or from PostgreSQL.
+//! - [`session`]: one socket: handshake, subscriptions, resume, heartbeats.
+//!
+//! Each gateway process reads the events stream through its own consumer group
+//! (`gateway.<node id>`, starting at the newest entry) and hands every entry to the hub; sockets
+//! resume from their own cursors, so any node can serve any client.
+
+pub mod channel;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod replay;
+pub mod session;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use chatdesk_core::auth::TokenKey;
+use chatdesk_core::{KeyScheme, StreamsConfig};
+use chatdesk_streams::{Batch, Handler, HandlerError, Outcomes, RedisClient};
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::Hub;
+
+/// Everything sockets share.
+#[derive(Clone)]
+pub struct Gateway {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub hub: Hub,
+    pub redis: RedisClient,
+    pub db: chatdesk_store::Pool,
+    pub keys: KeyScheme,
+    pub streams: Arc<StreamsConfig>,
+    pub tokens: TokenKey,
+    pub node: String,
+    pub settings: GatewaySettings,
+    pub sessions: AtomicU64,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// How long a client has to send `hello`.
+    pub hello_timeout: Duration,
+    /// How often clients should ping; a client silent for 2.5 heartbeats is closed.
+    pub heartbeat: Duration,
+    /// Frames a socket may have queued before it counts as too slow and is closed.
+    pub queue: usize,
+    pub max_subscriptions: usize,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            hello_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(25),
+            queue: 1024,
+            max_subscriptions: 100,
+        }
+    }
+}
+
+impl Gateway {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        redis: RedisClient,
+        db: chatdesk_store::Pool,
+        keys: KeyScheme,
+        streams: Arc<StreamsConfig>,
+        tokens: TokenKey,
+        node: String,
+        settings: GatewaySettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let inner = Inner {
+            hub: Hub::default(),
+            redis,
+            db,
+            keys,
+            streams,
+            tokens,
+            node,
+            settings,
+            sessions: AtomicU64::new(0),
+            shutdown,
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// `GET /v1/ws`.
+    pub fn router(&self) -> Router {
+        Router::new().route("/v1/ws", get(upgrade)).with_state(self.clone())
+    }
+
+    /// The consumer-group handler that feeds this node's hub.
+    pub fn fanout(&self) -> Fanout {
+        Fanout { gateway: self.clone() }
+    }
+}
+
+async fn upgrade(State(gateway): State<Gateway>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| session::run(gateway, socket))
+}
+
+/// Hands every entry the gateway group reads to the sockets listening for it.
+pub struct Fanout {
+    gateway: Gateway,
+}
+
+impl Handler for Fanout {
+    async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
+        for entry in &batch.entries {
+            self.gateway.inner.hub.publish(Arc::new(hub::Delivery {
+                partition: entry.partition,
+                offset: entry.id,
+                tenant: entry.tenant.0,
+                conversation: entry.conversation,
+                event_type: entry.event_type.clone(),
+                payload: Arc::from(entry.payload.as_str()),
+                time_ms: entry.time_ms,
+            }));
+        }
+        Ok(Outcomes::all_done())
+    }
+}

@@ -1,0 +1,20 @@
+//! Gateway metric names.
+
+pub const CONNECTIONS: &str = "chatdesk_gateway_connections";
+pub const SUBSCRIPTIONS: &str = "chatdesk_gateway_subscriptions";
+pub const FRAMES_IN_TOTAL: &str = "chatdesk_gateway_frames_in_total";
+pub const FRAMES_OUT_TOTAL: &str = "chatdesk_gateway_frames_out_total";
+pub const REPLAYED_EVENTS_TOTAL: &str = "chatdesk_gateway_replayed_events_total";
+pub const SLOW_CLIENT_CLOSES_TOTAL: &str = "chatdesk_gateway_slow_client_closes_total";
+pub const FANOUT_LATENCY_SECONDS: &str = "chatdesk_gateway_fanout_latency_seconds";
+
+pub fn describe() {
+    use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(CONNECTIONS, Unit::Count, "Open WebSocket connections");
+    describe_gauge!(SUBSCRIPTIONS, Unit::Count, "Channel subscriptions on open connections");
+    describe_counter!(FRAMES_IN_TOTAL, Unit::Count, "Frames received from clients");
+    describe_counter!(FRAMES_OUT_TOTAL, Unit::Count, "Frames sent to clients");
+    describe_counter!(REPLAYED_EVENTS_TOTAL, Unit::Count, "Events replayed to resuming clients, by source");
+    describe_counter!(SLOW_CLIENT_CLOSES_TOTAL, Unit::Count, "Connections closed because the client fell behind");
+    describe_histogram!(FANOUT_LATENCY_SECONDS, Unit::Seconds, "From the event's append to its frame being written");
+}

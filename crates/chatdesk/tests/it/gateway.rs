@@ -1,0 +1,270 @@
+//! The WebSocket gateway as a client meets it: handshake, channels, live events, and resume
+//! after a disconnect, a gateway restart, and a trimmed stream.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chatdesk_api::ingress::signature::sign;
+use chatdesk_core::{KeyScheme, StreamsConfig, TenantId};
+use chatdesk_streams::{RedisConnector, RedisSettings};
+use fred::prelude::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{Client, Env, admin, eventually, login, serve_roles};
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(http: SocketAddr) -> Socket {
+    tokio_tungstenite::connect_async(format!("ws://{http}/v1/ws")).await.expect("websocket upgrade").0
+}
+
+async fn send(socket: &mut Socket, frame: Value) {
+    socket.send(Message::Text(frame.to_string().into())).await.unwrap();
+}
+
+/// The next protocol frame (JSON), or the close frame as `{"close": code, "reason": …}`.
+async fn next(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(15), socket.next()).await.expect("a frame within 15 s");
+        match message {
+            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = frame
+                    .map(|frame| (u16::from(frame.code), frame.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                return json!({ "close": code, "reason": reason });
+            }
+            Some(Ok(_)) => continue,
+            other => return json!({ "close": 1006, "reason": format!("{other:?}") }),
+        }
+    }
+}
+
+async fn hello(http: SocketAddr, token: &str) -> Socket {
+    let mut socket = connect(http).await;
+    send(&mut socket, json!({"op": "hello", "token": token, "protocol": 1})).await;
+    let welcome = next(&mut socket).await;
+    assert_eq!(welcome["op"], "welcome", "{welcome}");
+    assert!(welcome["heartbeat_ms"].as_u64().unwrap() > 0);
+    socket
+}
+
+/// Subscribes and collects the replayed events up to `subscribed`.
+async fn subscribe(socket: &mut Socket, frame: Value) -> (Vec<Value>, Value) {
+    send(socket, frame).await;
+    let mut events = Vec::new();
+    loop {
+        let frame = next(socket).await;
+        match frame["op"].as_str() {
+            Some("event") => events.push(frame),
+            Some("subscribed") => return (events, frame),
+            _ => panic!("unexpected frame while subscribing: {frame}"),
+        }
+    }
+}
+
+async fn post(http: SocketAddr, inbox: &Value, message_id: &str, from: &str, text: &str) {
+    let body = json!({"message_id": message_id, "from": {"id": from, "name": "Ana"}, "text": text}).to_string();
+    let signature = sign(body.as_bytes(), inbox["secret"].as_str().unwrap());
+    let response = chatdesk_testkit::http_request(
+        http,
+        "POST",
+        inbox["webhook_path"].as_str().unwrap(),
+        &[("Content-Type", "application/json"), ("X-Chatdesk-Signature", &signature)],
+        Some(&body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+}
+
+fn texts(events: &[Value]) -> Vec<String> {
+    events.iter().map(|event| event["data"]["text"].as_str().unwrap_or("").to_owned()).collect()
+}
+
+async fn next_event(socket: &mut Socket) -> Value {
+    let frame = next(socket).await;
+    assert_eq!(frame["op"], "event", "{frame}");
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscriptions_deliver_live_and_resume_without_gaps_or_duplicates() {
+    let redis = chatdesk_testkit::redis().await;
+    let postgres = chatdesk_testkit::postgres().await;
+    let env = Env::new(redis.url(), postgres.url());
+    let tenant = admin(
+        &env,
+        &["tenant", "create", "--name", "Acme", "--owner-email", "owner@ws.test", "--password", "owner-pass-1"],
+    );
+    let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
+    admin(
+        &env,
+        &[
+            "agent",
+            "create",
+            "--tenant",
+            &tenant_id,
+            "--email",
+            "marketer@ws.test",
+            "--password",
+            "market-pass-1",
+            "--role",
+            "marketer",
+        ],
+    );
+    let inbox = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "Support"]);
+    let other = admin(
+        &env,
+        &[
+            "tenant",
+            "create",
+            "--name",
+            "Globex",
+            "--owner-email",
+            "owner@globex-ws.test",
+            "--password",
+            "owner-pass-2",
+        ],
+    );
+    let other_inbox = admin(
+        &env,
+        &["inbox", "create", "--tenant", other["tenant_id"].as_str().unwrap(), "--kind", "generic", "--name", "Sales"],
+    );
+
+    // Ingress and writer in one process, the gateway in another, so the gateway can be
+    // restarted while customers keep writing.
+    let api_http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let ws_http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let _api = serve_roles(&env, "ingress,writer", api_http, &[]).await;
+    let mut gateway = serve_roles(&env, "gateway", ws_http, &[]).await;
+
+    let token = login(api_http, "owner@ws.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let api = Client { http: api_http, token: token.clone() };
+    post(api_http, &inbox, "m-0", "cust-1", "first").await;
+    let conversation =
+        eventually(&api, "/v1/conversations", "the conversation", |page| page["items"].as_array().unwrap().len() == 1)
+            .await["items"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let channel = format!("conversation:{conversation}");
+    post(api_http, &other_inbox, "x-0", "cust-1", "elsewhere").await;
+    let other_owner =
+        login(api_http, "owner@globex-ws.test", "owner-pass-2").await.json()["token"].as_str().unwrap().to_owned();
+    let other_api = Client { http: api_http, token: other_owner };
+    let foreign = eventually(&other_api, "/v1/conversations", "Globex's conversation", |page| {
+        page["items"].as_array().unwrap().len() == 1
+    })
+    .await["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Handshake failures close with documented codes.
+    let mut early = connect(ws_http).await;
+    send(&mut early, json!({"op": "subscribe", "channel": "inbox"})).await;
+    assert_eq!(next(&mut early).await["close"], 4001);
+    let mut forged = connect(ws_http).await;
+    send(&mut forged, json!({"op": "hello", "token": format!("{token}x"), "protocol": 1})).await;
+    assert_eq!(next(&mut forged).await["close"], 4003);
+    let mut future = connect(ws_http).await;
+    send(&mut future, json!({"op": "hello", "token": token, "protocol": 2})).await;
+    assert_eq!(next(&mut future).await["close"], 4002);
+
+    // Bad frames get error frames; the socket stays usable.
+    let mut socket = hello(ws_http, &token).await;
+    send(&mut socket, json!({"op": "teleport"})).await;
+    let error = next(&mut socket).await;
+    assert_eq!((error["op"].as_str(), error["code"].as_str()), (Some("error"), Some("bad_frame")));
+    socket.send(Message::Text("not json".into())).await.unwrap();
+    assert_eq!(next(&mut socket).await["code"], "bad_frame");
+    send(&mut socket, json!({"op": "subscribe", "channel": "everything"})).await;
+    assert_eq!(next(&mut socket).await["code"], "unknown_channel");
+    send(&mut socket, json!({"op": "subscribe", "channel": format!("conversation:{foreign}")})).await;
+    assert_eq!(next(&mut socket).await["code"], "not_found", "another tenant's conversation does not exist");
+    send(&mut socket, json!({"op": "ping", "id": 7})).await;
+    assert_eq!(next(&mut socket).await, json!({"op": "pong", "id": 7}));
+    let marketer =
+        login(api_http, "marketer@ws.test", "market-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let mut refused = hello(ws_http, &marketer).await;
+    send(&mut refused, json!({"op": "subscribe", "channel": "inbox"})).await;
+    assert_eq!(next(&mut refused).await["code"], "forbidden");
+
+    // Live: a subscription sees new events with their offsets; another tenant's never.
+    let (replayed, subscribed) = subscribe(&mut socket, json!({"op": "subscribe", "channel": channel})).await;
+    assert!(replayed.is_empty());
+    assert_eq!(subscribed["recovered"], true);
+    let epoch = subscribed["epoch"].as_str().unwrap().to_owned();
+    let (_, inbox_subscribed) = subscribe(&mut socket, json!({"op": "subscribe", "channel": "inbox"})).await;
+    assert_eq!(inbox_subscribed["channel"], "inbox");
+    post(api_http, &other_inbox, "x-1", "cust-1", "not for you").await;
+    post(api_http, &inbox, "m-1", "cust-1", "live one").await;
+    let mut live = vec![next_event(&mut socket).await, next_event(&mut socket).await];
+    live.sort_by_key(|event| event["channel"].as_str().unwrap().to_owned());
+    assert_eq!(live[0]["channel"], channel);
+    assert_eq!(live[1]["channel"], "inbox");
+    for event in &live {
+        assert_eq!(event["type"], "message.created");
+        assert_eq!(event["data"]["text"], "live one");
+    }
+    let seen = live[0]["offset"].as_str().unwrap().to_owned();
+    socket.close(None).await.unwrap();
+
+    // A disconnect: the gap is replayed, then live continues, nothing twice.
+    for index in 1..=3 {
+        post(api_http, &inbox, &format!("g-{index}"), "cust-1", &format!("gap {index}")).await;
+    }
+    let mut socket = hello(ws_http, &token).await;
+    let (replayed, subscribed) =
+        subscribe(&mut socket, json!({"op": "subscribe", "channel": channel, "since": seen, "epoch": epoch})).await;
+    assert_eq!(texts(&replayed), ["gap 1", "gap 2", "gap 3"]);
+    assert_eq!((subscribed["recovered"].as_bool(), subscribed["replayed"].as_u64()), (Some(true), Some(3)));
+    post(api_http, &inbox, "m-2", "cust-1", "live two").await;
+    assert_eq!(next_event(&mut socket).await["data"]["text"], "live two");
+    let last_seen = replayed[2]["offset"].as_str().unwrap().to_owned();
+
+    // The gateway restarts while the customer keeps writing.
+    let pid = gateway.id().unwrap().to_string();
+    std::process::Command::new("kill").args(["-s", "TERM", &pid]).status().unwrap();
+    let goodbye = next(&mut socket).await;
+    assert_eq!(goodbye["close"], 1012, "{goodbye}");
+    let _ = gateway.wait().await;
+    post(api_http, &inbox, "r-1", "cust-1", "while restarting").await;
+    gateway = serve_roles(&env, "gateway", ws_http, &[]).await;
+    let mut socket = hello(ws_http, &token).await;
+    let (replayed, _) =
+        subscribe(&mut socket, json!({"op": "subscribe", "channel": channel, "since": last_seen, "epoch": epoch}))
+            .await;
+    assert_eq!(texts(&replayed), ["live two", "while restarting"]);
+    let after_restart = replayed[1]["offset"].as_str().unwrap().to_owned();
+
+    // The stream is trimmed: the gap comes from PostgreSQL under the same offsets.
+    eventually(&api, &format!("/v1/conversations/{conversation}/messages?limit=200"), "every message stored", |page| {
+        page["items"].as_array().unwrap().len() == 7
+    })
+    .await;
+    let redis_client = RedisConnector::new(RedisSettings::new(&env.redis_url)).unwrap().shared().await.unwrap();
+    let streams = StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap();
+    let events = streams.stream("events").unwrap();
+    let partition = chatdesk_core::keys::partition_for_tenant(&TenantId(tenant_id.parse().unwrap()), events.partitions);
+    let stream_key = KeyScheme::new(&env.prefix).unwrap().partition(&events.name, partition).stream;
+    let _: u64 = redis_client.xtrim(&stream_key, ("MAXLEN", "=", 0)).await.unwrap();
+    let mut socket = hello(ws_http, &token).await;
+    let (from_postgres, subscribed) =
+        subscribe(&mut socket, json!({"op": "subscribe", "channel": channel, "since": seen, "epoch": epoch})).await;
+    assert_eq!(texts(&from_postgres), ["gap 1", "gap 2", "gap 3", "live two", "while restarting"]);
+    assert_eq!(subscribed["recovered"], true);
+    assert_eq!(from_postgres[4]["offset"], after_restart.as_str(), "the same offsets as the stream had");
+
+    // A cursor of another epoch (a lost stream) cannot be served: reload through REST.
+    let mut socket = hello(ws_http, &token).await;
+    let (nothing, subscribed) =
+        subscribe(&mut socket, json!({"op": "subscribe", "channel": channel, "since": seen, "epoch": "an-old-epoch"}))
+            .await;
+    assert!(nothing.is_empty());
+    assert_eq!(subscribed["recovered"], false);
+    let _ = gateway.kill().await;
+}
