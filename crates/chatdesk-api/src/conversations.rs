@@ -7,13 +7,12 @@ use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chatdesk_core::events::{
-    Actor, ConversationAssigned, ConversationStatus, ConversationStatusChanged, Direction, Event, MessageCreated,
-    SenderKind,
+    Actor, ConversationAssigned, ConversationStatus, ConversationStatusChanged, Event, SenderKind,
 };
 use chatdesk_core::{EntryId, EventId, TenantId};
 use chatdesk_store::conversations::{self as store, AssigneeFilter, ConversationFilter, ConversationRow, MessageRow};
 use chatdesk_streams::NewEntry;
-use fred::prelude::*;
+use chatdesk_streams::commands::{ReplyTarget, append_reply};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -28,9 +27,6 @@ use crate::openapi::ErrorBody;
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
 const MAX_TEXT_CHARS: usize = 4096;
-/// How long a `client_msg_id` is remembered: a retry within this window is answered with the
-/// first attempt's event instead of sending twice.
-const CLIENT_MSG_ID_TTL_SECONDS: i64 = 86_400;
 
 fn rfc3339(time: OffsetDateTime) -> String {
     time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
@@ -414,78 +410,27 @@ pub async fn reply(
         return Err(ApiError::Conflict { message: "the conversation is blocked; reopen it to reply".into() });
     }
 
-    let event_id = EventId::new();
-    let idempotency_key = request
-        .client_msg_id
-        .as_ref()
-        .map(|client| format!("{}:client-msg:{}:{}", state.keys.prefix(), principal.tenant, client));
-    if let Some(key) = &idempotency_key {
-        let claimed: Option<String> = state
-            .redis
-            .set(
-                key,
-                event_id.to_string(),
-                Some(Expiration::EX(CLIENT_MSG_ID_TTL_SECONDS)),
-                Some(SetOptions::NX),
-                false,
-            )
-            .await
-            .map_err(|_| ApiError::Unavailable { dependency: "Redis" })?;
-        if claimed.is_none() {
-            let first: Option<String> =
-                state.redis.get(key).await.map_err(|_| ApiError::Unavailable { dependency: "Redis" })?;
-            let mut parts = first.as_deref().unwrap_or_default().splitn(2, ' ');
-            let first_event = parts.next().and_then(|id| id.parse().ok()).unwrap_or(event_id.0);
-            let offset = parts.next().map(str::to_owned);
-            return Ok((StatusCode::ACCEPTED, Json(Accepted { event_id: first_event, offset })));
-        }
-    }
-
-    let event = Event::MessageCreated(MessageCreated {
-        conversation_id: id,
-        inbox_id: conversation.inbox_id,
-        contact_id: conversation.contact_id,
-        direction: Direction::Outbound,
-        sender: actor(&principal),
-        text: text.clone(),
-        extra: None,
-        provider_message_id: None,
-        client_msg_id: request.client_msg_id.clone(),
-        sent_at_ms: None,
-    });
-    let offset = match append(&state, principal.tenant, id, &event, event_id).await {
-        Ok(offset) => offset,
-        Err(error) => {
-            if let Some(key) = &idempotency_key {
-                let _: Result<i64, _> = state.redis.del(key).await;
-            }
-            return Err(error);
-        }
+    let target = ReplyTarget {
+        tenant: principal.tenant,
+        conversation: id,
+        inbox: conversation.inbox_id,
+        contact: conversation.contact_id,
     };
-    let delivery = serde_json::json!({
-        "message_id": event_id.0,
-        "conversation_id": id,
-        "inbox_id": conversation.inbox_id,
-        "contact_id": conversation.contact_id,
-        "text": text,
-    });
-    let request_entry = NewEntry::new("send.requested", TenantId(principal.tenant), &delivery)
-        .map_err(|error| ApiError::Internal(Box::new(error)))?
-        .with_conversation(id);
-    state.producer.append("send", &request_entry).await.map_err(ApiError::append)?;
-    if let Some(key) = &idempotency_key {
-        let _: Result<(), _> = state
-            .redis
-            .set(
-                key,
-                format!("{event_id} {offset}"),
-                Some(Expiration::EX(CLIENT_MSG_ID_TTL_SECONDS)),
-                Some(SetOptions::XX),
-                false,
-            )
-            .await;
-    }
-    Ok((StatusCode::ACCEPTED, Json(Accepted { event_id: event_id.0, offset: Some(offset.to_string()) })))
+    let accepted = append_reply(
+        &state.producer,
+        &state.redis,
+        &state.keys,
+        target,
+        actor(&principal),
+        &text,
+        request.client_msg_id.as_deref(),
+    )
+    .await
+    .map_err(ApiError::append)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted { event_id: accepted.event_id, offset: accepted.offset.map(|offset| offset.to_string()) }),
+    ))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -17,6 +17,7 @@ use crate::metrics;
 pub struct Delivery {
     pub partition: u16,
     pub offset: EntryId,
+    pub event_id: Uuid,
     pub tenant: Uuid,
     pub conversation: Option<Uuid>,
     pub event_type: String,

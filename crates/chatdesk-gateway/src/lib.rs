@@ -49,6 +49,7 @@ pub(crate) struct Inner {
     pub settings: GatewaySettings,
     pub sessions: AtomicU64,
     pub shutdown: CancellationToken,
+    pub producer: chatdesk_streams::Producer,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +86,7 @@ impl Gateway {
         settings: GatewaySettings,
         shutdown: CancellationToken,
     ) -> Self {
+        let producer = chatdesk_streams::Producer::new(redis.clone(), keys.clone(), streams.clone());
         let inner = Inner {
             hub: Hub::default(),
             redis,
@@ -96,6 +98,7 @@ impl Gateway {
             settings,
             sessions: AtomicU64::new(0),
             shutdown,
+            producer,
         };
         Self { inner: Arc::new(inner) }
     }
@@ -126,6 +129,7 @@ impl Handler for Fanout {
             self.gateway.inner.hub.publish(Arc::new(hub::Delivery {
                 partition: entry.partition,
                 offset: entry.id,
+                event_id: entry.event_id.0,
                 tenant: entry.tenant.0,
                 conversation: entry.conversation,
                 event_type: entry.event_type.clone(),

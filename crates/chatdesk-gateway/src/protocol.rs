@@ -26,6 +26,12 @@ pub enum ClientFrame {
     Ping {
         id: Option<serde_json::Value>,
     },
+    /// An agent's reply to a conversation.
+    Send {
+        conversation: String,
+        text: String,
+        client_msg_id: String,
+    },
 }
 
 /// What the server sends.
@@ -54,12 +60,20 @@ pub enum ServerFrame {
     Event {
         channel: String,
         offset: String,
+        /// The event's id (a message's id is its `message.created` event id).
+        event_id: String,
         #[serde(rename = "type")]
         event_type: String,
         data: serde_json::Value,
     },
     Pong {
         id: Option<serde_json::Value>,
+    },
+    /// A `send` was appended (or had been, for a repeated `client_msg_id`).
+    Ack {
+        client_msg_id: String,
+        event_id: String,
+        offset: Option<String>,
     },
     Error {
         code: ErrorCode,
@@ -83,6 +97,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The conversation does not exist (in the caller's tenant).
     NotFound,
+    /// The conversation's state does not allow it (a blocked conversation takes no replies).
+    Conflict,
     /// A dependency is down; try again.
     Unavailable,
     TooManySubscriptions,
@@ -134,12 +150,13 @@ mod tests {
         let event = ServerFrame::Event {
             channel: "inbox".into(),
             offset: "1-0".into(),
+            event_id: "e".into(),
             event_type: "message.created".into(),
             data: serde_json::json!({"text": "hi"}),
         };
         assert_eq!(
             serde_json::to_value(&event).unwrap(),
-            serde_json::json!({"op": "event", "channel": "inbox", "offset": "1-0", "type": "message.created", "data": {"text": "hi"}})
+            serde_json::json!({"op": "event", "channel": "inbox", "offset": "1-0", "event_id": "e", "type": "message.created", "data": {"text": "hi"}})
         );
     }
 

@@ -46,6 +46,7 @@ pub fn delivery(partition: u16, id: &str, fields: &HashMap<String, Value>) -> Op
     Some(Delivery {
         partition,
         offset: entry_id(id)?,
+        event_id: Uuid::parse_str(&text(fields.get("event_id"))?).ok()?,
         tenant: Uuid::parse_str(&text(fields.get("tenant"))?).ok()?,
         conversation: text(fields.get("conversation")).and_then(|id| Uuid::parse_str(&id).ok()),
         event_type: text(fields.get("type"))?,
@@ -84,6 +85,7 @@ pub async fn stored_page(
         .map(|row| Delivery {
             partition: row.partition as u16,
             offset: EntryId::new(row.offset_ms as u64, row.offset_seq as u64),
+            event_id: row.event_id,
             tenant,
             conversation: row.conversation_id,
             event_type: row.event_type,

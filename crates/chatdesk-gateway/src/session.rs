@@ -11,8 +11,10 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use chatdesk_core::auth::{Role, verify_token, verify_visitor_token};
+use chatdesk_core::events::{Actor, SenderKind};
 use chatdesk_core::keys::partition_for_tenant;
 use chatdesk_core::{EntryId, TenantId};
+use chatdesk_streams::commands::{ReplyTarget, append_reply};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -212,6 +214,64 @@ impl Session {
                 self.send(&ServerFrame::Unsubscribed { channel }).await
             }
             Ok(ClientFrame::Subscribe { channel, since, epoch }) => self.subscribe(channel, since, epoch).await,
+            Ok(ClientFrame::Send { conversation, text, client_msg_id }) => {
+                self.reply(conversation, text, client_msg_id).await
+            }
+        }
+    }
+
+    /// An agent's reply, appended exactly as `POST /v1/conversations/{id}/messages` does.
+    async fn reply(&mut self, conversation: String, text: String, client_msg_id: String) -> bool {
+        let channel = format!("conversation:{conversation}");
+        let Identity::Agent { tenant, user, role } = self.identity.clone() else {
+            return self
+                .error(ErrorCode::Forbidden, "visitors write with POST /v1/widget/{inbox_id}/messages", Some(&channel))
+                .await;
+        };
+        if !matches!(role, Role::Owner | Role::Admin | Role::Agent) {
+            return self.error(ErrorCode::Forbidden, "this role may not reply", Some(&channel)).await;
+        }
+        let Ok(conversation) = Uuid::parse_str(&conversation) else {
+            return self.error(ErrorCode::BadFrame, "conversation must be a conversation id", None).await;
+        };
+        let text = text.trim();
+        if text.is_empty() || text.chars().count() > 4096 {
+            return self.error(ErrorCode::BadFrame, "text must be 1 to 4096 characters", Some(&channel)).await;
+        }
+        if client_msg_id.is_empty() || client_msg_id.len() > 128 {
+            return self.error(ErrorCode::BadFrame, "client_msg_id must be 1 to 128 characters", Some(&channel)).await;
+        }
+        let inner = self.gateway.inner.clone();
+        let row = match chatdesk_store::conversations::get_conversation(&inner.db, tenant, conversation).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return self.error(ErrorCode::NotFound, "no such conversation", Some(&channel)).await,
+            Err(_) => return self.error(ErrorCode::Unavailable, "PostgreSQL is unavailable", Some(&channel)).await,
+        };
+        if row.status == "blocked" {
+            return self
+                .error(ErrorCode::Conflict, "the conversation is blocked; reopen it to reply", Some(&channel))
+                .await;
+        }
+        let target = ReplyTarget { tenant, conversation, inbox: row.inbox_id, contact: row.contact_id };
+        let sender = Actor { kind: SenderKind::Agent, id: Some(user) };
+        match append_reply(&inner.producer, &inner.redis, &inner.keys, target, sender, text, Some(&client_msg_id)).await
+        {
+            Ok(accepted) => {
+                let ack = ServerFrame::Ack {
+                    client_msg_id,
+                    event_id: accepted.event_id.to_string(),
+                    offset: accepted.offset.map(|offset| offset.to_string()),
+                };
+                self.send(&ack).await
+            }
+            Err(_) => {
+                self.error(
+                    ErrorCode::Unavailable,
+                    "Redis is unavailable; send again with the same client_msg_id",
+                    Some(&channel),
+                )
+                .await
+            }
         }
     }
 
@@ -368,6 +428,7 @@ impl Session {
         let frame = ServerFrame::Event {
             channel: name.to_owned(),
             offset: delivery.offset.to_string(),
+            event_id: delivery.event_id.to_string(),
             event_type: delivery.event_type.clone(),
             data,
         };

@@ -252,6 +252,7 @@ pub async fn message_by_provider_id(
 /// A stored event, as a resuming client receives it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEventRow {
+    pub event_id: Uuid,
     pub event_type: String,
     pub conversation_id: Option<Uuid>,
     pub partition: i16,
@@ -261,7 +262,7 @@ pub struct StoredEventRow {
     pub occurred_at_ms: i64,
 }
 
-type StoredEventTuple = (String, Option<Uuid>, i16, i64, i64, serde_json::Value, i64);
+type StoredEventTuple = (Uuid, String, Option<Uuid>, i16, i64, i64, serde_json::Value, i64);
 
 /// A tenant's stored events (of one conversation, if given) with offsets after `after` and
 /// before `before`, in stream order: the part of a client's gap that the stream no longer holds.
@@ -275,7 +276,7 @@ pub async fn events_between(
 ) -> Result<Vec<StoredEventRow>, StoreError> {
     let (before_ms, before_seq) = before.map_or((None, None), |(ms, seq)| (Some(ms), Some(seq)));
     let rows: Vec<StoredEventTuple> = sqlx::query_as(
-        "SELECT type, conversation_id, stream_partition, offset_ms, offset_seq, payload, \
+        "SELECT event_id, type, conversation_id, stream_partition, offset_ms, offset_seq, payload, \
                 (extract(epoch from occurred_at) * 1000)::int8 \
          FROM events WHERE tenant_id = $1 AND ($2::uuid IS NULL OR conversation_id = $2) \
            AND (offset_ms, offset_seq) > ($3, $4) \
@@ -294,8 +295,17 @@ pub async fn events_between(
     .map_err(StoreError::Query)?;
     Ok(rows
         .into_iter()
-        .map(|(event_type, conversation_id, partition, offset_ms, offset_seq, payload, occurred_at_ms)| {
-            StoredEventRow { event_type, conversation_id, partition, offset_ms, offset_seq, payload, occurred_at_ms }
+        .map(|(event_id, event_type, conversation_id, partition, offset_ms, offset_seq, payload, occurred_at_ms)| {
+            StoredEventRow {
+                event_id,
+                event_type,
+                conversation_id,
+                partition,
+                offset_ms,
+                offset_seq,
+                payload,
+                occurred_at_ms,
+            }
         })
         .collect())
 }

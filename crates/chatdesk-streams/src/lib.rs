@@ -1,5 +1,6 @@
 //! chatdesk's Redis Streams layer: the only code in the project that reads or writes streams.
 //!
+//! - [`commands`]: what agents do the same way through every front door (replies).
 //! - [`connection`]: building fred clients, one shared client for ordinary commands and one
 //!   dedicated connection per blocking reader.
 //! - [`entry`]: the entry format: flat routing fields (type, tenant, conversation, event id,
@@ -15,6 +16,7 @@
 //! - [`status`]: per-group lag and pending, for `/metrics` and `chatdesk streams status`.
 //! - [`metrics`]: metric names and descriptions.
 
+pub mod commands;
 pub mod connection;
 pub mod entry;
 pub mod ingest;

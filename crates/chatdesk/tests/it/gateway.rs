@@ -226,6 +226,32 @@ async fn subscriptions_deliver_live_and_resume_without_gaps_or_duplicates() {
     assert_eq!(next_event(&mut socket).await["data"]["text"], "live two");
     let last_seen = replayed[2]["offset"].as_str().unwrap().to_owned();
 
+    // An agent replies over the socket: acked with the event, which also arrives as an event;
+    // the same client_msg_id again is acked with the same event and not sent twice.
+    let reply = json!({"op": "send", "conversation": conversation, "text": "from the socket", "client_msg_id": "ws-1"});
+    send(&mut socket, reply.clone()).await;
+    let (mut ack, mut echoed) = (Value::Null, Value::Null);
+    while ack.is_null() || echoed.is_null() {
+        let frame = next(&mut socket).await;
+        match frame["op"].as_str() {
+            Some("ack") => ack = frame,
+            Some("event") => echoed = frame,
+            _ => panic!("unexpected frame: {frame}"),
+        }
+    }
+    assert_eq!(ack["client_msg_id"], "ws-1");
+    assert_eq!(echoed["event_id"], ack["event_id"]);
+    assert_eq!(echoed["offset"], ack["offset"]);
+    assert_eq!(
+        (echoed["data"]["direction"].as_str(), echoed["data"]["text"].as_str()),
+        (Some("outbound"), Some("from the socket"))
+    );
+    send(&mut socket, reply).await;
+    let again = next(&mut socket).await;
+    assert_eq!((again["op"].as_str(), &again["event_id"]), (Some("ack"), &ack["event_id"]));
+    send(&mut socket, json!({"op": "send", "conversation": conversation, "text": " ", "client_msg_id": "ws-2"})).await;
+    assert_eq!(next(&mut socket).await["code"], "bad_frame");
+
     // The gateway restarts while the customer keeps writing.
     let pid = gateway.id().unwrap().to_string();
     std::process::Command::new("kill").args(["-s", "TERM", &pid]).status().unwrap();
@@ -238,12 +264,12 @@ async fn subscriptions_deliver_live_and_resume_without_gaps_or_duplicates() {
     let (replayed, _) =
         subscribe(&mut socket, json!({"op": "subscribe", "channel": channel, "since": last_seen, "epoch": epoch}))
             .await;
-    assert_eq!(texts(&replayed), ["live two", "while restarting"]);
-    let after_restart = replayed[1]["offset"].as_str().unwrap().to_owned();
+    assert_eq!(texts(&replayed), ["live two", "from the socket", "while restarting"]);
+    let after_restart = replayed[2]["offset"].as_str().unwrap().to_owned();
 
     // The stream is trimmed: the gap comes from PostgreSQL under the same offsets.
     eventually(&api, &format!("/v1/conversations/{conversation}/messages?limit=200"), "every message stored", |page| {
-        page["items"].as_array().unwrap().len() == 7
+        page["items"].as_array().unwrap().len() == 8
     })
     .await;
     let redis_client = RedisConnector::new(RedisSettings::new(&env.redis_url)).unwrap().shared().await.unwrap();
@@ -255,9 +281,10 @@ async fn subscriptions_deliver_live_and_resume_without_gaps_or_duplicates() {
     let mut socket = hello(ws_http, &token).await;
     let (from_postgres, subscribed) =
         subscribe(&mut socket, json!({"op": "subscribe", "channel": channel, "since": seen, "epoch": epoch})).await;
-    assert_eq!(texts(&from_postgres), ["gap 1", "gap 2", "gap 3", "live two", "while restarting"]);
+    assert_eq!(texts(&from_postgres), ["gap 1", "gap 2", "gap 3", "live two", "from the socket", "while restarting"]);
     assert_eq!(subscribed["recovered"], true);
-    assert_eq!(from_postgres[4]["offset"], after_restart.as_str(), "the same offsets as the stream had");
+    assert_eq!(from_postgres[5]["offset"], after_restart.as_str(), "the same offsets as the stream had");
+    assert_eq!(from_postgres[4]["event_id"], ack["event_id"], "the same event ids as the stream had");
 
     // A cursor of another epoch (a lost stream) cannot be served: reload through REST.
     let mut socket = hello(ws_http, &token).await;
