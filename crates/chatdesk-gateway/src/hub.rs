@@ -24,6 +24,8 @@ pub struct Delivery {
     pub payload: Arc<str>,
     /// When the event was appended, for the fan-out latency metric.
     pub time_ms: u64,
+    /// A signal that is not stored (typing): it has no offset and is never replayed.
+    pub ephemeral: bool,
 }
 
 /// Routing keys an entry is published under.

@@ -2,6 +2,7 @@
 //!
 //! - [`protocol`]: frames, error codes, close codes.
 //! - [`channel`]: channel names and who may subscribe.
+//! - [`ephemeral`]: typing signals between gateways over Redis pub/sub, never stored.
 //! - [`hub`]: in-memory fan-out of this node's entries to its sockets, with bounded queues.
 //! - [`replay`]: the gap of a resuming client, from the stream or from PostgreSQL.
 //! - [`session`]: one socket: handshake, subscriptions, resume, heartbeats.
@@ -11,6 +12,7 @@
 //! resume from their own cursors, so any node can serve any client.
 
 pub mod channel;
+pub mod ephemeral;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
@@ -135,6 +137,7 @@ impl Handler for Fanout {
                 event_type: entry.event_type.clone(),
                 payload: Arc::from(entry.payload.as_str()),
                 time_ms: entry.time_ms,
+                ephemeral: false,
             }));
         }
         Ok(Outcomes::all_done())

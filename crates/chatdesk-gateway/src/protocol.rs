@@ -26,6 +26,11 @@ pub enum ClientFrame {
     Ping {
         id: Option<serde_json::Value>,
     },
+    /// The caller is (or stopped) typing in a conversation.
+    Typing {
+        conversation: String,
+        typing: bool,
+    },
     /// An agent's reply to a conversation.
     Send {
         conversation: String,
@@ -59,9 +64,11 @@ pub enum ServerFrame {
     },
     Event {
         channel: String,
-        offset: String,
-        /// The event's id (a message's id is its `message.created` event id).
-        event_id: String,
+        /// `null` for ephemeral events (typing), which are never replayed.
+        offset: Option<String>,
+        /// The event's id (a message's id is its `message.created` event id); `null` for
+        /// ephemeral events.
+        event_id: Option<String>,
         #[serde(rename = "type")]
         event_type: String,
         data: serde_json::Value,
@@ -149,8 +156,8 @@ mod tests {
         );
         let event = ServerFrame::Event {
             channel: "inbox".into(),
-            offset: "1-0".into(),
-            event_id: "e".into(),
+            offset: Some("1-0".into()),
+            event_id: Some("e".into()),
             event_type: "message.created".into(),
             data: serde_json::json!({"text": "hi"}),
         };

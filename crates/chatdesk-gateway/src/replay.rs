@@ -52,6 +52,7 @@ pub fn delivery(partition: u16, id: &str, fields: &HashMap<String, Value>) -> Op
         event_type: text(fields.get("type"))?,
         payload: Arc::from(text(fields.get("payload"))?),
         time_ms: text(fields.get("time")).and_then(|time| time.parse().ok()).unwrap_or(0),
+        ephemeral: false,
     })
 }
 
@@ -91,6 +92,7 @@ pub async fn stored_page(
             event_type: row.event_type,
             payload: Arc::from(row.payload.to_string()),
             time_ms: row.occurred_at_ms as u64,
+            ephemeral: false,
         })
         .collect())
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use chatdesk_core::auth::{Role, verify_token, verify_visitor_token};
-use chatdesk_core::events::{Actor, SenderKind};
+use chatdesk_core::events::{Actor, Event, SenderKind, Typing};
 use chatdesk_core::keys::partition_for_tenant;
 use chatdesk_core::{EntryId, TenantId};
 use chatdesk_streams::commands::{ReplyTarget, append_reply};
@@ -217,6 +217,28 @@ impl Session {
             Ok(ClientFrame::Send { conversation, text, client_msg_id }) => {
                 self.reply(conversation, text, client_msg_id).await
             }
+            Ok(ClientFrame::Typing { conversation, typing }) => self.typing(conversation, typing).await,
+        }
+    }
+
+    /// Tells the conversation's other subscribers (on every gateway) that the caller types.
+    async fn typing(&mut self, conversation: String, typing: bool) -> bool {
+        let channel = format!("conversation:{conversation}");
+        let Ok(conversation) = Uuid::parse_str(&conversation) else {
+            return self.error(ErrorCode::BadFrame, "conversation must be a conversation id", None).await;
+        };
+        if let Err(reason) = authorize(&self.identity, &Channel::Conversation(conversation)) {
+            return self.error(ErrorCode::Forbidden, reason, Some(&channel)).await;
+        }
+        let who = match self.identity {
+            Identity::Agent { user, .. } => Actor { kind: SenderKind::Agent, id: Some(user) },
+            Identity::Visitor { .. } => Actor { kind: SenderKind::Customer, id: None },
+        };
+        let event = Event::Typing(Typing { conversation_id: conversation, who, typing });
+        // A lost typing signal is harmless; the error frame tells a client that keeps trying.
+        match crate::ephemeral::publish(&self.gateway, self.identity.tenant(), conversation, &event).await {
+            Ok(()) => true,
+            Err(_) => self.error(ErrorCode::Unavailable, "Redis is unavailable", Some(&channel)).await,
         }
     }
 
@@ -419,16 +441,18 @@ impl Session {
     async fn send_event(&mut self, name: &str, subscription: &mut Subscription, delivery: &Delivery) -> Option<bool> {
         let belongs = delivery.tenant == self.identity.tenant()
             && subscription.conversation.is_none_or(|conversation| delivery.conversation == Some(conversation));
-        if !belongs || subscription.last.is_some_and(|last| delivery.offset <= last) {
+        if !belongs || (!delivery.ephemeral && subscription.last.is_some_and(|last| delivery.offset <= last)) {
             return Some(false);
         }
-        subscription.last = Some(delivery.offset);
+        if !delivery.ephemeral {
+            subscription.last = Some(delivery.offset);
+        }
         let data = serde_json::from_str(&delivery.payload)
             .unwrap_or_else(|_| serde_json::Value::String(delivery.payload.to_string()));
         let frame = ServerFrame::Event {
             channel: name.to_owned(),
-            offset: delivery.offset.to_string(),
-            event_id: delivery.event_id.to_string(),
+            offset: (!delivery.ephemeral).then(|| delivery.offset.to_string()),
+            event_id: (!delivery.ephemeral).then(|| delivery.event_id.to_string()),
             event_type: delivery.event_type.clone(),
             data,
         };

@@ -125,6 +125,9 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                     runtime.node_id.clone(),
                     gateway.fanout(),
                 )?;
+                let signals =
+                    chatdesk_gateway::ephemeral::listen(gateway.clone(), runtime.connector.clone(), cancel.clone());
+                consumers.push(("gateway-signals", Box::pin(async move { signals.await.map_err(Into::into) })));
                 let cancel = cancel.clone();
                 consumers.push(("gateway", Box::pin(async move { fanout.run(cancel).await.map_err(Into::into) })));
             }

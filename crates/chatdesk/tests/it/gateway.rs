@@ -295,3 +295,87 @@ async fn subscriptions_deliver_live_and_resume_without_gaps_or_duplicates() {
     assert_eq!(subscribed["recovered"], false);
     let _ = gateway.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visitors_see_their_own_conversation_and_typing_flows_both_ways() {
+    let redis = chatdesk_testkit::redis().await;
+    let postgres = chatdesk_testkit::postgres().await;
+    let env = Env::new(redis.url(), postgres.url());
+    let tenant = admin(
+        &env,
+        &["tenant", "create", "--name", "Acme", "--owner-email", "owner@typing.test", "--password", "owner-pass-1"],
+    );
+    let inbox = admin(
+        &env,
+        &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "web", "--name", "Site"],
+    );
+    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let _server = serve_roles(&env, "ingress,writer,gateway", http, &[]).await;
+    let token = login(http, "owner@typing.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let sessions = inbox["webhook_path"].as_str().unwrap();
+    let session = chatdesk_testkit::http_request(
+        http,
+        "POST",
+        sessions,
+        &[("Content-Type", "application/json")],
+        Some(r#"{"email": "vera@example.com", "name": "Vera"}"#),
+    )
+    .await
+    .unwrap()
+    .json();
+    let conversation = session["conversation_id"].as_str().unwrap().to_owned();
+    let channel = format!("conversation:{conversation}");
+    let api = Client { http, token: token.clone() };
+    eventually(&api, &format!("/v1/conversations/{conversation}"), "the visitor's conversation", |c| {
+        c["id"] == conversation.as_str()
+    })
+    .await;
+
+    let mut agent = hello(http, &token).await;
+    subscribe(&mut agent, json!({"op": "subscribe", "channel": channel})).await;
+    let mut visitor = hello(http, session["token"].as_str().unwrap()).await;
+    send(&mut visitor, json!({"op": "subscribe", "channel": "inbox"})).await;
+    assert_eq!(next(&mut visitor).await["code"], "forbidden", "a visitor sees only its conversation");
+    subscribe(&mut visitor, json!({"op": "subscribe", "channel": channel})).await;
+    send(&mut visitor, json!({"op": "send", "conversation": conversation, "text": "hi", "client_msg_id": "v-1"})).await;
+    assert_eq!(next(&mut visitor).await["code"], "forbidden", "visitors write over REST");
+
+    send(&mut visitor, json!({"op": "typing", "conversation": conversation, "typing": true})).await;
+    let typing = next_event(&mut agent).await;
+    assert_eq!((typing["type"].as_str(), typing["channel"].as_str()), (Some("typing"), Some(channel.as_str())));
+    assert!(typing["offset"].is_null(), "typing is ephemeral: no offset");
+    assert_eq!(
+        (typing["data"]["typing"].as_bool(), typing["data"]["who"]["kind"].as_str()),
+        (Some(true), Some("customer"))
+    );
+    send(&mut agent, json!({"op": "typing", "conversation": conversation, "typing": true})).await;
+    let mut seen_by_visitor = next_event(&mut visitor).await;
+    if seen_by_visitor["data"]["who"]["kind"] == "customer" {
+        // Its own typing signal comes back first.
+        seen_by_visitor = next_event(&mut visitor).await;
+    }
+    assert_eq!(seen_by_visitor["data"]["who"]["kind"], "agent");
+
+    // The visitor's message reaches the agent live, with its offset.
+    let written = chatdesk_testkit::http_request(
+        http,
+        "POST",
+        &sessions.replace("/sessions", "/messages"),
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &format!("Bearer {}", session["token"].as_str().unwrap())),
+        ],
+        Some(r#"{"text": "hello agent", "client_msg_id": "w-1"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(written.status, 202, "{}", written.body);
+    let message = loop {
+        let frame = next_event(&mut agent).await;
+        if frame["type"] == "message.created" {
+            break frame;
+        }
+    };
+    assert_eq!(message["data"]["text"], "hello agent");
+    assert_eq!(message["offset"], written.json()["offset"]);
+}
