@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chatdesk_api::AppState;
 use chatdesk_core::GroupName;
-use chatdesk_gateway::{Gateway, GatewaySettings};
+use chatdesk_gateway::Gateway;
 use chatdesk_streams::ingest::Ingest;
 use chatdesk_streams::{Consumer, Producer};
 use tokio::net::TcpListener;
@@ -109,7 +109,7 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                     runtime.streams.clone(),
                     runtime.token_key.clone(),
                     runtime.node_id.clone(),
-                    GatewaySettings::default(),
+                    runtime.gateway.clone(),
                     cancel.clone(),
                 );
                 router = router.merge(gateway.router());

@@ -73,6 +73,20 @@ pub fn ingress_settings() -> anyhow::Result<chatdesk_api::ingress::IngressSettin
     Ok(settings)
 }
 
+/// `CHATDESK_WS_QUEUE`: frames a WebSocket may have waiting before the client counts as too
+/// slow and is closed (default 1024).
+pub fn gateway_settings() -> anyhow::Result<chatdesk_gateway::GatewaySettings> {
+    let mut settings = chatdesk_gateway::GatewaySettings::default();
+    if let Some(queue) = env_var("CHATDESK_WS_QUEUE") {
+        settings.queue = queue
+            .parse()
+            .ok()
+            .filter(|queue| *queue > 0)
+            .with_context(|| format!("CHATDESK_WS_QUEUE {queue:?}: expected a positive whole number"))?;
+    }
+    Ok(settings)
+}
+
 /// `CHATDESK_JWT_SECRET`: the key agent tokens are signed with.
 pub fn jwt_secret() -> Option<Secret> {
     env_var("CHATDESK_JWT_SECRET").map(Secret::new)
@@ -127,6 +141,7 @@ pub struct Runtime {
     pub node_id: String,
     pub token_key: chatdesk_api::auth::TokenKey,
     pub ingress: chatdesk_api::ingress::IngressSettings,
+    pub gateway: chatdesk_gateway::GatewaySettings,
 }
 
 impl Runtime {
@@ -147,6 +162,7 @@ impl Runtime {
         let keys = key_scheme()?;
         let node_id = node_id()?;
         let ingress = ingress_settings()?;
+        let gateway = gateway_settings()?;
         let connector = RedisConnector::new(RedisSettings::new(redis_url.expose())).with_context(|| {
             format!("REDIS_URL {} is not a valid Redis URL", chatdesk_streams::connection::redact(redis_url.expose()))
         })?;
@@ -157,7 +173,19 @@ impl Runtime {
         chatdesk_store::migrate(&db).await?;
         tracing::info!("database migrations applied");
         chatdesk_streams::runtime::ensure_durable_groups(&redis, &keys, &streams).await?;
-        Ok(Self { http, redis, db, metrics, streams: Arc::new(streams), keys, connector, node_id, token_key, ingress })
+        Ok(Self {
+            http,
+            redis,
+            db,
+            metrics,
+            streams: Arc::new(streams),
+            keys,
+            connector,
+            node_id,
+            token_key,
+            ingress,
+            gateway,
+        })
     }
 
     /// Closes connections before the servers behind them go away.

@@ -80,8 +80,13 @@ async fn post(http: SocketAddr, inbox: &Value, message_id: &str, from: &str, tex
     assert_eq!(response.status, 200, "{}", response.body);
 }
 
+/// The texts of the message events among `events`, in order.
 fn texts(events: &[Value]) -> Vec<String> {
-    events.iter().map(|event| event["data"]["text"].as_str().unwrap_or("").to_owned()).collect()
+    events
+        .iter()
+        .filter(|event| event["type"] == "message.created")
+        .map(|event| event["data"]["text"].as_str().unwrap_or("").to_owned())
+        .collect()
 }
 
 async fn next_event(socket: &mut Socket) -> Value {
@@ -378,4 +383,204 @@ async fn visitors_see_their_own_conversation_and_typing_flows_both_ways() {
     };
     assert_eq!(message["data"]["text"], "hello agent");
     assert_eq!(message["offset"], written.json()["offset"]);
+}
+
+/// Reads event frames of `channel` until `count` arrived; returns their texts, in order.
+async fn read_texts(socket: &mut Socket, count: usize) -> Result<Vec<String>, Value> {
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        let frame = next(socket).await;
+        match frame["op"].as_str() {
+            Some("event") => seen.push(frame["data"]["text"].as_str().unwrap_or_default().to_owned()),
+            _ => return Err(json!({"frame": frame, "seen": seen})),
+        }
+    }
+    Ok(seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resume_after_a_long_gap_a_killed_gateway_and_a_move_to_another_node() {
+    let redis = chatdesk_testkit::redis().await;
+    let postgres = chatdesk_testkit::postgres().await;
+    let env = Env::new(redis.url(), postgres.url());
+    let tenant = admin(
+        &env,
+        &["tenant", "create", "--name", "Acme", "--owner-email", "owner@resume.test", "--password", "owner-pass-1"],
+    );
+    let inbox = admin(
+        &env,
+        &[
+            "inbox",
+            "create",
+            "--tenant",
+            tenant["tenant_id"].as_str().unwrap(),
+            "--kind",
+            "generic",
+            "--name",
+            "Support",
+        ],
+    );
+    let api_http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let first_http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let second_http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let _api = serve_roles(&env, "ingress,writer", api_http, &[("CHATDESK_INGRESS_RATE_PER_INBOX", "100000")]).await;
+    let mut first = serve_roles(&env, "gateway", first_http, &[("CHATDESK_NODE_ID", "gw-1")]).await;
+    let _second = serve_roles(&env, "gateway", second_http, &[("CHATDESK_NODE_ID", "gw-2")]).await;
+    let token = login(api_http, "owner@resume.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let api = Client { http: api_http, token: token.clone() };
+    post(api_http, &inbox, "m-0", "cust-1", "m-0").await;
+    let conversation =
+        eventually(&api, "/v1/conversations", "the conversation", |page| page["items"].as_array().unwrap().len() == 1)
+            .await["items"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let channel = format!("conversation:{conversation}");
+
+    // No hello within 5 s.
+    let mut silent = connect(first_http).await;
+    assert_eq!(next(&mut silent).await["close"], 4001);
+
+    // 1,000 messages while the client is away: exactly those, in order, then live.
+    let mut socket = hello(first_http, &token).await;
+    let (history, subscribed) =
+        subscribe(&mut socket, json!({"op": "subscribe", "channel": channel, "since": "0-0"})).await;
+    assert_eq!(texts(&history), ["m-0"]);
+    let epoch = subscribed["epoch"].as_str().unwrap().to_owned();
+    let mut last = history.last().unwrap()["offset"].as_str().unwrap().to_owned();
+    socket.close(None).await.unwrap();
+    let expected: Vec<String> = (1..=1000).map(|index| format!("m-{index}")).collect();
+    for text in &expected {
+        post(api_http, &inbox, text, "cust-1", text).await;
+    }
+    let mut socket = hello(first_http, &token).await;
+    let (replayed, subscribed) =
+        subscribe(&mut socket, json!({"op": "subscribe", "channel": channel, "since": last, "epoch": epoch})).await;
+    assert_eq!(texts(&replayed), expected, "exactly the 1,000 missed messages, in order");
+    assert_eq!(subscribed["replayed"], 1000);
+    post(api_http, &inbox, "live", "cust-1", "live").await;
+    let live = next_event(&mut socket).await;
+    assert_eq!(live["data"]["text"], "live", "then live, with nothing repeated at the seam");
+    last = live["offset"].as_str().unwrap().to_owned();
+
+    // The gateway is killed while messages flow; it comes back under the same node id.
+    let flow: Vec<String> = (0..500).map(|index| format!("f-{index}")).collect();
+    let posting = {
+        let (flow, inbox) = (flow.clone(), inbox.clone());
+        tokio::spawn(async move {
+            for text in flow {
+                post(api_http, &inbox, &text, "cust-1", &text).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let mut received: Vec<String> = Vec::new();
+    while received.len() < 50 {
+        let event = next_event(&mut socket).await;
+        received.push(event["data"]["text"].as_str().unwrap().to_owned());
+        last = event["offset"].as_str().unwrap().to_owned();
+    }
+    let pid = first.id().unwrap().to_string();
+    std::process::Command::new("kill").args(["-s", "KILL", &pid]).status().unwrap();
+    let _ = first.wait().await;
+    // Drain what the dead socket delivered before it went.
+    loop {
+        let frame = next(&mut socket).await;
+        if frame["op"] != "event" {
+            break;
+        }
+        received.push(frame["data"]["text"].as_str().unwrap().to_owned());
+        last = frame["offset"].as_str().unwrap().to_owned();
+    }
+    first = serve_roles(&env, "gateway", first_http, &[("CHATDESK_NODE_ID", "gw-1")]).await;
+    let mut socket = hello(first_http, &token).await;
+    let (replayed, _) =
+        subscribe(&mut socket, json!({"op": "subscribe", "channel": channel, "since": last, "epoch": epoch})).await;
+    received.extend(texts(&replayed));
+    let remaining = flow.len() - received.len();
+    received.extend(read_texts(&mut socket, remaining).await.unwrap_or_else(|stuck| panic!("resume stalled: {stuck}")));
+    posting.await.unwrap();
+    assert_eq!(received, flow, "every message exactly once, in order, across the kill");
+    let last_flow = replayed.last().map(|event| event["offset"].as_str().unwrap().to_owned());
+
+    // The client moves to another node and resumes there.
+    socket.close(None).await.unwrap();
+    let since = match last_flow {
+        Some(offset) if remaining == 0 => offset,
+        _ => {
+            let history =
+                api.call("GET", &format!("/v1/conversations/{conversation}/messages?limit=1"), None).await.json();
+            history["items"][0]["offset"].as_str().unwrap().to_owned()
+        }
+    };
+    eventually(&api, &format!("/v1/conversations/{conversation}/messages?limit=1"), "the flow stored", |page| {
+        page["items"][0]["text"] == "f-499"
+    })
+    .await;
+    let mut moved = hello(second_http, &token).await;
+    let (nothing, _) =
+        subscribe(&mut moved, json!({"op": "subscribe", "channel": channel, "since": since, "epoch": epoch})).await;
+    assert!(texts(&nothing).iter().all(|text| text == "f-499") && nothing.len() <= 1);
+    for index in 0..10 {
+        post(api_http, &inbox, &format!("g-{index}"), "cust-1", &format!("g-{index}")).await;
+    }
+    let after_move = read_texts(&mut moved, 10).await.unwrap();
+    assert_eq!(after_move, (0..10).map(|index| format!("g-{index}")).collect::<Vec<_>>());
+    let _ = first.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_stops_reading_is_closed_and_others_keep_up() {
+    let redis = chatdesk_testkit::redis().await;
+    let postgres = chatdesk_testkit::postgres().await;
+    let env = Env::new(redis.url(), postgres.url());
+    let tenant = admin(
+        &env,
+        &["tenant", "create", "--name", "Acme", "--owner-email", "owner@slow.test", "--password", "owner-pass-1"],
+    );
+    let tenant_id: uuid::Uuid = tenant["tenant_id"].as_str().unwrap().parse().unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    // The default queue (1,024 frames) is ten batches of the gateway group: room for a client
+    // that reads, none for one that does not, once its socket buffers are full too.
+    let _server = serve_roles(&env, "ingress,writer,gateway", http, &[("CHATDESK_WS_QUEUE", "1024")]).await;
+    let token = login(http, "owner@slow.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+
+    let mut slow = hello(http, &token).await;
+    subscribe(&mut slow, json!({"op": "subscribe", "channel": "inbox"})).await;
+    let mut fast = hello(http, &token).await;
+    subscribe(&mut fast, json!({"op": "subscribe", "channel": "inbox"})).await;
+
+    // Large ephemeral-type entries on the stream: more than any socket buffer holds.
+    const EVENTS: usize = 3_000;
+    let reader = tokio::spawn(async move {
+        let mut offsets = Vec::with_capacity(EVENTS);
+        while offsets.len() < EVENTS {
+            let frame = next(&mut fast).await;
+            assert_eq!(frame["op"], "event", "the fast client was disturbed: {frame}");
+            offsets.push(frame["offset"].as_str().unwrap().parse::<chatdesk_core::EntryId>().unwrap());
+        }
+        offsets
+    });
+    let redis_client = RedisConnector::new(RedisSettings::new(&env.redis_url)).unwrap().shared().await.unwrap();
+    let streams = std::sync::Arc::new(
+        StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap(),
+    );
+    let producer = chatdesk_streams::Producer::new(redis_client, KeyScheme::new(&env.prefix).unwrap(), streams);
+    let padding = "x".repeat(16 * 1024);
+    for index in 0..EVENTS {
+        let payload = json!({"type": "typing", "v": 1, "conversation_id": uuid::Uuid::nil(), "who": {"kind": "system"}, "typing": true, "n": index, "padding": padding});
+        let entry = chatdesk_streams::NewEntry::new("typing", TenantId(tenant_id), &payload).unwrap();
+        producer.append("events", &entry).await.unwrap();
+    }
+    let offsets =
+        tokio::time::timeout(Duration::from_secs(120), reader).await.expect("the fast client keeps up").unwrap();
+    assert!(offsets.windows(2).all(|pair| pair[0] < pair[1]), "in order, once each");
+
+    let closed = loop {
+        let frame = next(&mut slow).await;
+        if frame["op"] != "event" {
+            break frame;
+        }
+    };
+    assert_eq!(closed["close"], 4008, "{closed}");
 }
