@@ -159,6 +159,15 @@ pub struct ConversationStatusChanged {
     pub by: Actor,
 }
 
+/// An agent read a conversation up to `offset` (a stream entry id): inbound messages after it
+/// stay unread.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationRead {
+    pub conversation_id: Uuid,
+    pub offset: String,
+    pub by: Actor,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContactCreated {
     pub contact_id: Uuid,
@@ -201,6 +210,8 @@ pub enum Event {
     ConversationAssigned(ConversationAssigned),
     #[serde(rename = "conversation.status_changed")]
     ConversationStatusChanged(ConversationStatusChanged),
+    #[serde(rename = "conversation.read")]
+    ConversationRead(ConversationRead),
     #[serde(rename = "contact.created")]
     ContactCreated(ContactCreated),
     #[serde(rename = "contact.updated")]
@@ -227,6 +238,7 @@ impl Event {
             Event::ConversationCreated(_) => "conversation.created",
             Event::ConversationAssigned(_) => "conversation.assigned",
             Event::ConversationStatusChanged(_) => "conversation.status_changed",
+            Event::ConversationRead(_) => "conversation.read",
             Event::ContactCreated(_) => "contact.created",
             Event::ContactUpdated(_) => "contact.updated",
             Event::Typing(_) => "typing",
@@ -241,6 +253,7 @@ impl Event {
             Event::ConversationCreated(event) => Some(event.conversation_id),
             Event::ConversationAssigned(event) => Some(event.conversation_id),
             Event::ConversationStatusChanged(event) => Some(event.conversation_id),
+            Event::ConversationRead(event) => Some(event.conversation_id),
             Event::Typing(event) => Some(event.conversation_id),
             Event::ContactCreated(_) | Event::ContactUpdated(_) => None,
         }
@@ -331,6 +344,6 @@ mod tests {
             assert_eq!(value["type"], event.event_type());
             examples += 1;
         }
-        assert_eq!(examples, 8, "one example per event type");
+        assert_eq!(examples, 9, "one example per event type");
     }
 }

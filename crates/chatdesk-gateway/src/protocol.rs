@@ -31,6 +31,11 @@ pub enum ClientFrame {
         conversation: String,
         typing: bool,
     },
+    /// The agent has read the conversation up to `offset`.
+    Read {
+        conversation: String,
+        offset: String,
+    },
     /// An agent's reply to a conversation.
     Send {
         conversation: String,

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use chatdesk_core::auth::{Role, verify_token, verify_visitor_token};
-use chatdesk_core::events::{Actor, Event, SenderKind, Typing};
+use chatdesk_core::events::{Actor, ConversationRead, Event, SenderKind, Typing};
 use chatdesk_core::keys::partition_for_tenant;
 use chatdesk_core::{EntryId, TenantId};
 use chatdesk_streams::commands::{ReplyTarget, append_reply};
@@ -218,6 +218,42 @@ impl Session {
                 self.reply(conversation, text, client_msg_id).await
             }
             Ok(ClientFrame::Typing { conversation, typing }) => self.typing(conversation, typing).await,
+            Ok(ClientFrame::Read { conversation, offset }) => self.read(conversation, offset).await,
+        }
+    }
+
+    /// Records that the agent read a conversation up to `offset`: a `conversation.read` event,
+    /// which comes back on the conversation's channels and resets its unread count.
+    async fn read(&mut self, conversation: String, offset: String) -> bool {
+        let channel = format!("conversation:{conversation}");
+        let Identity::Agent { tenant, user, role } = self.identity.clone() else {
+            return self.error(ErrorCode::Forbidden, "only agents mark conversations read", Some(&channel)).await;
+        };
+        if !matches!(role, Role::Owner | Role::Admin | Role::Agent) {
+            return self.error(ErrorCode::Forbidden, "this role may not read conversations", Some(&channel)).await;
+        }
+        let (Ok(conversation), Ok(offset)) = (Uuid::parse_str(&conversation), offset.parse::<EntryId>()) else {
+            return self
+                .error(ErrorCode::BadFrame, "read needs a conversation id and an offset (<ms>-<seq>)", None)
+                .await;
+        };
+        let inner = self.gateway.inner.clone();
+        match chatdesk_store::conversations::get_conversation(&inner.db, tenant, conversation).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return self.error(ErrorCode::NotFound, "no such conversation", Some(&channel)).await,
+            Err(_) => return self.error(ErrorCode::Unavailable, "PostgreSQL is unavailable", Some(&channel)).await,
+        }
+        let event = Event::ConversationRead(ConversationRead {
+            conversation_id: conversation,
+            offset: offset.to_string(),
+            by: Actor { kind: SenderKind::Agent, id: Some(user) },
+        });
+        let entry = chatdesk_streams::NewEntry::new(event.event_type(), TenantId(tenant), &event.to_payload())
+            .expect("events serialise")
+            .with_conversation(conversation);
+        match inner.producer.append("events", &entry).await {
+            Ok(_) => true,
+            Err(_) => self.error(ErrorCode::Unavailable, "Redis is unavailable", Some(&channel)).await,
         }
     }
 

@@ -420,6 +420,19 @@ async fn apply_conversation_changes(
             .bind(stored.tenant_id)
             .bind(changed.status.as_str())
             .bind(ms(stored.occurred_at_ms)),
+            Event::ConversationRead(read) => {
+                let Ok(offset) = read.offset.parse::<EntryId>() else { continue };
+                sqlx::query(
+                    "UPDATE conversations c SET unread_count = ( \
+                       SELECT count(*) FROM messages m WHERE m.conversation_id = c.id AND m.direction = 'inbound' \
+                         AND (m.offset_ms, m.offset_seq) > ($3, $4)), updated_at = now() \
+                     WHERE c.id = $1 AND c.tenant_id = $2",
+                )
+                .bind(read.conversation_id)
+                .bind(stored.tenant_id)
+                .bind(ms(offset.millis))
+                .bind(ms(offset.sequence))
+            }
             _ => continue,
         };
         query.execute(&mut **tx).await.map_err(StoreError::Query)?;

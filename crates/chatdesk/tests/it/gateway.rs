@@ -383,6 +383,16 @@ async fn visitors_see_their_own_conversation_and_typing_flows_both_ways() {
     };
     assert_eq!(message["data"]["text"], "hello agent");
     assert_eq!(message["offset"], written.json()["offset"]);
+
+    // Reading it resets the unread count, through the stream like every change.
+    eventually(&api, &format!("/v1/conversations/{conversation}"), "one unread message", |c| c["unread_count"] == 1)
+        .await;
+    send(&mut agent, json!({"op": "read", "conversation": conversation, "offset": message["offset"]})).await;
+    let read = next_event(&mut agent).await;
+    assert_eq!((read["type"].as_str(), &read["data"]["offset"]), (Some("conversation.read"), &message["offset"]));
+    eventually(&api, &format!("/v1/conversations/{conversation}"), "nothing unread", |c| c["unread_count"] == 0).await;
+    send(&mut agent, json!({"op": "read", "conversation": conversation, "offset": "yesterday"})).await;
+    assert_eq!(next(&mut agent).await["code"], "bad_frame");
 }
 
 /// Reads event frames of `channel` until `count` arrived; returns their texts, in order.
