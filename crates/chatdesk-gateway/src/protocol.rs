@@ -63,6 +63,9 @@ pub enum ServerFrame {
         head: Option<String>,
         /// Events replayed from the gap.
         replayed: u64,
+        /// For `inbox`: the agents of the tenant online now.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        presence: Option<Vec<String>>,
     },
     Unsubscribed {
         channel: String,

@@ -42,6 +42,7 @@ struct Session {
     subscriptions: HashMap<String, Subscription>,
     queue: Option<mpsc::WeakSender<Arc<Delivery>>>,
     receiver: Option<mpsc::Receiver<Arc<Delivery>>>,
+    presence_refreshed: Option<Instant>,
 }
 
 /// Why a session ends with a close frame.
@@ -112,6 +113,15 @@ pub async fn run(gateway: Gateway, socket: WebSocket) {
         }
     };
     let id = gateway.inner.sessions.fetch_add(1, Ordering::Relaxed);
+    let agent = match identity {
+        Identity::Agent { tenant, user, .. } => Some((tenant, user)),
+        Identity::Visitor { .. } => None,
+    };
+    if let Some((tenant, user)) = agent
+        && let Err(error) = crate::ephemeral::presence::change(&gateway, tenant, user, id, true).await
+    {
+        tracing::debug!(error = %error, "cannot record presence");
+    }
     let mut session = Session {
         gateway: gateway.clone(),
         id,
@@ -120,9 +130,13 @@ pub async fn run(gateway: Gateway, socket: WebSocket) {
         subscriptions: HashMap::new(),
         queue: None,
         receiver: None,
+        presence_refreshed: None,
     };
     let ending = session.serve(&mut stream).await;
     gateway.inner.hub.leave(id);
+    if let Some((tenant, user)) = agent {
+        let _ = crate::ephemeral::presence::change(&gateway, tenant, user, id, false).await;
+    }
     ::metrics::gauge!(metrics::SUBSCRIPTIONS).decrement(session.subscriptions.len() as f64);
     if let Some(ending) = ending {
         send_close(&mut session.sink, ending).await;
@@ -179,6 +193,7 @@ impl Session {
                         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
                         Some(Ok(Message::Text(text))) => {
                             ::metrics::counter!(metrics::FRAMES_IN_TOTAL).increment(1);
+                            self.refresh_presence().await;
                             if !self.on_frame(&text).await {
                                 return None;
                             }
@@ -193,6 +208,18 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Keeps an agent's presence from lapsing while the socket talks (at most every heartbeat).
+    async fn refresh_presence(&mut self) {
+        let Identity::Agent { tenant, user, .. } = self.identity else { return };
+        let now = Instant::now();
+        if self.presence_refreshed.is_some_and(|at| now.duration_since(at) < self.gateway.inner.settings.heartbeat / 2)
+        {
+            return;
+        }
+        self.presence_refreshed = Some(now);
+        let _ = crate::ephemeral::presence::refresh(&self.gateway, tenant, user, self.id).await;
     }
 
     /// Handles one client frame; `false` when the socket is gone.
@@ -394,12 +421,20 @@ impl Session {
         match self.replay(&name, &mut subscription, since, epoch).await {
             Ok((recovered, epoch, head, replayed)) => {
                 self.subscriptions.insert(name.clone(), subscription);
+                let presence = match channel {
+                    Channel::Inbox => crate::ephemeral::presence::online(&self.gateway, tenant)
+                        .await
+                        .ok()
+                        .map(|users| users.iter().map(Uuid::to_string).collect()),
+                    Channel::Conversation(_) => None,
+                };
                 let frame = ServerFrame::Subscribed {
                     channel: name,
                     recovered,
                     epoch,
                     head: head.map(|offset| offset.to_string()),
                     replayed,
+                    presence,
                 };
                 self.send(&frame).await
             }

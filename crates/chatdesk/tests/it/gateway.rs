@@ -338,6 +338,24 @@ async fn visitors_see_their_own_conversation_and_typing_flows_both_ways() {
 
     let mut agent = hello(http, &token).await;
     subscribe(&mut agent, json!({"op": "subscribe", "channel": channel})).await;
+
+    // Presence: the inbox channel starts with who is online and follows arrivals and departures.
+    let owner = tenant["user_id"].as_str().unwrap().to_owned();
+    let mut watcher = hello(http, &token).await;
+    let (_, inbox_subscribed) = subscribe(&mut watcher, json!({"op": "subscribe", "channel": "inbox"})).await;
+    assert_eq!(inbox_subscribed["presence"], json!([owner]));
+    let mut colleague = hello(http, &token).await;
+    colleague.close(None).await.unwrap();
+    let mut presence = Vec::new();
+    while presence.len() < 2 {
+        let frame = next_event(&mut watcher).await;
+        if frame["type"] == "presence" {
+            assert_eq!(frame["data"]["user_id"], owner.as_str());
+            presence.push(frame["data"]["online"].as_bool().unwrap());
+        }
+    }
+    assert_eq!(presence, [true, true], "still online through the other sockets");
+
     let mut visitor = hello(http, session["token"].as_str().unwrap()).await;
     send(&mut visitor, json!({"op": "subscribe", "channel": "inbox"})).await;
     assert_eq!(next(&mut visitor).await["code"], "forbidden", "a visitor sees only its conversation");
