@@ -1,0 +1,300 @@
+//! Gateway figures against a `chatdesk up` started by this command (private Redis with AOF
+//! `always`, private PostgreSQL, every role):
+//!
+//! 1. end-to-end latency from the webhook request to the agent's socket (p50/p99/p99.9) at the
+//!    given message rates, with `--tenants` × `--agents-per-tenant` agent sockets subscribed to
+//!    their tenant's `inbox` (each message reaches its tenant's agents);
+//! 2. memory per idle connection: the server's RSS with `--idle` idle sockets minus its RSS
+//!    without them, divided by their number;
+//! 3. the time to replay `--replay` missed events to one resuming client.
+//!
+//! ```text
+//! cargo build --release -p chatdesk
+//! cargo run --release -p chatdesk-load-tests --bin gateway-load -- [--rates 500,1000,2000] [--seconds 10]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use chatdesk_api::ingress::signature::sign;
+use chatdesk_core::{KeyScheme, StreamsConfig, TenantId};
+use chatdesk_load_tests::{Connection, Up, chatdesk_binary, percentile};
+use chatdesk_streams::{NewEntry, Producer, RedisConnector, RedisSettings};
+use clap::Parser;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser)]
+#[command(about = "WebSocket end-to-end latency, memory per idle connection, and replay time of chatdesk up")]
+struct Args {
+    #[arg(long, value_delimiter = ',', default_value = "500,1000,2000")]
+    rates: Vec<u64>,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 50)]
+    tenants: usize,
+    #[arg(long, default_value_t = 20)]
+    agents_per_tenant: usize,
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+    #[arg(long, default_value_t = 100_000)]
+    replay: usize,
+    #[arg(long)]
+    chatdesk: Option<PathBuf>,
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_micros() as u64).unwrap_or(0)
+}
+
+async fn open_socket(address: SocketAddr, token: &str) -> anyhow::Result<Socket> {
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{address}/v1/ws")).await?;
+    let hello = serde_json::json!({"op": "hello", "token": token, "protocol": 1});
+    socket.send(Message::Text(hello.to_string().into())).await?;
+    loop {
+        if let Some(Ok(Message::Text(text))) = socket.next().await {
+            if text.contains("\"welcome\"") {
+                return Ok(socket);
+            }
+            bail!("handshake refused: {text}");
+        }
+    }
+}
+
+async fn subscribe(socket: &mut Socket, frame: serde_json::Value) -> anyhow::Result<u64> {
+    socket.send(Message::Text(frame.to_string().into())).await?;
+    let mut events = 0;
+    while let Some(message) = socket.next().await {
+        if let Message::Text(text) = message? {
+            if text.contains("\"op\":\"subscribed\"") {
+                return Ok(events);
+            }
+            events += 1;
+        }
+    }
+    bail!("socket closed while subscribing")
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
+}
+
+/// A valid event the writer skips (typing is not stored), so the replay measures the gateway.
+fn typing_payload(index: usize) -> serde_json::Value {
+    serde_json::json!({"type": "typing", "v": 1, "conversation_id": uuid::Uuid::nil(), "who": {"kind": "system"}, "typing": true, "n": index})
+}
+
+struct Tenant {
+    token: String,
+    path: String,
+    secret: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let up = Up::start(chatdesk_binary(args.chatdesk.as_deref())?, &[("CHATDESK_INGRESS_RATE_PER_INBOX", "1000000")])
+        .await?;
+    let address = up.address;
+    let mut tenants = Vec::new();
+    for index in 0..args.tenants {
+        let email = format!("owner-{index}@bench.test");
+        let tenant =
+            up.admin(&["tenant", "create", "--name", "bench", "--owner-email", &email, "--password", "bench-pass-1"])?;
+        let tenant_id = tenant["tenant_id"].as_str().context("tenant_id")?.to_owned();
+        let inbox = up.admin(&["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "bench"])?;
+        let mut login = Connection::open(address).await?;
+        let body = serde_json::json!({"email": email, "password": "bench-pass-1"}).to_string();
+        let request = format!(
+            "POST /v1/auth/login HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        login.reader.get_mut().write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        login.reader.read_to_string(&mut response).await?;
+        let json: serde_json::Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).context("login body")?)?;
+        tenants.push(Tenant {
+            token: json["token"].as_str().context("token")?.to_owned(),
+            path: inbox["webhook_path"].as_str().context("webhook_path")?.to_owned(),
+            secret: inbox["secret"].as_str().context("secret")?.to_owned(),
+        });
+    }
+    let tenants = Arc::new(tenants);
+
+    // 1. End-to-end latency.
+    let latencies = Arc::new(Mutex::new(Vec::<Duration>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = tokio::task::JoinSet::new();
+    for tenant in tenants.iter() {
+        for _ in 0..args.agents_per_tenant {
+            let mut socket = open_socket(address, &tenant.token).await?;
+            subscribe(&mut socket, serde_json::json!({"op": "subscribe", "channel": "inbox"})).await?;
+            let (latencies, stop) = (latencies.clone(), stop.clone());
+            readers.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(Some(Ok(Message::Text(text)))) =
+                        tokio::time::timeout(Duration::from_millis(200), socket.next()).await
+                    else {
+                        continue;
+                    };
+                    let sent = text
+                        .split("sent=")
+                        .nth(1)
+                        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok());
+                    if let Some(sent) = sent {
+                        latencies.lock().await.push(Duration::from_micros(now_micros().saturating_sub(sent)));
+                    }
+                }
+            });
+        }
+    }
+    println!(
+        "gateway-load: `chatdesk up` (AOF always, every role), {} agent sockets ({} tenants x {} agents, each subscribed to its inbox)",
+        args.tenants * args.agents_per_tenant,
+        args.tenants,
+        args.agents_per_tenant
+    );
+    println!(
+        "{:>10} {:>12} {:>10} {:>10} {:>10} {:>12}",
+        "msgs/s", "sent/s", "p50 ms", "p99 ms", "p99.9 ms", "deliveries"
+    );
+    let mut sequence = 0u64;
+    for &rate in &args.rates {
+        latencies.lock().await.clear();
+        let total = rate * args.seconds;
+        let begin = Instant::now() + Duration::from_millis(200);
+        let connections = 64u64;
+        let mut senders = tokio::task::JoinSet::new();
+        for worker in 0..connections {
+            let tenants = tenants.clone();
+            let base = sequence;
+            senders.spawn(async move {
+                let mut connection = Connection::open(address).await?;
+                let mut index = worker;
+                let mut sent = 0u64;
+                while index < total {
+                    let scheduled = begin + Duration::from_secs_f64(index as f64 / rate as f64);
+                    tokio::time::sleep_until(scheduled.into()).await;
+                    let tenant = &tenants[(index as usize) % tenants.len()];
+                    let number = base + index;
+                    let body = format!(
+                        r#"{{"message_id":"gw-{number}","from":{{"id":"c-{}","name":"Bench"}},"text":"sent={} n={number}"}}"#,
+                        number % 97,
+                        now_micros()
+                    );
+                    if connection.post(&tenant.path, &sign(body.as_bytes(), &tenant.secret), &body).await.is_ok() {
+                        sent += 1;
+                    } else {
+                        connection = Connection::open(address).await?;
+                    }
+                    index += connections;
+                }
+                anyhow::Ok(sent)
+            });
+        }
+        let mut sent = 0;
+        while let Some(joined) = senders.join_next().await {
+            sent += joined??;
+        }
+        let elapsed = begin.elapsed();
+        sequence += total;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut measured = latencies.lock().await.clone();
+        measured.sort();
+        let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
+        println!(
+            "{:>10} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>12}",
+            rate,
+            sent as f64 / elapsed.as_secs_f64(),
+            ms(percentile(&measured, 0.50)),
+            ms(percentile(&measured, 0.99)),
+            ms(percentile(&measured, 0.999)),
+            measured.len()
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    while readers.join_next().await.is_some() {}
+
+    // 2. Memory per idle connection.
+    let pid = up.pid().context("server pid")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss_kib(pid)?;
+    let mut idle = Vec::with_capacity(args.idle);
+    for index in 0..args.idle {
+        idle.push(open_socket(address, &tenants[index % tenants.len()].token).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid)?;
+    println!(
+        "memory per idle connection: {:.1} KiB ({} idle sockets: RSS {} KiB -> {} KiB)",
+        (after.saturating_sub(before)) as f64 / args.idle as f64,
+        args.idle,
+        before,
+        after
+    );
+    drop(idle);
+
+    // 3. Replay of missed events to one resuming client.
+    let streams = Arc::new(StreamsConfig::from_toml_str("streams.toml", include_str!("../../streams.toml"))?);
+    let client = RedisConnector::new(RedisSettings::new(&up.redis_url))?.shared().await?;
+    let producer = Producer::new(client, KeyScheme::new("chatdesk").map_err(anyhow::Error::msg)?, streams);
+    let tenant_claims: serde_json::Value = {
+        let token = &tenants[0].token;
+        let payload = token.split('.').nth(1).context("token payload")?;
+        use base64::Engine;
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?)?
+    };
+    let tenant_id: uuid::Uuid = tenant_claims["tenant"].as_str().context("tenant")?.parse()?;
+    let mut socket = open_socket(address, &tenants[0].token).await?;
+    subscribe(&mut socket, serde_json::json!({"op": "subscribe", "channel": "inbox"})).await?;
+    let start_offset = {
+        let entry = NewEntry::new("typing", TenantId(tenant_id), &typing_payload(0))?;
+        producer.append("events", &entry).await?.id
+    };
+    drop(socket);
+    let mut appending = tokio::task::JoinSet::new();
+    for worker in 0..32usize {
+        let producer = producer.clone();
+        let count = args.replay;
+        appending.spawn(async move {
+            let mut index = worker;
+            while index < count {
+                let entry = NewEntry::new("typing", TenantId(tenant_id), &typing_payload(index))?;
+                producer.append("events", &entry).await?;
+                index += 32;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(joined) = appending.join_next().await {
+        joined??;
+    }
+    let mut socket = open_socket(address, &tenants[0].token).await?;
+    let started = Instant::now();
+    let replayed = subscribe(
+        &mut socket,
+        serde_json::json!({"op": "subscribe", "channel": "inbox", "since": start_offset.to_string()}),
+    )
+    .await?;
+    let elapsed = started.elapsed();
+    println!(
+        "replay: {replayed} missed events in {:.2} s ({:.0} events/s)",
+        elapsed.as_secs_f64(),
+        replayed as f64 / elapsed.as_secs_f64()
+    );
+    up.stop().await;
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Shared pieces of the benchmarks: a private `chatdesk up`, admin commands, and a keep-alive
+//! HTTP/1.1 client for loopback load.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// One keep-alive HTTP/1.1 connection.
+pub struct Connection {
+    pub reader: BufReader<TcpStream>,
+}
+
+impl Connection {
+    pub async fn open(address: SocketAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self { reader: BufReader::new(stream) })
+    }
+
+    /// Sends one request and reads the whole response; returns the status.
+    pub async fn post(&mut self, path: &str, signature: &str, body: &str) -> anyhow::Result<u16> {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nX-Chatdesk-Signature: {signature}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.reader.get_mut().write_all(request.as_bytes()).await?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line).await?;
+        let status: u16 = line.split_whitespace().nth(1).context("no status line")?.parse()?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).await?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse()?;
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.reader.read_exact(&mut body).await?;
+        Ok(status)
+    }
+}
+
+/// The value at `fraction` (0.5 = median) of sorted durations.
+pub fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * fraction).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// The chatdesk binary: `explicit`, else the one next to this benchmark (same build profile).
+pub fn chatdesk_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = explicit {
+        return Ok(path.to_path_buf());
+    }
+    let beside = std::env::current_exe()?.with_file_name("chatdesk");
+    if !beside.exists() {
+        bail!("{} not found: build it first (cargo build --release -p chatdesk) or pass --chatdesk", beside.display());
+    }
+    Ok(beside)
+}
+
+/// Runs `chatdesk admin <args>` and returns its JSON.
+pub fn admin(binary: &Path, database_url: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let output =
+        std::process::Command::new(binary).arg("admin").args(args).env("DATABASE_URL", database_url).output()?;
+    if !output.status.success() {
+        bail!("chatdesk admin {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+/// A `chatdesk up` with private servers in a throwaway data directory, stopped on drop.
+pub struct Up {
+    pub address: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub redis_url: String,
+    pub binary: PathBuf,
+    child: tokio::process::Child,
+}
+
+impl Up {
+    pub async fn start(binary: PathBuf, extra_env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let data_dir = std::env::temp_dir().join(format!("chatdesk-bench-up-{}", std::process::id()));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let address: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let child = tokio::process::Command::new(&binary)
+            .args(["up", "--http", &address.to_string(), "--data-dir"])
+            .arg(&data_dir)
+            .env_remove("REDIS_URL")
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "warn")
+            .envs(extra_env.iter().copied())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start chatdesk up")?;
+        let started = Instant::now();
+        loop {
+            if let Ok(mut connection) = Connection::open(address).await {
+                connection
+                    .reader
+                    .get_mut()
+                    .write_all(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                    .await?;
+                let mut line = String::new();
+                connection.reader.read_line(&mut line).await?;
+                if line.contains(" 200 ") {
+                    break;
+                }
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("chatdesk up did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let servers = std::fs::read_to_string(data_dir.join("servers.env"))?;
+        let value =
+            |name: &str| servers.lines().find_map(|line| line.strip_prefix(&format!("{name}="))).map(str::to_owned);
+        Ok(Self {
+            address,
+            database_url: value("DATABASE_URL").context("DATABASE_URL")?,
+            redis_url: value("REDIS_URL").context("REDIS_URL")?,
+            data_dir,
+            binary,
+            child,
+        })
+    }
+
+    pub fn admin(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        admin(&self.binary, &self.database_url, args)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Ctrl-C, then waits for the clean stop.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").args(["-s", "INT", &pid.to_string()]).status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
