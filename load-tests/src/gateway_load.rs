@@ -144,11 +144,21 @@ async fn main() -> anyhow::Result<()> {
             subscribe(&mut socket, serde_json::json!({"op": "subscribe", "channel": "inbox"})).await?;
             let (latencies, stop) = (latencies.clone(), stop.clone());
             readers.spawn(async move {
+                // Clients ping well inside the heartbeat, as the protocol asks; a silent one is
+                // closed by the server after 2.5 heartbeats.
+                let mut last_ping = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
-                    let Ok(Some(Ok(Message::Text(text)))) =
-                        tokio::time::timeout(Duration::from_millis(200), socket.next()).await
-                    else {
-                        continue;
+                    if last_ping.elapsed() > Duration::from_secs(10) {
+                        last_ping = Instant::now();
+                        if socket.send(Message::Text(r#"{"op":"ping"}"#.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    let text = match tokio::time::timeout(Duration::from_millis(200), socket.next()).await {
+                        Err(_) => continue,
+                        Ok(Some(Ok(Message::Text(text)))) => text,
+                        Ok(Some(Ok(_))) => continue,
+                        Ok(None) | Ok(Some(Err(_))) => break,
                     };
                     let sent = text
                         .split("sent=")
