@@ -116,8 +116,18 @@ impl Gateway {
     }
 }
 
+/// Client frames are small commands: a 64 KiB cap refuses abuse early, and 8 KiB buffers (not
+/// the 128 KiB defaults) keep an idle connection cheap.
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+const SOCKET_BUFFER: usize = 8 * 1024;
+
 async fn upgrade(State(gateway): State<Gateway>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(move |socket| session::run(gateway, socket))
+    upgrade
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| session::run(gateway, socket))
 }
 
 /// Hands every entry the gateway group reads to the sockets listening for it.
