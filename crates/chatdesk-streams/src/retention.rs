@@ -154,3 +154,42 @@ pub async fn run(
         }
     }
 }
+
+/// Removes the groups named `<prefix><anything>` other than `keep` whose consumers have all been
+/// idle for at least `idle` and that hold nothing pending: the groups of gateway nodes that are
+/// gone. Such groups are not durable (they never hold back trimming), but left alone they pile
+/// up in `XINFO GROUPS` and in lag metrics. Returns the groups removed.
+pub async fn remove_idle_groups(
+    client: &Client,
+    keys: &KeyScheme,
+    stream: &StreamSettings,
+    prefix: &str,
+    keep: &str,
+    idle: Duration,
+) -> Result<Vec<String>, Error> {
+    let mut removed = Vec::new();
+    for partition in 0..stream.partitions {
+        let key = keys.partition(&stream.name, partition).stream;
+        let exists: u64 = client.exists(&key).await?;
+        if exists == 0 {
+            continue;
+        }
+        let groups: Vec<HashMap<String, Value>> = client.xinfo_groups(&key).await?;
+        for group in groups {
+            let Some(name) = group.get("name").map(value_text) else { continue };
+            let pending = group.get("pending").and_then(Value::as_u64).unwrap_or(0);
+            if !name.starts_with(prefix) || name == keep || pending > 0 {
+                continue;
+            }
+            let consumers: Vec<HashMap<String, Value>> = client.xinfo_consumers(&key, name.as_str()).await?;
+            let all_idle = consumers.iter().all(|consumer| {
+                consumer.get("idle").and_then(Value::as_u64).unwrap_or(u64::MAX) >= idle.as_millis() as u64
+            });
+            if all_idle {
+                let _: i64 = client.xgroup_destroy(&key, name.as_str()).await?;
+                removed.push(format!("{name}@{partition}"));
+            }
+        }
+    }
+    Ok(removed)
+}

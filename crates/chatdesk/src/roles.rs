@@ -47,6 +47,43 @@ impl Role {
     }
 }
 
+/// How long a gateway group may be idle before it counts as a gone node's and is removed.
+const GONE_GATEWAY_IDLE: Duration = Duration::from_secs(3600);
+
+/// Removes the consumer groups of gateway nodes that are gone, every few minutes.
+fn remove_gone_gateways(
+    runtime: &Runtime,
+    own_group: String,
+    cancel: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
+    let (redis, keys, streams) = (runtime.redis.clone(), runtime.keys.clone(), runtime.streams.clone());
+    async move {
+        let Some(events) = streams.stream("events") else { return };
+        loop {
+            let removed = chatdesk_streams::retention::remove_idle_groups(
+                &redis,
+                &keys,
+                events,
+                "gateway.",
+                &own_group,
+                GONE_GATEWAY_IDLE,
+            )
+            .await;
+            match removed {
+                Ok(removed) if !removed.is_empty() => {
+                    tracing::info!(groups = ?removed, "removed the groups of gone gateway nodes")
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(error = %error, "cannot look for idle gateway groups"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(300)) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+}
+
 /// Fires `cancel` on Ctrl-C or SIGTERM.
 pub fn cancel_on_signals(cancel: CancellationToken) {
     tokio::spawn(async move {
@@ -116,6 +153,7 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                 let group = GroupName::parse(&format!("gateway.{}", runtime.node_id)).map_err(|error| {
                     anyhow::anyhow!("CHATDESK_NODE_ID makes an invalid gateway group name: {error}")
                 })?;
+                let own_group = group.to_string();
                 let fanout = Consumer::new(
                     runtime.connector.clone(),
                     runtime.keys.clone(),
@@ -125,6 +163,14 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                     runtime.node_id.clone(),
                     gateway.fanout(),
                 )?;
+                let cleanup = remove_gone_gateways(runtime, own_group, cancel.clone());
+                consumers.push((
+                    "gateway-cleanup",
+                    Box::pin(async move {
+                        cleanup.await;
+                        Ok(())
+                    }),
+                ));
                 let signals =
                     chatdesk_gateway::ephemeral::listen(gateway.clone(), runtime.connector.clone(), cancel.clone());
                 consumers.push(("gateway-signals", Box::pin(async move { signals.await.map_err(Into::into) })));

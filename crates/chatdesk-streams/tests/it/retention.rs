@@ -107,3 +107,33 @@ async fn a_missing_durable_group_blocks_trimming() {
     let trimmed = trim_partition(&client, &keys, stream, 0, 0).await.unwrap();
     assert_eq!(trimmed.removed, 0);
 }
+
+#[tokio::test]
+async fn groups_of_gone_gateway_nodes_are_removed() {
+    let (client, keys, config, key, _redis) = setup(r#"durable_groups = ["writer"]"#).await;
+    let stream = config.stream("events").unwrap();
+    append(&client, &keys, &config, 3).await;
+    for group in ["gateway.gone", "gateway.busy", "gateway.me", "writer"] {
+        chatdesk_streams::runtime::ensure_group(&client, &key, group, chatdesk_core::StartFrom::Earliest)
+            .await
+            .unwrap();
+        let _: Read =
+            client.xreadgroup_map(group, "c", Some(1), None, false, key.as_str(), XID::NewInGroup).await.unwrap();
+    }
+    // gone: everything acknowledged; busy: one entry still pending.
+    let delivered: Vec<(String, HashMap<String, String>)> = client.xrange(&key, "-", "+", Some(1)).await.unwrap();
+    let _: i64 = client.xack(&key, "gateway.gone", delivered[0].0.as_str()).await.unwrap();
+    let removed = chatdesk_streams::retention::remove_idle_groups(
+        &client,
+        &keys,
+        stream,
+        "gateway.",
+        "gateway.me",
+        std::time::Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(removed, ["gateway.gone@0"]);
+    let groups: Vec<HashMap<String, fred::types::Value>> = client.xinfo_groups(&key).await.unwrap();
+    assert_eq!(groups.len(), 3, "the busy one, our own and the durable writer stay");
+}
