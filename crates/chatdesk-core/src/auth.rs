@@ -50,6 +50,14 @@ impl Role {
     }
 }
 
+/// Whether `text` looks like an e-mail address (a local part, `@`, a dotted domain, no spaces):
+/// logins and widget visitors are identified by one.
+pub fn is_email(text: &str) -> bool {
+    text.len() <= 320
+        && !text.contains(char::is_whitespace)
+        && text.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+}
+
 /// A random string of `length` letters and digits (secrets, keys).
 pub fn random_token(length: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";

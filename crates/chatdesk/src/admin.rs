@@ -32,10 +32,7 @@ fn kind(arg: KindArg) -> InboxKind {
 }
 
 fn check_email(flag: &str, email: &str) -> anyhow::Result<()> {
-    let valid = email.len() <= 320
-        && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
-        && !email.contains(char::is_whitespace);
-    if !valid {
+    if !chatdesk_core::auth::is_email(email) {
         bail!("{flag} {email:?} is not an e-mail address");
     }
     Ok(())

@@ -40,12 +40,6 @@ pub struct Session {
     pub expires_at: u64,
 }
 
-fn valid_email(email: &str) -> bool {
-    email.len() <= 320
-        && !email.contains(char::is_whitespace)
-        && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
-}
-
 /// Starts (or resumes, within the standby window) a visitor's conversation.
 #[utoipa::path(
     post,
@@ -70,7 +64,7 @@ pub async fn start_session(
         let inbox = inbox_of_kind(&state, inbox_id, InboxKind::Web).await?;
         check_rate(&state, inbox.id).await?;
         let email = request.email.trim().to_lowercase();
-        if !valid_email(&email) {
+        if !chatdesk_core::auth::is_email(&email) {
             return Err(ApiError::invalid_field("email", "is not an e-mail address"));
         }
         let name = request.name.map(|name| name.trim().to_owned()).filter(|name| !name.is_empty());

@@ -97,13 +97,8 @@ async fn next_event(socket: &mut Socket) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscriptions_deliver_live_and_resume_without_gaps_or_duplicates() {
-    let redis = chatdesk_testkit::redis().await;
-    let postgres = chatdesk_testkit::postgres().await;
-    let env = Env::new(redis.url(), postgres.url());
-    let tenant = admin(
-        &env,
-        &["tenant", "create", "--name", "Acme", "--owner-email", "owner@ws.test", "--password", "owner-pass-1"],
-    );
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@ws.test", "owner-pass-1");
     let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
     admin(
         &env,
@@ -303,13 +298,8 @@ async fn subscriptions_deliver_live_and_resume_without_gaps_or_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn visitors_see_their_own_conversation_and_typing_flows_both_ways() {
-    let redis = chatdesk_testkit::redis().await;
-    let postgres = chatdesk_testkit::postgres().await;
-    let env = Env::new(redis.url(), postgres.url());
-    let tenant = admin(
-        &env,
-        &["tenant", "create", "--name", "Acme", "--owner-email", "owner@typing.test", "--password", "owner-pass-1"],
-    );
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@typing.test", "owner-pass-1");
     let inbox = admin(
         &env,
         &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "web", "--name", "Site"],
@@ -428,13 +418,8 @@ async fn read_texts(socket: &mut Socket, count: usize) -> Result<Vec<String>, Va
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn resume_after_a_long_gap_a_killed_gateway_and_a_move_to_another_node() {
-    let redis = chatdesk_testkit::redis().await;
-    let postgres = chatdesk_testkit::postgres().await;
-    let env = Env::new(redis.url(), postgres.url());
-    let tenant = admin(
-        &env,
-        &["tenant", "create", "--name", "Acme", "--owner-email", "owner@resume.test", "--password", "owner-pass-1"],
-    );
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@resume.test", "owner-pass-1");
     let inbox = admin(
         &env,
         &[
@@ -559,13 +544,8 @@ async fn resume_after_a_long_gap_a_killed_gateway_and_a_move_to_another_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_stops_reading_is_closed_and_others_keep_up() {
-    let redis = chatdesk_testkit::redis().await;
-    let postgres = chatdesk_testkit::postgres().await;
-    let env = Env::new(redis.url(), postgres.url());
-    let tenant = admin(
-        &env,
-        &["tenant", "create", "--name", "Acme", "--owner-email", "owner@slow.test", "--password", "owner-pass-1"],
-    );
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@slow.test", "owner-pass-1");
     let tenant_id: uuid::Uuid = tenant["tenant_id"].as_str().unwrap().parse().unwrap();
     let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
     // The default queue (1,024 frames) is ten batches of the gateway group: room for a client

@@ -76,13 +76,8 @@ async fn texts(api: &Client, conversation: &str, expected: usize) -> Vec<String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn channel_messages_land_once_in_the_right_conversation() {
-    let redis = chatdesk_testkit::redis().await;
-    let postgres = chatdesk_testkit::postgres().await;
-    let env = Env::new(redis.url(), postgres.url());
-    let tenant = admin(
-        &env,
-        &["tenant", "create", "--name", "Acme", "--owner-email", "owner@ingress.test", "--password", "owner-pass-1"],
-    );
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@ingress.test", "owner-pass-1");
     let tenant_id = id(&tenant, "tenant_id");
     let inbox = |kind: &str| admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", kind, "--name", kind]);
     let inboxes = Inboxes {
@@ -287,13 +282,8 @@ async fn channel_messages_land_once_in_the_right_conversation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_inbox_has_a_rate_limit() {
-    let redis = chatdesk_testkit::redis().await;
-    let postgres = chatdesk_testkit::postgres().await;
-    let env = Env::new(redis.url(), postgres.url());
-    let tenant = admin(
-        &env,
-        &["tenant", "create", "--name", "Acme", "--owner-email", "owner@rate.test", "--password", "owner-pass-1"],
-    );
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@rate.test", "owner-pass-1");
     let inbox =
         admin(&env, &["inbox", "create", "--tenant", &id(&tenant, "tenant_id"), "--kind", "generic", "--name", "busy"]);
     let (http, _server) = serve(&env, &[("CHATDESK_INGRESS_RATE_PER_INBOX", "3")]).await;

@@ -57,14 +57,9 @@ async fn seed_conversation(producer: &Producer, tenant: Uuid, inbox: Uuid, messa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conversations_history_and_agent_actions_over_rest() {
-    let redis = chatdesk_testkit::redis().await;
-    let postgres = chatdesk_testkit::postgres().await;
-    let env = Env::new(redis.url(), postgres.url());
+    let env = Env::start().await;
 
-    let tenant_a = admin(
-        &env,
-        &["tenant", "create", "--name", "Acme", "--owner-email", "owner@acme.test", "--password", "owner-pass-1"],
-    );
+    let tenant_a = env.tenant("owner@acme.test", "owner-pass-1");
     let tenant_b = admin(
         &env,
         &["tenant", "create", "--name", "Globex", "--owner-email", "owner@globex.test", "--password", "owner-pass-2"],

@@ -10,10 +10,13 @@ use tokio::process::{Child, Command};
 
 pub const JWT_SECRET: &str = "a-test-signing-key-that-is-long-enough-0123456789";
 
+/// Real servers for one test and the settings a `chatdesk` process needs to use them.
 pub struct Env {
     pub redis_url: String,
     pub database_url: String,
     pub prefix: String,
+    _redis: chatdesk_testkit::TestRedis,
+    _postgres: chatdesk_testkit::TestPostgres,
 }
 
 pub fn admin(env: &Env, args: &[&str]) -> Value {
@@ -28,12 +31,22 @@ pub fn admin(env: &Env, args: &[&str]) -> Value {
 }
 
 impl Env {
-    pub fn new(redis_url: &str, database_url: &str) -> Self {
+    /// A Redis and a fresh PostgreSQL database (see chatdesk-testkit).
+    pub async fn start() -> Self {
+        let redis = chatdesk_testkit::redis().await;
+        let postgres = chatdesk_testkit::postgres().await;
         Self {
-            redis_url: redis_url.to_owned(),
-            database_url: database_url.to_owned(),
+            redis_url: redis.url().to_owned(),
+            database_url: postgres.url().to_owned(),
             prefix: chatdesk_testkit::unique_prefix(),
+            _redis: redis,
+            _postgres: postgres,
         }
+    }
+
+    /// `chatdesk admin tenant create` with an owner; returns its JSON.
+    pub fn tenant(&self, owner_email: &str, password: &str) -> Value {
+        admin(self, &["tenant", "create", "--name", "Acme", "--owner-email", owner_email, "--password", password])
     }
 }
 
