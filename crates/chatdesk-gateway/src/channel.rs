@@ -10,12 +10,17 @@ pub enum Channel {
     Inbox,
     /// `conversation:<id>`: one conversation's messages, statuses and changes.
     Conversation(Uuid),
+    /// `ops`: stream health (length, lag, pending, dead letters per group) every few seconds, for
+    /// SREs. Counts only: no tenant's data.
+    Ops,
 }
 
 impl Channel {
     pub fn parse(name: &str) -> Option<Self> {
-        if name == "inbox" {
-            return Some(Channel::Inbox);
+        match name {
+            "inbox" => return Some(Channel::Inbox),
+            "ops" => return Some(Channel::Ops),
+            _ => {}
         }
         let id = name.strip_prefix("conversation:")?;
         Uuid::parse_str(id).ok().map(Channel::Conversation)
@@ -25,6 +30,7 @@ impl Channel {
         match self {
             Channel::Inbox => "inbox".to_owned(),
             Channel::Conversation(id) => format!("conversation:{id}"),
+            Channel::Ops => "ops".to_owned(),
         }
     }
 }
@@ -57,6 +63,8 @@ pub fn authorize(identity: &Identity, channel: &Channel) -> Result<(), &'static 
     match (identity, channel) {
         (Identity::Visitor { conversation, .. }, Channel::Conversation(wanted)) if conversation == wanted => Ok(()),
         (Identity::Visitor { .. }, _) => Err("a visitor may only subscribe to its own conversation"),
+        (Identity::Agent { role: Role::Owner | Role::Admin | Role::Sre, .. }, Channel::Ops) => Ok(()),
+        (Identity::Agent { .. }, Channel::Ops) => Err("the ops channel is for the sre, admin and owner roles"),
         (Identity::Agent { role: Role::Owner | Role::Admin | Role::Agent, .. }, _) => Ok(()),
         (Identity::Agent { .. }, _) => Err("this role may not read conversations"),
     }
@@ -79,5 +87,13 @@ mod tests {
         assert!(authorize(&visitor, &Channel::Inbox).is_err());
         let marketer = Identity::Agent { tenant: Uuid::nil(), user: id, role: Role::Marketer };
         assert!(authorize(&marketer, &Channel::Inbox).is_err());
+        assert!(authorize(&marketer, &Channel::Ops).is_err());
+        assert!(authorize(&visitor, &Channel::Ops).is_err());
+        let sre = Identity::Agent { tenant: Uuid::nil(), user: id, role: Role::Sre };
+        assert!(authorize(&sre, &Channel::Ops).is_ok());
+        assert!(authorize(&sre, &Channel::Inbox).is_err());
+        let agent = Identity::Agent { tenant: Uuid::nil(), user: id, role: Role::Agent };
+        assert!(authorize(&agent, &Channel::Ops).is_err());
+        assert_eq!(Channel::parse("ops"), Some(Channel::Ops));
     }
 }

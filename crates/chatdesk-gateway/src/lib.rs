@@ -4,18 +4,22 @@
 //! - [`channel`]: channel names and who may subscribe.
 //! - [`ephemeral`]: typing signals between gateways over Redis pub/sub, never stored.
 //! - [`hub`]: in-memory fan-out of this node's entries to its sockets, with bounded queues.
+//! - [`readers`]: which partitions this node reads (only those of its sockets' tenants).
 //! - [`replay`]: the gap of a resuming client, from the stream or from PostgreSQL.
 //! - [`session`]: one socket: handshake, subscriptions, resume, heartbeats.
 //!
 //! Each gateway process reads the events stream through its own consumer group
-//! (`gateway.<node id>`, starting at the newest entry) and hands every entry to the hub; sockets
-//! resume from their own cursors, so any node can serve any client.
+//! (`gateway.<node id>`, starting at the newest entry), only on the partitions its sockets need,
+//! and hands every entry to the hub; sockets resume from their own cursors, so any node can serve
+//! any client.
 
 pub mod channel;
 pub mod ephemeral;
 pub mod hub;
 pub mod metrics;
+pub mod ops;
 pub mod protocol;
+pub mod readers;
 pub mod replay;
 pub mod session;
 
@@ -28,11 +32,12 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
 use chatdesk_core::auth::TokenKey;
-use chatdesk_core::{KeyScheme, StreamsConfig};
-use chatdesk_streams::{Batch, Handler, HandlerError, Outcomes, RedisClient};
+use chatdesk_core::{GroupName, KeyScheme, StreamsConfig};
+use chatdesk_streams::{Batch, Handler, HandlerError, Outcomes, RedisClient, RedisConnector};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
+use crate::readers::{ReaderError, Readers};
 
 /// Everything sockets share.
 #[derive(Clone)]
@@ -52,6 +57,15 @@ pub(crate) struct Inner {
     pub sessions: AtomicU64,
     pub shutdown: CancellationToken,
     pub producer: chatdesk_streams::Producer,
+    pub readers: Readers,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("the node id {node:?} makes an invalid group name: {reason}")]
+    InvalidNode { node: String, reason: String },
+    #[error("streams.toml declares no `events` stream")]
+    NoEventsStream,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +93,7 @@ impl Default for GatewaySettings {
 impl Gateway {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        connector: RedisConnector,
         redis: RedisClient,
         db: chatdesk_store::Pool,
         keys: KeyScheme,
@@ -87,7 +102,11 @@ impl Gateway {
         node: String,
         settings: GatewaySettings,
         shutdown: CancellationToken,
-    ) -> Self {
+    ) -> Result<Self, GatewayError> {
+        let group = GroupName::parse(&format!("gateway.{node}"))
+            .map_err(|error| GatewayError::InvalidNode { node: node.clone(), reason: error.to_string() })?;
+        let events = streams.stream("events").ok_or(GatewayError::NoEventsStream)?.clone();
+        let readers = Readers::new(connector, events, group, shutdown.child_token());
         let producer = chatdesk_streams::Producer::new(redis.clone(), keys.clone(), streams.clone());
         let inner = Inner {
             hub: Hub::default(),
@@ -101,18 +120,29 @@ impl Gateway {
             sessions: AtomicU64::new(0),
             shutdown,
             producer,
+            readers,
         };
-        Self { inner: Arc::new(inner) }
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// The node's consumer group, `gateway.<node id>`.
+    pub fn group(&self) -> &GroupName {
+        self.inner.readers.group()
+    }
+
+    /// The partitions this node reads now.
+    pub async fn partitions_read(&self) -> Vec<u16> {
+        self.inner.readers.partitions().await
+    }
+
+    /// Supervises the partition readers until shutdown; fails when one fails for good.
+    pub async fn run_readers(&self) -> Result<(), ReaderError> {
+        self.inner.readers.supervise().await
     }
 
     /// `GET /v1/ws`.
     pub fn router(&self) -> Router {
         Router::new().route("/v1/ws", get(upgrade)).with_state(self.clone())
-    }
-
-    /// The consumer-group handler that feeds this node's hub.
-    pub fn fanout(&self) -> Fanout {
-        Fanout { gateway: self.clone() }
     }
 }
 
@@ -131,8 +161,8 @@ async fn upgrade(State(gateway): State<Gateway>, upgrade: WebSocketUpgrade) -> R
 }
 
 /// Hands every entry the gateway group reads to the sockets listening for it.
-pub struct Fanout {
-    gateway: Gateway,
+pub(crate) struct Fanout {
+    pub(crate) gateway: Gateway,
 }
 
 impl Handler for Fanout {

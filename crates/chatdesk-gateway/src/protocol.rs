@@ -133,6 +133,8 @@ pub mod close {
     pub const IDLE: u16 = 4010;
     /// The server is restarting; reconnect (to any node) and resume.
     pub const RESTARTING: u16 = 1012;
+    /// The server cannot serve the socket now (Redis is unreachable); reconnect after a pause.
+    pub const UNAVAILABLE: u16 = 1013;
 }
 
 impl ClientFrame {

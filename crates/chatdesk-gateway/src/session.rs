@@ -43,6 +43,8 @@ struct Session {
     queue: Option<mpsc::WeakSender<Arc<Delivery>>>,
     receiver: Option<mpsc::Receiver<Arc<Delivery>>>,
     presence_refreshed: Option<Instant>,
+    /// Set while subscribed to `ops`: when the next snapshot is due.
+    ops: Option<tokio::time::Interval>,
 }
 
 /// Why a session ends with a close frame.
@@ -112,6 +114,21 @@ pub async fn run(gateway: Gateway, socket: WebSocket) {
             return;
         }
     };
+    // The events of every channel this socket may use live in its tenant's partition: this node
+    // must read it from now on, before any subscription replays.
+    let partition = gateway
+        .inner
+        .streams
+        .stream("events")
+        .map(|events| partition_for_tenant(&TenantId(identity.tenant()), events.partitions))
+        .unwrap_or(0);
+    if let Err(error) = gateway.inner.readers.acquire(&gateway, partition).await {
+        tracing::warn!(error = %error, partition, "cannot read the socket's partition");
+        send_close(&mut sink, closing(close::UNAVAILABLE, "the server cannot read events now; reconnect shortly"))
+            .await;
+        ::metrics::gauge!(metrics::CONNECTIONS).decrement(1.0);
+        return;
+    }
     let id = gateway.inner.sessions.fetch_add(1, Ordering::Relaxed);
     let agent = match identity {
         Identity::Agent { tenant, user, .. } => Some((tenant, user)),
@@ -131,13 +148,16 @@ pub async fn run(gateway: Gateway, socket: WebSocket) {
         queue: None,
         receiver: None,
         presence_refreshed: None,
+        ops: None,
     };
     let ending = session.serve(&mut stream).await;
     gateway.inner.hub.leave(id);
     if let Some((tenant, user)) = agent {
         let _ = crate::ephemeral::presence::change(&gateway, tenant, user, id, false).await;
     }
-    ::metrics::gauge!(metrics::SUBSCRIPTIONS).decrement(session.subscriptions.len() as f64);
+    ::metrics::gauge!(metrics::SUBSCRIPTIONS)
+        .decrement(session.subscriptions.len() as f64 + session.ops.is_some() as u8 as f64);
+    gateway.inner.readers.release(partition).await;
     if let Some(ending) = ending {
         send_close(&mut session.sink, ending).await;
     }
@@ -187,6 +207,11 @@ impl Session {
                         None => return Some(closing(close::SLOW_CLIENT, "too far behind; reconnect and resume from your last offset")),
                     }
                 }
+                _ = async { self.ops.as_mut().expect("subscribed to ops").tick().await }, if self.ops.is_some() => {
+                    if !self.push_ops().await {
+                        return None;
+                    }
+                }
                 frame = stream.next() => {
                     idle_deadline = Instant::now() + idle;
                     match frame {
@@ -230,6 +255,11 @@ impl Session {
                 self.error(ErrorCode::AlreadyAuthenticated, "hello was already accepted", None).await
             }
             Ok(ClientFrame::Ping { id }) => self.send(&ServerFrame::Pong { id }).await,
+            Ok(ClientFrame::Unsubscribe { channel }) if channel == "ops" && self.ops.is_some() => {
+                self.ops = None;
+                ::metrics::gauge!(metrics::SUBSCRIPTIONS).decrement(1.0);
+                self.send(&ServerFrame::Unsubscribed { channel }).await
+            }
             Ok(ClientFrame::Unsubscribe { channel }) => {
                 let Some(subscription) = self.subscriptions.remove(&channel) else {
                     return self
@@ -375,11 +405,14 @@ impl Session {
     async fn subscribe(&mut self, name: String, since: Option<String>, epoch: Option<String>) -> bool {
         let Some(channel) = Channel::parse(&name) else {
             return self
-                .error(ErrorCode::UnknownChannel, "channels are `inbox` and `conversation:<id>`", Some(&name))
+                .error(ErrorCode::UnknownChannel, "channels are `inbox`, `conversation:<id>` and `ops`", Some(&name))
                 .await;
         };
         if let Err(reason) = authorize(&self.identity, &channel) {
             return self.error(ErrorCode::Forbidden, reason, Some(&name)).await;
+        }
+        if channel == Channel::Ops {
+            return self.subscribe_ops().await;
         }
         if self.subscriptions.contains_key(&name) {
             self.gateway.inner.hub.unlisten(self.id, &self.subscriptions[&name].key);
@@ -399,6 +432,7 @@ impl Session {
         let tenant = self.identity.tenant();
         let (key, conversation) = match channel {
             Channel::Inbox => (format!("inbox:{tenant}"), None),
+            Channel::Ops => unreachable!("handled above"),
             Channel::Conversation(id) => {
                 if let Identity::Agent { .. } = self.identity {
                     match chatdesk_store::conversations::get_conversation(&self.gateway.inner.db, tenant, id).await {
@@ -426,7 +460,7 @@ impl Session {
                         .await
                         .ok()
                         .map(|users| users.iter().map(Uuid::to_string).collect()),
-                    Channel::Conversation(_) => None,
+                    Channel::Conversation(_) | Channel::Ops => None,
                 };
                 let frame = ServerFrame::Subscribed {
                     channel: name,
@@ -444,6 +478,44 @@ impl Session {
                 self.error(ErrorCode::Unavailable, message, Some(&name)).await
             }
             Err(None) => false,
+        }
+    }
+
+    /// `ops` has no offsets (snapshots are not stored): `subscribed`, then a snapshot now and
+    /// every few seconds.
+    async fn subscribe_ops(&mut self) -> bool {
+        if self.ops.is_none() {
+            ::metrics::gauge!(metrics::SUBSCRIPTIONS).increment(1.0);
+        }
+        let mut interval = tokio::time::interval(crate::ops::INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.ops = Some(interval);
+        let frame = ServerFrame::Subscribed {
+            channel: "ops".to_owned(),
+            recovered: true,
+            epoch: String::new(),
+            head: None,
+            replayed: 0,
+            presence: None,
+        };
+        self.send(&frame).await
+    }
+
+    async fn push_ops(&mut self) -> bool {
+        let inner = self.gateway.inner.clone();
+        match crate::ops::snapshot(&inner.redis, &inner.keys, &inner.streams).await {
+            Ok(snapshot) => {
+                ::metrics::counter!(metrics::OPS_SNAPSHOTS_TOTAL).increment(1);
+                let frame = ServerFrame::Event {
+                    channel: "ops".to_owned(),
+                    offset: None,
+                    event_id: None,
+                    event_type: crate::ops::EVENT_TYPE.to_owned(),
+                    data: serde_json::to_value(snapshot).expect("snapshots serialise"),
+                };
+                self.send(&frame).await
+            }
+            Err(_) => self.error(ErrorCode::Unavailable, "Redis is unavailable", Some("ops")).await,
         }
     }
 

@@ -138,8 +138,8 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                 consumers.push(("writer", Box::pin(async move { writer.run(cancel).await.map_err(Into::into) })));
             }
             Role::Gateway => {
-                let stream = runtime.streams.stream("events").context("streams.toml declares no `events` stream")?;
                 let gateway = Gateway::new(
+                    runtime.connector.clone(),
                     runtime.redis.clone(),
                     runtime.db.clone(),
                     runtime.keys.clone(),
@@ -148,22 +148,9 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                     runtime.node_id.clone(),
                     runtime.gateway.clone(),
                     cancel.clone(),
-                );
-                router = router.merge(gateway.router());
-                let group = GroupName::parse(&format!("gateway.{}", runtime.node_id)).map_err(|error| {
-                    anyhow::anyhow!("CHATDESK_NODE_ID makes an invalid gateway group name: {error}")
-                })?;
-                let own_group = group.to_string();
-                let fanout = Consumer::new(
-                    runtime.connector.clone(),
-                    runtime.keys.clone(),
-                    stream,
-                    "gateway",
-                    group,
-                    runtime.node_id.clone(),
-                    gateway.fanout(),
                 )?;
-                let cleanup = remove_gone_gateways(runtime, own_group, cancel.clone());
+                router = router.merge(gateway.router());
+                let cleanup = remove_gone_gateways(runtime, gateway.group().to_string(), cancel.clone());
                 consumers.push((
                     "gateway-cleanup",
                     Box::pin(async move {
@@ -174,8 +161,7 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                 let signals =
                     chatdesk_gateway::ephemeral::listen(gateway.clone(), runtime.connector.clone(), cancel.clone());
                 consumers.push(("gateway-signals", Box::pin(async move { signals.await.map_err(Into::into) })));
-                let cancel = cancel.clone();
-                consumers.push(("gateway", Box::pin(async move { fanout.run(cancel).await.map_err(Into::into) })));
+                consumers.push(("gateway", Box::pin(async move { gateway.run_readers().await.map_err(Into::into) })));
             }
         }
     }

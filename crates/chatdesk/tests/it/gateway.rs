@@ -100,21 +100,7 @@ async fn subscriptions_deliver_live_and_resume_without_gaps_or_duplicates() {
     let env = Env::start().await;
     let tenant = env.tenant("owner@ws.test", "owner-pass-1");
     let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
-    admin(
-        &env,
-        &[
-            "agent",
-            "create",
-            "--tenant",
-            &tenant_id,
-            "--email",
-            "marketer@ws.test",
-            "--password",
-            "market-pass-1",
-            "--role",
-            "marketer",
-        ],
-    );
+    env.user(&tenant_id, "marketer@ws.test", "market-pass-1", "marketer");
     let inbox = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "Support"]);
     let other = admin(
         &env,
@@ -591,4 +577,84 @@ async fn a_client_that_stops_reading_is_closed_and_others_keep_up() {
         }
     };
     assert_eq!(closed["close"], 4008, "{closed}");
+}
+
+/// The gateway groups on each partition of the events stream (`gateway.<node>` names).
+async fn gateway_groups(
+    redis: &fred::clients::Client,
+    keys: &KeyScheme,
+    events: &chatdesk_core::StreamSettings,
+) -> Vec<(u16, String)> {
+    let mut found = Vec::new();
+    for partition in 0..events.partitions {
+        let key = keys.partition(&events.name, partition).stream;
+        let groups: Vec<std::collections::HashMap<String, fred::types::Value>> =
+            redis.xinfo_groups(&key).await.unwrap_or_default();
+        for group in groups {
+            let name = group.get("name").and_then(|name| name.as_string()).unwrap_or_default();
+            if name.starts_with("gateway.") {
+                found.push((partition, name));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_reads_only_its_sockets_partitions_and_sres_get_the_ops_feed() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@ops.test", "owner-pass-1");
+    let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
+    env.user(&tenant_id, "sre@ops.test", "sre-pass-1", "sre");
+    admin(
+        &env,
+        &["agent", "create", "--tenant", &tenant_id, "--email", "agent@ops.test", "--password", "agent-pass-1"],
+    );
+    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let _server = serve_roles(&env, "ingress,writer,gateway", http, &[]).await;
+
+    let streams = StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap();
+    let events_stream = streams.stream("events").unwrap();
+    let partitions = events_stream.partitions;
+    let keys = KeyScheme::new(&env.prefix).unwrap();
+    let redis = RedisConnector::new(RedisSettings::new(&env.redis_url)).unwrap().shared().await.unwrap();
+    assert_eq!(gateway_groups(&redis, &keys, events_stream).await, vec![], "no socket yet, nothing read");
+
+    let sre_token = login(http, "sre@ops.test", "sre-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let agent_token = login(http, "agent@ops.test", "agent-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let mut sre = hello(http, &sre_token).await;
+    let own = chatdesk_core::keys::partition_for_tenant(&TenantId(tenant_id.parse().unwrap()), partitions);
+    assert_eq!(
+        gateway_groups(&redis, &keys, events_stream).await,
+        vec![(own, "gateway.test-node".to_owned())],
+        "a socket makes the node read its tenant's partition, and only that one"
+    );
+
+    // The ops feed: a snapshot at once, with every stream and its groups.
+    let (_, subscribed) = subscribe(&mut sre, json!({"op": "subscribe", "channel": "ops"})).await;
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+    let snapshot = next_event(&mut sre).await;
+    assert_eq!(snapshot["channel"], "ops");
+    assert_eq!(snapshot["type"], "ops.streams");
+    assert_eq!(snapshot["offset"], Value::Null, "snapshots are not stored");
+    let all = snapshot["data"]["streams"].as_array().unwrap();
+    let events = all.iter().find(|stream| stream["stream"] == "events").expect("the events stream");
+    assert_eq!(events["partitions"], partitions);
+    let groups: Vec<&str> = events["groups"].as_array().unwrap().iter().map(|g| g["group"].as_str().unwrap()).collect();
+    assert!(groups.contains(&"writer") && groups.contains(&"gateway.test-node"), "{groups:?}");
+    assert!(events["dead_letters"].is_u64(), "{events}");
+    // An SRE reads stream health, not conversations.
+    send(&mut sre, json!({"op": "subscribe", "channel": "inbox"})).await;
+    let refused = next(&mut sre).await;
+    assert_eq!((refused["op"].as_str(), refused["code"].as_str()), (Some("error"), Some("forbidden")), "{refused}");
+    send(&mut sre, json!({"op": "unsubscribe", "channel": "ops"})).await;
+    assert_eq!(next(&mut sre).await["op"], "unsubscribed");
+
+    // An agent may not read the ops feed.
+    let mut agent = hello(http, &agent_token).await;
+    send(&mut agent, json!({"op": "subscribe", "channel": "ops"})).await;
+    let refused = next(&mut agent).await;
+    assert_eq!((refused["code"].as_str(), refused["channel"].as_str()), (Some("forbidden"), Some("ops")), "{refused}");
+    let metrics = chatdesk_testkit::http_get(http, "/metrics").await.unwrap().1;
+    assert!(metrics.contains("chatdesk_gateway_partitions_read 1"), "{metrics}");
 }

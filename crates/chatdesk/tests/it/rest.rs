@@ -66,36 +66,8 @@ async fn conversations_history_and_agent_actions_over_rest() {
     );
     let (a, b) =
         (tenant_a["tenant_id"].as_str().unwrap().to_owned(), tenant_b["tenant_id"].as_str().unwrap().to_owned());
-    let agent = admin(
-        &env,
-        &[
-            "agent",
-            "create",
-            "--tenant",
-            &a,
-            "--email",
-            "agent@acme.test",
-            "--password",
-            "agent-pass-1",
-            "--role",
-            "agent",
-        ],
-    );
-    admin(
-        &env,
-        &[
-            "agent",
-            "create",
-            "--tenant",
-            &a,
-            "--email",
-            "marketer@acme.test",
-            "--password",
-            "market-pass-1",
-            "--role",
-            "marketer",
-        ],
-    );
+    let agent = env.user(&a, "agent@acme.test", "agent-pass-1", "agent");
+    env.user(&a, "marketer@acme.test", "market-pass-1", "marketer");
     let inbox_a = admin(&env, &["inbox", "create", "--tenant", &a, "--kind", "generic", "--name", "Support"]);
     let inbox_b = admin(&env, &["inbox", "create", "--tenant", &b, "--kind", "whatsapp", "--name", "Sales"]);
     assert_eq!(inbox_a["webhook_path"], format!("/v1/webhooks/generic/{}", inbox_a["inbox_id"].as_str().unwrap()));

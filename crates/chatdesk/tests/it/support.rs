@@ -44,6 +44,11 @@ impl Env {
         }
     }
 
+    /// `chatdesk admin agent create` in `tenant` with `role`; returns its JSON.
+    pub fn user(&self, tenant: &str, email: &str, password: &str, role: &str) -> Value {
+        admin(self, &["agent", "create", "--tenant", tenant, "--email", email, "--password", password, "--role", role])
+    }
+
     /// `chatdesk admin tenant create` with an owner; returns its JSON.
     pub fn tenant(&self, owner_email: &str, password: &str) -> Value {
         admin(self, &["tenant", "create", "--name", "Acme", "--owner-email", owner_email, "--password", password])
