@@ -44,7 +44,8 @@ async fn fresh_database(postgres: &PostgresServer, name: &str) -> anyhow::Result
     let pool = chatdesk_store::connect(&postgres.url_for(name), 8).await?;
     chatdesk_store::migrate(&pool).await?;
     let tenant = create_tenant(&pool, "bench").await?;
-    let inbox = create_inbox(&pool, tenant, InboxKind::Generic, "bench", "secret", None).await?.id;
+    let inbox =
+        create_inbox(&pool, tenant, InboxKind::Generic, "bench", "secret", None, &serde_json::json!({})).await?.id;
     Ok(Scenario { pool, tenant, inbox })
 }
 

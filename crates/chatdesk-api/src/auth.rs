@@ -88,6 +88,9 @@ impl Principal {
 /// Roles that work conversations.
 pub const CONVERSATION_ROLES: &[Role] = &[Role::Owner, Role::Admin, Role::Agent];
 
+/// Roles that configure a tenant (its inboxes).
+pub const ADMIN_ROLES: &[Role] = &[Role::Owner, Role::Admin];
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 

@@ -233,6 +233,10 @@ pub struct MessageView {
     /// queued, sent, failed, delivered or read (outbound); `null` for inbound messages.
     pub status: Option<String>,
     pub failure_reason: Option<String>,
+    /// The provider's id of the message (e.g. a WhatsApp wamid), once sent or received.
+    pub provider_message_id: Option<String>,
+    /// Provider calls made to deliver an outbound message; `null` until it was sent or failed.
+    pub attempts: Option<i16>,
     pub extra: Option<serde_json::Value>,
     /// RFC 3339.
     pub created_at: String,
@@ -249,6 +253,8 @@ impl From<MessageRow> for MessageView {
             text: row.body,
             status: row.status,
             failure_reason: row.failure_reason,
+            provider_message_id: row.provider_message_id,
+            attempts: row.attempts,
             extra: row.extra,
             created_at: rfc3339(row.created_at),
         }

@@ -18,6 +18,7 @@ pub mod conversations;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod inboxes;
 pub mod ingress;
 pub mod login;
 pub mod metrics;
@@ -78,6 +79,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(conversations::resolve))
         .routes(routes!(conversations::reopen))
         .routes(routes!(conversations::block))
+        .routes(routes!(inboxes::list_inboxes))
+        .routes(routes!(inboxes::update_inbox))
         .routes(routes!(ingress::generic::receive))
         .routes(routes!(ingress::whatsapp::receive, ingress::whatsapp::verify))
         .routes(routes!(ingress::telegram::receive))

@@ -54,6 +54,7 @@ impl Modify for BearerAuth {
         (name = "operations", description = "Health, readiness and metrics, served by every process"),
         (name = "auth", description = "Agent login"),
         (name = "conversations", description = "Conversations, history and agent actions"),
+        (name = "inboxes", description = "Inboxes and how they send"),
         (name = "ingress", description = "Channel webhooks: generic, WhatsApp Cloud API, Telegram Bot API"),
         (name = "widget", description = "The embeddable web widget's visitor sessions and messages")
     )

@@ -227,6 +227,15 @@ pub fn verify_visitor_token(key: &TokenKey, token: &str) -> Result<VisitorClaims
     Ok(claims)
 }
 
+/// `sha256=<hex HMAC-SHA256 of body with secret>`: the signature of a webhook body, as the
+/// generic channel sends it (`X-Chatdesk-Signature`) both ways and WhatsApp sends it to us.
+pub fn sign_body(body: &[u8], secret: &str) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).expect("HMAC accepts any key length");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    format!("sha256={}", digest.iter().map(|byte| format!("{byte:02x}")).collect::<String>())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

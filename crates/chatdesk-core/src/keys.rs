@@ -33,6 +33,17 @@ impl KeyScheme {
         &self.prefix
     }
 
+    /// A key of a consumer's own bookkeeping for one partition (`<prefix>:<name>:{<family>:<p>}`),
+    /// in the partition's slot so one script can touch it with the partition's stream.
+    pub fn partition_key(&self, family: &StreamName, partition: u16, name: &str) -> String {
+        format!("{}:{name}:{{{family}:{partition}}}", self.prefix)
+    }
+
+    /// A key of its own slot, named by `tag` (e.g. one rate-limit bucket): `<prefix>:<name>:{<tag>}`.
+    pub fn tagged(&self, name: &str, tag: &str) -> String {
+        format!("{}:{name}:{{{tag}}}", self.prefix)
+    }
+
     pub fn partition(&self, family: &StreamName, partition: u16) -> PartitionKeys {
         let tag = format!("{{{family}:{partition}}}");
         PartitionKeys {

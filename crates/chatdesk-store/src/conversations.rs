@@ -156,6 +156,8 @@ pub struct MessageRow {
     pub extra: Option<serde_json::Value>,
     pub status: Option<String>,
     pub failure_reason: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub attempts: Option<i16>,
     pub created_at: OffsetDateTime,
 }
 
@@ -171,6 +173,8 @@ type MessageTuple = (
     Option<serde_json::Value>,
     Option<String>,
     Option<String>,
+    Option<String>,
+    Option<i16>,
     OffsetDateTime,
 );
 
@@ -185,7 +189,7 @@ pub async fn list_messages(
     let (before_ms, before_seq) = before.map_or((None, None), |(ms, seq)| (Some(ms), Some(seq)));
     let rows: Vec<MessageTuple> = sqlx::query_as(
         "SELECT event_id, stream_offset, offset_ms, offset_seq, direction, sender_kind, sender_id, body, extra, status, \
-                failure_reason, created_at \
+                failure_reason, provider_message_id, attempts, created_at \
          FROM messages WHERE tenant_id = $1 AND conversation_id = $2 \
            AND ($3::int8 IS NULL OR (offset_ms, offset_seq) < ($3, $4)) \
          ORDER BY offset_ms DESC, offset_seq DESC LIMIT $5",
@@ -213,6 +217,8 @@ pub async fn list_messages(
                 extra,
                 status,
                 failure_reason,
+                provider_message_id,
+                attempts,
                 created_at,
             )| MessageRow {
                 event_id,
@@ -226,6 +232,8 @@ pub async fn list_messages(
                 extra,
                 status,
                 failure_reason,
+                provider_message_id,
+                attempts,
                 created_at,
             },
         )

@@ -30,6 +30,14 @@ impl InboxKind {
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.as_str() == raw)
     }
+
+    /// The path a channel posts to for an inbox of this kind.
+    pub fn webhook_path(self, inbox: Uuid) -> String {
+        match self {
+            InboxKind::Web => format!("/v1/widget/{inbox}/sessions"),
+            other => format!("/v1/webhooks/{}/{inbox}", other.as_str()),
+        }
+    }
 }
 
 fn query_error(error: sqlx::Error) -> StoreError {
@@ -141,6 +149,17 @@ pub struct InboxRecord {
     pub name: String,
     pub webhook_secret: String,
     pub outbound_url: Option<String>,
+    /// Sending credentials: `phone_number_id` and `access_token` (WhatsApp), `bot_token`
+    /// (Telegram). Never shown over the API.
+    pub provider_config: serde_json::Value,
+}
+
+type InboxRow = (Uuid, Uuid, String, String, String, Option<String>, serde_json::Value);
+const INBOX_COLUMNS: &str = "id, tenant_id, kind, name, webhook_secret, outbound_url, provider_config";
+
+fn inbox_record(row: InboxRow) -> InboxRecord {
+    let (id, tenant_id, kind, name, webhook_secret, outbound_url, provider_config) = row;
+    InboxRecord { id, tenant_id, kind, name, webhook_secret, outbound_url, provider_config }
 }
 
 pub async fn create_inbox(
@@ -150,37 +169,79 @@ pub async fn create_inbox(
     name: &str,
     webhook_secret: &str,
     outbound_url: Option<&str>,
+    provider_config: &serde_json::Value,
 ) -> Result<InboxRecord, StoreError> {
-    let row: (Uuid, Uuid, String, String, String, Option<String>) = sqlx::query_as(
-        "INSERT INTO inboxes (id, tenant_id, kind, name, webhook_secret, outbound_url) VALUES ($1, $2, $3, $4, $5, $6) \
-         RETURNING id, tenant_id, kind, name, webhook_secret, outbound_url",
-    )
+    let row: InboxRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO inboxes (id, tenant_id, kind, name, webhook_secret, outbound_url, provider_config) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {INBOX_COLUMNS}"
+    )))
     .bind(Uuid::now_v7())
     .bind(tenant)
     .bind(kind.as_str())
     .bind(name)
     .bind(webhook_secret)
     .bind(outbound_url)
+    .bind(provider_config)
     .fetch_one(pool)
     .await
     .map_err(query_error)?;
-    let (id, tenant_id, kind, name, webhook_secret, outbound_url) = row;
-    Ok(InboxRecord { id, tenant_id, kind, name, webhook_secret, outbound_url })
+    Ok(inbox_record(row))
 }
 
 pub async fn inbox_by_id(pool: &PgPool, inbox: Uuid) -> Result<Option<InboxRecord>, StoreError> {
-    let row: Option<(Uuid, Uuid, String, String, String, Option<String>)> =
-        sqlx::query_as("SELECT id, tenant_id, kind, name, webhook_secret, outbound_url FROM inboxes WHERE id = $1")
+    let row: Option<InboxRow> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {INBOX_COLUMNS} FROM inboxes WHERE id = $1")))
             .bind(inbox)
             .fetch_optional(pool)
             .await
             .map_err(query_error)?;
-    Ok(row.map(|(id, tenant_id, kind, name, webhook_secret, outbound_url)| InboxRecord {
-        id,
-        tenant_id,
-        kind,
-        name,
-        webhook_secret,
-        outbound_url,
-    }))
+    Ok(row.map(inbox_record))
+}
+
+/// A tenant's inboxes, oldest first.
+pub async fn inboxes_of(pool: &PgPool, tenant: Uuid) -> Result<Vec<InboxRecord>, StoreError> {
+    let rows: Vec<InboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {INBOX_COLUMNS} FROM inboxes WHERE tenant_id = $1 ORDER BY id"
+    )))
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
+    .map_err(query_error)?;
+    Ok(rows.into_iter().map(inbox_record).collect())
+}
+
+/// Changes an inbox's outbound URL (`Some(None)` clears it) and merges `provider_patch` into
+/// its credentials (a `null` value removes a key). `None` when the tenant has no such inbox.
+pub async fn update_inbox(
+    pool: &PgPool,
+    tenant: Uuid,
+    inbox: Uuid,
+    outbound_url: Option<Option<&str>>,
+    provider_patch: &serde_json::Value,
+) -> Result<Option<InboxRecord>, StoreError> {
+    let row: Option<InboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE inboxes SET outbound_url = CASE WHEN $3 THEN $4 ELSE outbound_url END, \
+           provider_config = jsonb_strip_nulls(provider_config || $5) \
+         WHERE tenant_id = $1 AND id = $2 RETURNING {INBOX_COLUMNS}"
+    )))
+    .bind(tenant)
+    .bind(inbox)
+    .bind(outbound_url.is_some())
+    .bind(outbound_url.flatten())
+    .bind(provider_patch)
+    .fetch_optional(pool)
+    .await
+    .map_err(query_error)?;
+    Ok(row.map(inbox_record))
+}
+
+/// The provider's id of a contact (WhatsApp wa_id, Telegram chat id, the generic channel's id).
+pub async fn contact_external_id(pool: &PgPool, tenant: Uuid, contact: Uuid) -> Result<Option<String>, StoreError> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT external_id FROM contacts WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant)
+        .bind(contact)
+        .fetch_optional(pool)
+        .await
+        .map_err(query_error)?;
+    Ok(row.map(|(id,)| id))
 }

@@ -362,8 +362,8 @@ async fn update_statuses(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEv
     if best.is_empty() {
         return Ok(());
     }
-    let (mut ids, mut tenants, mut statuses, mut ranks, mut reasons, mut provider_ids, mut times) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut ids, mut tenants, mut statuses, mut ranks, mut reasons, mut provider_ids, mut times, mut attempts) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     for (message_id, (stored, status)) in best {
         ids.push(message_id);
         tenants.push(stored.tenant_id);
@@ -372,14 +372,16 @@ async fn update_statuses(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEv
         reasons.push(status.reason.clone());
         provider_ids.push(status.provider_message_id.clone());
         times.push(ms(stored.occurred_at_ms));
+        attempts.push(status.attempts.map(|count| count.min(i16::MAX as u32) as i16));
     }
     sqlx::query(
         "UPDATE messages m SET status = u.status, status_rank = u.rank, \
            failure_reason = CASE WHEN u.status = 'failed' THEN u.reason ELSE m.failure_reason END, \
            provider_message_id = COALESCE(u.provider_id, m.provider_message_id), \
+           attempts = COALESCE(u.attempts, m.attempts), \
            status_at = to_timestamp(u.at / 1000.0) \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::text[], $6::text[], $7::int8[]) \
-              AS u(id, tenant, status, rank, reason, provider_id, at) \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::text[], $6::text[], $7::int8[], $8::int2[]) \
+              AS u(id, tenant, status, rank, reason, provider_id, at, attempts) \
          WHERE m.event_id = u.id AND m.tenant_id = u.tenant AND m.status_rank < u.rank",
     )
     .bind(&ids)
@@ -389,6 +391,7 @@ async fn update_statuses(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEv
     .bind(&reasons)
     .bind(&provider_ids)
     .bind(&times)
+    .bind(&attempts)
     .execute(&mut **tx)
     .await
     .map_err(StoreError::Query)?;

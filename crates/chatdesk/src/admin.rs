@@ -45,14 +45,6 @@ fn check_password(password: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The path a channel posts to for an inbox of `kind`.
-pub fn webhook_path(kind: InboxKind, inbox: uuid::Uuid) -> String {
-    match kind {
-        InboxKind::Web => format!("/v1/widget/{inbox}/sessions"),
-        other => format!("/v1/webhooks/{}/{inbox}", other.as_str()),
-    }
-}
-
 async fn connect(data_dir: &Path) -> anyhow::Result<chatdesk_store::Pool> {
     let url = match settings::database_url() {
         Some(url) => url,
@@ -108,11 +100,22 @@ pub async fn run(command: AdminCommand, data_dir: &Path) -> anyhow::Result<serde
             }
         }
         AdminCommand::Inbox {
-            command: InboxCommand::Create { tenant, kind: kind_arg, name, outbound_url, secret },
+            command:
+                InboxCommand::Create {
+                    tenant,
+                    kind: kind_arg,
+                    name,
+                    outbound_url,
+                    secret,
+                    phone_number_id,
+                    access_token,
+                    bot_token,
+                },
         } => {
             if name.trim().is_empty() {
                 bail!("--name must not be empty");
             }
+            let provider_config = provider_config(kind_arg, phone_number_id, access_token, bot_token)?;
             if let Some(url) = &outbound_url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
             {
@@ -127,14 +130,21 @@ pub async fn run(command: AdminCommand, data_dir: &Path) -> anyhow::Result<serde
                 Some(secret) => secret,
                 None => generate_webhook_secret(),
             };
-            let inbox =
-                directory::create_inbox(&pool, tenant, kind(kind_arg), name.trim(), &secret, outbound_url.as_deref())
-                    .await?;
+            let inbox = directory::create_inbox(
+                &pool,
+                tenant,
+                kind(kind_arg),
+                name.trim(),
+                &secret,
+                outbound_url.as_deref(),
+                &provider_config,
+            )
+            .await?;
             Ok(json!({
                 "inbox_id": inbox.id,
                 "tenant_id": tenant,
                 "kind": inbox.kind,
-                "webhook_path": webhook_path(kind(kind_arg), inbox.id),
+                "webhook_path": kind(kind_arg).webhook_path(inbox.id),
                 "secret": secret,
             }))
         }
@@ -146,4 +156,29 @@ pub async fn run(command: AdminCommand, data_dir: &Path) -> anyhow::Result<serde
             Ok(json!({ "key": key, "key_id": id, "tenant_id": tenant, "role": role(role_arg).as_str() }))
         }
     }
+}
+
+/// The sending credentials of a new inbox, checked against its kind.
+fn provider_config(
+    kind: KindArg,
+    phone_number_id: Option<String>,
+    access_token: Option<String>,
+    bot_token: Option<String>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut config = serde_json::Map::new();
+    for (flag, value, allowed) in [
+        ("--phone-number-id", phone_number_id, matches!(kind, KindArg::Whatsapp)),
+        ("--access-token", access_token, matches!(kind, KindArg::Whatsapp)),
+        ("--bot-token", bot_token, matches!(kind, KindArg::Telegram)),
+    ] {
+        let Some(value) = value else { continue };
+        if !allowed {
+            bail!("{flag} does not apply to this --kind");
+        }
+        if value.trim().is_empty() || value.contains(char::is_whitespace) {
+            bail!("{flag} must not be empty or contain spaces");
+        }
+        config.insert(flag.trim_start_matches("--").replace('-', "_"), serde_json::Value::String(value));
+    }
+    Ok(serde_json::Value::Object(config))
 }

@@ -109,6 +109,15 @@ pub enum InboxCommand {
         /// otherwise.
         #[arg(long)]
         secret: Option<String>,
+        /// WhatsApp: the business phone number's id messages are sent from.
+        #[arg(long)]
+        phone_number_id: Option<String>,
+        /// WhatsApp: the Cloud API access token (system user token).
+        #[arg(long)]
+        access_token: Option<String>,
+        /// Telegram: the bot's token from @BotFather.
+        #[arg(long)]
+        bot_token: Option<String>,
     },
 }
 

@@ -31,11 +31,13 @@ pub enum Role {
     Writer,
     /// The WebSocket gateway at `/v1/ws` (group `gateway.<node id>` on `events`).
     Gateway,
+    /// Delivers outbound messages to the providers (group `sender` on `send`).
+    Sender,
 }
 
 impl Role {
     pub fn all() -> Vec<Role> {
-        vec![Role::Ingress, Role::Writer, Role::Gateway]
+        vec![Role::Ingress, Role::Writer, Role::Gateway, Role::Sender]
     }
 
     pub fn name(self) -> &'static str {
@@ -43,6 +45,7 @@ impl Role {
             Role::Ingress => "ingress",
             Role::Writer => "writer",
             Role::Gateway => "gateway",
+            Role::Sender => "sender",
         }
     }
 }
@@ -162,6 +165,42 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                     chatdesk_gateway::ephemeral::listen(gateway.clone(), runtime.connector.clone(), cancel.clone());
                 consumers.push(("gateway-signals", Box::pin(async move { signals.await.map_err(Into::into) })));
                 consumers.push(("gateway", Box::pin(async move { gateway.run_readers().await.map_err(Into::into) })));
+            }
+            Role::Sender => {
+                let stream = runtime
+                    .streams
+                    .stream(chatdesk_sender::STREAM)
+                    .context("streams.toml declares no `send` stream")?;
+                let sender = chatdesk_sender::Sender::new(
+                    runtime.redis.clone(),
+                    runtime.db.clone(),
+                    runtime.keys.clone(),
+                    runtime.streams.clone(),
+                    runtime.node_id.clone(),
+                    runtime.sender.clone(),
+                )?;
+                let admission = Consumer::new(
+                    runtime.connector.clone(),
+                    runtime.keys.clone(),
+                    stream,
+                    chatdesk_sender::GROUP,
+                    GroupName::parse(chatdesk_sender::GROUP).expect("a valid group name"),
+                    runtime.node_id.clone(),
+                    sender.admission(),
+                )?;
+                let admission_cancel = cancel.clone();
+                consumers.push((
+                    "sender-admission",
+                    Box::pin(async move { admission.run(admission_cancel).await.map_err(Into::into) }),
+                ));
+                let dispatch_cancel = cancel.clone();
+                consumers.push((
+                    "sender",
+                    Box::pin(async move {
+                        sender.dispatch(dispatch_cancel).await;
+                        Ok(())
+                    }),
+                ));
             }
         }
     }

@@ -87,6 +87,76 @@ pub fn gateway_settings() -> anyhow::Result<chatdesk_gateway::GatewaySettings> {
     Ok(settings)
 }
 
+fn positive<T: std::str::FromStr + PartialOrd + Default>(name: &str) -> anyhow::Result<Option<T>> {
+    env_var(name)
+        .map(|raw| {
+            raw.trim()
+                .parse::<T>()
+                .ok()
+                .filter(|value| *value > T::default())
+                .with_context(|| format!("{name} {raw:?}: expected a positive whole number"))
+        })
+        .transpose()
+}
+
+fn duration(name: &str) -> anyhow::Result<Option<std::time::Duration>> {
+    env_var(name)
+        .map(|raw| chatdesk_core::duration::parse_duration(&raw).map_err(|error| anyhow::anyhow!("{name}: {error}")))
+        .transpose()
+}
+
+fn base_url(name: &str) -> anyhow::Result<Option<String>> {
+    env_var(name)
+        .map(|raw| {
+            let url = raw.trim().trim_end_matches('/').to_owned();
+            if url.starts_with("http://") || url.starts_with("https://") {
+                Ok(url)
+            } else {
+                anyhow::bail!("{name} {raw:?}: expected an http:// or https:// URL")
+            }
+        })
+        .transpose()
+}
+
+/// The outbound sender's settings: `CHATDESK_SEND_CONCURRENCY`, `CHATDESK_SEND_MAX_ATTEMPTS`,
+/// `CHATDESK_SEND_BACKOFF`, `CHATDESK_SEND_TIMEOUT`, `CHATDESK_SEND_LIMITS` and the providers'
+/// base URLs (`CHATDESK_WHATSAPP_API_URL`, `CHATDESK_WHATSAPP_API_VERSION`,
+/// `CHATDESK_TELEGRAM_API_URL`).
+pub fn sender_settings() -> anyhow::Result<chatdesk_sender::SenderSettings> {
+    let mut settings = chatdesk_sender::SenderSettings::default();
+    if let Some(concurrency) = positive("CHATDESK_SEND_CONCURRENCY")? {
+        settings.concurrency = concurrency;
+    }
+    if let Some(attempts) = positive("CHATDESK_SEND_MAX_ATTEMPTS")? {
+        settings.max_attempts = attempts;
+    }
+    if let Some(backoff) = duration("CHATDESK_SEND_BACKOFF")? {
+        settings.backoff = backoff;
+    }
+    if let Some(timeout) = duration("CHATDESK_SEND_TIMEOUT")? {
+        if timeout.is_zero() {
+            anyhow::bail!("CHATDESK_SEND_TIMEOUT must be longer than 0");
+        }
+        settings.timeout = timeout;
+    }
+    if let Some(limits) = env_var("CHATDESK_SEND_LIMITS") {
+        settings.limits = limits.parse().map_err(|error| anyhow::anyhow!("CHATDESK_SEND_LIMITS: {error}"))?;
+    }
+    if let Some(url) = base_url("CHATDESK_WHATSAPP_API_URL")? {
+        settings.endpoints.whatsapp = url;
+    }
+    if let Some(version) = env_var("CHATDESK_WHATSAPP_API_VERSION") {
+        if !version.starts_with('v') || version.contains('/') {
+            anyhow::bail!("CHATDESK_WHATSAPP_API_VERSION {version:?}: expected a Graph API version such as v21.0");
+        }
+        settings.endpoints.whatsapp_version = version;
+    }
+    if let Some(url) = base_url("CHATDESK_TELEGRAM_API_URL")? {
+        settings.endpoints.telegram = url;
+    }
+    Ok(settings)
+}
+
 /// `CHATDESK_JWT_SECRET`: the key agent tokens are signed with.
 pub fn jwt_secret() -> Option<Secret> {
     env_var("CHATDESK_JWT_SECRET").map(Secret::new)
@@ -142,6 +212,7 @@ pub struct Runtime {
     pub token_key: chatdesk_api::auth::TokenKey,
     pub ingress: chatdesk_api::ingress::IngressSettings,
     pub gateway: chatdesk_gateway::GatewaySettings,
+    pub sender: chatdesk_sender::SenderSettings,
 }
 
 impl Runtime {
@@ -163,6 +234,7 @@ impl Runtime {
         let node_id = node_id()?;
         let ingress = ingress_settings()?;
         let gateway = gateway_settings()?;
+        let sender = sender_settings()?;
         let connector = RedisConnector::new(RedisSettings::new(redis_url.expose())).with_context(|| {
             format!("REDIS_URL {} is not a valid Redis URL", chatdesk_streams::connection::redact(redis_url.expose()))
         })?;
@@ -185,6 +257,7 @@ impl Runtime {
             token_key,
             ingress,
             gateway,
+            sender,
         })
     }
 

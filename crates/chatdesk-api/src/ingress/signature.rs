@@ -29,13 +29,7 @@ pub fn verify_hmac_header(header_name: &str, header: Option<&str>, body: &[u8], 
     mac.verify_slice(&expected).map_err(|_| unauthorized(&format!("{header_name} does not match the body")))
 }
 
-/// The hex HMAC-SHA256 of `body` as `sha256=<hex>`: what a sender puts in the header.
-pub fn sign(body: &[u8], secret: &str) -> String {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).expect("HMAC accepts any key length");
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    format!("sha256={}", digest.iter().map(|byte| format!("{byte:02x}")).collect::<String>())
-}
+pub use chatdesk_core::auth::sign_body as sign;
 
 /// A shared secret header (Telegram's `X-Telegram-Bot-Api-Secret-Token`), compared in constant time.
 pub fn verify_secret_header(header_name: &str, header: Option<&str>, secret: &str) -> Result<(), ApiError> {

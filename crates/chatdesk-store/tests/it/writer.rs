@@ -25,7 +25,10 @@ impl Fixture {
         let pool = chatdesk_store::connect(postgres.url(), 2).await.unwrap();
         chatdesk_store::migrate(&pool).await.unwrap();
         let tenant = create_tenant(&pool, "Acme").await.unwrap();
-        let inbox = create_inbox(&pool, tenant, InboxKind::Whatsapp, "wa", "secret", None).await.unwrap().id;
+        let inbox = create_inbox(&pool, tenant, InboxKind::Whatsapp, "wa", "secret", None, &serde_json::json!({}))
+            .await
+            .unwrap()
+            .id;
         let (contact, conversation, message) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let mut fixture = Self { pool, tenant, conversation, message, next_offset: 1, _postgres: postgres };
         let setup = vec![

@@ -61,7 +61,10 @@ impl Deployment {
         let mut tenants = Vec::new();
         for index in 0..TENANTS {
             let tenant = create_tenant(&pool, &format!("tenant {index}")).await.unwrap();
-            let inbox = create_inbox(&pool, tenant, InboxKind::Generic, "support", "secret", None).await.unwrap();
+            let inbox =
+                create_inbox(&pool, tenant, InboxKind::Generic, "support", "secret", None, &serde_json::json!({}))
+                    .await
+                    .unwrap();
             tenants.push((tenant, inbox.id));
         }
         let producer = Producer::new(redis.clone(), keys.clone(), config.clone());

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chatdesk_api::ingress::signature::sign;
 use chatdesk_core::{KeyScheme, StreamsConfig, TenantId};
 use chatdesk_streams::{RedisConnector, RedisSettings};
 use fred::prelude::*;
@@ -12,7 +11,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Client, Env, admin, eventually, login, serve_roles};
+use crate::support::{Client, Env, admin, eventually, generic_body, login, post_generic, serve_roles};
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -66,17 +65,7 @@ async fn subscribe(socket: &mut Socket, frame: Value) -> (Vec<Value>, Value) {
 }
 
 async fn post(http: SocketAddr, inbox: &Value, message_id: &str, from: &str, text: &str) {
-    let body = json!({"message_id": message_id, "from": {"id": from, "name": "Ana"}, "text": text}).to_string();
-    let signature = sign(body.as_bytes(), inbox["secret"].as_str().unwrap());
-    let response = chatdesk_testkit::http_request(
-        http,
-        "POST",
-        inbox["webhook_path"].as_str().unwrap(),
-        &[("Content-Type", "application/json"), ("X-Chatdesk-Signature", &signature)],
-        Some(&body),
-    )
-    .await
-    .unwrap();
+    let response = post_generic(http, inbox, &generic_body(message_id, from, text)).await;
     assert_eq!(response.status, 200, "{}", response.body);
 }
 

@@ -12,7 +12,7 @@ use fred::prelude::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::{Client, Env, admin, eventually, serve};
+use crate::support::{Client, Env, admin, conversation_of, eventually, generic_body, post, post_generic, serve};
 
 struct Inboxes {
     generic: Value,
@@ -25,22 +25,6 @@ fn id(value: &Value, key: &str) -> String {
     value[key].as_str().unwrap_or_else(|| panic!("{key} in {value}")).to_owned()
 }
 
-async fn post(http: std::net::SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> HttpResponse {
-    let mut all = vec![("Content-Type", "application/json")];
-    all.extend_from_slice(headers);
-    http_request(http, "POST", path, &all, Some(body)).await.unwrap()
-}
-
-async fn post_generic(http: std::net::SocketAddr, inbox: &Value, body: &str) -> HttpResponse {
-    let signature = sign(body.as_bytes(), inbox["secret"].as_str().unwrap());
-    post(http, inbox["webhook_path"].as_str().unwrap(), &[("X-Chatdesk-Signature", &signature)], body).await
-}
-
-fn generic_body(message_id: &str, from: &str, text: &str) -> String {
-    json!({ "message_id": message_id, "from": { "id": from, "name": "Ana" }, "text": text, "timestamp": 1763800000 })
-        .to_string()
-}
-
 async fn events_length(redis: &RedisClient, keys: &KeyScheme, streams: &StreamsConfig) -> u64 {
     let events = streams.stream("events").unwrap();
     let mut total = 0;
@@ -49,20 +33,6 @@ async fn events_length(redis: &RedisClient, keys: &KeyScheme, streams: &StreamsC
         total += length;
     }
     total
-}
-
-/// The conversation whose contact has `external_id`, once stored.
-async fn conversation_of(api: &Client, external_id: &str) -> Value {
-    eventually(api, "/v1/conversations?limit=200", &format!("a conversation with {external_id}"), |page| {
-        page["items"].as_array().unwrap().iter().any(|item| item["contact"]["external_id"] == external_id)
-    })
-    .await["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|item| item["contact"]["external_id"] == external_id)
-        .unwrap()
-        .clone()
 }
 
 async fn texts(api: &Client, conversation: &str, expected: usize) -> Vec<String> {

@@ -4,5 +4,7 @@ mod cli;
 mod gateway;
 mod ingress;
 mod rest;
+mod sender;
+mod standin;
 mod support;
 mod up;

@@ -120,3 +120,35 @@ pub async fn eventually(client: &Client, path: &str, what: &str, check: impl Fn(
     }
     panic!("timed out waiting for {what}; last answer: {last}");
 }
+
+/// POSTs a JSON `body` to `path` with extra headers.
+pub async fn post(http: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    http_request(http, "POST", path, &all, Some(body)).await.unwrap()
+}
+
+/// A generic-channel webhook, signed with the inbox's secret (`inbox` as `admin inbox create` prints it).
+pub async fn post_generic(http: SocketAddr, inbox: &Value, body: &str) -> HttpResponse {
+    let signature = chatdesk_core::auth::sign_body(body.as_bytes(), inbox["secret"].as_str().unwrap());
+    post(http, inbox["webhook_path"].as_str().unwrap(), &[("X-Chatdesk-Signature", &signature)], body).await
+}
+
+pub fn generic_body(message_id: &str, from: &str, text: &str) -> String {
+    json!({ "message_id": message_id, "from": { "id": from, "name": "Ana" }, "text": text, "timestamp": 1763800000 })
+        .to_string()
+}
+
+/// The conversation whose contact has `external_id`, once stored.
+pub async fn conversation_of(api: &Client, external_id: &str) -> Value {
+    eventually(api, "/v1/conversations?limit=200", &format!("a conversation with {external_id}"), |page| {
+        page["items"].as_array().unwrap().iter().any(|item| item["contact"]["external_id"] == external_id)
+    })
+    .await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["contact"]["external_id"] == external_id)
+        .unwrap()
+        .clone()
+}

@@ -1,0 +1,163 @@
+//! A tenant's inboxes: listing them, and setting how they send (the generic channel's outbound
+//! URL, WhatsApp and Telegram credentials). Secrets and tokens are write-only.
+
+use axum::Json;
+use axum::extract::State;
+use chatdesk_store::directory::{self, InboxKind, InboxRecord};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::{ADMIN_ROLES, Principal};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath};
+use crate::openapi::ErrorBody;
+
+const MAX_URL_CHARS: usize = 2048;
+const MAX_CREDENTIAL_CHARS: usize = 1024;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboxView {
+    pub id: Uuid,
+    /// generic, whatsapp, telegram or web.
+    pub kind: String,
+    pub name: String,
+    /// Where the channel posts inbound messages (the widget: where it starts sessions).
+    pub webhook_path: String,
+    /// The generic channel's outbound URL.
+    pub outbound_url: Option<String>,
+    /// WhatsApp: the phone number id messages are sent from.
+    pub phone_number_id: Option<String>,
+    /// Whether a sending credential (WhatsApp access token, Telegram bot token) is set; the
+    /// credential itself is never shown.
+    pub has_token: bool,
+}
+
+impl From<&InboxRecord> for InboxView {
+    fn from(inbox: &InboxRecord) -> Self {
+        let config = |name: &str| inbox.provider_config.get(name).and_then(|value| value.as_str()).map(str::to_owned);
+        Self {
+            id: inbox.id,
+            kind: inbox.kind.clone(),
+            name: inbox.name.clone(),
+            webhook_path: InboxKind::parse(&inbox.kind).map(|kind| kind.webhook_path(inbox.id)).unwrap_or_default(),
+            outbound_url: inbox.outbound_url.clone(),
+            phone_number_id: config("phone_number_id"),
+            has_token: config("access_token").is_some() || config("bot_token").is_some(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboxList {
+    pub items: Vec<InboxView>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/inboxes",
+    tag = "inboxes",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The tenant's inboxes, oldest first", body = InboxList),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "The role may not configure inboxes", body = ErrorBody),
+    )
+)]
+pub async fn list_inboxes(State(state): State<AppState>, principal: Principal) -> Result<Json<InboxList>, ApiError> {
+    principal.require(ADMIN_ROLES, "configure inboxes")?;
+    let inboxes = directory::inboxes_of(&state.db, principal.tenant).await.map_err(ApiError::store)?;
+    Ok(Json(InboxList { items: inboxes.iter().map(InboxView::from).collect() }))
+}
+
+/// Fields left out stay as they are; `null` clears one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateInbox {
+    /// generic: where outbound messages are POSTed (http:// or https://).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub outbound_url: Option<Option<String>>,
+    /// whatsapp: the phone number id to send from.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub phone_number_id: Option<Option<String>>,
+    /// whatsapp: the Cloud API access token.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub access_token: Option<Option<String>>,
+    /// telegram: the bot token.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub bot_token: Option<Option<String>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from a field left out (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
+}
+
+#[utoipa::path(
+    patch,
+    path = "/v1/inboxes/{id}",
+    tag = "inboxes",
+    params(("id" = Uuid, Path, description = "Inbox id")),
+    request_body = UpdateInbox,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The inbox as it is now", body = InboxView),
+        (status = 400, description = "Malformed JSON or an unknown field", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+        (status = 403, description = "The role may not configure inboxes", body = ErrorBody),
+        (status = 404, description = "No such inbox in this tenant", body = ErrorBody),
+        (status = 422, description = "A field does not apply to this kind of inbox or is invalid", body = ErrorBody),
+    )
+)]
+pub async fn update_inbox(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(update): ApiJson<UpdateInbox>,
+) -> Result<Json<InboxView>, ApiError> {
+    principal.require(ADMIN_ROLES, "configure inboxes")?;
+    let inbox = directory::inbox_by_id(&state.db, id)
+        .await
+        .map_err(ApiError::store)?
+        .filter(|inbox| inbox.tenant_id == principal.tenant)
+        .ok_or_else(|| ApiError::NotFound { message: "no such inbox".into() })?;
+    let kind = inbox.kind.as_str();
+    if let Some(Some(url)) = &update.outbound_url {
+        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+        if !scheme_ok || url.len() > MAX_URL_CHARS || url.contains(char::is_whitespace) {
+            return Err(ApiError::invalid_field("outbound_url", "must be an http:// or https:// URL"));
+        }
+    }
+    let mut patch = serde_json::Map::new();
+    for (field, value, kinds) in [
+        ("outbound_url", &update.outbound_url, &["generic"][..]),
+        ("phone_number_id", &update.phone_number_id, &["whatsapp"][..]),
+        ("access_token", &update.access_token, &["whatsapp"][..]),
+        ("bot_token", &update.bot_token, &["telegram"][..]),
+    ] {
+        let Some(value) = value else { continue };
+        if !kinds.contains(&kind) {
+            return Err(ApiError::invalid_field(field, format!("does not apply to a {kind} inbox")));
+        }
+        if let Some(text) = value
+            && (text.trim().is_empty() || text.len() > MAX_CREDENTIAL_CHARS || text.contains(char::is_whitespace))
+        {
+            return Err(ApiError::invalid_field(field, "must be non-empty, without spaces"));
+        }
+        if field != "outbound_url" {
+            patch.insert(field.to_owned(), value.clone().map_or(serde_json::Value::Null, serde_json::Value::String));
+        }
+    }
+    let outbound_url = update.outbound_url.as_ref().map(|url| url.as_deref());
+    let updated =
+        directory::update_inbox(&state.db, principal.tenant, id, outbound_url, &serde_json::Value::Object(patch))
+            .await
+            .map_err(ApiError::store)?
+            .ok_or_else(|| ApiError::NotFound { message: "no such inbox".into() })?;
+    Ok(Json(InboxView::from(&updated)))
+}

@@ -1,0 +1,499 @@
+//! Outbound delivery: every agent reply, bot answer and broadcast message leaves through here.
+//!
+//! Two halves, both in every `sender` process:
+//!
+//! - **Admission** ([`Sender::admission`]): the `sender` consumer group of the send stream (the
+//!   common runtime) moves each `send.requested` entry into the delivery [`queue`], which takes
+//!   milliseconds, so the stream never waits for a provider.
+//! - **Dispatch** ([`Sender::dispatch`]): per partition, lease due jobs, check the shared rate
+//!   [`limits`], call the provider ([`providers`]), and record the result: a `message.status`
+//!   event (`sent` with the provider's id, or `failed` with the reason and attempt count), a
+//!   retry with exponential backoff and jitter, a pause the provider asked for, or after the
+//!   last attempt a dead letter in `dlq.send`. A conversation's messages leave in order, one at
+//!   a time; a slow or failing conversation never holds up another.
+//!
+//! **At most once per entry, and the duplicate window.** A job is held under a lease, and every
+//! change to it needs the lease's token, so concurrent senders never both work on it. The result
+//! is recorded on the job right after the provider answers and before anything else; a sender
+//! that then crashes leaves a job that finishes (status event, removal) without calling the
+//! provider again. Only a crash between the provider accepting a message and that record (one
+//! Redis round trip), or a provider call outliving its lease (the lease is twice the HTTP
+//! timeout plus 10 s), can send a message twice. The generic channel carries
+//! `Idempotency-Key: <event id>` so its receivers can drop even those; the WhatsApp and Telegram
+//! APIs offer no idempotency key.
+
+pub mod job;
+pub mod limits;
+pub mod metrics;
+pub mod providers;
+pub mod queue;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chatdesk_core::events::{Event, MessageStatus, MessageStatusChanged};
+use chatdesk_core::{EventId, KeyScheme, StreamsConfig, TenantId};
+use chatdesk_store::directory::{InboxRecord, contact_external_id, inbox_by_id};
+use chatdesk_streams::{Batch, Handler, HandlerError, NewEntry, Outcomes, Producer, RedisClient, Unavailable};
+use rand::Rng;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::job::{Ending, Job, SendRequest};
+use crate::limits::{Limiter, Limits};
+use crate::providers::{Delivery, Endpoints, Outbound, Providers, provider_name};
+use crate::queue::{DeadLetter, Leased, Queue};
+
+/// The consumer group of the send stream.
+pub const GROUP: &str = "sender";
+/// The stream family outbound messages are requested on.
+pub const STREAM: &str = "send";
+
+const LEASE_BATCH: usize = 50;
+/// How often an idle partition looks for jobs other processes made due.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+const QUEUE_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a provider may throttle one message before it counts as failed.
+const THROTTLES_PER_ATTEMPT: u32 = 4;
+/// A pause when a provider throttles without saying for how long.
+const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(1);
+/// When PostgreSQL or Redis cannot be asked, try the job again after this.
+const DEPENDENCY_RETRY: Duration = Duration::from_secs(2);
+const INBOX_CACHE_TTL: Duration = Duration::from_secs(30);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub struct SenderSettings {
+    /// Deliveries one process works on at once, over all partitions.
+    pub concurrency: usize,
+    /// Failed attempts (5xx, timeout, connection error) before a message is dead-lettered.
+    pub max_attempts: u32,
+    /// The first retry's delay; each further one doubles (with jitter), up to 5 minutes.
+    pub backoff: Duration,
+    /// How long one provider call may take.
+    pub timeout: Duration,
+    pub limits: Limits,
+    pub endpoints: Endpoints,
+}
+
+impl Default for SenderSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 32,
+            max_attempts: 8,
+            backoff: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+            limits: Limits::default(),
+            endpoints: Endpoints::default(),
+        }
+    }
+}
+
+impl SenderSettings {
+    fn lease(&self) -> Duration {
+        self.timeout * 2 + Duration::from_secs(10)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SenderError {
+    #[error("streams.toml declares no `{STREAM}` stream")]
+    NoSendStream,
+    #[error("cannot build the HTTP client")]
+    Http(#[from] reqwest::Error),
+}
+
+/// A failure that leaves the job where it is (its lease runs out and it is tried again).
+#[derive(Debug, thiserror::Error)]
+enum DeliverError {
+    #[error("Redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("appending the status event: {0}")]
+    Produce(#[from] chatdesk_streams::ProduceError),
+}
+
+/// An inbox as looked up at a time (`None`: it did not exist).
+type CachedInbox = (Instant, Option<Arc<InboxRecord>>);
+
+#[derive(Clone)]
+pub struct Sender {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queue: Queue,
+    limiter: Limiter,
+    providers: Providers,
+    db: chatdesk_store::Pool,
+    producer: Producer,
+    settings: SenderSettings,
+    node: String,
+    holder: String,
+    partitions: u16,
+    wake: Vec<Notify>,
+    permits: Arc<Semaphore>,
+    inboxes: Mutex<HashMap<Uuid, CachedInbox>>,
+}
+
+impl Sender {
+    pub fn new(
+        redis: RedisClient,
+        db: chatdesk_store::Pool,
+        keys: KeyScheme,
+        streams: Arc<StreamsConfig>,
+        node: String,
+        settings: SenderSettings,
+    ) -> Result<Self, SenderError> {
+        let send = streams.stream(STREAM).ok_or(SenderError::NoSendStream)?;
+        let partitions = send.partitions;
+        let queue = Queue::new(redis.clone(), keys.clone(), send.name.clone());
+        let limiter = Limiter::new(redis.clone(), keys.clone(), settings.limits.clone());
+        let providers = Providers::new(settings.endpoints.clone(), settings.timeout)?;
+        let producer = Producer::new(redis, keys, streams.clone());
+        let inner = Inner {
+            queue,
+            limiter,
+            providers,
+            db,
+            producer,
+            // Lease tokens must differ between processes and between runs of one process.
+            holder: format!("{node}:{}", Uuid::new_v4().simple()),
+            node,
+            partitions,
+            wake: (0..partitions).map(|_| Notify::new()).collect(),
+            permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            settings,
+            inboxes: Mutex::new(HashMap::new()),
+        };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// The send stream's consumer-group handler: admits requests into the delivery queue.
+    pub fn admission(&self) -> Admission {
+        Admission { inner: self.inner.clone() }
+    }
+
+    /// Delivers queued messages until `cancel` fires, then lets the calls in flight finish and
+    /// record their results (up to the HTTP timeout).
+    pub async fn dispatch(&self, cancel: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let mut loops = tokio::task::JoinSet::new();
+        for partition in 0..self.inner.partitions {
+            loops.spawn(self.inner.clone().run_partition(partition, cancel.clone(), tracker.clone()));
+        }
+        while loops.join_next().await.is_some() {}
+        tracker.close();
+        if tokio::time::timeout(self.inner.settings.timeout + Duration::from_secs(5), tracker.wait()).await.is_err() {
+            tracing::warn!("deliveries still in flight at shutdown; their leases will run out and they are retried");
+        }
+    }
+}
+
+/// Admits `send.requested` entries into the delivery queue.
+pub struct Admission {
+    inner: Arc<Inner>,
+}
+
+impl Handler for Admission {
+    async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
+        let mut outcomes = Outcomes::all_done();
+        for entry in &batch.entries {
+            if entry.event_type != "send.requested" {
+                outcomes
+                    .reject(entry.id, format!("the send stream carries send.requested, not {:?}", entry.event_type));
+                continue;
+            }
+            let request: SendRequest = match serde_json::from_str(&entry.payload) {
+                Ok(request) => request,
+                Err(error) => {
+                    outcomes.reject(entry.id, format!("invalid send.requested payload: {error}"));
+                    continue;
+                }
+            };
+            let job = Job::new(entry.tenant.0, entry.id.to_string(), request);
+            if let Err(error) = self.inner.queue.admit(batch.partition, &job).await {
+                return Err(Box::new(Unavailable(format!("Redis: {error}"))));
+            }
+        }
+        if let Some(wake) = self.inner.wake.get(usize::from(batch.partition)) {
+            wake.notify_one();
+        }
+        Ok(outcomes)
+    }
+}
+
+fn backoff(base: Duration, failures: u32) -> Duration {
+    let exponential = base.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(20))).min(BACKOFF_MAX);
+    // Jitter over the upper half keeps many retries from arriving together.
+    let half = exponential / 2;
+    half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis().max(1) as u64))
+}
+
+/// The status event of a delivery; its id is derived from the message's, so recording the same
+/// result twice (after a crash) stores one event.
+fn status_event(
+    job: &Job,
+    status: MessageStatus,
+    reason: Option<String>,
+    provider_message_id: Option<String>,
+) -> NewEntry {
+    let event = Event::MessageStatus(MessageStatusChanged {
+        message_id: job.request.message_id,
+        conversation_id: job.request.conversation_id,
+        status,
+        reason,
+        provider_message_id,
+        attempts: Some(job.attempts),
+    });
+    let id = Uuid::new_v5(&job.request.message_id, status.as_str().as_bytes());
+    NewEntry::new(event.event_type(), TenantId(job.tenant), &event.to_payload())
+        .expect("events serialise")
+        .with_conversation(job.request.conversation_id)
+        .with_event_id(EventId(id))
+}
+
+impl Inner {
+    async fn run_partition(self: Arc<Self>, partition: u16, cancel: CancellationToken, tracker: TaskTracker) {
+        let lease_ms = self.settings.lease().as_millis() as u64;
+        let mut gauge_at = Instant::now();
+        let mut errors = 0u32;
+        loop {
+            let permit = tokio::select! {
+                permit = self.permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                _ = cancel.cancelled() => return,
+            };
+            if Instant::now() >= gauge_at {
+                gauge_at = Instant::now() + QUEUE_GAUGE_INTERVAL;
+                if let Ok(queued) = self.queue.len(partition).await {
+                    ::metrics::gauge!(metrics::QUEUED_JOBS, "partition" => partition.to_string()).set(queued as f64);
+                }
+            }
+            let want = (1 + self.permits.available_permits()).min(LEASE_BATCH);
+            let leased = match self.queue.lease(partition, want, lease_ms, &self.holder).await {
+                Ok(leased) => {
+                    errors = 0;
+                    leased
+                }
+                Err(error) => {
+                    errors += 1;
+                    tracing::warn!(partition, error = %error, "cannot lease deliveries");
+                    drop(permit);
+                    let pause = backoff(Duration::from_millis(200), errors).min(Duration::from_secs(5));
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = cancel.cancelled() => return,
+                    }
+                    continue;
+                }
+            };
+            if leased.is_empty() {
+                drop(permit);
+                self.wait_for_work(partition, &cancel).await;
+                continue;
+            }
+            let mut permit = Some(permit);
+            for job in leased {
+                let permit = match permit.take() {
+                    Some(permit) => permit,
+                    None => self.permits.clone().acquire_owned().await.expect("the semaphore is never closed"),
+                };
+                tracker.spawn(self.clone().process(job, permit));
+            }
+        }
+    }
+
+    async fn wait_for_work(&self, partition: u16, cancel: &CancellationToken) {
+        let due = self.queue.next_due_in(partition).await.ok().flatten().map(Duration::from_millis);
+        let pause = due.map_or(IDLE_POLL, |due| due.min(IDLE_POLL));
+        if pause.is_zero() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = self.wake[usize::from(partition)].notified() => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
+
+    async fn process(self: Arc<Self>, mut leased: Leased, _permit: OwnedSemaphorePermit) {
+        ::metrics::gauge!(metrics::IN_FLIGHT).increment(1.0);
+        let span = tracing::info_span!(
+            "delivery",
+            message = %leased.job.request.message_id,
+            conversation = %leased.job.request.conversation_id,
+            attempt = leased.job.attempts + 1,
+        );
+        if let Err(error) = self.deliver(&mut leased).instrument(span).await {
+            tracing::warn!(message = %leased.job.request.message_id, error = %error, "delivery not recorded; it will be tried again");
+        }
+        ::metrics::gauge!(metrics::IN_FLIGHT).decrement(1.0);
+    }
+
+    /// The inbox, if it exists in the job's tenant (cached briefly).
+    async fn inbox(&self, tenant: Uuid, id: Uuid) -> Result<Option<Arc<InboxRecord>>, chatdesk_store::StoreError> {
+        if let Some((at, inbox)) = self.inboxes.lock().expect("inbox cache").get(&id)
+            && at.elapsed() < INBOX_CACHE_TTL
+        {
+            return Ok(inbox.clone().filter(|inbox| inbox.tenant_id == tenant));
+        }
+        let inbox = inbox_by_id(&self.db, id).await?.map(Arc::new);
+        self.inboxes.lock().expect("inbox cache").insert(id, (Instant::now(), inbox.clone()));
+        Ok(inbox.filter(|inbox| inbox.tenant_id == tenant))
+    }
+
+    async fn deliver(&self, leased: &mut Leased) -> Result<(), DeliverError> {
+        if let Some(ending) = leased.job.ending.clone() {
+            // Recorded before a crash: finish without calling the provider again.
+            return self.conclude(leased, ending, "unknown").await;
+        }
+        let job = &leased.job;
+        let inbox = match self.inbox(job.tenant, job.request.inbox_id).await {
+            Ok(Some(inbox)) => inbox,
+            Ok(None) => {
+                let ending = Ending::Failed { reason: "the inbox no longer exists".to_owned(), dead_letter: false };
+                return self.end(leased, ending, "unknown").await;
+            }
+            Err(error) => return self.postpone(leased, DEPENDENCY_RETRY, &format!("PostgreSQL: {error}")).await,
+        };
+        let provider = provider_name(&inbox.kind);
+        let to = if inbox.kind == "web" {
+            String::new()
+        } else {
+            match contact_external_id(&self.db, job.tenant, job.request.contact_id).await {
+                Ok(Some(to)) => to,
+                Ok(None) => {
+                    let ending =
+                        Ending::Failed { reason: "the contact no longer exists".to_owned(), dead_letter: false };
+                    return self.end(leased, ending, provider).await;
+                }
+                Err(error) => return self.postpone(leased, DEPENDENCY_RETRY, &format!("PostgreSQL: {error}")).await,
+            }
+        };
+        let buckets = Providers::buckets(&inbox, &to);
+        // Unique per try: the lease token is.
+        let member = format!("{}:{}", job.request.message_id, leased.token);
+        if let Some((wait, bucket)) = self.limiter.acquire(&buckets, &member).await? {
+            ::metrics::counter!(metrics::RATE_LIMIT_WAITS_TOTAL, "provider" => provider, "bucket" => bucket.name())
+                .increment(1);
+            self.queue.update(leased, Some(wait.as_millis() as u64)).await?;
+            return Ok(());
+        }
+
+        leased.job.attempts += 1;
+        let started = Instant::now();
+        let delivery = self.providers.send(&Outbound { job: &leased.job, inbox: &inbox, to: &to }).await;
+        ::metrics::histogram!(metrics::PROVIDER_LATENCY_SECONDS, "provider" => provider)
+            .record(started.elapsed().as_secs_f64());
+        let outcome = match &delivery {
+            Delivery::Sent { .. } => "sent",
+            Delivery::Throttled { .. } => "throttled",
+            Delivery::Transient { .. } => "transient",
+            Delivery::Permanent { .. } => "permanent",
+        };
+        ::metrics::counter!(metrics::SENDS_TOTAL, "provider" => provider, "outcome" => outcome).increment(1);
+        match delivery {
+            Delivery::Sent { provider_message_id } => {
+                self.end(leased, Ending::Sent { provider_message_id }, provider).await
+            }
+            Delivery::Permanent { reason } => {
+                tracing::info!(reason = %reason, "the provider refused the message");
+                self.end(leased, Ending::Failed { reason, dead_letter: false }, provider).await
+            }
+            Delivery::Throttled { retry_after, bucket, reason } => {
+                let pause = retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE);
+                if let Some(bucket) = bucket.and_then(|kind| buckets.iter().find(|bucket| bucket.kind == kind)) {
+                    self.limiter.pause(bucket, pause).await?;
+                }
+                if leased.job.attempts >= self.settings.max_attempts.saturating_mul(THROTTLES_PER_ATTEMPT) {
+                    let reason = format!("still throttled after {} attempts: {reason}", leased.job.attempts);
+                    return self.end(leased, Ending::Failed { reason, dead_letter: true }, provider).await;
+                }
+                ::metrics::counter!(metrics::RETRIES_TOTAL, "provider" => provider).increment(1);
+                leased.job.last_error = Some(reason);
+                self.queue.update(leased, Some(pause.as_millis() as u64)).await?;
+                Ok(())
+            }
+            Delivery::Transient { reason, retry_after } => {
+                leased.job.failures += 1;
+                if leased.job.failures >= self.settings.max_attempts {
+                    return self.end(leased, Ending::Failed { reason, dead_letter: true }, provider).await;
+                }
+                tracing::info!(reason = %reason, failures = leased.job.failures, "delivery failed, retrying");
+                ::metrics::counter!(metrics::RETRIES_TOTAL, "provider" => provider).increment(1);
+                let delay = backoff(self.settings.backoff, leased.job.failures).max(retry_after.unwrap_or_default());
+                leased.job.last_error = Some(reason);
+                self.queue.update(leased, Some(delay.as_millis() as u64)).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Tries the job again later without counting an attempt (a dependency of ours failed).
+    async fn postpone(&self, leased: &mut Leased, delay: Duration, why: &str) -> Result<(), DeliverError> {
+        tracing::warn!(error = %why, "cannot prepare a delivery, postponing it");
+        self.queue.update(leased, Some(delay.as_millis() as u64)).await?;
+        Ok(())
+    }
+
+    /// Records how the job ended (before anything else, see the crate docs), then concludes it.
+    async fn end(&self, leased: &mut Leased, ending: Ending, provider: &'static str) -> Result<(), DeliverError> {
+        leased.job.ending = Some(ending.clone());
+        if !self.queue.update(leased, None).await? {
+            ::metrics::counter!(metrics::LEASES_LOST_TOTAL).increment(1);
+            return Ok(());
+        }
+        self.conclude(leased, ending, provider).await
+    }
+
+    /// Appends the status event and removes the job (dead-lettering it when it gave up).
+    async fn conclude(&self, leased: &Leased, ending: Ending, provider: &'static str) -> Result<(), DeliverError> {
+        let job = &leased.job;
+        let (entry, dead_letter_reason) = match &ending {
+            Ending::Sent { provider_message_id } => {
+                (status_event(job, MessageStatus::Sent, None, provider_message_id.clone()), None)
+            }
+            Ending::Failed { reason, dead_letter } => (
+                status_event(job, MessageStatus::Failed, Some(reason.clone()), None),
+                dead_letter.then_some(reason.as_str()),
+            ),
+        };
+        self.producer.append("events", &entry).await?;
+        let fields = [
+            ("type", "send.requested".to_owned()),
+            ("tenant", job.tenant.to_string()),
+            ("conversation", job.request.conversation_id.to_string()),
+            ("payload", serde_json::to_string(&job.request).expect("requests serialise")),
+        ];
+        let letter = dead_letter_reason.map(|error| DeadLetter { error, consumer: &self.node, fields: &fields });
+        if !self.queue.finish(leased, letter).await? {
+            ::metrics::counter!(metrics::LEASES_LOST_TOTAL).increment(1);
+            return Ok(());
+        }
+        if dead_letter_reason.is_some() {
+            ::metrics::counter!(metrics::DEAD_LETTERS_TOTAL, "provider" => provider).increment(1);
+            tracing::warn!(message = %job.request.message_id, attempts = job.attempts, "delivery dead-lettered");
+        }
+        // The conversation's next message (if any) is ready now.
+        self.wake[usize::from(leased.partition)].notify_one();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        for failures in 1..12 {
+            let ceiling = Duration::from_secs(1).saturating_mul(1 << (failures - 1)).min(BACKOFF_MAX);
+            let delay = backoff(Duration::from_secs(1), failures);
+            assert!(delay >= ceiling / 2 && delay <= ceiling + Duration::from_millis(1), "{failures}: {delay:?}");
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The delivery queue: per send-stream partition, jobs waiting for their turn, in Redis.
+//!
+//! The send stream's `sender` group only *admits* entries here (fast, idempotent), so a slow or
+//! failing provider never holds the stream. Jobs then move by these rules, each one Lua script
+//! on the partition's slot (every key carries the `{send:<p>}` tag):
+//!
+//! - Each conversation is a *lane* (a sorted set in admission order). Only a lane's first job is
+//!   *ready*; the next one becomes ready when it finishes. A conversation's messages therefore go
+//!   out in order, one at a time, while other conversations go out in parallel.
+//! - `ready` is a sorted set by due time. A sender *leases* due jobs: their due time moves to
+//!   now + lease, and a lease token is recorded. A sender that dies holding a lease loses it when
+//!   the lease ends; the job is then leased again by anyone.
+//! - A retry or a rate-limit wait *reschedules* the job (new due time, lease released). Every
+//!   change requires the current lease token: a sender whose lease ran out cannot finish a job
+//!   another sender now holds.
+//! - *Finishing* removes the job, leaves a `done` marker (so a redelivered stream entry is not
+//!   admitted again), readies the lane's next job, and dead-letters the job to `dlq.send` when
+//!   asked, all at once.
+//!
+//! Times come from Redis (`TIME`), so every sender process agrees on them.
+
+use chatdesk_core::{KeyScheme, StreamName};
+use fred::prelude::*;
+use uuid::Uuid;
+
+use crate::job::Job;
+
+/// How long a finished job's id is remembered: as long as the send stream keeps entries.
+const DONE_TTL_SECONDS: u64 = 8 * 86_400;
+
+const NOW: &str =
+    "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
+
+const ADMIT: &str = r#"
+if redis.call('EXISTS', KEYS[5]) == 1 or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local seq = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[4], seq, ARGV[1])
+if redis.call('ZCARD', KEYS[4]) == 1 then
+  redis.call('ZADD', KEYS[2], now, ARGV[1])
+end
+return 1
+"#;
+
+const LEASE: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for index, id in ipairs(ids) do
+  local job = redis.call('HGET', KEYS[2], id)
+  if job then
+    local token = ARGV[3] .. ':' .. index
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), id)
+    redis.call('HSET', KEYS[3], id, token)
+    out[#out + 1] = id
+    out[#out + 1] = token
+    out[#out + 1] = job
+  else
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[3], id)
+  end
+end
+return out
+"#;
+
+const UPDATE: &str = r#"
+if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
+return 1
+"#;
+
+const FINISH: &str = r#"
+if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then
+  return 0
+end
+if ARGV[4] ~= '' then
+  local fields = {'original_id', ARGV[5], 'group', 'sender', 'delivery_count', ARGV[6], 'error', ARGV[4],
+                  'consumer', ARGV[7], 'job', redis.call('HGET', KEYS[2], ARGV[1])}
+  for index = 8, #ARGV do
+    fields[#fields + 1] = ARGV[index]
+  end
+  redis.call('XADD', KEYS[6], '*', unpack(fields))
+end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('SET', KEYS[5], '1', 'EX', tonumber(ARGV[3]))
+local next = redis.call('ZRANGE', KEYS[4], 0, 0)
+if next[1] then
+  redis.call('ZADD', KEYS[1], now, next[1])
+end
+return 1
+"#;
+
+const NEXT_DUE: &str = r#"
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if not first[1] then
+  return -1
+end
+return math.max(0, tonumber(first[2]) - now)
+"#;
+
+/// A job this sender holds.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    pub partition: u16,
+    pub token: String,
+    pub job: Job,
+}
+
+/// What a dead-lettered job carries besides itself: the error, who gave up, and the original
+/// entry's routing fields (so an operator can re-drive it).
+pub struct DeadLetter<'a> {
+    pub error: &'a str,
+    pub consumer: &'a str,
+    pub fields: &'a [(&'a str, String)],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(transparent)]
+    Redis(#[from] Error),
+    #[error("job {id} in partition {partition} is not valid JSON: {source}")]
+    Corrupt {
+        partition: u16,
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+#[derive(Clone)]
+pub struct Queue {
+    redis: Client,
+    keys: KeyScheme,
+    family: StreamName,
+}
+
+struct PartitionKeys {
+    jobs: String,
+    ready: String,
+    leases: String,
+    seq: String,
+    dead_letters: String,
+}
+
+async fn script<R: FromValue>(redis: &Client, body: &str, keys: Vec<String>, args: Vec<String>) -> Result<R, Error> {
+    redis.eval(format!("{NOW}{body}"), keys, args).await
+}
+
+impl Queue {
+    pub fn new(redis: Client, keys: KeyScheme, family: StreamName) -> Self {
+        Self { redis, keys, family }
+    }
+
+    fn partition_keys(&self, partition: u16) -> PartitionKeys {
+        let key = |name: &str| self.keys.partition_key(&self.family, partition, name);
+        PartitionKeys {
+            jobs: key("sendq.jobs"),
+            ready: key("sendq.ready"),
+            leases: key("sendq.leases"),
+            seq: key("sendq.seq"),
+            dead_letters: self.keys.partition(&self.family, partition).dead_letters,
+        }
+    }
+
+    fn lane(&self, partition: u16, conversation: Uuid) -> String {
+        format!("{}:{conversation}", self.keys.partition_key(&self.family, partition, "sendq.lane"))
+    }
+
+    fn done(&self, partition: u16, id: Uuid) -> String {
+        format!("{}:{id}", self.keys.partition_key(&self.family, partition, "sendq.done"))
+    }
+
+    /// Queues `job` behind its conversation's earlier jobs. `false`: it was queued or finished
+    /// before (a redelivered stream entry).
+    pub async fn admit(&self, partition: u16, job: &Job) -> Result<bool, Error> {
+        let keys = self.partition_keys(partition);
+        let admitted: i64 = script(
+            &self.redis,
+            ADMIT,
+            vec![
+                keys.jobs,
+                keys.ready,
+                keys.seq,
+                self.lane(partition, job.request.conversation_id),
+                self.done(partition, job.id()),
+            ],
+            vec![job.id().to_string(), serde_json::to_string(job).expect("jobs serialise")],
+        )
+        .await?;
+        Ok(admitted == 1)
+    }
+
+    /// Leases up to `limit` due jobs for `lease_ms`; `holder` names the process in the tokens,
+    /// and each call adds its own random part, so no two leases ever share a token.
+    pub async fn lease(
+        &self,
+        partition: u16,
+        limit: usize,
+        lease_ms: u64,
+        holder: &str,
+    ) -> Result<Vec<Leased>, QueueError> {
+        let keys = self.partition_keys(partition);
+        let flat: Vec<String> = script(
+            &self.redis,
+            LEASE,
+            vec![keys.ready, keys.jobs, keys.leases],
+            vec![lease_ms.to_string(), limit.to_string(), format!("{holder}:{}", Uuid::new_v4().simple())],
+        )
+        .await?;
+        flat.chunks_exact(3)
+            .map(|chunk| {
+                let job = serde_json::from_str(&chunk[2]).map_err(|source| QueueError::Corrupt {
+                    partition,
+                    id: chunk[0].clone(),
+                    source,
+                })?;
+                Ok(Leased { partition, token: chunk[1].clone(), job })
+            })
+            .collect()
+    }
+
+    /// Stores the job's new state; with `delay_ms`, makes it due again then and releases the
+    /// lease. `false`: the lease was lost (another sender holds the job now).
+    pub async fn update(&self, leased: &Leased, delay_ms: Option<u64>) -> Result<bool, Error> {
+        let keys = self.partition_keys(leased.partition);
+        let updated: i64 = script(
+            &self.redis,
+            UPDATE,
+            vec![keys.ready, keys.jobs, keys.leases],
+            vec![
+                leased.job.id().to_string(),
+                leased.token.clone(),
+                serde_json::to_string(&leased.job).expect("jobs serialise"),
+                delay_ms.map(|delay| delay.to_string()).unwrap_or_default(),
+            ],
+        )
+        .await?;
+        Ok(updated == 1)
+    }
+
+    /// Removes the finished job (dead-lettering it when `dead_letter` is given) and readies the
+    /// next job of its conversation. `false`: the lease was lost.
+    pub async fn finish(&self, leased: &Leased, dead_letter: Option<DeadLetter<'_>>) -> Result<bool, Error> {
+        let keys = self.partition_keys(leased.partition);
+        let job = &leased.job;
+        let mut args = vec![job.id().to_string(), leased.token.clone(), DONE_TTL_SECONDS.to_string()];
+        if let Some(letter) = dead_letter {
+            args.extend([
+                letter.error.to_owned(),
+                job.entry.clone(),
+                job.attempts.to_string(),
+                letter.consumer.to_owned(),
+            ]);
+            for (field, value) in letter.fields {
+                args.push((*field).to_owned());
+                args.push(value.clone());
+            }
+        } else {
+            args.push(String::new());
+        }
+        let finished: i64 = script(
+            &self.redis,
+            FINISH,
+            vec![
+                keys.ready,
+                keys.jobs,
+                keys.leases,
+                self.lane(leased.partition, job.request.conversation_id),
+                self.done(leased.partition, job.id()),
+                keys.dead_letters,
+            ],
+            args,
+        )
+        .await?;
+        Ok(finished == 1)
+    }
+
+    /// Milliseconds until the partition's next job is due (0: due now); `None` when none waits.
+    pub async fn next_due_in(&self, partition: u16) -> Result<Option<u64>, Error> {
+        let due: i64 = script(&self.redis, NEXT_DUE, vec![self.partition_keys(partition).ready], vec![]).await?;
+        Ok(u64::try_from(due).ok())
+    }
+
+    /// Jobs queued in a partition (waiting, leased or backing off).
+    pub async fn len(&self, partition: u16) -> Result<u64, Error> {
+        self.redis.hlen(self.partition_keys(partition).jobs).await
+    }
+}
