@@ -205,7 +205,7 @@ async fn retries_throttling_refusals_and_dead_letters() {
         ("flaky", 0 | 1) => Answer::json(500, json!({"error": "try later"})),
         ("throttled", 0) => Answer::json(429, json!({"error": "slow down"})).with_header("Retry-After", "2"),
         ("refused", _) => Answer::json(400, json!({"error": "unknown recipient"})),
-        ("broken", _) => Answer::json(503, json!({"error": "down"})),
+        ("broken", _) => Answer::json(500, json!({"error": "down"})),
         _ => ok_generic(),
     })
     .await;
@@ -248,7 +248,7 @@ async fn retries_throttling_refusals_and_dead_letters() {
     let (conversation, id) = &messages["broken"];
     let broken = message_when(&api, conversation, id, "broken failed", |m| m["status"] == "failed").await;
     assert_eq!(broken["attempts"], 3, "{broken}");
-    assert!(broken["failure_reason"].as_str().unwrap().contains("503"), "{broken}");
+    assert!(broken["failure_reason"].as_str().unwrap().contains("500"), "{broken}");
 
     let by_kind: HashMap<String, usize> = receiver.received().iter().fold(HashMap::new(), |mut counts, request| {
         *counts.entry(by_text(request)).or_default() += 1;
@@ -282,7 +282,7 @@ async fn retries_throttling_refusals_and_dead_letters() {
         letters.extend(entries.into_iter().map(|(_, fields)| fields));
     }
     assert_eq!(letters.len(), 1, "{letters:?}");
-    assert!(letters[0]["error"].contains("503"), "{letters:?}");
+    assert!(letters[0]["error"].contains("500"), "{letters:?}");
     assert!(letters[0]["payload"].contains("broken"), "{letters:?}");
     assert_eq!(letters[0]["delivery_count"], "3");
 }
