@@ -1,4 +1,4 @@
-//! chatdesk's HTTP surface (axum): the web console at `/`, liveness, readiness and Prometheus
+//! chatdesk's HTTP surface (axum): the dashboard at `/`, liveness, readiness and Prometheus
 //! metrics in every process, and the public API under `/v1`.
 //!
 //! - [`auth`]: agent tokens, API keys, passwords, and the [`auth::Principal`] of a request.
@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod conversations;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -56,10 +57,11 @@ pub struct AppState {
     pub keys: KeyScheme,
 }
 
-/// Health, readiness, metrics and the web console: served by every process, whatever its roles.
+/// Health, readiness, metrics, the dashboard and the widget: served by every process, whatever
+/// its roles.
 pub fn ops_router(state: AppState) -> Router {
     let (router, _) = ops_routes().split_for_parts();
-    router.route("/", get(console)).with_state(state)
+    router.merge(dashboard::routes()).with_state(state)
 }
 
 fn ops_routes() -> OpenApiRouter<AppState> {
@@ -103,18 +105,13 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     document
 }
 
-/// The web console, compiled into the binary so it works from any directory and offline.
-async fn console() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("../../../dashboard/index.html"))
-}
-
 /// The public API under `/v1`, served by the `ingress` role, with its OpenAPI document at
 /// `/v1/openapi.json`.
 pub fn api_router(state: AppState) -> Router {
     let (router, _) = api_routes().merge(widget_routes()).split_for_parts();
     let document = openapi_document();
     router
-        .route("/v1", get(info))
+        .route("/v1", get(info).layer(tower_http::cors::CorsLayer::permissive()))
         .route("/v1/openapi.json", get(move || async move { axum::Json(document.clone()) }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -133,11 +130,13 @@ pub fn finish(router: Router) -> Router {
 }
 
 /// `GET /v1`: what a client talks to.
-async fn info() -> axum::Json<serde_json::Value> {
+/// `websocket_url` is where clients open the protocol (`null`: `/v1/ws` on this host).
+async fn info(axum::extract::State(state): axum::extract::State<AppState>) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({
         "service": "chatdesk",
         "version": env!("CARGO_PKG_VERSION"),
         "api": "v1",
+        "websocket_url": state.ingress.websocket_url,
     }))
 }
 

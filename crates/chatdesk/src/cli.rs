@@ -166,6 +166,10 @@ pub struct UpArgs {
     /// Where private servers keep their data.
     #[arg(long, env = "CHATDESK_DATA_DIR", default_value = ".chatdesk")]
     pub data_dir: PathBuf,
+    /// Seed a demo tenant (agent logins printed at start), a widget test page at /demo, and a
+    /// simulated customer writing every 20 seconds.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 #[derive(Debug, Args)]

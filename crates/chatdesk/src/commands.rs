@@ -44,7 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("CHATDESK_JWT_SECRET is not set: agent tokens need a signing key of at least 32 bytes")?;
             let cancel = CancellationToken::new();
             roles::cancel_on_signals(cancel.clone());
-            run_roles(&args.common, &redis_url, &database_url, &jwt_secret, &args.roles, cancel).await?;
+            run_roles(&args.common, &redis_url, &database_url, &jwt_secret, &args.roles, false, cancel).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Up(args) => {
@@ -61,7 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     None => servers::persistent_jwt_secret(&args.data_dir)?,
                 };
                 tracing::info!(url = format!("http://{}/", args.common.http), "starting chatdesk; Ctrl-C stops it");
-                run_roles(&args.common, &redis_url, &database_url, &jwt_secret, &Role::all(), cancel).await
+                run_roles(&args.common, &redis_url, &database_url, &jwt_secret, &Role::all(), args.demo, cancel).await
             }
             .await;
             // Last, after every role has finished and acknowledged its work.
@@ -79,11 +79,17 @@ async fn run_roles(
     database_url: &Secret,
     jwt_secret: &Secret,
     roles: &[Role],
+    demo: bool,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics()?;
     let runtime =
         Runtime::connect(common.http, redis_url, database_url, common.streams.as_ref(), jwt_secret, metrics).await?;
+    if demo {
+        let seeded = crate::demo::seed(&runtime.db).await.context("seeding the demo tenant")?;
+        println!("{}", crate::demo::banner(common.http, &seeded));
+        tokio::spawn(crate::demo::trickle(common.http, seeded.simulated, cancel.child_token()));
+    }
     let result = roles::run(&runtime, roles, cancel).await;
     runtime.close().await;
     result

@@ -6,10 +6,12 @@
 //! - `servers`: private Redis / PostgreSQL for `chatdesk up` when no URLs are configured.
 //! - `roles`: what `up` and `serve` run, supervised under one cancellation token.
 //! - `commands`: `streams check|status`, `migrate`, and `admin` (in `admin`).
+//! - `demo`: the demo tenant and simulated customers of `up --demo`.
 
 mod admin;
 mod cli;
 mod commands;
+mod demo;
 mod roles;
 mod servers;
 mod settings;

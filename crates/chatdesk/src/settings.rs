@@ -66,6 +66,12 @@ pub fn ingress_settings() -> anyhow::Result<chatdesk_api::ingress::IngressSettin
                 format!("CHATDESK_INGRESS_RATE_PER_INBOX {rate:?}: expected a positive whole number")
             })?;
     }
+    if let Some(url) = env_var("CHATDESK_PUBLIC_WS_URL") {
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            anyhow::bail!("CHATDESK_PUBLIC_WS_URL {url:?}: expected a ws:// or wss:// URL");
+        }
+        settings.websocket_url = Some(url);
+    }
     if let Some(standby) = env_var("CHATDESK_WIDGET_STANDBY") {
         settings.widget_standby = chatdesk_core::duration::parse_duration(&standby)
             .map_err(|error| anyhow::anyhow!("CHATDESK_WIDGET_STANDBY: {error}"))?;

@@ -61,11 +61,14 @@ pub struct IngressSettings {
     pub rate_per_inbox: u32,
     /// How long a widget visitor may be away and still continue the same conversation.
     pub widget_standby: Duration,
+    /// Where clients open the WebSocket protocol when gateways run apart from the API
+    /// (`CHATDESK_PUBLIC_WS_URL`); `None`: `/v1/ws` on the API's own host.
+    pub websocket_url: Option<String>,
 }
 
 impl Default for IngressSettings {
     fn default() -> Self {
-        Self { rate_per_inbox: 200, widget_standby: Duration::from_secs(600) }
+        Self { rate_per_inbox: 200, widget_standby: Duration::from_secs(600), websocket_url: None }
     }
 }
 

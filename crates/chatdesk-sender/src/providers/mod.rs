@@ -89,14 +89,7 @@ pub fn provider_name(kind: &str) -> &'static str {
 
 impl Providers {
     pub fn new(endpoints: Endpoints, timeout: Duration) -> Result<Self, reqwest::Error> {
-        // reqwest is built without a bundled crypto provider: use ring, once per process.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("chatdesk/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { http, endpoints })
+        Ok(Self { http: http_client(timeout)?, endpoints })
     }
 
     /// The rate-limit buckets a message to `to` through `inbox` must fit into, broadest first.
@@ -123,6 +116,17 @@ impl Providers {
             other => Delivery::Permanent { reason: format!("inbox kind {other:?} cannot send") },
         }
     }
+}
+
+/// An HTTP client for outside calls, with `timeout` per request.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    // reqwest is built without a bundled crypto provider: use ring, once per process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("chatdesk/", env!("CARGO_PKG_VERSION")))
+        .build()
 }
 
 /// `Retry-After` as seconds or an HTTP date.

@@ -1,5 +1,6 @@
 //! The `chatdesk` binary, run as a user runs it.
 
+mod browser;
 mod cli;
 mod gateway;
 mod ingress;

@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use chatdesk_streams::{RedisConnector, RedisSettings};
 use fred::prelude::*;
+use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
-async fn start(data_dir: &Path, http: SocketAddr) -> Child {
+async fn start(data_dir: &Path, http: SocketAddr, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_chatdesk"))
         .args(["up", "--http", &http.to_string(), "--data-dir"])
         .arg(data_dir)
+        .args(extra)
+        .stdout(Stdio::piped())
         .env_remove("REDIS_URL")
         .env_remove("DATABASE_URL")
         .env("CHATDESK_KEY_PREFIX", chatdesk_testkit::unique_prefix())
@@ -60,7 +63,7 @@ async fn up_starts_private_servers_stops_them_and_reuses_their_data() {
     let data_dir = dir.path().join("data");
     let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
 
-    let first = start(&data_dir, http).await;
+    let first = start(&data_dir, http, &[]).await;
     wait_ready(http).await;
     let (redis_url, database_url) = urls(&data_dir);
     let (status, body) = chatdesk_testkit::http_get(http, "/readyz").await.unwrap();
@@ -86,15 +89,45 @@ async fn up_starts_private_servers_stops_them_and_reuses_their_data() {
     assert!(!listening(port_of(&database_url)), "private PostgreSQL still running");
     assert!(!data_dir.join("postgres/postmaster.pid").exists(), "PostgreSQL was not shut down cleanly");
 
-    let second = start(&data_dir, http).await;
+    // Again, with the demo: its logins are printed, they work, and a simulated customer writes.
+    let mut second = start(&data_dir, http, &["--demo"]).await;
+    let mut stdout = tokio::io::BufReader::new(second.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    while !banner.contains("simulated customer") {
+        let line = tokio::time::timeout(Duration::from_secs(120), stdout.next_line()).await.unwrap().unwrap().unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+    assert!(banner.contains("agent@demo.chatdesk.dev / demo-agent-1"), "{banner}");
     wait_ready(http).await;
+    let token = crate::support::login(http, "agent@demo.chatdesk.dev", "demo-agent-1").await.json()["token"]
+        .as_str()
+        .expect("the demo agent signs in")
+        .to_owned();
+    let api = crate::support::Client { http, token };
+    crate::support::eventually(&api, "/v1/conversations", "a simulated customer's conversation", |page| {
+        !page["items"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let widget_page =
+        banner.lines().find_map(|line| line.split_whitespace().find(|word| word.contains("/demo?inbox="))).unwrap();
+    let path = widget_page.trim_start_matches(&format!("http://{http}"));
+    let (status, page) = chatdesk_testkit::http_get(http, path).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("widget.js"), "{page}");
+    let (status, script) = chatdesk_testkit::http_get(http, "/widget.js").await.unwrap();
+    assert!(status == 200 && script.contains("data-inbox"), "{status}");
     let (redis_url, database_url) = urls(&data_dir);
     let redis = RedisConnector::new(RedisSettings::new(&redis_url)).unwrap().shared().await.unwrap();
     let kept: Option<String> = redis.get("up-test").await.unwrap();
     assert_eq!(kept.as_deref(), Some("kept"), "Redis data was not reused");
     let _ = redis.quit().await;
     let pool = chatdesk_store::connect(&database_url, 1).await.unwrap();
-    let name: String = sqlx::query_scalar("SELECT name FROM tenants").fetch_one(&pool).await.unwrap();
+    let name: String = sqlx::query_scalar("SELECT name FROM tenants WHERE id = '01900000-0000-7000-8000-000000000001'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(name, "Acme", "PostgreSQL data was not reused");
     pool.close().await;
     interrupt(second).await;

@@ -1,0 +1,208 @@
+// The dashboard and the web widget in headless Chromium, against a running chatdesk. Run by the
+// `browser` integration test, which starts the servers and passes CHATDESK_BROWSER_CONFIG; this
+// script runs the gateway process itself so it can kill and restart it.
+
+import { spawn } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { chromium } from 'playwright-core';
+
+const config = JSON.parse(process.env.CHATDESK_BROWSER_CONFIG);
+const TIMEOUT = 20_000;
+const consoleErrors = [];
+let gatewayDown = false;
+
+function log(message) { console.log(`[browser] ${message}`); }
+
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+async function waitFor(what, predicate, timeout = TIMEOUT) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const value = await predicate();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+function startGateway() {
+  const child = spawn(config.gateway.bin, config.gateway.args, {
+    env: { ...process.env, ...config.gateway.env },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  return child;
+}
+
+async function ready(base) {
+  await waitFor(`${base}/readyz`, async () => {
+    try { return (await fetch(`${base}/readyz`)).ok; } catch { return false; }
+  }, 60_000);
+}
+
+function watch(page, name) {
+  page.on('console', (message) => {
+    if (message.type() !== 'error') return;
+    const text = message.text();
+    // Chromium reports a refused WebSocket while the gateway is down; that is the scenario.
+    if (gatewayDown && /WebSocket connection to .* failed|ERR_CONNECTION_REFUSED/.test(text)) return;
+    consoleErrors.push(`${name}: ${text}`);
+  });
+  page.on('pageerror', (error) => consoleErrors.push(`${name}: ${error.message}`));
+}
+
+async function agentPage(browser, agent, name) {
+  const context = await browser.newContext({ viewport: { width: 1366, height: 820 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  watch(page, name);
+  await page.goto(config.base + '/');
+  await page.fill('#login-email', agent.email);
+  await page.fill('#login-password', agent.password);
+  await page.press('#login-password', 'Enter');
+  await page.waitForSelector('#connection[data-state="connected"]');
+  return page;
+}
+
+async function texts(locator) {
+  return (await locator.allTextContents()).map((text) => text.trim());
+}
+
+async function expectTexts(what, locator, expected) {
+  try {
+    await waitFor(what, async () => JSON.stringify(await texts(locator)) === JSON.stringify(expected));
+  } catch (error) {
+    throw new Error(`${error.message}: have ${JSON.stringify(await texts(locator))}, want ${JSON.stringify(expected)}`);
+  }
+}
+
+async function postGeneric(text, id) {
+  const body = JSON.stringify({ message_id: id, from: { id: 'webhook-customer', name: 'Webhook Customer' }, text });
+  const { createHmac } = await import('node:crypto');
+  const signature = 'sha256=' + createHmac('sha256', config.generic.secret).update(body).digest('hex');
+  const response = await fetch(config.base + config.generic.webhook_path, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'X-Chatdesk-Signature': signature },
+    body,
+  });
+  check(response.ok, `the webhook answered ${response.status}`);
+}
+
+async function main() {
+  mkdirSync(config.screenshots, { recursive: true });
+  let gateway = startGateway();
+  await ready(config.gateway.base);
+  const browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
+  });
+  try {
+    // Two agents sign in; the inbox is empty.
+    const alice = await agentPage(browser, config.agents[0], 'agent 1');
+    const bob = await agentPage(browser, config.agents[1], 'agent 2');
+    await alice.waitForSelector('text=No conversations here yet.');
+
+    // A visitor opens the widget on a page and writes.
+    const visitorContext = await browser.newContext({ viewport: { width: 1100, height: 760 } });
+    const visitor = await visitorContext.newPage();
+    visitor.setDefaultTimeout(TIMEOUT);
+    watch(visitor, 'visitor');
+    await visitor.goto(`${config.base}/demo?inbox=${config.web_inbox}`);
+    await visitor.click('.bubble');
+    await visitor.fill('#cd-email', 'ana@example.com');
+    await visitor.fill('#cd-name', 'Ana Souza');
+    await visitor.press('#cd-name', 'Enter');
+    const visitorInput = visitor.locator('.composer textarea');
+    await visitorInput.fill('Hello from the widget');
+    await visitorInput.press('Enter');
+    log('visitor wrote');
+
+    // The conversation appears live; the agent opens it and replies.
+    const item = alice.locator('.conversation-item', { hasText: 'Ana Souza' });
+    await alice.locator('.conversation-item', { hasText: 'Hello from the widget' }).waitFor();
+    await item.click();
+    const aliceMessages = alice.locator('#messages .message .text');
+    await expectTexts('the message in the agent view', aliceMessages, ['Hello from the widget']);
+    await alice.fill('#reply', 'Hi Ana! How can I help?');
+    await alice.press('#reply', 'Enter');
+    await alice.locator('.message.outbound .tick').first().waitFor();
+    const visitorMessages = visitor.locator('ol.messages li');
+    await expectTexts('the reply in the widget', visitorMessages, ['Hello from the widget', 'Hi Ana! How can I help?']);
+    await expectTexts('both messages once in the agent view', aliceMessages, ['Hello from the widget', 'Hi Ana! How can I help?']);
+    await alice.waitForSelector('.message.outbound .tick[data-status="sent"]');
+    log('reply delivered both ways');
+
+    // The customer's typing shows on the agent's side.
+    await visitorInput.type('I have a que', { delay: 30 });
+    await alice.waitForSelector('#typing:not([hidden])');
+    await visitorInput.fill('');
+    log('typing indicator shown');
+
+    // Another agent's open conversation follows assign / resolve / reopen live.
+    await bob.locator('.conversation-item', { hasText: 'Ana Souza' }).click();
+    await bob.waitForSelector('#conv-status[data-status="open"]');
+    await alice.click('#assign-me');
+    await bob.waitForSelector(`#conv-assignee[data-assignee="${config.agents[0].id}"]`);
+    await alice.click('#resolve');
+    await bob.waitForSelector('#conv-status[data-status="resolved"]');
+    await alice.click('#reopen');
+    await bob.waitForSelector('#conv-status[data-status="open"]');
+    log('assign, resolve and reopen followed live');
+
+    await alice.screenshot({ path: `${config.screenshots}/conversation.png` });
+    await visitor.screenshot({ path: `${config.screenshots}/widget.png` });
+
+    // The gateway dies; messages are sent in the gap from both sides; it comes back.
+    gatewayDown = true;
+    gateway.kill('SIGKILL');
+    await new Promise((resolve) => gateway.once('exit', resolve));
+    await alice.waitForSelector('#connection[data-state="reconnecting"]');
+    log('gateway killed');
+    await visitorInput.fill('Sent while the gateway was down');
+    await visitorInput.press('Enter');
+    await postGeneric('A webhook customer writes in the gap', `gap-${Date.now()}`);
+    await alice.fill('#reply', 'Agent reply in the gap');
+    await alice.press('#reply', 'Enter');
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    gateway = startGateway();
+    await ready(config.gateway.base);
+    await alice.waitForSelector('#connection[data-state="resumed"]', { timeout: 30_000 });
+    gatewayDown = false;
+    log('gateway restarted, dashboard resumed');
+    await alice.fill('#reply', 'After the restart');
+    await alice.press('#reply', 'Enter');
+    const conversation = ['Hello from the widget', 'Hi Ana! How can I help?', 'Sent while the gateway was down', 'Agent reply in the gap', 'After the restart'];
+    await expectTexts('every message once, in order, on the agent side', aliceMessages, conversation);
+    await expectTexts('every message once, in order, in the widget', visitorMessages, conversation);
+    const webhookCustomer = alice.locator('.conversation-item', { hasText: 'Webhook Customer' });
+    await webhookCustomer.waitFor();
+    await webhookCustomer.click();
+    await expectTexts('the webhook message sent in the gap', alice.locator('#messages .message .text'), ['A webhook customer writes in the gap']);
+
+    // The inbox with both conversations.
+    await alice.locator('.filter[data-filter="open"]').click();
+    await alice.screenshot({ path: `${config.screenshots}/inbox.png` });
+    log('screenshots written');
+
+    // A reload of the widget's page continues the same conversation with its history.
+    await visitor.reload();
+    await visitor.click('.bubble');
+    await expectTexts('the history after a reload', visitor.locator('ol.messages li'), conversation);
+    log('widget reload kept the conversation');
+
+    check(consoleErrors.length === 0, `console errors:\n${consoleErrors.join('\n')}`);
+  } finally {
+    await browser.close();
+    gateway.kill('SIGTERM');
+  }
+}
+
+main().then(() => {
+  log('all browser checks passed');
+  process.exit(0);
+}, (error) => {
+  console.error(`[browser] FAILED: ${error.message}`);
+  process.exit(1);
+});

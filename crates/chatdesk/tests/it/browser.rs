@@ -1,0 +1,68 @@
+//! The dashboard and the widget in a real browser: headless Chromium driven by playwright-core
+//! (`browser-tests/dashboard.test.mjs`), against real servers and chatdesk processes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use serde_json::json;
+
+use crate::support::{Env, JWT_SECRET, admin, serve_roles};
+
+fn free_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_and_a_visitor_chat_live_through_a_gateway_restart() {
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let tests = root.join("browser-tests");
+    assert!(
+        tests.join("node_modules/playwright-core").exists() && std::path::Path::new("/usr/bin/chromium").exists(),
+        "the browser tests need Chromium and playwright-core: run ./scripts/test, which installs both"
+    );
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@browser.test", "owner-pass-1");
+    let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
+    let first = env.user(&tenant_id, "alice@browser.test", "alice-pass-1", "agent");
+    env.user(&tenant_id, "bob@browser.test", "bob-pass-1", "agent");
+    let web = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "web", "--name", "Website"]);
+    let generic = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "Webhooks"]);
+
+    let http = free_addr();
+    let gateway = free_addr();
+    let websocket = format!("ws://{gateway}/v1/ws");
+    let _api = serve_roles(&env, "ingress,writer,sender", http, &[("CHATDESK_PUBLIC_WS_URL", &websocket)]).await;
+    let config = json!({
+        "base": format!("http://{http}"),
+        "gateway": {
+            "base": format!("http://{gateway}"),
+            "bin": env!("CARGO_BIN_EXE_chatdesk"),
+            "args": ["serve", "--roles", "gateway", "--http", gateway.to_string()],
+            "env": {
+                "REDIS_URL": env.redis_url, "DATABASE_URL": env.database_url, "CHATDESK_JWT_SECRET": JWT_SECRET,
+                "CHATDESK_KEY_PREFIX": env.prefix, "CHATDESK_NODE_ID": "browser-gateway",
+                "CHATDESK_STREAMS": root.join("streams.toml"), "RUST_LOG": "warn",
+            },
+        },
+        "web_inbox": web["inbox_id"],
+        "generic": {"webhook_path": generic["webhook_path"], "secret": generic["secret"]},
+        "agents": [
+            {"email": "alice@browser.test", "password": "alice-pass-1", "id": first["user_id"]},
+            {"email": "bob@browser.test", "password": "bob-pass-1"},
+        ],
+        "screenshots": root.join("docs/screenshots"),
+    });
+    let output = tokio::process::Command::new("node")
+        .arg(tests.join("dashboard.test.mjs"))
+        .env("CHATDESK_BROWSER_CONFIG", config.to_string())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(output.status.success(), "browser checks failed:\n{stdout}\n{stderr}");
+}

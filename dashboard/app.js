@@ -1,0 +1,122 @@
+// The agent dashboard: login, then pages. Each page is a module with `mount(container, context)`
+// returning an `unmount()`; add one to PAGES (and a link appears in the navigation).
+
+import { api, login, session, websocketUrl, whenUnauthorized } from './api.js';
+import { Connection } from './connection.js';
+import { h, notice, shortId } from './ui.js';
+import * as inbox from './pages/inbox.js';
+
+const PAGES = [
+  { path: 'inbox', title: 'Inbox', module: inbox },
+];
+
+const root = document.getElementById('app');
+let context = null;
+let unmountPage = null;
+
+function logout() {
+  session.clear();
+  context?.connection.close();
+  context = null;
+  location.hash = '#/login';
+  render();
+}
+whenUnauthorized(logout);
+
+function renderLogin(message) {
+  const error = h('div', { id: 'login-error' }, message ? notice(message, 'error') : null);
+  const email = h('input', { name: 'email', type: 'email', autocomplete: 'username', required: true, id: 'login-email' });
+  const password = h('input', { name: 'password', type: 'password', autocomplete: 'current-password', required: true, id: 'login-password' });
+  const button = h('button', { type: 'submit' }, 'Sign in');
+  const form = h('form', {
+    class: 'login',
+    'aria-labelledby': 'login-title',
+    onsubmit: async (event) => {
+      event.preventDefault();
+      button.disabled = true;
+      error.replaceChildren();
+      try {
+        await login(email.value.trim(), password.value);
+        location.hash = '#/inbox';
+        render();
+      } catch (failure) {
+        error.replaceChildren(notice(failure.status === 401 ? 'Wrong e-mail or password.' : failure.message, 'error'));
+        button.disabled = false;
+        password.focus();
+      }
+    },
+  },
+  h('h1', { id: 'login-title' }, 'chatdesk'),
+  h('p', { class: 'muted' }, 'Sign in to answer your customers.'),
+  h('label', { for: 'login-email' }, 'E-mail'), email,
+  h('label', { for: 'login-password' }, 'Password'), password,
+  error, button);
+  root.replaceChildren(h('main', { class: 'login-page' }, form));
+  email.focus();
+}
+
+function connectionBadge(connection) {
+  const badge = h('span', { id: 'connection', class: 'connection', role: 'status' });
+  const show = (state) => {
+    badge.dataset.state = state;
+    badge.textContent = { connecting: 'Connecting…', connected: 'Connected', resumed: 'Resumed', reconnecting: 'Reconnecting…', offline: 'Offline' }[state] || state;
+  };
+  show(connection.state);
+  connection.addEventListener('state', (event) => show(event.detail));
+  return badge;
+}
+
+function presenceList(context) {
+  const element = h('span', { id: 'presence', class: 'presence', title: 'Agents online' });
+  const show = () => {
+    const others = [...context.online].filter((id) => id !== context.user.id);
+    const me = context.online.has(context.user.id) ? 1 : 0;
+    element.textContent = `${others.length + me} online`;
+    element.title = [...context.online].map((id) => (id === context.user.id ? 'you' : `agent …${shortId(id)}`)).join(', ');
+  };
+  context.presenceChanged = show;
+  show();
+  return element;
+}
+
+async function startContext() {
+  const saved = session.load();
+  const connection = new Connection(await websocketUrl(), saved.token);
+  connection.addEventListener('unauthorized', logout);
+  return { user: saved.user, connection, online: new Set(), presenceChanged: () => {} };
+}
+
+async function render() {
+  unmountPage?.();
+  unmountPage = null;
+  if (!session.load()) {
+    renderLogin();
+    return;
+  }
+  const [, name = 'inbox', ...rest] = (location.hash || '#/inbox').slice(1).split('/');
+  const page = PAGES.find((candidate) => candidate.path === name) || PAGES[0];
+  if (!context) {
+    try {
+      context = await startContext();
+    } catch (failure) {
+      root.replaceChildren(h('main', { class: 'center' }, notice(`Cannot reach the server: ${failure.message}`, 'error')));
+      setTimeout(render, 3000);
+      return;
+    }
+  }
+  const nav = h('nav', { 'aria-label': 'Pages' },
+    PAGES.map((candidate) => h('a', { href: `#/${candidate.path}`, 'aria-current': candidate === page ? 'page' : null }, candidate.title)),
+    h('a', { href: '/system' }, 'System'));
+  const header = h('header', { class: 'top' },
+    h('strong', { class: 'brand' }, 'chatdesk'), nav,
+    h('span', { class: 'spacer' }),
+    presenceList(context), connectionBadge(context.connection),
+    h('span', { class: 'me', title: context.user.email }, context.user.email),
+    h('button', { class: 'link', onclick: logout }, 'Sign out'));
+  const container = h('div', { class: 'page' });
+  root.replaceChildren(header, container);
+  unmountPage = page.module.mount(container, context, rest);
+}
+
+window.addEventListener('hashchange', render);
+render().catch((failure) => root.replaceChildren(notice(failure.message, 'error')));
