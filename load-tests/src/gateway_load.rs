@@ -111,9 +111,7 @@ async fn main() -> anyhow::Result<()> {
     let mut tenants = Vec::new();
     for index in 0..args.tenants {
         let email = format!("owner-{index}@bench.test");
-        let tenant =
-            up.admin(&["tenant", "create", "--name", "bench", "--owner-email", &email, "--password", "bench-pass-1"])?;
-        let tenant_id = tenant["tenant_id"].as_str().context("tenant_id")?.to_owned();
+        let tenant_id = up.tenant(&email)?;
         let inbox = up.admin(&["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "bench"])?;
         let mut login = Connection::open(address).await?;
         let body = serde_json::json!({"email": email, "password": "bench-pass-1"}).to_string();

@@ -46,17 +46,8 @@ async fn main() -> anyhow::Result<()> {
     let binary = chatdesk_binary(args.chatdesk.as_deref())?;
     let up = Up::start(binary, &[("CHATDESK_INGRESS_RATE_PER_INBOX", "1000000")]).await?;
     let address = up.address;
-    let tenant = up.admin(&[
-        "tenant",
-        "create",
-        "--name",
-        "bench",
-        "--owner-email",
-        "owner@bench.test",
-        "--password",
-        "bench-pass-1",
-    ])?;
-    let tenant_id = tenant["tenant_id"].as_str().context("tenant_id")?.to_owned();
+    let tenant = up.tenant("owner@bench.test")?;
+    let tenant_id = tenant;
     let inbox = up.admin(&["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "bench"])?;
     let path = Arc::new(inbox["webhook_path"].as_str().context("webhook_path")?.to_owned());
     let secret = Arc::new(inbox["secret"].as_str().context("secret")?.to_owned());

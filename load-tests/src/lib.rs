@@ -143,6 +143,21 @@ impl Up {
         admin(&self.binary, &self.database_url, args)
     }
 
+    /// A tenant whose owner is `owner_email`; returns its id.
+    pub fn tenant(&self, owner_email: &str) -> anyhow::Result<String> {
+        let tenant = self.admin(&[
+            "tenant",
+            "create",
+            "--name",
+            "bench",
+            "--owner-email",
+            owner_email,
+            "--password",
+            "bench-pass-1",
+        ])?;
+        Ok(tenant["tenant_id"].as_str().context("tenant_id")?.to_owned())
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }

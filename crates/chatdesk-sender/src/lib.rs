@@ -66,6 +66,8 @@ const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(1);
 const DEPENDENCY_RETRY: Duration = Duration::from_secs(2);
 const INBOX_CACHE_TTL: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Contacts whose provider ids are kept in memory before the cache starts over.
+const RECIPIENT_CACHE: usize = 100_000;
 
 #[derive(Debug, Clone)]
 pub struct SenderSettings {
@@ -138,6 +140,8 @@ struct Inner {
     wake: Vec<Notify>,
     permits: Arc<Semaphore>,
     inboxes: Mutex<HashMap<Uuid, CachedInbox>>,
+    /// Contacts' provider ids (they never change once a contact exists).
+    recipients: Mutex<HashMap<(Uuid, Uuid), String>>,
 }
 
 impl Sender {
@@ -169,6 +173,7 @@ impl Sender {
             permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             settings,
             inboxes: Mutex::new(HashMap::new()),
+            recipients: Mutex::new(HashMap::new()),
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -346,6 +351,22 @@ impl Inner {
         Ok(inbox.filter(|inbox| inbox.tenant_id == tenant))
     }
 
+    /// The contact's provider id, if the contact exists in the job's tenant.
+    async fn recipient(&self, tenant: Uuid, contact: Uuid) -> Result<Option<String>, chatdesk_store::StoreError> {
+        if let Some(to) = self.recipients.lock().expect("recipient cache").get(&(tenant, contact)) {
+            return Ok(Some(to.clone()));
+        }
+        let to = contact_external_id(&self.db, tenant, contact).await?;
+        if let Some(to) = &to {
+            let mut cache = self.recipients.lock().expect("recipient cache");
+            if cache.len() >= RECIPIENT_CACHE {
+                cache.clear();
+            }
+            cache.insert((tenant, contact), to.clone());
+        }
+        Ok(to)
+    }
+
     async fn deliver(&self, leased: &mut Leased) -> Result<(), DeliverError> {
         if let Some(ending) = leased.job.ending.clone() {
             // Recorded before a crash: finish without calling the provider again.
@@ -364,7 +385,7 @@ impl Inner {
         let to = if inbox.kind == "web" {
             String::new()
         } else {
-            match contact_external_id(&self.db, job.tenant, job.request.contact_id).await {
+            match self.recipient(job.tenant, job.request.contact_id).await {
                 Ok(Some(to)) => to,
                 Ok(None) => {
                     let ending =

@@ -1,0 +1,194 @@
+//! Outbound delivery throughput: agent replies appended to the send stream, delivered by a
+//! `chatdesk up` (private Redis and PostgreSQL, every role) to a generic-channel receiver in this
+//! process, with the rate limits off. Reports messages/s and the latency from the append to the
+//! receiver, for receivers that answer at once and after a provider-like delay.
+//!
+//! ```text
+//! cargo build --release -p chatdesk
+//! cargo run --release -p chatdesk-load-tests --bin sender-throughput -- [--messages 5000] [--conversations 200] [--delays 0,50]
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chatdesk_api::ingress::signature::sign;
+use chatdesk_core::events::{Actor, SenderKind};
+use chatdesk_core::{KeyScheme, StreamsConfig};
+use chatdesk_load_tests::{Connection, Up, chatdesk_binary, percentile};
+use chatdesk_streams::commands::{ReplyTarget, append_reply};
+use chatdesk_streams::{Producer, RedisConnector, RedisSettings};
+use clap::Parser;
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(about = "Messages/s and append-to-provider latency of the sender over loopback")]
+struct Args {
+    /// Replies per run.
+    #[arg(long, default_value_t = 5000)]
+    messages: usize,
+    /// Conversations they are spread over (each conversation's messages go out one at a time).
+    #[arg(long, default_value_t = 200)]
+    conversations: usize,
+    /// The receiver's answer delay per run, in milliseconds (a provider's latency).
+    #[arg(long, value_delimiter = ',', default_value = "0,50")]
+    delays: Vec<u64>,
+    /// The chatdesk binary; defaults to the one next to this benchmark (same build profile).
+    #[arg(long)]
+    chatdesk: Option<PathBuf>,
+}
+
+const APPENDERS: usize = 64;
+
+#[derive(Clone, Default)]
+struct Receiver {
+    arrivals: Arc<Mutex<HashMap<String, Instant>>>,
+    delay: Arc<Mutex<Duration>>,
+}
+
+async fn start_receiver(receiver: Receiver) -> anyhow::Result<SocketAddr> {
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let receiver = receiver.clone();
+        async move {
+            let arrived = Instant::now();
+            let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if let Some(id) = value["event_id"].as_str() {
+                receiver.arrivals.lock().expect("arrivals").entry(id.to_owned()).or_insert(arrived);
+            }
+            let delay = *receiver.delay.lock().expect("delay");
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            axum::Json(serde_json::json!({"id": "ok"}))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(address)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let receiver = Receiver::default();
+    let receiver_address = start_receiver(receiver.clone()).await?;
+    let binary = chatdesk_binary(args.chatdesk.as_deref())?;
+    let up = Up::start(
+        binary,
+        &[("CHATDESK_INGRESS_RATE_PER_INBOX", "1000000"), ("CHATDESK_SEND_LIMITS", "generic.account=off")],
+    )
+    .await?;
+    let tenant = up.tenant("owner@bench.test")?;
+    let tenant_id: Uuid = tenant.parse()?;
+    let outbound = format!("http://{receiver_address}/replies");
+    let inbox = up.admin(&[
+        "inbox",
+        "create",
+        "--tenant",
+        &tenant_id.to_string(),
+        "--kind",
+        "generic",
+        "--name",
+        "bench",
+        "--outbound-url",
+        &outbound,
+    ])?;
+    let inbox_id: Uuid = inbox["inbox_id"].as_str().context("inbox_id")?.parse()?;
+    let path = inbox["webhook_path"].as_str().context("webhook_path")?.to_owned();
+    let secret = inbox["secret"].as_str().context("secret")?.to_owned();
+
+    // One customer message per conversation, so each has a stored contact to send to.
+    let mut connection = Connection::open(up.address).await?;
+    for index in 0..args.conversations {
+        let body = serde_json::json!({"message_id": format!("seed-{index}"), "from": {"id": format!("c-{index}")}, "text": "hi"})
+            .to_string();
+        let status = connection.post(&path, &sign(body.as_bytes(), &secret), &body).await?;
+        anyhow::ensure!(status == 200, "seeding answered {status}");
+    }
+    let pool = chatdesk_store::connect(&up.database_url, 2).await?;
+    let targets: Vec<ReplyTarget> = loop {
+        let rows: Vec<(Uuid, Uuid)> = sqlx::query_as("SELECT id, contact_id FROM conversations WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .fetch_all(&pool)
+            .await?;
+        if rows.len() == args.conversations {
+            break rows
+                .into_iter()
+                .map(|(conversation, contact)| ReplyTarget {
+                    tenant: tenant_id,
+                    conversation,
+                    inbox: inbox_id,
+                    contact,
+                })
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let redis = RedisConnector::new(RedisSettings::new(&up.redis_url))?.shared().await?;
+    let streams = Arc::new(StreamsConfig::from_toml_str("streams.toml", include_str!("../../streams.toml"))?);
+    let keys = KeyScheme::new("chatdesk").map_err(anyhow::Error::msg)?;
+    let producer = Producer::new(redis.clone(), keys.clone(), streams);
+    println!(
+        "sender-throughput: {} replies over {} conversations to a generic receiver over loopback (`chatdesk up`, rate limits off)",
+        args.messages, args.conversations
+    );
+    println!(
+        "{:>9} {:>12} {:>12} {:>10} {:>10} {:>10}",
+        "delay ms", "appended/s", "delivered/s", "p50 ms", "p99 ms", "max ms"
+    );
+    for &delay in &args.delays {
+        *receiver.delay.lock().expect("delay") = Duration::from_millis(delay);
+        receiver.arrivals.lock().expect("arrivals").clear();
+        let started = Instant::now();
+        // Many appenders at once, so the producer side outpaces the sender being measured.
+        let mut appenders = tokio::task::JoinSet::new();
+        for worker in 0..APPENDERS {
+            let (producer, redis, keys, targets) = (producer.clone(), redis.clone(), keys.clone(), targets.clone());
+            let messages = args.messages;
+            appenders.spawn(async move {
+                let mut appended = Vec::new();
+                for index in (worker..messages).step_by(APPENDERS) {
+                    let target = targets[index % targets.len()];
+                    let sender = Actor { kind: SenderKind::Agent, id: None };
+                    let accepted =
+                        append_reply(&producer, &redis, &keys, target, sender, "benchmark reply", None).await?;
+                    appended.push((accepted.event_id.to_string(), Instant::now()));
+                }
+                anyhow::Ok(appended)
+            });
+        }
+        let mut appended: HashMap<String, Instant> = HashMap::with_capacity(args.messages);
+        while let Some(done) = appenders.join_next().await {
+            appended.extend(done??);
+        }
+        let appended_in = started.elapsed();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while receiver.arrivals.lock().expect("arrivals").len() < args.messages {
+            anyhow::ensure!(Instant::now() < deadline, "not every message arrived within 10 minutes");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let arrivals = receiver.arrivals.lock().expect("arrivals").clone();
+        let last = arrivals.values().max().copied().unwrap_or(started);
+        let mut latencies: Vec<Duration> = appended
+            .iter()
+            .filter_map(|(id, at)| arrivals.get(id).map(|arrived| arrived.saturating_duration_since(*at)))
+            .collect();
+        latencies.sort();
+        let rate = args.messages as f64 / last.duration_since(started).as_secs_f64();
+        let append_rate = args.messages as f64 / appended_in.as_secs_f64();
+        println!(
+            "{delay:>9} {append_rate:>12.0} {rate:>12.0} {:>10.1} {:>10.1} {:>10.1}",
+            percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
+            percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
+            latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+        );
+    }
+    pool.close().await;
+    up.stop().await;
+    Ok(())
+}
