@@ -405,3 +405,115 @@ async fn a_sender_killed_mid_flight_loses_nothing() {
         assert_eq!(texts, sorted, "in order for {conversation}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn telegram_and_whatsapp_throttling_answers_pause_and_retry() {
+    let env = Env::start().await;
+    let provider = StandIn::start(|request| request.path.clone(), |request, earlier| {
+        if request.path.ends_with("/sendMessage") {
+            return match earlier {
+                0 => Answer::json(
+                    429,
+                    json!({"ok": false, "error_code": 429, "description": "Too Many Requests: retry after 1", "parameters": {"retry_after": 1}}),
+                ),
+                _ => Answer::json(
+                    200,
+                    json!({"ok": true, "result": {"message_id": 77, "chat": {"id": 1111111, "type": "private"}, "date": 1763800000, "text": request.body["text"]}}),
+                ),
+            };
+        }
+        match earlier {
+            // Meta's throughput error comes as HTTP 400 with code 130429 and no Retry-After.
+            0 => Answer::json(
+                400,
+                json!({"error": {"message": "(#130429) Rate limit hit", "type": "OAuthException", "code": 130429, "error_subcode": 2494055, "fbtrace_id": "AbC"}}),
+            ),
+            _ => Answer::json(200, json!({"messaging_product": "whatsapp", "messages": [{"id": "wamid.OUT-2"}]})),
+        }
+    })
+    .await;
+    let http = free_addr();
+    let _chatdesk = serve_roles(
+        &env,
+        "ingress,writer,sender",
+        http,
+        &[("CHATDESK_WHATSAPP_API_URL", &provider.url()), ("CHATDESK_TELEGRAM_API_URL", &provider.url())],
+    )
+    .await;
+    let (tenant, api) = owner(&env, http).await;
+    let telegram = admin(
+        &env,
+        &[
+            "inbox",
+            "create",
+            "--tenant",
+            &tenant,
+            "--kind",
+            "telegram",
+            "--name",
+            "Bot",
+            "--bot-token",
+            "123456:ABC-DEF",
+        ],
+    );
+    let update = json!({"update_id": 10000, "message": {"message_id": 1365, "date": 1763800000, "text": "Hi bot",
+        "chat": {"id": 1111111, "type": "private", "first_name": "Test"}, "from": {"id": 1111111, "is_bot": false, "first_name": "Test"}}})
+    .to_string();
+    let secret = telegram["secret"].as_str().unwrap();
+    let path = telegram["webhook_path"].as_str().unwrap();
+    assert_eq!(post(http, path, &[("X-Telegram-Bot-Api-Secret-Token", secret)], &update).await.status, 200);
+    let whatsapp = admin(
+        &env,
+        &[
+            "inbox",
+            "create",
+            "--tenant",
+            &tenant,
+            "--kind",
+            "whatsapp",
+            "--name",
+            "WA",
+            "--secret",
+            APP_SECRET,
+            "--phone-number-id",
+            WABA_PHONE,
+            "--access-token",
+            "EAAG-test-token",
+        ],
+    );
+    let inbound = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": WABA_PHONE},
+        "contacts": [{"profile": {"name": "Sheena"}, "wa_id": "16505551234"}],
+        "messages": [{"from": "16505551234", "id": "wamid.IN-2", "timestamp": "1749416383", "type": "text", "text": {"body": "Hello"}}]}}]}]})
+    .to_string();
+    let signature = sign_body(inbound.as_bytes(), APP_SECRET);
+    let path = whatsapp["webhook_path"].as_str().unwrap();
+    assert_eq!(post(http, path, &[("X-Hub-Signature-256", &signature)], &inbound).await.status, 200);
+
+    let telegram_conversation = conversation_of(&api, "1111111").await["id"].as_str().unwrap().to_owned();
+    let whatsapp_conversation = conversation_of(&api, "16505551234").await["id"].as_str().unwrap().to_owned();
+    let telegram_message = reply(&api, &telegram_conversation, "Hello from the bot").await;
+    let whatsapp_message = reply(&api, &whatsapp_conversation, "Hello from WhatsApp").await;
+
+    let sent =
+        message_when(&api, &telegram_conversation, &telegram_message, "telegram sent", |m| m["status"] == "sent").await;
+    assert_eq!(sent["provider_message_id"], "1111111:77");
+    assert_eq!(sent["attempts"], 2);
+    let sent =
+        message_when(&api, &whatsapp_conversation, &whatsapp_message, "whatsapp sent", |m| m["status"] == "sent").await;
+    assert_eq!(sent["provider_message_id"], "wamid.OUT-2");
+    assert_eq!(sent["attempts"], 2);
+
+    let received = provider.received();
+    for (path, paused) in
+        [("/bot123456:ABC-DEF/sendMessage", "retry_after: 1"), (&*format!("/v21.0/{WABA_PHONE}/messages"), "130429")]
+    {
+        let calls: Vec<&Received> = received.iter().filter(|request| request.path == path).collect();
+        assert_eq!(calls.len(), 2, "{path}");
+        let waited = calls[1].at - calls[0].at;
+        assert!(waited >= Duration::from_millis(950), "{paused} paused the bucket about a second ({waited:?})");
+    }
+    let telegram_call = received.iter().find(|request| request.path.ends_with("/sendMessage")).unwrap();
+    assert_eq!(telegram_call.body, json!({"chat_id": 1111111, "text": "Hello from the bot"}));
+}
