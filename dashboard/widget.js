@@ -108,9 +108,9 @@
   }
 
   async function request(method, path, body) {
-    const headers = { 'Content-Type': 'application/json' };
+    const headers = body === undefined ? {} : { 'Content-Type': 'application/json' };
     if (state) headers.Authorization = `Bearer ${state.token}`;
-    const response = await fetch(base + path, { method, headers, body: JSON.stringify(body) });
+    const response = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
     const data = await response.json().catch(() => null);
     if (!response.ok) throw Object.assign(new Error(data && data.error ? data.error.message : response.statusText), { status: response.status });
     return data;
@@ -151,7 +151,23 @@
     return base.replace(/^http/, 'ws') + '/v1/ws';
   }
 
+  /// The conversation so far, when nothing of it is shown yet.
+  async function loadHistory() {
+    if (cursor) return;
+    try {
+      const history = await request('GET', `/v1/widget/${inbox}/messages`);
+      for (const item of history.items) {
+        messages.set(item.event_id, { text: item.text, mine: item.direction === 'inbound', offset: item.offset });
+        cursor = item.offset;
+      }
+      render();
+    } catch (failure) {
+      if (failure.status === 401) await startSession(state.email, state.name);
+    }
+  }
+
   async function connect() {
+    await loadHistory();
     const url = await websocketUrl();
     socket = new WebSocket(url);
     socket.addEventListener('open', () => socket.send(JSON.stringify({ op: 'hello', token: state.token, protocol: 1 })));
@@ -160,20 +176,23 @@
       if (frame.op === 'welcome') {
         attempt = 0;
         statusLine.textContent = '';
-        // From the start the first time (the conversation's history), then from the last offset.
-        const subscribe = { op: 'subscribe', channel: `conversation:${state.conversation_id}`, since: cursor || '0-0' };
+        // From the last offset seen; the first time, the history came over REST.
+        const subscribe = { op: 'subscribe', channel: `conversation:${state.conversation_id}` };
+        if (cursor) subscribe.since = cursor;
         if (cursor && epoch) subscribe.epoch = epoch;
         socket.send(JSON.stringify(subscribe));
       } else if (frame.op === 'subscribed') {
         epoch = frame.epoch;
-        if (!frame.recovered) { messages.clear(); cursor = null; socket.close(); }
+        if (!frame.recovered) { messages.clear(); cursor = null; epoch = null; socket.close(); }
       } else if (frame.op === 'event' && frame.type === 'message.created') {
         cursor = frame.offset;
         if (!messages.has(frame.event_id)) {
           const mine = frame.data.direction === 'inbound';
           if (mine) {
+            // The widget's own message: its provider id ends with the client_msg_id it was sent with.
+            const providerId = frame.data.provider_message_id || '';
             for (const [id, message] of pending) {
-              if (message.event_id === frame.event_id || id === frame.data.client_msg_id) pending.delete(id);
+              if (message.event_id === frame.event_id || providerId.endsWith(`:${id}`)) pending.delete(id);
             }
           }
           messages.set(frame.event_id, { text: frame.data.text, mine, offset: frame.offset });

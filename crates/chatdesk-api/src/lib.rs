@@ -92,7 +92,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
 fn widget_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(ingress::widget::start_session))
-        .routes(routes!(ingress::widget::post_message))
+        .routes(routes!(ingress::widget::post_message, ingress::widget::history))
         .layer(tower_http::cors::CorsLayer::permissive())
 }
 

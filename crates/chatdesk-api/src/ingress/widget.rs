@@ -130,19 +130,7 @@ pub async fn post_message(
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::Unauthorized {
-                message: "missing visitor token (Authorization: Bearer <token>)".into(),
-            })?;
-        let visitor = verify_visitor_token(&state.auth, token.trim())
-            .map_err(|error| ApiError::Unauthorized { message: error.to_string() })?;
-        let inbox = inbox_of_kind(&state, inbox_id, InboxKind::Web).await?;
-        if visitor.inbox != inbox.id {
-            return Err(ApiError::NotFound { message: "the visitor token belongs to another inbox".into() });
-        }
+        let (visitor, inbox) = visitor_of(&state, inbox_id, &headers).await?;
         check_rate(&state, inbox.id).await?;
         let text = request.text.trim().to_owned();
         if text.is_empty() || text.chars().count() > 4096 {
@@ -180,4 +168,89 @@ pub async fn post_message(
     }
     .await;
     observe(InboxKind::Web, started, result)
+}
+
+/// The visitor of a request's token, and the web inbox it belongs to.
+async fn visitor_of(
+    state: &AppState,
+    inbox_id: Uuid,
+    headers: &HeaderMap,
+) -> Result<(chatdesk_core::auth::VisitorClaims, chatdesk_store::directory::InboxRecord), ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::Unauthorized {
+            message: "missing visitor token (Authorization: Bearer <token>)".into(),
+        })?;
+    let visitor = verify_visitor_token(&state.auth, token.trim())
+        .map_err(|error| ApiError::Unauthorized { message: error.to_string() })?;
+    let inbox = inbox_of_kind(state, inbox_id, InboxKind::Web).await?;
+    if visitor.inbox != inbox.id {
+        return Err(ApiError::NotFound { message: "the visitor token belongs to another inbox".into() });
+    }
+    Ok((visitor, inbox))
+}
+
+/// A message as the visitor sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VisitorHistoryMessage {
+    pub event_id: Uuid,
+    /// The events-stream entry id: subscribe with `since` = the newest one to continue live.
+    pub offset: String,
+    /// `inbound`: the visitor's; `outbound`: the agents' (or a bot's).
+    pub direction: String,
+    pub text: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VisitorHistory {
+    /// Oldest first.
+    pub items: Vec<VisitorHistoryMessage>,
+}
+
+const HISTORY_LIMIT: i64 = 200;
+
+/// The visitor's conversation so far (the latest 200 messages), with a visitor token.
+#[utoipa::path(
+    get,
+    path = "/v1/widget/{inbox_id}/messages",
+    tag = "widget",
+    params(("inbox_id" = Uuid, Path, description = "A web inbox")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The conversation's messages, oldest first", body = VisitorHistory),
+        (status = 401, description = "Missing or invalid visitor token", body = ErrorBody),
+        (status = 404, description = "No web inbox with this id, or the token is for another inbox", body = ErrorBody),
+    )
+)]
+pub async fn history(
+    State(state): State<AppState>,
+    ApiPath(inbox_id): ApiPath<Uuid>,
+    headers: HeaderMap,
+) -> Result<Json<VisitorHistory>, ApiError> {
+    let (visitor, _) = visitor_of(&state, inbox_id, &headers).await?;
+    let rows = chatdesk_store::conversations::list_messages(
+        &state.db,
+        visitor.tenant,
+        visitor.conversation,
+        None,
+        HISTORY_LIMIT,
+    )
+    .await
+    .map_err(ApiError::store)?;
+    let items = rows
+        .into_iter()
+        .rev()
+        .map(|row| VisitorHistoryMessage {
+            event_id: row.event_id,
+            offset: row.stream_offset,
+            direction: row.direction,
+            text: row.body,
+            created_at: row.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        })
+        .collect();
+    Ok(Json(VisitorHistory { items }))
 }

@@ -248,6 +248,22 @@ async fn channel_messages_land_once_in_the_right_conversation() {
     let bad_email = post(http, &sessions, &[], r#"{"email": "not-an-address"}"#).await;
     assert_eq!(bad_email.status, 422);
     assert_eq!(texts(&api, &id(&session, "conversation_id"), 1).await, ["Hi from the widget"]);
+
+    // The visitor reads its conversation so far, with its token only.
+    let history = http_request(http, "GET", &messages_path, &[("Authorization", &token)], None).await.unwrap().json();
+    let items = history["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{history}");
+    assert_eq!(
+        (items[0]["text"].as_str(), items[0]["direction"].as_str()),
+        (Some("Hi from the widget"), Some("inbound"))
+    );
+    assert!(items[0]["offset"].as_str().unwrap().contains('-'));
+    assert_eq!(http_request(http, "GET", &messages_path, &[], None).await.unwrap().status, 401);
+    let forged = "Bearer not-a-token";
+    assert_eq!(
+        http_request(http, "GET", &messages_path, &[("Authorization", forged)], None).await.unwrap().status,
+        401
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
