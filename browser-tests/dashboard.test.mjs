@@ -65,6 +65,15 @@ async function agentPage(browser, agent, name) {
   return page;
 }
 
+/// An SRE sees the streams page (and no inbox): the ops feed as a table per stream.
+async function checkStreamsPage(browser) {
+  const sre = await agentPage(browser, config.sre, 'sre');
+  await sre.waitForSelector('table.stream[data-stream="events"] tr[data-group="writer"]');
+  check(await sre.locator('nav a', { hasText: 'Inbox' }).count() === 0, 'an SRE has no inbox page');
+  await sre.screenshot({ path: `${config.screenshots}/streams.png` });
+  await sre.context().close();
+}
+
 async function texts(locator) {
   return (await locator.allTextContents()).map((text) => text.trim());
 }
@@ -191,6 +200,9 @@ async function main() {
     await visitor.click('.bubble');
     await expectTexts('the history after a reload', visitor.locator('ol.messages li'), conversation);
     log('widget reload kept the conversation');
+
+    await checkStreamsPage(browser);
+    log('the SRE sees the streams page');
 
     check(consoleErrors.length === 0, `console errors:\n${consoleErrors.join('\n')}`);
   } finally {

@@ -5,9 +5,12 @@ import { api, login, session, websocketUrl, whenUnauthorized } from './api.js';
 import { Connection } from './connection.js';
 import { h, notice, shortId } from './ui.js';
 import * as inbox from './pages/inbox.js';
+import * as streams from './pages/streams.js';
 
+// Each page names the roles that may use it (as the API and the protocol enforce them).
 const PAGES = [
-  { path: 'inbox', title: 'Inbox', module: inbox },
+  { path: 'inbox', title: 'Inbox', module: inbox, roles: ['owner', 'admin', 'agent'] },
+  { path: 'streams', title: 'Streams', module: streams, roles: ['owner', 'admin', 'sre'] },
 ];
 
 const root = document.getElementById('app');
@@ -37,7 +40,7 @@ function renderLogin(message) {
       error.replaceChildren();
       try {
         await login(email.value.trim(), password.value);
-        location.hash = '#/inbox';
+        location.hash = '';
         render();
       } catch (failure) {
         error.replaceChildren(notice(failure.status === 401 ? 'Wrong e-mail or password.' : failure.message, 'error'));
@@ -93,8 +96,14 @@ async function render() {
     renderLogin();
     return;
   }
-  const [, name = 'inbox', ...rest] = (location.hash || '#/inbox').slice(1).split('/');
-  const page = PAGES.find((candidate) => candidate.path === name) || PAGES[0];
+  const allowed = PAGES.filter((candidate) => candidate.roles.includes(session.load().user.role));
+  if (!allowed.length) {
+    root.replaceChildren(h('main', { class: 'center' }, notice('Your role has no pages here yet.', 'error'),
+      h('button', { onclick: logout }, 'Sign out')));
+    return;
+  }
+  const [, name = allowed[0].path, ...rest] = (location.hash || `#/${allowed[0].path}`).slice(1).split('/');
+  const page = allowed.find((candidate) => candidate.path === name) || allowed[0];
   if (!context) {
     try {
       context = await startContext();
@@ -105,12 +114,12 @@ async function render() {
     }
   }
   const nav = h('nav', { 'aria-label': 'Pages' },
-    PAGES.map((candidate) => h('a', { href: `#/${candidate.path}`, 'aria-current': candidate === page ? 'page' : null }, candidate.title)),
+    allowed.map((candidate) => h('a', { href: `#/${candidate.path}`, 'aria-current': candidate === page ? 'page' : null }, candidate.title)),
     h('a', { href: '/system' }, 'System'));
   const header = h('header', { class: 'top' },
     h('strong', { class: 'brand' }, 'chatdesk'), nav,
     h('span', { class: 'spacer' }),
-    presenceList(context), connectionBadge(context.connection),
+    page.module === inbox ? presenceList(context) : null, connectionBadge(context.connection),
     h('span', { class: 'me', title: context.user.email }, context.user.email),
     h('button', { class: 'link', onclick: logout }, 'Sign out'));
   const container = h('div', { class: 'page' });

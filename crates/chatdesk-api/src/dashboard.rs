@@ -36,6 +36,7 @@ const ASSETS: &[Asset] = &[
     asset!("/assets/ui.js", JS, "ui.js"),
     asset!("/assets/pages/inbox.js", JS, "pages/inbox.js"),
     asset!("/assets/pages/conversation.js", JS, "pages/conversation.js"),
+    asset!("/assets/pages/streams.js", JS, "pages/streams.js"),
 ];
 
 /// Every asset at its path.

@@ -26,6 +26,7 @@ async fn agents_and_a_visitor_chat_live_through_a_gateway_restart() {
     let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
     let first = env.user(&tenant_id, "alice@browser.test", "alice-pass-1", "agent");
     env.user(&tenant_id, "bob@browser.test", "bob-pass-1", "agent");
+    env.user(&tenant_id, "sre@browser.test", "sre-pass-1", "sre");
     let web = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "web", "--name", "Website"]);
     let generic = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "Webhooks"]);
 
@@ -51,6 +52,7 @@ async fn agents_and_a_visitor_chat_live_through_a_gateway_restart() {
             {"email": "alice@browser.test", "password": "alice-pass-1", "id": first["user_id"]},
             {"email": "bob@browser.test", "password": "bob-pass-1"},
         ],
+        "sre": {"email": "sre@browser.test", "password": "sre-pass-1"},
         "screenshots": root.join("docs/screenshots"),
     });
     let output = tokio::process::Command::new("node")
