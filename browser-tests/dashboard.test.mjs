@@ -147,7 +147,10 @@ async function main() {
     await visitorInput.type('I have a que', { delay: 30 });
     await alice.waitForSelector('#typing:not([hidden])');
     await visitorInput.fill('');
-    log('typing indicator shown');
+    await alice.type('#reply', 'Let me check', { delay: 30 });
+    await visitor.waitForSelector('.typing:not([hidden])');
+    await alice.fill('#reply', '');
+    log('typing indicators shown both ways');
 
     // Another agent's open conversation follows assign / resolve / reopen live.
     await bob.locator('.conversation-item', { hasText: 'Ana Souza' }).click();

@@ -55,6 +55,7 @@
       </form>
       <div class="chat" hidden>
         <ol class="messages" aria-label="Messages" aria-live="polite"></ol>
+        <p class="typing status" hidden>Typing…</p>
         <p class="status" role="status"></p>
         <div class="composer">
           <textarea aria-label="Message" placeholder="Type a message — Enter to send"></textarea>
@@ -70,7 +71,8 @@
   const startForm = $('form.start');
   const chat = $('.chat');
   const list = $('ol.messages');
-  const statusLine = $('.status');
+  const statusLine = $('.status[role="status"]');
+  const typingLine = $('.typing');
   const input = $('.composer textarea');
   const messages = new Map(); // event_id → {text, mine, offset}
   const pending = new Map(); // client_msg_id → {text, event_id once the server answered}
@@ -151,16 +153,36 @@
     return base.replace(/^http/, 'ws') + '/v1/ws';
   }
 
+  /// Shows a stored message once, replacing the widget's own pending copy of it.
+  function addMessage(eventId, text, direction, offset, providerId) {
+    if (messages.has(eventId)) return;
+    const mine = direction === 'inbound';
+    if (mine) {
+      // The widget's own message: the server's answer named its event id, or its provider id
+      // ends with the client_msg_id it was sent with.
+      for (const [id, message] of pending) {
+        if (message.event_id === eventId || (providerId || '').endsWith(`:${id}`)) pending.delete(id);
+      }
+    }
+    messages.set(eventId, { text, mine, offset });
+    render();
+  }
+
+  let typingTimer = null;
+  function showAgentTyping(on) {
+    clearTimeout(typingTimer);
+    typingLine.hidden = !on;
+    // A silent indicator counts as stopped after a few seconds (docs/protocol.md).
+    if (on) typingTimer = setTimeout(() => { typingLine.hidden = true; }, 6000);
+  }
+
   /// The conversation so far, when nothing of it is shown yet.
   async function loadHistory() {
     if (cursor) return;
     try {
       const history = await request('GET', `/v1/widget/${inbox}/messages`);
-      for (const item of history.items) {
-        messages.set(item.event_id, { text: item.text, mine: item.direction === 'inbound', offset: item.offset });
-        cursor = item.offset;
-      }
-      render();
+      for (const item of history.items) addMessage(item.event_id, item.text, item.direction, item.offset, null);
+      cursor = history.resume_from;
     } catch (failure) {
       if (failure.status === 401) await startSession(state.email, state.name);
     }
@@ -186,18 +208,10 @@
         if (!frame.recovered) { messages.clear(); cursor = null; epoch = null; socket.close(); }
       } else if (frame.op === 'event' && frame.type === 'message.created') {
         cursor = frame.offset;
-        if (!messages.has(frame.event_id)) {
-          const mine = frame.data.direction === 'inbound';
-          if (mine) {
-            // The widget's own message: its provider id ends with the client_msg_id it was sent with.
-            const providerId = frame.data.provider_message_id || '';
-            for (const [id, message] of pending) {
-              if (message.event_id === frame.event_id || providerId.endsWith(`:${id}`)) pending.delete(id);
-            }
-          }
-          messages.set(frame.event_id, { text: frame.data.text, mine, offset: frame.offset });
-          render();
-        }
+        if (frame.data.direction === 'outbound') showAgentTyping(false);
+        addMessage(frame.event_id, frame.data.text, frame.data.direction, frame.offset, frame.data.provider_message_id);
+      } else if (frame.op === 'event' && frame.type === 'typing') {
+        if (frame.data.who && frame.data.who.kind === 'agent') showAgentTyping(frame.data.typing);
       } else if (frame.op === 'event' && frame.offset) {
         cursor = frame.offset;
       }

@@ -209,7 +209,14 @@ pub struct VisitorHistoryMessage {
 pub struct VisitorHistory {
     /// Oldest first.
     pub items: Vec<VisitorHistoryMessage>,
+    /// Subscribe on the WebSocket with `since` = this to continue without a gap: the newest
+    /// item's offset, or (no messages yet) a point a minute before this answer.
+    pub resume_from: String,
 }
+
+/// How far before "now" an empty history resumes, to cover clock differences and messages
+/// appended while this answer was made.
+const EMPTY_HISTORY_MARGIN_MS: u64 = 60_000;
 
 const HISTORY_LIMIT: i64 = 200;
 
@@ -241,6 +248,9 @@ pub async fn history(
     )
     .await
     .map_err(ApiError::store)?;
+    let newest = rows.first().map(|row| row.stream_offset.clone());
+    let resume_from = newest
+        .unwrap_or_else(|| format!("{}-0", chatdesk_streams::entry::now_ms().saturating_sub(EMPTY_HISTORY_MARGIN_MS)));
     let items = rows
         .into_iter()
         .rev()
@@ -252,5 +262,5 @@ pub async fn history(
             created_at: row.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         })
         .collect();
-    Ok(Json(VisitorHistory { items }))
+    Ok(Json(VisitorHistory { items, resume_from }))
 }

@@ -258,6 +258,7 @@ async fn channel_messages_land_once_in_the_right_conversation() {
         (Some("Hi from the widget"), Some("inbound"))
     );
     assert!(items[0]["offset"].as_str().unwrap().contains('-'));
+    assert_eq!(history["resume_from"], items[0]["offset"], "resume from the newest message");
     assert_eq!(http_request(http, "GET", &messages_path, &[], None).await.unwrap().status, 401);
     let forged = "Bearer not-a-token";
     assert_eq!(
