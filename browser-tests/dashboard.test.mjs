@@ -172,12 +172,18 @@ async function main() {
     await new Promise((resolve) => gateway.once('exit', resolve));
     await alice.waitForSelector('#connection[data-state="reconnecting"]');
     log('gateway killed');
+    // Each side's message is accepted over REST while no gateway runs.
+    const posted = (page) => page.waitForResponse((response) => response.request().method() === 'POST'
+      && response.url().endsWith('/messages') && response.status() === 202);
+    const visitorPosted = posted(visitor);
     await visitorInput.fill('Sent while the gateway was down');
     await visitorInput.press('Enter');
+    await visitorPosted;
     await postGeneric('A webhook customer writes in the gap', `gap-${Date.now()}`);
+    const agentPosted = posted(alice);
     await alice.fill('#reply', 'Agent reply in the gap');
     await alice.press('#reply', 'Enter');
-    await new Promise((resolve) => setTimeout(resolve, 1500));
+    await agentPosted;
     gateway = startGateway();
     await ready(config.gateway.base);
     await alice.waitForSelector('#connection[data-state="resumed"]', { timeout: 30_000 });

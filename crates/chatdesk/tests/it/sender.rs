@@ -77,6 +77,60 @@ async fn generic_conversations(
     (inbox, conversations)
 }
 
+/// A WhatsApp inbox sending through the stand-in's phone number.
+fn whatsapp_inbox(env: &Env, tenant: &str) -> Value {
+    admin(
+        env,
+        &[
+            "inbox",
+            "create",
+            "--tenant",
+            tenant,
+            "--kind",
+            "whatsapp",
+            "--name",
+            "WA",
+            "--secret",
+            APP_SECRET,
+            "--phone-number-id",
+            WABA_PHONE,
+            "--access-token",
+            "EAAG-test-token",
+        ],
+    )
+}
+
+/// A signed Cloud API notification carrying `value` to `inbox`'s webhook.
+async fn whatsapp_notify(http: SocketAddr, inbox: &Value, value: Value) {
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": value}]}]})
+        .to_string();
+    let signature = sign_body(body.as_bytes(), APP_SECRET);
+    let response =
+        post(http, inbox["webhook_path"].as_str().unwrap(), &[("X-Hub-Signature-256", &signature)], &body).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+}
+
+/// Waits until the delivery queue holds no job: every message was sent, failed or dead-lettered,
+/// so no further provider call can come.
+async fn until_deliveries_finished(env: &Env) {
+    let streams = StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap();
+    let send = streams.stream("send").unwrap();
+    let keys = KeyScheme::new(&env.prefix).unwrap();
+    let redis = RedisConnector::new(RedisSettings::new(&env.redis_url)).unwrap().shared().await.unwrap();
+    chatdesk_testkit::wait_until("the delivery queue to drain", Duration::from_secs(60), || {
+        let (redis, keys, send) = (redis.clone(), keys.clone(), send.clone());
+        async move {
+            let mut queued = 0u64;
+            for partition in 0..send.partitions {
+                let jobs: u64 = redis.hlen(keys.partition_key(&send.name, partition, "sendq.jobs")).await.unwrap();
+                queued += jobs;
+            }
+            queued == 0
+        }
+    })
+    .await;
+}
+
 fn by_text(request: &Received) -> String {
     request.body["text"].as_str().map(str::to_owned).unwrap_or_default()
 }
@@ -113,38 +167,18 @@ async fn a_whatsapp_reply_is_sent_once_and_its_ticks_reach_postgres_and_the_sock
         serve_roles(&env, "ingress,writer,gateway,sender", http, &[("CHATDESK_WHATSAPP_API_URL", &provider.url())])
             .await;
     let (tenant, api) = owner(&env, http).await;
-    let inbox = admin(
-        &env,
-        &[
-            "inbox",
-            "create",
-            "--tenant",
-            &tenant,
-            "--kind",
-            "whatsapp",
-            "--name",
-            "WA",
-            "--secret",
-            APP_SECRET,
-            "--phone-number-id",
-            WABA_PHONE,
-            "--access-token",
-            "EAAG-test-token",
-        ],
-    );
-    let path = inbox["webhook_path"].as_str().unwrap().to_owned();
-    let notify = |value: Value| {
-        json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": value}]}]})
-            .to_string()
-    };
-    let inbound = notify(json!({
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550783881", "phone_number_id": WABA_PHONE},
-        "contacts": [{"profile": {"name": "Sheena Nelson"}, "wa_id": "16505551234"}],
-        "messages": [{"from": "16505551234", "id": "wamid.IN-1", "timestamp": "1749416383", "type": "text", "text": {"body": "Is it in stock?"}}],
-    }));
-    let signature = sign_body(inbound.as_bytes(), APP_SECRET);
-    assert_eq!(post(http, &path, &[("X-Hub-Signature-256", &signature)], &inbound).await.status, 200);
+    let inbox = whatsapp_inbox(&env, &tenant);
+    whatsapp_notify(
+        http,
+        &inbox,
+        json!({
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": WABA_PHONE},
+            "contacts": [{"profile": {"name": "Sheena Nelson"}, "wa_id": "16505551234"}],
+            "messages": [{"from": "16505551234", "id": "wamid.IN-1", "timestamp": "1749416383", "type": "text", "text": {"body": "Is it in stock?"}}],
+        }),
+    )
+    .await;
     let conversation = conversation_of(&api, "16505551234").await["id"].as_str().unwrap().to_owned();
 
     let mut socket = tokio_tungstenite::connect_async(format!("ws://{http}/v1/ws")).await.unwrap().0;
@@ -173,13 +207,16 @@ async fn a_whatsapp_reply_is_sent_once_and_its_ticks_reach_postgres_and_the_sock
 
     // Meta's receipts complete the ticks.
     for status in ["delivered", "read"] {
-        let receipt = notify(json!({
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550783881", "phone_number_id": WABA_PHONE},
-            "statuses": [{"id": "wamid.OUT-1", "status": status, "timestamp": "1749416400", "recipient_id": "16505551234"}],
-        }));
-        let signature = sign_body(receipt.as_bytes(), APP_SECRET);
-        assert_eq!(post(http, &path, &[("X-Hub-Signature-256", &signature)], &receipt).await.status, 200);
+        whatsapp_notify(
+            http,
+            &inbox,
+            json!({
+                "messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "15550783881", "phone_number_id": WABA_PHONE},
+                "statuses": [{"id": "wamid.OUT-1", "status": status, "timestamp": "1749416400", "recipient_id": "16505551234"}],
+            }),
+        )
+        .await;
     }
     message_when(&api, &conversation, &message, "the reply read", |m| m["status"] == "read").await;
 
@@ -194,7 +231,7 @@ async fn a_whatsapp_reply_is_sent_once_and_its_ticks_reach_postgres_and_the_sock
         }
     }
     assert_eq!(seen, ["created", "sent", "delivered", "read"]);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_deliveries_finished(&env).await;
     assert_eq!(provider.received().len(), 1, "sent exactly once");
 }
 
@@ -342,9 +379,9 @@ async fn three_senders_share_one_account_limit() {
             expected.insert(reply(&api, conversation, &format!("message {round}")).await);
         }
     }
-    let received = receiver.wait_for("all 48 messages", |received| received.len() >= expected.len()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let received = if receiver.received().len() > received.len() { receiver.received() } else { received };
+    receiver.wait_for("all 48 messages", |received| received.len() >= expected.len()).await;
+    until_deliveries_finished(&env).await;
+    let received = receiver.received();
     let ids: Vec<String> = received.iter().map(|r| r.body["event_id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(ids.len(), expected.len(), "each message once");
     assert_eq!(ids.into_iter().collect::<HashSet<_>>(), expected);
@@ -462,34 +499,18 @@ async fn telegram_and_whatsapp_throttling_answers_pause_and_retry() {
     let secret = telegram["secret"].as_str().unwrap();
     let path = telegram["webhook_path"].as_str().unwrap();
     assert_eq!(post(http, path, &[("X-Telegram-Bot-Api-Secret-Token", secret)], &update).await.status, 200);
-    let whatsapp = admin(
-        &env,
-        &[
-            "inbox",
-            "create",
-            "--tenant",
-            &tenant,
-            "--kind",
-            "whatsapp",
-            "--name",
-            "WA",
-            "--secret",
-            APP_SECRET,
-            "--phone-number-id",
-            WABA_PHONE,
-            "--access-token",
-            "EAAG-test-token",
-        ],
-    );
-    let inbound = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550783881", "phone_number_id": WABA_PHONE},
-        "contacts": [{"profile": {"name": "Sheena"}, "wa_id": "16505551234"}],
-        "messages": [{"from": "16505551234", "id": "wamid.IN-2", "timestamp": "1749416383", "type": "text", "text": {"body": "Hello"}}]}}]}]})
-    .to_string();
-    let signature = sign_body(inbound.as_bytes(), APP_SECRET);
-    let path = whatsapp["webhook_path"].as_str().unwrap();
-    assert_eq!(post(http, path, &[("X-Hub-Signature-256", &signature)], &inbound).await.status, 200);
+    let whatsapp = whatsapp_inbox(&env, &tenant);
+    whatsapp_notify(
+        http,
+        &whatsapp,
+        json!({
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": WABA_PHONE},
+            "contacts": [{"profile": {"name": "Sheena"}, "wa_id": "16505551234"}],
+            "messages": [{"from": "16505551234", "id": "wamid.IN-2", "timestamp": "1749416383", "type": "text", "text": {"body": "Hello"}}],
+        }),
+    )
+    .await;
 
     let telegram_conversation = conversation_of(&api, "1111111").await["id"].as_str().unwrap().to_owned();
     let whatsapp_conversation = conversation_of(&api, "16505551234").await["id"].as_str().unwrap().to_owned();
