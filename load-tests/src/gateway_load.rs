@@ -21,9 +21,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use chatdesk_api::ingress::signature::sign;
+use chatdesk_core::Envelope;
+use chatdesk_core::events::{Actor, Event, SenderKind, Typing};
 use chatdesk_core::{KeyScheme, StreamsConfig, TenantId};
 use chatdesk_load_tests::{Connection, Up, chatdesk_binary, percentile};
-use chatdesk_streams::{NewEntry, Producer, RedisConnector, RedisSettings};
+use chatdesk_streams::{Producer, RedisConnector, RedisSettings};
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::Mutex;
@@ -92,8 +94,13 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// A valid event the writer skips (typing is not stored), so the replay measures the gateway.
-fn typing_payload(index: usize) -> serde_json::Value {
-    serde_json::json!({"type": "typing", "v": 1, "conversation_id": uuid::Uuid::nil(), "who": {"kind": "system"}, "typing": true, "n": index})
+/// A small event for the replay figure (its content does not matter, only its size).
+fn typing_event(index: usize) -> Event {
+    Event::Typing(Typing {
+        conversation_id: uuid::Uuid::from_u128(index as u128),
+        who: Actor { kind: SenderKind::System, id: None },
+        typing: true,
+    })
 }
 
 struct Tenant {
@@ -268,10 +275,7 @@ async fn main() -> anyhow::Result<()> {
     let tenant_id: uuid::Uuid = tenant_claims["tenant"].as_str().context("tenant")?.parse()?;
     let mut socket = open_socket(address, &tenants[0].token).await?;
     subscribe(&mut socket, serde_json::json!({"op": "subscribe", "channel": "inbox"})).await?;
-    let start_offset = {
-        let entry = NewEntry::new("typing", TenantId(tenant_id), &typing_payload(0))?;
-        producer.append("events", &entry).await?.id
-    };
+    let start_offset = { producer.append_event(&Envelope::of(TenantId(tenant_id), &typing_event(0))).await?.id };
     drop(socket);
     let mut appending = tokio::task::JoinSet::new();
     for worker in 0..32usize {
@@ -280,8 +284,7 @@ async fn main() -> anyhow::Result<()> {
         appending.spawn(async move {
             let mut index = worker;
             while index < count {
-                let entry = NewEntry::new("typing", TenantId(tenant_id), &typing_payload(index))?;
-                producer.append("events", &entry).await?;
+                producer.append_event(&Envelope::of(TenantId(tenant_id), &typing_event(index))).await?;
                 index += 32;
             }
             anyhow::Ok(())

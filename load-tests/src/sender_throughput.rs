@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chatdesk_api::ingress::signature::sign;
+use chatdesk_conversations::Reply;
 use chatdesk_core::events::{Actor, SenderKind};
 use chatdesk_core::{KeyScheme, StreamsConfig};
 use chatdesk_load_tests::{Connection, Up, chatdesk_binary, percentile};
-use chatdesk_streams::commands::{ReplyTarget, append_reply};
 use chatdesk_streams::{Producer, RedisConnector, RedisSettings};
 use clap::Parser;
 use uuid::Uuid;
@@ -97,7 +97,6 @@ async fn main() -> anyhow::Result<()> {
         "--outbound-url",
         &outbound,
     ])?;
-    let inbox_id: Uuid = inbox["inbox_id"].as_str().context("inbox_id")?.parse()?;
     let path = inbox["webhook_path"].as_str().context("webhook_path")?.to_owned();
     let secret = inbox["secret"].as_str().context("secret")?.to_owned();
 
@@ -110,21 +109,13 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(status == 200, "seeding answered {status}");
     }
     let pool = chatdesk_store::connect(&up.database_url, 2).await?;
-    let targets: Vec<ReplyTarget> = loop {
+    let targets: Vec<Uuid> = loop {
         let rows: Vec<(Uuid, Uuid)> = sqlx::query_as("SELECT id, contact_id FROM conversations WHERE tenant_id = $1")
             .bind(tenant_id)
             .fetch_all(&pool)
             .await?;
         if rows.len() == args.conversations {
-            break rows
-                .into_iter()
-                .map(|(conversation, contact)| ReplyTarget {
-                    tenant: tenant_id,
-                    conversation,
-                    inbox: inbox_id,
-                    contact,
-                })
-                .collect();
+            break rows.into_iter().map(|(conversation, _)| conversation).collect();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -133,6 +124,8 @@ async fn main() -> anyhow::Result<()> {
     let streams = Arc::new(StreamsConfig::from_toml_str("streams.toml", include_str!("../../streams.toml"))?);
     let keys = KeyScheme::new("chatdesk").map_err(anyhow::Error::msg)?;
     let producer = Producer::new(redis.clone(), keys.clone(), streams);
+    // Replies go through the same command as REST (conversation looked up, then appended).
+    let reply = Reply { producer, redis, keys, db: pool.clone() };
     println!(
         "sender-throughput: {} replies over {} conversations to a generic receiver over loopback (`chatdesk up`, rate limits off)",
         args.messages, args.conversations
@@ -148,15 +141,14 @@ async fn main() -> anyhow::Result<()> {
         // Many appenders at once, so the producer side outpaces the sender being measured.
         let mut appenders = tokio::task::JoinSet::new();
         for worker in 0..APPENDERS {
-            let (producer, redis, keys, targets) = (producer.clone(), redis.clone(), keys.clone(), targets.clone());
+            let (reply, targets) = (reply.clone(), targets.clone());
             let messages = args.messages;
             appenders.spawn(async move {
                 let mut appended = Vec::new();
                 for index in (worker..messages).step_by(APPENDERS) {
-                    let target = targets[index % targets.len()];
+                    let conversation = targets[index % targets.len()];
                     let sender = Actor { kind: SenderKind::Agent, id: None };
-                    let accepted =
-                        append_reply(&producer, &redis, &keys, target, sender, "benchmark reply", None).await?;
+                    let accepted = reply.send(tenant_id, conversation, sender, "benchmark reply", None).await?;
                     appended.push((accepted.event_id.to_string(), Instant::now()));
                 }
                 anyhow::Ok(appended)

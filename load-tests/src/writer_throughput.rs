@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use chatdesk_core::Envelope;
 use chatdesk_core::events::{Actor, ContactCreated, ConversationCreated, Direction, Event, MessageCreated, SenderKind};
-use chatdesk_core::{GroupName, KeyScheme, StreamsConfig, TenantId};
+use chatdesk_core::{KeyScheme, StreamsConfig, TenantId};
 use chatdesk_local::{PostgresOptions, PostgresServer, RedisOptions, RedisServer};
 use chatdesk_store::directory::{InboxKind, create_inbox, create_tenant};
-use chatdesk_streams::{Consumer, NewEntry, Producer, RedisConnector, RedisSettings};
+use chatdesk_streams::{Consumer, ConsumerOptions, Producer, RedisConnector, RedisSettings};
 use chatdesk_workers::writer::Writer;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -101,13 +102,13 @@ async fn writer_rate(redis_url: &str, scenario: &Scenario, args: &Args, batch_si
     // Contacts and conversations are appended (in order) before any message that refers to them;
     // the messages go concurrently.
     for event in all.iter() {
-        let entry = NewEntry::new(event.event_type(), TenantId(scenario.tenant), &event.to_payload())?;
+        let entry = Envelope::of(TenantId(scenario.tenant), event);
         if !matches!(event, Event::MessageCreated(_)) {
-            producer.append("events", &entry).await?;
+            producer.append_event(&entry).await?;
             continue;
         }
         let producer = producer.clone();
-        appending.spawn(async move { producer.append("events", &entry).await.map(|_| ()) });
+        appending.spawn(async move { producer.append_event(&entry).await.map(|_| ()) });
         if appending.len() >= 64 {
             appending.join_next().await.context("appender")???;
         }
@@ -118,12 +119,7 @@ async fn writer_rate(redis_url: &str, scenario: &Scenario, args: &Args, batch_si
 
     let stream = config.stream("events").context("events stream")?;
     let consumer = Consumer::new(
-        connector.clone(),
-        keys,
-        stream,
-        "writer",
-        GroupName::parse("writer")?,
-        "bench",
+        ConsumerOptions::new(connector.clone(), keys, stream, "bench"),
         Writer::new(scenario.pool.clone()),
     )?;
     let cancel = CancellationToken::new();

@@ -6,13 +6,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chatdesk_conversations::ReplyError;
 use chatdesk_core::events::{
     Actor, ConversationAssigned, ConversationStatus, ConversationStatusChanged, Event, SenderKind,
 };
-use chatdesk_core::{EntryId, EventId, TenantId};
+use chatdesk_core::{EntryId, Envelope, EventId, TenantId};
 use chatdesk_store::conversations::{self as store, AssigneeFilter, ConversationFilter, ConversationRow, MessageRow};
-use chatdesk_streams::NewEntry;
-use chatdesk_streams::commands::{ReplyTarget, append_reply};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -26,7 +25,6 @@ use crate::openapi::ErrorBody;
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
-const MAX_TEXT_CHARS: usize = 4096;
 
 fn rfc3339(time: OffsetDateTime) -> String {
     time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
@@ -75,7 +73,7 @@ impl From<ConversationRow> for ConversationView {
             id: row.id,
             inbox_id: row.inbox_id,
             contact: ContactView { id: row.contact_id, name: row.contact_name, external_id: row.contact_external_id },
-            status: row.status,
+            status: row.status.as_str().to_owned(),
             assignee_id: row.assignee_id,
             last_message,
             last_activity_at: rfc3339(row.last_activity_at),
@@ -351,11 +349,9 @@ async fn append(
     event: &Event,
     event_id: EventId,
 ) -> Result<EntryId, ApiError> {
-    let entry = NewEntry::new(event.event_type(), TenantId(tenant), &event.to_payload())
-        .map_err(|error| ApiError::Internal(Box::new(error)))?
-        .with_conversation(conversation)
-        .with_event_id(event_id);
-    let appended = state.producer.append("events", &entry).await.map_err(ApiError::append)?;
+    debug_assert_eq!(event.conversation_id(), Some(conversation));
+    let entry = Envelope::of(TenantId(tenant), event).with_event_id(event_id);
+    let appended = state.producer.append_event(&entry).await.map_err(ApiError::append)?;
     Ok(appended.id)
 }
 
@@ -399,40 +395,11 @@ pub async fn reply(
     ApiJson(request): ApiJson<ReplyRequest>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     principal.require(CONVERSATION_ROLES, "reply to conversations")?;
-    let text = request.text.trim().to_owned();
-    if text.is_empty() {
-        return Err(ApiError::invalid_field("text", "must not be empty"));
-    }
-    if text.chars().count() > MAX_TEXT_CHARS {
-        return Err(ApiError::invalid_field("text", format!("must be at most {MAX_TEXT_CHARS} characters")));
-    }
-    if let Some(client_msg_id) = &request.client_msg_id
-        && (client_msg_id.is_empty() || client_msg_id.len() > 128)
-    {
-        return Err(ApiError::invalid_field("client_msg_id", "must be 1 to 128 characters"));
-    }
-    let conversation = conversation_of(&state, &principal, id).await?;
-    if conversation.status == ConversationStatus::Blocked.as_str() {
-        return Err(ApiError::Conflict { message: "the conversation is blocked; reopen it to reply".into() });
-    }
-
-    let target = ReplyTarget {
-        tenant: principal.tenant,
-        conversation: id,
-        inbox: conversation.inbox_id,
-        contact: conversation.contact_id,
-    };
-    let accepted = append_reply(
-        &state.producer,
-        &state.redis,
-        &state.keys,
-        target,
-        actor(&principal),
-        &text,
-        request.client_msg_id.as_deref(),
-    )
-    .await
-    .map_err(ApiError::append)?;
+    let accepted = state
+        .reply
+        .send(principal.tenant, id, actor(&principal), &request.text, request.client_msg_id.as_deref())
+        .await
+        .map_err(reply_error)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted { event_id: accepted.event_id, offset: accepted.offset.map(|offset| offset.to_string()) }),
@@ -536,4 +503,16 @@ pub async fn block(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     change_status(state, principal, id, ConversationStatus::Blocked).await
+}
+
+/// A refused reply, as REST answers it.
+fn reply_error(error: ReplyError) -> ApiError {
+    match error {
+        ReplyError::Text(rule) => ApiError::invalid_field("text", rule.to_string()),
+        ReplyError::ClientMsgId(rule) => ApiError::invalid_field("client_msg_id", rule.to_string()),
+        ReplyError::NotFound => ApiError::NotFound { message: "no such conversation".into() },
+        ReplyError::Blocked => ApiError::Conflict { message: error.to_string() },
+        ReplyError::Store(error) => ApiError::store(error),
+        ReplyError::Append(error) => ApiError::append(error),
+    }
 }

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use chatdesk_store::directory::{self, InboxKind, InboxRecord};
+use chatdesk_store::directory::{self, InboxRecord};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -39,9 +39,9 @@ impl From<&InboxRecord> for InboxView {
         let config = |name: &str| inbox.provider_config.get(name).and_then(|value| value.as_str()).map(str::to_owned);
         Self {
             id: inbox.id,
-            kind: inbox.kind.clone(),
+            kind: inbox.kind.as_str().to_owned(),
             name: inbox.name.clone(),
-            webhook_path: InboxKind::parse(&inbox.kind).map(|kind| kind.webhook_path(inbox.id)).unwrap_or_default(),
+            webhook_path: inbox.kind.webhook_path(inbox.id),
             outbound_url: inbox.outbound_url.clone(),
             phone_number_id: config("phone_number_id"),
             has_token: config("access_token").is_some() || config("bot_token").is_some(),
@@ -159,5 +159,10 @@ pub async fn update_inbox(
             .await
             .map_err(ApiError::store)?
             .ok_or_else(|| ApiError::NotFound { message: "no such inbox".into() })?;
+    // Every process drops its cached copy; one that misses the announcement keeps it at most
+    // `chatdesk_conversations::inboxes::MAX_AGE`.
+    if let Err(error) = state.inboxes.announce_change(updated.id).await {
+        tracing::warn!(error = %error, inbox = %updated.id, "cannot announce an inbox change");
+    }
     Ok(Json(InboxView::from(&updated)))
 }

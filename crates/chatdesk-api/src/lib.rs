@@ -52,9 +52,43 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub auth: auth::TokenKey,
     pub producer: Producer,
-    pub ingest: chatdesk_streams::ingest::Ingest,
+    pub directory: chatdesk_conversations::Directory,
+    pub inboxes: chatdesk_conversations::InboxCache,
+    pub reply: chatdesk_conversations::Reply,
     pub ingress: ingress::IngressSettings,
     pub keys: KeyScheme,
+}
+
+impl AppState {
+    /// Everything handlers share, built from the process's connections and settings.
+    pub fn new(
+        redis: RedisClient,
+        db: chatdesk_store::Pool,
+        metrics: PrometheusHandle,
+        auth: auth::TokenKey,
+        keys: KeyScheme,
+        streams: std::sync::Arc<chatdesk_core::StreamsConfig>,
+        ingress: ingress::IngressSettings,
+    ) -> Self {
+        let producer = Producer::new(redis.clone(), keys.clone(), streams.clone());
+        Self {
+            directory: chatdesk_conversations::Directory::new(redis.clone(), keys.clone(), streams),
+            inboxes: chatdesk_conversations::InboxCache::new(db.clone(), redis.clone(), keys.clone()),
+            reply: chatdesk_conversations::Reply {
+                producer: producer.clone(),
+                redis: redis.clone(),
+                keys: keys.clone(),
+                db: db.clone(),
+            },
+            redis,
+            db,
+            metrics,
+            auth,
+            producer,
+            ingress,
+            keys,
+        }
+    }
 }
 
 /// Health, readiness, metrics, the dashboard and the widget: served by every process, whatever

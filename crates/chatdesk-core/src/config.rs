@@ -43,6 +43,11 @@ const MAX_BLOCK: Duration = Duration::from_secs(60);
 const MAX_DELIVERIES_LIMIT: i64 = 1_000;
 const MAX_CONCURRENCY: i64 = 1024;
 
+/// The family every conversation event goes to (its name in `streams.toml`).
+pub const EVENTS_STREAM: &str = "events";
+/// The family of outbound messages waiting for delivery.
+pub const SEND_STREAM: &str = "send";
+
 /// The validated content of a `streams.toml`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamsConfig {

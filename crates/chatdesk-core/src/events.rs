@@ -196,6 +196,13 @@ pub struct Typing {
     pub typing: bool,
 }
 
+/// An agent came online (first live socket) or went offline (last one closed or lapsed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Presence {
+    pub user_id: Uuid,
+    pub online: bool,
+}
+
 /// Every event, tagged by `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -219,6 +226,9 @@ pub enum Event {
     /// Ephemeral: fanned out to dashboards, never persisted.
     #[serde(rename = "typing")]
     Typing(Typing),
+    /// Ephemeral, tenant-wide: fanned out to `inbox` subscribers, never persisted.
+    #[serde(rename = "presence")]
+    Presence(Presence),
 }
 
 /// Why a payload could not be read as an event.
@@ -242,6 +252,7 @@ impl Event {
             Event::ContactCreated(_) => "contact.created",
             Event::ContactUpdated(_) => "contact.updated",
             Event::Typing(_) => "typing",
+            Event::Presence(_) => "presence",
         }
     }
 
@@ -255,13 +266,13 @@ impl Event {
             Event::ConversationStatusChanged(event) => Some(event.conversation_id),
             Event::ConversationRead(event) => Some(event.conversation_id),
             Event::Typing(event) => Some(event.conversation_id),
-            Event::ContactCreated(_) | Event::ContactUpdated(_) => None,
+            Event::ContactCreated(_) | Event::ContactUpdated(_) | Event::Presence(_) => None,
         }
     }
 
-    /// Durable events are stored; ephemeral ones (typing) only fan out.
+    /// Durable events are stored; ephemeral ones (typing, presence) only fan out.
     pub fn is_durable(&self) -> bool {
-        !matches!(self, Event::Typing(_))
+        !matches!(self, Event::Typing(_) | Event::Presence(_))
     }
 
     /// The JSON payload: the tagged event plus `"v": EVENT_VERSION`.
@@ -344,6 +355,6 @@ mod tests {
             assert_eq!(value["type"], event.event_type());
             examples += 1;
         }
-        assert_eq!(examples, 9, "one example per event type");
+        assert_eq!(examples, 10, "one example per event type");
     }
 }

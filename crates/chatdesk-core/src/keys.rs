@@ -13,7 +13,8 @@
 use crate::ids::TenantId;
 use crate::names::StreamName;
 
-/// Builds every key of one deployment.
+/// Builds every key of one deployment. No other code builds key strings: a key's slot, and so
+/// what a Lua script may touch together, is decided here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyScheme {
     prefix: String,
@@ -29,16 +30,6 @@ impl KeyScheme {
         Ok(Self { prefix })
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// A key of a consumer's own bookkeeping for one partition (`<prefix>:<name>:{<family>:<p>}`),
-    /// in the partition's slot so one script can touch it with the partition's stream.
-    pub fn partition_key(&self, family: &StreamName, partition: u16, name: &str) -> String {
-        format!("{}:{name}:{{{family}:{partition}}}", self.prefix)
-    }
-
     /// A key of its own slot, named by `tag` (e.g. one rate-limit bucket): `<prefix>:<name>:{<tag>}`.
     pub fn tagged(&self, name: &str, tag: &str) -> String {
         format!("{}:{name}:{{{tag}}}", self.prefix)
@@ -51,7 +42,35 @@ impl KeyScheme {
             partition,
             stream: format!("{}:stream:{tag}", self.prefix),
             dead_letters: format!("{}:dlq.{family}:{tag}", self.prefix),
+            prefix: self.prefix.clone(),
+            tag,
         }
+    }
+
+    /// Remembers a client's message id (`client_msg_id`) of one tenant.
+    pub fn client_message(&self, tenant: &TenantId, client_msg_id: &str) -> String {
+        format!("{}:client-msg:{tenant}:{client_msg_id}", self.prefix)
+    }
+
+    /// The ingress request count of one inbox in one second.
+    pub fn ingress_rate(&self, inbox: &uuid::Uuid, unix_second: u64) -> String {
+        format!("{}:ingress-rate:{inbox}:{unix_second}", self.prefix)
+    }
+
+    /// The pub/sub channel of ephemeral signals (typing, presence) between gateways.
+    pub fn ephemeral_channel(&self) -> String {
+        format!("{}:ephemeral", self.prefix)
+    }
+
+    /// The pub/sub channel on which a changed inbox is announced, so every process drops its
+    /// cached copy.
+    pub fn inbox_changes_channel(&self) -> String {
+        format!("{}:inbox-changes", self.prefix)
+    }
+
+    /// The live agent sockets of one tenant.
+    pub fn presence(&self, tenant: &TenantId) -> String {
+        format!("{}:presence:{tenant}", self.prefix)
     }
 }
 
@@ -62,6 +81,26 @@ pub struct PartitionKeys {
     pub partition: u16,
     pub stream: String,
     pub dead_letters: String,
+    prefix: String,
+    tag: String,
+}
+
+impl PartitionKeys {
+    /// A key of the partition's own bookkeeping: `<prefix>:<name>:{<family>:<p>}`.
+    pub fn key(&self, name: &'static str) -> String {
+        format!("{}:{name}:{}", self.prefix, self.tag)
+    }
+
+    /// One item of the partition's bookkeeping: `<prefix>:<name>:{<family>:<p>}:<id>`. `id` comes
+    /// after the tag, so braces in it (ids are often user input) cannot move the key's slot.
+    pub fn scoped(&self, name: &'static str, id: &str) -> String {
+        format!("{}:{name}:{}:{id}", self.prefix, self.tag)
+    }
+
+    /// The partition's epoch: made once with the stream, lost with its data.
+    pub fn epoch(&self) -> String {
+        self.key("epoch")
+    }
 }
 
 /// FNV-1a, 64 bit. Chosen because it is tiny, has no dependency and, unlike `std`'s
@@ -118,6 +157,10 @@ mod tests {
         assert_eq!(keys.dead_letters, "chatdesk:dlq.events:{events:3}");
         assert_eq!(cluster_slot(&keys.stream), cluster_slot(&keys.dead_letters));
         assert_ne!(cluster_slot(&keys.stream), cluster_slot(&scheme.partition(&events, 4).stream));
+        assert_eq!(keys.epoch(), "chatdesk:epoch:{events:3}");
+        let hostile = keys.scoped("contact", "inbox:{evil}");
+        assert_eq!(hostile, "chatdesk:contact:{events:3}:inbox:{evil}");
+        assert_eq!(cluster_slot(&hostile), cluster_slot(&keys.stream));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! consumers and the tests.
 //!
 //! - [`auth`]: roles, and the signed agent and visitor tokens.
+//! - [`envelope`]: the stream entry contract: the one constructor and the one decoder of
+//!   entries, the send request and the dead-letter record.
 //! - [`ids`]: stream entry ids (the resume cursor), event ids (UUIDv7), tenant ids.
 //! - [`keys`]: the Redis key scheme, hash-tagged per partition, and `partition = hash(tenant) % P`.
 //! - [`duration`]: human durations (`"250ms"`, `"5s"`, `"7d"`) used in configuration.
@@ -13,12 +15,14 @@
 pub mod auth;
 pub mod config;
 pub mod duration;
+pub mod envelope;
 pub mod events;
 pub mod ids;
 pub mod keys;
 pub mod names;
 
 pub use config::{ConfigError, GroupSettings, Retention, StartFrom, StreamSettings, StreamsConfig};
+pub use envelope::{DeadLetter, Entry, Envelope, Record, SendRequest};
 pub use ids::{EntryId, EventId, TenantId};
 pub use keys::{KeyScheme, PartitionKeys};
 pub use names::{GroupName, StreamName};

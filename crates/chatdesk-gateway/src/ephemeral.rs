@@ -5,37 +5,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatdesk_core::EntryId;
-use chatdesk_core::events::Event;
+use chatdesk_core::events::{Event, Presence};
+use chatdesk_core::{Envelope, TenantId};
 use chatdesk_streams::RedisConnector;
 use fred::prelude::*;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::Gateway;
 use crate::hub::Delivery;
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Signal {
-    tenant: Uuid,
-    /// `None` for tenant-wide signals (presence), which reach the `inbox` channel only.
-    conversation: Option<Uuid>,
-    event: serde_json::Value,
-}
-
-fn channel(gateway: &Gateway) -> String {
-    format!("{}:ephemeral", gateway.inner.keys.prefix())
-}
-
-/// Publishes `event` (a typing event) to every gateway.
-pub async fn publish(gateway: &Gateway, tenant: Uuid, conversation: Uuid, event: &Event) -> Result<(), Error> {
-    send(gateway, Signal { tenant, conversation: Some(conversation), event: event.to_payload() }).await
-}
-
-async fn send(gateway: &Gateway, signal: Signal) -> Result<(), Error> {
-    let text = serde_json::to_string(&signal).expect("signals serialise");
-    let _: i64 = gateway.inner.redis.publish(channel(gateway), text).await?;
+/// Publishes an ephemeral event (typing, presence) of `tenant` to every gateway, as an envelope
+/// (the same fields a stream entry has) encoded as one JSON object.
+pub async fn publish(gateway: &Gateway, tenant: Uuid, event: &Event) -> Result<(), Error> {
+    debug_assert!(!event.is_durable(), "durable events go to the events stream");
+    let text = Envelope::of(TenantId(tenant), event).encode_json();
+    let _: i64 = gateway.inner.redis.publish(gateway.inner.keys.ephemeral_channel(), text).await?;
     Ok(())
 }
 
@@ -46,17 +31,17 @@ pub mod presence {
     use super::*;
 
     fn key(gateway: &Gateway, tenant: Uuid) -> String {
-        format!("{}:presence:{tenant}", gateway.inner.keys.prefix())
+        gateway.inner.keys.presence(&TenantId(tenant))
     }
 
     fn lapse_ms(gateway: &Gateway) -> u64 {
-        chatdesk_streams::entry::now_ms() + (gateway.inner.settings.heartbeat * 5 / 2).as_millis() as u64
+        chatdesk_core::envelope::now_ms() + (gateway.inner.settings.heartbeat * 5 / 2).as_millis() as u64
     }
 
     /// The agents with at least one live socket.
     pub async fn online(gateway: &Gateway, tenant: Uuid) -> Result<Vec<Uuid>, Error> {
         let key = key(gateway, tenant);
-        let now = chatdesk_streams::entry::now_ms() as f64;
+        let now = chatdesk_core::envelope::now_ms() as f64;
         let _: i64 = gateway.inner.redis.zremrangebyscore(&key, f64::NEG_INFINITY, now).await?;
         let members: Vec<String> = gateway.inner.redis.zrange(&key, 0, -1, None, false, None, false).await?;
         let mut users: Vec<Uuid> = members.iter().filter_map(|member| member.split(':').next()?.parse().ok()).collect();
@@ -92,32 +77,15 @@ pub mod presence {
             let _: i64 = gateway.inner.redis.zrem(key(gateway, tenant), member).await?;
         }
         let online = online(gateway, tenant).await?.contains(&user);
-        let event = serde_json::json!({ "type": "presence", "v": 1, "user_id": user, "online": online });
-        send(gateway, Signal { tenant, conversation: None, event }).await
+        publish(gateway, tenant, &Event::Presence(Presence { user_id: user, online })).await
     }
-}
-
-fn delivery(text: &str) -> Option<Delivery> {
-    let signal: Signal = serde_json::from_str(text).ok()?;
-    let event_type = signal.event.get("type")?.as_str()?.to_owned();
-    Some(Delivery {
-        partition: 0,
-        offset: EntryId::ZERO,
-        event_id: Uuid::nil(),
-        tenant: signal.tenant,
-        conversation: signal.conversation,
-        event_type,
-        payload: Arc::from(signal.event.to_string()),
-        time_ms: chatdesk_streams::entry::now_ms(),
-        ephemeral: true,
-    })
 }
 
 /// Listens on the pub/sub channel (its own connection, resubscribing after reconnects) until
 /// cancelled.
 pub async fn listen(gateway: Gateway, connector: RedisConnector, cancel: CancellationToken) -> Result<(), Error> {
     let client = connector.dedicated(Duration::from_secs(1)).await?;
-    let name = channel(&gateway);
+    let name = gateway.inner.keys.ephemeral_channel();
     let mut messages = client.message_rx();
     let mut reconnects = client.reconnect_rx();
     client.subscribe(name.as_str()).await?;
@@ -131,10 +99,10 @@ pub async fn listen(gateway: Gateway, connector: RedisConnector, cancel: Cancell
             }
             message = messages.recv() => match message {
                 Ok(message) => {
-                    if let Some(text) = message.value.as_str()
-                        && let Some(delivery) = delivery(&text)
-                    {
-                        gateway.inner.hub.publish(Arc::new(delivery));
+                    match message.value.as_str().map(|text| Envelope::decode_json(&text)) {
+                        Some(Ok(envelope)) => gateway.inner.hub.publish(Arc::new(Delivery::new(None, envelope))),
+                        Some(Err(error)) => tracing::debug!(error = %error, "ignoring a signal that does not decode"),
+                        None => {}
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

@@ -6,32 +6,44 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use chatdesk_core::EntryId;
+use chatdesk_core::{Entry, EntryId, Envelope};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::metrics;
 
-/// One entry of the events stream, as sockets receive it.
+/// One event as sockets receive it: an entry of the events stream (or a row stored from one),
+/// or an ephemeral signal. Its payload is parsed once here, not once per socket.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    pub partition: u16,
-    pub offset: EntryId,
-    pub event_id: Uuid,
-    pub tenant: Uuid,
-    pub conversation: Option<Uuid>,
-    pub event_type: String,
-    pub payload: Arc<str>,
-    /// When the event was appended, for the fan-out latency metric.
-    pub time_ms: u64,
-    /// A signal that is not stored (typing): it has no offset and is never replayed.
-    pub ephemeral: bool,
+    /// The stream entry id; `None` for a signal that is not stored (typing, presence): it is
+    /// never replayed.
+    pub offset: Option<EntryId>,
+    pub envelope: Envelope,
+    /// The payload as JSON (a string holding the raw text if it is not JSON).
+    pub data: serde_json::Value,
+}
+
+impl Delivery {
+    pub fn new(offset: Option<EntryId>, envelope: Envelope) -> Self {
+        let data = serde_json::from_str(&envelope.payload)
+            .unwrap_or_else(|_| serde_json::Value::String(envelope.payload.clone()));
+        Self { offset, envelope, data }
+    }
+
+    pub fn stored(entry: Entry) -> Self {
+        Self::new(Some(entry.id), entry.envelope)
+    }
+
+    pub fn tenant(&self) -> Uuid {
+        self.envelope.tenant.0
+    }
 }
 
 /// Routing keys an entry is published under.
 pub fn keys_of(delivery: &Delivery) -> Vec<String> {
-    let mut keys = vec![format!("inbox:{}", delivery.tenant)];
-    if let Some(conversation) = delivery.conversation {
+    let mut keys = vec![format!("inbox:{}", delivery.tenant())];
+    if let Some(conversation) = delivery.envelope.conversation {
         keys.push(format!("conversation:{conversation}"));
     }
     keys

@@ -32,8 +32,11 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
 use chatdesk_core::auth::TokenKey;
+use chatdesk_core::config::EVENTS_STREAM;
 use chatdesk_core::{GroupName, KeyScheme, StreamsConfig};
-use chatdesk_streams::{Batch, Handler, HandlerError, Outcomes, RedisClient, RedisConnector};
+use chatdesk_streams::{
+    Batch, Consumer, ConsumerOptions, Handler, HandlerError, Outcomes, Partitions, RedisClient, RedisConnector,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
@@ -57,6 +60,7 @@ pub(crate) struct Inner {
     pub sessions: AtomicU64,
     pub shutdown: CancellationToken,
     pub producer: chatdesk_streams::Producer,
+    pub reply: chatdesk_conversations::Reply,
     pub readers: Readers,
 }
 
@@ -66,6 +70,8 @@ pub enum GatewayError {
     InvalidNode { node: String, reason: String },
     #[error("streams.toml declares no `events` stream")]
     NoEventsStream,
+    #[error(transparent)]
+    Consumer(#[from] chatdesk_streams::ConsumerError),
 }
 
 #[derive(Debug, Clone)]
@@ -90,26 +96,39 @@ impl Default for GatewaySettings {
     }
 }
 
+/// What a gateway is built from.
+pub struct GatewayOptions {
+    pub connector: RedisConnector,
+    pub redis: RedisClient,
+    pub db: chatdesk_store::Pool,
+    pub keys: KeyScheme,
+    pub streams: Arc<StreamsConfig>,
+    pub tokens: TokenKey,
+    /// Stable across restarts: the node's group is `gateway.<node>`.
+    pub node: String,
+    pub settings: GatewaySettings,
+}
+
 impl Gateway {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        connector: RedisConnector,
-        redis: RedisClient,
-        db: chatdesk_store::Pool,
-        keys: KeyScheme,
-        streams: Arc<StreamsConfig>,
-        tokens: TokenKey,
-        node: String,
-        settings: GatewaySettings,
-        shutdown: CancellationToken,
-    ) -> Result<Self, GatewayError> {
+    pub fn new(options: GatewayOptions, shutdown: CancellationToken) -> Result<Self, GatewayError> {
+        let GatewayOptions { connector, redis, db, keys, streams, tokens, node, settings } = options;
         let group = GroupName::parse(&format!("gateway.{node}"))
             .map_err(|error| GatewayError::InvalidNode { node: node.clone(), reason: error.to_string() })?;
-        let events = streams.stream("events").ok_or(GatewayError::NoEventsStream)?.clone();
-        let readers = Readers::new(connector, events, group, shutdown.child_token());
+        let events = streams.stream(EVENTS_STREAM).ok_or(GatewayError::NoEventsStream)?.clone();
+        let hub = Hub::default();
+        let consumer_options =
+            ConsumerOptions::new(connector, keys.clone(), &events, node.clone()).partitions(Partitions::Assigned);
+        let consumer = Consumer::new(consumer_options, Fanout { hub: hub.clone(), group })?;
+        let readers = Readers::new(consumer, shutdown.child_token());
         let producer = chatdesk_streams::Producer::new(redis.clone(), keys.clone(), streams.clone());
+        let reply = chatdesk_conversations::Reply {
+            producer: producer.clone(),
+            redis: redis.clone(),
+            keys: keys.clone(),
+            db: db.clone(),
+        };
         let inner = Inner {
-            hub: Hub::default(),
+            hub,
             redis,
             db,
             keys,
@@ -120,6 +139,7 @@ impl Gateway {
             sessions: AtomicU64::new(0),
             shutdown,
             producer,
+            reply,
             readers,
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -160,25 +180,25 @@ async fn upgrade(State(gateway): State<Gateway>, upgrade: WebSocketUpgrade) -> R
         .on_upgrade(move |socket| session::run(gateway, socket))
 }
 
-/// Hands every entry the gateway group reads to the sockets listening for it.
+/// Hands every entry the node's group reads to the sockets listening for it.
 pub(crate) struct Fanout {
-    pub(crate) gateway: Gateway,
+    hub: Hub,
+    group: GroupName,
 }
 
 impl Handler for Fanout {
+    fn group(&self) -> GroupName {
+        self.group.clone()
+    }
+
+    /// Every node's group shares the `gateway` settings.
+    fn settings_key(&self) -> String {
+        "gateway".to_owned()
+    }
+
     async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
         for entry in &batch.entries {
-            self.gateway.inner.hub.publish(Arc::new(hub::Delivery {
-                partition: entry.partition,
-                offset: entry.id,
-                event_id: entry.event_id.0,
-                tenant: entry.tenant.0,
-                conversation: entry.conversation,
-                event_type: entry.event_type.clone(),
-                payload: Arc::from(entry.payload.as_str()),
-                time_ms: entry.time_ms,
-                ephemeral: false,
-            }));
+            self.hub.publish(Arc::new(hub::Delivery::stored(entry.clone())));
         }
         Ok(Outcomes::all_done())
     }

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use chatdesk_conversations::ReplyError;
 use chatdesk_core::auth::{Role, verify_token, verify_visitor_token};
+use chatdesk_core::config::EVENTS_STREAM;
 use chatdesk_core::events::{Actor, ConversationRead, Event, SenderKind, Typing};
 use chatdesk_core::keys::partition_for_tenant;
-use chatdesk_core::{EntryId, TenantId};
-use chatdesk_streams::commands::{ReplyTarget, append_reply};
+use chatdesk_core::{EntryId, Envelope, TenantId};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -119,10 +120,10 @@ pub async fn run(gateway: Gateway, socket: WebSocket) {
     let partition = gateway
         .inner
         .streams
-        .stream("events")
+        .stream(EVENTS_STREAM)
         .map(|events| partition_for_tenant(&TenantId(identity.tenant()), events.partitions))
         .unwrap_or(0);
-    if let Err(error) = gateway.inner.readers.acquire(&gateway, partition).await {
+    if let Err(error) = gateway.inner.readers.acquire(partition).await {
         tracing::warn!(error = %error, partition, "cannot read the socket's partition");
         send_close(&mut sink, closing(close::UNAVAILABLE, "the server cannot read events now; reconnect shortly"))
             .await;
@@ -305,10 +306,7 @@ impl Session {
             offset: offset.to_string(),
             by: Actor { kind: SenderKind::Agent, id: Some(user) },
         });
-        let entry = chatdesk_streams::NewEntry::new(event.event_type(), TenantId(tenant), &event.to_payload())
-            .expect("events serialise")
-            .with_conversation(conversation);
-        match inner.producer.append("events", &entry).await {
+        match inner.producer.append_event(&Envelope::of(TenantId(tenant), &event)).await {
             Ok(_) => true,
             Err(_) => self.error(ErrorCode::Unavailable, "Redis is unavailable", Some(&channel)).await,
         }
@@ -329,7 +327,7 @@ impl Session {
         };
         let event = Event::Typing(Typing { conversation_id: conversation, who, typing });
         // A lost typing signal is harmless; the error frame tells a client that keeps trying.
-        match crate::ephemeral::publish(&self.gateway, self.identity.tenant(), conversation, &event).await {
+        match crate::ephemeral::publish(&self.gateway, self.identity.tenant(), &event).await {
             Ok(()) => true,
             Err(_) => self.error(ErrorCode::Unavailable, "Redis is unavailable", Some(&channel)).await,
         }
@@ -349,28 +347,9 @@ impl Session {
         let Ok(conversation) = Uuid::parse_str(&conversation) else {
             return self.error(ErrorCode::BadFrame, "conversation must be a conversation id", None).await;
         };
-        let text = text.trim();
-        if text.is_empty() || text.chars().count() > 4096 {
-            return self.error(ErrorCode::BadFrame, "text must be 1 to 4096 characters", Some(&channel)).await;
-        }
-        if client_msg_id.is_empty() || client_msg_id.len() > 128 {
-            return self.error(ErrorCode::BadFrame, "client_msg_id must be 1 to 128 characters", Some(&channel)).await;
-        }
-        let inner = self.gateway.inner.clone();
-        let row = match chatdesk_store::conversations::get_conversation(&inner.db, tenant, conversation).await {
-            Ok(Some(row)) => row,
-            Ok(None) => return self.error(ErrorCode::NotFound, "no such conversation", Some(&channel)).await,
-            Err(_) => return self.error(ErrorCode::Unavailable, "PostgreSQL is unavailable", Some(&channel)).await,
-        };
-        if row.status == "blocked" {
-            return self
-                .error(ErrorCode::Conflict, "the conversation is blocked; reopen it to reply", Some(&channel))
-                .await;
-        }
-        let target = ReplyTarget { tenant, conversation, inbox: row.inbox_id, contact: row.contact_id };
         let sender = Actor { kind: SenderKind::Agent, id: Some(user) };
-        match append_reply(&inner.producer, &inner.redis, &inner.keys, target, sender, text, Some(&client_msg_id)).await
-        {
+        let inner = self.gateway.inner.clone();
+        match inner.reply.send(tenant, conversation, sender, &text, Some(&client_msg_id)).await {
             Ok(accepted) => {
                 let ack = ServerFrame::Ack {
                     client_msg_id,
@@ -379,13 +358,18 @@ impl Session {
                 };
                 self.send(&ack).await
             }
-            Err(_) => {
-                self.error(
-                    ErrorCode::Unavailable,
-                    "Redis is unavailable; send again with the same client_msg_id",
-                    Some(&channel),
-                )
-                .await
+            Err(error) => {
+                let code = match &error {
+                    ReplyError::Text(_) | ReplyError::ClientMsgId(_) => ErrorCode::BadFrame,
+                    ReplyError::NotFound => ErrorCode::NotFound,
+                    ReplyError::Blocked => ErrorCode::Conflict,
+                    ReplyError::Store(_) | ReplyError::Append(_) => ErrorCode::Unavailable,
+                };
+                let message = match &error {
+                    ReplyError::Append(_) => "Redis is unavailable; send again with the same client_msg_id".to_owned(),
+                    other => other.to_string(),
+                };
+                self.error(code, message, Some(&channel)).await
             }
         }
     }
@@ -530,12 +514,13 @@ impl Session {
     ) -> Result<(bool, String, Option<EntryId>, u64), Option<String>> {
         let inner = self.gateway.inner.clone();
         let tenant = self.identity.tenant();
-        let events = inner.streams.stream("events").ok_or_else(|| Some("no events stream is configured".to_owned()))?;
+        let events =
+            inner.streams.stream(EVENTS_STREAM).ok_or_else(|| Some("no events stream is configured".to_owned()))?;
         let partition = partition_for_tenant(&TenantId(tenant), events.partitions);
         let keys = inner.keys.partition(&events.name, partition);
         let redis_down = |_| Some("Redis is unavailable".to_owned());
-        let epoch = replay::epoch(&inner.redis, &inner.keys, &keys).await.map_err(redis_down)?;
-        let (first, head) = replay::bounds(&inner.redis, &keys.stream).await.map_err(redis_down)?;
+        let epoch = replay::epoch(&inner.redis, &keys).await.map_err(redis_down)?;
+        let (first, head) = replay::bounds(&inner.redis, &keys).await.map_err(redis_down)?;
         let Some(since) = since else { return Ok((true, epoch, head, 0)) };
         if client_epoch.as_ref().is_some_and(|client| *client != epoch) {
             // The stream was lost and recreated: offsets of the old one mean nothing now.
@@ -551,7 +536,7 @@ impl Session {
                     .map_err(|_| Some("PostgreSQL is unavailable".to_owned()))?;
                 let full = page.len() as u64 == replay::PAGE;
                 for delivery in page {
-                    cursor = delivery.offset;
+                    cursor = delivery.offset.unwrap_or(cursor);
                     if self.send_event(name, subscription, &delivery).await.ok_or(None)? {
                         replayed += 1;
                         ::metrics::counter!(metrics::REPLAYED_EVENTS_TOTAL, "source" => "postgres").increment(1);
@@ -563,10 +548,10 @@ impl Session {
             }
         }
         loop {
-            let page = replay::stream_page(&inner.redis, &keys.stream, partition, cursor).await.map_err(redis_down)?;
+            let page = replay::stream_page(&inner.redis, &keys, cursor).await.map_err(redis_down)?;
             let full = page.len() as u64 == replay::PAGE;
             for delivery in page {
-                cursor = delivery.offset;
+                cursor = delivery.offset.unwrap_or(cursor);
                 if self.send_event(name, subscription, &delivery).await.ok_or(None)? {
                     replayed += 1;
                     ::metrics::counter!(metrics::REPLAYED_EVENTS_TOTAL, "source" => "stream").increment(1);
@@ -582,22 +567,22 @@ impl Session {
     /// Sends `delivery` on `name` if it belongs there and is newer than what was sent; `None`
     /// when the socket is gone, `Some(sent)` otherwise.
     async fn send_event(&mut self, name: &str, subscription: &mut Subscription, delivery: &Delivery) -> Option<bool> {
-        let belongs = delivery.tenant == self.identity.tenant()
-            && subscription.conversation.is_none_or(|conversation| delivery.conversation == Some(conversation));
-        if !belongs || (!delivery.ephemeral && subscription.last.is_some_and(|last| delivery.offset <= last)) {
+        let belongs = delivery.tenant() == self.identity.tenant()
+            && subscription
+                .conversation
+                .is_none_or(|conversation| delivery.envelope.conversation == Some(conversation));
+        if !belongs || delivery.offset.zip(subscription.last).is_some_and(|(offset, last)| offset <= last) {
             return Some(false);
         }
-        if !delivery.ephemeral {
-            subscription.last = Some(delivery.offset);
+        if let Some(offset) = delivery.offset {
+            subscription.last = Some(offset);
         }
-        let data = serde_json::from_str(&delivery.payload)
-            .unwrap_or_else(|_| serde_json::Value::String(delivery.payload.to_string()));
         let frame = ServerFrame::Event {
             channel: name.to_owned(),
-            offset: (!delivery.ephemeral).then(|| delivery.offset.to_string()),
-            event_id: (!delivery.ephemeral).then(|| delivery.event_id.to_string()),
-            event_type: delivery.event_type.clone(),
-            data,
+            offset: delivery.offset.map(|offset| offset.to_string()),
+            event_id: delivery.offset.map(|_| delivery.envelope.event_id.to_string()),
+            event_type: delivery.envelope.record_type.clone(),
+            data: delivery.data.clone(),
         };
         if !self.send(&frame).await {
             return None;
@@ -615,9 +600,9 @@ impl Session {
             match sent {
                 None => return false,
                 Some(true) => {
-                    let now = chatdesk_streams::entry::now_ms();
+                    let now = chatdesk_core::envelope::now_ms();
                     ::metrics::histogram!(metrics::FANOUT_LATENCY_SECONDS)
-                        .record(now.saturating_sub(delivery.time_ms) as f64 / 1000.0);
+                        .record(now.saturating_sub(delivery.envelope.time_ms) as f64 / 1000.0);
                 }
                 Some(false) => {}
             }

@@ -32,10 +32,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chatdesk_core::config::SEND_STREAM;
 use chatdesk_core::events::{Event, MessageStatus, MessageStatusChanged};
+use chatdesk_core::{DeadLetter, Envelope, GroupName};
 use chatdesk_core::{EventId, KeyScheme, StreamsConfig, TenantId};
+use chatdesk_store::directory::InboxKind;
 use chatdesk_store::directory::{InboxRecord, contact_external_id, inbox_by_id};
-use chatdesk_streams::{Batch, Handler, HandlerError, NewEntry, Outcomes, Producer, RedisClient, Unavailable};
+use chatdesk_streams::{Batch, Handler, HandlerError, Outcomes, Producer, RedisClient, Unavailable};
 use rand::Rng;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -47,12 +50,12 @@ use uuid::Uuid;
 use crate::job::{Ending, Job, SendRequest};
 use crate::limits::{Limiter, Limits};
 use crate::providers::{Delivery, Endpoints, Outbound, Providers, provider_name};
-use crate::queue::{DeadLetter, Leased, Queue};
+use crate::queue::{Leased, Queue};
 
 /// The consumer group of the send stream.
 pub const GROUP: &str = "sender";
 /// The stream family outbound messages are requested on.
-pub const STREAM: &str = "send";
+pub const STREAM: &str = SEND_STREAM;
 
 const LEASE_BATCH: usize = 50;
 /// How often an idle partition looks for jobs other processes made due.
@@ -205,22 +208,21 @@ pub struct Admission {
 }
 
 impl Handler for Admission {
+    fn group(&self) -> GroupName {
+        GroupName::parse(GROUP).expect("a valid group name")
+    }
+
     async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
         let mut outcomes = Outcomes::all_done();
         for entry in &batch.entries {
-            if entry.event_type != "send.requested" {
-                outcomes
-                    .reject(entry.id, format!("the send stream carries send.requested, not {:?}", entry.event_type));
-                continue;
-            }
-            let request: SendRequest = match serde_json::from_str(&entry.payload) {
+            let request: SendRequest = match entry.envelope.record() {
                 Ok(request) => request,
                 Err(error) => {
-                    outcomes.reject(entry.id, format!("invalid send.requested payload: {error}"));
+                    outcomes.reject(entry.id, format!("not a send request: {error}"));
                     continue;
                 }
             };
-            let job = Job::new(entry.tenant.0, entry.id.to_string(), request);
+            let job = Job::new(entry.envelope.tenant.0, entry.id.to_string(), request);
             if let Err(error) = self.inner.queue.admit(batch.partition, &job).await {
                 return Err(Box::new(Unavailable(format!("Redis: {error}"))));
             }
@@ -246,7 +248,7 @@ fn status_event(
     status: MessageStatus,
     reason: Option<String>,
     provider_message_id: Option<String>,
-) -> NewEntry {
+) -> Envelope {
     let event = Event::MessageStatus(MessageStatusChanged {
         message_id: job.request.message_id,
         conversation_id: job.request.conversation_id,
@@ -256,10 +258,27 @@ fn status_event(
         attempts: Some(job.attempts),
     });
     let id = Uuid::new_v5(&job.request.message_id, status.as_str().as_bytes());
-    NewEntry::new(event.event_type(), TenantId(job.tenant), &event.to_payload())
-        .expect("events serialise")
-        .with_conversation(job.request.conversation_id)
-        .with_event_id(EventId(id))
+    Envelope::of(TenantId(job.tenant), &event).with_event_id(EventId(id))
+}
+
+/// A job given up on, in the one dead-letter format: the send-stream entry it came from (a send
+/// request's event id is its message's id, its time the entry's), the error, who gave up.
+fn dead_letter(job: &Job, partition: u16, error: &str, consumer: &str) -> DeadLetter {
+    let mut original = Envelope::of(TenantId(job.tenant), &job.request).with_event_id(EventId(job.request.message_id));
+    if let Ok(entry) = job.entry.parse::<chatdesk_core::EntryId>() {
+        original.time_ms = entry.millis;
+    }
+    DeadLetter {
+        original_id: job.entry.clone(),
+        family: STREAM.to_owned(),
+        partition,
+        group: GROUP.to_owned(),
+        consumer: consumer.to_owned(),
+        error: error.to_owned(),
+        deliveries: u64::from(job.attempts),
+        time_ms: chatdesk_core::envelope::now_ms(),
+        original: original.encode().into_iter().map(|(field, value)| (field.to_owned(), value)).collect(),
+    }
 }
 
 impl Inner {
@@ -381,8 +400,8 @@ impl Inner {
             }
             Err(error) => return self.postpone(leased, DEPENDENCY_RETRY, &format!("PostgreSQL: {error}")).await,
         };
-        let provider = provider_name(&inbox.kind);
-        let to = if inbox.kind == "web" {
+        let provider = provider_name(inbox.kind);
+        let to = if inbox.kind == InboxKind::Web {
             String::new()
         } else {
             match self.recipient(job.tenant, job.request.contact_id).await {
@@ -483,15 +502,9 @@ impl Inner {
                 dead_letter.then_some(reason.as_str()),
             ),
         };
-        self.producer.append("events", &entry).await?;
-        let fields = [
-            ("type", "send.requested".to_owned()),
-            ("tenant", job.tenant.to_string()),
-            ("conversation", job.request.conversation_id.to_string()),
-            ("payload", serde_json::to_string(&job.request).expect("requests serialise")),
-        ];
-        let letter = dead_letter_reason.map(|error| DeadLetter { error, consumer: &self.node, fields: &fields });
-        if !self.queue.finish(leased, letter).await? {
+        self.producer.append_event(&entry).await?;
+        let letter = dead_letter_reason.map(|error| dead_letter(job, leased.partition, error, &self.node));
+        if !self.queue.finish(leased, letter.as_ref()).await? {
             ::metrics::counter!(metrics::LEASES_LOST_TOTAL).increment(1);
             return Ok(());
         }

@@ -9,10 +9,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chatdesk_core::KeyScheme;
 use chatdesk_core::duration::parse_duration;
+use chatdesk_streams::Script;
 use fred::prelude::*;
 
 /// The kinds of bucket, named as in `CHATDESK_SEND_LIMITS`.
@@ -157,7 +159,9 @@ impl Bucket {
     }
 }
 
-const ACQUIRE: &str = r#"
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local paused = redis.call('PTTL', KEYS[2])
@@ -173,14 +177,20 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + window - now)
-"#;
+"#,
+    )
+});
 
-const PAUSE: &str = r#"
+static PAUSE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], '1', 'PX', tonumber(ARGV[1]))
 end
 return 1
-"#;
+"#,
+    )
+});
 
 #[derive(Clone)]
 pub struct Limiter {
@@ -205,10 +215,9 @@ impl Limiter {
         for bucket in buckets {
             let Some(limit) = self.limits.get(bucket.kind) else { continue };
             let (log, pause) = self.bucket_keys(bucket);
-            let wait: i64 = self
-                .redis
-                .eval(
-                    ACQUIRE,
+            let wait: i64 = ACQUIRE
+                .call(
+                    &self.redis,
                     vec![log, pause],
                     vec![limit.count.to_string(), limit.effective_window().as_millis().to_string(), member.to_owned()],
                 )
@@ -223,7 +232,7 @@ impl Limiter {
     /// Pauses `bucket` for `duration` (a provider asked us to slow down).
     pub async fn pause(&self, bucket: &Bucket, duration: Duration) -> Result<(), Error> {
         let (_, pause) = self.bucket_keys(bucket);
-        let _: i64 = self.redis.eval(PAUSE, vec![pause], vec![duration.as_millis().max(1).to_string()]).await?;
+        let _: i64 = PAUSE.call(&self.redis, vec![pause], vec![duration.as_millis().max(1).to_string()]).await?;
         Ok(())
     }
 }

@@ -19,7 +19,10 @@
 //!
 //! Times come from Redis (`TIME`), so every sender process agrees on them.
 
-use chatdesk_core::{KeyScheme, StreamName};
+use std::sync::LazyLock;
+
+use chatdesk_core::{DeadLetter, KeyScheme, PartitionKeys, StreamName};
+use chatdesk_streams::{Script, dead_letter};
 use fred::prelude::*;
 use uuid::Uuid;
 
@@ -80,13 +83,8 @@ const FINISH: &str = r#"
 if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then
   return 0
 end
-if ARGV[4] ~= '' then
-  local fields = {'original_id', ARGV[5], 'group', 'sender', 'delivery_count', ARGV[6], 'error', ARGV[4],
-                  'consumer', ARGV[7], 'job', redis.call('HGET', KEYS[2], ARGV[1])}
-  for index = 8, #ARGV do
-    fields[#fields + 1] = ARGV[index]
-  end
-  redis.call('XADD', KEYS[6], '*', unpack(fields))
+if ARGV[4] == '1' then
+  dead_letter(KEYS[6], 5)
 end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
@@ -116,14 +114,6 @@ pub struct Leased {
     pub job: Job,
 }
 
-/// What a dead-lettered job carries besides itself: the error, who gave up, and the original
-/// entry's routing fields (so an operator can re-drive it).
-pub struct DeadLetter<'a> {
-    pub error: &'a str,
-    pub consumer: &'a str,
-    pub fields: &'a [(&'a str, String)],
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error(transparent)]
@@ -137,6 +127,13 @@ pub enum QueueError {
     },
 }
 
+static ADMIT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(format!("{NOW}{ADMIT}")));
+static LEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(format!("{NOW}{LEASE}")));
+static UPDATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(format!("{NOW}{UPDATE}")));
+static FINISH_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(format!("{NOW}{}{FINISH}", dead_letter::LUA_FUNCTION)));
+static NEXT_DUE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(format!("{NOW}{NEXT_DUE}")));
+
 #[derive(Clone)]
 pub struct Queue {
     redis: Client,
@@ -144,16 +141,13 @@ pub struct Queue {
     family: StreamName,
 }
 
-struct PartitionKeys {
+struct QueueKeys {
     jobs: String,
     ready: String,
     leases: String,
     seq: String,
     dead_letters: String,
-}
-
-async fn script<R: FromValue>(redis: &Client, body: &str, keys: Vec<String>, args: Vec<String>) -> Result<R, Error> {
-    redis.eval(format!("{NOW}{body}"), keys, args).await
+    partition: PartitionKeys,
 }
 
 impl Queue {
@@ -161,42 +155,38 @@ impl Queue {
         Self { redis, keys, family }
     }
 
-    fn partition_keys(&self, partition: u16) -> PartitionKeys {
-        let key = |name: &str| self.keys.partition_key(&self.family, partition, name);
-        PartitionKeys {
-            jobs: key("sendq.jobs"),
-            ready: key("sendq.ready"),
-            leases: key("sendq.leases"),
-            seq: key("sendq.seq"),
-            dead_letters: self.keys.partition(&self.family, partition).dead_letters,
+    fn partition_keys(&self, partition: u16) -> QueueKeys {
+        let keys = self.keys.partition(&self.family, partition);
+        QueueKeys {
+            jobs: keys.key("sendq.jobs"),
+            ready: keys.key("sendq.ready"),
+            leases: keys.key("sendq.leases"),
+            seq: keys.key("sendq.seq"),
+            dead_letters: keys.dead_letters.clone(),
+            partition: keys,
         }
     }
 
-    fn lane(&self, partition: u16, conversation: Uuid) -> String {
-        format!("{}:{conversation}", self.keys.partition_key(&self.family, partition, "sendq.lane"))
+    fn lane(keys: &QueueKeys, conversation: Uuid) -> String {
+        keys.partition.scoped("sendq.lane", &conversation.to_string())
     }
 
-    fn done(&self, partition: u16, id: Uuid) -> String {
-        format!("{}:{id}", self.keys.partition_key(&self.family, partition, "sendq.done"))
+    fn done(keys: &QueueKeys, id: Uuid) -> String {
+        keys.partition.scoped("sendq.done", &id.to_string())
     }
 
     /// Queues `job` behind its conversation's earlier jobs. `false`: it was queued or finished
     /// before (a redelivered stream entry).
     pub async fn admit(&self, partition: u16, job: &Job) -> Result<bool, Error> {
         let keys = self.partition_keys(partition);
-        let admitted: i64 = script(
-            &self.redis,
-            ADMIT,
-            vec![
-                keys.jobs,
-                keys.ready,
-                keys.seq,
-                self.lane(partition, job.request.conversation_id),
-                self.done(partition, job.id()),
-            ],
-            vec![job.id().to_string(), serde_json::to_string(job).expect("jobs serialise")],
-        )
-        .await?;
+        let (lane, done) = (Self::lane(&keys, job.request.conversation_id), Self::done(&keys, job.id()));
+        let admitted: i64 = ADMIT_SCRIPT
+            .call(
+                &self.redis,
+                vec![keys.jobs, keys.ready, keys.seq, lane, done],
+                vec![job.id().to_string(), serde_json::to_string(job).expect("jobs serialise")],
+            )
+            .await?;
         Ok(admitted == 1)
     }
 
@@ -210,13 +200,13 @@ impl Queue {
         holder: &str,
     ) -> Result<Vec<Leased>, QueueError> {
         let keys = self.partition_keys(partition);
-        let flat: Vec<String> = script(
-            &self.redis,
-            LEASE,
-            vec![keys.ready, keys.jobs, keys.leases],
-            vec![lease_ms.to_string(), limit.to_string(), format!("{holder}:{}", Uuid::new_v4().simple())],
-        )
-        .await?;
+        let flat: Vec<String> = LEASE_SCRIPT
+            .call(
+                &self.redis,
+                vec![keys.ready, keys.jobs, keys.leases],
+                vec![lease_ms.to_string(), limit.to_string(), format!("{holder}:{}", Uuid::new_v4().simple())],
+            )
+            .await?;
         flat.chunks_exact(3)
             .map(|chunk| {
                 let job = serde_json::from_str(&chunk[2]).map_err(|source| QueueError::Corrupt {
@@ -233,61 +223,47 @@ impl Queue {
     /// lease. `false`: the lease was lost (another sender holds the job now).
     pub async fn update(&self, leased: &Leased, delay_ms: Option<u64>) -> Result<bool, Error> {
         let keys = self.partition_keys(leased.partition);
-        let updated: i64 = script(
-            &self.redis,
-            UPDATE,
-            vec![keys.ready, keys.jobs, keys.leases],
-            vec![
-                leased.job.id().to_string(),
-                leased.token.clone(),
-                serde_json::to_string(&leased.job).expect("jobs serialise"),
-                delay_ms.map(|delay| delay.to_string()).unwrap_or_default(),
-            ],
-        )
-        .await?;
+        let updated: i64 = UPDATE_SCRIPT
+            .call(
+                &self.redis,
+                vec![keys.ready, keys.jobs, keys.leases],
+                vec![
+                    leased.job.id().to_string(),
+                    leased.token.clone(),
+                    serde_json::to_string(&leased.job).expect("jobs serialise"),
+                    delay_ms.map(|delay| delay.to_string()).unwrap_or_default(),
+                ],
+            )
+            .await?;
         Ok(updated == 1)
     }
 
     /// Removes the finished job (dead-lettering it when `dead_letter` is given) and readies the
     /// next job of its conversation. `false`: the lease was lost.
-    pub async fn finish(&self, leased: &Leased, dead_letter: Option<DeadLetter<'_>>) -> Result<bool, Error> {
+    pub async fn finish(&self, leased: &Leased, dead_letter: Option<&DeadLetter>) -> Result<bool, Error> {
         let keys = self.partition_keys(leased.partition);
         let job = &leased.job;
-        let mut args = vec![job.id().to_string(), leased.token.clone(), DONE_TTL_SECONDS.to_string()];
-        if let Some(letter) = dead_letter {
-            args.extend([
-                letter.error.to_owned(),
-                job.entry.clone(),
-                job.attempts.to_string(),
-                letter.consumer.to_owned(),
-            ]);
-            for (field, value) in letter.fields {
-                args.push((*field).to_owned());
-                args.push(value.clone());
-            }
-        } else {
-            args.push(String::new());
-        }
-        let finished: i64 = script(
-            &self.redis,
-            FINISH,
-            vec![
-                keys.ready,
-                keys.jobs,
-                keys.leases,
-                self.lane(leased.partition, job.request.conversation_id),
-                self.done(leased.partition, job.id()),
-                keys.dead_letters,
-            ],
-            args,
-        )
-        .await?;
+        let leading = vec![
+            job.id().to_string(),
+            leased.token.clone(),
+            DONE_TTL_SECONDS.to_string(),
+            if dead_letter.is_some() { "1" } else { "0" }.to_owned(),
+        ];
+        let args = match dead_letter {
+            Some(letter) => dead_letter::arguments(leading, letter),
+            None => leading,
+        };
+        let (lane, done) = (Self::lane(&keys, job.request.conversation_id), Self::done(&keys, job.id()));
+        let finished: i64 = FINISH_SCRIPT
+            .call(&self.redis, vec![keys.ready, keys.jobs, keys.leases, lane, done, keys.dead_letters], args)
+            .await?;
         Ok(finished == 1)
     }
 
     /// Milliseconds until the partition's next job is due (0: due now); `None` when none waits.
     pub async fn next_due_in(&self, partition: u16) -> Result<Option<u64>, Error> {
-        let due: i64 = script(&self.redis, NEXT_DUE, vec![self.partition_keys(partition).ready], vec![]).await?;
+        let due: i64 =
+            NEXT_DUE_SCRIPT.call(&self.redis, vec![self.partition_keys(partition).ready], Vec::<String>::new()).await?;
         Ok(u64::try_from(due).ok())
     }
 

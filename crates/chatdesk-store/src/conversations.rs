@@ -1,6 +1,7 @@
 //! Reading conversations and their history, always scoped to one tenant: a row of another
 //! tenant is indistinguishable from a row that does not exist.
 
+use chatdesk_core::events::ConversationStatus;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -14,7 +15,7 @@ pub struct ConversationRow {
     pub contact_id: Uuid,
     pub contact_name: Option<String>,
     pub contact_external_id: String,
-    pub status: String,
+    pub status: ConversationStatus,
     pub assignee_id: Option<Uuid>,
     pub last_message_id: Option<Uuid>,
     pub last_message_text: Option<String>,
@@ -62,7 +63,8 @@ fn conversation(row: ConversationTuple) -> ConversationRow {
         contact_id,
         contact_name,
         contact_external_id,
-        status,
+        // The schema's CHECK admits only the four statuses.
+        status: ConversationStatus::parse(&status).unwrap_or(ConversationStatus::Open),
         assignee_id,
         last_message_id,
         last_message_text,

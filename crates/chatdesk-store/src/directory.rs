@@ -145,7 +145,7 @@ pub async fn api_key_by_hash(pool: &PgPool, key_hash: &[u8]) -> Result<Option<(U
 pub struct InboxRecord {
     pub id: Uuid,
     pub tenant_id: Uuid,
-    pub kind: String,
+    pub kind: InboxKind,
     pub name: String,
     pub webhook_secret: String,
     pub outbound_url: Option<String>,
@@ -157,9 +157,12 @@ pub struct InboxRecord {
 type InboxRow = (Uuid, Uuid, String, String, String, Option<String>, serde_json::Value);
 const INBOX_COLUMNS: &str = "id, tenant_id, kind, name, webhook_secret, outbound_url, provider_config";
 
-fn inbox_record(row: InboxRow) -> InboxRecord {
+/// `None` for a kind this build does not know (the schema's CHECK allows only known ones): such
+/// an inbox is treated as absent rather than as some other kind.
+fn inbox_record(row: InboxRow) -> Option<InboxRecord> {
     let (id, tenant_id, kind, name, webhook_secret, outbound_url, provider_config) = row;
-    InboxRecord { id, tenant_id, kind, name, webhook_secret, outbound_url, provider_config }
+    let kind = InboxKind::parse(&kind)?;
+    Some(InboxRecord { id, tenant_id, kind, name, webhook_secret, outbound_url, provider_config })
 }
 
 pub async fn create_inbox(
@@ -185,7 +188,8 @@ pub async fn create_inbox(
     .fetch_one(pool)
     .await
     .map_err(query_error)?;
-    Ok(inbox_record(row))
+    inbox_record(row)
+        .ok_or_else(|| StoreError::Query(sqlx::Error::Protocol(format!("unknown inbox kind {:?}", kind.as_str()))))
 }
 
 pub async fn inbox_by_id(pool: &PgPool, inbox: Uuid) -> Result<Option<InboxRecord>, StoreError> {
@@ -195,7 +199,7 @@ pub async fn inbox_by_id(pool: &PgPool, inbox: Uuid) -> Result<Option<InboxRecor
             .fetch_optional(pool)
             .await
             .map_err(query_error)?;
-    Ok(row.map(inbox_record))
+    Ok(row.and_then(inbox_record))
 }
 
 /// A tenant's inboxes, oldest first.
@@ -207,7 +211,7 @@ pub async fn inboxes_of(pool: &PgPool, tenant: Uuid) -> Result<Vec<InboxRecord>,
     .fetch_all(pool)
     .await
     .map_err(query_error)?;
-    Ok(rows.into_iter().map(inbox_record).collect())
+    Ok(rows.into_iter().filter_map(inbox_record).collect())
 }
 
 /// Changes an inbox's outbound URL (`Some(None)` clears it) and merges `provider_patch` into
@@ -232,7 +236,7 @@ pub async fn update_inbox(
     .fetch_optional(pool)
     .await
     .map_err(query_error)?;
-    Ok(row.map(inbox_record))
+    Ok(row.and_then(inbox_record))
 }
 
 /// The provider's id of a contact (WhatsApp wa_id, Telegram chat id, the generic channel's id).

@@ -1,13 +1,15 @@
-//! chatdesk's Redis Streams layer: the only code in the project that reads or writes streams.
+//! chatdesk's Redis Streams transport: the only code that reads or writes streams. It knows
+//! entries (`chatdesk_core::envelope`), not what they mean.
 //!
-//! - [`commands`]: what agents do the same way through every front door (replies).
 //! - [`connection`]: building fred clients, one shared client for ordinary commands and one
 //!   dedicated connection per blocking reader.
-//! - [`entry`]: the entry format: flat routing fields (type, tenant, conversation, event id,
-//!   time) readable without parsing JSON, plus one JSON payload.
+//! - [`entry`]: entries as Redis returns them, read through the one codec
+//!   (`chatdesk_core::envelope`).
 //! - [`producer`]: XADD into the partition of a tenant.
-//! - [`ingest`]: what channels send, appended exactly once and in order (contacts and
-//!   conversations created atomically with their first message).
+//! - [`range`]: reading a partition outside any group (bounds, pages, its epoch).
+//! - [`dead_letter`]: the one way a dead letter is written, embedded in every script that
+//!   writes one.
+//! - [`script`]: Lua scripts called by SHA, reloaded on `NOSCRIPT`.
 //! - [`runtime`]: the consumer-group runtime every consumer uses: a [`Handler`] decides what an
 //!   entry means, the runtime does the Redis work (groups, reads, acks, claims, retries, dead
 //!   letters, shutdown, metrics).
@@ -16,20 +18,24 @@
 //! - [`status`]: per-group lag and pending, for `/metrics` and `chatdesk streams status`.
 //! - [`metrics`]: metric names and descriptions.
 
-pub mod commands;
 pub mod connection;
+pub mod dead_letter;
 pub mod entry;
-pub mod ingest;
 pub mod metrics;
 pub mod producer;
+pub mod range;
 pub mod retention;
 pub mod runtime;
+pub mod script;
 pub mod status;
 
+pub use chatdesk_core::{Entry, Envelope};
 pub use connection::{RedisConnector, RedisSettings};
-pub use entry::{Entry, NewEntry};
 pub use producer::{Appended, ProduceError, Producer};
-pub use runtime::{Batch, Consumer, ConsumerError, Handler, HandlerError, Outcome, Outcomes, Unavailable};
+pub use runtime::{
+    Batch, Consumer, ConsumerError, ConsumerOptions, Handler, HandlerError, Outcome, Outcomes, Partitions, Unavailable,
+};
+pub use script::Script;
 
 /// fred's client, re-exported so callers need no direct dependency for the common case.
 pub use fred::clients::Client as RedisClient;

@@ -7,12 +7,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use chatdesk_core::config::{EVENTS_STREAM, SEND_STREAM};
 use chatdesk_core::keys::partition_for_tenant;
-use chatdesk_core::{EntryId, KeyScheme, StreamsConfig};
+use chatdesk_core::{EntryId, Envelope, KeyScheme, StreamsConfig};
 use fred::prelude::*;
 use fred::types::streams::XID;
 
-use crate::entry::NewEntry;
 use crate::metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,9 +55,19 @@ impl Producer {
         Ok((stream.name.clone(), stream.partitions))
     }
 
+    /// Appends a conversation event to its tenant's partition of the events stream.
+    pub async fn append_event(&self, entry: &Envelope) -> Result<Appended, ProduceError> {
+        self.append(EVENTS_STREAM, entry).await
+    }
+
+    /// Appends a delivery request to its tenant's partition of the send stream.
+    pub async fn append_send(&self, entry: &Envelope) -> Result<Appended, ProduceError> {
+        self.append(SEND_STREAM, entry).await
+    }
+
     /// Appends `entry` to its tenant's partition of `family` and returns the entry id once
     /// Redis acknowledged the XADD.
-    pub async fn append(&self, family: &str, entry: &NewEntry) -> Result<Appended, ProduceError> {
+    pub async fn append(&self, family: &str, entry: &Envelope) -> Result<Appended, ProduceError> {
         let (_, partitions) = self.partitions(family)?;
         self.append_to_partition(family, partition_for_tenant(&entry.tenant, partitions), entry).await
     }
@@ -68,7 +78,7 @@ impl Producer {
         &self,
         family: &str,
         partition: u16,
-        entry: &NewEntry,
+        entry: &Envelope,
     ) -> Result<Appended, ProduceError> {
         let (name, partitions) = self.partitions(family)?;
         if partition >= partitions {
@@ -78,7 +88,7 @@ impl Producer {
         let started = Instant::now();
         let id: String = self
             .client
-            .xadd(&key, false, None::<()>, XID::Auto, entry.fields())
+            .xadd(&key, false, None::<()>, XID::Auto, entry.encode())
             .await
             .map_err(|source| ProduceError::Redis { key: key.clone(), source })?;
         let labels = [("stream", name.to_string())];

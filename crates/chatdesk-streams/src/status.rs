@@ -70,11 +70,12 @@ pub async fn monitor_group(
     keys: KeyScheme,
     stream: StreamSettings,
     group: GroupName,
-    partitions: Vec<u16>,
+    partitions: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<u16>>>,
     cancel: CancellationToken,
 ) {
     loop {
-        for &partition in &partitions {
+        let read: Vec<u16> = partitions.lock().expect("partition set lock").iter().copied().collect();
+        for partition in read {
             match partition_status(&client, &keys, &stream, partition).await {
                 Ok(statuses) => {
                     for status in statuses.into_iter().filter(|status| status.group == group.as_str()) {

@@ -3,7 +3,7 @@
 //! batch waits ([`Unavailable`]) and nothing is dead-lettered; if the batch fails because of one
 //! bad event, each event is retried alone so only the bad one is dead-lettered.
 
-use chatdesk_core::events::Event;
+use chatdesk_core::GroupName;
 use chatdesk_store::writer::{StoredEvent, apply_events};
 use chatdesk_streams::{Batch, Handler, HandlerError, Outcomes, Unavailable};
 
@@ -41,27 +41,21 @@ fn unavailable(error: &chatdesk_store::StoreError) -> HandlerError {
 }
 
 impl Handler for Writer {
+    fn group(&self) -> GroupName {
+        GroupName::parse(GROUP).expect("a valid group name")
+    }
+
     async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
         let mut outcomes = Outcomes::all_done();
         let mut events = Vec::with_capacity(batch.entries.len());
         for entry in &batch.entries {
-            match Event::from_payload(&entry.payload) {
-                Ok(event) if event.event_type() != entry.event_type => {
-                    outcomes.reject(
-                        entry.id,
-                        format!(
-                            "entry type {:?} does not match its payload's type {:?}",
-                            entry.event_type,
-                            event.event_type()
-                        ),
-                    );
-                }
+            match entry.envelope.event() {
                 Ok(event) => events.push(StoredEvent {
-                    event_id: entry.event_id.0,
-                    tenant_id: entry.tenant.0,
+                    event_id: entry.envelope.event_id.0,
+                    tenant_id: entry.envelope.tenant.0,
                     partition: entry.partition,
                     offset: entry.id,
-                    occurred_at_ms: entry.time_ms,
+                    occurred_at_ms: entry.envelope.time_ms,
                     event,
                 }),
                 Err(error) => {

@@ -143,7 +143,7 @@ pub async fn run(command: AdminCommand, data_dir: &Path) -> anyhow::Result<serde
             Ok(json!({
                 "inbox_id": inbox.id,
                 "tenant_id": tenant,
-                "kind": inbox.kind,
+                "kind": inbox.kind.as_str(),
                 "webhook_path": kind(kind_arg).webhook_path(inbox.id),
                 "secret": secret,
             }))

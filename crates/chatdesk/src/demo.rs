@@ -60,7 +60,7 @@ pub async fn seed(db: &chatdesk_store::Pool) -> anyhow::Result<Demo> {
     };
     let inboxes = directory::inboxes_of(db, tenant).await?;
     let find_or_create = async |kind: InboxKind, name: &str| -> anyhow::Result<InboxRecord> {
-        if let Some(inbox) = inboxes.iter().find(|inbox| inbox.kind == kind.as_str() && inbox.name == name) {
+        if let Some(inbox) = inboxes.iter().find(|inbox| inbox.kind == kind && inbox.name == name) {
             return Ok(inbox.clone());
         }
         Ok(directory::create_inbox(db, tenant, kind, name, &generate_webhook_secret(), None, &serde_json::json!({}))

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chatdesk_api::AppState;
-use chatdesk_core::GroupName;
-use chatdesk_gateway::Gateway;
-use chatdesk_streams::ingest::Ingest;
-use chatdesk_streams::{Consumer, Producer};
+use chatdesk_core::config::EVENTS_STREAM;
+use chatdesk_gateway::{Gateway, GatewayOptions};
+use chatdesk_streams::Consumer;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -61,7 +60,7 @@ fn remove_gone_gateways(
 ) -> impl std::future::Future<Output = ()> + Send + use<> {
     let (redis, keys, streams) = (runtime.redis.clone(), runtime.keys.clone(), runtime.streams.clone());
     async move {
-        let Some(events) = streams.stream("events") else { return };
+        let Some(events) = streams.stream(EVENTS_STREAM) else { return };
         loop {
             let removed = chatdesk_streams::retention::remove_idle_groups(
                 &redis,
@@ -110,48 +109,47 @@ pub fn cancel_on_signals(cancel: CancellationToken) {
 
 /// Runs the HTTP server and `roles` until `cancel` fires or one of them exits.
 pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -> anyhow::Result<()> {
-    let state = AppState {
-        redis: runtime.redis.clone(),
-        db: runtime.db.clone(),
-        metrics: runtime.metrics.clone(),
-        auth: runtime.token_key.clone(),
-        producer: Producer::new(runtime.redis.clone(), runtime.keys.clone(), runtime.streams.clone()),
-        ingest: Ingest::new(runtime.redis.clone(), runtime.keys.clone(), runtime.streams.clone()),
-        ingress: runtime.ingress.clone(),
-        keys: runtime.keys.clone(),
-    };
+    let state = AppState::new(
+        runtime.redis.clone(),
+        runtime.db.clone(),
+        runtime.metrics.clone(),
+        runtime.token_key.clone(),
+        runtime.keys.clone(),
+        runtime.streams.clone(),
+        runtime.ingress.clone(),
+    );
     // Every process serves health, readiness and metrics; roles add their routes.
     let mut router = chatdesk_api::ops_router(state.clone());
     let mut consumers: Vec<(&'static str, ConsumerTask)> = Vec::new();
     for role in roles {
         match role {
-            Role::Ingress => router = router.merge(chatdesk_api::api_router(state.clone())),
+            Role::Ingress => {
+                router = router.merge(chatdesk_api::api_router(state.clone()));
+                let changes = state.inboxes.clone().listen(runtime.connector.clone(), cancel.clone());
+                consumers.push(("inbox-changes", Box::pin(async move { changes.await.map_err(Into::into) })));
+            }
             Role::Writer => {
-                let stream = runtime.streams.stream("events").context("streams.toml declares no `events` stream")?;
+                let stream =
+                    runtime.streams.stream(EVENTS_STREAM).context("streams.toml declares no `events` stream")?;
                 let writer = Consumer::new(
-                    runtime.connector.clone(),
-                    runtime.keys.clone(),
-                    stream,
-                    chatdesk_workers::writer::GROUP,
-                    GroupName::parse(chatdesk_workers::writer::GROUP).expect("a valid group name"),
-                    runtime.node_id.clone(),
+                    runtime.consumer_options(stream),
                     chatdesk_workers::writer::Writer::new(runtime.db.clone()),
                 )?;
                 let cancel = cancel.clone();
                 consumers.push(("writer", Box::pin(async move { writer.run(cancel).await.map_err(Into::into) })));
             }
             Role::Gateway => {
-                let gateway = Gateway::new(
-                    runtime.connector.clone(),
-                    runtime.redis.clone(),
-                    runtime.db.clone(),
-                    runtime.keys.clone(),
-                    runtime.streams.clone(),
-                    runtime.token_key.clone(),
-                    runtime.node_id.clone(),
-                    runtime.gateway.clone(),
-                    cancel.clone(),
-                )?;
+                let options = GatewayOptions {
+                    connector: runtime.connector.clone(),
+                    redis: runtime.redis.clone(),
+                    db: runtime.db.clone(),
+                    keys: runtime.keys.clone(),
+                    streams: runtime.streams.clone(),
+                    tokens: runtime.token_key.clone(),
+                    node: runtime.node_id.clone(),
+                    settings: runtime.gateway.clone(),
+                };
+                let gateway = Gateway::new(options, cancel.clone())?;
                 router = router.merge(gateway.router());
                 let cleanup = remove_gone_gateways(runtime, gateway.group().to_string(), cancel.clone());
                 consumers.push((
@@ -179,15 +177,7 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                     runtime.node_id.clone(),
                     runtime.sender.clone(),
                 )?;
-                let admission = Consumer::new(
-                    runtime.connector.clone(),
-                    runtime.keys.clone(),
-                    stream,
-                    chatdesk_sender::GROUP,
-                    GroupName::parse(chatdesk_sender::GROUP).expect("a valid group name"),
-                    runtime.node_id.clone(),
-                    sender.admission(),
-                )?;
+                let admission = Consumer::new(runtime.consumer_options(stream), sender.admission())?;
                 let admission_cancel = cancel.clone();
                 consumers.push((
                     "sender-admission",

@@ -222,6 +222,11 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// A consumer of every partition of `stream`, named after this node.
+    pub fn consumer_options(&self, stream: &chatdesk_core::StreamSettings) -> chatdesk_streams::ConsumerOptions {
+        chatdesk_streams::ConsumerOptions::new(self.connector.clone(), self.keys.clone(), stream, self.node_id.clone())
+    }
+
     /// Connects to Redis and PostgreSQL, applies migrations and creates the durable consumer
     /// groups (so entries appended before a consumer first starts are kept for it).
     pub async fn connect(

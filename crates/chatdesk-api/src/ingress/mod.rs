@@ -2,15 +2,15 @@
 //! plus the web widget.
 //!
 //! Every request goes through the same steps, and a rejected request appends nothing:
-//! 1. the inbox exists and is of the route's kind (else 404);
-//! 2. the per-inbox rate limit (shared by every process, in Redis) has room (else 429 with
-//!    `Retry-After`);
-//! 3. the body is JSON (415), within the size limit (413), and its signature or secret is valid
+//! 1. the inbox exists and is of the route's kind (else 404), from the process's inbox cache
+//!    (`chatdesk_conversations::inboxes`: no PostgreSQL query);
+//! 2. the body is JSON (415), within the size limit (413), and its signature or secret is valid
 //!    (401), checked on the raw bytes before parsing;
-//! 4. the body parses into messages (400 with the JSON position, 422 naming the missing field);
-//! 5. each message is appended exactly once ([`chatdesk_streams::ingest`]): its contact and open
-//!    conversation are created with the first message, and a provider message id seen in the
-//!    last 7 days is answered 200 without appending again.
+//! 3. the body parses into messages (400 with the JSON position, 422 naming the missing field);
+//! 4. each message goes through one Redis script (`chatdesk_conversations::directory`): the
+//!    per-inbox rate limit shared by every process (else 429 with `Retry-After`), the duplicate
+//!    check (a provider message id seen in the last 7 days is answered 200 without appending
+//!    again), the contact and open conversation found or created, the message appended.
 //!
 //! The answer is 2xx only after Redis acknowledged every append.
 
@@ -27,12 +27,10 @@ use axum::body::Bytes;
 use axum::extract::FromRequest;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chatdesk_core::events::{Actor, ContactCreated, ConversationCreated, Direction, Event, MessageCreated, SenderKind};
-use chatdesk_core::{EventId, TenantId};
+use chatdesk_conversations::directory::{InboundMessage, IngestRequest, Introduction};
+use chatdesk_conversations::{DirectoryError, Ingested};
+use chatdesk_core::TenantId;
 use chatdesk_store::directory::{InboxKind, InboxRecord};
-use chatdesk_streams::NewEntry;
-use chatdesk_streams::ingest::{Appended, CONTACT_ID_PLACEHOLDER, ConversationRef, Introduction};
-use fred::prelude::*;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -40,8 +38,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::error::ApiError;
 
-/// How long a provider's message id is remembered: providers retry for up to 7 days.
-pub const DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+pub use chatdesk_conversations::directory::DEDUPE_WINDOW;
 
 pub const REQUESTS_TOTAL: &str = "chatdesk_ingress_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "chatdesk_ingress_request_duration_seconds";
@@ -127,136 +124,81 @@ impl<S: Send + Sync> FromRequest<S> for RawJsonBody {
     }
 }
 
-/// The inbox of a webhook route, or 404 when there is none of that kind.
+/// The inbox of a webhook route (from the process's inbox cache), or 404 when there is none of
+/// that kind.
 pub async fn inbox_of_kind(state: &AppState, inbox: Uuid, kind: InboxKind) -> Result<InboxRecord, ApiError> {
-    let found = chatdesk_store::directory::inbox_by_id(&state.db, inbox).await.map_err(ApiError::store)?;
-    match found {
-        Some(record) if record.kind == kind.as_str() => Ok(record),
+    match state.inboxes.get(inbox).await.map_err(ApiError::store)? {
+        Some(record) if record.kind == kind => Ok(record),
         _ => Err(ApiError::NotFound { message: format!("no {} inbox {inbox}", kind.as_str()) }),
     }
 }
 
-/// A fixed one-second window per inbox, counted in Redis so every process shares it.
-pub async fn check_rate(state: &AppState, inbox: Uuid) -> Result<(), ApiError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs())
-        .unwrap_or(0);
-    let key = format!("{}:ingress-rate:{inbox}:{now}", state.keys.prefix());
-    let count: u64 = state.redis.incr(&key).await.map_err(|_| ApiError::Unavailable { dependency: "Redis" })?;
-    if count == 1 {
-        let _: Result<bool, _> = state.redis.expire(&key, 2, None).await;
+pub fn directory_error(error: DirectoryError) -> ApiError {
+    tracing::warn!(error = %error, "ingest failed");
+    ApiError::Unavailable { dependency: "Redis" }
+}
+
+fn rate_limited(state: &AppState, inbox: Uuid) -> ApiError {
+    ApiError::TooManyRequests {
+        message: format!("inbox {inbox} is limited to {} requests per second", state.ingress.rate_per_inbox),
+        retry_after_seconds: 1,
     }
-    if count > u64::from(state.ingress.rate_per_inbox) {
-        return Err(ApiError::TooManyRequests {
-            message: format!("inbox {inbox} is limited to {} requests per second", state.ingress.rate_per_inbox),
-            retry_after_seconds: 1,
-        });
-    }
-    Ok(())
 }
 
-/// The events that introduce a sender the first time it writes (appended only if it is new).
-pub fn introduction(
-    inbox: &InboxRecord,
-    external_id: &str,
-    name: Option<String>,
-    email: Option<String>,
-) -> Result<Introduction, ApiError> {
-    let tenant = TenantId(inbox.tenant_id);
-    let (contact_id, conversation_id) = (Uuid::now_v7(), Uuid::now_v7());
-    let internal = |error: serde_json::Error| ApiError::Internal(Box::new(error));
-    let contact_created = Event::ContactCreated(ContactCreated {
-        contact_id,
-        inbox_id: inbox.id,
-        external_id: external_id.to_owned(),
-        name,
-        email,
-    });
-    let mut conversation_payload = Event::ConversationCreated(ConversationCreated {
-        conversation_id,
-        inbox_id: inbox.id,
-        contact_id: Uuid::nil(),
-    })
-    .to_payload();
-    conversation_payload["contact_id"] = serde_json::Value::from(CONTACT_ID_PLACEHOLDER);
-    Ok(Introduction {
-        contact_id,
-        conversation_id,
-        contact_created: NewEntry::new(contact_created.event_type(), tenant, &contact_created.to_payload())
-            .map_err(internal)?,
-        conversation_created: NewEntry::new("conversation.created", tenant, &conversation_payload)
-            .map_err(internal)?
-            .with_conversation(conversation_id),
-    })
-}
-
-/// Finds or creates the sender's contact and open conversation.
-pub async fn resolve(
-    state: &AppState,
-    inbox: &InboxRecord,
-    external_id: &str,
-    name: Option<String>,
-    email: Option<String>,
-    standby: Option<Duration>,
-) -> Result<ConversationRef, ApiError> {
-    let introduction = introduction(inbox, external_id, name, email)?;
-    state
-        .ingest
-        .resolve_conversation(&TenantId(inbox.tenant_id), inbox.id, external_id, &introduction, standby)
-        .await
-        .map_err(ApiError::append)
-}
-
-/// Appends one inbound message exactly once, creating its contact and conversation with it.
-/// Returns the conversation, the message's event id and whether it was new.
+/// Runs the directory's one script for `message` (or, without one, only finds or creates the
+/// sender's conversation), counting the request against the inbox's rate limit when `counted`.
 pub async fn ingest(
     state: &AppState,
     inbox: &InboxRecord,
-    message: &Inbound,
+    sender: &Introduction,
+    message: Option<&InboundMessage>,
     standby: Option<Duration>,
-) -> Result<(ConversationRef, EventId, Appended), ApiError> {
-    let resolved =
-        resolve(state, inbox, &message.external_id, message.name.clone(), message.email.clone(), standby).await?;
-    let event = Event::MessageCreated(MessageCreated {
-        conversation_id: resolved.conversation_id,
-        inbox_id: inbox.id,
-        contact_id: resolved.contact_id,
-        direction: Direction::Inbound,
-        sender: Actor { kind: SenderKind::Customer, id: Some(resolved.contact_id) },
-        text: message.text.clone(),
-        extra: message.extra.clone(),
-        provider_message_id: Some(message.provider_message_id.clone()),
-        client_msg_id: None,
-        sent_at_ms: message.sent_at_ms,
-    });
-    let event_id = EventId::new();
-    let entry = NewEntry::new(event.event_type(), TenantId(inbox.tenant_id), &event.to_payload())
-        .map_err(|error| ApiError::Internal(Box::new(error)))?
-        .with_conversation(resolved.conversation_id)
-        .with_event_id(event_id);
-    let dedupe_id = format!("{}:{}", inbox.id, message.provider_message_id);
-    let appended = state.ingest.append_once(&entry, &dedupe_id, DEDUPE_WINDOW).await.map_err(ApiError::append)?;
-    Ok((resolved, event_id, appended))
+    counted: bool,
+) -> Result<Ingested, ApiError> {
+    let request = IngestRequest {
+        tenant: TenantId(inbox.tenant_id),
+        sender,
+        message,
+        standby,
+        rate_per_second: counted.then_some(state.ingress.rate_per_inbox),
+    };
+    match state.directory.ingest(&request).await.map_err(directory_error)? {
+        Ingested::RateLimited => Err(rate_limited(state, inbox.id)),
+        ingested => Ok(ingested),
+    }
 }
 
-/// Ingests every message of one webhook; answers with what was done.
+/// Ingests every message of one webhook (the first one counted against the inbox's rate limit);
+/// answers with what was done.
 pub async fn ingest_all(state: &AppState, inbox: &InboxRecord, messages: &[Inbound]) -> Result<Received, ApiError> {
     let mut received = Received::default();
-    for message in messages {
-        match ingest(state, inbox, message, None).await?.2 {
-            Appended::New(_) => received.accepted += 1,
-            Appended::Duplicate(_) => {
+    for (index, message) in messages.iter().enumerate() {
+        let sender = Introduction {
+            inbox: inbox.id,
+            external_id: message.external_id.clone(),
+            name: message.name.clone(),
+            email: message.email.clone(),
+        };
+        let inbound = InboundMessage {
+            provider_message_id: message.provider_message_id.clone(),
+            text: message.text.clone(),
+            extra: message.extra.clone(),
+            sent_at_ms: message.sent_at_ms,
+        };
+        match ingest(state, inbox, &sender, Some(&inbound), None, index == 0).await? {
+            Ingested::Duplicate { .. } => {
                 received.duplicates += 1;
-                ::metrics::counter!(DUPLICATES_TOTAL, "kind" => inbox.kind.clone()).increment(1);
+                ::metrics::counter!(DUPLICATES_TOTAL, "kind" => inbox.kind.as_str()).increment(1);
             }
+            _ => received.accepted += 1,
         }
     }
     Ok(received)
 }
 
-/// The steps every webhook shares: the inbox of this kind (404), its rate limit (429), the
-/// caller's proof (401), then `receive` (parse and append); outcome and latency are recorded.
+/// The steps every webhook shares: the inbox of this kind (404, from the cache), the caller's
+/// proof (401), then `receive` (parse, then one script that counts the inbox's rate limit (429)
+/// and appends); outcome and latency are recorded.
 pub async fn webhook<Authenticate, Receive, Fut>(
     state: &AppState,
     kind: InboxKind,
@@ -272,7 +214,6 @@ where
     let started = Instant::now();
     let result = async {
         let inbox = inbox_of_kind(state, inbox_id, kind).await?;
-        check_rate(state, inbox.id).await?;
         authenticate(&inbox)?;
         ok(receive(inbox).await?)
     }

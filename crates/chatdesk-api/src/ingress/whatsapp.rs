@@ -13,11 +13,11 @@ use std::collections::HashMap;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use chatdesk_conversations::directory::Once;
+use chatdesk_core::Envelope;
+use chatdesk_core::TenantId;
 use chatdesk_core::events::{Event, MessageStatus, MessageStatusChanged};
-use chatdesk_core::{EventId, TenantId};
 use chatdesk_store::directory::{InboxKind, InboxRecord};
-use chatdesk_streams::NewEntry;
-use chatdesk_streams::ingest::Appended;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -225,13 +225,10 @@ async fn append_statuses(state: &AppState, inbox: &InboxRecord, statuses: &[Stat
             provider_message_id: Some(update.wamid.clone()),
             attempts: None,
         });
-        let entry = NewEntry::new(event.event_type(), TenantId(inbox.tenant_id), &event.to_payload())
-            .map_err(|error| ApiError::Internal(Box::new(error)))?
-            .with_conversation(conversation_id)
-            .with_event_id(EventId::new());
+        let entry = Envelope::of(TenantId(inbox.tenant_id), &event);
         let dedupe_id = format!("{}:status:{}:{}", inbox.id, update.wamid, update.status.as_str());
-        if let Appended::New(_) =
-            state.ingest.append_once(&entry, &dedupe_id, DEDUPE_WINDOW).await.map_err(ApiError::append)?
+        if let Once::New(_) =
+            state.directory.append_once(&entry, &dedupe_id, DEDUPE_WINDOW).await.map_err(super::directory_error)?
         {
             appended += 1;
         }

@@ -10,13 +10,16 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chatdesk_conversations::Ingested;
+use chatdesk_conversations::directory::{InboundMessage, Introduction};
 use chatdesk_store::directory::InboxKind;
-use chatdesk_streams::ingest::Appended;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Inbound, check_rate, inbox_of_kind, ingest, observe, resolve};
+use super::{inbox_of_kind, ingest, observe};
+use chatdesk_conversations::text;
+
 use crate::AppState;
 use crate::auth::{TOKEN_TTL, issue_visitor_token, verify_visitor_token};
 use crate::error::ApiError;
@@ -62,25 +65,21 @@ pub async fn start_session(
     let started = Instant::now();
     let result = async {
         let inbox = inbox_of_kind(&state, inbox_id, InboxKind::Web).await?;
-        check_rate(&state, inbox.id).await?;
         let email = request.email.trim().to_lowercase();
         if !chatdesk_core::auth::is_email(&email) {
             return Err(ApiError::invalid_field("email", "is not an e-mail address"));
         }
         let name = request.name.map(|name| name.trim().to_owned()).filter(|name| !name.is_empty());
-        let resolved =
-            resolve(&state, &inbox, &email, name, Some(email.clone()), Some(state.ingress.widget_standby)).await?;
-        let (token, expires_at) = issue_visitor_token(
-            &state.auth,
-            inbox.tenant_id,
-            inbox.id,
-            resolved.contact_id,
-            resolved.conversation_id,
-            &email,
-            TOKEN_TTL,
-        );
-        let session =
-            Session { token, conversation_id: resolved.conversation_id, contact_id: resolved.contact_id, expires_at };
+        let sender = Introduction { inbox: inbox.id, external_id: email.clone(), name, email: Some(email.clone()) };
+        let standby = Some(state.ingress.widget_standby);
+        let Ingested::Resolved { contact_id, conversation_id } =
+            ingest(&state, &inbox, &sender, None, standby, true).await?
+        else {
+            return Err(ApiError::Internal("the directory did not resolve a conversation".into()));
+        };
+        let (token, expires_at) =
+            issue_visitor_token(&state.auth, inbox.tenant_id, inbox.id, contact_id, conversation_id, &email, TOKEN_TTL);
+        let session = Session { token, conversation_id, contact_id, expires_at };
         Ok((StatusCode::CREATED, Json(session)).into_response())
     }
     .await;
@@ -131,38 +130,43 @@ pub async fn post_message(
     let started = Instant::now();
     let result = async {
         let (visitor, inbox) = visitor_of(&state, inbox_id, &headers).await?;
-        check_rate(&state, inbox.id).await?;
-        let text = request.text.trim().to_owned();
-        if text.is_empty() || text.chars().count() > 4096 {
-            return Err(ApiError::invalid_field("text", "must be 1 to 4096 characters"));
-        }
+        let text =
+            text::message_text(&request.text).map_err(|error| ApiError::invalid_field("text", error.to_string()))?;
         let client_msg_id = match request.client_msg_id {
-            Some(id) if id.is_empty() || id.len() > 128 => {
-                return Err(ApiError::invalid_field("client_msg_id", "must be 1 to 128 characters"));
-            }
-            Some(id) => id,
+            Some(id) => text::client_msg_id(&id)
+                .map_err(|error| ApiError::invalid_field("client_msg_id", error.to_string()))?
+                .to_owned(),
             None => Uuid::now_v7().to_string(),
         };
-        let message = Inbound {
-            provider_message_id: format!("widget:{}:{client_msg_id}", visitor.contact),
+        let sender = Introduction {
+            inbox: inbox.id,
             external_id: visitor.email.clone(),
             name: None,
             email: Some(visitor.email.clone()),
+        };
+        let message = InboundMessage {
+            provider_message_id: format!("widget:{}:{client_msg_id}", visitor.contact),
             text,
             extra: None,
             sent_at_ms: None,
         };
-        let (resolved, event_id, appended) =
-            ingest(&state, &inbox, &message, Some(state.ingress.widget_standby)).await?;
-        let (offset, duplicate) = match appended {
-            Appended::New(offset) => (offset, false),
-            Appended::Duplicate(offset) => (offset, true),
-        };
-        let accepted = VisitorAccepted {
-            event_id: (!duplicate).then_some(event_id.0),
-            offset: offset.to_string(),
-            conversation_id: resolved.conversation_id,
-            duplicate,
+        let standby = Some(state.ingress.widget_standby);
+        let accepted = match ingest(&state, &inbox, &sender, Some(&message), standby, true).await? {
+            Ingested::Appended { conversation_id, event_id, offset, .. } => VisitorAccepted {
+                event_id: Some(event_id.0),
+                offset: offset.to_string(),
+                conversation_id,
+                duplicate: false,
+            },
+            Ingested::Duplicate { conversation_id, offset } => VisitorAccepted {
+                event_id: None,
+                offset: offset.to_string(),
+                conversation_id: conversation_id.unwrap_or(visitor.conversation),
+                duplicate: true,
+            },
+            Ingested::Resolved { .. } | Ingested::RateLimited => {
+                return Err(ApiError::Internal("the directory did not append the message".into()));
+            }
         };
         Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
     }
@@ -250,7 +254,7 @@ pub async fn history(
     .map_err(ApiError::store)?;
     let newest = rows.first().map(|row| row.stream_offset.clone());
     let resume_from = newest
-        .unwrap_or_else(|| format!("{}-0", chatdesk_streams::entry::now_ms().saturating_sub(EMPTY_HISTORY_MARGIN_MS)));
+        .unwrap_or_else(|| format!("{}-0", chatdesk_core::envelope::now_ms().saturating_sub(EMPTY_HISTORY_MARGIN_MS)));
     let items = rows
         .into_iter()
         .rev()

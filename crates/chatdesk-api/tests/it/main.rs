@@ -27,16 +27,15 @@ async fn readiness_follows_redis_and_errors_are_json() {
     let streams = std::sync::Arc::new(
         chatdesk_core::StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap(),
     );
-    let state = AppState {
-        redis: redis_client.clone(),
-        db: chatdesk_store::connect(postgres.url(), 2).await.unwrap(),
-        metrics: PrometheusBuilder::new().build_recorder().handle(),
-        auth: chatdesk_api::auth::TokenKey::new(&[1u8; 32]).unwrap(),
-        producer: chatdesk_streams::Producer::new(redis_client.clone(), keys.clone(), streams.clone()),
-        ingest: chatdesk_streams::ingest::Ingest::new(redis_client, keys.clone(), streams),
-        ingress: chatdesk_api::ingress::IngressSettings::default(),
+    let state = AppState::new(
+        redis_client,
+        chatdesk_store::connect(postgres.url(), 2).await.unwrap(),
+        PrometheusBuilder::new().build_recorder().handle(),
+        chatdesk_api::auth::TokenKey::new(&[1u8; 32]).unwrap(),
         keys,
-    };
+        streams,
+        chatdesk_api::ingress::IngressSettings::default(),
+    );
     let (address, cancel) = serve(state).await;
 
     let (status, body) = http_get(address, "/readyz").await.unwrap();

@@ -7,7 +7,7 @@ pub mod whatsapp;
 
 use std::time::Duration;
 
-use chatdesk_store::directory::InboxRecord;
+use chatdesk_store::directory::{InboxKind, InboxRecord};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use time::OffsetDateTime;
@@ -77,14 +77,8 @@ pub struct Providers {
 }
 
 /// The provider a kind of inbox sends through, for metric labels.
-pub fn provider_name(kind: &str) -> &'static str {
-    match kind {
-        "whatsapp" => "whatsapp",
-        "telegram" => "telegram",
-        "generic" => "generic",
-        "web" => "web",
-        _ => "unknown",
-    }
+pub fn provider_name(kind: InboxKind) -> &'static str {
+    kind.as_str()
 }
 
 impl Providers {
@@ -95,25 +89,26 @@ impl Providers {
     /// The rate-limit buckets a message to `to` through `inbox` must fit into, broadest first.
     pub fn buckets(inbox: &InboxRecord, to: &str) -> Vec<Bucket> {
         let account = inbox.id.to_string();
-        match inbox.kind.as_str() {
-            "whatsapp" => vec![
+        match inbox.kind {
+            InboxKind::Whatsapp => vec![
                 Bucket::new(BucketKind::WhatsappAccount, account.clone()),
                 Bucket::new(BucketKind::WhatsappRecipient, format!("{account}:{to}")),
             ],
-            "telegram" => vec![Bucket::new(BucketKind::TelegramBot, account.clone()), telegram::chat_bucket(inbox, to)],
-            "generic" => vec![Bucket::new(BucketKind::GenericAccount, account)],
-            _ => Vec::new(),
+            InboxKind::Telegram => {
+                vec![Bucket::new(BucketKind::TelegramBot, account.clone()), telegram::chat_bucket(inbox, to)]
+            }
+            InboxKind::Generic => vec![Bucket::new(BucketKind::GenericAccount, account)],
+            InboxKind::Web => Vec::new(),
         }
     }
 
     pub async fn send(&self, outbound: &Outbound<'_>) -> Delivery {
-        match outbound.inbox.kind.as_str() {
-            "whatsapp" => whatsapp::send(&self.http, &self.endpoints, outbound).await,
-            "telegram" => telegram::send(&self.http, &self.endpoints, outbound).await,
-            "generic" => generic::send(&self.http, outbound).await,
+        match outbound.inbox.kind {
+            InboxKind::Whatsapp => whatsapp::send(&self.http, &self.endpoints, outbound).await,
+            InboxKind::Telegram => telegram::send(&self.http, &self.endpoints, outbound).await,
+            InboxKind::Generic => generic::send(&self.http, outbound).await,
             // The web widget's visitor reads replies from the gateway: nothing to call.
-            "web" => Delivery::Sent { provider_message_id: None },
-            other => Delivery::Permanent { reason: format!("inbox kind {other:?} cannot send") },
+            InboxKind::Web => Delivery::Sent { provider_message_id: None },
         }
     }
 }
@@ -193,12 +188,9 @@ pub fn excerpt(body: &str) -> String {
 
 /// A credential from the inbox's provider settings.
 pub fn credential<'a>(inbox: &'a InboxRecord, name: &str) -> Result<&'a str, Delivery> {
-    inbox
-        .provider_config
-        .get(name)
-        .and_then(|value| value.as_str())
-        .filter(|value| !value.is_empty())
-        .ok_or_else(|| Delivery::Permanent { reason: format!("the {} inbox has no {name} configured", inbox.kind) })
+    inbox.provider_config.get(name).and_then(|value| value.as_str()).filter(|value| !value.is_empty()).ok_or_else(
+        || Delivery::Permanent { reason: format!("the {} inbox has no {name} configured", inbox.kind.as_str()) },
+    )
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ mod tests {
         let inbox = InboxRecord {
             id: uuid::Uuid::nil(),
             tenant_id: uuid::Uuid::nil(),
-            kind: "telegram".into(),
+            kind: chatdesk_store::directory::InboxKind::Telegram,
             name: "bot".into(),
             webhook_secret: "secret".into(),
             outbound_url: None,

@@ -136,7 +136,7 @@ mod tests {
         let inbox = InboxRecord {
             id,
             tenant_id: id,
-            kind: "whatsapp".into(),
+            kind: chatdesk_store::directory::InboxKind::Whatsapp,
             name: "wa".into(),
             webhook_secret: "secret".into(),
             outbound_url: None,

@@ -28,7 +28,6 @@
 //! with `stream`, `group`, `partition` and `batch_len`.
 
 mod consumer;
-mod dead_letter;
 mod partition;
 
 use std::collections::HashMap;
@@ -36,9 +35,12 @@ use std::future::Future;
 
 use chatdesk_core::{EntryId, GroupName, StreamName};
 
-pub use consumer::{Consumer, ConsumerError, ensure_durable_groups, ensure_group};
+pub use consumer::{
+    Assignments, Consumer, ConsumerError, ConsumerOptions, Partitions, Start, ensure_durable_groups, ensure_group,
+    recreate_group,
+};
 
-use crate::entry::Entry;
+use chatdesk_core::Entry;
 
 /// Entries of one partition, in stream order.
 #[derive(Debug, Clone)]
@@ -114,5 +116,14 @@ pub struct Unavailable(pub String);
 /// - Returning `Err` (or panicking) retries the whole batch; returning [`Unavailable`] waits for
 ///   the dependency and tries the same batch again.
 pub trait Handler: Send + Sync + 'static {
+    /// The group this handler reads as (`writer`, `sender`, `gateway.<node>`, …).
+    fn group(&self) -> GroupName;
+
+    /// The `streams.toml` entry holding the group's settings: the group's own name, unless
+    /// several groups share one entry (every `gateway.<node>` group uses `gateway`).
+    fn settings_key(&self) -> String {
+        self.group().to_string()
+    }
+
     fn handle(&self, batch: &Batch) -> impl Future<Output = Result<Outcomes, HandlerError>> + Send;
 }

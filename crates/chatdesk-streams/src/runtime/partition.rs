@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatdesk_core::{EntryId, GroupName, GroupSettings, PartitionKeys};
+use chatdesk_core::{DeadLetter, EntryId, GroupName, GroupSettings, PartitionKeys};
 use fred::prelude::*;
 use fred::types::streams::XID;
 use futures::FutureExt;
@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::consumer::ensure_group;
-use super::dead_letter::{DeadLetter, dead_letter};
 use super::{Batch, Handler, Outcome, Unavailable};
-use crate::entry::{decode, value_text};
+use crate::dead_letter::dead_letter_pending;
+use crate::entry::{decode, now_ms, value_text};
 use crate::metrics;
 
 const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -329,12 +329,8 @@ impl<H: Handler> PartitionWorker<H> {
                 to_dead_letter.push((raw, error));
                 continue;
             }
-            let Ok(id) = raw.id.parse::<EntryId>() else {
-                to_dead_letter.push((raw, "entry id is not a valid stream id".to_owned()));
-                continue;
-            };
-            let field_map: HashMap<String, String> = raw.fields.iter().cloned().collect();
-            match decode(id, self.keys.partition, raw.delivery_count, &field_map) {
+            let fields = raw.fields.iter().map(|(field, value)| (field.as_str(), value.as_str()));
+            match decode(&raw.id, self.keys.partition, raw.delivery_count, fields) {
                 Ok(entry) => to_handle.push((raw, entry)),
                 Err(error) => to_dead_letter.push((raw, format!("cannot decode entry: {error}"))),
             }
@@ -412,9 +408,18 @@ impl<H: Handler> PartitionWorker<H> {
         let failed = retried + to_dead_letter.len() as u64;
         let dead_lettered = to_dead_letter.len() as u64;
         for (raw, error) in &to_dead_letter {
-            let letter =
-                DeadLetter { id: &raw.id, delivery_count: raw.delivery_count, error, original_fields: &raw.fields };
-            let moved = dead_letter(&self.shared, &self.keys, self.group.as_str(), &self.consumer, &letter).await?;
+            let letter = DeadLetter {
+                original_id: raw.id.clone(),
+                family: self.keys.family.to_string(),
+                partition: self.keys.partition,
+                group: self.group.to_string(),
+                consumer: self.consumer.clone(),
+                error: error.clone(),
+                deliveries: raw.delivery_count,
+                time_ms: now_ms(),
+                original: raw.fields.clone(),
+            };
+            let moved = dead_letter_pending(&self.shared, &self.keys, &letter).await?;
             if moved {
                 tracing::warn!(stream = %self.keys.family, group = %self.group, id = %raw.id, error = %error, "entry dead-lettered");
             }

@@ -15,6 +15,10 @@ struct Stuck {
 }
 
 impl Handler for Stuck {
+    fn group(&self) -> chatdesk_core::GroupName {
+        crate::support::group()
+    }
+
     async fn handle(&self, _batch: &Batch) -> Result<Outcomes, HandlerError> {
         self.took_batch.notify_one();
         std::future::pending::<()>().await;

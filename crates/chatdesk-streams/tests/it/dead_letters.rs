@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use chatdesk_core::DeadLetter;
 use chatdesk_streams::{Batch, Handler, HandlerError, Outcomes};
 use fred::prelude::*;
 use fred::types::streams::XID;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Record, Setup, entry, spawn};
+use crate::support::{Record, Setup, TestEvent, entry, spawn};
 
 /// Fails every entry whose payload says `"poison": true`.
 struct PoisonAware {
@@ -19,27 +20,31 @@ struct PoisonAware {
 }
 
 impl Handler for PoisonAware {
+    fn group(&self) -> chatdesk_core::GroupName {
+        crate::support::group()
+    }
+
     async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
         let mut outcomes = Outcomes::all_done();
         for entry in &batch.entries {
-            let payload: serde_json::Value = entry.payload_json()?;
-            if payload["poison"] == true {
+            let event: TestEvent = entry.envelope.record()?;
+            if event.poison {
                 self.poison_attempts.fetch_add(1, Ordering::SeqCst);
                 outcomes.retry(entry.id, "template 42 does not exist");
             } else {
-                self.record.add(entry.event_id, "consumer");
+                self.record.add(entry.envelope.event_id, "consumer");
             }
         }
         Ok(outcomes)
     }
 }
 
-type DeadLetters = Vec<(String, HashMap<String, String>)>;
-
-async fn dead_letters(setup: &Setup, partition: u16) -> DeadLetters {
+/// The partition's dead letters, read through the one dead-letter codec.
+async fn dead_letters(setup: &Setup, partition: u16) -> Vec<DeadLetter> {
     let stream = setup.config.stream("events").unwrap();
     let key = setup.keys.partition(&stream.name, partition).dead_letters;
-    setup.client.xrange(key, "-", "+", None).await.unwrap()
+    let raw: Vec<(String, HashMap<String, String>)> = setup.client.xrange(key, "-", "+", None).await.unwrap();
+    raw.into_iter().map(|(_, fields)| DeadLetter::decode(fields).unwrap()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,13 +82,14 @@ async fn a_poison_entry_is_dead_lettered_and_the_partition_keeps_flowing() {
 
     let letters = dead_letters(&setup, 2).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
-    let fields = &letters[0].1;
-    assert_eq!(fields["original_id"], poisoned_at.id.to_string());
-    assert_eq!(fields["group"], "workers");
-    assert_eq!(fields["delivery_count"], "3");
-    assert_eq!(fields["error"], "template 42 does not exist");
-    assert_eq!(fields["event_id"], poison.event_id.to_string());
-    assert_eq!(fields["payload"], poison.payload);
+    let letter = &letters[0];
+    assert_eq!(letter.original_id, poisoned_at.id.to_string());
+    assert_eq!((letter.family.as_str(), letter.partition), ("events", 2));
+    assert_eq!(letter.group, "workers");
+    assert_eq!(letter.deliveries, 3);
+    assert_eq!(letter.error, "template 42 does not exist");
+    assert!(letter.time_ms > 0);
+    assert_eq!(letter.original_envelope().unwrap(), poison, "the original entry, as it was");
     assert_eq!(poison_attempts.load(Ordering::SeqCst), 3, "max_deliveries is 3");
     assert!(behind.iter().all(|id| record.contains(id)));
 }
@@ -118,7 +124,7 @@ async fn an_undecodable_entry_is_dead_lettered_at_once() {
     consumer.await.unwrap();
     let letters = dead_letters(&setup, 0).await;
     assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].1["delivery_count"], "1");
-    assert!(letters[0].1["error"].starts_with("cannot decode entry"), "{:?}", letters[0].1);
-    assert_eq!(letters[0].1["tenant"], "not-a-uuid");
+    assert_eq!(letters[0].deliveries, 1);
+    assert!(letters[0].error.contains("tenant"), "{:?}", letters[0]);
+    assert!(letters[0].original.contains(&("tenant".to_owned(), "not-a-uuid".to_owned())), "{:?}", letters[0]);
 }

@@ -5,5 +5,6 @@ mod competing;
 mod dead_letters;
 mod redis_restart;
 mod retention;
+mod scripts;
 mod shutdown;
 mod support;

@@ -4,11 +4,9 @@ use std::collections::HashMap;
 
 use chatdesk_core::{EntryId, KeyScheme, StreamsConfig};
 use chatdesk_streams::retention::trim_partition;
-use chatdesk_streams::{NewEntry, Producer, RedisConnector, RedisSettings};
+use chatdesk_streams::{Producer, RedisConnector, RedisSettings};
 use fred::prelude::*;
 use fred::types::streams::XID;
-
-use crate::support::tenant;
 
 type Read = HashMap<String, Vec<(String, HashMap<String, String>)>>;
 
@@ -34,7 +32,7 @@ async fn append(
     let producer = Producer::new(client.clone(), keys.clone(), std::sync::Arc::new(config.clone()));
     let mut ids = Vec::new();
     for index in 0..count {
-        let entry = NewEntry::new("t", tenant(), &index).unwrap();
+        let entry = crate::support::entry(index as u64, false);
         ids.push(producer.append_to_partition("events", 0, &entry).await.unwrap().id.to_string());
     }
     ids

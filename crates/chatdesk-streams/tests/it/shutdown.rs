@@ -16,11 +16,15 @@ struct Slow {
 }
 
 impl Handler for Slow {
+    fn group(&self) -> chatdesk_core::GroupName {
+        crate::support::group()
+    }
+
     async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
         self.started.notify_one();
         tokio::time::sleep(Duration::from_millis(500)).await;
         for entry in &batch.entries {
-            self.record.add(entry.event_id, "slow");
+            self.record.add(entry.envelope.event_id, "slow");
         }
         Ok(Outcomes::all_done())
     }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use chatdesk_core::{EventId, GroupName, KeyScheme, StreamsConfig, TenantId};
 use chatdesk_streams::status::partition_status;
 use chatdesk_streams::{
-    Batch, Consumer, Handler, HandlerError, NewEntry, Outcomes, Producer, RedisConnector, RedisSettings,
+    Batch, Consumer, ConsumerOptions, Envelope, Handler, HandlerError, Outcomes, Producer, RedisConnector,
+    RedisSettings,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -45,16 +46,7 @@ impl Setup {
 
     pub fn consumer<H: Handler>(&self, name: &str, handler: H) -> Consumer<H> {
         let stream = self.config.stream("events").unwrap();
-        Consumer::new(
-            self.connector.clone(),
-            self.keys.clone(),
-            stream,
-            "workers",
-            GroupName::parse("workers").unwrap(),
-            name,
-            handler,
-        )
-        .unwrap()
+        Consumer::new(ConsumerOptions::new(self.connector.clone(), self.keys.clone(), stream, name), handler).unwrap()
     }
 
     /// Appends `count` entries round-robin over all partitions, `parallel` appenders at a time.
@@ -118,12 +110,42 @@ impl Setup {
     }
 }
 
+/// The group every test consumer reads as.
+pub fn group() -> GroupName {
+    GroupName::parse("workers").unwrap()
+}
+
 pub fn tenant() -> TenantId {
     TenantId(uuid::Uuid::from_u128(42))
 }
 
-pub fn entry(sequence: u64, poison: bool) -> NewEntry {
-    NewEntry::new("test.event", tenant(), &serde_json::json!({ "sequence": sequence, "poison": poison })).unwrap()
+/// The tests' own record: a sequence number, and whether handlers should fail it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TestEvent {
+    pub sequence: u64,
+    pub poison: bool,
+}
+
+impl chatdesk_core::Record for TestEvent {
+    fn record_type(&self) -> &'static str {
+        "test.event"
+    }
+
+    fn conversation(&self) -> Option<uuid::Uuid> {
+        None
+    }
+
+    fn to_payload(&self) -> String {
+        serde_json::to_string(self).unwrap()
+    }
+
+    fn from_payload(_: &str, payload: &str) -> Result<Self, chatdesk_core::envelope::PayloadError> {
+        Ok(serde_json::from_str(payload)?)
+    }
+}
+
+pub fn entry(sequence: u64, poison: bool) -> Envelope {
+    Envelope::of(tenant(), &TestEvent { sequence, poison })
 }
 
 /// How many times each event was handled to completion, and by which consumer.
@@ -167,11 +189,15 @@ pub struct Recording {
 }
 
 impl Handler for Recording {
+    fn group(&self) -> chatdesk_core::GroupName {
+        crate::support::group()
+    }
+
     async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
         // A little work per batch lets competing consumers interleave.
         tokio::time::sleep(Duration::from_millis(1)).await;
         for entry in &batch.entries {
-            self.record.add(entry.event_id, &self.name);
+            self.record.add(entry.envelope.event_id, &self.name);
         }
         Ok(Outcomes::all_done())
     }

@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chatdesk_core::Envelope;
 use chatdesk_core::events::{Actor, ContactCreated, ConversationCreated, Direction, Event, MessageCreated, SenderKind};
-use chatdesk_core::{GroupName, KeyScheme, StreamsConfig, TenantId};
+use chatdesk_core::{KeyScheme, StreamsConfig, TenantId};
 use chatdesk_store::directory::{InboxKind, create_inbox, create_tenant};
 use chatdesk_streams::status::partition_status;
-use chatdesk_streams::{Consumer, NewEntry, Producer, RedisClient, RedisConnector, RedisSettings};
+use chatdesk_streams::{Consumer, ConsumerOptions, Producer, RedisClient, RedisConnector, RedisSettings};
 use chatdesk_workers::writer::Writer;
 use fred::prelude::*;
 use tokio_util::sync::CancellationToken;
@@ -74,12 +75,7 @@ impl Deployment {
     pub fn writer(&self, name: &str) -> Consumer<Writer> {
         let stream = self.config.stream("events").unwrap();
         Consumer::new(
-            self.connector.clone(),
-            self.keys.clone(),
-            stream,
-            "writer",
-            GroupName::parse("writer").unwrap(),
-            name,
+            ConsumerOptions::new(self.connector.clone(), self.keys.clone(), stream, name),
             Writer::new(self.pool.clone()),
         )
         .unwrap()
@@ -104,10 +100,8 @@ impl Deployment {
                     let append = |event: Event| {
                         let producer = producer.clone();
                         async move {
-                            let entry = NewEntry::new(event.event_type(), TenantId(tenant), &event.to_payload())
-                                .unwrap()
-                                .with_conversation(conversation);
-                            producer.append("events", &entry).await.unwrap();
+                            let entry = Envelope::of(TenantId(tenant), &event);
+                            producer.append_event(&entry).await.unwrap();
                             entry.event_id.0
                         }
                     };

@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chatdesk_core::{KeyScheme, StreamsConfig, TenantId};
+use chatdesk_core::events::{ContactUpdated, Event};
+use chatdesk_core::{Envelope, KeyScheme, StreamsConfig, TenantId};
 use chatdesk_streams::{RedisConnector, RedisSettings};
 use fred::prelude::*;
 use futures::{SinkExt, StreamExt};
@@ -533,7 +534,8 @@ async fn a_client_that_stops_reading_is_closed_and_others_keep_up() {
     let mut fast = hello(http, &token).await;
     subscribe(&mut fast, json!({"op": "subscribe", "channel": "inbox"})).await;
 
-    // Large ephemeral-type entries on the stream: more than any socket buffer holds.
+    // Large entries on the stream (a contact update nobody stores: no such contact): more than
+    // any socket buffer holds.
     const EVENTS: usize = 3_000;
     let reader = tokio::spawn(async move {
         let mut offsets = Vec::with_capacity(EVENTS);
@@ -551,9 +553,12 @@ async fn a_client_that_stops_reading_is_closed_and_others_keep_up() {
     let producer = chatdesk_streams::Producer::new(redis_client, KeyScheme::new(&env.prefix).unwrap(), streams);
     let padding = "x".repeat(16 * 1024);
     for index in 0..EVENTS {
-        let payload = json!({"type": "typing", "v": 1, "conversation_id": uuid::Uuid::nil(), "who": {"kind": "system"}, "typing": true, "n": index, "padding": padding});
-        let entry = chatdesk_streams::NewEntry::new("typing", TenantId(tenant_id), &payload).unwrap();
-        producer.append("events", &entry).await.unwrap();
+        let event = Event::ContactUpdated(ContactUpdated {
+            contact_id: uuid::Uuid::from_u128(index as u128),
+            name: Some(padding.clone()),
+            email: None,
+        });
+        producer.append_event(&Envelope::of(TenantId(tenant_id), &event)).await.unwrap();
     }
     let offsets =
         tokio::time::timeout(Duration::from_secs(120), reader).await.expect("the fast client keeps up").unwrap();

@@ -2,11 +2,13 @@
 //! exactly as the providers send them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chatdesk_api::ingress::signature::sign;
+use chatdesk_core::Envelope;
 use chatdesk_core::events::{Event, MessageStatus, MessageStatusChanged};
 use chatdesk_core::{KeyScheme, StreamsConfig, TenantId};
-use chatdesk_streams::{NewEntry, Producer, RedisClient, RedisConnector, RedisSettings};
+use chatdesk_streams::{Producer, RedisClient, RedisConnector, RedisSettings};
 use chatdesk_testkit::{HttpResponse, http_request};
 use fred::prelude::*;
 use serde_json::{Value, json};
@@ -184,8 +186,7 @@ async fn channel_messages_land_once_in_the_right_conversation() {
         provider_message_id: Some("wamid.OUT-1".into()),
         attempts: Some(1),
     });
-    let entry = NewEntry::new(sent.event_type(), TenantId(tenant_id.parse().unwrap()), &sent.to_payload()).unwrap();
-    producer.append("events", &entry).await.unwrap();
+    producer.append_event(&Envelope::of(TenantId(tenant_id.parse().unwrap()), &sent)).await.unwrap();
     let status_of = |status: &'static str| {
         let api = &api;
         let path = format!("/v1/conversations/{whatsapp_id}/messages?limit=1");
@@ -282,5 +283,106 @@ async fn each_inbox_has_a_rate_limit() {
     for response in limited {
         assert_eq!(response.header("retry-after"), Some("1"));
         assert_eq!(response.json()["error"]["code"], "rate_limited");
+    }
+}
+
+/// Every command a Redis server receives from clients (not from its own scripts), as `MONITOR`
+/// shows them, until dropped.
+struct Monitor {
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Monitor {
+    async fn start(redis_url: &str) -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let address = redis_url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.write_all(b"MONITOR\r\n").await.unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut ok = String::new();
+        reader.read_line(&mut ok).await.unwrap();
+        assert_eq!(ok.trim(), "+OK");
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let collected = lines.clone();
+        let task = tokio::spawn(async move {
+            let mut line = String::new();
+            while reader.read_line(&mut line).await.unwrap_or(0) > 0 {
+                // `+<time> [<db> lua] "GET" …` comes from inside a script.
+                if !line.contains(" lua] ") {
+                    collected.lock().unwrap().push(line.trim().to_owned());
+                }
+                line.clear();
+            }
+        });
+        Self { lines, task }
+    }
+
+    fn commands(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A generic webhook costs one Redis round trip (one script: rate limit, duplicate check,
+/// contact and conversation, append) and no PostgreSQL query (the inbox comes from the cache):
+/// it is answered 200 while PostgreSQL is down, and Redis sees one command from the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_generic_webhook_is_one_redis_round_trip_and_no_postgres_query() {
+    let mut env = Env::private().await;
+    let tenant = env.tenant("owner@roundtrip.test", "owner-pass-1");
+    let inbox = admin(
+        &env,
+        &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "generic", "--name", "Hooks"],
+    );
+    let http: std::net::SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let _api = crate::support::serve_roles(&env, "ingress", http, &[]).await;
+
+    // The first webhook fills the inbox cache and loads the script.
+    let first = post_generic(http, &inbox, &generic_body("warm-1", "cust-1", "hello")).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+
+    env.postgres.server().expect("a private PostgreSQL").stop().await;
+    let monitor = Monitor::start(&env.redis_url).await;
+    let answer = post_generic(http, &inbox, &generic_body("m-2", "cust-2", "a new customer")).await;
+    assert_eq!(answer.status, 200, "answered with PostgreSQL stopped: {}", answer.body);
+    assert_eq!(answer.json()["accepted"], 1);
+    let again = post_generic(http, &inbox, &generic_body("m-2", "cust-2", "a new customer")).await;
+    assert_eq!(again.json()["duplicates"], 1, "the retry is found in the same script");
+    // MONITOR reports asynchronously: give it a moment to catch up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let commands = monitor.commands();
+    assert_eq!(commands.len(), 2, "one command per webhook: {commands:#?}");
+    assert!(commands.iter().all(|line| line.to_lowercase().contains(r#""evalsha""#)), "{commands:#?}");
+
+    // The new customer's contact, conversation and message were appended by that one script.
+    let redis = RedisConnector::new(RedisSettings::new(&env.redis_url)).unwrap().shared().await.unwrap();
+    let streams = StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap();
+    let events = streams.stream("events").unwrap();
+    let tenant_id = TenantId(tenant["tenant_id"].as_str().unwrap().parse().unwrap());
+    let partition = chatdesk_core::keys::partition_for_tenant(&tenant_id, events.partitions);
+    let key = KeyScheme::new(&env.prefix).unwrap().partition(&events.name, partition).stream;
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> =
+        redis.xrange(key, "-", "+", None).await.unwrap();
+    let types: Vec<&str> = entries.iter().map(|(_, fields)| fields["type"].as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "contact.created",
+            "conversation.created",
+            "message.created",
+            "contact.created",
+            "conversation.created",
+            "message.created"
+        ]
+    );
+    for (_, fields) in &entries {
+        let envelope = Envelope::decode(fields.iter().map(|(field, value)| (field.as_str(), value.as_str()))).unwrap();
+        envelope.event().expect("every entry the script wrote is a well-formed event");
     }
 }

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chatdesk_core::Envelope;
 use chatdesk_core::events::{Actor, ContactCreated, ConversationCreated, Direction, Event, MessageCreated, SenderKind};
 use chatdesk_core::{KeyScheme, StreamsConfig, TenantId};
-use chatdesk_streams::{NewEntry, Producer, RedisConnector, RedisSettings};
+use chatdesk_streams::{Producer, RedisConnector, RedisSettings};
 use chatdesk_testkit::http_request;
 use fred::prelude::*;
 use serde_json::{Value, json};
@@ -47,10 +48,7 @@ async fn seed_conversation(producer: &Producer, tenant: Uuid, inbox: Uuid, messa
         }));
     }
     for event in events {
-        let entry = NewEntry::new(event.event_type(), TenantId(tenant), &event.to_payload())
-            .unwrap()
-            .with_conversation(conversation);
-        producer.append("events", &entry).await.unwrap();
+        producer.append_event(&Envelope::of(TenantId(tenant), &event)).await.unwrap();
     }
     conversation
 }

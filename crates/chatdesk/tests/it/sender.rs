@@ -122,7 +122,7 @@ async fn until_deliveries_finished(env: &Env) {
         async move {
             let mut queued = 0u64;
             for partition in 0..send.partitions {
-                let jobs: u64 = redis.hlen(keys.partition_key(&send.name, partition, "sendq.jobs")).await.unwrap();
+                let jobs: u64 = redis.hlen(keys.partition(&send.name, partition).key("sendq.jobs")).await.unwrap();
                 queued += jobs;
             }
             queued == 0
@@ -316,12 +316,14 @@ async fn retries_throttling_refusals_and_dead_letters() {
     for partition in 0..send.partitions {
         let entries: Vec<(String, HashMap<String, String>)> =
             redis.xrange(keys.partition(&send.name, partition).dead_letters, "-", "+", None).await.unwrap();
-        letters.extend(entries.into_iter().map(|(_, fields)| fields));
+        letters.extend(entries.into_iter().map(|(_, fields)| chatdesk_core::DeadLetter::decode(fields).unwrap()));
     }
     assert_eq!(letters.len(), 1, "{letters:?}");
-    assert!(letters[0]["error"].contains("500"), "{letters:?}");
-    assert!(letters[0]["payload"].contains("broken"), "{letters:?}");
-    assert_eq!(letters[0]["delivery_count"], "3");
+    let letter = &letters[0];
+    assert!(letter.error.contains("500"), "{letter:?}");
+    assert_eq!((letter.family.as_str(), letter.group.as_str(), letter.deliveries), ("send", "sender", 3));
+    let request: chatdesk_core::SendRequest = letter.original_envelope().unwrap().record().unwrap();
+    assert_eq!(request.text, "broken", "the original send request, ready to re-drive");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

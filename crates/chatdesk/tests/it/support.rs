@@ -16,7 +16,7 @@ pub struct Env {
     pub database_url: String,
     pub prefix: String,
     _redis: chatdesk_testkit::TestRedis,
-    _postgres: chatdesk_testkit::TestPostgres,
+    pub postgres: chatdesk_testkit::TestPostgres,
 }
 
 pub fn admin(env: &Env, args: &[&str]) -> Value {
@@ -33,14 +33,25 @@ pub fn admin(env: &Env, args: &[&str]) -> Value {
 impl Env {
     /// A Redis and a fresh PostgreSQL database (see chatdesk-testkit).
     pub async fn start() -> Self {
-        let redis = chatdesk_testkit::redis().await;
-        let postgres = chatdesk_testkit::postgres().await;
+        Self::with(chatdesk_testkit::redis().await, chatdesk_testkit::postgres().await)
+    }
+
+    /// Servers of this test alone, which it may stop and whose every command it may watch.
+    pub async fn private() -> Self {
+        let database = format!("test_{}", uuid::Uuid::now_v7().simple());
+        Self::with(
+            chatdesk_testkit::private_redis(chatdesk_testkit::RedisPersistence::None).await,
+            chatdesk_testkit::private_postgres(&database).await,
+        )
+    }
+
+    fn with(redis: chatdesk_testkit::TestRedis, postgres: chatdesk_testkit::TestPostgres) -> Self {
         Self {
             redis_url: redis.url().to_owned(),
             database_url: postgres.url().to_owned(),
             prefix: chatdesk_testkit::unique_prefix(),
             _redis: redis,
-            _postgres: postgres,
+            postgres,
         }
     }
 

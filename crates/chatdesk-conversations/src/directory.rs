@@ -1,0 +1,385 @@
+//! What channels send, appended exactly once and in order, in one Redis round trip.
+//!
+//! One Lua script on the tenant's events partition (every key it touches carries the partition's
+//! hash tag, so it runs unchanged on Redis Cluster) does, atomically:
+//!
+//! 1. counts the request against the inbox's per-second limit (and stops there when over it);
+//! 2. checks the message's deduplication key (a provider's message id seen within the window is
+//!    answered with the first entry's id);
+//! 3. finds or creates the sender's contact and open conversation (with a standby window, a
+//!    conversation silent for that long is forgotten and the next message opens a new one);
+//! 4. appends `contact.created` / `conversation.created` when it created them, then the message.
+//!
+//! 50 concurrent first messages from one new contact therefore make one contact and one
+//! conversation, and the writer never sees a message before its conversation.
+//!
+//! The script is given each record as its typed routing fields (from the one encoder,
+//! [`Envelope::encode`]) and its payload without the ids only the script can know (the contact's
+//! and the conversation's, which may already exist); it adds those as JSON members.
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use chatdesk_core::config::EVENTS_STREAM;
+use chatdesk_core::envelope::{FIELD_CONVERSATION, FIELD_PAYLOAD};
+use chatdesk_core::events::{Actor, ContactCreated, ConversationCreated, Direction, Event, MessageCreated, SenderKind};
+use chatdesk_core::keys::partition_for_tenant;
+use chatdesk_core::{EntryId, Envelope, EventId, KeyScheme, PartitionKeys, StreamsConfig, TenantId};
+use chatdesk_streams::Script;
+use fred::prelude::*;
+use uuid::Uuid;
+
+/// How long a provider's message id is remembered: providers retry for up to 7 days.
+pub const DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+static INGEST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local limit = tonumber(ARGV[1])
+if limit > 0 then
+  local count = redis.call('INCR', KEYS[5])
+  if count == 1 then
+    redis.call('EXPIRE', KEYS[5], 2)
+  end
+  if count > limit then
+    return {'limited'}
+  end
+end
+local has_message = ARGV[4] == '1'
+if has_message then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then
+    return {'duplicate', seen}
+  end
+end
+local contact = redis.call('GET', KEYS[2])
+local created_contact = 0
+if not contact then
+  contact = ARGV[5]
+  redis.call('SET', KEYS[2], contact)
+  created_contact = 1
+end
+local conversation = redis.call('GET', KEYS[3])
+local created_conversation = 0
+if not conversation then
+  conversation = ARGV[6]
+  created_conversation = 1
+end
+local standby = tonumber(ARGV[2])
+if standby > 0 then
+  redis.call('SET', KEYS[3], conversation, 'EX', standby)
+elseif created_conversation == 1 then
+  redis.call('SET', KEYS[3], conversation)
+end
+-- A record's arguments: the number of routing values, the routing fields, the payload's other
+-- members (a JSON object's inside, possibly empty).
+local function append(at, in_conversation, ids)
+  local count = tonumber(ARGV[at])
+  local fields = {unpack(ARGV, at + 1, at + count)}
+  if in_conversation then
+    fields[#fields + 1] = ARGV[7]
+    fields[#fields + 1] = conversation
+  end
+  local rest = ARGV[at + count + 1]
+  local payload = '{' .. ids .. '}'
+  if rest ~= '' then
+    payload = '{' .. ids .. ',' .. rest .. '}'
+  end
+  fields[#fields + 1] = ARGV[8]
+  fields[#fields + 1] = payload
+  return redis.call('XADD', KEYS[1], '*', unpack(fields)), at + count + 2
+end
+local contact_member = '"contact_id":"' .. contact .. '"'
+local conversation_member = '"conversation_id":"' .. conversation .. '"'
+local next_record = 9
+local skip = function(at) return at + tonumber(ARGV[at]) + 2 end
+if created_contact == 1 then
+  local _, after = append(next_record, false, contact_member)
+  next_record = after
+else
+  next_record = skip(next_record)
+end
+if created_conversation == 1 then
+  local _, after = append(next_record, true, conversation_member .. ',' .. contact_member)
+  next_record = after
+else
+  next_record = skip(next_record)
+end
+if not has_message then
+  return {'resolved', contact, conversation, created_contact, created_conversation}
+end
+local id = append(next_record, true,
+  conversation_member .. ',' .. contact_member .. ',"sender":{"kind":"customer","id":"' .. contact .. '"}')
+redis.call('SET', KEYS[4], id .. ' ' .. conversation, 'EX', tonumber(ARGV[3]))
+return {'appended', contact, conversation, created_contact, created_conversation, id}
+"#,
+    )
+});
+
+static APPEND_ONCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local existing = redis.call('GET', KEYS[2])
+if existing then
+  return {0, existing}
+end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+redis.call('SET', KEYS[2], id, 'EX', ARGV[1])
+return {1, id}
+"#,
+    )
+});
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("streams.toml declares no `{EVENTS_STREAM}` stream")]
+    NoEventsStream,
+    #[error("the ingest script on {key} failed")]
+    Redis {
+        key: String,
+        #[source]
+        source: Error,
+    },
+    #[error("the ingest script answered {0:?}")]
+    Answer(String),
+}
+
+/// The sender of a channel message, as the channel names them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Introduction {
+    pub inbox: Uuid,
+    /// The sender's id on the channel (phone number, Telegram chat id, visitor id, …).
+    pub external_id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// One inbound message, normalised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundMessage {
+    /// The provider's id of the message: the deduplication key.
+    pub provider_message_id: String,
+    pub text: String,
+    /// Channel fields kept as they came (attachment metadata, …).
+    pub extra: Option<serde_json::Value>,
+    pub sent_at_ms: Option<u64>,
+}
+
+/// One call of the ingest script.
+#[derive(Debug, Clone)]
+pub struct IngestRequest<'a> {
+    pub tenant: TenantId,
+    pub sender: &'a Introduction,
+    /// `None`: only find or create the conversation (a widget session starting).
+    pub message: Option<&'a InboundMessage>,
+    /// With a window, the conversation is forgotten after that much silence; each call restarts it.
+    pub standby: Option<Duration>,
+    /// Count this request against the inbox's per-second limit of this many requests.
+    pub rate_per_second: Option<u32>,
+}
+
+/// What the ingest script did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// The message was appended (with its contact and conversation, when they were new).
+    Appended { contact_id: Uuid, conversation_id: Uuid, event_id: EventId, offset: EntryId },
+    /// Seen within the window: the first entry's offset and conversation.
+    Duplicate { conversation_id: Option<Uuid>, offset: EntryId },
+    /// No message: the contact and conversation found or created.
+    Resolved { contact_id: Uuid, conversation_id: Uuid },
+    /// The inbox is over its per-second limit; nothing was appended.
+    RateLimited,
+}
+
+/// What [`Directory::append_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Once {
+    New(EntryId),
+    /// Seen within the window; this is the first entry's id.
+    Duplicate(EntryId),
+}
+
+#[derive(Clone)]
+pub struct Directory {
+    client: Client,
+    keys: KeyScheme,
+    config: Arc<StreamsConfig>,
+}
+
+/// A record's script arguments: its routing fields (no conversation, no payload; the script adds
+/// them) and its payload's members without `without`.
+fn record_arguments(envelope: &Envelope, without: &[&str]) -> Vec<String> {
+    let routing: Vec<(&'static str, String)> = envelope
+        .encode()
+        .into_iter()
+        .filter(|(field, _)| *field != FIELD_CONVERSATION && *field != FIELD_PAYLOAD)
+        .collect();
+    let mut args = Vec::with_capacity(routing.len() * 2 + 2);
+    args.push((routing.len() * 2).to_string());
+    for (field, value) in routing {
+        args.push(field.to_owned());
+        args.push(value);
+    }
+    let mut payload: serde_json::Value = serde_json::from_str(&envelope.payload).expect("payloads are JSON objects");
+    if let Some(object) = payload.as_object_mut() {
+        for member in without {
+            object.remove(*member);
+        }
+    }
+    let text = payload.to_string();
+    args.push(text[1..text.len() - 1].to_owned());
+    args
+}
+
+fn parse_uuid(raw: &str) -> Result<Uuid, DirectoryError> {
+    Uuid::parse_str(raw).map_err(|_| DirectoryError::Answer(raw.to_owned()))
+}
+
+fn parse_offset(raw: &str) -> Result<EntryId, DirectoryError> {
+    raw.parse().map_err(|_| DirectoryError::Answer(raw.to_owned()))
+}
+
+impl Directory {
+    pub fn new(client: Client, keys: KeyScheme, config: Arc<StreamsConfig>) -> Self {
+        Self { client, keys, config }
+    }
+
+    fn partition(&self, tenant: &TenantId) -> Result<PartitionKeys, DirectoryError> {
+        let stream = self.config.stream(EVENTS_STREAM).ok_or(DirectoryError::NoEventsStream)?;
+        Ok(self.keys.partition(&stream.name, partition_for_tenant(tenant, stream.partitions)))
+    }
+
+    /// Runs the ingest script once (see the module docs).
+    pub async fn ingest(&self, request: &IngestRequest<'_>) -> Result<Ingested, DirectoryError> {
+        let partition = self.partition(&request.tenant)?;
+        let sender = request.sender;
+        let identity = format!("{}:{}", sender.inbox, sender.external_id);
+        let dedupe = request.message.map(|message| format!("{}:{}", sender.inbox, message.provider_message_id));
+        let second = chatdesk_core::envelope::now_ms() / 1000;
+        let keys = vec![
+            partition.stream.clone(),
+            partition.scoped("contact", &identity),
+            partition.scoped("conversation", &identity),
+            partition.scoped("seen", dedupe.as_deref().unwrap_or("-")),
+            partition.scoped("ingress-rate", &format!("{}:{second}", sender.inbox)),
+        ];
+        let (contact_id, conversation_id, event_id) = (Uuid::now_v7(), Uuid::now_v7(), EventId::new());
+        let mut args = vec![
+            request.rate_per_second.unwrap_or(0).to_string(),
+            request.standby.map_or(0, |window| window.as_secs().max(1)).to_string(),
+            DEDUPE_WINDOW.as_secs().to_string(),
+            if request.message.is_some() { "1" } else { "0" }.to_owned(),
+            contact_id.to_string(),
+            conversation_id.to_string(),
+            FIELD_CONVERSATION.to_owned(),
+            FIELD_PAYLOAD.to_owned(),
+        ];
+        let contact = Event::ContactCreated(ContactCreated {
+            contact_id,
+            inbox_id: sender.inbox,
+            external_id: sender.external_id.clone(),
+            name: sender.name.clone(),
+            email: sender.email.clone(),
+        });
+        args.extend(record_arguments(&Envelope::of(request.tenant, &contact), &["contact_id"]));
+        let conversation =
+            Event::ConversationCreated(ConversationCreated { conversation_id, inbox_id: sender.inbox, contact_id });
+        args.extend(record_arguments(&Envelope::of(request.tenant, &conversation), &["conversation_id", "contact_id"]));
+        if let Some(message) = request.message {
+            let event = Event::MessageCreated(MessageCreated {
+                conversation_id,
+                inbox_id: sender.inbox,
+                contact_id,
+                direction: Direction::Inbound,
+                sender: Actor { kind: SenderKind::Customer, id: Some(contact_id) },
+                text: message.text.clone(),
+                extra: message.extra.clone(),
+                provider_message_id: Some(message.provider_message_id.clone()),
+                client_msg_id: None,
+                sent_at_ms: message.sent_at_ms,
+            });
+            let envelope = Envelope::of(request.tenant, &event).with_event_id(event_id);
+            args.extend(record_arguments(&envelope, &["conversation_id", "contact_id", "sender"]));
+        }
+        let answer: Vec<String> = INGEST
+            .call(&self.client, keys, args)
+            .await
+            .map_err(|source| DirectoryError::Redis { key: partition.stream.clone(), source })?;
+        let field = |index: usize| answer.get(index).map(String::as_str).unwrap_or_default();
+        let ingested = match field(0) {
+            "limited" => Ingested::RateLimited,
+            "duplicate" => {
+                let mut parts = field(1).splitn(2, ' ');
+                let offset = parse_offset(parts.next().unwrap_or_default())?;
+                Ingested::Duplicate { offset, conversation_id: parts.next().and_then(|id| id.parse().ok()) }
+            }
+            "resolved" => {
+                Ingested::Resolved { contact_id: parse_uuid(field(1))?, conversation_id: parse_uuid(field(2))? }
+            }
+            "appended" => Ingested::Appended {
+                contact_id: parse_uuid(field(1))?,
+                conversation_id: parse_uuid(field(2))?,
+                event_id,
+                offset: parse_offset(field(5))?,
+            },
+            other => return Err(DirectoryError::Answer(other.to_owned())),
+        };
+        let appended = u64::from(field(3) == "1") + u64::from(field(4) == "1") + u64::from(field(0) == "appended");
+        if appended > 0 {
+            ::metrics::counter!(chatdesk_streams::metrics::ENTRIES_APPENDED_TOTAL, "stream" => EVENTS_STREAM)
+                .increment(appended);
+        }
+        Ok(ingested)
+    }
+
+    /// Appends `entry` to its tenant's events partition unless `dedupe_id` was appended within
+    /// `window` (a provider's status callback delivered again).
+    pub async fn append_once(
+        &self,
+        entry: &Envelope,
+        dedupe_id: &str,
+        window: Duration,
+    ) -> Result<Once, DirectoryError> {
+        let partition = self.partition(&entry.tenant)?;
+        let mut args = vec![window.as_secs().max(1).to_string()];
+        for (field, value) in entry.encode() {
+            args.push(field.to_owned());
+            args.push(value);
+        }
+        let keys = vec![partition.stream.clone(), partition.scoped("seen", dedupe_id)];
+        let (fresh, id): (i64, String) = APPEND_ONCE
+            .call(&self.client, keys, args)
+            .await
+            .map_err(|source| DirectoryError::Redis { key: partition.stream.clone(), source })?;
+        let id = parse_offset(&id)?;
+        if fresh == 1 {
+            ::metrics::counter!(chatdesk_streams::metrics::ENTRIES_APPENDED_TOTAL, "stream" => EVENTS_STREAM)
+                .increment(1);
+            Ok(Once::New(id))
+        } else {
+            Ok(Once::Duplicate(id))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the script builds from a record's arguments is the event Rust would have written.
+    #[test]
+    fn a_record_with_its_ids_added_is_the_event() {
+        let (contact_id, conversation_id) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let event = Event::ConversationCreated(ConversationCreated {
+            conversation_id,
+            inbox_id: Uuid::from_u128(3),
+            contact_id,
+        });
+        let envelope = Envelope::of(TenantId(Uuid::from_u128(4)), &event);
+        let args = record_arguments(&envelope, &["conversation_id", "contact_id"]);
+        let rest = args.last().unwrap();
+        let payload = format!(r#"{{"conversation_id":"{conversation_id}","contact_id":"{contact_id}",{rest}}}"#);
+        assert_eq!(Event::from_payload(&payload).unwrap(), event);
+        assert_eq!(args[0], "8", "type, tenant, event_id and time");
+    }
+}

@@ -1,0 +1,167 @@
+//! An agent's reply: one validated command, used alike by `POST /v1/conversations/{id}/messages`
+//! and the WebSocket's `send`.
+
+use chatdesk_core::envelope::SendRequest;
+use chatdesk_core::events::{Actor, ConversationStatus, Direction, Event, MessageCreated};
+use chatdesk_core::{EntryId, Envelope, EventId, KeyScheme, TenantId};
+use chatdesk_streams::producer::{ProduceError, Producer};
+use fred::prelude::*;
+use uuid::Uuid;
+
+use crate::text::{self, TextError};
+
+/// How long a `client_msg_id` is remembered: a retry within this window is answered with the
+/// first attempt's event instead of sending twice.
+pub const CLIENT_MSG_ID_TTL_SECONDS: i64 = 86_400;
+
+/// What replies need: where to append, where to remember client message ids, where to look
+/// conversations up.
+#[derive(Clone)]
+pub struct Reply {
+    pub producer: Producer,
+    pub redis: Client,
+    pub keys: KeyScheme,
+    pub db: chatdesk_store::Pool,
+}
+
+/// The reply's event id and its events-stream offset; the offset is `None` only when a repeated
+/// `client_msg_id` arrives before its first attempt finished appending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub event_id: Uuid,
+    pub offset: Option<EntryId>,
+}
+
+/// Why a reply was not appended. Each front door maps these to its own answer (a status code,
+/// an error frame).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    #[error("text {0}")]
+    Text(TextError),
+    #[error("client_msg_id {0}")]
+    ClientMsgId(TextError),
+    #[error("no such conversation")]
+    NotFound,
+    #[error("the conversation is blocked; reopen it to reply")]
+    Blocked,
+    #[error("PostgreSQL is unavailable")]
+    Store(#[source] chatdesk_store::StoreError),
+    #[error("Redis is unavailable; nothing was sent")]
+    Append(#[source] ProduceError),
+}
+
+impl Reply {
+    /// Validates the reply, checks the conversation (the tenant's, not blocked), appends the
+    /// outbound message to the events stream and its delivery request to the send stream. A
+    /// repeated `client_msg_id` (per tenant, for 24 hours) is answered with the first attempt's
+    /// event and not sent again.
+    pub async fn send(
+        &self,
+        tenant: Uuid,
+        conversation: Uuid,
+        sender: Actor,
+        text: &str,
+        client_msg_id: Option<&str>,
+    ) -> Result<Accepted, ReplyError> {
+        let text = text::message_text(text).map_err(ReplyError::Text)?;
+        let client_msg_id = client_msg_id.map(text::client_msg_id).transpose().map_err(ReplyError::ClientMsgId)?;
+        let row = chatdesk_store::conversations::get_conversation(&self.db, tenant, conversation)
+            .await
+            .map_err(ReplyError::Store)?
+            .ok_or(ReplyError::NotFound)?;
+        if row.status == ConversationStatus::Blocked {
+            return Err(ReplyError::Blocked);
+        }
+        let target = Target { tenant: TenantId(tenant), conversation, inbox: row.inbox_id, contact: row.contact_id };
+        self.append(target, sender, &text, client_msg_id).await.map_err(ReplyError::Append)
+    }
+
+    async fn append(
+        &self,
+        target: Target,
+        sender: Actor,
+        text: &str,
+        client_msg_id: Option<&str>,
+    ) -> Result<Accepted, ProduceError> {
+        let event_id = EventId::new();
+        let redis_error = |key: &str| {
+            let key = key.to_owned();
+            move |source| ProduceError::Redis { key, source }
+        };
+        let idempotency_key = client_msg_id.map(|client| self.keys.client_message(&target.tenant, client));
+        if let Some(key) = &idempotency_key {
+            let claimed: Option<String> = self
+                .redis
+                .set(
+                    key,
+                    event_id.to_string(),
+                    Some(Expiration::EX(CLIENT_MSG_ID_TTL_SECONDS)),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await
+                .map_err(redis_error(key))?;
+            if claimed.is_none() {
+                let first: Option<String> = self.redis.get(key).await.map_err(redis_error(key))?;
+                let mut parts = first.as_deref().unwrap_or_default().splitn(2, ' ');
+                let first_event = parts.next().and_then(|id| id.parse().ok()).unwrap_or(event_id.0);
+                let offset = parts.next().and_then(|offset| offset.parse().ok());
+                return Ok(Accepted { event_id: first_event, offset });
+            }
+        }
+        let event = Event::MessageCreated(MessageCreated {
+            conversation_id: target.conversation,
+            inbox_id: target.inbox,
+            contact_id: target.contact,
+            direction: Direction::Outbound,
+            sender,
+            text: text.to_owned(),
+            extra: None,
+            provider_message_id: None,
+            client_msg_id: client_msg_id.map(str::to_owned),
+            sent_at_ms: None,
+        });
+        let entry = Envelope::of(target.tenant, &event).with_event_id(event_id);
+        let offset = match self.producer.append_event(&entry).await {
+            Ok(appended) => appended.id,
+            Err(error) => {
+                if let Some(key) = &idempotency_key {
+                    let _: Result<i64, _> = self.redis.del(key).await;
+                }
+                return Err(error);
+            }
+        };
+        let request = SendRequest {
+            message_id: event_id.0,
+            conversation_id: target.conversation,
+            inbox_id: target.inbox,
+            contact_id: target.contact,
+            text: text.to_owned(),
+            template: None,
+        };
+        // A send request's event id is its message's: one delivery per message.
+        self.producer.append_send(&Envelope::of(target.tenant, &request).with_event_id(event_id)).await?;
+        if let Some(key) = &idempotency_key {
+            let _: Result<(), _> = self
+                .redis
+                .set(
+                    key,
+                    format!("{event_id} {offset}"),
+                    Some(Expiration::EX(CLIENT_MSG_ID_TTL_SECONDS)),
+                    Some(SetOptions::XX),
+                    false,
+                )
+                .await;
+        }
+        Ok(Accepted { event_id: event_id.0, offset: Some(offset) })
+    }
+}
+
+/// Where a reply goes, once the conversation is known to be the tenant's.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    tenant: TenantId,
+    conversation: Uuid,
+    inbox: Uuid,
+    contact: Uuid,
+}

@@ -1,0 +1,47 @@
+//! The checks every message text passes, whichever door it came in by.
+
+/// The longest message text, in characters.
+pub const MAX_TEXT_CHARS: usize = 4096;
+/// The longest client message id, in bytes.
+pub const MAX_CLIENT_MSG_ID: usize = 128;
+
+/// Why a text or id is refused; the message names the rule, for a 422 or an error frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TextError {
+    #[error("must be 1 to {MAX_TEXT_CHARS} characters")]
+    Length,
+    #[error("must be 1 to {MAX_CLIENT_MSG_ID} characters")]
+    ClientMsgId,
+}
+
+/// The text as it will be stored: trimmed, 1 to [`MAX_TEXT_CHARS`] characters.
+pub fn message_text(text: &str) -> Result<String, TextError> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > MAX_TEXT_CHARS {
+        return Err(TextError::Length);
+    }
+    Ok(text.to_owned())
+}
+
+/// A client's own message id: 1 to [`MAX_CLIENT_MSG_ID`] bytes.
+pub fn client_msg_id(id: &str) -> Result<&str, TextError> {
+    if id.is_empty() || id.len() > MAX_CLIENT_MSG_ID {
+        return Err(TextError::ClientMsgId);
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_are_trimmed_and_bounded() {
+        assert_eq!(message_text("  hi \n").unwrap(), "hi");
+        assert_eq!(message_text("   "), Err(TextError::Length));
+        assert!(message_text(&"é".repeat(MAX_TEXT_CHARS)).is_ok());
+        assert_eq!(message_text(&"é".repeat(MAX_TEXT_CHARS + 1)), Err(TextError::Length));
+        assert_eq!(client_msg_id(""), Err(TextError::ClientMsgId));
+        assert_eq!(client_msg_id(&"x".repeat(129)), Err(TextError::ClientMsgId));
+    }
+}
