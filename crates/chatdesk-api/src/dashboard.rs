@@ -35,6 +35,9 @@ pub fn routes() -> Router<AppState> {
                         (header::CONTENT_TYPE, asset.content_type),
                         // Small files compiled into the binary: always revalidate, so an upgrade shows at once.
                         (header::CACHE_CONTROL, "no-cache"),
+                        // The widget's loader, embedded on customers' sites, imports its modules from
+                        // here, and a cross-origin module import needs CORS. Nothing here is private.
+                        (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
                     ],
                     asset.body,
                 )
@@ -125,6 +128,16 @@ mod tests {
                 assert!(served(&path).is_some(), "{} imports {specifier}, but {path} is not served", asset.file);
             }
         }
+    }
+
+    #[test]
+    fn the_widget_loader_imports_a_served_module() {
+        let loader = text(served("/widget.js").expect("the widget is served"));
+        let start =
+            loader.find("new URL('").expect("the loader names its module with new URL('…', src)") + "new URL('".len();
+        let module = &loader[start..start + loader[start..].find('\'').expect("a closing quote")];
+        let path = resolve("/widget.js", module);
+        assert!(served(&path).is_some(), "widget.js loads {module}, but {path} is not served");
     }
 
     #[test]
