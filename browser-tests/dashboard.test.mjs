@@ -4,6 +4,7 @@
 
 import { spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { chromium } from 'playwright-core';
 
 const config = JSON.parse(process.env.CHATDESK_BROWSER_CONFIG);
@@ -39,6 +40,36 @@ async function ready(base) {
   await waitFor(`${base}/readyz`, async () => {
     try { return (await fetch(`${base}/readyz`)).ok; } catch { return false; }
   }, 60_000);
+}
+
+/// A customer's site, on another origin than chatdesk, embedding the widget with the tag the docs
+/// give (so the widget's modules load cross-origin, as they do in production).
+async function startShop() {
+  const page = `<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>Acme Outdoor</title>
+  <link rel="icon" href="data:,">
+  <style>
+    body { font: 16px/1.5 Georgia, serif; margin: 0; color: #222; background: #fbfaf7; }
+    main { max-width: 42rem; margin: 3rem auto; padding: 0 1.5rem; }
+  </style>
+</head>
+<body>
+  <main>
+    <h1>Acme Outdoor</h1>
+    <p>Tents, stoves and everything for a weekend outside. Questions about your order? Use the chat bubble in the corner.</p>
+  </main>
+  <script src="${config.base}/widget.js" data-inbox="${config.web_inbox}"></script>
+</body>
+</html>`;
+  const server = createServer((request, response) => {
+    response.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
+    response.end(page);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { server, url: `http://127.0.0.1:${server.address().port}/` };
 }
 
 function watch(page, name) {
@@ -102,6 +133,7 @@ async function main() {
   mkdirSync(config.screenshots, { recursive: true });
   let gateway = startGateway();
   await ready(config.gateway.base);
+  const shop = await startShop();
   const browser = await chromium.launch({
     executablePath: '/usr/bin/chromium',
     headless: true,
@@ -113,12 +145,12 @@ async function main() {
     const bob = await agentPage(browser, config.agents[1], 'agent 2');
     await alice.waitForSelector('text=No conversations here yet.');
 
-    // A visitor opens the widget on a page and writes.
+    // A visitor opens the widget on a customer's site and writes.
     const visitorContext = await browser.newContext({ viewport: { width: 1100, height: 760 } });
     const visitor = await visitorContext.newPage();
     visitor.setDefaultTimeout(TIMEOUT);
     watch(visitor, 'visitor');
-    await visitor.goto(`${config.base}/demo?inbox=${config.web_inbox}`);
+    await visitor.goto(shop.url);
     await visitor.click('.bubble');
     await visitor.fill('#cd-email', 'ana@example.com');
     await visitor.fill('#cd-name', 'Ana Souza');
@@ -217,6 +249,7 @@ async function main() {
   } finally {
     await browser.close();
     gateway.kill('SIGTERM');
+    shop.server.close();
   }
 }
 
@@ -225,5 +258,7 @@ main().then(() => {
   process.exit(0);
 }, (error) => {
   console.error(`[browser] FAILED: ${error.message}`);
+  // What the pages reported so far often says why (a module that did not load, say).
+  if (consoleErrors.length) console.error(`[browser] console errors:\n${consoleErrors.join('\n')}`);
   process.exit(1);
 });

@@ -59,14 +59,3 @@ export async function websocketUrl() {
   if (info && info.websocket_url) return info.websocket_url;
   return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/ws`;
 }
-
-/// Stream offsets ("<ms>-<seq>") in order.
-export function compareOffsets(a, b) {
-  const [am, as] = a.split('-').map(Number);
-  const [bm, bs] = b.split('-').map(Number);
-  return am - bm || as - bs;
-}
-
-export function newClientId() {
-  return (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(16).slice(2)}`);
-}

@@ -1,5 +1,6 @@
 // The agent dashboard: login, then pages. Each page is a module with `mount(container, context)`
-// returning an `unmount()`; add one to PAGES (and a link appears in the navigation).
+// returning an `unmount()`; add one to PAGES (and a link appears in the navigation). Every file
+// under dashboard/ is served as it is (crates/chatdesk-api/build.rs): nothing else lists pages.
 
 import { api, login, session, websocketUrl, whenUnauthorized } from './api.js';
 import { Connection } from './connection.js';

@@ -1,7 +1,18 @@
 // One WebSocket speaking protocol v1 (docs/protocol.md): handshake, channels with resume
-// cursors, reconnects with backoff, acknowledged sends.
+// cursors, reconnects with backoff, acknowledged sends. Used by the agent app and by the web
+// widget (dashboard/widget/chat.js), so it imports nothing: the widget loads it on customers' sites.
 
-import { compareOffsets } from './api.js';
+/// Stream offsets ("<ms>-<seq>") in order: two numbers, never text.
+export function compareOffsets(a, b) {
+  const [am, as] = a.split('-').map(Number);
+  const [bm, bs] = b.split('-').map(Number);
+  return am - bm || as - bs;
+}
+
+/// A `client_msg_id`: sending it again is answered with the first send's event, never sent twice.
+export function newClientId() {
+  return (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(16).slice(2)}`);
+}
 
 export class Connection extends EventTarget {
   constructor(url, token) {
@@ -102,11 +113,24 @@ export class Connection extends EventTarget {
       this.dispatchEvent(new CustomEvent('unauthorized'));
       return;
     }
+    this.reconnect();
+  }
+
+  /// Opens again after a backoff: 0.5 s doubling to 10 s, with jitter; a welcome resets it.
+  reconnect() {
     this.setState('reconnecting');
     this.attempt += 1;
     const ceiling = Math.min(10000, 500 * 2 ** (this.attempt - 1));
     const delay = ceiling / 2 + Math.random() * ceiling / 2;
+    clearTimeout(this.retry);
     this.retry = setTimeout(() => this.open(), delay);
+  }
+
+  /// The token for the next `hello` (a renewed session). After `unauthorized` (close 4003) the
+  /// connection waits for one: given it, it reconnects and resumes every channel from its offset.
+  useToken(token) {
+    this.token = token;
+    if (this.state === 'offline' && !this.closed) this.reconnect();
   }
 
   requestSubscription(channel, subscription) {

@@ -1,7 +1,8 @@
 // One conversation: history from REST, live events from the socket, ticks, typing, reply box and
 // the agent's actions.
 
-import { api, compareOffsets, newClientId } from '../api.js';
+import { api } from '../api.js';
+import { compareOffsets, newClientId } from '../connection.js';
 import { h, notice, shortId, STATUS_RANK, tick, time } from '../ui.js';
 
 const TYPING_SHOWN_MS = 6000;

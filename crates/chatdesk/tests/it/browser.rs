@@ -1,5 +1,8 @@
 //! The dashboard and the widget in a real browser: headless Chromium driven by playwright-core
 //! (`browser-tests/dashboard.test.mjs`), against real servers and chatdesk processes.
+//!
+//! Screenshots go to `screenshots/` in the cargo target's tmp directory, never into the clone, so
+//! a test run leaves the tree as it was; `scripts/screenshots` copies them into `docs/screenshots/`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +14,11 @@ use crate::support::{Env, JWT_SECRET, admin, serve_roles};
 
 fn free_addr() -> SocketAddr {
     format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap()
+}
+
+/// Where the test writes its screenshots (`scripts/screenshots` reads them from there).
+fn screenshot_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -53,7 +61,7 @@ async fn agents_and_a_visitor_chat_live_through_a_gateway_restart() {
             {"email": "bob@browser.test", "password": "bob-pass-1"},
         ],
         "sre": {"email": "sre@browser.test", "password": "sre-pass-1"},
-        "screenshots": root.join("docs/screenshots"),
+        "screenshots": screenshot_dir(),
     });
     let output = tokio::process::Command::new("node")
         .arg(tests.join("dashboard.test.mjs"))
