@@ -127,3 +127,53 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chatdesk_core::events::{Actor, Event, SenderKind, Typing};
+    use chatdesk_core::{Envelope, TenantId};
+
+    use super::*;
+
+    fn typing(tenant: Uuid, conversation: Uuid) -> Arc<Delivery> {
+        let event = Event::Typing(Typing {
+            conversation_id: conversation,
+            who: Actor { kind: SenderKind::Agent, id: None },
+            typing: true,
+        });
+        Arc::new(Delivery::new(None, Envelope::of(TenantId(tenant), &event)))
+    }
+
+    #[test]
+    fn a_socket_on_both_of_an_events_keys_gets_it_once() {
+        let hub = Hub::default();
+        let (tenant, conversation) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let (queue, mut received) = mpsc::channel(8);
+        hub.listen(7, format!("inbox:{tenant}"), queue.clone());
+        hub.listen(7, format!("conversation:{conversation}"), queue);
+        hub.publish(typing(tenant, conversation));
+        assert!(received.try_recv().is_ok());
+        assert!(received.try_recv().is_err(), "one copy per socket");
+        hub.publish(typing(Uuid::from_u128(3), Uuid::from_u128(4)));
+        assert!(received.try_recv().is_err(), "another tenant's event reaches no one here");
+    }
+
+    #[test]
+    fn a_socket_that_falls_behind_is_dropped_and_the_others_keep_receiving() {
+        let hub = Hub::default();
+        let (tenant, conversation) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let (slow_queue, mut slow) = mpsc::channel(1);
+        let (fast_queue, mut fast) = mpsc::channel(8);
+        hub.listen(1, format!("inbox:{tenant}"), slow_queue);
+        hub.listen(2, format!("inbox:{tenant}"), fast_queue);
+        for _ in 0..3 {
+            hub.publish(typing(tenant, conversation));
+        }
+        assert!(slow.try_recv().is_ok());
+        assert!(
+            matches!(slow.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)),
+            "the hub let go of the slow socket's queue, which then closes"
+        );
+        assert_eq!(std::iter::from_fn(|| fast.try_recv().ok()).count(), 3);
+    }
+}

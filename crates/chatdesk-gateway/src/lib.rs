@@ -2,11 +2,14 @@
 //!
 //! - [`protocol`]: frames, error codes, close codes.
 //! - [`channel`]: channel names and who may subscribe.
-//! - [`ephemeral`]: typing signals between gateways over Redis pub/sub, never stored.
+//! - [`ephemeral`]: typing and presence signals between gateways over Redis pub/sub, never
+//!   stored (the same envelope as a stream entry).
 //! - [`hub`]: in-memory fan-out of this node's entries to its sockets, with bounded queues.
-//! - [`readers`]: which partitions this node reads (only those of its sockets' tenants).
+//! - [`readers`]: which partitions this node reads (only those of its sockets' tenants): counts
+//!   sockets and assigns or releases partitions of the node's one consumer.
 //! - [`replay`]: the gap of a resuming client, from the stream or from PostgreSQL.
-//! - [`session`]: one socket: handshake, subscriptions, resume, heartbeats.
+//! - [`session`]: one socket: the frame loop and heartbeats, one module per client operation
+//!   (`hello`, `subscribe`, `send`, `typing`, `read`).
 //!
 //! Each gateway process reads the events stream through its own consumer group
 //! (`gateway.<node id>`, starting at the newest entry), only on the partitions its sockets need,

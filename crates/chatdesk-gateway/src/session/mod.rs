@@ -1,0 +1,288 @@
+//! One WebSocket connection: the loop that reads client frames, hands live events to the socket
+//! and keeps heartbeats, with one module per client operation:
+//!
+//! - [`hello`]: the handshake (`hello` → `welcome`, or a close with the reason).
+//! - [`subscribe`]: `subscribe` / `unsubscribe` of `inbox`, `conversation:<id>` and `ops`, with
+//!   the replay of a resuming client's gap.
+//! - [`send`]: an agent's reply (`send` → `ack`).
+//! - [`typing`]: typing signals to the conversation's other subscribers.
+//! - [`read`]: an agent marking a conversation read.
+//!
+//! The seam between a replayed gap and live events has neither a hole nor a duplicate: the
+//! socket starts listening on the hub *before* it replays, and every subscription remembers the
+//! last offset it sent; live events at or below it are dropped ([`subscribe::admits`]). A
+//! channel's events all live in one partition, whose offsets are totally ordered, so "at or
+//! below" is exact.
+
+mod hello;
+mod read;
+mod send;
+mod subscribe;
+mod typing;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use chatdesk_core::TenantId;
+use chatdesk_core::config::EVENTS_STREAM;
+use chatdesk_core::keys::partition_for_tenant;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::Gateway;
+use crate::channel::Identity;
+use crate::hub::Delivery;
+use crate::metrics;
+use crate::protocol::{ClientFrame, ErrorCode, ServerFrame, close};
+
+use self::subscribe::Subscription;
+
+struct Session {
+    gateway: Gateway,
+    id: u64,
+    identity: Identity,
+    sink: futures::stream::SplitSink<WebSocket, Message>,
+    subscriptions: HashMap<String, Subscription>,
+    queue: Option<mpsc::WeakSender<Arc<Delivery>>>,
+    receiver: Option<mpsc::Receiver<Arc<Delivery>>>,
+    presence_refreshed: Option<Instant>,
+    /// Set while subscribed to `ops`: when the next snapshot is due.
+    ops: Option<tokio::time::Interval>,
+}
+
+/// Why a session ends with a close frame.
+struct Closing {
+    code: u16,
+    reason: String,
+}
+
+fn closing(code: u16, reason: impl Into<String>) -> Closing {
+    Closing { code, reason: reason.into() }
+}
+
+async fn send_close(sink: &mut futures::stream::SplitSink<WebSocket, Message>, closing: Closing) {
+    let frame = CloseFrame { code: closing.code, reason: closing.reason.into() };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+    let _ = sink.close().await;
+}
+
+pub async fn run(gateway: Gateway, socket: WebSocket) {
+    ::metrics::gauge!(metrics::CONNECTIONS).increment(1.0);
+    let (mut sink, mut stream) = socket.split();
+    let identity = match hello::handshake(&gateway, &mut stream).await {
+        Ok(identity) => identity,
+        Err(reason) => {
+            send_close(&mut sink, reason).await;
+            ::metrics::gauge!(metrics::CONNECTIONS).decrement(1.0);
+            return;
+        }
+    };
+    // The events of every channel this socket may use live in its tenant's partition: this node
+    // must read it from now on, before any subscription replays.
+    let partition = gateway
+        .inner
+        .streams
+        .stream(EVENTS_STREAM)
+        .map(|events| partition_for_tenant(&TenantId(identity.tenant()), events.partitions))
+        .unwrap_or(0);
+    if let Err(error) = gateway.inner.readers.acquire(partition).await {
+        tracing::warn!(error = %error, partition, "cannot read the socket's partition");
+        send_close(&mut sink, closing(close::UNAVAILABLE, "the server cannot read events now; reconnect shortly"))
+            .await;
+        ::metrics::gauge!(metrics::CONNECTIONS).decrement(1.0);
+        return;
+    }
+    let id = gateway.inner.sessions.fetch_add(1, Ordering::Relaxed);
+    let agent = match identity {
+        Identity::Agent { tenant, user, .. } => Some((tenant, user)),
+        Identity::Visitor { .. } => None,
+    };
+    if let Some((tenant, user)) = agent
+        && let Err(error) = crate::ephemeral::presence::change(&gateway, tenant, user, id, true).await
+    {
+        tracing::debug!(error = %error, "cannot record presence");
+    }
+    let mut session = Session {
+        gateway: gateway.clone(),
+        id,
+        identity,
+        sink,
+        subscriptions: HashMap::new(),
+        queue: None,
+        receiver: None,
+        presence_refreshed: None,
+        ops: None,
+    };
+    let ending = session.serve(&mut stream).await;
+    gateway.inner.hub.leave(id);
+    if let Some((tenant, user)) = agent {
+        let _ = crate::ephemeral::presence::change(&gateway, tenant, user, id, false).await;
+    }
+    ::metrics::gauge!(metrics::SUBSCRIPTIONS)
+        .decrement(session.subscriptions.len() as f64 + session.ops.is_some() as u8 as f64);
+    gateway.inner.readers.release(partition).await;
+    if let Some(ending) = ending {
+        send_close(&mut session.sink, ending).await;
+    }
+    ::metrics::gauge!(metrics::CONNECTIONS).decrement(1.0);
+}
+
+impl Session {
+    async fn send(&mut self, frame: &ServerFrame) -> bool {
+        let text = serde_json::to_string(frame).expect("frames serialise");
+        ::metrics::counter!(metrics::FRAMES_OUT_TOTAL).increment(1);
+        self.sink.send(Message::Text(text.into())).await.is_ok()
+    }
+
+    async fn error(&mut self, code: ErrorCode, message: impl Into<String>, channel: Option<&str>) -> bool {
+        self.send(&ServerFrame::Error { code, message: message.into(), channel: channel.map(str::to_owned) }).await
+    }
+
+    /// Runs until the client leaves (`None`) or the session must close (`Some`).
+    async fn serve(&mut self, stream: &mut futures::stream::SplitStream<WebSocket>) -> Option<Closing> {
+        let settings = self.gateway.inner.settings.clone();
+        let welcome = ServerFrame::Welcome {
+            session: format!("{}-{}", self.gateway.inner.node, self.id),
+            node: self.gateway.inner.node.clone(),
+            heartbeat_ms: settings.heartbeat.as_millis() as u64,
+        };
+        if !self.send(&welcome).await {
+            return None;
+        }
+        let idle = settings.heartbeat * 5 / 2;
+        let mut idle_deadline = Instant::now() + idle;
+        let shutdown = self.gateway.inner.shutdown.clone();
+        loop {
+            let listening = !self.subscriptions.is_empty() && self.receiver.is_some();
+            tokio::select! {
+                _ = shutdown.cancelled() => return Some(closing(close::RESTARTING, "the server is restarting; reconnect and resume")),
+                _ = tokio::time::sleep_until(idle_deadline) => {
+                    return Some(closing(close::IDLE, format!("nothing from the client for {}s; send ping", idle.as_secs())));
+                }
+                delivery = async { self.receiver.as_mut().expect("listening").recv().await }, if listening => {
+                    match delivery {
+                        Some(delivery) => {
+                            if !self.deliver(&delivery).await {
+                                return None;
+                            }
+                        }
+                        // The hub dropped this socket's queue: it fell behind.
+                        None => return Some(closing(close::SLOW_CLIENT, "too far behind; reconnect and resume from your last offset")),
+                    }
+                }
+                _ = async { self.ops.as_mut().expect("subscribed to ops").tick().await }, if self.ops.is_some() => {
+                    if !self.push_ops().await {
+                        return None;
+                    }
+                }
+                frame = stream.next() => {
+                    idle_deadline = Instant::now() + idle;
+                    match frame {
+                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
+                        Some(Ok(Message::Text(text))) => {
+                            ::metrics::counter!(metrics::FRAMES_IN_TOTAL).increment(1);
+                            self.refresh_presence().await;
+                            if !self.on_frame(&text).await {
+                                return None;
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            if !self.error(ErrorCode::BadFrame, "only text frames carry the protocol", None).await {
+                                return None;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps an agent's presence from lapsing while the socket talks (at most every heartbeat).
+    async fn refresh_presence(&mut self) {
+        let Identity::Agent { tenant, user, .. } = self.identity else { return };
+        let now = Instant::now();
+        if self.presence_refreshed.is_some_and(|at| now.duration_since(at) < self.gateway.inner.settings.heartbeat / 2)
+        {
+            return;
+        }
+        self.presence_refreshed = Some(now);
+        let _ = crate::ephemeral::presence::refresh(&self.gateway, tenant, user, self.id).await;
+    }
+
+    /// Handles one client frame; `false` when the socket is gone.
+    /// Handles one client frame; `false` when the socket is gone.
+    async fn on_frame(&mut self, text: &str) -> bool {
+        match ClientFrame::parse(text) {
+            Err(error) => self.error(ErrorCode::BadFrame, error, None).await,
+            Ok(ClientFrame::Hello { .. }) => {
+                self.error(ErrorCode::AlreadyAuthenticated, "hello was already accepted", None).await
+            }
+            Ok(ClientFrame::Ping { id }) => self.send(&ServerFrame::Pong { id }).await,
+            Ok(ClientFrame::Unsubscribe { channel }) => self.unsubscribe(channel).await,
+            Ok(ClientFrame::Subscribe { channel, since, epoch }) => self.subscribe(channel, since, epoch).await,
+            Ok(ClientFrame::Send { conversation, text, client_msg_id }) => {
+                self.reply(conversation, text, client_msg_id).await
+            }
+            Ok(ClientFrame::Typing { conversation, typing }) => self.typing(conversation, typing).await,
+            Ok(ClientFrame::Read { conversation, offset }) => self.read(conversation, offset).await,
+        }
+    }
+
+    /// A queue the hub can hand this socket's events to (a new one after every subscription
+    /// was dropped, since a queue whose senders are all gone stays closed).
+    fn queue(&mut self) -> mpsc::Sender<Arc<Delivery>> {
+        if let Some(sender) = self.queue.as_ref().and_then(mpsc::WeakSender::upgrade) {
+            return sender;
+        }
+        let (sender, receiver) = mpsc::channel(self.gateway.inner.settings.queue);
+        self.queue = Some(sender.downgrade());
+        self.receiver = Some(receiver);
+        sender
+    }
+
+    /// Sends `delivery` on `name` if [`subscribe::admits`] it; `None` when the socket is gone,
+    /// `Some(sent)` otherwise.
+    async fn send_event(&mut self, name: &str, subscription: &mut Subscription, delivery: &Delivery) -> Option<bool> {
+        if !subscribe::admits(self.identity.tenant(), subscription, delivery) {
+            return Some(false);
+        }
+        if let Some(offset) = delivery.offset {
+            subscription.last = Some(offset);
+        }
+        let frame = ServerFrame::Event {
+            channel: name.to_owned(),
+            offset: delivery.offset.map(|offset| offset.to_string()),
+            event_id: delivery.offset.map(|_| delivery.envelope.event_id.to_string()),
+            event_type: delivery.envelope.record_type.clone(),
+            data: delivery.data.clone(),
+        };
+        if !self.send(&frame).await {
+            return None;
+        }
+        Some(true)
+    }
+
+    /// A live delivery, to every subscription it belongs to.
+    async fn deliver(&mut self, delivery: &Delivery) -> bool {
+        let names: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for name in names {
+            let Some(mut subscription) = self.subscriptions.remove(&name) else { continue };
+            let sent = self.send_event(&name, &mut subscription, delivery).await;
+            self.subscriptions.insert(name, subscription);
+            match sent {
+                None => return false,
+                Some(true) => {
+                    let now = chatdesk_core::envelope::now_ms();
+                    ::metrics::histogram!(metrics::FANOUT_LATENCY_SECONDS)
+                        .record(now.saturating_sub(delivery.envelope.time_ms) as f64 / 1000.0);
+                }
+                Some(false) => {}
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,298 @@
+//! `subscribe` and `unsubscribe`: channels, their replay from a client's cursor, the `ops` feed.
+
+use chatdesk_core::config::EVENTS_STREAM;
+use chatdesk_core::keys::partition_for_tenant;
+use chatdesk_core::{EntryId, TenantId};
+use uuid::Uuid;
+
+use super::Session;
+use crate::channel::{Channel, Identity, authorize};
+use crate::hub::Delivery;
+use crate::metrics;
+use crate::protocol::{ErrorCode, ServerFrame};
+use crate::replay;
+
+/// One channel a socket listens on.
+pub(super) struct Subscription {
+    pub(super) key: String,
+    pub(super) conversation: Option<Uuid>,
+    /// The last offset sent on this channel.
+    pub(super) last: Option<EntryId>,
+}
+
+/// What a replay did, for the `subscribed` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Replayed {
+    /// `false`: the cursor is of another epoch (the stream was lost): reload from REST.
+    pub(super) recovered: bool,
+    pub(super) epoch: String,
+    /// The partition's newest offset when the replay began.
+    pub(super) head: Option<EntryId>,
+    pub(super) replayed: u64,
+}
+
+/// Why a replay stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ReplayError {
+    /// The socket is gone: nothing to answer.
+    SocketGone,
+    /// A dependency failed: answered with an `unavailable` error frame.
+    Unavailable(String),
+}
+
+fn unavailable(message: &str) -> ReplayError {
+    ReplayError::Unavailable(message.to_owned())
+}
+
+/// Whether `delivery` goes out on `subscription` of a socket of `tenant`: it is the tenant's, of
+/// the subscription's conversation (if any), and newer than the last offset sent (signals
+/// without an offset always are). This is the seam between a replay and live events.
+pub(super) fn admits(tenant: Uuid, subscription: &Subscription, delivery: &Delivery) -> bool {
+    let belongs = delivery.tenant() == tenant
+        && subscription.conversation.is_none_or(|conversation| delivery.envelope.conversation == Some(conversation));
+    belongs && delivery.offset.zip(subscription.last).is_none_or(|(offset, last)| offset > last)
+}
+
+impl Session {
+    pub(super) async fn subscribe(&mut self, name: String, since: Option<String>, epoch: Option<String>) -> bool {
+        let Some(channel) = Channel::parse(&name) else {
+            return self
+                .error(ErrorCode::UnknownChannel, "channels are `inbox`, `conversation:<id>` and `ops`", Some(&name))
+                .await;
+        };
+        if let Err(reason) = authorize(&self.identity, &channel) {
+            return self.error(ErrorCode::Forbidden, reason, Some(&name)).await;
+        }
+        if channel == Channel::Ops {
+            return self.subscribe_ops().await;
+        }
+        if self.subscriptions.contains_key(&name) {
+            self.gateway.inner.hub.unlisten(self.id, &self.subscriptions[&name].key);
+            self.subscriptions.remove(&name);
+            ::metrics::gauge!(metrics::SUBSCRIPTIONS).decrement(1.0);
+        }
+        if self.subscriptions.len() >= self.gateway.inner.settings.max_subscriptions {
+            return self.error(ErrorCode::TooManySubscriptions, "unsubscribe from a channel first", Some(&name)).await;
+        }
+        let since = match since.as_deref().map(str::parse::<EntryId>) {
+            Some(Err(_)) => {
+                return self.error(ErrorCode::BadFrame, "since must be an offset (<ms>-<seq>)", Some(&name)).await;
+            }
+            Some(Ok(offset)) => Some(offset),
+            None => None,
+        };
+        let tenant = self.identity.tenant();
+        let (key, conversation) = match channel {
+            Channel::Inbox => (format!("inbox:{tenant}"), None),
+            Channel::Ops => unreachable!("handled above"),
+            Channel::Conversation(id) => {
+                if let Identity::Agent { .. } = self.identity {
+                    match chatdesk_store::conversations::get_conversation(&self.gateway.inner.db, tenant, id).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => return self.error(ErrorCode::NotFound, "no such conversation", Some(&name)).await,
+                        Err(_) => {
+                            return self.error(ErrorCode::Unavailable, "PostgreSQL is unavailable", Some(&name)).await;
+                        }
+                    }
+                }
+                (format!("conversation:{id}"), Some(id))
+            }
+        };
+        let queue = self.queue();
+        // Listen before replaying: whatever is appended meanwhile arrives live, and the offset
+        // check drops what the replay already sent.
+        self.gateway.inner.hub.listen(self.id, key.clone(), queue);
+        ::metrics::gauge!(metrics::SUBSCRIPTIONS).increment(1.0);
+        let mut subscription = Subscription { key, conversation, last: since };
+        match self.replay(&name, &mut subscription, since, epoch).await {
+            Ok(Replayed { recovered, epoch, head, replayed }) => {
+                self.subscriptions.insert(name.clone(), subscription);
+                let presence = match channel {
+                    Channel::Inbox => crate::ephemeral::presence::online(&self.gateway, tenant)
+                        .await
+                        .ok()
+                        .map(|users| users.iter().map(Uuid::to_string).collect()),
+                    Channel::Conversation(_) | Channel::Ops => None,
+                };
+                let frame = ServerFrame::Subscribed {
+                    channel: name,
+                    recovered,
+                    epoch,
+                    head: head.map(|offset| offset.to_string()),
+                    replayed,
+                    presence,
+                };
+                self.send(&frame).await
+            }
+            Err(ReplayError::Unavailable(message)) => {
+                self.gateway.inner.hub.unlisten(self.id, &subscription.key);
+                ::metrics::gauge!(metrics::SUBSCRIPTIONS).decrement(1.0);
+                self.error(ErrorCode::Unavailable, message, Some(&name)).await
+            }
+            Err(ReplayError::SocketGone) => false,
+        }
+    }
+
+    /// Stops a channel (its queue keeps serving the others).
+    pub(super) async fn unsubscribe(&mut self, channel: String) -> bool {
+        if channel == "ops" && self.ops.is_some() {
+            self.ops = None;
+            ::metrics::gauge!(metrics::SUBSCRIPTIONS).decrement(1.0);
+            return self.send(&ServerFrame::Unsubscribed { channel }).await;
+        }
+        let Some(subscription) = self.subscriptions.remove(&channel) else {
+            return self.error(ErrorCode::UnknownChannel, format!("not subscribed to {channel}"), Some(&channel)).await;
+        };
+        self.gateway.inner.hub.unlisten(self.id, &subscription.key);
+        ::metrics::gauge!(metrics::SUBSCRIPTIONS).decrement(1.0);
+        self.send(&ServerFrame::Unsubscribed { channel }).await
+    }
+
+    /// `ops` has no offsets (snapshots are not stored): `subscribed`, then a snapshot now and
+    /// every few seconds.
+    async fn subscribe_ops(&mut self) -> bool {
+        if self.ops.is_none() {
+            ::metrics::gauge!(metrics::SUBSCRIPTIONS).increment(1.0);
+        }
+        let mut interval = tokio::time::interval(crate::ops::INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.ops = Some(interval);
+        let frame = ServerFrame::Subscribed {
+            channel: "ops".to_owned(),
+            recovered: true,
+            epoch: String::new(),
+            head: None,
+            replayed: 0,
+            presence: None,
+        };
+        self.send(&frame).await
+    }
+
+    pub(super) async fn push_ops(&mut self) -> bool {
+        let inner = self.gateway.inner.clone();
+        match crate::ops::snapshot(&inner.redis, &inner.keys, &inner.streams).await {
+            Ok(snapshot) => {
+                ::metrics::counter!(metrics::OPS_SNAPSHOTS_TOTAL).increment(1);
+                let frame = ServerFrame::Event {
+                    channel: "ops".to_owned(),
+                    offset: None,
+                    event_id: None,
+                    event_type: crate::ops::EVENT_TYPE.to_owned(),
+                    data: serde_json::to_value(snapshot).expect("snapshots serialise"),
+                };
+                self.send(&frame).await
+            }
+            Err(_) => self.error(ErrorCode::Unavailable, "Redis is unavailable", Some("ops")).await,
+        }
+    }
+
+    /// Sends the gap after `since` (from PostgreSQL, then the stream) on `name`.
+    async fn replay(
+        &mut self,
+        name: &str,
+        subscription: &mut Subscription,
+        since: Option<EntryId>,
+        client_epoch: Option<String>,
+    ) -> Result<Replayed, ReplayError> {
+        let inner = self.gateway.inner.clone();
+        let tenant = self.identity.tenant();
+        let events =
+            inner.streams.stream(EVENTS_STREAM).ok_or_else(|| unavailable("no events stream is configured"))?;
+        let partition = partition_for_tenant(&TenantId(tenant), events.partitions);
+        let keys = inner.keys.partition(&events.name, partition);
+        let redis_down = |_| unavailable("Redis is unavailable");
+        let epoch = replay::epoch(&inner.redis, &keys).await.map_err(redis_down)?;
+        let (first, head) = replay::bounds(&inner.redis, &keys).await.map_err(redis_down)?;
+        let Some(since) = since else { return Ok(Replayed { recovered: true, epoch, head, replayed: 0 }) };
+        if client_epoch.as_ref().is_some_and(|client| *client != epoch) {
+            // The stream was lost and recreated: offsets of the old one mean nothing now.
+            subscription.last = None;
+            return Ok(Replayed { recovered: false, epoch, head, replayed: 0 });
+        }
+        let mut replayed = 0;
+        let mut cursor = since;
+        if first.is_none_or(|first| since < first) {
+            loop {
+                let page = replay::stored_page(&inner.db, tenant, subscription.conversation, cursor, first)
+                    .await
+                    .map_err(|_| unavailable("PostgreSQL is unavailable"))?;
+                let full = page.len() as u64 == replay::PAGE;
+                for delivery in page {
+                    cursor = delivery.offset.unwrap_or(cursor);
+                    if self.send_event(name, subscription, &delivery).await.ok_or(ReplayError::SocketGone)? {
+                        replayed += 1;
+                        ::metrics::counter!(metrics::REPLAYED_EVENTS_TOTAL, "source" => "postgres").increment(1);
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        loop {
+            let page = replay::stream_page(&inner.redis, &keys, cursor).await.map_err(redis_down)?;
+            let full = page.len() as u64 == replay::PAGE;
+            for delivery in page {
+                cursor = delivery.offset.unwrap_or(cursor);
+                if self.send_event(name, subscription, &delivery).await.ok_or(ReplayError::SocketGone)? {
+                    replayed += 1;
+                    ::metrics::counter!(metrics::REPLAYED_EVENTS_TOTAL, "source" => "stream").increment(1);
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(Replayed { recovered: true, epoch, head, replayed })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chatdesk_core::events::{Actor, ContactUpdated, Event, SenderKind, Typing};
+    use chatdesk_core::{Envelope, TenantId};
+
+    use super::*;
+
+    fn tenant() -> Uuid {
+        Uuid::from_u128(1)
+    }
+
+    fn typing(conversation: Uuid) -> Delivery {
+        let event = Event::Typing(Typing {
+            conversation_id: conversation,
+            who: Actor { kind: SenderKind::Agent, id: None },
+            typing: true,
+        });
+        Delivery::new(None, Envelope::of(TenantId(tenant()), &event))
+    }
+
+    fn stored(tenant: Uuid, offset: u64) -> Delivery {
+        let event = Event::ContactUpdated(ContactUpdated { contact_id: Uuid::from_u128(9), name: None, email: None });
+        Delivery::new(Some(EntryId::new(offset, 0)), Envelope::of(TenantId(tenant), &event))
+    }
+
+    fn inbox(last: Option<u64>) -> Subscription {
+        Subscription { key: "inbox".into(), conversation: None, last: last.map(|ms| EntryId::new(ms, 0)) }
+    }
+
+    #[test]
+    fn the_seam_drops_what_the_replay_already_sent() {
+        let subscription = inbox(Some(10));
+        assert!(!admits(tenant(), &subscription, &stored(tenant(), 9)), "older than the last sent");
+        assert!(!admits(tenant(), &subscription, &stored(tenant(), 10)), "the last sent itself");
+        assert!(admits(tenant(), &subscription, &stored(tenant(), 11)));
+        assert!(admits(tenant(), &inbox(None), &stored(tenant(), 1)), "nothing sent yet");
+    }
+
+    #[test]
+    fn only_the_tenants_and_the_conversations_events_pass() {
+        assert!(!admits(tenant(), &inbox(None), &stored(Uuid::from_u128(2), 11)), "another tenant");
+        let conversation = Uuid::from_u128(7);
+        let subscription =
+            Subscription { key: "c".into(), conversation: Some(conversation), last: Some(EntryId::new(50, 0)) };
+        assert!(admits(tenant(), &subscription, &typing(conversation)), "signals have no offset to compare");
+        assert!(!admits(tenant(), &subscription, &typing(Uuid::from_u128(8))), "another conversation");
+        assert!(!admits(tenant(), &subscription, &stored(tenant(), 60)), "no conversation: not this channel's");
+    }
+}
