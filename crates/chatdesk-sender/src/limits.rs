@@ -3,8 +3,9 @@
 //! Each bucket is a sliding-window log (a sorted set of send times) checked and updated by one
 //! Lua script, so N processes together never exceed "`count` per `window`" in any window, not
 //! just on average. A provider's own throttling answer pauses a bucket (a key with a TTL) for
-//! the time it asks. Windows are widened a little (2 %, at least 20 ms) because the provider
-//! counts arrivals and requests do not all take equally long on the way.
+//! the time it asks. Windows are widened (5 %, at least 50 ms) because the provider counts
+//! arrivals, and requests do not all take equally long on the way: a busy sender process can be
+//! scheduled tens of milliseconds late between taking its slot and the request leaving.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -85,7 +86,7 @@ pub struct Limit {
 
 impl Limit {
     fn effective_window(self) -> Duration {
-        self.window + (self.window / 50).max(Duration::from_millis(20))
+        self.window + (self.window / 20).max(Duration::from_millis(50))
     }
 }
 

@@ -155,16 +155,17 @@ pub async fn private_postgres(database: &str) -> TestPostgres {
     TestPostgres { url: server.url(), server: Some(server), _dir: Some(dir) }
 }
 
-/// Polls `condition` every 20 ms until it holds; panics with `what` after `timeout`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+/// The one polling helper: calls `probe` every 20 ms until it answers `Some`, and returns that;
+/// panics with `what` after `timeout`. Tests wait for outcomes this way, never for a fixed time.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
+    Fut: Future<Output = Option<T>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if condition().await {
-            return;
+        if let Some(value) = probe().await {
+            return value;
         }
         if tokio::time::Instant::now() >= deadline {
             panic!("timed out after {timeout:?} waiting for {what}");
@@ -173,22 +174,31 @@ where
     }
 }
 
-/// An HTTP answer: status and body.
+/// [`eventually`] for a condition without a value.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let probe = || {
+        let holds = condition();
+        async move { holds.await.then_some(()) }
+    };
+    eventually(what, timeout, probe).await
+}
+
+/// An HTTP answer: status, headers and body.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
     pub status: u16,
-    /// The status line and headers, as received.
-    pub head: String,
+    pub headers: reqwest::header::HeaderMap,
     pub body: String,
 }
 
 impl HttpResponse {
     /// The value of header `name` (case-insensitive), if present.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
-        })
+        self.headers.get(name).and_then(|value| value.to_str().ok())
     }
 
     /// The body as JSON; panics with the body when it is not.
@@ -197,53 +207,47 @@ impl HttpResponse {
     }
 }
 
-/// A minimal HTTP/1.1 client for local servers under test (no TLS, `Connection: close`):
-/// enough to speak to the API exactly as any client would, byte for byte.
+/// The tests' HTTP client: no proxy (servers under test are on loopback), no redirects followed
+/// (a test sees exactly what the server answered).
+fn http_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(|| {
+        // reqwest is built without a bundled crypto provider (see Cargo.toml): ring, as everywhere.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(120))
+            .build()
+            .expect("an HTTP client")
+    });
+    &CLIENT
+}
+
+/// `method path` on a local server under test, with `headers` and an optional body.
 pub async fn http_request(
     address: std::net::SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: Option<&str>,
-) -> std::io::Result<HttpResponse> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+) -> Result<HttpResponse, reqwest::Error> {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a valid HTTP method");
+    let mut request = http_client().request(method, format!("http://{address}{path}"));
     for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
+        request = request.header(*name, *value);
     }
-    let body = body.unwrap_or_default();
-    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(body) } else { body.to_owned() };
-    Ok(HttpResponse { status, head: head.to_owned(), body })
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
+    if let Some(body) = body {
+        request = request.body(body.to_owned());
     }
-    out
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.text().await?;
+    Ok(HttpResponse { status, headers, body })
 }
 
 /// `GET path`: `(status, body)`.
-pub async fn http_get(address: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+pub async fn http_get(address: std::net::SocketAddr, path: &str) -> Result<(u16, String), reqwest::Error> {
     http_request(address, "GET", path, &[], None).await.map(|response| (response.status, response.body))
 }
 

@@ -75,7 +75,18 @@ async fn the_writer_waits_out_a_postgres_outage() {
         deployment.wait_for_messages(MESSAGES / 5, Duration::from_secs(300)).await;
         let server = postgres.server().expect("a private server");
         server.stop().await;
-        tokio::time::sleep(Duration::from_secs(20)).await;
+        // The writer hits the outage: each partition holds the batch it read, unacknowledged.
+        chatdesk_testkit::wait_until("the writer held back by the outage", Duration::from_secs(60), || async {
+            deployment.backlog().await.1 > 0
+        })
+        .await;
+        // An outage of some seconds: what is held stays held.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (_, held) = deployment.backlog().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (lag, pending) = deployment.backlog().await;
+        assert_eq!(pending, held, "nothing acknowledged, nothing more taken while PostgreSQL is down");
+        assert!(lag > 0, "entries appended during the outage wait in the stream");
         server.restart().await.expect("PostgreSQL restarts");
     };
     let (expected, ()) = tokio::join!(deployment.append_conversations(), outage);

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chatdesk_core::events::{ContactUpdated, Event};
+use chatdesk_core::events::{Actor, Event, SenderKind, Typing};
 use chatdesk_core::{Envelope, KeyScheme, StreamsConfig, TenantId};
 use chatdesk_streams::{RedisConnector, RedisSettings};
 use fred::prelude::*;
@@ -534,8 +534,9 @@ async fn a_client_that_stops_reading_is_closed_and_others_keep_up() {
     let mut fast = hello(http, &token).await;
     subscribe(&mut fast, json!({"op": "subscribe", "channel": "inbox"})).await;
 
-    // Large entries on the stream (a contact update nobody stores: no such contact): more than
-    // any socket buffer holds.
+    // Large entries on the stream, more than any socket buffer holds: typing events padded with
+    // a field readers ignore, so the writer skips them (typing is never stored) and only the
+    // gateway is loaded.
     const EVENTS: usize = 3_000;
     let reader = tokio::spawn(async move {
         let mut offsets = Vec::with_capacity(EVENTS);
@@ -553,12 +554,17 @@ async fn a_client_that_stops_reading_is_closed_and_others_keep_up() {
     let producer = chatdesk_streams::Producer::new(redis_client, KeyScheme::new(&env.prefix).unwrap(), streams);
     let padding = "x".repeat(16 * 1024);
     for index in 0..EVENTS {
-        let event = Event::ContactUpdated(ContactUpdated {
-            contact_id: uuid::Uuid::from_u128(index as u128),
-            name: Some(padding.clone()),
-            email: None,
+        let event = Event::Typing(Typing {
+            conversation_id: uuid::Uuid::nil(),
+            who: Actor { kind: SenderKind::System, id: None },
+            typing: true,
         });
-        producer.append_event(&Envelope::of(TenantId(tenant_id), &event)).await.unwrap();
+        let mut entry = Envelope::of(TenantId(tenant_id), &event);
+        let mut payload = event.to_payload();
+        payload["padding"] = json!(padding);
+        entry.payload = payload.to_string();
+        entry.conversation = None;
+        producer.append_event(&entry).await.unwrap();
     }
     let offsets =
         tokio::time::timeout(Duration::from_secs(120), reader).await.expect("the fast client keeps up").unwrap();

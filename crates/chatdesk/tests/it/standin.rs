@@ -100,15 +100,11 @@ impl StandIn {
 
     /// Waits until `check` holds for what was received (up to 60 s).
     pub async fn wait_for(&self, what: &str, check: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        chatdesk_testkit::eventually(what, Duration::from_secs(60), || async {
             let received = self.received();
-            if check(&received) {
-                return received;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; received {} requests", received.len());
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+            check(&received).then_some(received)
+        })
+        .await
     }
 }
 

@@ -117,19 +117,13 @@ pub async fn login(http: SocketAddr, email: &str, password: &str) -> HttpRespons
     http_request(http, "POST", "/v1/auth/login", &[("Content-Type", "application/json")], Some(&body)).await.unwrap()
 }
 
+/// `GET path` until its JSON answer passes `check` (within 30 s); returns that answer.
 pub async fn eventually(client: &Client, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..500 {
+    chatdesk_testkit::eventually(what, Duration::from_secs(30), || async {
         let response = client.call("GET", path, None).await;
-        if response.status == 200 {
-            last = response.json();
-            if check(&last) {
-                return last;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}; last answer: {last}");
+        (response.status == 200).then(|| response.json()).filter(|answer| check(answer))
+    })
+    .await
 }
 
 /// POSTs a JSON `body` to `path` with extra headers.
