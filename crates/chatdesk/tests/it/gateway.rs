@@ -553,7 +553,7 @@ async fn a_client_that_stops_reading_is_closed_and_others_keep_up() {
     );
     let producer = chatdesk_streams::Producer::new(redis_client, KeyScheme::new(&env.prefix).unwrap(), streams);
     let padding = "x".repeat(16 * 1024);
-    for index in 0..EVENTS {
+    for _ in 0..EVENTS {
         let event = Event::Typing(Typing {
             conversation_id: uuid::Uuid::nil(),
             who: Actor { kind: SenderKind::System, id: None },
