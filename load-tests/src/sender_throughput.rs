@@ -125,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
     let keys = KeyScheme::new("chatdesk").map_err(anyhow::Error::msg)?;
     let producer = Producer::new(redis.clone(), keys.clone(), streams);
     // Replies go through the same command as REST (conversation looked up, then appended).
-    let reply = Reply { producer, redis, keys, db: pool.clone() };
+    let reply = Reply::new(producer, redis, keys, pool.clone());
     println!(
         "sender-throughput: {} replies over {} conversations to a generic receiver over loopback (`chatdesk up`, rate limits off)",
         args.messages, args.conversations

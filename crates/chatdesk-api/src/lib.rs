@@ -74,12 +74,7 @@ impl AppState {
         Self {
             directory: chatdesk_conversations::Directory::new(redis.clone(), keys.clone(), streams),
             inboxes: chatdesk_conversations::InboxCache::new(db.clone(), redis.clone(), keys.clone()),
-            reply: chatdesk_conversations::Reply {
-                producer: producer.clone(),
-                redis: redis.clone(),
-                keys: keys.clone(),
-                db: db.clone(),
-            },
+            reply: chatdesk_conversations::Reply::new(producer.clone(), redis.clone(), keys.clone(), db.clone()),
             redis,
             db,
             metrics,

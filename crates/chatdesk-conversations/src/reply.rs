@@ -51,6 +51,10 @@ pub enum ReplyError {
 }
 
 impl Reply {
+    pub fn new(producer: Producer, redis: Client, keys: KeyScheme, db: chatdesk_store::Pool) -> Self {
+        Self { producer, redis, keys, db }
+    }
+
     /// Validates the reply, checks the conversation (the tenant's, not blocked), appends the
     /// outbound message to the events stream and its delivery request to the send stream. A
     /// repeated `client_msg_id` (per tenant, for 24 hours) is answered with the first attempt's

@@ -124,12 +124,7 @@ impl Gateway {
         let consumer = Consumer::new(consumer_options, Fanout { hub: hub.clone(), group })?;
         let readers = Readers::new(consumer, shutdown.child_token());
         let producer = chatdesk_streams::Producer::new(redis.clone(), keys.clone(), streams.clone());
-        let reply = chatdesk_conversations::Reply {
-            producer: producer.clone(),
-            redis: redis.clone(),
-            keys: keys.clone(),
-            db: db.clone(),
-        };
+        let reply = chatdesk_conversations::Reply::new(producer.clone(), redis.clone(), keys.clone(), db.clone());
         let inner = Inner {
             hub,
             redis,

@@ -386,3 +386,56 @@ async fn a_generic_webhook_is_one_redis_round_trip_and_no_postgres_query() {
         envelope.event().expect("every entry the script wrote is a well-formed event");
     }
 }
+
+/// Inbox lookups that went to PostgreSQL, as a process's `/metrics` counts them.
+async fn inbox_cache_misses(http: std::net::SocketAddr) -> u64 {
+    let (_, metrics) = chatdesk_testkit::http_get(http, "/metrics").await.unwrap();
+    metrics
+        .lines()
+        .find(|line| line.starts_with(r#"chatdesk_inbox_cache_lookups_total{outcome="miss"}"#))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// An inbox changed through one process is dropped from every other process's cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_inbox_change_reaches_every_process_cache() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@cache.test", "owner-pass-1");
+    let inbox = admin(
+        &env,
+        &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "generic", "--name", "Hooks"],
+    );
+    let address =
+        || -> std::net::SocketAddr { format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap() };
+    let (first, second) = (address(), address());
+    let _first = crate::support::serve_roles(&env, "ingress", first, &[]).await;
+    let _second = crate::support::serve_roles(&env, "ingress", second, &[("CHATDESK_NODE_ID", "second")]).await;
+
+    for index in 0..3 {
+        let answer = post_generic(second, &inbox, &generic_body(&format!("before-{index}"), "cust-1", "hi")).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    assert_eq!(inbox_cache_misses(second).await, 1, "one lookup in PostgreSQL, then the cache");
+
+    let token = crate::support::login(first, "owner@cache.test", "owner-pass-1").await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let owner = Client { http: first, token };
+    let path = format!("/v1/inboxes/{}", inbox["inbox_id"].as_str().unwrap());
+    let patched = owner.call("PATCH", &path, Some(json!({"outbound_url": "https://example.com/hook"}))).await;
+    assert_eq!(patched.status, 200, "{}", patched.body);
+
+    let mut sent = 0;
+    let inbox = &inbox;
+    chatdesk_testkit::wait_until("the second process to drop its copy", Duration::from_secs(30), || {
+        sent += 1;
+        let body = generic_body(&format!("after-{sent}"), "cust-1", "hi");
+        async move {
+            assert_eq!(post_generic(second, inbox, &body).await.status, 200);
+            inbox_cache_misses(second).await == 2
+        }
+    })
+    .await;
+}
