@@ -320,8 +320,10 @@ pub async fn list_messages(
     Ok(Json(MessagePage { items: rows.into_iter().map(MessageView::from).collect(), next_cursor }))
 }
 
+// Named `Accepted` in the OpenAPI document, as clients know it.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Accepted {
+#[schema(as = Accepted)]
+pub struct AcceptedView {
     pub event_id: Uuid,
     /// The events-stream entry id of the appended event (`null` only when a repeated
     /// `client_msg_id` is answered before its first attempt finished appending).
@@ -361,10 +363,10 @@ async fn accept(
     tenant: Uuid,
     conversation: Uuid,
     event: &Event,
-) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+) -> Result<(StatusCode, Json<AcceptedView>), ApiError> {
     let event_id = EventId::new();
     let offset = append(state, tenant, conversation, event, event_id).await?;
-    Ok((StatusCode::ACCEPTED, Json(Accepted { event_id: event_id.0, offset: Some(offset.to_string()) })))
+    Ok((StatusCode::ACCEPTED, Json(AcceptedView { event_id: event_id.0, offset: Some(offset.to_string()) })))
 }
 
 /// Sends an agent reply: appends the outbound message to the events stream and a delivery
@@ -377,7 +379,7 @@ async fn accept(
     request_body = ReplyRequest,
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Accepted: the message is queued for delivery", body = Accepted),
+        (status = 202, description = "Accepted: the message is queued for delivery", body = AcceptedView),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "The role may not reply", body = ErrorBody),
@@ -393,7 +395,7 @@ pub async fn reply(
     principal: Principal,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(request): ApiJson<ReplyRequest>,
-) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+) -> Result<(StatusCode, Json<AcceptedView>), ApiError> {
     principal.require(CONVERSATION_ROLES, "reply to conversations")?;
     let accepted = state
         .reply
@@ -402,7 +404,7 @@ pub async fn reply(
         .map_err(reply_error)?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(Accepted { event_id: accepted.event_id, offset: accepted.offset.map(|offset| offset.to_string()) }),
+        Json(AcceptedView { event_id: accepted.event_id, offset: accepted.offset.map(|offset| offset.to_string()) }),
     ))
 }
 
@@ -422,7 +424,7 @@ pub struct AssignRequest {
     request_body = AssignRequest,
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "Accepted", body = Accepted),
+        (status = 202, description = "Accepted", body = AcceptedView),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "The role may not assign", body = ErrorBody),
         (status = 404, description = "No such conversation in this tenant", body = ErrorBody),
@@ -434,7 +436,7 @@ pub async fn assign(
     principal: Principal,
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(request): ApiJson<AssignRequest>,
-) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+) -> Result<(StatusCode, Json<AcceptedView>), ApiError> {
     principal.require(CONVERSATION_ROLES, "assign conversations")?;
     conversation_of(&state, &principal, id).await?;
     if let Some(assignee) = request.assignee_id {
@@ -458,7 +460,7 @@ async fn change_status(
     principal: Principal,
     id: Uuid,
     status: ConversationStatus,
-) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+) -> Result<(StatusCode, Json<AcceptedView>), ApiError> {
     principal.require(CONVERSATION_ROLES, "change a conversation's status")?;
     conversation_of(&state, &principal, id).await?;
     let event = Event::ConversationStatusChanged(ConversationStatusChanged {
@@ -472,36 +474,36 @@ async fn change_status(
 /// Marks the conversation resolved.
 #[utoipa::path(post, path = "/v1/conversations/{id}/resolve", tag = "conversations",
     params(("id" = Uuid, Path, description = "Conversation id")), security(("bearer" = [])),
-    responses((status = 202, body = Accepted), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 202, body = AcceptedView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn resolve(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+) -> Result<(StatusCode, Json<AcceptedView>), ApiError> {
     change_status(state, principal, id, ConversationStatus::Resolved).await
 }
 
 /// Opens the conversation again.
 #[utoipa::path(post, path = "/v1/conversations/{id}/reopen", tag = "conversations",
     params(("id" = Uuid, Path, description = "Conversation id")), security(("bearer" = [])),
-    responses((status = 202, body = Accepted), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 202, body = AcceptedView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn reopen(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+) -> Result<(StatusCode, Json<AcceptedView>), ApiError> {
     change_status(state, principal, id, ConversationStatus::Open).await
 }
 
 /// Blocks the conversation: no replies until it is reopened.
 #[utoipa::path(post, path = "/v1/conversations/{id}/block", tag = "conversations",
     params(("id" = Uuid, Path, description = "Conversation id")), security(("bearer" = [])),
-    responses((status = 202, body = Accepted), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 202, body = AcceptedView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn block(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<Uuid>,
-) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+) -> Result<(StatusCode, Json<AcceptedView>), ApiError> {
     change_status(state, principal, id, ConversationStatus::Blocked).await
 }
 

@@ -49,7 +49,7 @@ use uuid::Uuid;
 
 use crate::job::{Ending, Job, SendRequest};
 use crate::limits::{Limiter, Limits};
-use crate::providers::{Delivery, Endpoints, Outbound, Providers, provider_name};
+use crate::providers::{CallOutcome, Endpoints, Outbound, Providers, provider_name};
 use crate::queue::{Leased, Queue};
 
 /// The consumer group of the send stream.
@@ -430,21 +430,21 @@ impl Inner {
         ::metrics::histogram!(metrics::PROVIDER_LATENCY_SECONDS, "provider" => provider)
             .record(started.elapsed().as_secs_f64());
         let outcome = match &delivery {
-            Delivery::Sent { .. } => "sent",
-            Delivery::Throttled { .. } => "throttled",
-            Delivery::Transient { .. } => "transient",
-            Delivery::Permanent { .. } => "permanent",
+            CallOutcome::Sent { .. } => "sent",
+            CallOutcome::Throttled { .. } => "throttled",
+            CallOutcome::Transient { .. } => "transient",
+            CallOutcome::Permanent { .. } => "permanent",
         };
         ::metrics::counter!(metrics::SENDS_TOTAL, "provider" => provider, "outcome" => outcome).increment(1);
         match delivery {
-            Delivery::Sent { provider_message_id } => {
+            CallOutcome::Sent { provider_message_id } => {
                 self.end(leased, Ending::Sent { provider_message_id }, provider).await
             }
-            Delivery::Permanent { reason } => {
+            CallOutcome::Permanent { reason } => {
                 tracing::info!(reason = %reason, "the provider refused the message");
                 self.end(leased, Ending::Failed { reason, dead_letter: false }, provider).await
             }
-            Delivery::Throttled { retry_after, bucket, reason } => {
+            CallOutcome::Throttled { retry_after, bucket, reason } => {
                 let pause = retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE);
                 if let Some(bucket) = bucket.and_then(|kind| buckets.iter().find(|bucket| bucket.kind == kind)) {
                     self.limiter.pause(bucket, pause).await?;
@@ -458,7 +458,7 @@ impl Inner {
                 self.queue.update(leased, Some(pause.as_millis() as u64)).await?;
                 Ok(())
             }
-            Delivery::Transient { reason, retry_after } => {
+            CallOutcome::Transient { reason, retry_after } => {
                 leased.job.failures += 1;
                 if leased.job.failures >= self.settings.max_attempts {
                     return self.end(leased, Ending::Failed { reason, dead_letter: true }, provider).await;

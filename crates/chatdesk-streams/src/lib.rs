@@ -1,5 +1,8 @@
-//! chatdesk's Redis Streams transport: the only code that reads or writes streams. It knows
-//! entries (`chatdesk_core::envelope`), not what they mean.
+//! chatdesk's Redis Streams transport: connections, appends, the consumer runtime, dead letters,
+//! scripts, retention and status. It knows entries (`chatdesk_core::envelope`), not what they
+//! mean. Every stream read goes through it; the only appends made elsewhere are those that must
+//! be atomic with a domain's own keys (the conversation directory's ingest script, the sender's
+//! queue), and they write entries with the same encoder and dead letters with [`dead_letter`].
 //!
 //! - [`connection`]: building fred clients, one shared client for ordinary commands and one
 //!   dedicated connection per blocking reader.

@@ -5,7 +5,7 @@
 use chatdesk_core::auth::sign_body;
 use serde_json::{Value, json};
 
-use super::{Delivery, Outbound, Reply, by_status, exchange};
+use super::{CallOutcome, Outbound, Reply, by_status, exchange};
 use crate::limits::BucketKind;
 
 pub fn body(outbound: &Outbound<'_>) -> String {
@@ -19,9 +19,9 @@ pub fn body(outbound: &Outbound<'_>) -> String {
     .to_string()
 }
 
-pub async fn send(http: &reqwest::Client, outbound: &Outbound<'_>) -> Delivery {
+pub async fn send(http: &reqwest::Client, outbound: &Outbound<'_>) -> CallOutcome {
     let Some(url) = outbound.inbox.outbound_url.as_deref() else {
-        return Delivery::Permanent { reason: "the generic inbox has no outbound URL configured".to_owned() };
+        return CallOutcome::Permanent { reason: "the generic inbox has no outbound URL configured".to_owned() };
     };
     let body = body(outbound);
     let signature = sign_body(body.as_bytes(), &outbound.inbox.webhook_secret);
@@ -44,11 +44,11 @@ pub async fn send(http: &reqwest::Client, outbound: &Outbound<'_>) -> Delivery {
                 _ => None,
             })
         });
-        return Delivery::Sent { provider_message_id: id };
+        return CallOutcome::Sent { provider_message_id: id };
     }
     match by_status(status, &headers, &text) {
-        Delivery::Throttled { retry_after, reason, .. } => {
-            Delivery::Throttled { retry_after, bucket: Some(BucketKind::GenericAccount), reason }
+        CallOutcome::Throttled { retry_after, reason, .. } => {
+            CallOutcome::Throttled { retry_after, bucket: Some(BucketKind::GenericAccount), reason }
         }
         other => other,
     }

@@ -1,4 +1,4 @@
-//! Provider clients. Each speaks one real API and turns its answer into a [`Delivery`]; base
+//! Provider clients. Each speaks one real API and turns its answer into a [`CallOutcome`]; base
 //! URLs are settings so tests and staging can point them at stand-ins.
 
 pub mod generic;
@@ -23,7 +23,7 @@ const REASON_BODY_CHARS: usize = 300;
 
 /// What became of one provider call.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Delivery {
+pub enum CallOutcome {
     Sent {
         provider_message_id: Option<String>,
     },
@@ -102,13 +102,13 @@ impl Providers {
         }
     }
 
-    pub async fn send(&self, outbound: &Outbound<'_>) -> Delivery {
+    pub async fn send(&self, outbound: &Outbound<'_>) -> CallOutcome {
         match outbound.inbox.kind {
             InboxKind::Whatsapp => whatsapp::send(&self.http, &self.endpoints, outbound).await,
             InboxKind::Telegram => telegram::send(&self.http, &self.endpoints, outbound).await,
             InboxKind::Generic => generic::send(&self.http, outbound).await,
             // The web widget's visitor reads replies from the gateway: nothing to call.
-            InboxKind::Web => Delivery::Sent { provider_message_id: None },
+            InboxKind::Web => CallOutcome::Sent { provider_message_id: None },
         }
     }
 }
@@ -145,8 +145,8 @@ pub struct Reply {
     pub text: String,
 }
 
-/// Sends `request` and reads the answer; a network failure is already a [`Delivery`].
-pub async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, Delivery> {
+/// Sends `request` and reads the answer; a network failure is already a [`CallOutcome`].
+pub async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, CallOutcome> {
     let response = request.send().await.map_err(|error| network_failure(&error))?;
     let status = response.status();
     let headers = response.headers().clone();
@@ -155,7 +155,7 @@ pub async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, Deliver
 }
 
 /// A network failure: always worth another try.
-pub fn network_failure(error: &reqwest::Error) -> Delivery {
+pub fn network_failure(error: &reqwest::Error) -> CallOutcome {
     let what = if error.is_timeout() {
         "the provider did not answer in time"
     } else if error.is_connect() {
@@ -163,18 +163,18 @@ pub fn network_failure(error: &reqwest::Error) -> Delivery {
     } else {
         "the request to the provider failed"
     };
-    Delivery::Transient { reason: format!("{what}: {error}"), retry_after: None }
+    CallOutcome::Transient { reason: format!("{what}: {error}"), retry_after: None }
 }
 
 /// The usual reading of an HTTP status no provider-specific rule covered.
-pub fn by_status(status: StatusCode, headers: &HeaderMap, body: &str) -> Delivery {
+pub fn by_status(status: StatusCode, headers: &HeaderMap, body: &str) -> CallOutcome {
     let reason = format!("HTTP {}: {}", status.as_u16(), excerpt(body));
     if status == StatusCode::TOO_MANY_REQUESTS {
-        Delivery::Throttled { retry_after: retry_after(headers), bucket: None, reason }
+        CallOutcome::Throttled { retry_after: retry_after(headers), bucket: None, reason }
     } else if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
-        Delivery::Transient { reason, retry_after: retry_after(headers) }
+        CallOutcome::Transient { reason, retry_after: retry_after(headers) }
     } else {
-        Delivery::Permanent { reason }
+        CallOutcome::Permanent { reason }
     }
 }
 
@@ -187,9 +187,9 @@ pub fn excerpt(body: &str) -> String {
 }
 
 /// A credential from the inbox's provider settings.
-pub fn credential<'a>(inbox: &'a InboxRecord, name: &str) -> Result<&'a str, Delivery> {
+pub fn credential<'a>(inbox: &'a InboxRecord, name: &str) -> Result<&'a str, CallOutcome> {
     inbox.provider_config.get(name).and_then(|value| value.as_str()).filter(|value| !value.is_empty()).ok_or_else(
-        || Delivery::Permanent { reason: format!("the {} inbox has no {name} configured", inbox.kind.as_str()) },
+        || CallOutcome::Permanent { reason: format!("the {} inbox has no {name} configured", inbox.kind.as_str()) },
     )
 }
 
@@ -216,10 +216,10 @@ mod tests {
     #[test]
     fn statuses_classify() {
         let headers = HeaderMap::new();
-        assert!(matches!(by_status(StatusCode::INTERNAL_SERVER_ERROR, &headers, ""), Delivery::Transient { .. }));
-        assert!(matches!(by_status(StatusCode::BAD_GATEWAY, &headers, ""), Delivery::Transient { .. }));
-        assert!(matches!(by_status(StatusCode::TOO_MANY_REQUESTS, &headers, ""), Delivery::Throttled { .. }));
-        let Delivery::Permanent { reason } = by_status(StatusCode::BAD_REQUEST, &headers, "no such user") else {
+        assert!(matches!(by_status(StatusCode::INTERNAL_SERVER_ERROR, &headers, ""), CallOutcome::Transient { .. }));
+        assert!(matches!(by_status(StatusCode::BAD_GATEWAY, &headers, ""), CallOutcome::Transient { .. }));
+        assert!(matches!(by_status(StatusCode::TOO_MANY_REQUESTS, &headers, ""), CallOutcome::Throttled { .. }));
+        let CallOutcome::Permanent { reason } = by_status(StatusCode::BAD_REQUEST, &headers, "no such user") else {
             panic!("400 is permanent")
         };
         assert_eq!(reason, "HTTP 400: no such user");

@@ -6,7 +6,7 @@ use chatdesk_store::directory::InboxRecord;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Delivery, Endpoints, Outbound, Reply, by_status, credential, excerpt, exchange};
+use super::{CallOutcome, Endpoints, Outbound, Reply, by_status, credential, excerpt, exchange};
 use crate::limits::{Bucket, BucketKind};
 
 #[derive(Deserialize)]
@@ -44,7 +44,7 @@ fn chat_id(to: &str) -> Value {
     to.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::from(to))
 }
 
-pub async fn send(http: &reqwest::Client, endpoints: &Endpoints, outbound: &Outbound<'_>) -> Delivery {
+pub async fn send(http: &reqwest::Client, endpoints: &Endpoints, outbound: &Outbound<'_>) -> CallOutcome {
     let token = match credential(outbound.inbox, "bot_token") {
         Ok(value) => value,
         Err(failure) => return failure,
@@ -59,15 +59,17 @@ pub async fn send(http: &reqwest::Client, endpoints: &Endpoints, outbound: &Outb
     if answer.ok {
         // The id Telegram's updates use for a message: unique per chat.
         let id = answer.result.map(|message| format!("{}:{}", outbound.to, message.message_id));
-        return Delivery::Sent { provider_message_id: id };
+        return CallOutcome::Sent { provider_message_id: id };
     }
     let code = answer.error_code.unwrap_or(status.as_u16());
     let reason = format!("Telegram error {code}: {}", excerpt(answer.description.as_deref().unwrap_or_default()));
     let retry_after = answer.parameters.and_then(|parameters| parameters.retry_after).map(Duration::from_secs);
     match code {
-        429 => Delivery::Throttled { retry_after, bucket: Some(chat_bucket(outbound.inbox, outbound.to).kind), reason },
-        500..=599 => Delivery::Transient { reason, retry_after },
-        _ => Delivery::Permanent { reason },
+        429 => {
+            CallOutcome::Throttled { retry_after, bucket: Some(chat_bucket(outbound.inbox, outbound.to).kind), reason }
+        }
+        500..=599 => CallOutcome::Transient { reason, retry_after },
+        _ => CallOutcome::Permanent { reason },
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Delivery, Endpoints, Outbound, Reply, by_status, credential, exchange, retry_after};
+use super::{CallOutcome, Endpoints, Outbound, Reply, by_status, credential, exchange, retry_after};
 use crate::limits::BucketKind;
 
 /// How long to pause when Meta throttles without saying for how long.
@@ -65,7 +65,7 @@ pub fn body(outbound: &Outbound<'_>) -> Value {
     }
 }
 
-pub async fn send(http: &reqwest::Client, endpoints: &Endpoints, outbound: &Outbound<'_>) -> Delivery {
+pub async fn send(http: &reqwest::Client, endpoints: &Endpoints, outbound: &Outbound<'_>) -> CallOutcome {
     let phone_number_id = match credential(outbound.inbox, "phone_number_id") {
         Ok(value) => value,
         Err(failure) => return failure,
@@ -90,14 +90,14 @@ pub async fn send(http: &reqwest::Client, endpoints: &Endpoints, outbound: &Outb
             .ok()
             .and_then(|accepted| accepted.messages.into_iter().next())
         {
-            Some(message) => Delivery::Sent { provider_message_id: Some(message.id) },
+            Some(message) => CallOutcome::Sent { provider_message_id: Some(message.id) },
             // Accepted, but without the wamid we cannot match its receipts; still sent.
-            None => Delivery::Sent { provider_message_id: None },
+            None => CallOutcome::Sent { provider_message_id: None },
         };
     }
     if let Ok(ErrorBody { error }) = serde_json::from_str::<ErrorBody>(&text) {
         let reason = format!("WhatsApp error {}: {}", error.code, error.message);
-        let throttled = |bucket, pause| Delivery::Throttled {
+        let throttled = |bucket, pause| CallOutcome::Throttled {
             retry_after: Some(retry_after(&headers).unwrap_or(pause)),
             bucket: Some(bucket),
             reason: reason.clone(),
@@ -106,9 +106,11 @@ pub async fn send(http: &reqwest::Client, endpoints: &Endpoints, outbound: &Outb
             130429 | 80007 | 4 => return throttled(BucketKind::WhatsappAccount, ACCOUNT_PAUSE),
             131056 => return throttled(BucketKind::WhatsappRecipient, RECIPIENT_PAUSE),
             // "Something went wrong" / service unavailable / temporarily unavailable.
-            1 | 2 | 131000 | 131016 => return Delivery::Transient { reason, retry_after: retry_after(&headers) },
-            _ if status.is_server_error() => return Delivery::Transient { reason, retry_after: retry_after(&headers) },
-            _ => return Delivery::Permanent { reason },
+            1 | 2 | 131000 | 131016 => return CallOutcome::Transient { reason, retry_after: retry_after(&headers) },
+            _ if status.is_server_error() => {
+                return CallOutcome::Transient { reason, retry_after: retry_after(&headers) };
+            }
+            _ => return CallOutcome::Permanent { reason },
         }
     }
     by_status(status, &headers, &text)
