@@ -77,9 +77,15 @@ async fn main() -> anyhow::Result<()> {
     let receiver = Receiver::default();
     let receiver_address = start_receiver(receiver.clone()).await?;
     let binary = chatdesk_binary(args.chatdesk.as_deref())?;
+    // The receiver is on loopback, which the outbound policy refuses unless allowed.
+    let allowed = receiver_address.to_string();
     let up = Up::start(
         binary,
-        &[("CHATDESK_INGRESS_RATE_PER_INBOX", "1000000"), ("CHATDESK_SEND_LIMITS", "generic.account=off")],
+        &[
+            ("CHATDESK_INGRESS_RATE_PER_INBOX", "1000000"),
+            ("CHATDESK_SEND_LIMITS", "generic.account=off"),
+            ("CHATDESK_OUTBOUND_ALLOW", &allowed),
+        ],
     )
     .await?;
     let tenant = up.tenant("owner@bench.test")?;

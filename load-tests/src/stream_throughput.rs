@@ -200,8 +200,8 @@ impl chatdesk_core::Record for Bench {
         None
     }
 
-    fn to_payload(&self) -> String {
-        format!(r#"{{"n":{}}}"#, self.0)
+    fn to_payload(&self) -> serde_json::Value {
+        serde_json::json!({ "n": self.0 })
     }
 
     fn from_payload(_: &str, payload: &str) -> Result<Self, chatdesk_core::envelope::PayloadError> {

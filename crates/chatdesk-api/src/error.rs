@@ -36,6 +36,9 @@ pub enum ApiError {
     Unprocessable { code: &'static str, message: String, details: Option<Value> },
     #[error("{dependency} is unavailable")]
     Unavailable { dependency: &'static str },
+    /// 503: this process is at capacity for this kind of work; `Retry-After` says when to retry.
+    #[error("{message}")]
+    Busy { message: String, retry_after_seconds: u64 },
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -66,7 +69,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -82,6 +85,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::Unavailable { .. } => "unavailable",
+            ApiError::Busy { .. } => "busy",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -129,7 +133,9 @@ impl IntoResponse for ApiError {
         }
         let body = Body { error: Detail { code: self.code(), message: self.to_string(), details: self.details() } };
         let mut response = (self.status(), Json(body)).into_response();
-        if let ApiError::TooManyRequests { retry_after_seconds, .. } = &self {
+        if let ApiError::TooManyRequests { retry_after_seconds, .. } | ApiError::Busy { retry_after_seconds, .. } =
+            &self
+        {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(*retry_after_seconds));

@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use chatdesk_core::outbound::OutboundPolicy;
 use chatdesk_store::directory::{self, InboxRecord};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -98,6 +99,32 @@ fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<O
     Option::<String>::deserialize(deserializer).map(Some)
 }
 
+/// How long a `PATCH` waits for the outbound URL's host to resolve.
+const RESOLVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The same check the sender makes before each call, early: an address written in the URL, and
+/// the addresses its host resolves to now. A host that does not resolve yet is accepted (the
+/// sender decides at send time, on the addresses it connects to).
+async fn check_destination(policy: &OutboundPolicy, url: &str) -> Result<(), ApiError> {
+    let refused = |reason: String| ApiError::invalid_field("outbound_url", reason);
+    let uri: axum::http::Uri = url.parse().map_err(|_| refused("must be an http:// or https:// URL".into()))?;
+    let scheme = uri.scheme_str().unwrap_or_default();
+    let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let (host, port) = policy.check_url(scheme, uri.host(), port).map_err(|error| refused(error.to_string()))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let resolved = tokio::time::timeout(RESOLVE_WAIT, tokio::net::lookup_host((bare.as_str(), port))).await;
+    if let Ok(Ok(addresses)) = resolved {
+        let addresses: Vec<std::net::SocketAddr> = addresses.collect();
+        if !addresses.is_empty() && !addresses.iter().any(|address| policy.allows_resolved(&bare, address.ip())) {
+            return Err(refused(chatdesk_core::outbound::Refused::NotPublic.to_string()));
+        }
+    }
+    Ok(())
+}
+
 #[utoipa::path(
     patch,
     path = "/v1/inboxes/{id}",
@@ -132,6 +159,7 @@ pub async fn update_inbox(
         if !scheme_ok || url.len() > MAX_URL_CHARS || url.contains(char::is_whitespace) {
             return Err(ApiError::invalid_field("outbound_url", "must be an http:// or https:// URL"));
         }
+        check_destination(&state.ingress.outbound, url).await?;
     }
     let mut patch = serde_json::Map::new();
     for (field, value, kinds) in [

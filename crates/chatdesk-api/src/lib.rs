@@ -55,6 +55,8 @@ pub struct AppState {
     pub directory: chatdesk_conversations::Directory,
     pub inboxes: chatdesk_conversations::InboxCache,
     pub reply: chatdesk_conversations::Reply,
+    /// Bounds password hashing (see [`login`]).
+    pub logins: login::Guard,
     pub ingress: ingress::IngressSettings,
     pub keys: KeyScheme,
 }
@@ -75,6 +77,7 @@ impl AppState {
             directory: chatdesk_conversations::Directory::new(redis.clone(), keys.clone(), streams),
             inboxes: chatdesk_conversations::InboxCache::new(db.clone(), redis.clone(), keys.clone()),
             reply: chatdesk_conversations::Reply::new(producer.clone(), redis.clone(), keys.clone(), db.clone()),
+            logins: login::Guard::default(),
             redis,
             db,
             metrics,
@@ -173,5 +176,8 @@ async fn info(axum::extract::State(state): axum::extract::State<AppState>) -> ax
 pub async fn serve(listener: TcpListener, app: Router, cancel: CancellationToken) -> std::io::Result<()> {
     let address: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?address, "http server listening");
-    axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await
+    // The peer address feeds per-address limits (failed logins).
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
 }

@@ -1,8 +1,23 @@
 //! `POST /v1/auth/login`: e-mail and password for an agent token.
+//!
+//! Password hashing is deliberately expensive (Argon2id, 19 MiB and tens of milliseconds each),
+//! so an unauthenticated caller must not be able to make a process hash without bound:
+//! - at most [`Guard`]'s permits hash at once per process; a login that waits longer than
+//!   [`HASH_WAIT`] for one is answered 503 with `Retry-After`;
+//! - failed logins are counted in Redis (shared by every process) per account and per client
+//!   address; past [`MAX_ACCOUNT_FAILURES`] / [`MAX_ADDRESS_FAILURES`] in [`FAILURE_WINDOW`]
+//!   the next attempt is answered 429 before any hashing;
+//! - passwords longer than [`MAX_PASSWORD_BYTES`] are refused before hashing.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
+use fred::prelude::*;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -10,6 +25,68 @@ use crate::AppState;
 use crate::auth::{TOKEN_TTL, burn_password_check, issue_token, verify_password};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
+
+/// The longest password accepted, in bytes.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// How long a login may wait for a hashing slot before it is answered 503.
+pub const HASH_WAIT: Duration = Duration::from_secs(2);
+/// Failed logins are counted over this window (from the first failure).
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Failed logins of one account within the window before further attempts are refused.
+pub const MAX_ACCOUNT_FAILURES: u64 = 10;
+/// Failed logins from one client address within the window before further attempts are refused.
+pub const MAX_ADDRESS_FAILURES: u64 = 50;
+
+/// Bounds password hashing in one process.
+#[derive(Clone)]
+pub struct Guard {
+    hashing: Arc<Semaphore>,
+}
+
+impl Guard {
+    /// `permits` hashes at once (each holds about 19 MiB while it runs).
+    pub fn new(permits: usize) -> Self {
+        Self { hashing: Arc::new(Semaphore::new(permits.max(1))) }
+    }
+}
+
+impl Default for Guard {
+    /// One hash per core: more only queue on the blocking pool while each holds its memory.
+    fn default() -> Self {
+        Self::new(std::thread::available_parallelism().map(usize::from).unwrap_or(2))
+    }
+}
+
+fn redis_down(_: Error) -> ApiError {
+    ApiError::Unavailable { dependency: "Redis" }
+}
+
+/// Refuses the attempt (429) while the account or the address has failed too often.
+async fn check_failures(state: &AppState, account: &str, address: &IpAddr) -> Result<(), ApiError> {
+    let keys = [state.keys.login_failures_of_account(account), state.keys.login_failures_of_address(address)];
+    let counts: Vec<Option<u64>> = state.redis.mget(keys.to_vec()).await.map_err(redis_down)?;
+    let limits = [MAX_ACCOUNT_FAILURES, MAX_ADDRESS_FAILURES];
+    for ((key, count), limit) in keys.iter().zip(counts).zip(limits) {
+        if count.unwrap_or(0) >= limit {
+            let ttl: i64 = state.redis.ttl(key).await.map_err(redis_down)?;
+            return Err(ApiError::TooManyRequests {
+                message: "too many failed logins; try again later".into(),
+                retry_after_seconds: u64::try_from(ttl).unwrap_or(1).max(1),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Counts one failed attempt against the account and the address.
+async fn record_failure(state: &AppState, account: &str, address: &IpAddr) {
+    for key in [state.keys.login_failures_of_account(account), state.keys.login_failures_of_address(address)] {
+        let counted: Result<u64, _> = state.redis.incr(&key).await;
+        if counted == Ok(1) {
+            let _: Result<bool, _> = state.redis.expire(&key, FAILURE_WINDOW.as_secs() as i64, None).await;
+        }
+    }
+}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -45,29 +122,53 @@ pub struct LoginResponse {
         (status = 200, description = "Logged in", body = LoginResponse),
         (status = 401, description = "Wrong e-mail or password", body = crate::openapi::ErrorBody),
         (status = 422, description = "A field is missing or invalid", body = crate::openapi::ErrorBody),
+        (status = 429, description = "Too many failed logins for this account or from this address; see Retry-After", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Too many logins in progress; see Retry-After", body = crate::openapi::ErrorBody),
     )
 )]
 pub async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(request): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    if request.email.trim().is_empty() {
-        return Err(ApiError::invalid_field("email", "must not be empty"));
+    let email = request.email.trim();
+    if email.is_empty() || email.chars().count() > 320 {
+        return Err(ApiError::invalid_field("email", "must be 1 to 320 characters"));
     }
-    let user =
-        chatdesk_store::directory::user_by_email(&state.db, request.email.trim()).await.map_err(ApiError::store)?;
+    if request.password.len() > MAX_PASSWORD_BYTES {
+        return Err(ApiError::invalid_field("password", format!("must be at most {MAX_PASSWORD_BYTES} bytes")));
+    }
+    let account = email.to_lowercase();
+    let address = peer.ip();
+    check_failures(&state, &account, &address).await?;
+    let permit = tokio::time::timeout(HASH_WAIT, state.logins.hashing.clone().acquire_owned())
+        .await
+        .map_err(|_| ApiError::Busy {
+            message: "too many logins in progress; retry shortly".into(),
+            retry_after_seconds: 1,
+        })?
+        .expect("the hashing semaphore is never closed");
+    let user = chatdesk_store::directory::user_by_email(&state.db, email).await.map_err(ApiError::store)?;
     let password = request.password;
-    let checked = tokio::task::spawn_blocking(move || match user {
-        Some(user) if verify_password(&password, &user.password_hash) => Some(user),
-        Some(_) => None,
-        None => {
-            burn_password_check(&password);
-            None
+    let checked = tokio::task::spawn_blocking(move || {
+        // Held until the hash is done, so the bound counts hashes running, not requests waiting.
+        let _permit = permit;
+        match user {
+            Some(user) if verify_password(&password, &user.password_hash) => Some(user),
+            Some(_) => None,
+            None => {
+                burn_password_check(&password);
+                None
+            }
         }
     })
     .await
     .map_err(|error| ApiError::Internal(Box::new(error)))?;
-    let user = checked.ok_or_else(|| ApiError::Unauthorized { message: "wrong e-mail or password".into() })?;
+    let Some(user) = checked else {
+        record_failure(&state, &account, &address).await;
+        return Err(ApiError::Unauthorized { message: "wrong e-mail or password".into() });
+    };
+    let _: Result<i64, _> = state.redis.del(state.keys.login_failures_of_account(&account)).await;
     let role = chatdesk_store::directory::Role::parse(&user.role)
         .ok_or_else(|| ApiError::Internal(format!("user {} has unknown role {:?}", user.id, user.role).into()))?;
     let (token, expires_at) = issue_token(&state.auth, user.id, user.tenant_id, role, TOKEN_TTL);

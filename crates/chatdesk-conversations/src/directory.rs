@@ -13,6 +13,9 @@
 //! 50 concurrent first messages from one new contact therefore make one contact and one
 //! conversation, and the writer never sees a message before its conversation.
 //!
+//! Before step 1 the script takes over, once, a sender's keys from where deployments made before
+//! ids moved after the hash tag kept them ([`chatdesk_core::PartitionKeys::legacy_scoped`]).
+//!
 //! The script is given each record as its typed routing fields (from the one encoder,
 //! [`Envelope::encode`]) and its payload without the ids only the script can know (the contact's
 //! and the conversation's, which may already exist); it adds those as JSON members.
@@ -35,6 +38,14 @@ pub const DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 static INGEST: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+-- Keys of deployments made before ids moved after the hash tag (KEYS[6..8]) are taken over
+-- once, so their senders keep their contact, conversation and duplicate window.
+for index = 2, 4 do
+  local legacy = KEYS[index + 4]
+  if legacy ~= KEYS[index] and redis.call('EXISTS', legacy) == 1 and redis.call('EXISTS', KEYS[index]) == 0 then
+    redis.call('RENAME', legacy, KEYS[index])
+  end
+end
 local limit = tonumber(ARGV[1])
 if limit > 0 then
   local count = redis.call('INCR', KEYS[5])
@@ -116,6 +127,18 @@ return {'appended', contact, conversation, created_contact, created_conversation
     )
 });
 
+static COUNT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then
+  redis.call('EXPIRE', KEYS[1], 2)
+end
+return count
+"#,
+    )
+});
+
 static APPEND_ONCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -142,6 +165,67 @@ pub enum DirectoryError {
     },
     #[error("the ingest script answered {0:?}")]
     Answer(String),
+    /// The sender's input cannot be stored as it is (the caller answers 422).
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// The longest external sender id and provider message id, in bytes: both are keys of
+/// PostgreSQL indexes, whose entries have a size limit; a longer one would be acknowledged
+/// here and then refused by the writer.
+pub const MAX_ID_BYTES: usize = 256;
+/// The longest contact name and e-mail, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+pub const MAX_EMAIL_CHARS: usize = 320;
+
+/// How deep a message's channel fields (`extra`) may nest. Every reader parses the payload
+/// again, with a recursion limit; a depth near it would pass here and fail there.
+pub const MAX_EXTRA_DEPTH: usize = 32;
+
+fn depth(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(members) => 1 + members.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> DirectoryError {
+    DirectoryError::Invalid { field, reason: reason.into() }
+}
+
+/// Checks what a sender supplied against what PostgreSQL will store, before anything is
+/// appended: an acknowledged message must never be refused later by the writer.
+fn checked(
+    sender: &Introduction,
+    message: Option<&InboundMessage>,
+) -> Result<(String, Option<String>), DirectoryError> {
+    let external_id = chatdesk_core::envelope::text_without_nul(&sender.external_id).into_owned();
+    if external_id.trim().is_empty() || external_id.len() > MAX_ID_BYTES {
+        return Err(invalid("from", format!("the sender id must be 1 to {MAX_ID_BYTES} bytes")));
+    }
+    if sender.name.as_ref().is_some_and(|name| name.chars().count() > MAX_NAME_CHARS) {
+        return Err(invalid("name", format!("must be at most {MAX_NAME_CHARS} characters")));
+    }
+    if sender.email.as_ref().is_some_and(|email| email.chars().count() > MAX_EMAIL_CHARS) {
+        return Err(invalid("email", format!("must be at most {MAX_EMAIL_CHARS} characters")));
+    }
+    if let Some(extra) = message.and_then(|message| message.extra.as_ref())
+        && depth(extra) > MAX_EXTRA_DEPTH
+    {
+        return Err(invalid("extra", format!("must not be nested deeper than {MAX_EXTRA_DEPTH} levels")));
+    }
+    let provider_message_id = match message {
+        Some(message) => {
+            let id = chatdesk_core::envelope::text_without_nul(&message.provider_message_id).into_owned();
+            if id.trim().is_empty() || id.len() > MAX_ID_BYTES {
+                return Err(invalid("message_id", format!("must be 1 to {MAX_ID_BYTES} bytes")));
+            }
+            Some(id)
+        }
+        None => None,
+    };
+    Ok((external_id, provider_message_id))
 }
 
 /// The sender of a channel message, as the channel names them.
@@ -208,7 +292,7 @@ pub struct Directory {
 
 /// A record's script arguments: its routing fields (no conversation, no payload; the script adds
 /// them) and its payload's members without `without`.
-fn record_arguments(envelope: &Envelope, without: &[&str]) -> Vec<String> {
+fn record_arguments(envelope: &Envelope, without: &[&str]) -> Result<Vec<String>, DirectoryError> {
     let routing: Vec<(&'static str, String)> = envelope
         .encode()
         .into_iter()
@@ -220,7 +304,8 @@ fn record_arguments(envelope: &Envelope, without: &[&str]) -> Vec<String> {
         args.push(field.to_owned());
         args.push(value);
     }
-    let mut payload: serde_json::Value = serde_json::from_str(&envelope.payload).expect("payloads are JSON objects");
+    let mut payload: serde_json::Value = serde_json::from_str(&envelope.payload)
+        .map_err(|error| invalid("extra", format!("cannot be kept as it is: {error}")))?;
     if let Some(object) = payload.as_object_mut() {
         for member in without {
             object.remove(*member);
@@ -228,7 +313,7 @@ fn record_arguments(envelope: &Envelope, without: &[&str]) -> Vec<String> {
     }
     let text = payload.to_string();
     args.push(text[1..text.len() - 1].to_owned());
-    args
+    Ok(args)
 }
 
 fn parse_uuid(raw: &str) -> Result<Uuid, DirectoryError> {
@@ -253,16 +338,20 @@ impl Directory {
     pub async fn ingest(&self, request: &IngestRequest<'_>) -> Result<Ingested, DirectoryError> {
         let partition = self.partition(&request.tenant)?;
         let sender = request.sender;
-        let identity = format!("{}:{}", sender.inbox, sender.external_id);
-        let dedupe = request.message.map(|message| format!("{}:{}", sender.inbox, message.provider_message_id));
+        let (external_id, provider_message_id) = checked(sender, request.message)?;
+        let identity = format!("{}:{external_id}", sender.inbox);
+        let dedupe = provider_message_id.as_ref().map(|id| format!("{}:{id}", sender.inbox));
         let second = chatdesk_core::envelope::now_ms() / 1000;
-        let keys = vec![
-            partition.stream.clone(),
-            partition.scoped("contact", &identity),
-            partition.scoped("conversation", &identity),
-            partition.scoped("seen", dedupe.as_deref().unwrap_or("-")),
-            partition.scoped("ingress-rate", &format!("{}:{second}", sender.inbox)),
-        ];
+        let dedupe = dedupe.as_deref().unwrap_or("-");
+        let scoped = [("contact", identity.as_str()), ("conversation", identity.as_str()), ("seen", dedupe)];
+        let mut keys = vec![partition.stream.clone()];
+        keys.extend(scoped.iter().map(|(name, id)| partition.scoped(name, id)));
+        keys.push(partition.scoped("ingress-rate", &format!("{}:{second}", sender.inbox)));
+        // Where the first three were kept before (the key itself when there is no such place).
+        for (index, (name, id)) in scoped.iter().enumerate() {
+            let current = keys[index + 1].clone();
+            keys.push(partition.legacy_scoped(name, id).unwrap_or(current));
+        }
         let (contact_id, conversation_id, event_id) = (Uuid::now_v7(), Uuid::now_v7(), EventId::new());
         let mut args = vec![
             request.rate_per_second.unwrap_or(0).to_string(),
@@ -277,14 +366,17 @@ impl Directory {
         let contact = Event::ContactCreated(ContactCreated {
             contact_id,
             inbox_id: sender.inbox,
-            external_id: sender.external_id.clone(),
+            external_id: external_id.clone(),
             name: sender.name.clone(),
             email: sender.email.clone(),
         });
-        args.extend(record_arguments(&Envelope::of(request.tenant, &contact), &["contact_id"]));
+        args.extend(record_arguments(&Envelope::of(request.tenant, &contact), &["contact_id"])?);
         let conversation =
             Event::ConversationCreated(ConversationCreated { conversation_id, inbox_id: sender.inbox, contact_id });
-        args.extend(record_arguments(&Envelope::of(request.tenant, &conversation), &["conversation_id", "contact_id"]));
+        args.extend(record_arguments(
+            &Envelope::of(request.tenant, &conversation),
+            &["conversation_id", "contact_id"],
+        )?);
         if let Some(message) = request.message {
             let event = Event::MessageCreated(MessageCreated {
                 conversation_id,
@@ -294,12 +386,12 @@ impl Directory {
                 sender: Actor { kind: SenderKind::Customer, id: Some(contact_id) },
                 text: message.text.clone(),
                 extra: message.extra.clone(),
-                provider_message_id: Some(message.provider_message_id.clone()),
+                provider_message_id: provider_message_id.clone(),
                 client_msg_id: None,
                 sent_at_ms: message.sent_at_ms,
             });
             let envelope = Envelope::of(request.tenant, &event).with_event_id(event_id);
-            args.extend(record_arguments(&envelope, &["conversation_id", "contact_id", "sender"]));
+            args.extend(record_arguments(&envelope, &["conversation_id", "contact_id", "sender"])?);
         }
         let answer: Vec<String> = INGEST
             .call(&self.client, keys, args)
@@ -330,6 +422,19 @@ impl Directory {
                 .increment(appended);
         }
         Ok(ingested)
+    }
+
+    /// Counts a request that carries no message (a provider's status callback) against the
+    /// inbox's per-second limit; `false` when the inbox is over it.
+    pub async fn admit_request(&self, tenant: &TenantId, inbox: Uuid, per_second: u32) -> Result<bool, DirectoryError> {
+        let partition = self.partition(tenant)?;
+        let second = chatdesk_core::envelope::now_ms() / 1000;
+        let key = partition.scoped("ingress-rate", &format!("{inbox}:{second}"));
+        let count: i64 = COUNT
+            .call(&self.client, vec![key], vec![per_second.to_string()])
+            .await
+            .map_err(|source| DirectoryError::Redis { key: partition.stream.clone(), source })?;
+        Ok(count <= i64::from(per_second))
     }
 
     /// Appends `entry` to its tenant's events partition unless `dedupe_id` was appended within
@@ -376,7 +481,7 @@ mod tests {
             contact_id,
         });
         let envelope = Envelope::of(TenantId(Uuid::from_u128(4)), &event);
-        let args = record_arguments(&envelope, &["conversation_id", "contact_id"]);
+        let args = record_arguments(&envelope, &["conversation_id", "contact_id"]).unwrap();
         let rest = args.last().unwrap();
         let payload = format!(r#"{{"conversation_id":"{conversation_id}","contact_id":"{contact_id}",{rest}}}"#);
         assert_eq!(Event::from_payload(&payload).unwrap(), event);

@@ -45,8 +45,8 @@ pub trait Record: Sized {
     fn record_type(&self) -> &'static str;
     /// The conversation the record belongs to, if any (the entry's `conversation` field).
     fn conversation(&self) -> Option<Uuid>;
-    /// The payload JSON.
-    fn to_payload(&self) -> String;
+    /// The payload, as JSON.
+    fn to_payload(&self) -> serde_json::Value;
     /// Reads a payload of an entry of type `record_type`.
     fn from_payload(record_type: &str, payload: &str) -> Result<Self, PayloadError>;
 }
@@ -89,14 +89,19 @@ pub enum DecodeError {
 
 impl Envelope {
     /// The one constructor: `record` for `tenant`, with a fresh UUIDv7 event id, stamped now.
+    ///
+    /// Every string of the payload loses its U+0000 characters here (see [`without_nul`]): this
+    /// is the one door every entry passes, so no entry can carry what PostgreSQL cannot store.
     pub fn of<R: Record>(tenant: TenantId, record: &R) -> Self {
+        let mut payload = record.to_payload();
+        without_nul(&mut payload);
         Self {
             record_type: record.record_type().to_owned(),
             tenant,
             conversation: record.conversation(),
             event_id: EventId::new(),
             time_ms: now_ms(),
-            payload: record.to_payload(),
+            payload: payload.to_string(),
         }
     }
 
@@ -177,6 +182,36 @@ impl Envelope {
     }
 }
 
+/// Removes U+0000 from every string and object key of `value`. PostgreSQL stores neither a NUL
+/// in `text` nor `\u0000` in `jsonb`: an event carrying one would be acknowledged to its sender
+/// and then refused by the writer, and a contact refused that way would take every later
+/// message of its conversation with it. No channel gives NUL a meaning worth keeping.
+pub fn without_nul(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) => {
+            if text.contains('\0') {
+                text.retain(|character| character != '\0');
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(without_nul),
+        serde_json::Value::Object(members) => {
+            if members.keys().any(|key| key.contains('\0')) {
+                let cleaned =
+                    std::mem::take(members).into_iter().map(|(key, member)| (key.replace('\0', ""), member)).collect();
+                *members = cleaned;
+            }
+            members.values_mut().for_each(without_nul);
+        }
+        serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {}
+    }
+}
+
+/// `text` without U+0000 (see [`without_nul`]), for strings that become identities (an external
+/// sender id, a provider's message id) before they become payload.
+pub fn text_without_nul(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') { std::borrow::Cow::Owned(text.replace('\0', "")) } else { std::borrow::Cow::Borrowed(text) }
+}
+
 fn invalid(field: &'static str, value: &str) -> DecodeError {
     DecodeError::Invalid { field, value: value.chars().take(200).collect() }
 }
@@ -200,8 +235,8 @@ impl Record for Event {
         self.conversation_id()
     }
 
-    fn to_payload(&self) -> String {
-        Event::to_payload(self).to_string()
+    fn to_payload(&self) -> serde_json::Value {
+        Event::to_payload(self)
     }
 
     fn from_payload(record_type: &str, payload: &str) -> Result<Self, PayloadError> {
@@ -252,8 +287,8 @@ impl Record for SendRequest {
         Some(self.conversation_id)
     }
 
-    fn to_payload(&self) -> String {
-        serde_json::to_string(self).expect("send requests serialise")
+    fn to_payload(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("send requests serialise")
     }
 
     fn from_payload(record_type: &str, payload: &str) -> Result<Self, PayloadError> {
@@ -382,6 +417,29 @@ mod tests {
         assert_eq!(decoded, envelope);
         assert_eq!(decoded.event().unwrap(), typing());
         assert_eq!(Envelope::decode_json(&envelope.encode_json()).unwrap(), envelope);
+    }
+
+    #[test]
+    fn no_entry_carries_a_nul() {
+        let event = Event::ContactCreated(crate::events::ContactCreated {
+            contact_id: Uuid::from_u128(1),
+            inbox_id: Uuid::from_u128(2),
+            external_id: "cust\0-1".into(),
+            name: Some("A\0na".into()),
+            email: None,
+        });
+        let envelope = Envelope::of(TenantId(Uuid::from_u128(3)), &event);
+        assert!(!envelope.payload.contains("\\u0000"), "{}", envelope.payload);
+        let Event::ContactCreated(stored) = envelope.event().unwrap() else { panic!("a contact") };
+        assert_eq!((stored.external_id.as_str(), stored.name.as_deref()), ("cust-1", Some("Ana")));
+
+        let mut nested = serde_json::json!({"a\0": ["x\0y", {"k": "\0"}], "n": 1});
+        without_nul(&mut nested);
+        assert_eq!(nested, serde_json::json!({"a": ["xy", {"k": ""}], "n": 1}));
+        // A backslash followed by `u0000` is text, not a NUL, and stays.
+        let mut literal = serde_json::json!("\\u0000");
+        without_nul(&mut literal);
+        assert_eq!(literal, serde_json::json!("\\u0000"));
     }
 
     #[test]

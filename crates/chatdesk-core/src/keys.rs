@@ -68,6 +68,16 @@ impl KeyScheme {
         format!("{}:inbox-changes", self.prefix)
     }
 
+    /// Failed logins for one account (lower-cased e-mail) in the current window.
+    pub fn login_failures_of_account(&self, email: &str) -> String {
+        format!("{}:login-failures:account:{email}", self.prefix)
+    }
+
+    /// Failed logins from one client address in the current window.
+    pub fn login_failures_of_address(&self, address: &std::net::IpAddr) -> String {
+        format!("{}:login-failures:address:{address}", self.prefix)
+    }
+
     /// The live agent sockets of one tenant.
     pub fn presence(&self, tenant: &TenantId) -> String {
         format!("{}:presence:{tenant}", self.prefix)
@@ -95,6 +105,13 @@ impl PartitionKeys {
     /// after the tag, so braces in it (ids are often user input) cannot move the key's slot.
     pub fn scoped(&self, name: &'static str, id: &str) -> String {
         format!("{}:{name}:{}:{id}", self.prefix, self.tag)
+    }
+
+    /// Where [`PartitionKeys::scoped`]'s key was kept before ids moved after the hash tag
+    /// (`<prefix>:<name>:<id>:{<family>:<p>}`), so a deployment created then finds its senders
+    /// again. `None` for an id with braces: such a key was never in this slot.
+    pub fn legacy_scoped(&self, name: &'static str, id: &str) -> Option<String> {
+        (!id.contains(['{', '}'])).then(|| format!("{}:{name}:{id}:{}", self.prefix, self.tag))
     }
 
     /// The partition's epoch: made once with the stream, lost with its data.

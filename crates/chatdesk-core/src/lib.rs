@@ -11,6 +11,8 @@
 //! - [`duration`]: human durations (`"250ms"`, `"5s"`, `"7d"`) used in configuration.
 //! - [`config`]: typed `streams.toml`, parsed and validated with errors naming file, key and reason.
 //! - [`names`]: validated stream-family and group names.
+//! - [`outbound`]: where the sender may call on a tenant's behalf (public addresses, plus what
+//!   the operator allows).
 
 pub mod auth;
 pub mod config;
@@ -20,6 +22,7 @@ pub mod events;
 pub mod ids;
 pub mod keys;
 pub mod names;
+pub mod outbound;
 
 pub use config::{ConfigError, GroupSettings, Retention, StartFrom, StreamSettings, StreamsConfig};
 pub use envelope::{DeadLetter, Entry, Envelope, Record, SendRequest};

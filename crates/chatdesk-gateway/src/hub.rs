@@ -20,14 +20,15 @@ pub struct Delivery {
     /// never replayed.
     pub offset: Option<EntryId>,
     pub envelope: Envelope,
-    /// The payload as JSON (a string holding the raw text if it is not JSON).
-    pub data: serde_json::Value,
+    /// The payload, checked to be JSON once (a string holding the raw text if it is not).
+    pub data: Box<serde_json::value::RawValue>,
 }
 
 impl Delivery {
     pub fn new(offset: Option<EntryId>, envelope: Envelope) -> Self {
-        let data = serde_json::from_str(&envelope.payload)
-            .unwrap_or_else(|_| serde_json::Value::String(envelope.payload.clone()));
+        let data = serde_json::value::RawValue::from_string(envelope.payload.clone())
+            .or_else(|_| serde_json::value::to_raw_value(&envelope.payload))
+            .expect("a string is always JSON");
         Self { offset, envelope, data }
     }
 

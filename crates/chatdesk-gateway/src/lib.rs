@@ -86,6 +86,9 @@ pub struct GatewaySettings {
     /// Frames a socket may have queued before it counts as too slow and is closed.
     pub queue: usize,
     pub max_subscriptions: usize,
+    /// How long a partition stays read after its last socket left: reconnecting clients and
+    /// short gaps between sessions should not restart its reader.
+    pub linger: Duration,
 }
 
 impl Default for GatewaySettings {
@@ -95,6 +98,7 @@ impl Default for GatewaySettings {
             heartbeat: Duration::from_secs(25),
             queue: 1024,
             max_subscriptions: 100,
+            linger: Duration::from_secs(60),
         }
     }
 }
@@ -122,7 +126,7 @@ impl Gateway {
         let consumer_options =
             ConsumerOptions::new(connector, keys.clone(), &events, node.clone()).partitions(Partitions::Assigned);
         let consumer = Consumer::new(consumer_options, Fanout { hub: hub.clone(), group })?;
-        let readers = Readers::new(consumer, shutdown.child_token());
+        let readers = Readers::new(consumer, settings.linger, shutdown.child_token());
         let producer = chatdesk_streams::Producer::new(redis.clone(), keys.clone(), streams.clone());
         let reply = chatdesk_conversations::Reply::new(producer.clone(), redis.clone(), keys.clone(), db.clone());
         let inner = Inner {

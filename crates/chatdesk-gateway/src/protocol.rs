@@ -45,7 +45,7 @@ pub enum ClientFrame {
 }
 
 /// What the server sends.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ServerFrame {
     Welcome {
@@ -79,7 +79,9 @@ pub enum ServerFrame {
         event_id: Option<String>,
         #[serde(rename = "type")]
         event_type: String,
-        data: serde_json::Value,
+        /// The payload as stored: JSON text written out as it is, not parsed and rebuilt per
+        /// socket.
+        data: Box<serde_json::value::RawValue>,
     },
     Pong {
         id: Option<serde_json::Value>,
@@ -169,7 +171,7 @@ mod tests {
             offset: Some("1-0".into()),
             event_id: Some("e".into()),
             event_type: "message.created".into(),
-            data: serde_json::json!({"text": "hi"}),
+            data: serde_json::value::to_raw_value(&serde_json::json!({"text": "hi"})).unwrap(),
         };
         assert_eq!(
             serde_json::to_value(&event).unwrap(),

@@ -22,9 +22,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Fanout, metrics};
 
-/// How long a partition stays assigned after its last socket left: reconnecting clients and
-/// short gaps between sessions should not restart it.
-const LINGER: Duration = Duration::from_secs(60);
 const SWEEP: Duration = Duration::from_secs(1);
 
 /// Sockets of one partition, and since when it has none.
@@ -38,6 +35,8 @@ pub(crate) struct Readers {
     assignments: Assignments,
     consumer: std::sync::Mutex<Option<Consumer<Fanout>>>,
     used: Mutex<HashMap<u16, Use>>,
+    /// See [`crate::GatewaySettings::linger`].
+    linger: Duration,
     cancel: CancellationToken,
 }
 
@@ -45,17 +44,20 @@ pub(crate) struct Readers {
 pub enum ReaderError {
     #[error("the node's reader runs already")]
     AlreadyRunning,
+    #[error("the node's reader stopped: {0}")]
+    Stopped(String),
     #[error(transparent)]
     Consumer(#[from] ConsumerError),
 }
 
 impl Readers {
-    pub(crate) fn new(consumer: Consumer<Fanout>, cancel: CancellationToken) -> Self {
+    pub(crate) fn new(consumer: Consumer<Fanout>, linger: Duration, cancel: CancellationToken) -> Self {
         Self {
             group: consumer.group().clone(),
             assignments: consumer.assignments(),
             consumer: std::sync::Mutex::new(Some(consumer)),
             used: Mutex::new(HashMap::new()),
+            linger,
             cancel,
         }
     }
@@ -102,25 +104,39 @@ impl Readers {
     /// partition's sockets silently unfed).
     pub(crate) async fn supervise(&self) -> Result<(), ReaderError> {
         let consumer = self.consumer.lock().expect("reader lock").take().ok_or(ReaderError::AlreadyRunning)?;
-        let running = consumer.run(self.cancel.clone());
-        tokio::pin!(running);
+        // Its own task: assignments and releases are answered by the running consumer, whatever
+        // this loop is waiting for.
+        let mut running = tokio::spawn(consumer.run(self.cancel.clone()));
         let mut tick = tokio::time::interval(SWEEP);
         loop {
             tokio::select! {
-                result = &mut running => return result.map_err(Into::into),
+                result = &mut running => {
+                    return match result {
+                        Ok(result) => result.map_err(Into::into),
+                        Err(join_error) => Err(ReaderError::Stopped(join_error.to_string())),
+                    };
+                }
                 _ = tick.tick() => {}
             }
-            let mut used = self.used.lock().await;
-            let idle: Vec<u16> = used
-                .iter()
-                .filter(|(_, entry)| entry.idle_since.is_some_and(|since| since.elapsed() >= LINGER))
-                .map(|(&partition, _)| partition)
-                .collect();
+            let idle: Vec<u16> = {
+                let mut used = self.used.lock().await;
+                let idle: Vec<u16> = used
+                    .iter()
+                    .filter(|(_, entry)| entry.idle_since.is_some_and(|since| since.elapsed() >= self.linger))
+                    .map(|(&partition, _)| partition)
+                    .collect();
+                for partition in &idle {
+                    used.remove(partition);
+                }
+                ::metrics::gauge!(metrics::PARTITIONS_READ).set(used.len() as f64);
+                idle
+            };
+            // Outside the lock: sockets keep arriving while partitions are released.
             for partition in idle {
-                used.remove(&partition);
-                self.assignments.release(partition).await?;
+                if let Err(error) = self.assignments.release(partition).await {
+                    tracing::warn!(partition, error = %error, "cannot release a partition");
+                }
             }
-            ::metrics::gauge!(metrics::PARTITIONS_READ).set(used.len() as f64);
         }
     }
 }

@@ -84,6 +84,8 @@ pub struct SenderSettings {
     pub timeout: Duration,
     pub limits: Limits,
     pub endpoints: Endpoints,
+    /// Where a generic inbox's outbound URL may point (`CHATDESK_OUTBOUND_ALLOW`).
+    pub outbound: chatdesk_core::outbound::OutboundPolicy,
 }
 
 impl Default for SenderSettings {
@@ -95,6 +97,7 @@ impl Default for SenderSettings {
             timeout: Duration::from_secs(10),
             limits: Limits::default(),
             endpoints: Endpoints::default(),
+            outbound: chatdesk_core::outbound::OutboundPolicy::default(),
         }
     }
 }
@@ -160,7 +163,7 @@ impl Sender {
         let partitions = send.partitions;
         let queue = Queue::new(redis.clone(), keys.clone(), send.name.clone());
         let limiter = Limiter::new(redis.clone(), keys.clone(), settings.limits.clone());
-        let providers = Providers::new(settings.endpoints.clone(), settings.timeout)?;
+        let providers = Providers::new(settings.endpoints.clone(), settings.timeout, settings.outbound.clone())?;
         let producer = Producer::new(redis, keys, streams.clone());
         let inner = Inner {
             queue,

@@ -59,7 +59,7 @@ pub fn servers_env_value(data_dir: &Path, name: &str) -> Option<Secret> {
 /// `CHATDESK_WIDGET_STANDBY` (how long a widget visitor may be away and continue the same
 /// conversation, default `10m`).
 pub fn ingress_settings() -> anyhow::Result<chatdesk_api::ingress::IngressSettings> {
-    let mut settings = chatdesk_api::ingress::IngressSettings::default();
+    let mut settings = chatdesk_api::ingress::IngressSettings { outbound: outbound_policy()?, ..Default::default() };
     if let Some(rate) = env_var("CHATDESK_INGRESS_RATE_PER_INBOX") {
         settings.rate_per_inbox =
             rate.parse().ok().filter(|rate| *rate > 0).with_context(|| {
@@ -80,9 +80,14 @@ pub fn ingress_settings() -> anyhow::Result<chatdesk_api::ingress::IngressSettin
 }
 
 /// `CHATDESK_WS_QUEUE`: frames a WebSocket may have waiting before the client counts as too
-/// slow and is closed (default 1024).
+/// slow and is closed (default 1024). `CHATDESK_GATEWAY_LINGER`: how long a gateway keeps reading
+/// a partition after its last socket left (default 60s).
 pub fn gateway_settings() -> anyhow::Result<chatdesk_gateway::GatewaySettings> {
     let mut settings = chatdesk_gateway::GatewaySettings::default();
+    if let Some(linger) = env_var("CHATDESK_GATEWAY_LINGER") {
+        settings.linger = chatdesk_core::duration::parse_duration(&linger)
+            .map_err(|error| anyhow::anyhow!("CHATDESK_GATEWAY_LINGER: {error}"))?;
+    }
     if let Some(queue) = env_var("CHATDESK_WS_QUEUE") {
         settings.queue = queue
             .parse()
@@ -124,12 +129,21 @@ fn base_url(name: &str) -> anyhow::Result<Option<String>> {
         .transpose()
 }
 
+/// `CHATDESK_OUTBOUND_ALLOW`: comma-separated `host:port` or CIDR entries a generic inbox's
+/// outbound URL may reach besides public addresses (empty by default).
+pub fn outbound_policy() -> anyhow::Result<chatdesk_core::outbound::OutboundPolicy> {
+    env_var("CHATDESK_OUTBOUND_ALLOW")
+        .unwrap_or_default()
+        .parse()
+        .map_err(|error| anyhow::anyhow!("CHATDESK_OUTBOUND_ALLOW: {error}"))
+}
+
 /// The outbound sender's settings: `CHATDESK_SEND_CONCURRENCY`, `CHATDESK_SEND_MAX_ATTEMPTS`,
-/// `CHATDESK_SEND_BACKOFF`, `CHATDESK_SEND_TIMEOUT`, `CHATDESK_SEND_LIMITS` and the providers'
-/// base URLs (`CHATDESK_WHATSAPP_API_URL`, `CHATDESK_WHATSAPP_API_VERSION`,
-/// `CHATDESK_TELEGRAM_API_URL`).
+/// `CHATDESK_SEND_BACKOFF`, `CHATDESK_SEND_TIMEOUT`, `CHATDESK_SEND_LIMITS`,
+/// `CHATDESK_OUTBOUND_ALLOW` and the providers' base URLs (`CHATDESK_WHATSAPP_API_URL`,
+/// `CHATDESK_WHATSAPP_API_VERSION`, `CHATDESK_TELEGRAM_API_URL`).
 pub fn sender_settings() -> anyhow::Result<chatdesk_sender::SenderSettings> {
-    let mut settings = chatdesk_sender::SenderSettings::default();
+    let mut settings = chatdesk_sender::SenderSettings { outbound: outbound_policy()?, ..Default::default() };
     if let Some(concurrency) = positive("CHATDESK_SEND_CONCURRENCY")? {
         settings.concurrency = concurrency;
     }

@@ -61,11 +61,19 @@ pub struct IngressSettings {
     /// Where clients open the WebSocket protocol when gateways run apart from the API
     /// (`CHATDESK_PUBLIC_WS_URL`); `None`: `/v1/ws` on the API's own host.
     pub websocket_url: Option<String>,
+    /// Where outbound URLs may point (`CHATDESK_OUTBOUND_ALLOW`), checked when an inbox is
+    /// changed.
+    pub outbound: chatdesk_core::outbound::OutboundPolicy,
 }
 
 impl Default for IngressSettings {
     fn default() -> Self {
-        Self { rate_per_inbox: 200, widget_standby: Duration::from_secs(600), websocket_url: None }
+        Self {
+            rate_per_inbox: 200,
+            widget_standby: Duration::from_secs(600),
+            websocket_url: None,
+            outbound: chatdesk_core::outbound::OutboundPolicy::default(),
+        }
     }
 }
 
@@ -134,6 +142,9 @@ pub async fn inbox_of_kind(state: &AppState, inbox: Uuid, kind: InboxKind) -> Re
 }
 
 pub fn directory_error(error: DirectoryError) -> ApiError {
+    if let DirectoryError::Invalid { field, reason } = error {
+        return ApiError::invalid_field(field, reason);
+    }
     tracing::warn!(error = %error, "ingest failed");
     ApiError::Unavailable { dependency: "Redis" }
 }
@@ -172,6 +183,18 @@ pub async fn ingest(
 /// answers with what was done.
 pub async fn ingest_all(state: &AppState, inbox: &InboxRecord, messages: &[Inbound]) -> Result<Received, ApiError> {
     let mut received = Received::default();
+    if messages.is_empty() {
+        // Status callbacks and other updates count against the inbox's limit too.
+        let tenant = TenantId(inbox.tenant_id);
+        let admitted = state
+            .directory
+            .admit_request(&tenant, inbox.id, state.ingress.rate_per_inbox)
+            .await
+            .map_err(directory_error)?;
+        if !admitted {
+            return Err(rate_limited(state, inbox.id));
+        }
+    }
     for (index, message) in messages.iter().enumerate() {
         let sender = Introduction {
             inbox: inbox.id,

@@ -178,7 +178,7 @@ impl Session {
                     offset: None,
                     event_id: None,
                     event_type: crate::ops::EVENT_TYPE.to_owned(),
-                    data: serde_json::to_value(snapshot).expect("snapshots serialise"),
+                    data: serde_json::value::to_raw_value(&snapshot).expect("snapshots serialise"),
                 };
                 self.send(&frame).await
             }

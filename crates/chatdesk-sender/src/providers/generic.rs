@@ -5,7 +5,9 @@
 use chatdesk_core::auth::sign_body;
 use serde_json::{Value, json};
 
-use super::{CallOutcome, Outbound, Reply, by_status, exchange};
+use chatdesk_core::outbound::OutboundPolicy;
+
+use super::{CallOutcome, Outbound, Reply, by_status, excerpt, exchange};
 use crate::limits::BucketKind;
 
 pub fn body(outbound: &Outbound<'_>) -> String {
@@ -19,10 +21,20 @@ pub fn body(outbound: &Outbound<'_>) -> String {
     .to_string()
 }
 
-pub async fn send(http: &reqwest::Client, outbound: &Outbound<'_>) -> CallOutcome {
+/// Sends through `http`, a client whose resolver connects only where `policy` allows; an address
+/// written in the URL is checked here, before any connection.
+pub async fn send(http: &reqwest::Client, policy: &OutboundPolicy, outbound: &Outbound<'_>) -> CallOutcome {
     let Some(url) = outbound.inbox.outbound_url.as_deref() else {
         return CallOutcome::Permanent { reason: "the generic inbox has no outbound URL configured".to_owned() };
     };
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return CallOutcome::Permanent { reason: "the generic inbox's outbound URL is not a valid URL".to_owned() };
+    };
+    if let Err(refused) =
+        policy.check_url(parsed.scheme(), parsed.host_str(), parsed.port_or_known_default().unwrap_or(0))
+    {
+        return CallOutcome::Permanent { reason: refused.to_string() };
+    }
     let body = body(outbound);
     let signature = sign_body(body.as_bytes(), &outbound.inbox.webhook_secret);
     let request = http
@@ -46,10 +58,26 @@ pub async fn send(http: &reqwest::Client, outbound: &Outbound<'_>) -> CallOutcom
         });
         return CallOutcome::Sent { provider_message_id: id };
     }
-    match by_status(status, &headers, &text) {
-        CallOutcome::Throttled { retry_after, reason, .. } => {
+    // The receiver is the tenant's choice: its answer goes to the logs, never into a reason that
+    // agents read (an internal service's answer must not be read back through chatdesk).
+    tracing::info!(inbox = %outbound.inbox.id, status = status.as_u16(), answer = %excerpt(&text), "receiver refused a message");
+    let reason = format!("the receiver answered HTTP {} ({})", status.as_u16(), status_class(status));
+    match by_status(status, &headers, "") {
+        CallOutcome::Throttled { retry_after, .. } => {
             CallOutcome::Throttled { retry_after, bucket: Some(BucketKind::GenericAccount), reason }
         }
-        other => other,
+        CallOutcome::Transient { retry_after, .. } => CallOutcome::Transient { reason, retry_after },
+        CallOutcome::Permanent { .. } => CallOutcome::Permanent { reason },
+        sent @ CallOutcome::Sent { .. } => sent,
+    }
+}
+
+fn status_class(status: reqwest::StatusCode) -> &'static str {
+    match status.as_u16() {
+        300..=399 => "redirect, not followed",
+        408 => "timeout",
+        429 => "too many requests",
+        400..=499 => "refused",
+        _ => "server error",
     }
 }

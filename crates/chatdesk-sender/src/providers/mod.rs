@@ -5,8 +5,11 @@ pub mod generic;
 pub mod telegram;
 pub mod whatsapp;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use chatdesk_core::outbound::{OutboundPolicy, Refused};
 use chatdesk_store::directory::{InboxKind, InboxRecord};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -72,7 +75,12 @@ impl Default for Endpoints {
 
 #[derive(Clone)]
 pub struct Providers {
+    /// For the providers' own APIs, whose addresses the operator configured.
     http: reqwest::Client,
+    /// For addresses a tenant chose (a generic inbox's outbound URL): only what the outbound
+    /// policy allows, checked on the addresses actually connected to.
+    guarded: reqwest::Client,
+    policy: Arc<OutboundPolicy>,
     endpoints: Endpoints,
 }
 
@@ -82,8 +90,10 @@ pub fn provider_name(kind: InboxKind) -> &'static str {
 }
 
 impl Providers {
-    pub fn new(endpoints: Endpoints, timeout: Duration) -> Result<Self, reqwest::Error> {
-        Ok(Self { http: http_client(timeout)?, endpoints })
+    pub fn new(endpoints: Endpoints, timeout: Duration, policy: OutboundPolicy) -> Result<Self, reqwest::Error> {
+        let policy = Arc::new(policy);
+        let guarded = client_builder(timeout).dns_resolver(GuardedResolver { policy: policy.clone() }).build()?;
+        Ok(Self { http: http_client(timeout)?, guarded, policy, endpoints })
     }
 
     /// The rate-limit buckets a message to `to` through `inbox` must fit into, broadest first.
@@ -106,22 +116,51 @@ impl Providers {
         match outbound.inbox.kind {
             InboxKind::Whatsapp => whatsapp::send(&self.http, &self.endpoints, outbound).await,
             InboxKind::Telegram => telegram::send(&self.http, &self.endpoints, outbound).await,
-            InboxKind::Generic => generic::send(&self.http, outbound).await,
+            InboxKind::Generic => generic::send(&self.guarded, &self.policy, outbound).await,
             // The web widget's visitor reads replies from the gateway: nothing to call.
             InboxKind::Web => CallOutcome::Sent { provider_message_id: None },
         }
     }
 }
 
-/// An HTTP client for outside calls, with `timeout` per request.
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+/// The settings of every outside call: `timeout` per request, no redirects (a redirect is an
+/// answer, not an instruction to call somewhere else on a tenant's behalf).
+fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
     // reqwest is built without a bundled crypto provider: use ring, once per process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("chatdesk/", env!("CARGO_PKG_VERSION")))
-        .build()
+}
+
+/// An HTTP client for outside calls, with `timeout` per request.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    client_builder(timeout).build()
+}
+
+/// Resolves names and keeps only the addresses the outbound policy allows, so the connection
+/// goes to an address that was checked: a name cannot answer one address to a check and another
+/// to the call.
+struct GuardedResolver {
+    policy: Arc<OutboundPolicy>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> =
+                found.into_iter().filter(|address| policy.allows_resolved(&host, address.ip())).collect();
+            if allowed.is_empty() {
+                return Err(Box::new(Refused::NotPublic) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -145,25 +184,47 @@ pub struct Reply {
     pub text: String,
 }
 
-/// Sends `request` and reads the answer; a network failure is already a [`CallOutcome`].
+/// The most of an answer that is read: answers are small JSON documents, and a receiver must
+/// not be able to make a sender hold hundreds of megabytes.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Sends `request` and reads the answer (at most [`MAX_ANSWER_BYTES`] of it); a network failure
+/// is already a [`CallOutcome`].
 pub async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, CallOutcome> {
-    let response = request.send().await.map_err(|error| network_failure(&error))?;
+    let mut response = request.send().await.map_err(|error| network_failure(&error))?;
     let status = response.status();
     let headers = response.headers().clone();
-    let text = response.text().await.map_err(|error| network_failure(&error))?;
-    Ok(Reply { status, headers, text })
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|error| network_failure(&error))? {
+        let room = MAX_ANSWER_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == MAX_ANSWER_BYTES {
+            break;
+        }
+    }
+    Ok(Reply { status, headers, text: String::from_utf8_lossy(&body).into_owned() })
 }
 
-/// A network failure: always worth another try.
+/// A network failure: always worth another try. The reason never carries the URL (a Telegram
+/// URL holds the bot's token), only what went wrong.
 pub fn network_failure(error: &reqwest::Error) -> CallOutcome {
-    let what = if error.is_timeout() {
+    let refused = std::iter::successors(std::error::Error::source(error), |cause| cause.source())
+        .any(|cause| cause.downcast_ref::<Refused>().is_some());
+    let what = if refused {
+        return CallOutcome::Permanent { reason: Refused::NotPublic.to_string() };
+    } else if error.is_timeout() {
         "the provider did not answer in time"
     } else if error.is_connect() {
         "cannot connect to the provider"
     } else {
         "the request to the provider failed"
     };
-    CallOutcome::Transient { reason: format!("{what}: {error}"), retry_after: None }
+    // The error's own text starts with the URL; its causes do not.
+    let causes: Vec<String> = std::iter::successors(std::error::Error::source(error), |cause| cause.source())
+        .map(ToString::to_string)
+        .collect();
+    tracing::debug!(causes = ?causes, "provider call failed");
+    CallOutcome::Transient { reason: what.to_owned(), retry_after: None }
 }
 
 /// The usual reading of an HTTP status no provider-specific rule covered.

@@ -172,7 +172,9 @@ pub async fn recreate_group(client: &Client, key: &str, group: &str, start: Star
     ensure_group(client, key, group, start).await
 }
 
-/// The partitions being read, each with its worker's cancellation and task.
+/// The partitions being read, each with its worker's cancellation and task. A released
+/// partition leaves this map at once (its worker finishes its batch on its own), so assigning
+/// it again right away starts a new worker rather than finding the leaving one.
 struct Running {
     by_partition: HashMap<u16, (CancellationToken, TaskId)>,
     read: Arc<Mutex<BTreeSet<u16>>>,
@@ -342,9 +344,10 @@ impl<H: Handler> Consumer<H> {
                         let _ = done.send(result);
                     }
                     Some(Command::Release { partition, done }) => {
-                        if let Some((partition_cancel, _)) = running.by_partition.get(&partition) {
+                        if let Some((partition_cancel, _)) = running.by_partition.remove(&partition) {
                             // The worker finishes its batch; its task is reaped above.
                             partition_cancel.cancel();
+                            running.read.lock().expect("partition set lock").remove(&partition);
                             tracing::debug!(stream = %self.options.stream.name, group = %self.group, partition, "partition released");
                         }
                         let _ = done.send(());

@@ -135,8 +135,8 @@ impl chatdesk_core::Record for TestEvent {
         None
     }
 
-    fn to_payload(&self) -> String {
-        serde_json::to_string(self).unwrap()
+    fn to_payload(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap()
     }
 
     fn from_payload(_: &str, payload: &str) -> Result<Self, chatdesk_core::envelope::PayloadError> {

@@ -658,3 +658,42 @@ async fn a_gateway_reads_only_its_sockets_partitions_and_sres_get_the_ops_feed()
     let metrics = chatdesk_testkit::http_get(http, "/metrics").await.unwrap().1;
     assert!(metrics.contains("chatdesk_gateway_partitions_read 1"), "{metrics}");
 }
+
+/// A partition whose last socket left is released after the linger, and the next socket of its
+/// tenant is served again at once: the node reads it anew and live events flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_released_partition_is_read_again_for_the_next_socket() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@linger.test", "owner-pass-1");
+    let inbox = admin(
+        &env,
+        &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "generic", "--name", "Hooks"],
+    );
+    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let _server = serve_roles(&env, "ingress,writer,gateway", http, &[("CHATDESK_GATEWAY_LINGER", "1s")]).await;
+    let token = login(http, "owner@linger.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let partitions_read = || async move {
+        let metrics = chatdesk_testkit::http_get(http, "/metrics").await.unwrap().1;
+        metrics.lines().find_map(|line| line.strip_prefix("chatdesk_gateway_partitions_read ")?.parse::<u64>().ok())
+    };
+
+    for round in 0..3 {
+        let mut socket = hello(http, &token).await;
+        assert_eq!(partitions_read().await, Some(1), "round {round}: the tenant's partition is read");
+        subscribe(&mut socket, json!({"op": "subscribe", "channel": "inbox"})).await;
+        let text = format!("round {round}");
+        assert_eq!(post_generic(http, &inbox, &generic_body(&format!("m-{round}"), "cust-1", &text)).await.status, 200);
+        let delivered = loop {
+            let frame = next_event(&mut socket).await;
+            if frame["type"] == "message.created" {
+                break frame;
+            }
+        };
+        assert_eq!(delivered["data"]["text"], text.as_str());
+        drop(socket);
+        chatdesk_testkit::wait_until("the partition released after the linger", Duration::from_secs(30), || async {
+            partitions_read().await == Some(0)
+        })
+        .await;
+    }
+}

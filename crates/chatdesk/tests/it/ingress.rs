@@ -424,7 +424,7 @@ async fn an_inbox_change_reaches_every_process_cache() {
         .to_owned();
     let owner = Client { http: first, token };
     let path = format!("/v1/inboxes/{}", inbox["inbox_id"].as_str().unwrap());
-    let patched = owner.call("PATCH", &path, Some(json!({"outbound_url": "https://example.com/hook"}))).await;
+    let patched = owner.call("PATCH", &path, Some(json!({"outbound_url": "https://93.184.215.14/hook"}))).await;
     assert_eq!(patched.status, 200, "{}", patched.body);
 
     let mut sent = 0;
@@ -438,4 +438,74 @@ async fn an_inbox_change_reaches_every_process_cache() {
         }
     })
     .await;
+}
+
+/// A deployment whose keys predate ids after the hash tag keeps its senders: the old keys are
+/// taken over, the message joins the sender's conversation, and nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn senders_from_the_old_key_layout_keep_their_conversation() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@legacy.test", "owner-pass-1");
+    let tenant_id = TenantId(tenant["tenant_id"].as_str().unwrap().parse().unwrap());
+    let inbox =
+        admin(&env, &["inbox", "create", "--tenant", &tenant_id.to_string(), "--kind", "generic", "--name", "Hooks"]);
+    let inbox_id = inbox["inbox_id"].as_str().unwrap();
+    let (http, _server) = serve(&env, &[]).await;
+    let api = crate::support::Client {
+        http,
+        token: crate::support::login(http, "owner@legacy.test", "owner-pass-1").await.json()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    };
+    assert_eq!(post_generic(http, &inbox, &generic_body("old-1", "cust-1", "before the upgrade")).await.status, 200);
+    let conversation = conversation_of(&api, "cust-1").await;
+
+    // Put the sender's keys where the previous layout kept them.
+    let redis = RedisConnector::new(RedisSettings::new(&env.redis_url)).unwrap().shared().await.unwrap();
+    let streams = StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap();
+    let events = streams.stream("events").unwrap();
+    let partition = chatdesk_core::keys::partition_for_tenant(&tenant_id, events.partitions);
+    let keys = KeyScheme::new(&env.prefix).unwrap().partition(&events.name, partition);
+    let identity = format!("{inbox_id}:cust-1");
+    for (name, id) in [("contact", identity.as_str()), ("conversation", identity.as_str())] {
+        let _: () = redis.rename(keys.scoped(name, id), keys.legacy_scoped(name, id).unwrap()).await.unwrap();
+    }
+    let seen = format!("{inbox_id}:old-1");
+    let _: () = redis.rename(keys.scoped("seen", &seen), keys.legacy_scoped("seen", &seen).unwrap()).await.unwrap();
+
+    let retry = post_generic(http, &inbox, &generic_body("old-1", "cust-1", "before the upgrade")).await;
+    assert_eq!(retry.json()["duplicates"], 1, "the duplicate window survives the upgrade");
+    assert_eq!(post_generic(http, &inbox, &generic_body("new-1", "cust-1", "after the upgrade")).await.status, 200);
+    let path = format!("/v1/conversations/{}/messages", conversation["id"].as_str().unwrap());
+    eventually(&api, &path, "both messages in the one conversation", |page| {
+        page["items"].as_array().unwrap().len() == 2
+    })
+    .await;
+    let dead: u64 = redis.xlen(&keys.dead_letters).await.unwrap();
+    assert_eq!(dead, 0, "nothing dead-lettered");
+}
+
+/// Channel fields nested deeper than every reader parses are refused with 422, not accepted
+/// and lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_channel_fields_are_refused() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@deep.test", "owner-pass-1");
+    let inbox = admin(
+        &env,
+        &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "generic", "--name", "Hooks"],
+    );
+    let (http, _server) = serve(&env, &[]).await;
+    let nested = |levels: usize| {
+        format!(
+            r#"{{"message_id":"deep-{levels}","from":{{"id":"deep"}},"text":"t","k":{}{}}}"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        )
+    };
+    let refused = post_generic(http, &inbox, &nested(126)).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["details"]["field"], "extra");
+    assert_eq!(post_generic(http, &inbox, &nested(20)).await.status, 200);
 }

@@ -5,6 +5,7 @@ mod cli;
 mod gateway;
 mod ingress;
 mod rest;
+mod security;
 mod sender;
 mod standin;
 mod support;

@@ -83,6 +83,9 @@ pub async fn serve_roles(env: &Env, roles: &str, http: SocketAddr, extra_env: &[
         .env("CHATDESK_KEY_PREFIX", &env.prefix)
         .env("CHATDESK_NODE_ID", "test-node")
         .env("CHATDESK_STREAMS", concat!(env!("CARGO_MANIFEST_DIR"), "/../../streams.toml"))
+        // The tests' stand-in receivers listen on loopback; a test of the outbound policy
+        // passes its own value.
+        .env("CHATDESK_OUTBOUND_ALLOW", "127.0.0.1/32")
         .envs(extra_env.iter().copied())
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -156,4 +159,24 @@ pub async fn conversation_of(api: &Client, external_id: &str) -> Value {
         .find(|item| item["contact"]["external_id"] == external_id)
         .unwrap()
         .clone()
+}
+
+/// Dead letters of a stream family, over all its partitions.
+pub async fn dead_letters(env: &Env, family: &str) -> u64 {
+    use fred::prelude::*;
+    let redis = chatdesk_streams::RedisConnector::new(chatdesk_streams::RedisSettings::new(&env.redis_url))
+        .unwrap()
+        .shared()
+        .await
+        .unwrap();
+    let streams =
+        chatdesk_core::StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap();
+    let stream = streams.stream(family).unwrap();
+    let keys = chatdesk_core::KeyScheme::new(&env.prefix).unwrap();
+    let mut total = 0;
+    for partition in 0..stream.partitions {
+        let count: u64 = redis.xlen(keys.partition(&stream.name, partition).dead_letters).await.unwrap();
+        total += count;
+    }
+    total
 }

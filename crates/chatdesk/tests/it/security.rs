@@ -1,0 +1,277 @@
+//! Attacks a hostile tenant, visitor or stranger would try, each with the safe outcome asserted
+//! (see docs/security.md).
+
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use crate::support::{Client, Env, admin, conversation_of, login, post, post_generic, serve};
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Login is no memory or CPU sink for strangers, and guessing meets a wall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn login_bounds_hashing_limits_guessing_and_caps_passwords() {
+    let env = Env::start().await;
+    env.tenant("owner@login.test", "owner-pass-1");
+    let (http, server) = serve(&env, &[]).await;
+    let pid = server.id().unwrap();
+
+    // Guessing one account: refused with 429 after ten failures, before any hashing.
+    let mut refused_at = None;
+    for guess in 0..15 {
+        let answer = login(http, "owner@login.test", &format!("guess-{guess}")).await;
+        if answer.status == 429 {
+            assert!(answer.header("retry-after").is_some());
+            refused_at = Some(guess);
+            break;
+        }
+        assert_eq!(answer.status, 401, "{}", answer.body);
+    }
+    assert_eq!(refused_at, Some(10), "the eleventh guess is refused");
+    let locked = login(http, "owner@login.test", "owner-pass-1").await;
+    assert_eq!(locked.status, 429, "the window holds even for the right password");
+
+    // 150 concurrent wrong logins for unknown accounts (each a different account): answered
+    // 401, 503 with Retry-After while hashing is at capacity, or 429 once this address has
+    // failed fifty times; memory stays bounded either way.
+    let before = rss_kib(pid);
+    let attempts: Vec<_> = (0..150)
+        .map(|index| {
+            let email = format!("nobody-{index}@login.test");
+            tokio::spawn(async move { login(http, &email, "wrong-password").await })
+        })
+        .collect();
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    for attempt in attempts {
+        let answer = attempt.await.unwrap();
+        if answer.status == 503 {
+            assert!(answer.header("retry-after").is_some(), "503 says when to retry");
+        }
+        *statuses.entry(answer.status).or_default() += 1;
+    }
+    let grown = rss_kib(pid).saturating_sub(before);
+    println!("150 concurrent logins: {statuses:?}, resident memory grew {grown} KiB");
+    assert!(statuses.keys().all(|status| [401, 429, 503].contains(status)), "{statuses:?}");
+    assert!(grown < 400 * 1024, "hashing is bounded: resident memory grew {grown} KiB");
+
+    // An oversized password is refused before it is hashed.
+    let huge = "x".repeat(1025);
+    let answer = login(http, "someone@login.test", &huge).await;
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert_eq!(answer.json()["error"]["details"], json!({"field": "password"}));
+}
+
+/// Every door a NUL (U+0000) can come in by: the message is acknowledged and then stored, with the
+/// NUL removed; no event is dead-lettered and no conversation black-holed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nul_is_never_acknowledged_and_then_lost() {
+    use chatdesk_api::ingress::signature::sign;
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@nul.test", "owner-pass-1");
+    let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
+    let inbox = |kind: &str| admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", kind, "--name", kind]);
+    let (generic, whatsapp, telegram, web) = (inbox("generic"), inbox("whatsapp"), inbox("telegram"), inbox("web"));
+    let (http, _server) = serve(&env, &[]).await;
+    let token = login(http, "owner@nul.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let api = Client { http, token: token.clone() };
+    let path = |inbox: &serde_json::Value| inbox["webhook_path"].as_str().unwrap().to_owned();
+
+    // Generic: in the text, the sender's id and name, and an extra field's key and value.
+    let body = json!({"message_id": "n\u{0}-1", "from": {"id": "cust\u{0}-1", "name": "A\u{0}na"},
+        "text": "hel\u{0}lo", "meta\u{0}": {"note": "x\u{0}y"}})
+    .to_string();
+    assert_eq!(post_generic(http, &generic, &body).await.status, 200);
+    // WhatsApp: in the profile name and the text.
+    let notification = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+        "contacts": [{"profile": {"name": "Shee\u{0}na"}, "wa_id": "16505551234"}],
+        "messages": [{"from": "16505551234", "id": "wamid.N1", "timestamp": "1749416383", "type": "text", "text": {"body": "col\u{0}or?"}}]
+    }}]}]})
+    .to_string();
+    let signature = sign(notification.as_bytes(), whatsapp["secret"].as_str().unwrap());
+    assert_eq!(post(http, &path(&whatsapp), &[("X-Hub-Signature-256", &signature)], &notification).await.status, 200);
+    // Telegram: in the first name and the text.
+    let update = json!({"update_id": 1, "message": {"date": 1441645532, "message_id": 7,
+        "chat": {"id": 222, "type": "private", "first_name": "Te\u{0}st"},
+        "from": {"id": 222, "is_bot": false, "first_name": "Te\u{0}st"}, "text": "/sta\u{0}rt"}})
+    .to_string();
+    let secret = telegram["secret"].as_str().unwrap();
+    assert_eq!(post(http, &path(&telegram), &[("X-Telegram-Bot-Api-Secret-Token", secret)], &update).await.status, 200);
+    // The widget: in the name and the text.
+    let session = post(http, &path(&web), &[], &json!({"email": "v@nul.test", "name": "Ve\u{0}ra"}).to_string()).await;
+    assert_eq!(session.status, 201, "{}", session.body);
+    let visitor = format!("Bearer {}", session.json()["token"].as_str().unwrap());
+    let written = post(
+        http,
+        &path(&web).replace("/sessions", "/messages"),
+        &[("Authorization", &visitor)],
+        &json!({"text": "wid\u{0}get"}).to_string(),
+    )
+    .await;
+    assert_eq!(written.status, 202, "{}", written.body);
+
+    // REST and the WebSocket: an agent's reply with a NUL.
+    let conversation = conversation_of(&api, "cust-1").await;
+    let conversation_id = conversation["id"].as_str().unwrap().to_owned();
+    assert_eq!(conversation["contact"]["name"], "Ana");
+    let reply = api
+        .call("POST", &format!("/v1/conversations/{conversation_id}/messages"), Some(json!({"text": "re\u{0}st"})))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{http}/v1/ws")).await.unwrap();
+    socket.send(Message::Text(json!({"op": "hello", "token": token, "protocol": 1}).to_string().into())).await.unwrap();
+    let frame = json!({"op": "send", "conversation": conversation_id, "text": "sock\u{0}et", "client_msg_id": "nul-1"});
+    socket.send(Message::Text(frame.to_string().into())).await.unwrap();
+    loop {
+        let Some(Ok(Message::Text(text))) = socket.next().await else { panic!("the socket closed") };
+        let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if frame["op"] == "ack" {
+            break;
+        }
+        assert_ne!(frame["op"], "error", "{frame}");
+    }
+
+    // Everything acknowledged is stored, without the NUL; nothing was dead-lettered.
+    let messages = format!("/v1/conversations/{conversation_id}/messages");
+    let page = crate::support::eventually(&api, &messages, "the generic conversation's three messages", |page| {
+        page["items"].as_array().unwrap().len() == 3
+    })
+    .await;
+    let mut texts: Vec<&str> =
+        page["items"].as_array().unwrap().iter().map(|item| item["text"].as_str().unwrap()).collect();
+    texts.sort();
+    assert_eq!(texts, ["hello", "rest", "socket"]);
+    for external_id in ["16505551234", "222"] {
+        let conversation = conversation_of(&api, external_id).await;
+        let name = conversation["contact"]["name"].as_str().unwrap_or_default().to_owned();
+        assert!(!name.contains('\u{0}'), "{name:?}");
+        let path = format!("/v1/conversations/{}/messages", conversation["id"].as_str().unwrap());
+        crate::support::eventually(&api, &path, "the channel's message stored", |page| {
+            page["items"][0]["text"].as_str().is_some_and(|text| !text.contains('\u{0}'))
+        })
+        .await;
+    }
+    let dead_letters = crate::support::dead_letters(&env, "events").await;
+    assert_eq!(dead_letters, 0, "no event was refused by the writer");
+}
+
+/// A tenant admin cannot make the shared sender call the deployment's own services, follow a
+/// redirect there, or read a receiver's answer back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_outbound_url_cannot_reach_internal_services() {
+    use crate::standin::{Answer, StandIn};
+
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@ssrf.test", "owner-pass-1");
+    let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
+    let redis_port = env.redis_url.rsplit(':').next().unwrap().trim_end_matches('/').to_owned();
+    let receiver = StandIn::start(
+        |request| request.body["text"].as_str().unwrap_or_default().to_owned(),
+        move |request, _| match request.body["text"].as_str().unwrap_or_default() {
+            "redirect me" => Answer::json(302, json!({})).with_header("Location", "http://127.0.0.1:1/"),
+            _ => Answer::json(400, json!({"error": "internal secret 4242"})),
+        },
+    )
+    .await;
+    // Only the stand-in receiver is allowed, by host and port: not the rest of loopback.
+    let allowed = receiver.url().trim_start_matches("http://").to_owned();
+    let http: std::net::SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let _server =
+        crate::support::serve_roles(&env, "ingress,writer,sender", http, &[("CHATDESK_OUTBOUND_ALLOW", &allowed)])
+            .await;
+    let token = login(http, "owner@ssrf.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let api = Client { http, token };
+
+    // At PATCH time: internal addresses, spelled any way, are refused with the reason.
+    let inbox = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "Out"]);
+    let path = format!("/v1/inboxes/{}", inbox["inbox_id"].as_str().unwrap());
+    for internal in [
+        format!("http://127.0.0.1:{redis_port}/"),
+        format!("http://localhost:{redis_port}/"),
+        "http://[::ffff:127.0.0.1]:5432/".to_owned(),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://10.0.0.1/".to_owned(),
+    ] {
+        let refused = api.call("PATCH", &path, Some(json!({"outbound_url": internal}))).await;
+        assert_eq!(refused.status, 422, "{internal}: {}", refused.body);
+        assert!(refused.body.contains("not a public one"), "{}", refused.body);
+    }
+
+    // At send time (an inbox set up before the check, by the operator's CLI): the call is not
+    // made, and the message fails with a fixed reason.
+    let internal = admin(
+        &env,
+        &[
+            "inbox",
+            "create",
+            "--tenant",
+            &tenant_id,
+            "--kind",
+            "generic",
+            "--name",
+            "Internal",
+            "--outbound-url",
+            &format!("http://localhost:{redis_port}/"),
+        ],
+    );
+    let allowed_inbox = admin(
+        &env,
+        &[
+            "inbox",
+            "create",
+            "--tenant",
+            &tenant_id,
+            "--kind",
+            "generic",
+            "--name",
+            "Receiver",
+            "--outbound-url",
+            &receiver.url(),
+        ],
+    );
+    let mut outcomes = Vec::new();
+    for (inbox, from, text) in [
+        (&internal, "cust-internal", "to redis"),
+        (&allowed_inbox, "cust-a", "redirect me"),
+        (&allowed_inbox, "cust-b", "read back"),
+    ] {
+        assert_eq!(
+            post_generic(http, inbox, &crate::support::generic_body(&format!("in-{from}"), from, "hi")).await.status,
+            200
+        );
+        let conversation = conversation_of(&api, from).await["id"].as_str().unwrap().to_owned();
+        let sent =
+            api.call("POST", &format!("/v1/conversations/{conversation}/messages"), Some(json!({"text": text}))).await;
+        assert_eq!(sent.status, 202, "{}", sent.body);
+        let page = crate::support::eventually(
+            &api,
+            &format!("/v1/conversations/{conversation}/messages"),
+            "the reply failed",
+            |page| page["items"][0]["status"] == "failed",
+        )
+        .await;
+        outcomes.push(page["items"][0]["failure_reason"].as_str().unwrap().to_owned());
+    }
+    assert!(outcomes[0].contains("not a public one"), "{outcomes:?}");
+    assert!(outcomes[1].contains("302") && outcomes[1].contains("not followed"), "{outcomes:?}");
+    assert!(outcomes[2].contains("400") && !outcomes[2].contains("4242"), "no read-back: {outcomes:?}");
+    let calls: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|request| request.body["text"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(calls, ["redirect me", "read back"], "only the allowed receiver was called, once each");
+}
