@@ -2,7 +2,7 @@
 //!
 //! Password hashing is deliberately expensive (Argon2id, 19 MiB and tens of milliseconds each),
 //! so an unauthenticated caller must not be able to make a process hash without bound:
-//! - at most [`Guard`]'s permits hash at once per process; a login that waits longer than
+//! - at most [`Guard`]'s threads hash at once per process; a login that waits longer than
 //!   [`HASH_WAIT`] for one is answered 503 with `Retry-After`;
 //! - failed logins are counted in Redis (shared by every process) per account and per client
 //!   address; past [`MAX_ACCOUNT_FAILURES`] / [`MAX_ADDRESS_FAILURES`] in [`FAILURE_WINDOW`]
@@ -37,16 +37,61 @@ pub const MAX_ACCOUNT_FAILURES: u64 = 10;
 /// Failed logins from one client address within the window before further attempts are refused.
 pub const MAX_ADDRESS_FAILURES: u64 = 50;
 
-/// Bounds password hashing in one process.
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// Bounds password hashing in one process: hashes run on a few dedicated threads, one at a
+/// time each. Dedicated threads matter as much as the bound: the allocator keeps a freed 19 MiB
+/// block for the thread that used it, so hashes spread over a large blocking pool would leave
+/// that much resident per pool thread.
 #[derive(Clone)]
 pub struct Guard {
     hashing: Arc<Semaphore>,
+    jobs: std::sync::mpsc::Sender<HashJob>,
 }
 
 impl Guard {
-    /// `permits` hashes at once (each holds about 19 MiB while it runs).
-    pub fn new(permits: usize) -> Self {
-        Self { hashing: Arc::new(Semaphore::new(permits.max(1))) }
+    /// `threads` hashes at once (each holds about 19 MiB while it runs).
+    pub fn new(threads: usize) -> Self {
+        let threads = threads.max(1);
+        let (jobs, queue) = std::sync::mpsc::channel::<HashJob>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for index in 0..threads {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new().name(format!("password-hash-{index}")).spawn(move || {
+                loop {
+                    let job = match queue.lock() {
+                        Ok(queue) => queue.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            });
+            if let Err(error) = spawned {
+                tracing::error!(error = %error, "cannot start a password hashing thread");
+            }
+        }
+        Self { hashing: Arc::new(Semaphore::new(threads)), jobs }
+    }
+
+    /// Runs `hash` on a hashing thread, waiting at most [`HASH_WAIT`] for one to be free.
+    async fn run<T: Send + 'static>(&self, hash: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+        let busy =
+            || ApiError::Busy { message: "too many logins in progress; retry shortly".into(), retry_after_seconds: 1 };
+        let permit = tokio::time::timeout(HASH_WAIT, self.hashing.clone().acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            .expect("the hashing semaphore is never closed");
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: HashJob = Box::new(move || {
+            // Held until the hash is done, so the bound counts hashes running.
+            let _permit = permit;
+            let _ = answer.send(hash());
+        });
+        self.jobs.send(job).map_err(|_| busy())?;
+        answered.await.map_err(|_| busy())
     }
 }
 
@@ -141,29 +186,19 @@ pub async fn login(
     let account = email.to_lowercase();
     let address = peer.ip();
     check_failures(&state, &account, &address).await?;
-    let permit = tokio::time::timeout(HASH_WAIT, state.logins.hashing.clone().acquire_owned())
-        .await
-        .map_err(|_| ApiError::Busy {
-            message: "too many logins in progress; retry shortly".into(),
-            retry_after_seconds: 1,
-        })?
-        .expect("the hashing semaphore is never closed");
     let user = chatdesk_store::directory::user_by_email(&state.db, email).await.map_err(ApiError::store)?;
     let password = request.password;
-    let checked = tokio::task::spawn_blocking(move || {
-        // Held until the hash is done, so the bound counts hashes running, not requests waiting.
-        let _permit = permit;
-        match user {
+    let checked = state
+        .logins
+        .run(move || match user {
             Some(user) if verify_password(&password, &user.password_hash) => Some(user),
             Some(_) => None,
             None => {
                 burn_password_check(&password);
                 None
             }
-        }
-    })
-    .await
-    .map_err(|error| ApiError::Internal(Box::new(error)))?;
+        })
+        .await?;
     let Some(user) = checked else {
         record_failure(&state, &account, &address).await;
         return Err(ApiError::Unauthorized { message: "wrong e-mail or password".into() });

@@ -16,7 +16,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: unauthorized, forbidden, not_found, invalid_json, invalid_field,
     /// invalid_query, invalid_path, conflict, rate_limited, unsupported_media_type,
-    /// payload_too_large, unavailable, internal.
+    /// payload_too_large, unavailable, busy, internal.
     pub code: String,
     pub message: String,
     /// More about the error, e.g. `{"field": "text"}`; `null` when there is nothing more.

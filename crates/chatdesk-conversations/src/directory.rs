@@ -215,6 +215,11 @@ fn checked(
     {
         return Err(invalid("extra", format!("must not be nested deeper than {MAX_EXTRA_DEPTH} levels")));
     }
+    if let Some(message) = message
+        && message.text.chars().count() > crate::text::MAX_TEXT_CHARS
+    {
+        return Err(invalid("text", format!("must be at most {} characters", crate::text::MAX_TEXT_CHARS)));
+    }
     let provider_message_id = match message {
         Some(message) => {
             let id = chatdesk_core::envelope::text_without_nul(&message.provider_message_id).into_owned();

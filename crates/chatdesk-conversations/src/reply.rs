@@ -57,8 +57,8 @@ impl Reply {
 
     /// Validates the reply, checks the conversation (the tenant's, not blocked), appends the
     /// outbound message to the events stream and its delivery request to the send stream. A
-    /// repeated `client_msg_id` (per tenant, for 24 hours) is answered with the first attempt's
-    /// event and not sent again.
+    /// repeated `client_msg_id` (per conversation, for 24 hours) is answered with the first
+    /// attempt's event and not sent again.
     pub async fn send(
         &self,
         tenant: Uuid,
@@ -92,7 +92,8 @@ impl Reply {
             let key = key.to_owned();
             move |source| ProduceError::Redis { key, source }
         };
-        let idempotency_key = client_msg_id.map(|client| self.keys.client_message(&target.tenant, client));
+        let idempotency_key =
+            client_msg_id.map(|client| self.keys.client_message(&target.tenant, &target.conversation, client));
         if let Some(key) = &idempotency_key {
             let claimed: Option<String> = self
                 .redis

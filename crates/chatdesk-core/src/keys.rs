@@ -47,9 +47,9 @@ impl KeyScheme {
         }
     }
 
-    /// Remembers a client's message id (`client_msg_id`) of one tenant.
-    pub fn client_message(&self, tenant: &TenantId, client_msg_id: &str) -> String {
-        format!("{}:client-msg:{tenant}:{client_msg_id}", self.prefix)
+    /// Remembers a client's message id (`client_msg_id`) in one conversation.
+    pub fn client_message(&self, tenant: &TenantId, conversation: &uuid::Uuid, client_msg_id: &str) -> String {
+        format!("{}:client-msg:{tenant}:{conversation}:{client_msg_id}", self.prefix)
     }
 
     /// The ingress request count of one inbox in one second.

@@ -246,14 +246,20 @@ pub async fn list_messages(
 pub async fn message_by_provider_id(
     pool: &PgPool,
     tenant: Uuid,
+    inbox: Uuid,
     provider_message_id: &str,
 ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+    // Only an outbound message of the same inbox: a status never moves a customer's message or
+    // another inbox's message that happens to carry the same provider id.
     sqlx::query_as(
-        "SELECT event_id, conversation_id FROM messages WHERE tenant_id = $1 AND provider_message_id = $2 \
-         ORDER BY offset_ms DESC LIMIT 1",
+        "SELECT m.event_id, m.conversation_id FROM messages m \
+         JOIN conversations c ON c.tenant_id = m.tenant_id AND c.id = m.conversation_id \
+         WHERE m.tenant_id = $1 AND m.provider_message_id = $2 AND m.direction = 'outbound' AND c.inbox_id = $3 \
+         ORDER BY m.offset_ms DESC LIMIT 1",
     )
     .bind(tenant)
     .bind(provider_message_id)
+    .bind(inbox)
     .fetch_optional(pool)
     .await
     .map_err(StoreError::Query)

@@ -61,7 +61,10 @@ pub fn parse(body: &[u8]) -> Result<Inbound, ApiError> {
         email: message.from.email,
         text: message.text,
         extra: (!message.extra.is_empty()).then_some(serde_json::Value::Object(message.extra)),
-        sent_at_ms: message.timestamp.and_then(|seconds| u64::try_from(seconds).ok()).map(|seconds| seconds * 1000),
+        sent_at_ms: message
+            .timestamp
+            .and_then(|seconds| u64::try_from(seconds).ok())
+            .and_then(|seconds| seconds.checked_mul(1000)),
     })
 }
 

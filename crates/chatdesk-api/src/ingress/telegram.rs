@@ -98,7 +98,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Inbound>, ApiError> {
         email: None,
         text,
         extra: Some(serde_json::Value::Object(extra)),
-        sent_at_ms: u64::try_from(message.date).ok().map(|seconds| seconds * 1000),
+        sent_at_ms: u64::try_from(message.date).ok().and_then(|seconds| seconds.checked_mul(1000)),
     }])
 }
 

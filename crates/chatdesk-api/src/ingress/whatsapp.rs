@@ -126,7 +126,7 @@ pub struct StatusUpdate {
 const UNMATCHED_RETRY_WINDOW_MS: u64 = 3_600_000;
 
 fn seconds_to_ms(text: Option<&str>) -> Option<u64> {
-    text.and_then(|seconds| seconds.parse::<u64>().ok()).map(|seconds| seconds * 1000)
+    text.and_then(|seconds| seconds.parse::<u64>().ok()).and_then(|seconds| seconds.checked_mul(1000))
 }
 
 /// Messages and statuses of one notification.
@@ -204,9 +204,10 @@ pub fn parse(body: &[u8]) -> Result<(Vec<Inbound>, Vec<StatusUpdate>), ApiError>
 async fn append_statuses(state: &AppState, inbox: &InboxRecord, statuses: &[StatusUpdate]) -> Result<usize, ApiError> {
     let mut appended = 0;
     for update in statuses {
-        let found = chatdesk_store::conversations::message_by_provider_id(&state.db, inbox.tenant_id, &update.wamid)
-            .await
-            .map_err(ApiError::store)?;
+        let found =
+            chatdesk_store::conversations::message_by_provider_id(&state.db, inbox.tenant_id, inbox.id, &update.wamid)
+                .await
+                .map_err(ApiError::store)?;
         let Some((message_id, conversation_id)) = found else {
             ::metrics::counter!(UNMATCHED_STATUSES_TOTAL).increment(1);
             let age_ms = chatdesk_streams::entry::now_ms().saturating_sub(update.at_ms.unwrap_or(0));

@@ -60,6 +60,9 @@ impl Session {
                 .error(ErrorCode::UnknownChannel, "channels are `inbox`, `conversation:<id>` and `ops`", Some(&name))
                 .await;
         };
+        // One spelling per channel (a conversation id in any UUID form names the same channel):
+        // frames name it canonically, and one unsubscribe ends it.
+        let name = channel.name();
         if let Err(reason) = authorize(&self.identity, &channel) {
             return self.error(ErrorCode::Forbidden, reason, Some(&name)).await;
         }
@@ -135,6 +138,7 @@ impl Session {
 
     /// Stops a channel (its queue keeps serving the others).
     pub(super) async fn unsubscribe(&mut self, channel: String) -> bool {
+        let channel = Channel::parse(&channel).map(|channel| channel.name()).unwrap_or(channel);
         if channel == "ops" && self.ops.is_some() {
             self.ops = None;
             ::metrics::gauge!(metrics::SUBSCRIPTIONS).decrement(1.0);
