@@ -137,6 +137,12 @@ pub mod close {
     pub const RESTARTING: u16 = 1012;
     /// The server cannot serve the socket now (Redis is unreachable); reconnect after a pause.
     pub const UNAVAILABLE: u16 = 1013;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// A frame or message larger than the 64 KiB the protocol allows.
+    pub const TOO_BIG: u16 = 1009;
+    /// Any other violation of the WebSocket protocol itself.
+    pub const PROTOCOL_ERROR: u16 = 1002;
 }
 
 impl ClientFrame {

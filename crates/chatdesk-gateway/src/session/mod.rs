@@ -51,6 +51,8 @@ struct Session {
     presence_refreshed: Option<Instant>,
     /// Set while subscribed to `ops`: when the next snapshot is due.
     ops: Option<tokio::time::Interval>,
+    /// Conversations this agent's socket has found to be its tenant's (asked once each).
+    known_conversations: std::collections::HashSet<uuid::Uuid>,
 }
 
 /// Why a session ends with a close frame.
@@ -115,6 +117,7 @@ pub async fn run(gateway: Gateway, socket: WebSocket) {
         receiver: None,
         presence_refreshed: None,
         ops: None,
+        known_conversations: std::collections::HashSet::new(),
     };
     let ending = session.serve(&mut stream).await;
     gateway.inner.hub.leave(id);
@@ -130,7 +133,57 @@ pub async fn run(gateway: Gateway, socket: WebSocket) {
     ::metrics::gauge!(metrics::CONNECTIONS).decrement(1.0);
 }
 
+/// Why the client's side of the socket broke, as a close frame when the client is owed one (its
+/// frame was too large or not UTF-8); `None` when the connection is simply gone.
+fn broken(error: axum::Error) -> Option<Closing> {
+    use tokio_tungstenite::tungstenite::Error as Ws;
+    match error.into_inner().downcast::<Ws>().map(|error| *error) {
+        Ok(Ws::Capacity(_)) => Some(closing(close::TOO_BIG, "frames are limited to 64 KiB")),
+        Ok(Ws::Utf8(_)) => Some(closing(close::INVALID_DATA, "text frames must be UTF-8")),
+        Ok(Ws::Protocol(violation)) => Some(closing(close::PROTOCOL_ERROR, violation.to_string())),
+        _ => None,
+    }
+}
+
+/// Event types a widget visitor receives: the conversation's messages and typing. Assignments,
+/// status changes, read receipts and statuses are the agents' business.
+const VISITOR_EVENT_TYPES: [&str; 2] = ["message.created", "typing"];
+
+/// What a visitor sees of `delivery`, or `None` when it is not for visitors: the allowed types
+/// only, without the ids of the agents behind them.
+fn for_visitor(delivery: &Delivery) -> Option<Box<serde_json::value::RawValue>> {
+    if !VISITOR_EVENT_TYPES.contains(&delivery.envelope.record_type.as_str()) {
+        return None;
+    }
+    let mut data: serde_json::Value = serde_json::from_str(delivery.data.get()).ok()?;
+    for actor in ["sender", "who"] {
+        if let Some(actor) = data.get_mut(actor).and_then(serde_json::Value::as_object_mut)
+            && actor.get("kind").and_then(serde_json::Value::as_str) != Some("customer")
+        {
+            actor.remove("id");
+        }
+    }
+    serde_json::value::to_raw_value(&data).ok()
+}
+
 impl Session {
+    /// Whether `conversation` is the tenant's: `None` if it is, else the error to answer
+    /// (`not_found`, or `unavailable` when PostgreSQL cannot say).
+    async fn check_conversation(&mut self, conversation: uuid::Uuid) -> Option<ErrorCode> {
+        if self.known_conversations.contains(&conversation) {
+            return None;
+        }
+        let tenant = self.identity.tenant();
+        match chatdesk_store::conversations::get_conversation(&self.gateway.inner.db, tenant, conversation).await {
+            Ok(Some(_)) => {
+                self.known_conversations.insert(conversation);
+                None
+            }
+            Ok(None) => Some(ErrorCode::NotFound),
+            Err(_) => Some(ErrorCode::Unavailable),
+        }
+    }
+
     async fn send(&mut self, frame: &ServerFrame) -> bool {
         let text = serde_json::to_string(frame).expect("frames serialise");
         ::metrics::counter!(metrics::FRAMES_OUT_TOTAL).increment(1);
@@ -181,7 +234,8 @@ impl Session {
                 frame = stream.next() => {
                     idle_deadline = Instant::now() + idle;
                     match frame {
-                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
+                        None | Some(Ok(Message::Close(_))) => return None,
+                        Some(Err(error)) => return broken(error),
                         Some(Ok(Message::Text(text))) => {
                             ::metrics::counter!(metrics::FRAMES_IN_TOTAL).increment(1);
                             self.refresh_presence().await;
@@ -253,12 +307,20 @@ impl Session {
         if let Some(offset) = delivery.offset {
             subscription.last = Some(offset);
         }
+        let data = match self.identity {
+            Identity::Agent { .. } => delivery.data.clone(),
+            Identity::Visitor { .. } => match for_visitor(delivery) {
+                Some(data) => data,
+                // Not for visitors: the offset still moves, so a resume does not send it again.
+                None => return Some(false),
+            },
+        };
         let frame = ServerFrame::Event {
             channel: name.to_owned(),
             offset: delivery.offset.map(|offset| offset.to_string()),
             event_id: delivery.offset.map(|_| delivery.envelope.event_id.to_string()),
             event_type: delivery.envelope.record_type.clone(),
-            data: delivery.data.clone(),
+            data,
         };
         if !self.send(&frame).await {
             return None;

@@ -38,6 +38,8 @@ pub(super) enum ReplayError {
     SocketGone,
     /// A dependency failed: answered with an `unavailable` error frame.
     Unavailable(String),
+    /// The cursor cannot be a real one: answered with a `bad_frame` error frame.
+    BadCursor(String),
 }
 
 fn unavailable(message: &str) -> ReplayError {
@@ -89,14 +91,14 @@ impl Session {
             Channel::Inbox => (format!("inbox:{tenant}"), None),
             Channel::Ops => unreachable!("handled above"),
             Channel::Conversation(id) => {
-                if let Identity::Agent { .. } = self.identity {
-                    match chatdesk_store::conversations::get_conversation(&self.gateway.inner.db, tenant, id).await {
-                        Ok(Some(_)) => {}
-                        Ok(None) => return self.error(ErrorCode::NotFound, "no such conversation", Some(&name)).await,
-                        Err(_) => {
-                            return self.error(ErrorCode::Unavailable, "PostgreSQL is unavailable", Some(&name)).await;
-                        }
-                    }
+                if let Identity::Agent { .. } = self.identity
+                    && let Some(code) = self.check_conversation(id).await
+                {
+                    let message = match code {
+                        ErrorCode::NotFound => "no such conversation",
+                        _ => "PostgreSQL is unavailable",
+                    };
+                    return self.error(code, message, Some(&name)).await;
                 }
                 (format!("conversation:{id}"), Some(id))
             }
@@ -131,6 +133,11 @@ impl Session {
                 self.gateway.inner.hub.unlisten(self.id, &subscription.key);
                 ::metrics::gauge!(metrics::SUBSCRIPTIONS).decrement(1.0);
                 self.error(ErrorCode::Unavailable, message, Some(&name)).await
+            }
+            Err(ReplayError::BadCursor(message)) => {
+                self.gateway.inner.hub.unlisten(self.id, &subscription.key);
+                ::metrics::gauge!(metrics::SUBSCRIPTIONS).decrement(1.0);
+                self.error(ErrorCode::BadFrame, message, Some(&name)).await
             }
             Err(ReplayError::SocketGone) => false,
         }
@@ -208,6 +215,10 @@ impl Session {
         let epoch = replay::epoch(&inner.redis, &keys).await.map_err(redis_down)?;
         let (first, head) = replay::bounds(&inner.redis, &keys).await.map_err(redis_down)?;
         let Some(since) = since else { return Ok(Replayed { recovered: true, epoch, head, replayed: 0 }) };
+        // No offset is ever ahead of the clock by more than a clock's drift.
+        if since.millis > chatdesk_core::envelope::now_ms().saturating_add(86_400_000) {
+            return Err(ReplayError::BadCursor("since is later than any event".into()));
+        }
         if client_epoch.as_ref().is_some_and(|client| *client != epoch) {
             // The stream was lost and recreated: offsets of the old one mean nothing now.
             subscription.last = None;

@@ -18,6 +18,14 @@ impl Session {
         if let Err(reason) = authorize(&self.identity, &Channel::Conversation(conversation)) {
             return self.error(ErrorCode::Forbidden, reason, Some(&channel)).await;
         }
+        // An agent may type only into its tenant's conversations (a visitor's token names its own).
+        if let Identity::Agent { .. } = self.identity
+            && let Some(code) = self.check_conversation(conversation).await
+        {
+            let message =
+                if code == ErrorCode::NotFound { "no such conversation" } else { "PostgreSQL is unavailable" };
+            return self.error(code, message, Some(&channel)).await;
+        }
         let who = match self.identity {
             Identity::Agent { user, .. } => Actor { kind: SenderKind::Agent, id: Some(user) },
             Identity::Visitor { .. } => Actor { kind: SenderKind::Customer, id: None },

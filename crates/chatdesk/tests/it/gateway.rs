@@ -377,6 +377,32 @@ async fn visitors_see_their_own_conversation_and_typing_flows_both_ways() {
     eventually(&api, &format!("/v1/conversations/{conversation}"), "nothing unread", |c| c["unread_count"] == 0).await;
     send(&mut agent, json!({"op": "read", "conversation": conversation, "offset": "yesterday"})).await;
     assert_eq!(next(&mut agent).await["code"], "bad_frame");
+
+    // The visitor sees messages and typing only, without the agents' ids: its own message, then
+    // an agent's reply; not the read receipt, the assignment or the status change between them.
+    let reply = api
+        .call("POST", &format!("/v1/conversations/{conversation}/assign"), Some(json!({"assignee_id": owner})))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    send(
+        &mut agent,
+        json!({"op": "send", "conversation": conversation, "text": "hello visitor", "client_msg_id": "a-1"}),
+    )
+    .await;
+    let mut types = Vec::new();
+    let answer = loop {
+        let frame = next_event(&mut visitor).await;
+        types.push(frame["type"].as_str().unwrap_or_default().to_owned());
+        if frame["type"] == "message.created" && frame["data"]["text"] == "hello agent" {
+            assert_eq!(frame["data"]["sender"]["kind"], "customer");
+        }
+        if frame["type"] == "message.created" && frame["data"]["text"] == "hello visitor" {
+            break frame;
+        }
+    };
+    assert!(types.iter().all(|kind| kind == "message.created" || kind == "typing"), "{types:?}");
+    assert_eq!(answer["data"]["sender"]["kind"], "agent");
+    assert!(answer["data"]["sender"].get("id").is_none(), "no agent id for visitors: {answer}");
 }
 
 /// Reads event frames of `channel` until `count` arrived; returns their texts, in order.

@@ -353,3 +353,75 @@ async fn small_holes_stay_closed() {
     let again = exchange(json!({"op": "unsubscribe", "channel": canonical})).await;
     assert_eq!(again["code"], "unknown_channel", "one subscription, ended once: {again}");
 }
+
+/// The WebSocket answers protocol abuse with the documented codes, and an agent cannot reach
+/// into another tenant's conversation, even with an ephemeral signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websocket_abuse_gets_the_documented_answers() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let env = Env::start().await;
+    env.tenant("owner@ws-a.test", "owner-pass-1");
+    let other = env.tenant("owner@ws-b.test", "owner-pass-1");
+    let other_inbox = admin(
+        &env,
+        &["inbox", "create", "--tenant", other["tenant_id"].as_str().unwrap(), "--kind", "generic", "--name", "B"],
+    );
+    let (http, _server) = serve(&env, &[]).await;
+    assert_eq!(
+        post_generic(http, &other_inbox, &crate::support::generic_body("b-1", "cust-b", "hi")).await.status,
+        200
+    );
+    let other_api = Client {
+        http,
+        token: login(http, "owner@ws-b.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned(),
+    };
+    let theirs = conversation_of(&other_api, "cust-b").await["id"].as_str().unwrap().to_owned();
+    let token = login(http, "owner@ws-a.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+
+    type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+    let open = || async {
+        let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{http}/v1/ws")).await.unwrap();
+        socket
+            .send(Message::Text(json!({"op": "hello", "token": token, "protocol": 1}).to_string().into()))
+            .await
+            .unwrap();
+        socket
+    };
+    // The next frame that is not an event, or the close code.
+    async fn answer(socket: &mut Socket) -> serde_json::Value {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    if frame["op"] != "event" && frame["op"] != "welcome" {
+                        return frame;
+                    }
+                }
+                Some(Ok(Message::Close(Some(close)))) => return json!({"close": u16::from(close.code)}),
+                Some(Ok(_)) => {}
+                other => return json!({"ended": format!("{other:?}")}),
+            }
+        }
+    }
+
+    let mut socket = open().await;
+    socket
+        .send(Message::Text(json!({"op": "typing", "conversation": theirs, "typing": true}).to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(answer(&mut socket).await["code"], "not_found", "another tenant's conversation does not exist here");
+    let since = json!({"op": "subscribe", "channel": "inbox", "since": "18446744073709551615-18446744073709551615"});
+    socket.send(Message::Text(since.to_string().into())).await.unwrap();
+    assert_eq!(answer(&mut socket).await["code"], "bad_frame", "a cursor from the future is not a Redis outage");
+
+    socket.send(Message::Text("x".repeat(70 * 1024).into())).await.unwrap();
+    assert_eq!(answer(&mut socket).await["close"], 1009, "an oversized frame is closed with 1009");
+
+    let mut socket = open().await;
+    socket.send(Message::Frame(Frame::message(vec![0xc3, 0x28], OpCode::Data(Data::Text), true))).await.unwrap();
+    assert_eq!(answer(&mut socket).await["close"], 1007, "a text frame that is not UTF-8 is closed with 1007");
+}
