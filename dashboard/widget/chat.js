@@ -131,8 +131,18 @@ export function start({ inbox, base }) {
   }
 
   async function startSession(email, name) {
-    const session = await request('POST', `/v1/widget/${inbox}/sessions`, { email, name: name || undefined }, { renew: false });
-    state = { token: session.token, conversation_id: session.conversation_id, expires_at: session.expires_at, email, name };
+    // The visitor key is this browser's proof of being the same visitor: without it, the server
+    // starts a new conversation whatever e-mail is given.
+    const visitorKey = state && state.visitor_key ? state.visitor_key : undefined;
+    const session = await request('POST', `/v1/widget/${inbox}/sessions`, { email, name: name || undefined, visitor_key: visitorKey }, { renew: false });
+    state = {
+      token: session.token,
+      conversation_id: session.conversation_id,
+      expires_at: session.expires_at,
+      visitor_key: session.visitor_key,
+      email,
+      name,
+    };
     save(state);
     connection?.useToken(state.token);
   }

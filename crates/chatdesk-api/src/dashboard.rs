@@ -24,13 +24,18 @@ struct Asset {
 
 include!(concat!(env!("OUT_DIR"), "/dashboard_assets.rs"));
 
+/// The agent app keeps its token in the browser: its page runs only its own scripts, talks only
+/// to its own origin and WebSocket gateways, and cannot be framed by another site.
+const APP_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'";
+
 /// Every asset at its path.
 pub fn routes() -> Router<AppState> {
     ASSETS.iter().fold(Router::new(), |router, asset| {
         router.route(
             asset.path,
             get(move || async move {
-                (
+                let mut response = (
                     [
                         (header::CONTENT_TYPE, asset.content_type),
                         // Small files compiled into the binary: always revalidate, so an upgrade shows at once.
@@ -38,10 +43,18 @@ pub fn routes() -> Router<AppState> {
                         // The widget's loader, embedded on customers' sites, imports its modules from
                         // here, and a cross-origin module import needs CORS. Nothing here is private.
                         (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+                        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                        (header::REFERRER_POLICY, "no-referrer"),
                     ],
                     asset.body,
                 )
-                    .into_response()
+                    .into_response();
+                if asset.path == "/" {
+                    let headers = response.headers_mut();
+                    headers.insert(header::CONTENT_SECURITY_POLICY, header::HeaderValue::from_static(APP_POLICY));
+                    headers.insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
+                }
+                response
             }),
         )
     })

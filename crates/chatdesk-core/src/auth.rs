@@ -190,30 +190,72 @@ pub struct VisitorClaims {
     pub inbox: Uuid,
     pub contact: Uuid,
     pub conversation: Uuid,
-    /// The visitor's e-mail address (its identity in the inbox).
+    /// The visitor's identity in the inbox (from its visitor key, never from what it typed).
+    pub visitor: Uuid,
+    /// The e-mail address the visitor gave (contact data, not proof of anything).
     pub email: String,
     pub exp: u64,
 }
 
 pub const VISITOR_TYPE: &str = "visitor";
+pub const VISITOR_KEY_TYPE: &str = "visitor-key";
+
+/// How long a visitor key lasts: a returning visitor is recognised for this long.
+pub const VISITOR_KEY_TTL: Duration = Duration::from_secs(365 * 86_400);
+
+/// A web-widget visitor's secret: the widget keeps it and presents it to resume its
+/// conversation. Whoever does not hold it is a new visitor, whatever e-mail it gives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisitorKeyClaims {
+    /// Always `"visitor-key"`.
+    pub typ: String,
+    pub inbox: Uuid,
+    pub visitor: Uuid,
+    pub exp: u64,
+}
+
+/// A new visitor key for `visitor` of `inbox`.
+pub fn issue_visitor_key(key: &TokenKey, inbox: Uuid, visitor: Uuid) -> String {
+    let claims = VisitorKeyClaims {
+        typ: VISITOR_KEY_TYPE.to_owned(),
+        inbox,
+        visitor,
+        exp: now_seconds() + VISITOR_KEY_TTL.as_secs(),
+    };
+    sign(key, &claims)
+}
+
+/// The visitor a key names, if it was issued here for `inbox` and has not expired.
+pub fn verify_visitor_key(key: &TokenKey, inbox: Uuid, visitor_key: &str) -> Result<Uuid, TokenError> {
+    let claims: VisitorKeyClaims = verify(key, visitor_key)?;
+    if claims.typ != VISITOR_KEY_TYPE || claims.inbox != inbox {
+        return Err(TokenError::Malformed);
+    }
+    Ok(claims.visitor)
+}
+
+/// Whose a visitor token is and what it opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VisitorGrant<'a> {
+    pub tenant: Uuid,
+    pub inbox: Uuid,
+    pub contact: Uuid,
+    pub conversation: Uuid,
+    pub visitor: Uuid,
+    pub email: &'a str,
+}
 
 /// Signs a visitor token valid for `ttl`; returns it and its expiry.
-pub fn issue_visitor_token(
-    key: &TokenKey,
-    tenant: Uuid,
-    inbox: Uuid,
-    contact: Uuid,
-    conversation: Uuid,
-    email: &str,
-    ttl: Duration,
-) -> (String, u64) {
+pub fn issue_visitor_token(key: &TokenKey, grant: &VisitorGrant<'_>, ttl: Duration) -> (String, u64) {
     let claims = VisitorClaims {
         typ: VISITOR_TYPE.to_owned(),
-        tenant,
-        inbox,
-        contact,
-        conversation,
-        email: email.to_owned(),
+        tenant: grant.tenant,
+        inbox: grant.inbox,
+        contact: grant.contact,
+        conversation: grant.conversation,
+        visitor: grant.visitor,
+        email: grant.email.to_owned(),
         exp: now_seconds() + ttl.as_secs(),
     };
     (sign(key, &claims), claims.exp)
@@ -277,10 +319,23 @@ mod tests {
     #[test]
     fn visitor_and_agent_tokens_do_not_mix() {
         let ids = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-        let (visitor, _) = issue_visitor_token(&key(), ids.0, ids.1, ids.2, ids.3, "ana@example.com", TOKEN_TTL);
+        let grant = VisitorGrant {
+            tenant: ids.0,
+            inbox: ids.1,
+            contact: ids.2,
+            conversation: ids.3,
+            visitor: ids.0,
+            email: "ana@example.com",
+        };
+        let (visitor, _) = issue_visitor_token(&key(), &grant, TOKEN_TTL);
         assert_eq!(verify_visitor_token(&key(), &visitor).unwrap().conversation, ids.3);
         assert_eq!(verify_token(&key(), &visitor), Err(TokenError::Malformed));
         let (agent, _) = issue_token(&key(), ids.0, ids.1, Role::Agent, TOKEN_TTL);
         assert_eq!(verify_visitor_token(&key(), &agent), Err(TokenError::Malformed));
+        let visitor_key = issue_visitor_key(&key(), ids.1, ids.2);
+        assert_eq!(verify_visitor_key(&key(), ids.1, &visitor_key), Ok(ids.2));
+        assert_eq!(verify_visitor_key(&key(), ids.0, &visitor_key), Err(TokenError::Malformed), "another inbox");
+        assert!(verify_visitor_key(&key(), ids.1, &visitor).is_err(), "a visitor token is not a key");
+        assert!(verify_visitor_token(&key(), &visitor_key).is_err(), "a key is not a visitor token");
     }
 }

@@ -78,6 +78,11 @@ impl KeyScheme {
         format!("{}:login-failures:address:{address}", self.prefix)
     }
 
+    /// Widget sessions started from one client address in one minute.
+    pub fn widget_sessions_of_address(&self, address: &std::net::IpAddr, minute: u64) -> String {
+        format!("{}:widget-sessions:{address}:{minute}", self.prefix)
+    }
+
     /// The live agent sockets of one tenant.
     pub fn presence(&self, tenant: &TenantId) -> String {
         format!("{}:presence:{tenant}", self.prefix)

@@ -1,8 +1,12 @@
 //! The web widget channel. A visitor gives an e-mail address (and a name) and gets a visitor
-//! token for one conversation; coming back within the standby window (default 10 minutes)
-//! continues the same conversation, later opens a new one. The widget then writes over REST
+//! token for one conversation, and a **visitor key**: a secret the widget keeps and presents
+//! to come back. Coming back with its key within the standby window (default 10 minutes)
+//! continues the same conversation, later opens a new one. Without the key a visitor is a new
+//! one, whatever e-mail it gives: an e-mail is contact data, not proof of identity, so knowing a
+//! customer's address shows nothing of their conversations. The widget then writes over REST
 //! here (and reads over the WebSocket protocol with the same token). These routes answer any
-//! origin (CORS), since the widget runs on the customer's own site.
+//! origin (CORS), since the widget runs on the customer's own site; sessions are limited per
+//! client address.
 
 use std::time::Instant;
 
@@ -25,12 +29,17 @@ use crate::auth::{TOKEN_TTL, issue_visitor_token, verify_visitor_token};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath};
 use crate::openapi::ErrorBody;
+use chatdesk_core::auth::{VisitorGrant, issue_visitor_key, verify_visitor_key};
+use fred::prelude::*;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionRequest {
     pub email: String,
     pub name: Option<String>,
+    /// The `visitor_key` of an earlier session: continues that visitor's conversation. Without
+    /// one (or with one that is not valid for this inbox) the visitor is a new one.
+    pub visitor_key: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -41,9 +50,38 @@ pub struct Session {
     pub contact_id: Uuid,
     /// Seconds since the epoch.
     pub expires_at: u64,
+    /// The visitor's secret: keep it (the widget stores it in the browser) and send it with the
+    /// next session to continue. Valid for a year.
+    pub visitor_key: String,
 }
 
-/// Starts (or resumes, within the standby window) a visitor's conversation.
+/// Sessions one client address may start per minute.
+pub const SESSIONS_PER_ADDRESS_PER_MINUTE: u64 = 30;
+
+/// Refuses a session when the client address started too many in the current minute.
+async fn limit_sessions(state: &AppState, address: std::net::IpAddr) -> Result<(), ApiError> {
+    let minute = chatdesk_core::envelope::now_ms() / 60_000;
+    let key = state.keys.widget_sessions_of_address(&address, minute);
+    let count: u64 = state.redis.incr(&key).await.map_err(|_| ApiError::Unavailable { dependency: "Redis" })?;
+    if count == 1 {
+        let _: Result<bool, _> = state.redis.expire(&key, 120, None).await;
+    }
+    if count > SESSIONS_PER_ADDRESS_PER_MINUTE {
+        return Err(ApiError::TooManyRequests {
+            message: format!("at most {SESSIONS_PER_ADDRESS_PER_MINUTE} chat sessions per minute from one address"),
+            retry_after_seconds: 60 - (chatdesk_core::envelope::now_ms() / 1000) % 60,
+        });
+    }
+    Ok(())
+}
+
+/// The external id a visitor is known by in its inbox.
+fn visitor_identity(visitor: Uuid) -> String {
+    format!("visitor:{visitor}")
+}
+
+/// Starts (or resumes, with its visitor key, within the standby window) a visitor's
+/// conversation.
 #[utoipa::path(
     post,
     path = "/v1/widget/{inbox_id}/sessions",
@@ -54,12 +92,13 @@ pub struct Session {
         (status = 201, description = "A visitor token for the conversation", body = Session),
         (status = 404, description = "No web inbox with this id", body = ErrorBody),
         (status = 422, description = "email is missing or invalid", body = ErrorBody),
-        (status = 429, description = "The inbox's rate limit; see Retry-After", body = ErrorBody),
+        (status = 429, description = "The inbox's rate limit, or too many sessions from this address; see Retry-After", body = ErrorBody),
     )
 )]
 pub async fn start_session(
     State(state): State<AppState>,
     ApiPath(inbox_id): ApiPath<Uuid>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     ApiJson(request): ApiJson<SessionRequest>,
 ) -> Response {
     let started = Instant::now();
@@ -69,17 +108,30 @@ pub async fn start_session(
         if !chatdesk_core::auth::is_email(&email) {
             return Err(ApiError::invalid_field("email", "is not an e-mail address"));
         }
+        limit_sessions(&state, peer.ip()).await?;
         let name = request.name.map(|name| name.trim().to_owned()).filter(|name| !name.is_empty());
-        let sender = Introduction { inbox: inbox.id, external_id: email.clone(), name, email: Some(email.clone()) };
+        let returning =
+            request.visitor_key.as_deref().and_then(|key| verify_visitor_key(&state.auth, inbox.id, key).ok());
+        let visitor = returning.unwrap_or_else(Uuid::now_v7);
+        let sender =
+            Introduction { inbox: inbox.id, external_id: visitor_identity(visitor), name, email: Some(email.clone()) };
         let standby = Some(state.ingress.widget_standby);
         let Ingested::Resolved { contact_id, conversation_id } =
             ingest(&state, &inbox, &sender, None, standby, true).await?
         else {
             return Err(ApiError::Internal("the directory did not resolve a conversation".into()));
         };
-        let (token, expires_at) =
-            issue_visitor_token(&state.auth, inbox.tenant_id, inbox.id, contact_id, conversation_id, &email, TOKEN_TTL);
-        let session = Session { token, conversation_id, contact_id, expires_at };
+        let grant = VisitorGrant {
+            tenant: inbox.tenant_id,
+            inbox: inbox.id,
+            contact: contact_id,
+            conversation: conversation_id,
+            visitor,
+            email: &email,
+        };
+        let (token, expires_at) = issue_visitor_token(&state.auth, &grant, TOKEN_TTL);
+        let visitor_key = issue_visitor_key(&state.auth, inbox.id, visitor);
+        let session = Session { token, conversation_id, contact_id, expires_at, visitor_key };
         Ok((StatusCode::CREATED, Json(session)).into_response())
     }
     .await;
@@ -140,7 +192,7 @@ pub async fn post_message(
         };
         let sender = Introduction {
             inbox: inbox.id,
-            external_id: visitor.email.clone(),
+            external_id: visitor_identity(visitor.visitor),
             name: None,
             email: Some(visitor.email.clone()),
         };

@@ -241,11 +241,24 @@ async fn channel_messages_land_once_in_the_right_conversation() {
     assert_eq!(written.status, 202, "{}", written.body);
     assert_eq!(written.json()["conversation_id"], session["conversation_id"]);
     assert_eq!(post(http, &messages_path, &[], r#"{"text": "no token"}"#).await.status, 401);
-    let returning = post(http, &sessions, &[], r#"{"email": "visitor@example.com"}"#).await.json();
+    let key = session["visitor_key"].as_str().unwrap();
+    let returning =
+        post(http, &sessions, &[], &json!({"email": "visitor@example.com", "visitor_key": key}).to_string())
+            .await
+            .json();
     assert_eq!(
         returning["conversation_id"], session["conversation_id"],
-        "a return within the standby window continues"
+        "a return with the visitor key within the standby window continues"
     );
+    // Knowing the e-mail is not enough: without the key, a new visitor with nothing to read.
+    let stranger = post(http, &sessions, &[], r#"{"email": "visitor@example.com"}"#).await.json();
+    assert_ne!(stranger["conversation_id"], session["conversation_id"], "the same e-mail, another visitor");
+    let stranger_token = format!("Bearer {}", stranger["token"].as_str().unwrap());
+    let seen = http_request(http, "GET", &messages_path, &[("Authorization", &stranger_token)], None).await.unwrap();
+    assert_eq!(seen.json()["items"], json!([]), "a stranger reads nothing of the customer's history");
+    let forged_key =
+        post(http, &sessions, &[], &json!({"email": "visitor@example.com", "visitor_key": "x.y.z"}).to_string()).await;
+    assert_ne!(forged_key.json()["conversation_id"], session["conversation_id"], "a forged key is no key");
     let bad_email = post(http, &sessions, &[], r#"{"email": "not-an-address"}"#).await;
     assert_eq!(bad_email.status, 422);
     assert_eq!(texts(&api, &id(&session, "conversation_id"), 1).await, ["Hi from the widget"]);

@@ -299,6 +299,14 @@ async fn small_holes_stay_closed() {
     assert!(!metrics.contains("PROBE"), "method names never become labels");
     assert!(metrics.contains(r#"method="other""#));
 
+    // The agent app, which keeps its token in the browser, runs only its own scripts and is
+    // never framed.
+    let app = chatdesk_testkit::http_request(http, "GET", "/", &[], None).await.unwrap();
+    let policy = app.header("content-security-policy").unwrap_or_default().to_owned();
+    assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert_eq!(app.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(app.header("x-frame-options"), Some("DENY"));
+
     // Inbound text is bounded like REST's, and an absurd timestamp is no crash.
     let long = json!({"message_id": "long", "from": {"id": "cust-1"}, "text": "x".repeat(4097)}).to_string();
     let refused = post_generic(http, &generic, &long).await;
@@ -424,4 +432,25 @@ async fn websocket_abuse_gets_the_documented_answers() {
     let mut socket = open().await;
     socket.send(Message::Frame(Frame::message(vec![0xc3, 0x28], OpCode::Data(Data::Text), true))).await.unwrap();
     assert_eq!(answer(&mut socket).await["close"], 1007, "a text frame that is not UTF-8 is closed with 1007");
+}
+
+/// Widget sessions are limited per client address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn widget_sessions_are_limited_per_address() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@bulk.test", "owner-pass-1");
+    let web = admin(
+        &env,
+        &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "web", "--name", "Site"],
+    );
+    let (http, _server) = serve(&env, &[]).await;
+    let path = web["webhook_path"].as_str().unwrap();
+    let mut statuses = Vec::new();
+    for index in 0..40 {
+        let body = json!({"email": format!("bulk-{index}@bulk.test")}).to_string();
+        statuses.push(post(http, path, &[], &body).await.status);
+    }
+    let created = statuses.iter().filter(|status| **status == 201).count();
+    assert!(created <= 30, "at most 30 sessions a minute from one address: {statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
 }
