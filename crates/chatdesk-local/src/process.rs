@@ -189,16 +189,26 @@ where
     }
 }
 
-/// Creates `dir` (and parents) readable by other users, so a server running as another user can
-/// reach data directories below it.
+/// Creates `dir` (and parents) that other users may pass through but not list (0711), so a
+/// server running as another user can reach its own data directory below it.
 pub fn create_dir(dir: &Path) -> Result<(), LocalError> {
+    create_dir_with_mode(dir, 0o711)
+}
+
+/// Creates `dir` (and parents) for its owner alone (0700): data files inside stay private
+/// whatever mode the server creates them with.
+pub fn create_private_dir(dir: &Path) -> Result<(), LocalError> {
+    create_dir_with_mode(dir, 0o700)
+}
+
+fn create_dir_with_mode(dir: &Path, mode: u32) -> Result<(), LocalError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).map_err(|source| LocalError::Io {
         action: "cannot create",
         path: dir.to_path_buf(),
         source,
     })?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|source| LocalError::Io {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|source| LocalError::Io {
         action: "cannot set permissions on",
         path: dir.to_path_buf(),
         source,

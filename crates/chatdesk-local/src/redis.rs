@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::binaries::redis_program;
 use crate::ports::{free_cluster_port, free_port, is_free};
-use crate::process::{ServerProcess, create_dir, run, stop_stale, wait_until_ready};
+use crate::process::{ServerProcess, create_private_dir, run, stop_stale, wait_until_ready};
 use crate::{LocalError, resp};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,7 +57,9 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server and waits until it answers PING (after replaying its AOF, if any).
     pub async fn start(options: RedisOptions) -> Result<Self, LocalError> {
-        create_dir(&options.dir)?;
+        // Redis runs as this user and writes its AOF with its own umask: the directory keeps it
+        // private.
+        create_private_dir(&options.dir)?;
         stop_stale(&options.dir.join("redis.pid"), "TERM", "redis-server").await;
         let mut last_error = None;
         for attempt in 0..3 {

@@ -43,8 +43,7 @@ impl PrivateServers {
         database_url: Option<Secret>,
     ) -> anyhow::Result<(Self, Secret, Secret)> {
         let data_dir = absolute(data_dir)?;
-        std::fs::create_dir_all(&data_dir)
-            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        create_data_dir(&data_dir)?;
         let env_file = data_dir.join("servers.env");
         let previous = previous_ports(&env_file);
         let mut servers = Self { redis: None, postgres: None };
@@ -84,7 +83,7 @@ impl PrivateServers {
         if servers.redis.is_some() || servers.postgres.is_some() {
             let mut text = String::from("# Written by `chatdesk up`: the private servers of this data directory.\n");
             text.push_str(&format!("REDIS_URL={}\nDATABASE_URL={}\n", redis_url.expose(), database_url.expose()));
-            std::fs::write(&env_file, text).with_context(|| format!("cannot write {}", env_file.display()))?;
+            write_private(&env_file, &text)?;
         }
         Ok((servers, redis_url, database_url))
     }
@@ -105,17 +104,42 @@ impl PrivateServers {
 /// The token-signing key of this data directory: generated once and kept (readable only by its
 /// owner) so agent tokens stay valid across restarts of `chatdesk up`.
 pub fn persistent_jwt_secret(data_dir: &Path) -> anyhow::Result<Secret> {
-    use std::os::unix::fs::PermissionsExt;
     let file = data_dir.join("jwt-secret");
     if let Ok(secret) = std::fs::read_to_string(&file)
         && secret.trim().len() >= 32
     {
         return Ok(Secret::new(secret.trim().to_owned()));
     }
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    create_data_dir(data_dir)?;
     let secret = chatdesk_api::auth::TokenKey::generate_secret();
-    std::fs::write(&file, &secret).with_context(|| format!("cannot write {}", file.display()))?;
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", file.display()))?;
+    write_private(&file, &secret)?;
     Ok(Secret::new(secret))
+}
+
+/// The data directory: others may pass through it (PostgreSQL runs as its own user and must
+/// reach its data directory below) but not list or read it.
+fn create_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("cannot restrict {}", data_dir.display()))
+}
+
+/// Writes a file only its owner can read, with that mode from its creation (never readable by
+/// others, not even for a moment).
+fn write_private(file: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut handle = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    // A file made before this mode was used keeps its old one: set it too.
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", file.display()))?;
+    handle.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", file.display()))
 }

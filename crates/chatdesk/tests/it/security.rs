@@ -454,3 +454,51 @@ async fn widget_sessions_are_limited_per_address() {
     assert!(created <= 30, "at most 30 sessions a minute from one address: {statuses:?}");
     assert!(statuses.contains(&429), "{statuses:?}");
 }
+
+/// A Telegram bot token is part of the API's URL: no failure reason, dead letter or frame may
+/// carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bot_token_never_appears_in_a_failure() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@token.test", "owner-pass-1");
+    let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
+    let bot_token = "123456:SECRET-bot-token-never-shown";
+    let telegram = admin(
+        &env,
+        &["inbox", "create", "--tenant", &tenant_id, "--kind", "telegram", "--name", "Bot", "--bot-token", bot_token],
+    );
+    // Nothing listens there: every call fails to connect.
+    let nowhere = format!("http://127.0.0.1:{}", chatdesk_testkit::free_port());
+    let http: std::net::SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let settings = [
+        ("CHATDESK_TELEGRAM_API_URL", nowhere.as_str()),
+        ("CHATDESK_SEND_MAX_ATTEMPTS", "2"),
+        ("CHATDESK_SEND_BACKOFF", "100ms"),
+    ];
+    let _server = crate::support::serve_roles(&env, "ingress,writer,sender", http, &settings).await;
+    let token = login(http, "owner@token.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let api = Client { http, token };
+    let update = json!({"update_id": 1, "message": {"date": 1441645532, "message_id": 7,
+        "chat": {"id": 333, "type": "private", "first_name": "T"}, "from": {"id": 333, "is_bot": false, "first_name": "T"},
+        "text": "hi"}})
+    .to_string();
+    let secret = telegram["secret"].as_str().unwrap();
+    let path = telegram["webhook_path"].as_str().unwrap();
+    assert_eq!(post(http, path, &[("X-Telegram-Bot-Api-Secret-Token", secret)], &update).await.status, 200);
+    let conversation = conversation_of(&api, "333").await["id"].as_str().unwrap().to_owned();
+    let sent =
+        api.call("POST", &format!("/v1/conversations/{conversation}/messages"), Some(json!({"text": "hello"}))).await;
+    assert_eq!(sent.status, 202, "{}", sent.body);
+    let page = crate::support::eventually(
+        &api,
+        &format!("/v1/conversations/{conversation}/messages"),
+        "the reply failed",
+        |page| page["items"][0]["status"] == "failed",
+    )
+    .await;
+    let reason = page["items"][0]["failure_reason"].as_str().unwrap();
+    assert!(!reason.contains("SECRET") && !reason.contains(&nowhere), "{reason}");
+    assert_eq!(crate::support::dead_letters(&env, "send").await, 1);
+    let letters = crate::support::dead_letter_fields(&env, "send").await;
+    assert!(letters.iter().all(|fields| !fields.contains("SECRET")), "{letters:?}");
+}

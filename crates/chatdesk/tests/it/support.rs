@@ -91,7 +91,7 @@ pub async fn serve_roles(env: &Env, roles: &str, http: SocketAddr, extra_env: &[
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    chatdesk_testkit::wait_until("the API answers", Duration::from_secs(60), || async {
+    chatdesk_testkit::wait_until("the API answers", Duration::from_secs(120), || async {
         matches!(chatdesk_testkit::http_get(http, "/readyz").await, Ok((200, _)))
     })
     .await;
@@ -159,6 +159,27 @@ pub async fn conversation_of(api: &Client, external_id: &str) -> Value {
         .find(|item| item["contact"]["external_id"] == external_id)
         .unwrap()
         .clone()
+}
+
+/// Every dead letter of a stream family, each as one line of its fields.
+pub async fn dead_letter_fields(env: &Env, family: &str) -> Vec<String> {
+    use fred::prelude::*;
+    let redis = chatdesk_streams::RedisConnector::new(chatdesk_streams::RedisSettings::new(&env.redis_url))
+        .unwrap()
+        .shared()
+        .await
+        .unwrap();
+    let streams =
+        chatdesk_core::StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap();
+    let stream = streams.stream(family).unwrap();
+    let keys = chatdesk_core::KeyScheme::new(&env.prefix).unwrap();
+    let mut letters = Vec::new();
+    for partition in 0..stream.partitions {
+        let entries: Vec<(String, std::collections::HashMap<String, String>)> =
+            redis.xrange(keys.partition(&stream.name, partition).dead_letters, "-", "+", None).await.unwrap();
+        letters.extend(entries.into_iter().map(|(_, fields)| format!("{fields:?}")));
+    }
+    letters
 }
 
 /// Dead letters of a stream family, over all its partitions.

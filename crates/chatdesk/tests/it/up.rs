@@ -66,6 +66,16 @@ async fn up_starts_private_servers_stops_them_and_reuses_their_data() {
     let first = start(&data_dir, http, &[]).await;
     wait_ready(http).await;
     let (redis_url, database_url) = urls(&data_dir);
+    // What holds secrets or data is its owner's alone.
+    let mode = |path: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&data_dir), 0o711, "others may pass through to PostgreSQL's directory, not list");
+    assert_eq!(mode(&data_dir.join("servers.env")), 0o600);
+    assert_eq!(mode(&data_dir.join("jwt-secret")), 0o600);
+    assert_eq!(mode(&data_dir.join("redis")), 0o700, "Redis's AOF stays private");
+    assert_eq!(mode(&data_dir.join("postgres")), 0o700);
     let (status, body) = chatdesk_testkit::http_get(http, "/readyz").await.unwrap();
     assert_eq!(status, 200);
     assert!(body.contains(r#""redis":{"status":"ok"}"#) && body.contains(r#""postgres":{"status":"ok"}"#), "{body}");
