@@ -57,6 +57,8 @@ pub struct AppState {
     pub reply: chatdesk_conversations::Reply,
     /// Bounds password hashing (see [`login`]).
     pub logins: login::Guard,
+    /// When set, `/metrics` answers only `Authorization: Bearer <this>` (`CHATDESK_METRICS_TOKEN`).
+    pub metrics_token: Option<std::sync::Arc<str>>,
     pub ingress: ingress::IngressSettings,
     pub keys: KeyScheme,
 }
@@ -78,6 +80,7 @@ impl AppState {
             inboxes: chatdesk_conversations::InboxCache::new(db.clone(), redis.clone(), keys.clone()),
             reply: chatdesk_conversations::Reply::new(producer.clone(), redis.clone(), keys.clone(), db.clone()),
             logins: login::Guard::default(),
+            metrics_token: None,
             redis,
             db,
             metrics,
@@ -142,6 +145,8 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 pub fn api_router(state: AppState) -> Router {
     let (router, _) = api_routes().merge(widget_routes()).split_for_parts();
     let document = openapi_document();
+    let router =
+        router.route_layer(axum::middleware::from_fn_with_state(state.clone(), ingress::limit_failed_signatures));
     router
         .route("/v1", get(info).layer(tower_http::cors::CorsLayer::permissive()))
         .route("/v1/openapi.json", get(move || async move { axum::Json(document.clone()) }))

@@ -19,10 +19,25 @@ pub fn describe() {
     describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, Unit::Seconds, "HTTP request latency, by route and method");
 }
 
-/// Prometheus metrics in the text exposition format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Metrics", content_type = "text/plain")))]
-pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+/// Prometheus metrics in the text exposition format. With `CHATDESK_METRICS_TOKEN` set, only
+/// for `Authorization: Bearer <token>`.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Metrics", content_type = "text/plain"),
+    (status = 401, description = "CHATDESK_METRICS_TOKEN is set and the request does not carry it", body = crate::openapi::ErrorBody),
+))]
+pub async fn render(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(expected) = &state.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !chatdesk_core::auth::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return crate::error::ApiError::Unauthorized { message: "/metrics needs the metrics token".into() }
+                .into_response();
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
 pub async fn track_requests(request: Request, next: Next) -> Response {

@@ -269,6 +269,11 @@ pub fn verify_visitor_token(key: &TokenKey, token: &str) -> Result<VisitorClaims
     Ok(claims)
 }
 
+/// Whether two secrets are equal, in time that depends only on their lengths.
+pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+    left.len() == right.len() && left.iter().zip(right).fold(0u8, |difference, (a, b)| difference | (a ^ b)) == 0
+}
+
 /// `sha256=<hex HMAC-SHA256 of body with secret>`: the signature of a webhook body, as the
 /// generic channel sends it (`X-Chatdesk-Signature`) both ways and WhatsApp sends it to us.
 pub fn sign_body(body: &[u8], secret: &str) -> String {

@@ -78,6 +78,11 @@ impl KeyScheme {
         format!("{}:login-failures:address:{address}", self.prefix)
     }
 
+    /// Failed webhook authentications from one client address in one minute.
+    pub fn webhook_failures_of_address(&self, address: &std::net::IpAddr, minute: u64) -> String {
+        format!("{}:webhook-failures:{address}:{minute}", self.prefix)
+    }
+
     /// Widget sessions started from one client address in one minute.
     pub fn widget_sessions_of_address(&self, address: &std::net::IpAddr, minute: u64) -> String {
         format!("{}:widget-sessions:{address}:{minute}", self.prefix)

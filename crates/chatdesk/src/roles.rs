@@ -109,7 +109,7 @@ pub fn cancel_on_signals(cancel: CancellationToken) {
 
 /// Runs the HTTP server and `roles` until `cancel` fires or one of them exits.
 pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -> anyhow::Result<()> {
-    let state = AppState::new(
+    let mut state = AppState::new(
         runtime.redis.clone(),
         runtime.db.clone(),
         runtime.metrics.clone(),
@@ -118,6 +118,8 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
         runtime.streams.clone(),
         runtime.ingress.clone(),
     );
+    state.metrics_token =
+        crate::settings::env_var("CHATDESK_METRICS_TOKEN").map(|token| std::sync::Arc::from(token.as_str()));
     // Every process serves health, readiness and metrics; roles add their routes.
     let mut router = chatdesk_api::ops_router(state.clone());
     let mut consumers: Vec<(&'static str, ConsumerTask)> = Vec::new();

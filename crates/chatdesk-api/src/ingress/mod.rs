@@ -31,6 +31,7 @@ use chatdesk_conversations::directory::{InboundMessage, IngestRequest, Introduct
 use chatdesk_conversations::{DirectoryError, Ingested};
 use chatdesk_core::TenantId;
 use chatdesk_store::directory::{InboxKind, InboxRecord};
+use fred::prelude::*;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -242,6 +243,49 @@ where
     }
     .await;
     observe(kind, started, result)
+}
+
+/// Failed webhook authentications one client address may make per minute before its webhooks
+/// are refused unheard.
+pub const MAX_FAILED_SIGNATURES_PER_MINUTE: u64 = 100;
+
+/// Counts failed webhook authentications (401) per client address, in Redis (shared by every
+/// process), and refuses an address's webhooks with 429 for the rest of the minute once it
+/// failed too often: a stranger probing secrets is slowed down, and a genuine provider (which
+/// signs correctly) never meets the limit. An inbox's own rate limit is separate and counts only
+/// authenticated requests.
+pub async fn limit_failed_signatures(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let is_webhook = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .is_some_and(|path| path.as_str().starts_with("/v1/webhooks/"));
+    if !is_webhook {
+        return next.run(request).await;
+    }
+    let minute = chatdesk_core::envelope::now_ms() / 60_000;
+    let key = state.keys.webhook_failures_of_address(&peer.ip(), minute);
+    let failures: Option<u64> = state.redis.get(&key).await.unwrap_or(None);
+    let retry_after_seconds = 60 - (chatdesk_core::envelope::now_ms() / 1000) % 60;
+    if failures.unwrap_or(0) >= MAX_FAILED_SIGNATURES_PER_MINUTE {
+        return ApiError::TooManyRequests {
+            message: "too many failed webhook signatures from this address".into(),
+            retry_after_seconds,
+        }
+        .into_response();
+    }
+    let response = next.run(request).await;
+    if response.status() == StatusCode::UNAUTHORIZED {
+        let counted: Result<u64, _> = state.redis.incr(&key).await;
+        if counted == Ok(1) {
+            let _: Result<bool, _> = state.redis.expire(&key, 120, None).await;
+        }
+    }
+    response
 }
 
 /// Records the request's outcome and latency by inbox kind.

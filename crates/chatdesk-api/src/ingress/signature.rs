@@ -34,9 +34,7 @@ pub use chatdesk_core::auth::sign_body as sign;
 /// A shared secret header (Telegram's `X-Telegram-Bot-Api-Secret-Token`), compared in constant time.
 pub fn verify_secret_header(header_name: &str, header: Option<&str>, secret: &str) -> Result<(), ApiError> {
     let header = header.ok_or_else(|| unauthorized(&format!("missing {header_name} header")))?;
-    let equal = header.len() == secret.len()
-        && header.bytes().zip(secret.bytes()).fold(0u8, |difference, (left, right)| difference | (left ^ right)) == 0;
-    if !equal {
+    if !chatdesk_core::auth::constant_time_eq(header.as_bytes(), secret.as_bytes()) {
         return Err(unauthorized(&format!("{header_name} does not match")));
     }
     Ok(())

@@ -502,3 +502,51 @@ async fn a_bot_token_never_appears_in_a_failure() {
     let letters = crate::support::dead_letter_fields(&env, "send").await;
     assert!(letters.iter().all(|fields| !fields.contains("SECRET")), "{letters:?}");
 }
+
+/// A stranger probing webhook secrets is refused unheard after 100 failures a minute; the
+/// inbox's own rate limit counts only authenticated requests, so the probing never made the
+/// provider's signed webhooks fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_webhook_signatures_are_limited_per_address() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@probe.test", "owner-pass-1");
+    let generic = admin(
+        &env,
+        &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "generic", "--name", "Hooks"],
+    );
+    // An inbox limit below the number of probes: only authenticated requests count against it.
+    let (http, _server) = serve(&env, &[("CHATDESK_INGRESS_RATE_PER_INBOX", "50")]).await;
+    let path = generic["webhook_path"].as_str().unwrap();
+    let body = crate::support::generic_body("m-1", "cust-1", "hi");
+    let mut unsigned = Vec::new();
+    for _ in 0..60 {
+        unsigned.push(post(http, path, &[("X-Chatdesk-Signature", "sha256=00")], &body).await.status);
+    }
+    assert!(unsigned.iter().all(|status| *status == 401), "{unsigned:?}");
+    assert_eq!(
+        post_generic(http, &generic, &body).await.status,
+        200,
+        "the signed webhook is not limited by the probes"
+    );
+    for _ in 0..40 {
+        unsigned.push(post(http, path, &[("X-Chatdesk-Signature", "sha256=00")], &body).await.status);
+    }
+    let refused = post(http, path, &[("X-Chatdesk-Signature", "sha256=00")], &body).await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.header("retry-after").is_some());
+}
+
+/// With a metrics token set, `/metrics` answers only to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_require_a_token() {
+    let env = Env::start().await;
+    let (http, _server) = serve(&env, &[("CHATDESK_METRICS_TOKEN", "scrape-me-0123456789")]).await;
+    let anonymous = chatdesk_testkit::http_request(http, "GET", "/metrics", &[], None).await.unwrap();
+    assert_eq!(anonymous.status, 401);
+    let wrong = [("Authorization", "Bearer scrape-me-0123456780")];
+    assert_eq!(chatdesk_testkit::http_request(http, "GET", "/metrics", &wrong, None).await.unwrap().status, 401);
+    let right = [("Authorization", "Bearer scrape-me-0123456789")];
+    let scraped = chatdesk_testkit::http_request(http, "GET", "/metrics", &right, None).await.unwrap();
+    assert_eq!(scraped.status, 200);
+    assert!(scraped.body.contains("chatdesk_http_requests_total"));
+}
