@@ -99,10 +99,19 @@ export function mount(container, context, conversationId, { onChange }) {
     return { ...item, sender_kind: item.sender_kind, status: item.status };
   }
 
+  /// Drops the on-screen copy of a reply once the message itself is known: by its client id
+  /// (live events carry it) or by the event id its send was acknowledged with (history from REST
+  /// does not carry the client id, and may arrive before or after the acknowledgement).
+  function settle(message) {
+    if (message.client_msg_id) pending.delete(message.client_msg_id);
+    for (const [clientMsgId, copy] of pending) {
+      if (copy.event_id && copy.event_id === message.event_id) pending.delete(clientMsgId);
+    }
+  }
+
   function add(message) {
-    const known = messages.get(message.event_id);
-    if (known) return;
-    if (message.client_msg_id && pending.has(message.client_msg_id)) pending.delete(message.client_msg_id);
+    settle(message);
+    if (messages.has(message.event_id)) return;
     messages.set(message.event_id, message);
   }
 
@@ -165,12 +174,18 @@ export function mount(container, context, conversationId, { onChange }) {
     const message = { event_id: null, offset: null, direction: 'outbound', sender_kind: 'agent', sender_id: context.user.id, text, status: 'queued', client_msg_id: clientMsgId, created_at: new Date().toISOString() };
     pending.set(clientMsgId, message);
     renderMessages();
+    const acknowledged = (answer) => {
+      message.event_id = answer && answer.event_id ? answer.event_id : null;
+      const stored = message.event_id && messages.get(message.event_id);
+      if (stored) settle(stored);
+      renderMessages();
+    };
     try {
-      await context.connection.send(conversationId, text, clientMsgId);
+      acknowledged(await context.connection.send(conversationId, text, clientMsgId));
     } catch {
       // No socket right now: the same command over REST, idempotent by client_msg_id.
       try {
-        await api('POST', `/v1/conversations/${conversationId}/messages`, { text, client_msg_id: clientMsgId });
+        acknowledged(await api('POST', `/v1/conversations/${conversationId}/messages`, { text, client_msg_id: clientMsgId }));
       } catch (failure) {
         pending.delete(clientMsgId);
         renderMessages();

@@ -136,6 +136,12 @@ pub enum Refused {
 }
 
 impl OutboundPolicy {
+    /// Allows one more `host:port` or CIDR entry.
+    pub fn allow(&mut self, entry: &str) -> Result<(), String> {
+        self.allowed.push(parse_entry(entry).map_err(|reason| format!("{entry:?}: {reason}"))?);
+        Ok(())
+    }
+
     /// Whether the operator allowed `host:port` by name.
     pub fn allows_host(&self, host: &str, port: u16) -> bool {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();

@@ -121,6 +121,9 @@ pub async fn run(command: AdminCommand, data_dir: &Path) -> anyhow::Result<serde
             {
                 bail!("--outbound-url {url:?} must be an http:// or https:// URL");
             }
+            if let Some(url) = &outbound_url {
+                warn_if_refused(url).await;
+            }
             let pool = connect(data_dir).await?;
             require_tenant(&pool, tenant).await?;
             let secret = match secret {
@@ -181,4 +184,34 @@ fn provider_config(
         config.insert(flag.trim_start_matches("--").replace('-', "_"), serde_json::Value::String(value));
     }
     Ok(serde_json::Value::Object(config))
+}
+
+/// The operator may set any outbound URL, but a sender refuses one the outbound policy does not
+/// allow (`CHATDESK_OUTBOUND_ALLOW`): say so now rather than at the first reply.
+async fn warn_if_refused(url: &str) {
+    let Ok(policy) = crate::settings::outbound_policy() else { return };
+    let Ok(uri) = url.parse::<axum::http::Uri>() else { return };
+    let scheme = uri.scheme_str().unwrap_or_default();
+    let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let warn = |reason: &str| {
+        eprintln!(
+            "warning: senders will refuse {url}: {reason}; allow it with CHATDESK_OUTBOUND_ALLOW={}:{port} (docs/security.md)",
+            uri.host().unwrap_or_default()
+        )
+    };
+    let host = match policy.check_url(scheme, uri.host(), port) {
+        Ok((host, _)) => host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        Err(refused) => return warn(&refused.to_string()),
+    };
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return;
+    }
+    let lookup =
+        tokio::time::timeout(std::time::Duration::from_secs(2), tokio::net::lookup_host((host.as_str(), port)));
+    if let Ok(Ok(addresses)) = lookup.await {
+        let addresses: Vec<std::net::SocketAddr> = addresses.collect();
+        if !addresses.is_empty() && !addresses.iter().any(|address| policy.allows_resolved(&host, address.ip())) {
+            warn(&chatdesk_core::outbound::Refused::NotPublic.to_string());
+        }
+    }
 }

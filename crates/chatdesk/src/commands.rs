@@ -83,10 +83,17 @@ async fn run_roles(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics()?;
-    let runtime =
+    let mut runtime =
         Runtime::connect(common.http, redis_url, database_url, common.streams.as_ref(), jwt_secret, metrics).await?;
     if demo {
-        let seeded = crate::demo::seed(&runtime.db).await.context("seeding the demo tenant")?;
+        let mut seeded = crate::demo::seed(&runtime.db).await.context("seeding the demo tenant")?;
+        // Replies to the simulated customers go to a receiver of the demo's own, on loopback:
+        // the outbound policy allows exactly that address.
+        let receiver = crate::demo::receiver(cancel.child_token()).await?;
+        runtime.sender.outbound.allow(&receiver.to_string()).map_err(anyhow::Error::msg)?;
+        crate::demo::connect_receiver(&runtime.db, &mut seeded, receiver)
+            .await
+            .context("setting up the demo receiver")?;
         println!("{}", crate::demo::banner(common.http, &seeded));
         tokio::spawn(crate::demo::trickle(common.http, seeded.simulated, cancel.child_token()));
     }
@@ -120,27 +127,31 @@ async fn streams_status(file: Option<PathBuf>, json: bool) -> anyhow::Result<Exi
     let keys = settings::key_scheme()?;
     let client =
         RedisConnector::new(RedisSettings::new(url.expose()))?.shared().await.context("cannot connect to Redis")?;
-    if !json {
-        println!(
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    // A reader that stops early (`| head`) closes the pipe: that ends the listing, quietly.
+    let mut print = |line: String| writeln!(out, "{line}").is_ok();
+    if !json
+        && !print(format!(
             "{:<12} {:>4} {:<24} {:>10} {:>10} {:>8} {:>9}",
             "STREAM", "PART", "GROUP", "LENGTH", "LAG", "PENDING", "CONSUMERS"
-        );
+        ))
+    {
+        return Ok(ExitCode::SUCCESS);
     }
     for stream in config.streams.values() {
         for partition in 0..stream.partitions {
             for status in chatdesk_streams::status::partition_status(&client, &keys, stream, partition).await? {
                 let lag = status.lag.map_or_else(|| "?".to_owned(), |lag| lag.to_string());
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "stream": status.stream, "partition": status.partition, "group": status.group,
-                            "length": status.length, "lag": status.lag, "pending": status.pending,
-                            "consumers": status.consumers, "last_delivered_id": status.last_delivered_id,
-                        })
-                    );
+                let line = if json {
+                    serde_json::json!({
+                        "stream": status.stream, "partition": status.partition, "group": status.group,
+                        "length": status.length, "lag": status.lag, "pending": status.pending,
+                        "consumers": status.consumers, "last_delivered_id": status.last_delivered_id,
+                    })
+                    .to_string()
                 } else {
-                    println!(
+                    format!(
                         "{:<12} {:>4} {:<24} {:>10} {:>10} {:>8} {:>9}",
                         status.stream,
                         status.partition,
@@ -149,7 +160,10 @@ async fn streams_status(file: Option<PathBuf>, json: bool) -> anyhow::Result<Exi
                         lag,
                         status.pending,
                         status.consumers
-                    );
+                    )
+                };
+                if !print(line) {
+                    return Ok(ExitCode::SUCCESS);
                 }
             }
         }

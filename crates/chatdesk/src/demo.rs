@@ -71,6 +71,42 @@ pub async fn seed(db: &chatdesk_store::Pool) -> anyhow::Result<Demo> {
     Ok(Demo { web, simulated })
 }
 
+/// A stand-in for the simulated customers' own system: it takes the replies the sender POSTs to
+/// their inbox and answers 200, so a reply in the demo goes queued → sent like a real one.
+/// Returns where it listens (loopback, a free port) and runs until cancelled.
+pub async fn receiver(cancel: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the demo receiver")?;
+    let address = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/replies",
+        axum::routing::post(|| async { axum::Json(serde_json::json!({ "id": uuid::Uuid::now_v7() })) }),
+    );
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await;
+        if let Err(error) = served {
+            tracing::warn!(error = %error, "the demo receiver stopped");
+        }
+    });
+    Ok(address)
+}
+
+/// Points the simulated customers' inbox at the demo receiver (its port changes every run).
+pub async fn connect_receiver(db: &chatdesk_store::Pool, demo: &mut Demo, receiver: SocketAddr) -> anyhow::Result<()> {
+    let url = format!("http://{receiver}/replies");
+    if let Some(updated) = directory::update_inbox(
+        db,
+        demo.simulated.tenant_id,
+        demo.simulated.id,
+        Some(Some(&url)),
+        &serde_json::json!({}),
+    )
+    .await?
+    {
+        demo.simulated = updated;
+    }
+    Ok(())
+}
+
 pub fn banner(http: SocketAddr, demo: &Demo) -> String {
     format!(
         "\nchatdesk demo is ready:\n  dashboard  http://{http}/  sign in as {AGENT_EMAIL} / {AGENT_PASSWORD}\n             \

@@ -116,8 +116,22 @@ async fn up_starts_private_servers_stops_them_and_reuses_their_data() {
         .expect("the demo agent signs in")
         .to_owned();
     let api = crate::support::Client { http, token };
-    crate::support::eventually(&api, "/v1/conversations", "a simulated customer's conversation", |page| {
+    let page = crate::support::eventually(&api, "/v1/conversations", "a simulated customer's conversation", |page| {
         !page["items"].as_array().unwrap().is_empty()
+    })
+    .await;
+    // A reply to a simulated customer reaches the demo's own receiver: sent, not failed.
+    let conversation = page["items"][0]["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/conversations/{conversation}/messages");
+    let reply = api.call("POST", &path, Some(serde_json::json!({"text": "On its way!"}))).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let event_id = reply.json()["event_id"].as_str().unwrap().to_owned();
+    crate::support::eventually(&api, &path, "the demo reply sent", |page| {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|message| message["event_id"] == event_id.as_str() && message["status"] == "sent")
     })
     .await;
     let widget_page =
