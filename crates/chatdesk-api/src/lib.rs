@@ -57,6 +57,8 @@ pub struct AppState {
     pub reply: chatdesk_conversations::Reply,
     /// Bounds password hashing (see [`login`]).
     pub logins: login::Guard,
+    /// Client addresses refused for failing webhook signatures too often.
+    pub signature_gate: ingress::SignatureGate,
     /// When set, `/metrics` answers only `Authorization: Bearer <this>` (`CHATDESK_METRICS_TOKEN`).
     pub metrics_token: Option<std::sync::Arc<str>>,
     pub ingress: ingress::IngressSettings,
@@ -81,6 +83,7 @@ impl AppState {
             reply: chatdesk_conversations::Reply::new(producer.clone(), redis.clone(), keys.clone(), db.clone()),
             logins: login::Guard::default(),
             metrics_token: None,
+            signature_gate: ingress::SignatureGate::default(),
             redis,
             db,
             metrics,
@@ -177,12 +180,96 @@ async fn info(axum::extract::State(state): axum::extract::State<AppState>) -> ax
     }))
 }
 
+/// How the HTTP server treats its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// A client must send a request's headers within this time: a connection that dribbles them
+    /// (slowloris) or idles before its first request is closed.
+    pub header_read_timeout: Duration,
+    /// Connections open at once (WebSockets included); past it, new ones are closed at once.
+    pub max_connections: usize,
+    /// After `cancel`, how long requests in flight get to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 50_000,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+pub const CONNECTIONS: &str = "chatdesk_http_connections";
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "chatdesk_http_connections_refused_total";
+
 /// Serves `router` on `listener` until `cancel` fires, then lets requests in flight finish.
 pub async fn serve(listener: TcpListener, app: Router, cancel: CancellationToken) -> std::io::Result<()> {
+    serve_with(listener, app, cancel, ServeLimits::default()).await
+}
+
+/// [`serve`] with explicit limits. Each connection is HTTP/1.1 (WebSocket upgrades included),
+/// knows its peer's address (for per-address limits), and must send its headers in time.
+pub async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    cancel: CancellationToken,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
     let address: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?address, "http server listening");
-    // The peer address feeds per-address limits (failed logins).
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let connections = tokio_util::task::TaskTracker::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            ::metrics::counter!(CONNECTIONS_REFUSED_TOTAL).increment(1);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = app.clone().map_request(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            request
+        });
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let cancel = cancel.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            ::metrics::gauge!(CONNECTIONS).increment(1.0);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = cancel.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            ::metrics::gauge!(CONNECTIONS).decrement(1.0);
+        });
+    }
+    connections.close();
+    if tokio::time::timeout(limits.shutdown_grace, connections.wait()).await.is_err() {
+        tracing::warn!("connections still open after the shutdown grace period");
+    }
+    Ok(())
 }

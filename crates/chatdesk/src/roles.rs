@@ -207,7 +207,10 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
 
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let http_cancel = cancel.clone();
-    tasks.spawn(async move { ("http", chatdesk_api::serve(listener, router, http_cancel).await.map_err(Into::into)) });
+    let serve_limits = runtime.serve;
+    tasks.spawn(async move {
+        ("http", chatdesk_api::serve_with(listener, router, http_cancel, serve_limits).await.map_err(Into::into))
+    });
     for (name, consumer) in consumers {
         tasks.spawn(async move { (name, consumer.await) });
     }

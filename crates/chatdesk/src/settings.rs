@@ -129,6 +129,20 @@ fn base_url(name: &str) -> anyhow::Result<Option<String>> {
         .transpose()
 }
 
+/// `CHATDESK_HTTP_HEADER_TIMEOUT` (default 10s): how long a client may take to send a request's
+/// headers; `CHATDESK_HTTP_MAX_CONNECTIONS` (default 50000): connections open at once.
+pub fn serve_limits() -> anyhow::Result<chatdesk_api::ServeLimits> {
+    let mut limits = chatdesk_api::ServeLimits::default();
+    if let Some(timeout) = env_var("CHATDESK_HTTP_HEADER_TIMEOUT") {
+        limits.header_read_timeout = chatdesk_core::duration::parse_duration(&timeout)
+            .map_err(|error| anyhow::anyhow!("CHATDESK_HTTP_HEADER_TIMEOUT: {error}"))?;
+    }
+    if let Some(connections) = positive("CHATDESK_HTTP_MAX_CONNECTIONS")? {
+        limits.max_connections = connections;
+    }
+    Ok(limits)
+}
+
 /// `CHATDESK_OUTBOUND_ALLOW`: comma-separated `host:port` or CIDR entries a generic inbox's
 /// outbound URL may reach besides public addresses (empty by default).
 pub fn outbound_policy() -> anyhow::Result<chatdesk_core::outbound::OutboundPolicy> {
@@ -233,6 +247,7 @@ pub struct Runtime {
     pub ingress: chatdesk_api::ingress::IngressSettings,
     pub gateway: chatdesk_gateway::GatewaySettings,
     pub sender: chatdesk_sender::SenderSettings,
+    pub serve: chatdesk_api::ServeLimits,
 }
 
 impl Runtime {
@@ -260,6 +275,7 @@ impl Runtime {
         let ingress = ingress_settings()?;
         let gateway = gateway_settings()?;
         let sender = sender_settings()?;
+        let serve = serve_limits()?;
         let connector = RedisConnector::new(RedisSettings::new(redis_url.expose())).with_context(|| {
             format!("REDIS_URL {} is not a valid Redis URL", chatdesk_streams::connection::redact(redis_url.expose()))
         })?;
@@ -283,6 +299,7 @@ impl Runtime {
             ingress,
             gateway,
             sender,
+            serve,
         })
     }
 

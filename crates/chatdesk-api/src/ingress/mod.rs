@@ -249,11 +249,34 @@ where
 /// are refused unheard.
 pub const MAX_FAILED_SIGNATURES_PER_MINUTE: u64 = 100;
 
+/// Addresses whose webhooks are refused unheard until a moment, as this process learned it.
+#[derive(Clone, Default)]
+pub struct SignatureGate {
+    blocked: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Instant>>>,
+}
+
+impl SignatureGate {
+    fn blocked_for(&self, address: &std::net::IpAddr) -> Option<Duration> {
+        let blocked = self.blocked.lock().expect("signature gate lock");
+        blocked.get(address).and_then(|until| until.checked_duration_since(Instant::now()))
+    }
+
+    fn block(&self, address: std::net::IpAddr, for_: Duration) {
+        let mut blocked = self.blocked.lock().expect("signature gate lock");
+        if blocked.len() >= 10_000 {
+            let now = Instant::now();
+            blocked.retain(|_, until| *until > now);
+        }
+        blocked.insert(address, Instant::now() + for_);
+    }
+}
+
 /// Counts failed webhook authentications (401) per client address, in Redis (shared by every
 /// process), and refuses an address's webhooks with 429 for the rest of the minute once it
 /// failed too often: a stranger probing secrets is slowed down, and a genuine provider (which
 /// signs correctly) never meets the limit. An inbox's own rate limit is separate and counts only
-/// authenticated requests.
+/// authenticated requests. Only a failure costs a Redis call: the refusal itself is decided from
+/// what this process learned when counting, so a signed webhook stays one round trip.
 pub async fn limit_failed_signatures(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
@@ -267,22 +290,24 @@ pub async fn limit_failed_signatures(
     if !is_webhook {
         return next.run(request).await;
     }
-    let minute = chatdesk_core::envelope::now_ms() / 60_000;
-    let key = state.keys.webhook_failures_of_address(&peer.ip(), minute);
-    let failures: Option<u64> = state.redis.get(&key).await.unwrap_or(None);
-    let retry_after_seconds = 60 - (chatdesk_core::envelope::now_ms() / 1000) % 60;
-    if failures.unwrap_or(0) >= MAX_FAILED_SIGNATURES_PER_MINUTE {
+    if let Some(wait) = state.signature_gate.blocked_for(&peer.ip()) {
         return ApiError::TooManyRequests {
             message: "too many failed webhook signatures from this address".into(),
-            retry_after_seconds,
+            retry_after_seconds: wait.as_secs().max(1),
         }
         .into_response();
     }
     let response = next.run(request).await;
     if response.status() == StatusCode::UNAUTHORIZED {
+        let minute = chatdesk_core::envelope::now_ms() / 60_000;
+        let key = state.keys.webhook_failures_of_address(&peer.ip(), minute);
         let counted: Result<u64, _> = state.redis.incr(&key).await;
         if counted == Ok(1) {
             let _: Result<bool, _> = state.redis.expire(&key, 120, None).await;
+        }
+        if counted.is_ok_and(|failures| failures >= MAX_FAILED_SIGNATURES_PER_MINUTE) {
+            let rest_of_minute = 60 - (chatdesk_core::envelope::now_ms() / 1000) % 60;
+            state.signature_gate.block(peer.ip(), Duration::from_secs(rest_of_minute));
         }
     }
     response

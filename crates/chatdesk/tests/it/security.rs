@@ -550,3 +550,43 @@ async fn metrics_can_require_a_token() {
     assert_eq!(scraped.status, 200);
     assert!(scraped.body.contains("chatdesk_http_requests_total"));
 }
+
+/// A client that dribbles its headers is disconnected, and past the connection cap new
+/// connections are closed at once while the open ones keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_and_too_many_connections_are_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let env = Env::start().await;
+    let settings = [("CHATDESK_HTTP_HEADER_TIMEOUT", "1s"), ("CHATDESK_HTTP_MAX_CONNECTIONS", "8")];
+    let (http, _server) = serve(&env, &settings).await;
+    // Whether the server closed `stream` (a read ends) within `wait`.
+    async fn closed(stream: &mut tokio::net::TcpStream, wait: std::time::Duration) -> bool {
+        let mut buffer = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(wait, stream.read(&mut buffer)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    // Slowloris: half a request, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(http).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    assert!(closed(&mut slow, std::time::Duration::from_secs(30)).await, "a dribbling client is disconnected");
+
+    // The cap: eight idle connections fill it; the ninth is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(tokio::net::TcpStream::connect(http).await.unwrap());
+    }
+    let mut ninth = tokio::net::TcpStream::connect(http).await.unwrap();
+    assert!(closed(&mut ninth, std::time::Duration::from_millis(500)).await, "a connection past the cap is closed");
+    drop(held);
+    chatdesk_testkit::wait_until("the server to serve again", std::time::Duration::from_secs(30), || async {
+        matches!(chatdesk_testkit::http_get(http, "/healthz").await, Ok((200, _)))
+    })
+    .await;
+}
