@@ -282,6 +282,23 @@ type StoredEventTuple = (Uuid, String, Option<Uuid>, i16, i64, i64, serde_json::
 
 /// A tenant's stored events (of one conversation, if given) with offsets after `after` and
 /// before `before`, in stream order: the part of a client's gap that the stream no longer holds.
+/// The offset of a conversation's first stored event (its `conversation.created`), if any.
+pub async fn first_event_offset(
+    pool: &PgPool,
+    tenant: Uuid,
+    conversation: Uuid,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    sqlx::query_as(
+        "SELECT offset_ms, offset_seq FROM events WHERE conversation_id = $2 AND tenant_id = $1 \
+         ORDER BY offset_ms, offset_seq LIMIT 1",
+    )
+    .bind(tenant)
+    .bind(conversation)
+    .fetch_optional(pool)
+    .await
+    .map_err(StoreError::Query)
+}
+
 pub async fn events_between(
     pool: &PgPool,
     tenant: Uuid,

@@ -226,6 +226,21 @@ impl Session {
         }
         let mut replayed = 0;
         let mut cursor = since;
+        // A conversation has no events before its first one: a cursor older than that (a visitor
+        // resuming from `0-0`) starts there instead of walking the whole partition.
+        if let Some(conversation) = subscription.conversation
+            && let Ok(Some((millis, sequence))) =
+                chatdesk_store::conversations::first_event_offset(&inner.db, tenant, conversation).await
+        {
+            let first = EntryId::new(millis as u64, sequence as u64);
+            let before_first = match first.sequence {
+                0 => EntryId::new(first.millis.saturating_sub(1), u64::MAX),
+                sequence => EntryId::new(first.millis, sequence - 1),
+            };
+            if cursor < before_first {
+                cursor = before_first;
+            }
+        }
         if first.is_none_or(|first| since < first) {
             loop {
                 let page = replay::stored_page(&inner.db, tenant, subscription.conversation, cursor, first)

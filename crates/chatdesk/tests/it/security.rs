@@ -360,6 +360,27 @@ async fn small_holes_stay_closed() {
     assert_eq!((gone["op"].as_str(), gone["channel"].as_str()), (Some("unsubscribed"), Some(canonical.as_str())));
     let again = exchange(json!({"op": "unsubscribe", "channel": canonical})).await;
     assert_eq!(again["code"], "unknown_channel", "one subscription, ended once: {again}");
+
+    // A resume from the very beginning replays the conversation from its own first event, and
+    // only its events.
+    socket
+        .send(Message::Text(json!({"op": "subscribe", "channel": canonical, "since": "0-0"}).to_string().into()))
+        .await
+        .unwrap();
+    let mut replayed = Vec::new();
+    let subscribed = loop {
+        let Some(Ok(Message::Text(text))) = socket.next().await else { panic!("the socket closed") };
+        let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if frame["op"] == "subscribed" {
+            break frame;
+        }
+        if frame["op"] == "event" {
+            replayed.push(frame);
+        }
+    };
+    assert_eq!(subscribed["replayed"], replayed.len());
+    assert_eq!(replayed.first().map(|frame| frame["type"].clone()), Some(json!("conversation.created")));
+    assert!(replayed.iter().all(|frame| frame["data"]["conversation_id"] == first.as_str()), "{replayed:?}");
 }
 
 /// The WebSocket answers protocol abuse with the documented codes, and an agent cannot reach
