@@ -27,6 +27,12 @@ function logout() {
 }
 whenUnauthorized(logout);
 
+/// Signing out revokes the session's tokens on the server too, so a copied token stops working.
+async function signOut() {
+  try { await api('POST', '/v1/auth/logout'); } catch { /* signed out here either way */ }
+  logout();
+}
+
 function renderLogin(message) {
   const error = h('div', { id: 'login-error' }, message ? notice(message, 'error') : null);
   const email = h('input', { name: 'email', type: 'email', autocomplete: 'username', required: true, id: 'login-email' });
@@ -100,7 +106,7 @@ async function render() {
   const allowed = PAGES.filter((candidate) => candidate.roles.includes(session.load().user.role));
   if (!allowed.length) {
     root.replaceChildren(h('main', { class: 'center' }, notice('Your role has no pages here yet.', 'error'),
-      h('button', { onclick: logout }, 'Sign out')));
+      h('button', { onclick: signOut }, 'Sign out')));
     return;
   }
   const [, name = allowed[0].path, ...rest] = (location.hash || `#/${allowed[0].path}`).slice(1).split('/');
@@ -122,7 +128,7 @@ async function render() {
     h('span', { class: 'spacer' }),
     page.module === inbox ? presenceList(context) : null, connectionBadge(context.connection),
     h('span', { class: 'me', title: context.user.email }, context.user.email),
-    h('button', { class: 'link', onclick: logout }, 'Sign out'));
+    h('button', { class: 'link', onclick: signOut }, 'Sign out'));
   const container = h('div', { class: 'page' });
   root.replaceChildren(header, container);
   unmountPage = page.module.mount(container, context, rest);

@@ -91,6 +91,15 @@ pub const CONVERSATION_ROLES: &[Role] = &[Role::Owner, Role::Admin, Role::Agent]
 /// Roles that configure a tenant (its inboxes).
 pub const ADMIN_ROLES: &[Role] = &[Role::Owner, Role::Admin];
 
+/// A signed, unexpired token is good only while its user exists with the role it names and has
+/// not revoked it (logout): deleting a user, changing a role or logging out ends its tokens.
+pub async fn check_standing(db: &chatdesk_store::Pool, claims: &chatdesk_core::auth::Claims) -> Result<(), ApiError> {
+    chatdesk_store::directory::token_is_current(db, claims)
+        .await
+        .map_err(ApiError::store)?
+        .map_err(|reason| ApiError::Unauthorized { message: reason.to_owned() })
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
@@ -117,6 +126,7 @@ impl FromRequestParts<AppState> for Principal {
         }
         let claims = verify_token(&state.auth, token).map_err(|error| unauthorized(&error.to_string()))?;
         let role = Role::parse(&claims.role).ok_or_else(|| unauthorized("the token has an unknown role"))?;
+        check_standing(&state.db, &claims).await?;
         Ok(Principal { tenant: claims.tenant, user: Some(claims.sub), role })
     }
 }

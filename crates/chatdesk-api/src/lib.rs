@@ -112,6 +112,7 @@ fn ops_routes() -> OpenApiRouter<AppState> {
 fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(login::login))
+        .routes(routes!(login::logout))
         .routes(routes!(conversations::list_conversations))
         .routes(routes!(conversations::get_conversation))
         .routes(routes!(conversations::list_messages, conversations::reply))

@@ -213,3 +213,27 @@ pub async fn login(
         user: LoginUser { id: user.id, tenant_id: user.tenant_id, role: user.role },
     }))
 }
+
+/// Ends every session of the caller: every token it was issued until now stops working, here and
+/// on the WebSocket (live sockets are closed on their next check, when they reconnect).
+#[utoipa::path(
+    post,
+    path = "/v1/auth/logout",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out: the caller's tokens are revoked"),
+        (status = 401, description = "Missing or invalid credentials", body = crate::openapi::ErrorBody),
+        (status = 422, description = "An API key cannot log out (revoke it with `chatdesk admin apikey revoke`)", body = crate::openapi::ErrorBody),
+    )
+)]
+pub async fn logout(
+    State(state): State<AppState>,
+    principal: crate::auth::Principal,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let Some(user) = principal.user else {
+        return Err(ApiError::invalid_field("Authorization", "an API key cannot log out; revoke it instead"));
+    };
+    chatdesk_store::directory::revoke_tokens(&state.db, principal.tenant, user).await.map_err(ApiError::store)?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}

@@ -132,6 +132,65 @@ pub async fn create_api_key(
     Ok(id)
 }
 
+/// What decides whether an agent token of `user` is still good: the user's role now, and the
+/// moment before which its tokens were revoked (seconds since the epoch). `None`: no such user in
+/// the tenant (deleted).
+pub async fn token_standing(pool: &PgPool, tenant: Uuid, user: Uuid) -> Result<Option<(String, f64)>, StoreError> {
+    sqlx::query_as(
+        "SELECT role, CASE WHEN tokens_valid_after = '-infinity' THEN 0 \
+                ELSE extract(epoch from tokens_valid_after)::float8 END \
+         FROM users WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant)
+    .bind(user)
+    .fetch_optional(pool)
+    .await
+    .map_err(query_error)
+}
+
+/// Whether a signed, unexpired agent token is still good: its user exists with the role it names
+/// and has not revoked its tokens since it was issued. `Err(reason)` when it is not.
+pub async fn token_is_current(
+    pool: &PgPool,
+    claims: &chatdesk_core::auth::Claims,
+) -> Result<Result<(), &'static str>, StoreError> {
+    let Some((role, valid_after)) = token_standing(pool, claims.tenant, claims.sub).await? else {
+        return Ok(Err("the token's user no longer exists"));
+    };
+    if role != claims.role {
+        return Ok(Err("the user's role changed since the token was issued; log in again"));
+    }
+    // Revocation is kept to the microsecond, issue times to the second: a token of the same
+    // second as a logout counts as revoked.
+    if (claims.iat as f64) < valid_after.ceil() {
+        return Ok(Err("the token was revoked; log in again"));
+    }
+    Ok(Ok(()))
+}
+
+/// Revokes every token of `user` issued until now (logout everywhere).
+pub async fn revoke_tokens(pool: &PgPool, tenant: Uuid, user: Uuid) -> Result<bool, StoreError> {
+    let updated = sqlx::query("UPDATE users SET tokens_valid_after = now() WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant)
+        .bind(user)
+        .execute(pool)
+        .await
+        .map_err(query_error)?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Revokes the API key `id` of `tenant`; `false` when it has no such live key.
+pub async fn revoke_api_key(pool: &PgPool, tenant: Uuid, id: Uuid) -> Result<bool, StoreError> {
+    let updated =
+        sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL")
+            .bind(tenant)
+            .bind(id)
+            .execute(pool)
+            .await
+            .map_err(query_error)?;
+    Ok(updated.rows_affected() > 0)
+}
+
 /// `(key id, tenant, role)` of a live key with this hash.
 pub async fn api_key_by_hash(pool: &PgPool, key_hash: &[u8]) -> Result<Option<(Uuid, Uuid, String)>, StoreError> {
     sqlx::query_as("SELECT id, tenant_id, role FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use chatdesk_api::auth::{generate_api_key, generate_webhook_secret, hash_password};
+use chatdesk_api::auth::{generate_api_key, generate_webhook_secret, hash_api_key, hash_password};
 use chatdesk_store::directory::{self, InboxKind, Role};
 use serde_json::json;
 
@@ -157,6 +157,23 @@ pub async fn run(command: AdminCommand, data_dir: &Path) -> anyhow::Result<serde
             let (key, hash, prefix) = generate_api_key();
             let id = directory::create_api_key(&pool, tenant, role(role_arg), &hash, &prefix).await?;
             Ok(json!({ "key": key, "key_id": id, "tenant_id": tenant, "role": role(role_arg).as_str() }))
+        }
+        AdminCommand::Apikey { command: ApikeyCommand::Revoke { tenant, key } } => {
+            let pool = connect(data_dir).await?;
+            require_tenant(&pool, tenant).await?;
+            // The key itself is looked up by its hash, an id by itself.
+            let id = match uuid::Uuid::parse_str(&key) {
+                Ok(id) => Some(id),
+                Err(_) => directory::api_key_by_hash(&pool, &hash_api_key(&key)).await?.map(|(id, _, _)| id),
+            };
+            let revoked = match id {
+                Some(id) => directory::revoke_api_key(&pool, tenant, id).await?,
+                None => false,
+            };
+            if !revoked {
+                bail!("no live API key {key:?} in tenant {tenant}");
+            }
+            Ok(json!({ "revoked": true }))
         }
     }
 }

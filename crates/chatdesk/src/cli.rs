@@ -55,7 +55,8 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: InboxCommand,
     },
-    /// API keys for server-to-server calls: `admin apikey create --tenant --role`.
+    /// API keys for server-to-server calls: `admin apikey create --tenant --role`,
+    /// `admin apikey revoke --tenant --key`.
     Apikey {
         #[command(subcommand)]
         command: ApikeyCommand,
@@ -129,6 +130,14 @@ pub enum ApikeyCommand {
         tenant: uuid::Uuid,
         #[arg(long, value_enum)]
         role: RoleArg,
+    },
+    /// Revokes an API key at once; prints {"revoked": true}. `--key` is its `key_id` or the key
+    /// itself.
+    Revoke {
+        #[arg(long)]
+        tenant: uuid::Uuid,
+        #[arg(long)]
+        key: String,
     },
 }
 

@@ -44,7 +44,23 @@ pub(super) async fn handshake(
             format!("protocol {protocol} is not supported; use {PROTOCOL_VERSION}"),
         )),
         Ok(ClientFrame::Hello { token, .. }) => {
-            identify(gateway, token.trim()).map_err(|reason| closing(close::UNAUTHORIZED, reason))
+            let token = token.trim();
+            let identity = identify(gateway, token).map_err(|reason| closing(close::UNAUTHORIZED, reason))?;
+            if let Identity::Agent { .. } = identity
+                && let Ok(claims) = verify_token(&gateway.inner.tokens, token)
+            {
+                match chatdesk_store::directory::token_is_current(&gateway.inner.db, &claims).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(reason)) => return Err(closing(close::UNAUTHORIZED, reason)),
+                    Err(_) => {
+                        return Err(closing(
+                            close::UNAVAILABLE,
+                            "the server cannot check the token now; reconnect shortly",
+                        ));
+                    }
+                }
+            }
+            Ok(identity)
         }
         Ok(_) => Err(closing(close::HELLO_EXPECTED, "the first frame must be hello")),
         Err(error) => Err(closing(close::HELLO_EXPECTED, format!("invalid hello: {error}"))),

@@ -611,3 +611,57 @@ async fn slow_headers_and_too_many_connections_are_cut() {
     })
     .await;
 }
+
+/// Tokens end with their session: logout revokes every token of the user (REST and the
+/// WebSocket), a role change or a deleted user ends theirs, and an API key can be revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_can_be_revoked() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@revoke.test", "owner-pass-1");
+    let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
+    let agent = env.user(&tenant_id, "agent@revoke.test", "agent-pass-1", "agent");
+    let (http, _server) = serve(&env, &[]).await;
+    let token = login(http, "agent@revoke.test", "agent-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let api = Client { http, token: token.clone() };
+    assert_eq!(api.call("GET", "/v1/conversations", None).await.status, 200);
+
+    // Logout: this token and any other of the user stop working, on REST and the WebSocket.
+    let other = login(http, "agent@revoke.test", "agent-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    assert_eq!(api.call("POST", "/v1/auth/logout", None).await.status, 204);
+    assert_eq!(api.call("GET", "/v1/conversations", None).await.status, 401);
+    assert_eq!(Client { http, token: other.clone() }.call("GET", "/v1/conversations", None).await.status, 401);
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{http}/v1/ws")).await.unwrap();
+    socket.send(Message::Text(json!({"op": "hello", "token": other, "protocol": 1}).to_string().into())).await.unwrap();
+    let closed = loop {
+        match socket.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => break u16::from(frame.code),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(closed, 4003, "a revoked token is refused at hello");
+    // A new login works again (tokens carry their issue time to the second: one of the logout's
+    // own second counts as revoked).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let fresh = login(http, "agent@revoke.test", "agent-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    assert_eq!(Client { http, token: fresh.clone() }.call("GET", "/v1/conversations", None).await.status, 200);
+
+    // A role change or a deleted user ends the user's tokens.
+    let database = chatdesk_store::connect(&env.database_url, 1).await.unwrap();
+    let user: uuid::Uuid = agent["user_id"].as_str().unwrap().parse().unwrap();
+    sqlx::query("UPDATE users SET role = 'marketer' WHERE id = $1").bind(user).execute(&database).await.unwrap();
+    let changed = Client { http, token: fresh }.call("GET", "/v1/inboxes", None).await;
+    assert_eq!(changed.status, 401, "{}", changed.body);
+
+    // An API key revoked with the CLI stops at once.
+    let key = admin(&env, &["apikey", "create", "--tenant", &tenant_id, "--role", "admin"]);
+    let key_client = Client { http, token: key["key"].as_str().unwrap().to_owned() };
+    assert_eq!(key_client.call("GET", "/v1/inboxes", None).await.status, 200);
+    let revoked = admin(&env, &["apikey", "revoke", "--tenant", &tenant_id, "--key", key["key_id"].as_str().unwrap()]);
+    assert_eq!(revoked["revoked"], true);
+    assert_eq!(key_client.call("GET", "/v1/inboxes", None).await.status, 401);
+    database.close().await;
+}
