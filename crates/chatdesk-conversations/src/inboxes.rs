@@ -90,9 +90,9 @@ impl InboxCache {
         let channel = self.keys.inbox_changes_channel();
         let mut messages = client.message_rx();
         let mut reconnects = client.reconnect_rx();
+        // What was cached before this subscription took effect (moments of start-up) is still
+        // bounded by MAX_AGE; a reconnect, which may have lost announcements, drops everything.
         client.subscribe(channel.as_str()).await?;
-        // Changes made before the subscription took effect were not heard.
-        self.forget_all();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,

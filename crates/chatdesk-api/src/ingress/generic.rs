@@ -4,7 +4,9 @@
 //! `POST /v1/webhooks/generic/{inbox_id}` with
 //! `{"message_id": "m-1", "from": {"id": "cust-42", "name": "Ana"}, "text": "hello", "timestamp": 1763800000}`
 //! (other fields, e.g. attachment metadata, are kept), signed with
-//! `X-Chatdesk-Signature: sha256=<hex HMAC-SHA256 of the raw body with the inbox secret>`.
+//! `X-Chatdesk-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>" with the inbox
+//! secret>` (refused more than 5 minutes from the server's time, so a captured request cannot be
+//! replayed later), or the older `X-Chatdesk-Signature: sha256=<hex HMAC-SHA256 of the raw body>`.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -75,7 +77,7 @@ pub fn parse(body: &[u8]) -> Result<Inbound, ApiError> {
     tag = "ingress",
     params(
         ("inbox_id" = Uuid, Path, description = "The inbox"),
-        ("X-Chatdesk-Signature" = String, Header, description = "`sha256=<hex HMAC-SHA256 of the raw body with the inbox secret>`"),
+        ("X-Chatdesk-Signature" = String, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<raw body>\" with the inbox secret>` (refused more than 300 s from the server's time), or `sha256=<hex HMAC-SHA256 of the raw body with the inbox secret>`"),
     ),
     request_body = GenericMessage,
     responses(
@@ -98,11 +100,12 @@ pub async fn receive(
 ) -> Response {
     let (state, body) = (&state, &body);
     let authenticate = |inbox: &InboxRecord| {
-        signature::verify_hmac_header(
+        signature::verify_generic_signature(
             SIGNATURE_HEADER,
             header_text(&headers, SIGNATURE_HEADER),
             body,
             &inbox.webhook_secret,
+            chatdesk_core::envelope::now_ms() / 1000,
         )
     };
     webhook(state, InboxKind::Generic, inbox_id, authenticate, |inbox| async move {

@@ -17,6 +17,64 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
     (0..text.len()).step_by(2).map(|index| u8::from_str_radix(text.get(index..index + 2)?, 16).ok()).collect()
 }
 
+/// How far a timestamped signature's time may be from ours (either way): a captured request
+/// replayed later than this is refused.
+pub const SIGNATURE_TOLERANCE_SECONDS: u64 = 300;
+
+/// The generic channel's signature: either `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`
+/// (the timestamped form: a request replayed more than [`SIGNATURE_TOLERANCE_SECONDS`] later is
+/// refused) or `sha256=<hex HMAC-SHA256 of body>` (kept for existing senders: a replay is then
+/// stopped only by the duplicate check on `message_id`).
+pub fn verify_generic_signature(
+    header_name: &str,
+    header: Option<&str>,
+    body: &[u8],
+    secret: &str,
+    now_seconds: u64,
+) -> Result<(), ApiError> {
+    let Some(value) = header.filter(|value| value.trim_start().starts_with("t=")) else {
+        return verify_hmac_header(header_name, header, body, secret);
+    };
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in value.split(',').map(str::trim) {
+        match part.split_once('=') {
+            Some(("t", seconds)) => timestamp = seconds.parse::<u64>().ok(),
+            Some(("v1", hex)) => signatures.push(hex),
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.ok_or_else(|| unauthorized(&format!("{header_name}: t= must be unix seconds")))?;
+    if timestamp.abs_diff(now_seconds) > SIGNATURE_TOLERANCE_SECONDS {
+        return Err(unauthorized(&format!(
+            "{header_name}: the timestamp is more than {SIGNATURE_TOLERANCE_SECONDS} s from the server's time"
+        )));
+    }
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).expect("HMAC accepts any key length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let expected = mac.finalize().into_bytes();
+    let matches = signatures
+        .iter()
+        .filter_map(|hex| decode_hex(hex))
+        .any(|candidate| chatdesk_core::auth::constant_time_eq(&candidate, &expected));
+    if !matches {
+        return Err(unauthorized(&format!("{header_name}: no v1 signature matches the timestamp and body")));
+    }
+    Ok(())
+}
+
+/// The timestamped signature of `body` at `timestamp`, as senders compute it.
+pub fn sign_timestamped(body: &[u8], secret: &str, timestamp: u64) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).expect("HMAC accepts any key length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    format!("t={timestamp},v1={}", digest.iter().map(|byte| format!("{byte:02x}")).collect::<String>())
+}
+
 /// `sha256=<hex HMAC-SHA256 of body with secret>`, compared in constant time. Used by the generic
 /// channel (`X-Chatdesk-Signature`) and WhatsApp (`X-Hub-Signature-256`).
 pub fn verify_hmac_header(header_name: &str, header: Option<&str>, body: &[u8], secret: &str) -> Result<(), ApiError> {
@@ -54,6 +112,21 @@ mod tests {
         assert!(verify_hmac_header("X-Sig", None, body, "secret").is_err());
         assert!(verify_hmac_header("X-Sig", Some("sha256=zz"), body, "secret").is_err());
         assert!(verify_hmac_header("X-Sig", Some("md5=00"), body, "secret").is_err());
+    }
+
+    #[test]
+    fn timestamped_signatures_expire() {
+        let body = br#"{"text":"hi"}"#;
+        let now = 1_763_800_000;
+        let header = sign_timestamped(body, "secret", now);
+        assert!(verify_generic_signature("X", Some(&header), body, "secret", now + 10).is_ok());
+        assert!(verify_generic_signature("X", Some(&header), body, "secret", now + 301).is_err(), "replayed late");
+        assert!(verify_generic_signature("X", Some(&header), body, "other", now).is_err());
+        assert!(verify_generic_signature("X", Some(&header), br#"{"text":"ho"}"#, "secret", now).is_err());
+        let moved = header.replace(&format!("t={now}"), &format!("t={}", now + 5));
+        assert!(verify_generic_signature("X", Some(&moved), body, "secret", now).is_err(), "the time is signed");
+        // The untimed form still verifies.
+        assert!(verify_generic_signature("X", Some(&sign(body, "secret")), body, "secret", now).is_ok());
         assert!(verify_secret_header("X-T", Some("abc"), "abc").is_ok());
         assert!(verify_secret_header("X-T", Some("abd"), "abc").is_err());
         assert!(verify_secret_header("X-T", Some("ab"), "abc").is_err());

@@ -665,3 +665,26 @@ async fn tokens_can_be_revoked() {
     assert_eq!(key_client.call("GET", "/v1/inboxes", None).await.status, 401);
     database.close().await;
 }
+
+/// A timestamped generic signature is accepted while fresh and refused when replayed late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_replayed_webhook_is_refused() {
+    use chatdesk_api::ingress::signature::sign_timestamped;
+
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@replay.test", "owner-pass-1");
+    let generic = admin(
+        &env,
+        &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "generic", "--name", "Hooks"],
+    );
+    let (http, _server) = serve(&env, &[]).await;
+    let path = generic["webhook_path"].as_str().unwrap();
+    let secret = generic["secret"].as_str().unwrap();
+    let body = crate::support::generic_body("t-1", "cust-1", "hi");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let fresh = sign_timestamped(body.as_bytes(), secret, now);
+    assert_eq!(post(http, path, &[("X-Chatdesk-Signature", &fresh)], &body).await.status, 200);
+    let captured = sign_timestamped(body.as_bytes(), secret, now - 3600);
+    let replayed = post(http, path, &[("X-Chatdesk-Signature", &captured)], &body).await;
+    assert_eq!(replayed.status, 401, "{}", replayed.body);
+}
