@@ -89,6 +89,9 @@ pub struct GatewaySettings {
     /// How long a partition stays read after its last socket left: reconnecting clients and
     /// short gaps between sessions should not restart its reader.
     pub linger: Duration,
+    /// The tenant of the deployment's operators (`CHATDESK_OPS_TENANT`): when set, only its
+    /// owners, admins and SREs may read the `ops` channel, which shows every tenant's streams.
+    pub ops_tenant: Option<uuid::Uuid>,
 }
 
 impl Default for GatewaySettings {
@@ -99,6 +102,7 @@ impl Default for GatewaySettings {
             queue: 1024,
             max_subscriptions: 100,
             linger: Duration::from_secs(60),
+            ops_tenant: None,
         }
     }
 }

@@ -84,6 +84,11 @@ pub fn ingress_settings() -> anyhow::Result<chatdesk_api::ingress::IngressSettin
 /// a partition after its last socket left (default 60s).
 pub fn gateway_settings() -> anyhow::Result<chatdesk_gateway::GatewaySettings> {
     let mut settings = chatdesk_gateway::GatewaySettings::default();
+    if let Some(tenant) = env_var("CHATDESK_OPS_TENANT") {
+        settings.ops_tenant = Some(
+            tenant.trim().parse().with_context(|| format!("CHATDESK_OPS_TENANT {tenant:?}: expected a tenant id"))?,
+        );
+    }
     if let Some(linger) = env_var("CHATDESK_GATEWAY_LINGER") {
         settings.linger = chatdesk_core::duration::parse_duration(&linger)
             .map_err(|error| anyhow::anyhow!("CHATDESK_GATEWAY_LINGER: {error}"))?;

@@ -69,6 +69,15 @@ impl Session {
             return self.error(ErrorCode::Forbidden, reason, Some(&name)).await;
         }
         if channel == Channel::Ops {
+            // Stream health is the deployment's, not a tenant's: with an operator tenant set, only
+            // its people see it.
+            if let Some(operator) = self.gateway.inner.settings.ops_tenant
+                && self.identity.tenant() != operator
+            {
+                return self
+                    .error(ErrorCode::Forbidden, "the ops channel is for the operator's tenant", Some(&name))
+                    .await;
+            }
             return self.subscribe_ops().await;
         }
         if self.subscriptions.contains_key(&name) {

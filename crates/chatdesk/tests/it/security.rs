@@ -688,3 +688,36 @@ async fn a_late_replayed_webhook_is_refused() {
     let replayed = post(http, path, &[("X-Chatdesk-Signature", &captured)], &body).await;
     assert_eq!(replayed.status, 401, "{}", replayed.body);
 }
+
+/// With an operators' tenant set, stream health (every tenant's) is theirs alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_operators_see_stream_health() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let env = Env::start().await;
+    let operators = env.tenant("owner@ops-a.test", "owner-pass-1");
+    env.tenant("owner@ops-b.test", "owner-pass-1");
+    let operators_id = operators["tenant_id"].as_str().unwrap().to_owned();
+    let (http, _server) = serve(&env, &[("CHATDESK_OPS_TENANT", &operators_id)]).await;
+    for (email, expected) in [("owner@ops-a.test", "subscribed"), ("owner@ops-b.test", "error")] {
+        let token = login(http, email, "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+        let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{http}/v1/ws")).await.unwrap();
+        for frame in
+            [json!({"op": "hello", "token": token, "protocol": 1}), json!({"op": "subscribe", "channel": "ops"})]
+        {
+            socket.send(Message::Text(frame.to_string().into())).await.unwrap();
+        }
+        let answer = loop {
+            let Some(Ok(Message::Text(text))) = socket.next().await else { panic!("the socket closed") };
+            let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if frame["op"] != "welcome" {
+                break frame;
+            }
+        };
+        assert_eq!(answer["op"], expected, "{email}: {answer}");
+        if expected == "error" {
+            assert_eq!(answer["code"], "forbidden");
+        }
+    }
+}
