@@ -721,3 +721,102 @@ async fn only_the_operators_see_stream_health() {
         }
     }
 }
+
+/// A WhatsApp status moves only an outbound message of the same inbox: not a customer's own
+/// message that happens to carry the same provider id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_never_moves_a_customers_message() {
+    use chatdesk_api::ingress::signature::sign;
+
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@status.test", "owner-pass-1");
+    let whatsapp = admin(
+        &env,
+        &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "whatsapp", "--name", "WA"],
+    );
+    let (http, _server) = serve(&env, &[]).await;
+    let token = login(http, "owner@status.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let api = Client { http, token };
+    let path = whatsapp["webhook_path"].as_str().unwrap();
+    let secret = whatsapp["secret"].as_str().unwrap();
+    let notify = |value: serde_json::Value| {
+        let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": value}]}]})
+            .to_string();
+        let signature = sign(body.as_bytes(), secret);
+        async move { post(http, path, &[("X-Hub-Signature-256", &signature)], &body).await }
+    };
+    let metadata = json!({"display_phone_number": "15550783881", "phone_number_id": "106540352242922"});
+    let inbound = notify(json!({"messaging_product": "whatsapp", "metadata": metadata,
+        "contacts": [{"profile": {"name": "Sheena"}, "wa_id": "16505551234"}],
+        "messages": [{"from": "16505551234", "id": "wamid.IN-1", "timestamp": "1749416383", "type": "text", "text": {"body": "hello"}}]}))
+    .await;
+    assert_eq!(inbound.status, 200, "{}", inbound.body);
+    let conversation = conversation_of(&api, "16505551234").await["id"].as_str().unwrap().to_owned();
+    let messages = format!("/v1/conversations/{conversation}/messages");
+    crate::support::eventually(&api, &messages, "the customer's message stored", |page| {
+        page["items"].as_array().unwrap().len() == 1
+    })
+    .await;
+
+    // A status naming the customer's own message id (an old one: not waited for).
+    let status = notify(json!({"messaging_product": "whatsapp", "metadata": metadata,
+        "statuses": [{"id": "wamid.IN-1", "status": "read", "timestamp": "1749416500", "recipient_id": "16505551234"}]}))
+    .await;
+    assert_eq!((status.status, status.json()["statuses"].as_u64()), (200, Some(0)), "{}", status.body);
+    let page = api.call("GET", &messages, None).await.json();
+    assert_eq!(page["items"][0]["status"], serde_json::Value::Null, "the customer's message has no delivery status");
+}
+
+/// A receiver answering hundreds of megabytes cannot make a sender hold them: it reads a small
+/// part, and the message fails with a fixed reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_huge_answer_is_not_read_whole() {
+    // 256 MiB of answer, streamed: nothing in this test holds it either.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/replies",
+        axum::routing::post(|| async {
+            let chunk = axum::body::Bytes::from(vec![b'x'; 64 * 1024]);
+            let body = futures::stream::iter((0..4096).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+            (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::body::Body::from_stream(body))
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@huge.test", "owner-pass-1");
+    let url = format!("http://{receiver}/replies");
+    let generic = admin(
+        &env,
+        &[
+            "inbox",
+            "create",
+            "--tenant",
+            tenant["tenant_id"].as_str().unwrap(),
+            "--kind",
+            "generic",
+            "--name",
+            "Out",
+            "--outbound-url",
+            &url,
+        ],
+    );
+    let settings = [("CHATDESK_SEND_MAX_ATTEMPTS", "2"), ("CHATDESK_SEND_BACKOFF", "100ms")];
+    let http: std::net::SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let server = crate::support::serve_roles(&env, "ingress,writer,sender", http, &settings).await;
+    let pid = server.id().unwrap();
+    let token = login(http, "owner@huge.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let api = Client { http, token };
+    assert_eq!(post_generic(http, &generic, &crate::support::generic_body("h-1", "cust-1", "hi")).await.status, 200);
+    let conversation = conversation_of(&api, "cust-1").await["id"].as_str().unwrap().to_owned();
+    let before = rss_kib(pid);
+    let path = format!("/v1/conversations/{conversation}/messages");
+    assert_eq!(api.call("POST", &path, Some(json!({"text": "hello"}))).await.status, 202);
+    let page =
+        crate::support::eventually(&api, &path, "the reply failed", |page| page["items"][0]["status"] == "failed")
+            .await;
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(page["items"][0]["failure_reason"].as_str().unwrap().contains("HTTP 500"), "{page}");
+    assert!(grown < 64 * 1024, "the sender read a bounded part of each answer: resident memory grew {grown} KiB");
+}
