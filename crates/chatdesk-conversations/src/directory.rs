@@ -32,6 +32,9 @@ use chatdesk_streams::Script;
 use fred::prelude::*;
 use uuid::Uuid;
 
+/// How long a sender with a standby window (a widget visitor) is remembered without a message.
+pub const VISITOR_FORGET: Duration = Duration::from_secs(30 * 86_400);
+
 /// How long a provider's message id is remembered: providers retry for up to 7 days.
 pub const DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -65,10 +68,15 @@ if has_message then
 end
 local contact = redis.call('GET', KEYS[2])
 local created_contact = 0
+local forget = tonumber(ARGV[9])
 if not contact then
   contact = ARGV[5]
-  redis.call('SET', KEYS[2], contact)
   created_contact = 1
+end
+if forget > 0 then
+  redis.call('SET', KEYS[2], contact, 'EX', forget)
+elseif created_contact == 1 then
+  redis.call('SET', KEYS[2], contact)
 end
 local conversation = redis.call('GET', KEYS[3])
 local created_conversation = 0
@@ -102,7 +110,7 @@ local function append(at, in_conversation, ids)
 end
 local contact_member = '"contact_id":"' .. contact .. '"'
 local conversation_member = '"conversation_id":"' .. conversation .. '"'
-local next_record = 9
+local next_record = 10
 local skip = function(at) return at + tonumber(ARGV[at]) + 2 end
 if created_contact == 1 then
   local _, after = append(next_record, false, contact_member)
@@ -262,6 +270,9 @@ pub struct IngestRequest<'a> {
     /// `None`: only find or create the conversation (a widget session starting).
     pub message: Option<&'a InboundMessage>,
     /// With a window, the conversation is forgotten after that much silence; each call restarts it.
+    /// Such a sender (a widget visitor) is also forgotten after [`VISITOR_FORGET`] without a
+    /// message, so no key of theirs lives forever; their contact id is derived from who they are,
+    /// so a visitor who comes back later is the same contact again.
     pub standby: Option<Duration>,
     /// Count this request against the inbox's per-second limit of this many requests.
     pub rate_per_second: Option<u32>,
@@ -357,7 +368,13 @@ impl Directory {
             let current = keys[index + 1].clone();
             keys.push(partition.legacy_scoped(name, id).unwrap_or(current));
         }
-        let (contact_id, conversation_id, event_id) = (Uuid::now_v7(), Uuid::now_v7(), EventId::new());
+        // A visitor that is forgotten and comes back must be the same contact (PostgreSQL keeps
+        // it): its id is derived from the inbox and its identity.
+        let contact_id = match request.standby {
+            Some(_) => Uuid::new_v5(&sender.inbox, external_id.as_bytes()),
+            None => Uuid::now_v7(),
+        };
+        let (conversation_id, event_id) = (Uuid::now_v7(), EventId::new());
         let mut args = vec![
             request.rate_per_second.unwrap_or(0).to_string(),
             request.standby.map_or(0, |window| window.as_secs().max(1)).to_string(),
@@ -367,6 +384,7 @@ impl Directory {
             conversation_id.to_string(),
             FIELD_CONVERSATION.to_owned(),
             FIELD_PAYLOAD.to_owned(),
+            request.standby.map_or(0, |_| VISITOR_FORGET.as_secs()).to_string(),
         ];
         let contact = Event::ContactCreated(ContactCreated {
             contact_id,

@@ -820,3 +820,52 @@ async fn a_huge_answer_is_not_read_whole() {
     assert!(page["items"][0]["failure_reason"].as_str().unwrap().contains("HTTP 500"), "{page}");
     assert!(grown < 64 * 1024, "the sender read a bounded part of each answer: resident memory grew {grown} KiB");
 }
+
+/// Sessions leave no key without a time to live, and a visitor forgotten after a long silence is
+/// the same contact when it comes back with its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn widget_visitors_leave_no_key_forever() {
+    use fred::interfaces::{ClientLike, KeysInterface};
+
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@ttl.test", "owner-pass-1");
+    let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
+    let web = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "web", "--name", "Site"]);
+    let (http, _server) = serve(&env, &[]).await;
+    let path = web["webhook_path"].as_str().unwrap();
+    let first = post(http, path, &[], r#"{"email": "v@ttl.test"}"#).await.json();
+
+    let redis = chatdesk_streams::RedisConnector::new(chatdesk_streams::RedisSettings::new(&env.redis_url))
+        .unwrap()
+        .shared()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis.custom(fred::cmd!("KEYS"), vec![format!("{}:*", env.prefix)]).await.unwrap();
+    let visitor_keys: Vec<&String> =
+        keys.iter().filter(|key| key.contains(":contact:") || key.contains(":conversation:")).collect();
+    assert_eq!(visitor_keys.len(), 2, "{keys:?}");
+    for key in &visitor_keys {
+        let ttl: i64 = redis.ttl(key.as_str()).await.unwrap();
+        assert!(ttl > 0, "{key} has no time to live");
+    }
+
+    // Forgotten (as after a month of silence), then back with its key: the same contact.
+    for key in &visitor_keys {
+        let _: i64 = redis.del(key.as_str()).await.unwrap();
+    }
+    let body = json!({"email": "v@ttl.test", "visitor_key": first["visitor_key"]}).to_string();
+    let again = post(http, path, &[], &body).await.json();
+    assert_eq!(again["contact_id"], first["contact_id"], "the same contact");
+    assert_ne!(again["conversation_id"], first["conversation_id"], "a new conversation after the silence");
+    let token = login(http, "owner@ttl.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let api = Client { http, token };
+    let conversation = again["conversation_id"].as_str().unwrap();
+    crate::support::eventually(
+        &api,
+        &format!("/v1/conversations/{conversation}"),
+        "the new conversation stored",
+        |found| found["contact"]["id"] == first["contact_id"],
+    )
+    .await;
+    assert_eq!(crate::support::dead_letters(&env, "events").await, 0, "the contact was not refused as a duplicate");
+}
