@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use chatdesk_api::auth::{generate_api_key, generate_webhook_secret, hash_api_key, hash_password};
 use chatdesk_store::directory::{self, InboxKind, Role};
 use serde_json::json;
@@ -46,13 +46,12 @@ fn check_password(password: &str) -> anyhow::Result<()> {
 }
 
 async fn connect(data_dir: &Path) -> anyhow::Result<chatdesk_store::Pool> {
-    let url = match settings::database_url() {
-        Some(url) => url,
-        None => settings::servers_env_value(data_dir, "DATABASE_URL").with_context(|| {
-            format!("DATABASE_URL is not set and {} has no running `chatdesk up` servers", data_dir.display())
-        })?,
+    let (url, from_up) = settings::server_url("DATABASE_URL", data_dir)?;
+    let pool = match chatdesk_store::connect(url.expose(), 2).await {
+        Ok(pool) => pool,
+        Err(_) if from_up => bail!(settings::up_not_running("DATABASE_URL", data_dir)),
+        Err(error) => return Err(error.into()),
     };
-    let pool = chatdesk_store::connect(url.expose(), 2).await?;
     chatdesk_store::migrate(&pool).await?;
     Ok(pool)
 }

@@ -28,8 +28,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             telemetry::init_logs();
-            let url = settings::database_url().context("DATABASE_URL is not set")?;
-            let pool = chatdesk_store::connect(url.expose(), 2).await?;
+            let data_dir = settings::default_data_dir();
+            let (url, from_up) = settings::server_url("DATABASE_URL", &data_dir)?;
+            let pool = match chatdesk_store::connect(url.expose(), 2).await {
+                Ok(pool) => pool,
+                Err(_) if from_up => anyhow::bail!(settings::up_not_running("DATABASE_URL", &data_dir)),
+                Err(error) => return Err(error.into()),
+            };
             chatdesk_store::migrate(&pool).await?;
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
@@ -122,11 +127,15 @@ fn streams_check(file: Option<PathBuf>) -> ExitCode {
 }
 
 async fn streams_status(file: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
-    let url = settings::redis_url().context("REDIS_URL is not set")?;
+    let data_dir = settings::default_data_dir();
+    let (url, from_up) = settings::server_url("REDIS_URL", &data_dir)?;
     let (config, _) = settings::load_streams(file.as_deref())?;
     let keys = settings::key_scheme()?;
-    let client =
-        RedisConnector::new(RedisSettings::new(url.expose()))?.shared().await.context("cannot connect to Redis")?;
+    let client = match RedisConnector::new(RedisSettings::new(url.expose()))?.shared().await {
+        Ok(client) => client,
+        Err(_) if from_up => anyhow::bail!(settings::up_not_running("REDIS_URL", &data_dir)),
+        Err(error) => return Err(anyhow::Error::new(error).context("cannot connect to Redis")),
+    };
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     // A reader that stops early (`| head`) closes the pipe: that ends the listing, quietly.

@@ -33,9 +33,13 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            // The one place the whole cause chain is printed.
-            tracing::error!(error = format!("{error:#}"), "chatdesk failed");
-            eprintln!("chatdesk: {error:#}");
+            // The one place the whole cause chain is printed: once, as a log line in JSON logs
+            // (collectors read those), as plain text otherwise.
+            if std::env::var("CHATDESK_LOG_FORMAT").is_ok_and(|format| format == "json") {
+                tracing::error!(error = format!("{error:#}"), "chatdesk failed");
+            } else {
+                eprintln!("chatdesk: {error:#}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -46,6 +46,33 @@ pub fn database_url() -> Option<Secret> {
     env_var("DATABASE_URL").map(Secret::new)
 }
 
+/// Where `chatdesk up` keeps its data when no `--data-dir` is given (`CHATDESK_DATA_DIR`).
+pub fn default_data_dir() -> std::path::PathBuf {
+    env_var("CHATDESK_DATA_DIR").unwrap_or_else(|| ".chatdesk".to_owned()).into()
+}
+
+/// The URL of a server: `name` (`REDIS_URL`, `DATABASE_URL`) when set, else the one of `chatdesk
+/// up`'s servers in `data_dir`. The second answer says where it came from, for error messages.
+pub fn server_url(name: &str, data_dir: &Path) -> anyhow::Result<(Secret, bool)> {
+    if let Some(url) = env_var(name) {
+        return Ok((Secret::new(url), false));
+    }
+    servers_env_value(data_dir, name).map(|url| (url, true)).with_context(|| {
+        format!(
+            "{name} is not set and {} has no `chatdesk up` servers: start `chatdesk up`, or set {name}",
+            data_dir.display()
+        )
+    })
+}
+
+/// What to say when `chatdesk up`'s servers (named in `servers.env`) do not answer.
+pub fn up_not_running(name: &str, data_dir: &Path) -> String {
+    format!(
+        "chatdesk up is not running (the servers in {}/servers.env do not answer): start it, or set {name}",
+        data_dir.display()
+    )
+}
+
 /// A value from `<data-dir>/servers.env`, written by a running `chatdesk up`.
 pub fn servers_env_value(data_dir: &Path, name: &str) -> Option<Secret> {
     let text = std::fs::read_to_string(data_dir.join("servers.env")).ok()?;

@@ -12,7 +12,9 @@ const DEFAULT_FILTER: &str = "info,fred=warn,sqlx=warn,tower_http=warn";
 
 pub fn init_logs() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a terminal: a log written to a file or a collector stays plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let json = std::env::var("CHATDESK_LOG_FORMAT").is_ok_and(|format| format == "json");
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }

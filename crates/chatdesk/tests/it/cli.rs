@@ -100,3 +100,57 @@ fn admin_commands_refuse_bad_arguments_by_name() {
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn streams_status_into_a_closed_pipe_ends_quietly() {
+    let redis = chatdesk_testkit::redis().await;
+    let mut child = chatdesk()
+        .args(["streams", "status", "--json"])
+        .env("REDIS_URL", redis.url())
+        .env("CHATDESK_KEY_PREFIX", chatdesk_testkit::unique_prefix())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before the first line is written, as with `| head -0`.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn commands_name_a_stopped_chatdesk_up() {
+    let data_dir = tempfile::tempdir().unwrap();
+    // A `servers.env` left by an earlier `chatdesk up` whose servers no longer answer.
+    let closed = |_| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let (redis_port, postgres_port) = (closed(0), closed(1));
+    std::fs::write(
+        data_dir.path().join("servers.env"),
+        format!(
+            "REDIS_URL=redis://127.0.0.1:{redis_port}\nDATABASE_URL=postgres://chatdesk@127.0.0.1:{postgres_port}/chatdesk\n"
+        ),
+    )
+    .unwrap();
+    for args in [
+        &["migrate"][..],
+        &["streams", "status"],
+        &["admin", "apikey", "create", "--tenant", "0192f0c4-0000-7000-8000-000000000000", "--role", "agent"],
+    ] {
+        let output = chatdesk()
+            .args(args)
+            .env_remove("REDIS_URL")
+            .env_remove("DATABASE_URL")
+            .env("CHATDESK_DATA_DIR", data_dir.path())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("chatdesk up is not running"), "{args:?}: {stderr}");
+        assert_eq!(stderr.matches("chatdesk up is not running").count(), 1, "said once: {stderr}");
+    }
+}
