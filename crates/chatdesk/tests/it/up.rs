@@ -116,6 +116,10 @@ async fn up_starts_private_servers_stops_them_and_reuses_their_data() {
         .expect("the demo agent signs in")
         .to_owned();
     let api = crate::support::Client { http, token };
+    // The SRE login the banner offers signs in with the role that reads stream health.
+    assert!(banner.contains("sre@demo.chatdesk.dev / demo-sre-1"), "{banner}");
+    let sre = crate::support::login(http, "sre@demo.chatdesk.dev", "demo-sre-1").await;
+    assert_eq!(sre.json()["user"]["role"], "sre", "{}", sre.body);
     let page = crate::support::eventually(&api, "/v1/conversations", "a simulated customer's conversation", |page| {
         !page["items"].as_array().unwrap().is_empty()
     })
