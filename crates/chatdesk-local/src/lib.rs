@@ -17,7 +17,7 @@ pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod redis;
-mod resp;
+pub mod resp;
 
 pub use binaries::MissingBinary;
 pub use postgres::{PostgresOptions, PostgresServer};

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::LocalError;
 use crate::binaries::postgres_program;
 use crate::ports::{free_port, is_free};
-use crate::process::{RunAs, ServerProcess, create_dir, run, stop_stale, wait_until_ready};
+use crate::process::{RunAs, ServerProcess, create_dir, run, run_with_env, stop_stale, wait_until_ready};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(30);
@@ -24,11 +24,22 @@ pub struct PostgresOptions {
     /// A directory to keep one freshly `initdb`-ed cluster in and copy from, which is much
     /// faster than running `initdb` for every throwaway server.
     pub template_cache: Option<PathBuf>,
+    /// The superuser's password for a cluster this start creates (`scram-sha-256` on loopback
+    /// instead of `trust`), and the one put into [`PostgresServer::url`]. A cluster that already
+    /// exists keeps the authentication it was made with.
+    pub password: Option<String>,
 }
 
 impl PostgresOptions {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self { data_dir: data_dir.into(), port: None, durable: true, database: "chatdesk".into(), template_cache: None }
+        Self {
+            data_dir: data_dir.into(),
+            port: None,
+            durable: true,
+            database: "chatdesk".into(),
+            template_cache: None,
+            password: None,
+        }
     }
 }
 
@@ -74,7 +85,12 @@ fn chown_tree(path: &Path, run_as: RunAs) -> Result<(), LocalError> {
     Ok(())
 }
 
-async fn initdb(data_dir: &Path, durable: bool, run_as: Option<RunAs>) -> Result<(), LocalError> {
+async fn initdb(
+    data_dir: &Path,
+    durable: bool,
+    password: Option<&str>,
+    run_as: Option<RunAs>,
+) -> Result<(), LocalError> {
     let parent = data_dir.parent().unwrap_or(Path::new("/"));
     create_dir(parent)?;
     std::fs::create_dir(data_dir).map_err(|source| LocalError::Io {
@@ -85,16 +101,30 @@ async fn initdb(data_dir: &Path, durable: bool, run_as: Option<RunAs>) -> Result
     if let Some(run_as) = run_as {
         chown_tree(data_dir, run_as)?;
     }
+    let method = if password.is_some() { "scram-sha-256" } else { "trust" };
     let mut args: Vec<String> =
-        ["-D", &data_dir.display().to_string(), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale"]
+        ["-D", &data_dir.display().to_string(), "-A", method, "-U", "postgres", "-E", "UTF8", "--no-locale"]
             .iter()
             .map(|arg| arg.to_string())
             .collect();
     if !durable {
         args.push("--no-sync".into());
     }
-    run(&postgres_program("initdb")?, &args, run_as).await?;
-    Ok(())
+    // initdb reads the password from a file: private, beside the data directory, readable by
+    // the server's user, and removed straight after.
+    let password_file = parent.join(format!(".initdb-password-{}", std::process::id()));
+    if let Some(password) = password {
+        crate::process::write_private_file(&password_file, password)?;
+        if let Some(run_as) = run_as {
+            chown_tree(&password_file, run_as)?;
+        }
+        args.push(format!("--pwfile={}", password_file.display()));
+    }
+    let result = run(&postgres_program("initdb")?, &args, run_as).await;
+    if password.is_some() {
+        let _ = std::fs::remove_file(&password_file);
+    }
+    result.map(drop)
 }
 
 impl PostgresServer {
@@ -103,7 +133,7 @@ impl PostgresServer {
         if !options.data_dir.join("PG_VERSION").exists() {
             match &options.template_cache {
                 Some(template) => copy_from_template(template, &options.data_dir, run_as).await?,
-                None => initdb(&options.data_dir, options.durable, run_as).await?,
+                None => initdb(&options.data_dir, options.durable, options.password.as_deref(), run_as).await?,
             }
         }
         stop_stale(&options.data_dir.join("postmaster.pid"), "INT", "postgres").await;
@@ -183,7 +213,9 @@ impl PostgresServer {
             "postgres".into(),
             database.into(),
         ];
-        match run(&postgres_program("createdb")?, &args, None).await {
+        let env: Vec<(&str, &str)> =
+            self.options.password.as_deref().map(|password| ("PGPASSWORD", password)).into_iter().collect();
+        match run_with_env(&postgres_program("createdb")?, &args, None, &env).await {
             Ok(_) => Ok(()),
             Err(LocalError::CommandFailed { output, .. }) if output.contains("already exists") => Ok(()),
             Err(error) => Err(error),
@@ -194,14 +226,17 @@ impl PostgresServer {
         self.port
     }
 
-    /// URL of the configured database, as the superuser `postgres` (trust authentication on
-    /// loopback only).
+    /// URL of the configured database, as the superuser `postgres` (with its password when there
+    /// is one: treat it as a secret; else trust authentication on loopback only).
     pub fn url(&self) -> String {
         self.url_for(&self.options.database)
     }
 
     pub fn url_for(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        match &self.options.password {
+            Some(password) => format!("postgres://postgres:{password}@127.0.0.1:{}/{database}", self.port),
+            None => format!("postgres://postgres@127.0.0.1:{}/{database}", self.port),
+        }
     }
 
     pub async fn kill(&mut self) {
@@ -230,7 +265,7 @@ async fn copy_from_template(template: &Path, data_dir: &Path, run_as: Option<Run
     if !template.join("PG_VERSION").exists() {
         let building = template.with_extension(format!("building-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&building);
-        initdb(&building, false, run_as).await?;
+        initdb(&building, false, None, run_as).await?;
         if std::fs::rename(&building, template).is_err() {
             let _ = std::fs::remove_dir_all(&building);
         }

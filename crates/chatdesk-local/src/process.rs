@@ -138,8 +138,19 @@ pub async fn stop_stale(pidfile: &Path, signal: &str, command_fragment: &str) {
 
 /// Runs a short command to completion; `Err` carries its output when it fails.
 pub async fn run(program: &Path, args: &[String], run_as: Option<RunAs>) -> Result<String, LocalError> {
+    run_with_env(program, args, run_as, &[]).await
+}
+
+/// [`run`] with extra environment variables (a password a client program reads from its
+/// environment rather than its command line, which every local user can see).
+pub async fn run_with_env(
+    program: &Path,
+    args: &[String],
+    run_as: Option<RunAs>,
+    env: &[(&str, &str)],
+) -> Result<String, LocalError> {
     let mut command = Command::new(program);
-    command.args(args).stdin(Stdio::null());
+    command.args(args).envs(env.iter().copied()).stdin(Stdio::null());
     if let Some(run_as) = run_as {
         command.uid(run_as.uid).gid(run_as.gid);
     }
@@ -213,4 +224,16 @@ fn create_dir_with_mode(dir: &Path, mode: u32) -> Result<(), LocalError> {
         path: dir.to_path_buf(),
         source,
     })
+}
+
+/// Writes a file only its owner can read, with that mode from its creation.
+pub fn write_private_file(file: &Path, text: &str) -> Result<(), LocalError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| LocalError::Io { action: "cannot write", path: file.to_path_buf(), source };
+    let mut handle =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(file).map_err(io)?;
+    // An older file keeps its mode on open: make sure of it.
+    handle.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    handle.write_all(text.as_bytes()).map_err(io)
 }

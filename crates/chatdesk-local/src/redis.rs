@@ -29,12 +29,15 @@ pub struct RedisOptions {
     /// Port to listen on; a free one when `None`, or when the preferred one is taken.
     pub port: Option<u16>,
     pub persistence: RedisPersistence,
+    /// Clients must `AUTH` with it (`requirepass`, kept in a private config file rather than on
+    /// the command line, where every local user could read it).
+    pub password: Option<String>,
     cluster: bool,
 }
 
 impl RedisOptions {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), port: None, persistence: RedisPersistence::None, cluster: false }
+        Self { dir: dir.into(), port: None, persistence: RedisPersistence::None, password: None, cluster: false }
     }
 
     pub fn persistence(mut self, persistence: RedisPersistence) -> Self {
@@ -44,6 +47,11 @@ impl RedisOptions {
 
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
+        self
+    }
+
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
         self
     }
 }
@@ -81,25 +89,33 @@ impl RedisServer {
     async fn spawn(&mut self) -> Result<(), LocalError> {
         let program = redis_program("redis-server")?;
         let dir = self.options.dir.display().to_string();
-        let mut args: Vec<String> = [
-            "--port",
-            &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            &dir,
-            "--pidfile",
-            &format!("{dir}/redis.pid"),
-            "--daemonize",
-            "no",
-            "--save",
-            "",
-            "--protected-mode",
-            "no",
-        ]
-        .iter()
-        .map(|arg| arg.to_string())
-        .collect();
+        let mut args: Vec<String> = Vec::new();
+        if let Some(password) = &self.options.password {
+            // A config file must come first on redis-server's command line.
+            let config = self.options.dir.join("redis.conf");
+            crate::process::write_private_file(&config, &format!("requirepass \"{password}\"\n"))?;
+            args.push(config.display().to_string());
+        }
+        args.extend(
+            [
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                &dir,
+                "--pidfile",
+                &format!("{dir}/redis.pid"),
+                "--daemonize",
+                "no",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+            ]
+            .iter()
+            .map(|arg| arg.to_string()),
+        );
         let aof: &[&str] = match self.options.persistence {
             RedisPersistence::None => &["--appendonly", "no"],
             RedisPersistence::AofAlways => &["--appendonly", "yes", "--appendfsync", "always"],
@@ -123,10 +139,15 @@ impl RedisServer {
         let log = self.options.dir.join("redis.log");
         let mut process = ServerProcess::spawn("redis-server", &program, &args, &log, None)?;
         let port = self.port;
-        let ready = wait_until_ready(&mut process, READY_TIMEOUT, || async move {
-            resp::command(port, &["PING"]).await.is_ok_and(|reply| reply == "PONG")
-        })
-        .await;
+        let password = self.options.password.clone();
+        let ready =
+            wait_until_ready(&mut process, READY_TIMEOUT, || {
+                let password = password.clone();
+                async move {
+                    resp::command_as(port, password.as_deref(), &["PING"]).await.is_ok_and(|reply| reply == "PONG")
+                }
+            })
+            .await;
         if let Err(error) = ready {
             process.kill().await;
             return Err(error);
@@ -140,8 +161,12 @@ impl RedisServer {
         self.port
     }
 
+    /// With the password, when there is one: treat it as a secret.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.options.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     pub fn dir(&self) -> &Path {

@@ -51,12 +51,15 @@ impl PrivateServers {
         let redis_url = match redis_url {
             Some(url) => url,
             None => {
-                let mut options = RedisOptions::new(data_dir.join("redis")).persistence(RedisPersistence::AofAlways);
+                // A new password every start: only this process and servers.env know it.
+                let mut options = RedisOptions::new(data_dir.join("redis"))
+                    .persistence(RedisPersistence::AofAlways)
+                    .password(random_password());
                 if let Some(port) = previous.get("REDIS_URL") {
                     options = options.port(*port);
                 }
                 let server = RedisServer::start(options).await.context("cannot start the private Redis")?;
-                tracing::info!(url = %server.url(), dir = %server.dir().display(), "private Redis running");
+                tracing::info!(port = server.port(), dir = %server.dir().display(), "private Redis running");
                 let url = server.url();
                 servers.redis = Some(server);
                 Secret::new(url)
@@ -67,6 +70,7 @@ impl PrivateServers {
             None => {
                 let mut options = PostgresOptions::new(data_dir.join("postgres"));
                 options.port = previous.get("DATABASE_URL").copied();
+                options.password = postgres_password(&data_dir)?;
                 let server = match PostgresServer::start(options).await {
                     Ok(server) => server,
                     Err(error) => {
@@ -74,7 +78,7 @@ impl PrivateServers {
                         return Err(error).context("cannot start the private PostgreSQL");
                     }
                 };
-                tracing::info!(url = %server.url(), dir = %data_dir.join("postgres").display(), "private PostgreSQL running");
+                tracing::info!(port = server.port(), dir = %data_dir.join("postgres").display(), "private PostgreSQL running");
                 let url = server.url();
                 servers.postgres = Some(server);
                 Secret::new(url)
@@ -99,6 +103,33 @@ impl PrivateServers {
             tracing::info!("private PostgreSQL stopped");
         }
     }
+}
+
+fn random_password() -> String {
+    // Two v4 UUIDs: 244 random bits, in characters no URL needs to escape.
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+/// The superuser password of the private PostgreSQL: made (and kept, owner-only) before the
+/// cluster is created with it. A cluster made without one keeps trust authentication on loopback.
+fn postgres_password(data_dir: &Path) -> anyhow::Result<Option<String>> {
+    let file = data_dir.join("postgres-password");
+    if let Ok(password) = std::fs::read_to_string(&file)
+        && !password.trim().is_empty()
+    {
+        return Ok(Some(password.trim().to_owned()));
+    }
+    if data_dir.join("postgres/PG_VERSION").exists() {
+        tracing::warn!(
+            dir = %data_dir.join("postgres").display(),
+            "this PostgreSQL was created without a password (trust on 127.0.0.1): any local user can use it; \
+             move the data directory away to have a new one made with a password"
+        );
+        return Ok(None);
+    }
+    let password = random_password();
+    write_private(&file, &password)?;
+    Ok(Some(password))
 }
 
 /// The token-signing key of this data directory: generated once and kept (readable only by its

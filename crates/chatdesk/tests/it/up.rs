@@ -76,6 +76,19 @@ async fn up_starts_private_servers_stops_them_and_reuses_their_data() {
     assert_eq!(mode(&data_dir.join("jwt-secret")), 0o600);
     assert_eq!(mode(&data_dir.join("redis")), 0o700, "Redis's AOF stays private");
     assert_eq!(mode(&data_dir.join("postgres")), 0o700);
+    assert_eq!(mode(&data_dir.join("postgres-password")), 0o600);
+    assert_eq!(mode(&data_dir.join("redis/redis.conf")), 0o600, "Redis's password stays private");
+    // Both servers want a password: another local user cannot just connect.
+    let refused = chatdesk_local::resp::command(port_of(&redis_url), &["PING"]).await.unwrap_err();
+    assert!(refused.starts_with("NOAUTH"), "{refused}");
+    assert_eq!(chatdesk_local::resp::command_as(port_of(&redis_url), Some("guess"), &["PING"]).await.ok(), None);
+    let without_password = format!("postgres://postgres@127.0.0.1:{}/chatdesk", port_of(&database_url));
+    assert!(
+        chatdesk_store::connect(&without_password, 1).await.is_err(),
+        "PostgreSQL let a user in without a password"
+    );
+    let wrong_password = format!("postgres://postgres:guess@127.0.0.1:{}/chatdesk", port_of(&database_url));
+    assert!(chatdesk_store::connect(&wrong_password, 1).await.is_err(), "PostgreSQL took a wrong password");
     let (status, body) = chatdesk_testkit::http_get(http, "/readyz").await.unwrap();
     assert_eq!(status, 200);
     assert!(body.contains(r#""redis":{"status":"ok"}"#) && body.contains(r#""postgres":{"status":"ok"}"#), "{body}");
