@@ -92,6 +92,9 @@ pub struct GatewaySettings {
     /// The tenant of the deployment's operators (`CHATDESK_OPS_TENANT`): when set, only its
     /// owners, admins and SREs may read the `ops` channel, which shows every tenant's streams.
     pub ops_tenant: Option<uuid::Uuid>,
+    /// How often an agent's open socket checks that its token still stands (`CHATDESK_WS_TOKEN_RECHECK`):
+    /// a logout, a role change or a deleted user closes it within this time (4003).
+    pub token_recheck: Duration,
 }
 
 impl Default for GatewaySettings {
@@ -103,6 +106,7 @@ impl Default for GatewaySettings {
             max_subscriptions: 100,
             linger: Duration::from_secs(60),
             ops_tenant: None,
+            token_recheck: Duration::from_secs(30),
         }
     }
 }

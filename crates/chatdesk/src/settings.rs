@@ -108,7 +108,8 @@ pub fn ingress_settings() -> anyhow::Result<chatdesk_api::ingress::IngressSettin
 
 /// `CHATDESK_WS_QUEUE`: frames a WebSocket may have waiting before the client counts as too
 /// slow and is closed (default 1024). `CHATDESK_GATEWAY_LINGER`: how long a gateway keeps reading
-/// a partition after its last socket left (default 60s).
+/// a partition after its last socket left (default 60s). `CHATDESK_WS_TOKEN_RECHECK`: how often an
+/// agent's open socket checks its token still stands (default 30s).
 pub fn gateway_settings() -> anyhow::Result<chatdesk_gateway::GatewaySettings> {
     let mut settings = chatdesk_gateway::GatewaySettings::default();
     if let Some(tenant) = env_var("CHATDESK_OPS_TENANT") {
@@ -119,6 +120,12 @@ pub fn gateway_settings() -> anyhow::Result<chatdesk_gateway::GatewaySettings> {
     if let Some(linger) = env_var("CHATDESK_GATEWAY_LINGER") {
         settings.linger = chatdesk_core::duration::parse_duration(&linger)
             .map_err(|error| anyhow::anyhow!("CHATDESK_GATEWAY_LINGER: {error}"))?;
+    }
+    if let Some(recheck) = env_var("CHATDESK_WS_TOKEN_RECHECK") {
+        settings.token_recheck = chatdesk_core::duration::parse_duration(&recheck)
+            .ok()
+            .filter(|recheck| !recheck.is_zero())
+            .with_context(|| format!("CHATDESK_WS_TOKEN_RECHECK {recheck:?}: expected a duration such as 30s"))?;
     }
     if let Some(queue) = env_var("CHATDESK_WS_QUEUE") {
         settings.queue = queue

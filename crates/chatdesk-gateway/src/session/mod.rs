@@ -53,6 +53,8 @@ struct Session {
     ops: Option<tokio::time::Interval>,
     /// Conversations this agent's socket has found to be its tenant's (asked once each).
     known_conversations: std::collections::HashSet<uuid::Uuid>,
+    /// An agent's token: rechecked while the socket is open, so revoking it closes the socket.
+    claims: Option<chatdesk_core::auth::Claims>,
 }
 
 /// Why a session ends with a close frame.
@@ -74,8 +76,8 @@ async fn send_close(sink: &mut futures::stream::SplitSink<WebSocket, Message>, c
 pub async fn run(gateway: Gateway, socket: WebSocket) {
     ::metrics::gauge!(metrics::CONNECTIONS).increment(1.0);
     let (mut sink, mut stream) = socket.split();
-    let identity = match hello::handshake(&gateway, &mut stream).await {
-        Ok(identity) => identity,
+    let hello::Admitted { identity, claims } = match hello::handshake(&gateway, &mut stream).await {
+        Ok(admitted) => admitted,
         Err(reason) => {
             send_close(&mut sink, reason).await;
             ::metrics::gauge!(metrics::CONNECTIONS).decrement(1.0);
@@ -118,6 +120,7 @@ pub async fn run(gateway: Gateway, socket: WebSocket) {
         presence_refreshed: None,
         ops: None,
         known_conversations: std::collections::HashSet::new(),
+        claims,
     };
     let ending = session.serve(&mut stream).await;
     gateway.inner.hub.leave(id);
@@ -208,6 +211,8 @@ impl Session {
         let idle = settings.heartbeat * 5 / 2;
         let mut idle_deadline = Instant::now() + idle;
         let shutdown = self.gateway.inner.shutdown.clone();
+        let mut recheck = tokio::time::interval_at(Instant::now() + settings.token_recheck, settings.token_recheck);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let listening = !self.subscriptions.is_empty() && self.receiver.is_some();
             tokio::select! {
@@ -224,6 +229,13 @@ impl Session {
                         }
                         // The hub dropped this socket's queue: it fell behind.
                         None => return Some(closing(close::SLOW_CLIENT, "too far behind; reconnect and resume from your last offset")),
+                    }
+                }
+                _ = recheck.tick(), if self.claims.is_some() => {
+                    let claims = self.claims.as_ref().expect("an agent's token");
+                    // A database that cannot answer now does not end a working session.
+                    if let Some(Err(reason)) = hello::standing(&self.gateway, claims).await {
+                        return Some(reason);
                     }
                 }
                 _ = async { self.ops.as_mut().expect("subscribed to ops").tick().await }, if self.ops.is_some() => {

@@ -623,14 +623,36 @@ async fn tokens_can_be_revoked() {
     let tenant = env.tenant("owner@revoke.test", "owner-pass-1");
     let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
     let agent = env.user(&tenant_id, "agent@revoke.test", "agent-pass-1", "agent");
-    let (http, _server) = serve(&env, &[]).await;
+    let (http, _server) = serve(&env, &[("CHATDESK_WS_TOKEN_RECHECK", "1s")]).await;
     let token = login(http, "agent@revoke.test", "agent-pass-1").await.json()["token"].as_str().unwrap().to_owned();
     let api = Client { http, token: token.clone() };
     assert_eq!(api.call("GET", "/v1/conversations", None).await.status, 200);
+    // A socket opened before the logout.
+    let (mut open_socket, _) = tokio_tungstenite::connect_async(format!("ws://{http}/v1/ws")).await.unwrap();
+    open_socket
+        .send(Message::Text(json!({"op": "hello", "token": token, "protocol": 1}).to_string().into()))
+        .await
+        .unwrap();
+    let welcome = open_socket.next().await.unwrap().unwrap();
+    assert!(welcome.to_text().unwrap().contains("welcome"), "{welcome:?}");
 
     // Logout: this token and any other of the user stop working, on REST and the WebSocket.
     let other = login(http, "agent@revoke.test", "agent-pass-1").await.json()["token"].as_str().unwrap().to_owned();
     assert_eq!(api.call("POST", "/v1/auth/logout", None).await.status, 204);
+    // The open socket is closed at its next check, with the reason.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match open_socket.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => break (u16::from(frame.code), frame.reason.to_string()),
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the revoked token's open socket is closed");
+    assert_eq!(ended.0, 4003, "{ended:?}");
+    assert!(ended.1.contains("revoked"), "{ended:?}");
     assert_eq!(api.call("GET", "/v1/conversations", None).await.status, 401);
     assert_eq!(Client { http, token: other.clone() }.call("GET", "/v1/conversations", None).await.status, 401);
     let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{http}/v1/ws")).await.unwrap();
