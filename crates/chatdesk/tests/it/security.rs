@@ -597,6 +597,19 @@ async fn slow_headers_and_too_many_connections_are_cut() {
     let mut slow = tokio::net::TcpStream::connect(http).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     assert!(closed(&mut slow, std::time::Duration::from_secs(30)).await, "a dribbling client is disconnected");
+    // A connection that never says anything, and a kept-alive one that falls silent after a
+    // request, are closed too.
+    let mut silent = tokio::net::TcpStream::connect(http).await.unwrap();
+    assert!(closed(&mut silent, std::time::Duration::from_secs(30)).await, "a silent connection is closed");
+    let mut kept_alive = tokio::net::TcpStream::connect(http).await.unwrap();
+    kept_alive.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = [0u8; 12];
+    kept_alive.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    assert!(
+        closed(&mut kept_alive, std::time::Duration::from_secs(30)).await,
+        "an idle kept-alive connection is closed"
+    );
 
     // The cap: eight idle connections fill it; the ninth is closed at once.
     let mut held = Vec::new();
