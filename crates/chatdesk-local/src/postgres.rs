@@ -74,6 +74,28 @@ fn run_as() -> Result<Option<RunAs>, LocalError> {
         .ok_or(LocalError::NoPostgresUser)
 }
 
+/// Whether the user PostgreSQL runs as can reach `path` (enter every directory above it). As
+/// root the server runs as `postgres`, which cannot pass through, say, root's `0700` home.
+pub fn server_can_reach(path: &Path) -> Result<bool, LocalError> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(run_as) = run_as()? else { return Ok(true) };
+    for ancestor in path.ancestors().skip(1) {
+        let Ok(metadata) = std::fs::metadata(ancestor) else { continue };
+        let mode = metadata.mode();
+        let enters = if metadata.uid() == run_as.uid {
+            mode & 0o100 != 0
+        } else if metadata.gid() == run_as.gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !enters {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn chown_tree(path: &Path, run_as: RunAs) -> Result<(), LocalError> {
     let io = |source| LocalError::Io { action: "cannot change owner of", path: path.to_path_buf(), source };
     std::os::unix::fs::chown(path, Some(run_as.uid), Some(run_as.gid)).map_err(io)?;

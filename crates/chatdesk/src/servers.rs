@@ -68,7 +68,7 @@ impl PrivateServers {
         let database_url = match database_url {
             Some(url) => url,
             None => {
-                let mut options = PostgresOptions::new(data_dir.join("postgres"));
+                let mut options = PostgresOptions::new(postgres_dir(&data_dir)?);
                 options.port = previous.get("DATABASE_URL").copied();
                 options.password = postgres_password(&data_dir)?;
                 let server = match PostgresServer::start(options).await {
@@ -103,6 +103,46 @@ impl PrivateServers {
             tracing::info!("private PostgreSQL stopped");
         }
     }
+}
+
+/// Where the private PostgreSQL keeps its cluster: `<data-dir>/postgres`, unless the server's
+/// user cannot reach it there (as root, PostgreSQL runs as `postgres`, and a data directory in
+/// root's home is closed to it). Then the cluster lives under `/var/lib/chatdesk/clusters`, owned
+/// by the server's user, and `<data-dir>/postgres` is a link to it.
+fn postgres_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = data_dir.join("postgres");
+    if dir.is_symlink() {
+        return dir.read_link().with_context(|| format!("cannot read the link {}", dir.display()));
+    }
+    if dir.exists() || chatdesk_local::postgres::server_can_reach(&dir)? {
+        return Ok(dir);
+    }
+    // One cluster per data directory: named after its path.
+    let name = format!("{:016x}", fnv1a(data_dir.as_os_str().as_encoded_bytes()));
+    let home = Path::new(CLUSTERS_HOME);
+    std::fs::create_dir_all(home).with_context(|| format!("cannot create {}", home.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in home.ancestors().take(2) {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+                .with_context(|| format!("cannot open {} to PostgreSQL's user", dir.display()))?;
+        }
+    }
+    let cluster = home.join(name);
+    std::os::unix::fs::symlink(&cluster, &dir)
+        .with_context(|| format!("cannot link {} to {}", dir.display(), cluster.display()))?;
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        cluster = %cluster.display(),
+        "PostgreSQL's user cannot reach the data directory: its cluster lives in {CLUSTERS_HOME}, linked from the data directory"
+    );
+    Ok(cluster)
+}
+
+const CLUSTERS_HOME: &str = "/var/lib/chatdesk/clusters";
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn random_password() -> String {

@@ -173,3 +173,43 @@ async fn up_starts_private_servers_stops_them_and_reuses_their_data() {
     pool.close().await;
     interrupt(second).await;
 }
+
+/// Removes the cluster a data directory links to (kept outside it when PostgreSQL's user could
+/// not reach it) when the test ends, passed or not.
+struct LinkedCluster(std::path::PathBuf);
+
+impl Drop for LinkedCluster {
+    fn drop(&mut self) {
+        if let Ok(target) = self.0.read_link() {
+            let _ = std::fs::remove_dir_all(target);
+        }
+    }
+}
+
+/// A data directory below one closed to other users (a clone in root's `0700` home, where
+/// PostgreSQL, run as `postgres` by root, cannot enter): `up` still starts and stops cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_works_from_a_home_closed_to_other_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new().prefix("chatdesk-home-").tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data_dir = home.join("chatdesk/.chatdesk");
+    let _cluster = LinkedCluster(data_dir.join("postgres"));
+    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+
+    let up = start(&data_dir, http, &[]).await;
+    wait_ready(http).await;
+    let (status, body) = chatdesk_testkit::http_get(http, "/readyz").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""postgres":{"status":"ok"}"#), "{body}");
+    let (_, database_url) = urls(&data_dir);
+    interrupt(up).await;
+    assert!(!listening(port_of(&database_url)), "private PostgreSQL still running");
+    assert_eq!(
+        std::fs::metadata(&home).unwrap().permissions().mode() & 0o777,
+        0o700,
+        "the home directory is left as it was"
+    );
+}
