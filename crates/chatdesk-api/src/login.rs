@@ -180,6 +180,9 @@ pub async fn login(
     if email.is_empty() || email.chars().count() > 320 {
         return Err(ApiError::invalid_field("email", "must be 1 to 320 characters"));
     }
+    if email.chars().any(char::is_control) {
+        return Err(ApiError::invalid_field("email", "must not contain control characters"));
+    }
     if request.password.len() > MAX_PASSWORD_BYTES {
         return Err(ApiError::invalid_field("password", format!("must be at most {MAX_PASSWORD_BYTES} bytes")));
     }

@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "provider_message_index", include_str!("../../../migrations/0003_provider_message_index.sql")),
     (4, "delivery_attempts", include_str!("../../../migrations/0004_delivery_attempts.sql")),
     (5, "token_validity", include_str!("../../../migrations/0005_token_validity.sql")),
+    (6, "role_change_revokes", include_str!("../../../migrations/0006_role_change_revokes.sql")),
 ];
 
 fn migrator() -> Migrator {

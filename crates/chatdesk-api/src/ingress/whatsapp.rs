@@ -204,6 +204,12 @@ pub fn parse(body: &[u8]) -> Result<(Vec<Inbound>, Vec<StatusUpdate>), ApiError>
 async fn append_statuses(state: &AppState, inbox: &InboxRecord, statuses: &[StatusUpdate]) -> Result<usize, ApiError> {
     let mut appended = 0;
     for update in statuses {
+        // No message of ours has such an id (ours are stored cleaned and bounded): not one to
+        // look up, nor to ask again for.
+        if update.wamid.contains('\0') || update.wamid.len() > chatdesk_conversations::directory::MAX_ID_BYTES {
+            ::metrics::counter!(UNMATCHED_STATUSES_TOTAL).increment(1);
+            continue;
+        }
         let found =
             chatdesk_store::conversations::message_by_provider_id(&state.db, inbox.tenant_id, inbox.id, &update.wamid)
                 .await

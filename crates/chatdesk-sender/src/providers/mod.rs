@@ -113,12 +113,18 @@ impl Providers {
     }
 
     pub async fn send(&self, outbound: &Outbound<'_>) -> CallOutcome {
-        match outbound.inbox.kind {
+        let outcome = match outbound.inbox.kind {
             InboxKind::Whatsapp => whatsapp::send(&self.http, &self.endpoints, outbound).await,
             InboxKind::Telegram => telegram::send(&self.http, &self.endpoints, outbound).await,
             InboxKind::Generic => generic::send(&self.guarded, &self.policy, outbound).await,
             // The web widget's visitor reads replies from the gateway: nothing to call.
             InboxKind::Web => CallOutcome::Sent { provider_message_id: None },
+        };
+        match outcome {
+            CallOutcome::Sent { provider_message_id } => {
+                CallOutcome::Sent { provider_message_id: provider_message_id.and_then(usable_provider_id) }
+            }
+            other => other,
         }
     }
 }
@@ -285,5 +291,33 @@ mod tests {
         };
         assert_eq!(reason, "HTTP 400: no such user");
         assert_eq!(excerpt(&"x".repeat(400)).chars().count(), REASON_BODY_CHARS + 1);
+    }
+}
+
+/// Longest provider message id kept (the same bound as every other id a provider gives us).
+const MAX_PROVIDER_ID_BYTES: usize = 256;
+
+/// The provider's id of a sent message, when it is one we can store and match receipts by: the
+/// answer is the receiver's choice, and an id PostgreSQL cannot index (too long) or store (NUL)
+/// would make the sent status undeliverable. Such an id is dropped (the message is still sent);
+/// control characters never reach agents.
+fn usable_provider_id(id: String) -> Option<String> {
+    let usable = !id.is_empty() && id.len() <= MAX_PROVIDER_ID_BYTES && !id.chars().any(char::is_control);
+    if !usable {
+        tracing::info!(bytes = id.len(), "a provider's message id was not usable; kept none");
+    }
+    usable.then_some(id)
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::usable_provider_id;
+
+    #[test]
+    fn only_storable_ids_are_kept() {
+        assert_eq!(usable_provider_id("wamid.HBgL".into()).as_deref(), Some("wamid.HBgL"));
+        assert_eq!(usable_provider_id("x".repeat(6000)), None);
+        assert_eq!(usable_provider_id("x\u{0}y".into()), None);
+        assert_eq!(usable_provider_id(String::new()), None);
     }
 }

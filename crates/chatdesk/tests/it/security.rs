@@ -103,6 +103,20 @@ async fn a_nul_is_never_acknowledged_and_then_lost() {
     .to_string();
     let signature = sign(notification.as_bytes(), whatsapp["secret"].as_str().unwrap());
     assert_eq!(post(http, &path(&whatsapp), &[("X-Hub-Signature-256", &signature)], &notification).await.status, 200);
+    // A status for an id no message of ours can have is answered, not a server error.
+    let receipt = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+        "statuses": [{"id": "wamid.\u{0}x", "status": "delivered", "timestamp": "1749416383", "recipient_id": "16505551234"}]
+    }}]}]})
+    .to_string();
+    let signature = sign(receipt.as_bytes(), whatsapp["secret"].as_str().unwrap());
+    let answered = post(http, &path(&whatsapp), &[("X-Hub-Signature-256", &signature)], &receipt).await;
+    assert_eq!(answered.status, 200, "{}", answered.body);
+    // A login with a NUL in the e-mail is refused by name.
+    let refused =
+        post(http, "/v1/auth/login", &[], &json!({"email": "owner@nul.test\u{0}", "password": "x"}).to_string()).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
     // Telegram: in the first name and the text.
     let update = json!({"update_id": 1, "message": {"date": 1441645532, "message_id": 7,
         "chat": {"id": 222, "type": "private", "first_name": "Te\u{0}st"},
@@ -688,8 +702,12 @@ async fn tokens_can_be_revoked() {
     let database = chatdesk_store::connect(&env.database_url, 1).await.unwrap();
     let user: uuid::Uuid = agent["user_id"].as_str().unwrap().parse().unwrap();
     sqlx::query("UPDATE users SET role = 'marketer' WHERE id = $1").bind(user).execute(&database).await.unwrap();
-    let changed = Client { http, token: fresh }.call("GET", "/v1/inboxes", None).await;
+    let changed = Client { http, token: fresh.clone() }.call("GET", "/v1/inboxes", None).await;
     assert_eq!(changed.status, 401, "{}", changed.body);
+    // Changing the role back does not revive the tokens of before.
+    sqlx::query("UPDATE users SET role = 'agent' WHERE id = $1").bind(user).execute(&database).await.unwrap();
+    let back = Client { http, token: fresh }.call("GET", "/v1/conversations", None).await;
+    assert_eq!(back.status, 401, "{}", back.body);
 
     // An API key revoked with the CLI stops at once.
     let key = admin(&env, &["apikey", "create", "--tenant", &tenant_id, "--role", "admin"]);
