@@ -247,6 +247,9 @@ pub async fn serve_with(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // The slot goes with the socket, not with the HTTP exchange: a WebSocket keeps it after
+        // the upgrade, for as long as it is open.
+        let stream = Held::new(stream, slot);
         let service = app.clone().map_request(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             request
@@ -255,8 +258,6 @@ pub async fn serve_with(
         let connection = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
         let cancel = cancel.clone();
         connections.spawn(async move {
-            let _slot = slot;
-            ::metrics::gauge!(CONNECTIONS).increment(1.0);
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
@@ -265,7 +266,6 @@ pub async fn serve_with(
                     let _ = connection.await;
                 }
             }
-            ::metrics::gauge!(CONNECTIONS).decrement(1.0);
         });
     }
     connections.close();
@@ -273,4 +273,70 @@ pub async fn serve_with(
         tracing::warn!("connections still open after the shutdown grace period");
     }
     Ok(())
+}
+
+/// A client's socket holding one of the server's connection slots until it is dropped (after an
+/// upgrade, that is when the WebSocket closes).
+struct Held {
+    stream: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Held {
+    fn new(stream: tokio::net::TcpStream, slot: tokio::sync::OwnedSemaphorePermit) -> Self {
+        ::metrics::gauge!(CONNECTIONS).increment(1.0);
+        Self { stream, _slot: slot }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        ::metrics::gauge!(CONNECTIONS).decrement(1.0);
+    }
+}
+
+impl tokio::io::AsyncRead for Held {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(context, buffer)
+    }
+}
+
+impl tokio::io::AsyncWrite for Held {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(context, buffer)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffers: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(context, buffers)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(context)
+    }
 }

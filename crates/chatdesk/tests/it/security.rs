@@ -637,6 +637,24 @@ async fn slow_headers_and_too_many_connections_are_cut() {
         matches!(chatdesk_testkit::http_get(http, "/healthz").await, Ok((200, _)))
     })
     .await;
+
+    // WebSockets keep their slot after the upgrade: eight fill the cap too.
+    let mut sockets = Vec::new();
+    for _ in 0..8 {
+        // A slot still held by the last check's connection is given back within the header timeout.
+        let socket = chatdesk_testkit::eventually("a free slot", std::time::Duration::from_secs(30), || async {
+            tokio_tungstenite::connect_async(format!("ws://{http}/v1/ws")).await.ok().map(|(socket, _)| socket)
+        })
+        .await;
+        sockets.push(socket);
+    }
+    let mut past = tokio::net::TcpStream::connect(http).await.unwrap();
+    assert!(closed(&mut past, std::time::Duration::from_millis(500)).await, "a connection past the cap is closed");
+    drop(sockets);
+    chatdesk_testkit::wait_until("the server to serve again", std::time::Duration::from_secs(30), || async {
+        matches!(chatdesk_testkit::http_get(http, "/healthz").await, Ok((200, _)))
+    })
+    .await;
 }
 
 /// Tokens end with their session: logout revokes every token of the user (REST and the
