@@ -106,13 +106,33 @@ fn redis_down(_: Error) -> ApiError {
     ApiError::Unavailable { dependency: "Redis" }
 }
 
-/// Refuses the attempt (429) while the account or the address has failed too often.
-async fn check_failures(state: &AppState, account: &str, address: &IpAddr) -> Result<(), ApiError> {
+/// Reserves one failed attempt against the account and the address before the password is
+/// checked, refusing (429) when either is used up. Counting first is what bounds a concurrent
+/// burst: every attempt in flight holds its place, so no more than the limit are ever checked.
+/// A correct password gives its place back ([`release_attempt`]).
+async fn reserve_attempt(state: &AppState, account: &str, address: &IpAddr) -> Result<(), ApiError> {
     let keys = [state.keys.login_failures_of_account(account), state.keys.login_failures_of_address(address)];
-    let counts: Vec<Option<u64>> = state.redis.mget(keys.to_vec()).await.map_err(redis_down)?;
     let limits = [MAX_ACCOUNT_FAILURES, MAX_ADDRESS_FAILURES];
-    for ((key, count), limit) in keys.iter().zip(counts).zip(limits) {
-        if count.unwrap_or(0) >= limit {
+    let mut counts = Vec::with_capacity(keys.len());
+    for key in &keys {
+        let count: u64 = match state.redis.incr(key).await {
+            Ok(count) => count,
+            Err(error) => {
+                // Give back what this attempt took so far.
+                for counted in &keys[..counts.len()] {
+                    let _: Result<i64, _> = state.redis.decr(counted).await;
+                }
+                return Err(redis_down(error));
+            }
+        };
+        if count == 1 {
+            let _: Result<bool, _> = state.redis.expire(key, FAILURE_WINDOW.as_secs() as i64, None).await;
+        }
+        counts.push(count);
+    }
+    for ((key, count), limit) in keys.iter().zip(&counts).zip(limits) {
+        if *count > limit {
+            release_attempt(state, account, address).await;
             let ttl: i64 = state.redis.ttl(key).await.map_err(redis_down)?;
             return Err(ApiError::TooManyRequests {
                 message: "too many failed logins; try again later".into(),
@@ -123,13 +143,10 @@ async fn check_failures(state: &AppState, account: &str, address: &IpAddr) -> Re
     Ok(())
 }
 
-/// Counts one failed attempt against the account and the address.
-async fn record_failure(state: &AppState, account: &str, address: &IpAddr) {
+/// Gives back the place [`reserve_attempt`] took: the attempt did not fail on its password.
+async fn release_attempt(state: &AppState, account: &str, address: &IpAddr) {
     for key in [state.keys.login_failures_of_account(account), state.keys.login_failures_of_address(address)] {
-        let counted: Result<u64, _> = state.redis.incr(&key).await;
-        if counted == Ok(1) {
-            let _: Result<bool, _> = state.redis.expire(&key, FAILURE_WINDOW.as_secs() as i64, None).await;
-        }
+        let _: Result<i64, _> = state.redis.decr(&key).await;
     }
 }
 
@@ -188,25 +205,35 @@ pub async fn login(
     }
     let account = email.to_lowercase();
     let address = peer.ip();
-    check_failures(&state, &account, &address).await?;
-    let user = chatdesk_store::directory::user_by_email(&state.db, email).await.map_err(ApiError::store)?;
+    reserve_attempt(&state, &account, &address).await?;
     let password = request.password;
-    let checked = state
-        .logins
-        .run(move || match user {
-            Some(user) if verify_password(&password, &user.password_hash) => Some(user),
-            Some(_) => None,
-            None => {
-                burn_password_check(&password);
-                None
-            }
-        })
-        .await?;
-    let Some(user) = checked else {
-        record_failure(&state, &account, &address).await;
-        return Err(ApiError::Unauthorized { message: "wrong e-mail or password".into() });
+    let checked = async {
+        let user = chatdesk_store::directory::user_by_email(&state.db, email).await.map_err(ApiError::store)?;
+        state
+            .logins
+            .run(move || match user {
+                Some(user) if verify_password(&password, &user.password_hash) => Some(user),
+                Some(_) => None,
+                None => {
+                    burn_password_check(&password);
+                    None
+                }
+            })
+            .await
+    }
+    .await;
+    let user = match checked {
+        // A wrong password keeps the place it reserved: that is the failure counted.
+        Ok(None) => return Err(ApiError::Unauthorized { message: "wrong e-mail or password".into() }),
+        Ok(Some(user)) => {
+            release_attempt(&state, &account, &address).await;
+            user
+        }
+        Err(error) => {
+            release_attempt(&state, &account, &address).await;
+            return Err(error);
+        }
     };
-    let _: Result<i64, _> = state.redis.del(state.keys.login_failures_of_account(&account)).await;
     let role = chatdesk_store::directory::Role::parse(&user.role)
         .ok_or_else(|| ApiError::Internal(format!("user {} has unknown role {:?}", user.id, user.role).into()))?;
     let (token, expires_at) = issue_token(&state.auth, user.id, user.tenant_id, role, TOKEN_TTL);

@@ -22,6 +22,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn login_bounds_hashing_limits_guessing_and_caps_passwords() {
     let env = Env::start().await;
     env.tenant("owner@login.test", "owner-pass-1");
+    env.tenant("second@login.test", "owner-pass-1");
     let (http, server) = serve(&env, &[]).await;
     let pid = server.id().unwrap();
 
@@ -39,6 +40,22 @@ async fn login_bounds_hashing_limits_guessing_and_caps_passwords() {
     assert_eq!(refused_at, Some(10), "the eleventh guess is refused");
     let locked = login(http, "owner@login.test", "owner-pass-1").await;
     assert_eq!(locked.status, 429, "the window holds even for the right password");
+
+    // A concurrent burst against another account gets no more checks than the limit: each
+    // attempt holds its place before its password is checked.
+    let burst: Vec<_> = (0..40)
+        .map(|guess| tokio::spawn(async move { login(http, "second@login.test", &format!("guess-{guess}")).await }))
+        .collect();
+    let mut checked = 0;
+    for attempt in burst {
+        let answer = attempt.await.unwrap();
+        assert!([401, 429, 503].contains(&answer.status), "{}", answer.body);
+        checked += usize::from(answer.status == 401);
+    }
+    assert!(checked <= 10, "{checked} passwords checked in a burst against one account");
+    let locked = login(http, "second@login.test", "owner-pass-1").await;
+    assert!(checked < 10 || locked.status == 429, "a used-up account stays closed: {}", locked.status);
+    let mut address_failures = 10 + checked;
 
     // 150 concurrent wrong logins for unknown accounts (each a different account): answered
     // 401, 503 with Retry-After while hashing is at capacity, or 429 once this address has
@@ -61,6 +78,8 @@ async fn login_bounds_hashing_limits_guessing_and_caps_passwords() {
     let grown = rss_kib(pid).saturating_sub(before);
     println!("150 concurrent logins: {statuses:?}, resident memory grew {grown} KiB");
     assert!(statuses.keys().all(|status| [401, 429, 503].contains(status)), "{statuses:?}");
+    address_failures += statuses.get(&401).copied().unwrap_or(0);
+    assert!(address_failures <= 50, "{address_failures} failures counted from one address");
     assert!(grown < 200 * 1024, "hashing is bounded: resident memory grew {grown} KiB");
 
     // An oversized password is refused before it is hashed.
