@@ -78,9 +78,9 @@ impl KeyScheme {
         format!("{}:login-failures:address:{address}", self.prefix)
     }
 
-    /// Failed webhook authentications from one client address in one minute.
-    pub fn webhook_failures_of_address(&self, address: &std::net::IpAddr, minute: u64) -> String {
-        format!("{}:webhook-failures:{address}:{minute}", self.prefix)
+    /// Failed webhook authentications from one client address to one inbox in one minute.
+    pub fn webhook_failures_of(&self, address: &std::net::IpAddr, inbox: &uuid::Uuid, minute: u64) -> String {
+        format!("{}:webhook-failures:{address}:{inbox}:{minute}", self.prefix)
     }
 
     /// Widget sessions started from one client address in one minute.

@@ -245,38 +245,41 @@ where
     observe(kind, started, result)
 }
 
-/// Failed webhook authentications one client address may make per minute before its webhooks
-/// are refused unheard.
+/// Failed webhook authentications one client address may make to one inbox per minute before
+/// its webhooks to that inbox are refused unheard.
 pub const MAX_FAILED_SIGNATURES_PER_MINUTE: u64 = 100;
 
-/// Addresses whose webhooks are refused unheard until a moment, as this process learned it.
+/// (address, inbox) pairs whose webhooks are refused unheard until a moment, as this process
+/// learned it.
 #[derive(Clone, Default)]
 pub struct SignatureGate {
-    blocked: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Instant>>>,
+    blocked: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(std::net::IpAddr, Uuid), Instant>>>,
 }
 
 impl SignatureGate {
-    fn blocked_for(&self, address: &std::net::IpAddr) -> Option<Duration> {
+    fn blocked_for(&self, address: std::net::IpAddr, inbox: Uuid) -> Option<Duration> {
         let blocked = self.blocked.lock().expect("signature gate lock");
-        blocked.get(address).and_then(|until| until.checked_duration_since(Instant::now()))
+        blocked.get(&(address, inbox)).and_then(|until| until.checked_duration_since(Instant::now()))
     }
 
-    fn block(&self, address: std::net::IpAddr, for_: Duration) {
+    fn block(&self, address: std::net::IpAddr, inbox: Uuid, for_: Duration) {
         let mut blocked = self.blocked.lock().expect("signature gate lock");
         if blocked.len() >= 10_000 {
             let now = Instant::now();
             blocked.retain(|_, until| *until > now);
         }
-        blocked.insert(address, Instant::now() + for_);
+        blocked.insert((address, inbox), Instant::now() + for_);
     }
 }
 
-/// Counts failed webhook authentications (401) per client address, in Redis (shared by every
-/// process), and refuses an address's webhooks with 429 for the rest of the minute once it
-/// failed too often: a stranger probing secrets is slowed down, and a genuine provider (which
-/// signs correctly) never meets the limit. An inbox's own rate limit is separate and counts only
-/// authenticated requests. Only a failure costs a Redis call: the refusal itself is decided from
-/// what this process learned when counting, so a signed webhook stays one round trip.
+/// Counts failed webhook authentications (401, and 403 for a wrong WhatsApp verify token) per
+/// client address **and inbox**, in Redis (shared by every process), and refuses that address's
+/// webhooks to that inbox with 429 for the rest of the minute once it failed too often: a
+/// stranger probing one inbox's secret is slowed down. Per inbox, because providers deliver
+/// every tenant's webhooks from a few shared addresses: one tenant's wrong secret (or a stranger
+/// probing it) must never hold up another inbox's correctly signed webhooks. An inbox's own rate
+/// limit is separate and counts only authenticated requests. Only a failure costs a Redis call:
+/// the refusal is decided from what this process learned when counting.
 pub async fn limit_failed_signatures(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
@@ -287,27 +290,29 @@ pub async fn limit_failed_signatures(
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .is_some_and(|path| path.as_str().starts_with("/v1/webhooks/"));
-    if !is_webhook {
+    // The inbox is the path's last segment; a path without one is refused by its route.
+    let inbox = request.uri().path().rsplit('/').next().and_then(|id| id.parse::<Uuid>().ok());
+    let Some(inbox) = inbox.filter(|_| is_webhook) else {
         return next.run(request).await;
-    }
-    if let Some(wait) = state.signature_gate.blocked_for(&peer.ip()) {
+    };
+    if let Some(wait) = state.signature_gate.blocked_for(peer.ip(), inbox) {
         return ApiError::TooManyRequests {
-            message: "too many failed webhook signatures from this address".into(),
+            message: "too many failed webhook signatures from this address to this inbox".into(),
             retry_after_seconds: wait.as_secs().max(1),
         }
         .into_response();
     }
     let response = next.run(request).await;
-    if response.status() == StatusCode::UNAUTHORIZED {
+    if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
         let minute = chatdesk_core::envelope::now_ms() / 60_000;
-        let key = state.keys.webhook_failures_of_address(&peer.ip(), minute);
+        let key = state.keys.webhook_failures_of(&peer.ip(), &inbox, minute);
         let counted: Result<u64, _> = state.redis.incr(&key).await;
         if counted == Ok(1) {
             let _: Result<bool, _> = state.redis.expire(&key, 120, None).await;
         }
         if counted.is_ok_and(|failures| failures >= MAX_FAILED_SIGNATURES_PER_MINUTE) {
             let rest_of_minute = 60 - (chatdesk_core::envelope::now_ms() / 1000) % 60;
-            state.signature_gate.block(peer.ip(), Duration::from_secs(rest_of_minute));
+            state.signature_gate.block(peer.ip(), inbox, Duration::from_secs(rest_of_minute));
         }
     }
     response

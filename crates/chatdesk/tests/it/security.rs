@@ -557,13 +557,14 @@ async fn a_bot_token_never_appears_in_a_failure() {
     assert!(letters.iter().all(|fields| !fields.contains("SECRET")), "{letters:?}");
 }
 
-/// A stranger probing webhook secrets is refused unheard after 100 failures a minute; the
+/// A stranger probing an inbox's webhook secret is refused unheard after 100 failures a minute; the
 /// inbox's own rate limit counts only authenticated requests, so the probing never made the
 /// provider's signed webhooks fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn failed_webhook_signatures_are_limited_per_address() {
+async fn failed_webhook_signatures_are_limited_per_address_and_inbox() {
     let env = Env::start().await;
     let tenant = env.tenant("owner@probe.test", "owner-pass-1");
+    let other = env.tenant("owner@neighbour.test", "owner-pass-1");
     let generic = admin(
         &env,
         &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "generic", "--name", "Hooks"],
@@ -588,6 +589,14 @@ async fn failed_webhook_signatures_are_limited_per_address() {
     let refused = post(http, path, &[("X-Chatdesk-Signature", "sha256=00")], &body).await;
     assert_eq!(refused.status, 429, "{}", refused.body);
     assert!(refused.header("retry-after").is_some());
+    // Providers deliver every tenant's webhooks from shared addresses: another tenant's inbox
+    // still takes its signed webhooks from the same address.
+    let neighbour = admin(
+        &env,
+        &["inbox", "create", "--tenant", other["tenant_id"].as_str().unwrap(), "--kind", "generic", "--name", "Hooks"],
+    );
+    let theirs = post_generic(http, &neighbour, &body).await;
+    assert_eq!(theirs.status, 200, "{}", theirs.body);
 }
 
 /// With a metrics token set, `/metrics` answers only to it.
