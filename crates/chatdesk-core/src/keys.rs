@@ -83,6 +83,16 @@ impl KeyScheme {
         format!("{}:webhook-failures:{address}:{inbox}:{minute}", self.prefix)
     }
 
+    /// Widget messages written by one visitor in one minute.
+    pub fn widget_messages_of_visitor(&self, visitor: &uuid::Uuid, minute: u64) -> String {
+        format!("{}:widget-messages:visitor:{visitor}:{minute}", self.prefix)
+    }
+
+    /// Widget messages written from one client address in one minute.
+    pub fn widget_messages_of_address(&self, address: &std::net::IpAddr, minute: u64) -> String {
+        format!("{}:widget-messages:address:{address}:{minute}", self.prefix)
+    }
+
     /// Widget sessions started from one client address in one minute.
     pub fn widget_sessions_of_address(&self, address: &std::net::IpAddr, minute: u64) -> String {
         format!("{}:widget-sessions:{address}:{minute}", self.prefix)

@@ -57,22 +57,43 @@ pub struct Session {
 
 /// Sessions one client address may start per minute.
 pub const SESSIONS_PER_ADDRESS_PER_MINUTE: u64 = 30;
+/// Messages one visitor may write per minute: more than a person types, far less than a script
+/// would need to drown the inbox's agents (and its own limit, shared by every visitor).
+pub const MESSAGES_PER_VISITOR_PER_MINUTE: u64 = 30;
+/// Messages all the visitors of one client address may write per minute.
+pub const MESSAGES_PER_ADDRESS_PER_MINUTE: u64 = 120;
+
+/// Counts one more use of `key` in the current minute (Redis, shared by every process) and
+/// refuses (429) past `limit`.
+async fn limit_per_minute(state: &AppState, key: &str, limit: u64, what: &str) -> Result<(), ApiError> {
+    let count: u64 = state.redis.incr(key).await.map_err(|_| ApiError::Unavailable { dependency: "Redis" })?;
+    if count == 1 {
+        let _: Result<bool, _> = state.redis.expire(key, 120, None).await;
+    }
+    if count > limit {
+        return Err(ApiError::TooManyRequests {
+            message: format!("at most {limit} {what} per minute"),
+            retry_after_seconds: 60 - (chatdesk_core::envelope::now_ms() / 1000) % 60,
+        });
+    }
+    Ok(())
+}
 
 /// Refuses a session when the client address started too many in the current minute.
 async fn limit_sessions(state: &AppState, address: std::net::IpAddr) -> Result<(), ApiError> {
     let minute = chatdesk_core::envelope::now_ms() / 60_000;
     let key = state.keys.widget_sessions_of_address(&address, minute);
-    let count: u64 = state.redis.incr(&key).await.map_err(|_| ApiError::Unavailable { dependency: "Redis" })?;
-    if count == 1 {
-        let _: Result<bool, _> = state.redis.expire(&key, 120, None).await;
-    }
-    if count > SESSIONS_PER_ADDRESS_PER_MINUTE {
-        return Err(ApiError::TooManyRequests {
-            message: format!("at most {SESSIONS_PER_ADDRESS_PER_MINUTE} chat sessions per minute from one address"),
-            retry_after_seconds: 60 - (chatdesk_core::envelope::now_ms() / 1000) % 60,
-        });
-    }
-    Ok(())
+    limit_per_minute(state, &key, SESSIONS_PER_ADDRESS_PER_MINUTE, "chat sessions from one address").await
+}
+
+/// Refuses a message past the visitor's or its address's budget, before it costs the inbox's
+/// shared one: one visitor cannot take a web inbox away from the others.
+async fn limit_messages(state: &AppState, visitor: Uuid, address: std::net::IpAddr) -> Result<(), ApiError> {
+    let minute = chatdesk_core::envelope::now_ms() / 60_000;
+    let key = state.keys.widget_messages_of_visitor(&visitor, minute);
+    limit_per_minute(state, &key, MESSAGES_PER_VISITOR_PER_MINUTE, "messages from one visitor").await?;
+    let key = state.keys.widget_messages_of_address(&address, minute);
+    limit_per_minute(state, &key, MESSAGES_PER_ADDRESS_PER_MINUTE, "widget messages from one address").await
 }
 
 /// The external id a visitor is known by in its inbox.
@@ -171,17 +192,20 @@ pub struct VisitorAccepted {
         (status = 401, description = "Missing or invalid visitor token", body = ErrorBody),
         (status = 404, description = "No web inbox with this id, or the token is for another inbox", body = ErrorBody),
         (status = 422, description = "A field is missing or invalid", body = ErrorBody),
+        (status = 429, description = "The visitor's (30 a minute), its address's (120 a minute) or the inbox's rate limit; see Retry-After", body = ErrorBody),
     )
 )]
 pub async fn post_message(
     State(state): State<AppState>,
     ApiPath(inbox_id): ApiPath<Uuid>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<VisitorMessage>,
 ) -> Response {
     let started = Instant::now();
     let result = async {
         let (visitor, inbox) = visitor_of(&state, inbox_id, &headers).await?;
+        limit_messages(&state, visitor.visitor, peer.ip()).await?;
         let text =
             text::message_text(&request.text).map_err(|error| ApiError::invalid_field("text", error.to_string()))?;
         let client_msg_id = match request.client_msg_id {

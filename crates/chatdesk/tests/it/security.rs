@@ -509,6 +509,49 @@ async fn widget_sessions_are_limited_per_address() {
     assert!(statuses.contains(&429), "{statuses:?}");
 }
 
+/// One widget visitor writing in a loop meets its own limit, and other visitors of the inbox
+/// still write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_widget_visitor_cannot_take_the_inbox() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@chatty.test", "owner-pass-1");
+    let web = admin(
+        &env,
+        &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "web", "--name", "Site"],
+    );
+    let (http, _server) = serve(&env, &[]).await;
+    let sessions = web["webhook_path"].as_str().unwrap();
+    let messages = sessions.replace("/sessions", "/messages");
+    let visitor = |email: &'static str| {
+        let sessions = sessions.to_owned();
+        async move {
+            let session = post(http, &sessions, &[], &json!({"email": email}).to_string()).await;
+            assert_eq!(session.status, 201, "{}", session.body);
+            format!("Bearer {}", session.json()["token"].as_str().unwrap())
+        }
+    };
+    let (spammer, neighbour) = (visitor("spam@chatty.test").await, visitor("real@chatty.test").await);
+    let minute = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 60;
+    let started = minute();
+    let mut statuses = Vec::new();
+    for index in 0..40 {
+        let body = json!({"text": format!("buy now {index}")}).to_string();
+        let answer = post(http, &messages, &[("Authorization", &spammer)], &body).await;
+        if answer.status == 429 {
+            assert!(answer.header("retry-after").is_some());
+        }
+        statuses.push(answer.status);
+    }
+    let accepted = statuses.iter().filter(|status| **status == 202).count();
+    if minute() == started {
+        assert_eq!(accepted, 30, "30 messages a minute from one visitor: {statuses:?}");
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let body = json!({"text": "hello, is anyone there?"}).to_string();
+    let theirs = post(http, &messages, &[("Authorization", &neighbour)], &body).await;
+    assert_eq!(theirs.status, 202, "{}", theirs.body);
+}
+
 /// A Telegram bot token is part of the API's URL: no failure reason, dead letter or frame may
 /// carry it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
