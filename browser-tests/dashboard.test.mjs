@@ -194,6 +194,9 @@ async function main() {
     await alice.click('#reopen');
     await bob.waitForSelector('#conv-status[data-status="open"]');
     log('assign, resolve and reopen followed live');
+    // The list follows too: resolved, the conversation leaves the Open list; reopened, it is back
+    // (however long PostgreSQL takes, and whichever reload answers last).
+    await alice.locator('.conversation-item[data-status="open"]', { hasText: 'Ana Souza' }).waitFor();
 
     await alice.screenshot({ path: `${config.screenshots}/conversation.png` });
     await visitor.screenshot({ path: `${config.screenshots}/widget.png` });

@@ -62,20 +62,25 @@ export function mount(container, context, [selected] = []) {
     }));
   }
 
-  async function reload(attempt = 0) {
+  // Each event starts a new round of reloads and ends the one before: an older round giving up
+  // must not stop a newer one still waiting for PostgreSQL (the list would stay stale).
+  let round = 0;
+
+  async function reload(attempt = 0, mine = round) {
     const query = FILTERS.find((candidate) => candidate.id === filter).query;
     try {
       const page = await api('GET', `/v1/conversations?${query}&limit=100`);
-      if (disposed) return;
+      if (disposed || mine !== round) return;
       items = page.items;
       renderList();
-      // PostgreSQL trails the stream by a moment: look again until the conversation (and the
-      // message) an event named is there.
+      // PostgreSQL trails the stream by a moment. A new message: look again until it is there.
+      // Any other change (status, assignment) cannot be recognised in a page: look a few times.
       const arrived = (item) => item.id === wanted.conversation
-        && (!wanted.message || (item.last_message && item.last_message.id === wanted.message));
-      if (wanted && !items.some(arrived) && attempt < 6) {
-        setTimeout(() => reload(attempt + 1), 300 * (attempt + 1));
-      } else {
+        && item.last_message && item.last_message.id === wanted.message;
+      const again = wanted && (wanted.message ? !items.some(arrived) && attempt < 20 : attempt < 3);
+      if (again) {
+        setTimeout(() => reload(attempt + 1, mine), Math.min(300 * (attempt + 1), 2000));
+      } else if (mine === round) {
         wanted = null;
       }
     } catch (failure) {
@@ -84,9 +89,11 @@ export function mount(container, context, [selected] = []) {
   }
 
   function scheduleReload(conversation, message) {
-    if (conversation) wanted = { conversation, message };
+    wanted = conversation ? { conversation, message } : null;
+    round += 1;
+    const mine = round;
     clearTimeout(reloadTimer);
-    reloadTimer = setTimeout(() => reload(), 150);
+    reloadTimer = setTimeout(() => reload(0, mine), 150);
   }
 
   context.connection.subscribe('inbox', {
