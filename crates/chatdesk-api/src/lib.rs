@@ -141,7 +141,40 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     document.merge(ops_routes().into_openapi());
     document.merge(api_routes().into_openapi());
     document.merge(widget_routes().into_openapi());
+    declare_common_errors(&mut document);
     document
+}
+
+/// The answers every route can give before its handler runs, declared on every operation they
+/// apply to: 400 for an id, query or body that cannot be read, 413 for a body over the limit and
+/// 415 for a body that is not JSON. Clients generated from the document then know all of them.
+fn declare_common_errors(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let error = |description: String| {
+        let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+        RefOr::T(ResponseBuilder::new().description(description).content("application/json", content).build())
+    };
+    for item in document.paths.paths.values_mut() {
+        let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for operation in operations.into_iter().flatten() {
+            let has_parameters = operation.parameters.as_ref().is_some_and(|parameters| !parameters.is_empty());
+            let has_body = operation.request_body.is_some();
+            let responses = &mut operation.responses.responses;
+            if has_parameters || has_body {
+                responses.entry("400".into()).or_insert_with(|| {
+                    error("A path id, query parameter or JSON body that cannot be read (invalid_path, invalid_query, invalid_json)".into())
+                });
+            }
+            if has_body {
+                responses.entry("413".into()).or_insert_with(|| {
+                    error(format!("The body is larger than {} KiB (payload_too_large)", MAX_BODY_BYTES / 1024))
+                });
+                responses.entry("415".into()).or_insert_with(|| {
+                    error("The body is not sent as Content-Type: application/json (unsupported_media_type)".into())
+                });
+            }
+        }
+    }
 }
 
 /// The public API under `/v1`, served by the `ingress` role, with its OpenAPI document at

@@ -307,3 +307,67 @@ async fn conversations_history_and_agent_actions_over_rest() {
     assert_eq!(key_a.call("POST", &format!("/v1/conversations/{first}/reopen"), None).await.status, 202);
     eventually(&agent_a, &format!("/v1/conversations/{first}"), "reopened", |c| c["status"] == "open").await;
 }
+
+/// Every answer is one the OpenAPI document declares for its operation: each operation is called
+/// with hostile variants (a malformed id, a body that is not JSON, JSON with the wrong
+/// content type, an empty object, a NUL and oversized strings, a huge body), with an agent
+/// token, and its status must be listed. No server error, no undeclared status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_is_declared_by_the_openapi_document() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@contract.test", "owner-pass-1");
+    let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
+    let web = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "web", "--name", "Site"]);
+    let (http, _server) = serve(&env, &[]).await;
+    let token = login(http, "owner@contract.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {token}");
+    let document: Value = serde_json::from_str(include_str!("../../../../docs/openapi.json")).unwrap();
+    let real_ids = [web["inbox_id"].as_str().unwrap().to_owned(), Uuid::now_v7().to_string()];
+    let bodies: Vec<(Option<&str>, String)> = vec![
+        (Some("application/json"), "{".to_owned()),
+        (Some("text/plain"), "{}".to_owned()),
+        (Some("application/json"), "{}".to_owned()),
+        (Some("application/json"), json!({"text": "a\u{0}b", "email": "x\u{0}@y.z", "password": "p"}).to_string()),
+        (Some("application/json"), json!({"text": "x".repeat(5000), "name": "n".repeat(300)}).to_string()),
+        (Some("application/json"), format!("{{\"text\": \"{}\"}}", "x".repeat(300 * 1024))),
+        (None, String::new()),
+    ];
+    let mut checked = 0;
+    for (template, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let declared: Vec<u16> =
+                operation["responses"].as_object().unwrap().keys().filter_map(|code| code.parse().ok()).collect();
+            let mut paths = vec![template.replace(['{', '}'], "").replace("inbox_id", "not-a-uuid")];
+            for id in &real_ids {
+                let mut path = template.clone();
+                while let (Some(start), Some(end)) = (path.find('{'), path.find('}')) {
+                    path.replace_range(start..=end, id);
+                }
+                paths.push(path);
+            }
+            let with_body = operation.get("requestBody").is_some();
+            for path in &paths {
+                let variants: Vec<&(Option<&str>, String)> =
+                    if with_body { bodies.iter().collect() } else { vec![bodies.last().unwrap()] };
+                for (content_type, body) in variants {
+                    let mut headers = vec![("Authorization", bearer.as_str())];
+                    if let Some(content_type) = content_type {
+                        headers.push(("Content-Type", content_type));
+                    }
+                    let body = (!body.is_empty()).then_some(body.as_str());
+                    let answer = http_request(http, &method.to_uppercase(), path, &headers, body).await.unwrap();
+                    assert!(
+                        declared.contains(&answer.status),
+                        "{} {path} answered {} (declared: {declared:?}): {}",
+                        method.to_uppercase(),
+                        answer.status,
+                        answer.body.chars().take(300).collect::<String>()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    println!("{checked} requests, every status declared");
+    assert!(checked > 100, "the document names the API's operations");
+}
