@@ -211,7 +211,7 @@ async fn warn_if_refused(url: &str) {
     let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
     let warn = |reason: &str| {
         eprintln!(
-            "warning: senders will refuse {url}: {reason}; allow it with CHATDESK_OUTBOUND_ALLOW={}:{port} (docs/security.md)",
+            "note: {url}: {reason}. Senders deliver there only when they run with CHATDESK_OUTBOUND_ALLOW naming {}:{port} (docs/security.md)",
             uri.host().unwrap_or_default()
         )
     };

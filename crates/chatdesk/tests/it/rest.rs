@@ -354,8 +354,15 @@ async fn every_answer_is_declared_by_the_openapi_document() {
                     if let Some(content_type) = content_type {
                         headers.push(("Content-Type", content_type));
                     }
+                    let huge = body.len() > 256 * 1024;
                     let body = (!body.is_empty()).then_some(body.as_str());
-                    let answer = http_request(http, &method.to_uppercase(), path, &headers, body).await.unwrap();
+                    let answer = match http_request(http, &method.to_uppercase(), path, &headers, body).await {
+                        Ok(answer) => answer,
+                        // A body past the limit may be answered before it is read and the
+                        // connection closed under the client still sending it.
+                        Err(_) if huge => continue,
+                        Err(error) => panic!("{method} {path}: {error}"),
+                    };
                     assert!(
                         declared.contains(&answer.status),
                         "{} {path} answered {} (declared: {declared:?}): {}",
