@@ -350,7 +350,9 @@ async fn every_answer_is_declared_by_the_openapi_document() {
                 let variants: Vec<&(Option<&str>, String)> =
                     if with_body { bodies.iter().collect() } else { vec![bodies.last().unwrap()] };
                 for (content_type, body) in variants {
-                    let mut headers = vec![("Authorization", bearer.as_str())];
+                    // A fresh connection each time: one the server closed under an oversized
+                    // body must not be reused for the next request.
+                    let mut headers = vec![("Authorization", bearer.as_str()), ("Connection", "close")];
                     if let Some(content_type) = content_type {
                         headers.push(("Content-Type", content_type));
                     }
