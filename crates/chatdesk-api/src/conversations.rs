@@ -95,13 +95,16 @@ pub struct ConversationPage {
 #[serde(deny_unknown_fields)]
 pub struct ListConversations {
     /// open, pending, resolved or blocked.
+    #[param(pattern = "^(open|pending|resolved|blocked)$")]
     pub status: Option<String>,
     /// A user id, `me`, or `none` (unassigned).
+    #[param(pattern = "^(me|none|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")]
     pub assignee: Option<String>,
     pub inbox: Option<Uuid>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
 }
 
@@ -274,6 +277,7 @@ pub struct ListMessages {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// 1 to 200, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
 }
 
@@ -333,10 +337,12 @@ pub struct AcceptedView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplyRequest {
-    /// 1 to 4096 characters.
+    /// 1 to 4096 characters, not only spaces (trimmed).
+    #[schema(min_length = 1, max_length = 4096, pattern = "\\S")]
     pub text: String,
-    /// The client's own id for this message; a repeated id is answered with the first
-    /// attempt's event instead of sending again (remembered for 24 hours).
+    /// The client's own id for this message (1 to 128 bytes); a repeated id is answered with the
+    /// first attempt's event instead of sending again (remembered for 24 hours).
+    #[schema(min_length = 1, max_length = 128)]
     pub client_msg_id: Option<String>,
 }
 

@@ -153,7 +153,11 @@ async fn release_attempt(state: &AppState, account: &str, address: &IpAddr) {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    /// 1 to 320 characters, no control characters.
+    #[schema(min_length = 1, max_length = 320)]
     pub email: String,
+    /// At most 1,024 bytes.
+    #[schema(max_length = 1024)]
     pub password: String,
 }
 

@@ -35,7 +35,11 @@ use fred::prelude::*;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionRequest {
+    /// An e-mail address: contact data, not proof of identity.
+    #[schema(max_length = 320, pattern = "^[^@\\s]+@[^@\\s]*\\.[^@\\s]*$")]
     pub email: String,
+    /// At most 200 characters.
+    #[schema(max_length = 200)]
     pub name: Option<String>,
     /// The `visitor_key` of an earlier session: continues that visitor's conversation. Without
     /// one (or with one that is not valid for this inbox) the visitor is a new one.
@@ -162,9 +166,12 @@ pub async fn start_session(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VisitorMessage {
-    /// 1 to 4096 characters.
+    /// 1 to 4096 characters, not only spaces (trimmed).
+    #[schema(min_length = 1, max_length = 4096, pattern = "\\S")]
     pub text: String,
-    /// The widget's own id of the message: a retry with the same id is not appended twice.
+    /// The widget's own id of the message (1 to 128 bytes): a retry with the same id is not
+    /// appended twice.
+    #[schema(min_length = 1, max_length = 128)]
     pub client_msg_id: Option<String>,
 }
 
