@@ -134,7 +134,10 @@ async fn streams_status(file: Option<PathBuf>, json: bool) -> anyhow::Result<Exi
     let client = match RedisConnector::new(RedisSettings::new(url.expose()))?.shared().await {
         Ok(client) => client,
         Err(_) if from_up => anyhow::bail!(settings::up_not_running("REDIS_URL", &data_dir)),
-        Err(error) => return Err(anyhow::Error::new(error).context("cannot connect to Redis")),
+        Err(error) => {
+            let at = chatdesk_store::redact(url.expose());
+            return Err(anyhow::Error::new(error).context(format!("cannot connect to Redis at {at} (REDIS_URL)")));
+        }
     };
     use std::io::Write;
     let mut out = std::io::stdout().lock();
