@@ -106,47 +106,85 @@ fn redis_down(_: Error) -> ApiError {
     ApiError::Unavailable { dependency: "Redis" }
 }
 
+/// Takes a place in one failure counter unless it is used up: the check, the increment and the
+/// counter's time to live are one step, so a refused attempt takes nothing and has nothing to
+/// give back. Answers the count, or -1 when the counter is full.
+const RESERVE: &str = r#"
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count >= tonumber(ARGV[1]) then return -1 end
+count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return count
+"#;
+
+/// Gives a place back to the counter it was taken from (never below zero, never recreating a
+/// counter whose window is over).
+const RELEASE: &str = r#"
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count > 0 then redis.call('DECR', KEYS[1]) end
+return count
+"#;
+
+static RESERVE_SCRIPT: std::sync::LazyLock<chatdesk_streams::Script> =
+    std::sync::LazyLock::new(|| chatdesk_streams::Script::new(RESERVE));
+static RELEASE_SCRIPT: std::sync::LazyLock<chatdesk_streams::Script> =
+    std::sync::LazyLock::new(|| chatdesk_streams::Script::new(RELEASE));
+
+/// The failure counters of one attempt, in the window it started in: a place is always given
+/// back to the window it was taken from, never to the next one.
+struct Places {
+    keys: [String; 2],
+    retry_after_seconds: u64,
+}
+
+fn places(state: &AppState, account: &str, address: &IpAddr) -> Places {
+    let window_seconds = FAILURE_WINDOW.as_secs();
+    let now = chatdesk_core::envelope::now_ms() / 1000;
+    let window = now / window_seconds;
+    Places {
+        keys: [
+            state.keys.login_failures_of_account(account, window),
+            state.keys.login_failures_of_address(address, window),
+        ],
+        retry_after_seconds: (window + 1) * window_seconds - now,
+    }
+}
+
 /// Reserves one failed attempt against the account and the address before the password is
-/// checked, refusing (429) when either is used up. Counting first is what bounds a concurrent
-/// burst: every attempt in flight holds its place, so no more than the limit are ever checked.
-/// A correct password gives its place back ([`release_attempt`]).
-async fn reserve_attempt(state: &AppState, account: &str, address: &IpAddr) -> Result<(), ApiError> {
-    let keys = [state.keys.login_failures_of_account(account), state.keys.login_failures_of_address(address)];
+/// checked, refusing (429) when either is used up for the current window. Counting first is
+/// what bounds a concurrent burst: every attempt in flight holds its place, so no more than the
+/// limit are ever checked. A correct password gives its places back ([`release_attempt`]).
+async fn reserve_attempt(state: &AppState, places: &Places) -> Result<(), ApiError> {
     let limits = [MAX_ACCOUNT_FAILURES, MAX_ADDRESS_FAILURES];
-    let mut counts = Vec::with_capacity(keys.len());
-    for key in &keys {
-        let count: u64 = match state.redis.incr(key).await {
-            Ok(count) => count,
+    let ttl = FAILURE_WINDOW.as_secs() + 60;
+    for (index, (key, limit)) in places.keys.iter().zip(limits).enumerate() {
+        let reserved: Result<i64, _> = RESERVE_SCRIPT.call(&state.redis, vec![key.clone()], vec![limit, ttl]).await;
+        let refused = match reserved {
+            Ok(count) => count < 0,
             Err(error) => {
-                // Give back what this attempt took so far.
-                for counted in &keys[..counts.len()] {
-                    let _: Result<i64, _> = state.redis.decr(counted).await;
-                }
+                release(state, &places.keys[..index]).await;
                 return Err(redis_down(error));
             }
         };
-        if count == 1 {
-            let _: Result<bool, _> = state.redis.expire(key, FAILURE_WINDOW.as_secs() as i64, None).await;
-        }
-        counts.push(count);
-    }
-    for ((key, count), limit) in keys.iter().zip(&counts).zip(limits) {
-        if *count > limit {
-            release_attempt(state, account, address).await;
-            let ttl: i64 = state.redis.ttl(key).await.map_err(redis_down)?;
+        if refused {
+            release(state, &places.keys[..index]).await;
             return Err(ApiError::TooManyRequests {
                 message: "too many failed logins; try again later".into(),
-                retry_after_seconds: u64::try_from(ttl).unwrap_or(1).max(1),
+                retry_after_seconds: places.retry_after_seconds.max(1),
             });
         }
     }
     Ok(())
 }
 
-/// Gives back the place [`reserve_attempt`] took: the attempt did not fail on its password.
-async fn release_attempt(state: &AppState, account: &str, address: &IpAddr) {
-    for key in [state.keys.login_failures_of_account(account), state.keys.login_failures_of_address(address)] {
-        let _: Result<i64, _> = state.redis.decr(&key).await;
+/// Gives back the places [`reserve_attempt`] took: the attempt did not fail on its password.
+async fn release_attempt(state: &AppState, places: &Places) {
+    release(state, &places.keys).await;
+}
+
+async fn release(state: &AppState, keys: &[String]) {
+    for key in keys {
+        let _: Result<i64, _> = RELEASE_SCRIPT.call(&state.redis, vec![key.clone()], Vec::<String>::new()).await;
     }
 }
 
@@ -209,7 +247,8 @@ pub async fn login(
     }
     let account = email.to_lowercase();
     let address = peer.ip();
-    reserve_attempt(&state, &account, &address).await?;
+    let places = places(&state, &account, &address);
+    reserve_attempt(&state, &places).await?;
     let password = request.password;
     let checked = async {
         let user = chatdesk_store::directory::user_by_email(&state.db, email).await.map_err(ApiError::store)?;
@@ -230,11 +269,11 @@ pub async fn login(
         // A wrong password keeps the place it reserved: that is the failure counted.
         Ok(None) => return Err(ApiError::Unauthorized { message: "wrong e-mail or password".into() }),
         Ok(Some(user)) => {
-            release_attempt(&state, &account, &address).await;
+            release_attempt(&state, &places).await;
             user
         }
         Err(error) => {
-            release_attempt(&state, &account, &address).await;
+            release_attempt(&state, &places).await;
             return Err(error);
         }
     };

@@ -69,13 +69,13 @@ impl KeyScheme {
     }
 
     /// Failed logins for one account (lower-cased e-mail) in the current window.
-    pub fn login_failures_of_account(&self, email: &str) -> String {
-        format!("{}:login-failures:account:{email}", self.prefix)
+    pub fn login_failures_of_account(&self, email: &str, window: u64) -> String {
+        format!("{}:login-failures:account:{email}:{window}", self.prefix)
     }
 
     /// Failed logins from one client address in the current window.
-    pub fn login_failures_of_address(&self, address: &std::net::IpAddr) -> String {
-        format!("{}:login-failures:address:{address}", self.prefix)
+    pub fn login_failures_of_address(&self, address: &std::net::IpAddr, window: u64) -> String {
+        format!("{}:login-failures:address:{address}:{window}", self.prefix)
     }
 
     /// Failed webhook authentications from one client address to one inbox in one minute.

@@ -40,6 +40,35 @@ async fn login_bounds_hashing_limits_guessing_and_caps_passwords() {
     assert_eq!(refused_at, Some(10), "the eleventh guess is refused");
     let locked = login(http, "owner@login.test", "owner-pass-1").await;
     assert_eq!(locked.status, 429, "the window holds even for the right password");
+    // A refused attempt takes no place and gives none back: the counter stays at the limit
+    // however many are refused (so nothing can be handed to the next window).
+    for guess in 0..20 {
+        assert_eq!(login(http, "owner@login.test", &format!("more-{guess}")).await.status, 429);
+    }
+    {
+        use fred::prelude::*;
+        let redis = chatdesk_streams::RedisConnector::new(chatdesk_streams::RedisSettings::new(&env.redis_url))
+            .unwrap()
+            .shared()
+            .await
+            .unwrap();
+        let pattern = format!("{}:login-failures:account:owner@login.test:*", env.prefix);
+        let (mut cursor, mut total) = ("0".to_owned(), 0);
+        loop {
+            let (next, keys): (String, Vec<String>) =
+                redis.scan_page(cursor.clone(), pattern.clone(), Some(1000), None).await.unwrap();
+            for key in keys {
+                let count: i64 = redis.get(&key).await.unwrap();
+                total += count;
+            }
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        assert_eq!(total, 10, "the account's counter holds exactly its limit");
+        let _ = redis.quit().await;
+    }
 
     // A concurrent burst against another account gets no more checks than the limit: each
     // attempt holds its place before its password is checked.
