@@ -58,13 +58,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             settings::load_streams(args.common.streams.as_deref())?;
             let cancel = CancellationToken::new();
             roles::cancel_on_signals(cancel.clone());
+            // The signing key too: one that cannot be trusted stops everything before it starts.
+            let jwt_secret = match settings::jwt_secret() {
+                Some(secret) => secret,
+                None => servers::persistent_jwt_secret(&args.data_dir)?,
+            };
             let (mut servers, redis_url, database_url) =
                 PrivateServers::start(&args.data_dir, settings::redis_url(), settings::database_url()).await?;
             let result = async {
-                let jwt_secret = match settings::jwt_secret() {
-                    Some(secret) => secret,
-                    None => servers::persistent_jwt_secret(&args.data_dir)?,
-                };
                 tracing::info!(url = format!("http://{}/", args.common.http), "starting chatdesk; Ctrl-C stops it");
                 run_roles(&args.common, &redis_url, &database_url, &jwt_secret, &Role::all(), args.demo, cancel).await
             }

@@ -154,7 +154,7 @@ fn random_password() -> String {
 /// cluster is created with it. A cluster made without one keeps trust authentication on loopback.
 fn postgres_password(data_dir: &Path) -> anyhow::Result<Option<String>> {
     let file = data_dir.join("postgres-password");
-    if let Ok(password) = std::fs::read_to_string(&file)
+    if let Ok(password) = read_private(&file)?
         && !password.trim().is_empty()
     {
         return Ok(Some(password.trim().to_owned()));
@@ -175,13 +175,13 @@ fn postgres_password(data_dir: &Path) -> anyhow::Result<Option<String>> {
 /// The token-signing key of this data directory: generated once and kept (readable only by its
 /// owner) so agent tokens stay valid across restarts of `chatdesk up`.
 pub fn persistent_jwt_secret(data_dir: &Path) -> anyhow::Result<Secret> {
+    create_data_dir(data_dir)?;
     let file = data_dir.join("jwt-secret");
-    if let Ok(secret) = std::fs::read_to_string(&file)
+    if let Ok(secret) = read_private(&file)?
         && secret.trim().len() >= 32
     {
         return Ok(Secret::new(secret.trim().to_owned()));
     }
-    create_data_dir(data_dir)?;
     let secret = chatdesk_api::auth::TokenKey::generate_secret();
     write_private(&file, &secret)?;
     Ok(Secret::new(secret))
@@ -189,12 +189,48 @@ pub fn persistent_jwt_secret(data_dir: &Path) -> anyhow::Result<Secret> {
 
 /// The data directory: others may pass through it (PostgreSQL runs as its own user and must
 /// reach its data directory below) but not list or read it.
+/// It must be ours: chatdesk keeps its secrets there, and a directory another user owns (or a
+/// link they placed) lets them plant a password or a signing key for us to trust.
 fn create_data_dir(data_dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let metadata = std::fs::symlink_metadata(data_dir)
+        .with_context(|| format!("cannot read data directory {}", data_dir.display()))?;
+    if !metadata.is_dir() || Some(metadata.uid()) != own_uid() {
+        anyhow::bail!(
+            "the data directory {} is not a directory of this user's (owner uid {}): chatdesk keeps its \
+             secrets there; use a directory of your own (--data-dir)",
+            data_dir.display(),
+            metadata.uid()
+        );
+    }
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o711))
         .with_context(|| format!("cannot restrict {}", data_dir.display()))
+}
+
+/// This process's user (the owner of its own `/proc` entry).
+fn own_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|metadata| metadata.uid())
+}
+
+/// A secret file's text, trusted only when it is a plain file of ours that nobody else can
+/// read or write. `Ok(Err(_))` when it does not exist yet.
+fn read_private(file: &Path) -> anyhow::Result<std::io::Result<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = match std::fs::symlink_metadata(file) {
+        Ok(metadata) => metadata,
+        Err(error) => return Ok(Err(error)),
+    };
+    if !metadata.is_file() || Some(metadata.uid()) != own_uid() || metadata.mode() & 0o077 != 0 {
+        anyhow::bail!(
+            "{} must be a file of this user's that only they can read (chmod 600); it is not, so it is \
+             not trusted: remove it, or use a data directory of your own",
+            file.display()
+        );
+    }
+    Ok(std::fs::read_to_string(file))
 }
 
 /// Writes a file only its owner can read, with that mode from its creation (never readable by

@@ -213,3 +213,52 @@ async fn up_works_from_a_home_closed_to_other_users() {
         "the home directory is left as it was"
     );
 }
+
+/// Secrets are trusted only from a data directory of ours and files only we can read: a
+/// planted password or signing key is refused, by name, before anything starts.
+#[tokio::test]
+async fn up_refuses_secrets_it_cannot_trust() {
+    use std::os::unix::fs::PermissionsExt;
+    let run = |data_dir: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chatdesk"))
+            .args(["up", "--http", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env_remove("REDIS_URL")
+            .env_remove("DATABASE_URL")
+            .env_remove("CHATDESK_JWT_SECRET")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+
+    // A signing key others can read (or could have written).
+    let data_dir = dir.path().join("readable");
+    std::fs::create_dir(&data_dir).unwrap();
+    std::fs::write(data_dir.join("jwt-secret"), "planted-planted-planted-planted-planted").unwrap();
+    std::fs::set_permissions(data_dir.join("jwt-secret"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = run(&data_dir);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("jwt-secret must be a file of this user's"), "{stderr}");
+
+    // A planted PostgreSQL password, likewise.
+    let data_dir = dir.path().join("planted");
+    std::fs::create_dir(&data_dir).unwrap();
+    std::fs::write(data_dir.join("postgres-password"), "attackerpass123").unwrap();
+    std::fs::set_permissions(data_dir.join("postgres-password"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = run(&data_dir);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("postgres-password must be a file of this user's"), "{stderr}");
+
+    // A data directory that belongs to another user (only root can make one to test with).
+    let data_dir = dir.path().join("theirs");
+    std::fs::create_dir(&data_dir).unwrap();
+    if std::os::unix::fs::chown(&data_dir, Some(65534), Some(65534)).is_ok() {
+        let output = run(&data_dir);
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("is not a directory of this user's"), "{stderr}");
+    }
+}
