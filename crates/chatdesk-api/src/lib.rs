@@ -160,11 +160,21 @@ fn declare_common_errors(document: &mut utoipa::openapi::OpenApi) {
             let has_parameters = operation.parameters.as_ref().is_some_and(|parameters| !parameters.is_empty());
             let has_body = operation.request_body.is_some();
             let responses = &mut operation.responses.responses;
-            if has_parameters || has_body {
-                responses.entry("400".into()).or_insert_with(|| {
-                    error("A path id, query parameter or JSON body that cannot be read (invalid_path, invalid_query, invalid_json)".into())
-                });
-            }
+            // The HTTP layer answers these itself, before any route, whatever the operation.
+            responses.entry("400".into()).or_insert_with(|| {
+                let what = if has_parameters || has_body {
+                    "A path id, query parameter or JSON body that cannot be read (invalid_path, invalid_query, invalid_json), or a malformed request"
+                } else {
+                    "A malformed request (for example a header value that is not valid)"
+                };
+                error(what.into())
+            });
+            responses
+                .entry("414".into())
+                .or_insert_with(|| error("The URI is too long; the answer may have no body".into()));
+            responses
+                .entry("431".into())
+                .or_insert_with(|| error("Too many or too large request headers; the answer may have no body".into()));
             if has_body {
                 responses.entry("413".into()).or_insert_with(|| {
                     error(format!("The body is larger than {} KiB (payload_too_large)", MAX_BODY_BYTES / 1024))
