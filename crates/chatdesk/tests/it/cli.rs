@@ -154,3 +154,35 @@ fn commands_name_a_stopped_chatdesk_up() {
         assert_eq!(stderr.matches("chatdesk up is not running").count(), 1, "said once: {stderr}");
     }
 }
+
+/// Every setting the code reads is documented in the README and listed in `.env.example`.
+#[test]
+fn every_setting_is_documented() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let example = std::fs::read_to_string(format!("{root}/.env.example")).unwrap();
+    let mut settings = std::collections::BTreeSet::new();
+    let mut pending = vec![std::path::PathBuf::from(format!("{root}/crates"))];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            // Only the code that runs: tests set their own variables.
+            if path.file_name().is_some_and(|name| name == "tests" || name == "chatdesk-testkit") {
+                continue;
+            }
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|entry| entry.unwrap().path()));
+        } else if path.extension().is_some_and(|extension| extension == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for piece in text.split("\"CHATDESK_").skip(1) {
+                let name: String =
+                    piece.chars().take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_').collect();
+                if piece[name.len()..].starts_with('"') {
+                    settings.insert(format!("CHATDESK_{name}"));
+                }
+            }
+        }
+    }
+    assert!(settings.len() > 20, "{settings:?}");
+    let missing: Vec<_> =
+        settings.iter().filter(|name| !readme.contains(name.as_str()) || !example.contains(name.as_str())).collect();
+    assert!(missing.is_empty(), "settings missing from the README or .env.example: {missing:?}");
+}
