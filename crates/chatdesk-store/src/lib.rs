@@ -61,6 +61,8 @@ pub fn redact(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let credentials = &url[scheme_end + 3..at];
             let user = credentials.split(':').next().unwrap_or_default();
+            // A password-only URL (`redis://:secret@host`) says that one was given.
+            let user = if user.is_empty() && credentials.contains(':') { ":***" } else { user };
             format!("{}://{user}@{}", &url[..scheme_end], &url[at + 1..])
         }
         _ => url.to_owned(),
@@ -132,5 +134,6 @@ mod tests {
     fn passwords_are_redacted() {
         assert_eq!(redact("postgres://app:secret@db:5432/chatdesk"), "postgres://app@db:5432/chatdesk");
         assert_eq!(redact("postgres://db/chatdesk"), "postgres://db/chatdesk");
+        assert_eq!(redact("redis://:secret@127.0.0.1:6379"), "redis://:***@127.0.0.1:6379");
     }
 }
