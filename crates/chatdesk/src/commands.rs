@@ -136,7 +136,7 @@ async fn streams_status(file: Option<PathBuf>, json: bool) -> anyhow::Result<Exi
         Ok(client) => client,
         Err(_) if from_up => anyhow::bail!(settings::up_not_running("REDIS_URL", &data_dir)),
         Err(error) => {
-            let at = chatdesk_store::redact(url.expose());
+            let at = chatdesk_streams::connection::redact(url.expose());
             return Err(anyhow::Error::new(error).context(format!("cannot connect to Redis at {at} (REDIS_URL)")));
         }
     };
