@@ -225,7 +225,7 @@ async fn info(axum::extract::State(state): axum::extract::State<AppState>) -> ax
 }
 
 /// How the HTTP server treats its connections.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServeLimits {
     /// A client must send a request's headers within this time: a connection that dribbles them
     /// (slowloris) or idles before its first request is closed.
@@ -234,6 +234,37 @@ pub struct ServeLimits {
     pub max_connections: usize,
     /// After `cancel`, how long requests in flight get to finish.
     pub shutdown_grace: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`CHATDESK_TRUSTED_PROXIES`):
+    /// per-address limits then count the client, not the proxy. Empty: the header is ignored
+    /// (anyone could write it).
+    pub trusted_proxies: chatdesk_core::outbound::Networks,
+}
+
+/// The client a request comes from: the peer, or, when the peer is a trusted proxy, the
+/// right-most address in `X-Forwarded-For` that is not itself a trusted proxy (addresses to its
+/// left were written by whoever the client is, and prove nothing).
+fn client_address(
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &chatdesk_core::outbound::Networks,
+) -> SocketAddr {
+    if trusted.is_empty() || !trusted.contains(peer.ip()) {
+        return peer;
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in forwarded.iter().rev() {
+        let Ok(ip) = hop.parse::<std::net::IpAddr>() else { return peer };
+        if !trusted.contains(ip) {
+            return SocketAddr::new(ip, peer.port());
+        }
+    }
+    peer
 }
 
 impl Default for ServeLimits {
@@ -242,6 +273,7 @@ impl Default for ServeLimits {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 50_000,
             shutdown_grace: Duration::from_secs(30),
+            trusted_proxies: Default::default(),
         }
     }
 }
@@ -293,8 +325,10 @@ pub async fn serve_with(
         // The slot goes with the socket, not with the HTTP exchange: a WebSocket keeps it after
         // the upgrade, for as long as it is open.
         let stream = Held::new(stream, slot);
+        let trusted = limits.trusted_proxies.clone();
         let service = app.clone().map_request(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            let client = client_address(peer, request.headers(), &trusted);
+            request.extensions_mut().insert(axum::extract::ConnectInfo(client));
             request
         });
         let service = hyper_util::service::TowerToHyperService::new(service);

@@ -57,6 +57,47 @@ fn parse_entry(entry: &str) -> Result<Allowed, String> {
     Ok(Allowed::HostPort { host, port })
 }
 
+/// A list of IP networks (`10.0.0.0/8,fd00::/8`), e.g. the reverse proxies whose
+/// `X-Forwarded-For` is believed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Networks(Vec<(IpAddr, u8)>);
+
+impl FromStr for Networks {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut networks = Vec::new();
+        for entry in text.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+            let network = if entry.contains('/') {
+                parse_entry(entry)
+            } else {
+                // A single address is its own network.
+                let address: IpAddr = entry.parse().map_err(|_| format!("{entry:?}: not an IP address or network"))?;
+                Ok(Allowed::Network { address, prefix: if address.is_ipv4() { 32 } else { 128 } })
+            };
+            match network.map_err(|reason| format!("{entry:?}: {reason}"))? {
+                Allowed::Network { address, prefix } => networks.push((address, prefix)),
+                Allowed::HostPort { .. } => return Err(format!("{entry:?}: expected an address or address/prefix")),
+            }
+        }
+        Ok(Self(networks))
+    }
+}
+
+impl Networks {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            ip => ip,
+        };
+        self.0.iter().any(|(network, prefix)| in_network(ip, *network, *prefix))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 fn in_network(ip: IpAddr, network: IpAddr, prefix: u8) -> bool {
     match (ip, network) {
         (IpAddr::V4(ip), IpAddr::V4(network)) => {

@@ -207,7 +207,7 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
 
     let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     let http_cancel = cancel.clone();
-    let serve_limits = runtime.serve;
+    let serve_limits = runtime.serve.clone();
     tasks.spawn(async move {
         ("http", chatdesk_api::serve_with(listener, router, http_cancel, serve_limits).await.map_err(Into::into))
     });

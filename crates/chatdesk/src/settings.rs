@@ -169,7 +169,8 @@ fn base_url(name: &str) -> anyhow::Result<Option<String>> {
 }
 
 /// `CHATDESK_HTTP_HEADER_TIMEOUT` (default 10s): how long a client may take to send a request's
-/// headers; `CHATDESK_HTTP_MAX_CONNECTIONS` (default 50000): connections open at once.
+/// headers; `CHATDESK_HTTP_MAX_CONNECTIONS` (default 50000): connections open at once;
+/// `CHATDESK_TRUSTED_PROXIES` (none by default): reverse proxies whose `X-Forwarded-For` is believed.
 pub fn serve_limits() -> anyhow::Result<chatdesk_api::ServeLimits> {
     let mut limits = chatdesk_api::ServeLimits::default();
     if let Some(timeout) = env_var("CHATDESK_HTTP_HEADER_TIMEOUT") {
@@ -178,6 +179,10 @@ pub fn serve_limits() -> anyhow::Result<chatdesk_api::ServeLimits> {
     }
     if let Some(connections) = positive("CHATDESK_HTTP_MAX_CONNECTIONS")? {
         limits.max_connections = connections;
+    }
+    if let Some(proxies) = env_var("CHATDESK_TRUSTED_PROXIES") {
+        limits.trusted_proxies =
+            proxies.parse().map_err(|error| anyhow::anyhow!("CHATDESK_TRUSTED_PROXIES: {error}"))?;
     }
     Ok(limits)
 }

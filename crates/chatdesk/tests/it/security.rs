@@ -531,10 +531,44 @@ async fn widget_sessions_are_limited_per_address() {
     let mut statuses = Vec::new();
     for index in 0..40 {
         let body = json!({"email": format!("bulk-{index}@bulk.test")}).to_string();
-        statuses.push(post(http, path, &[], &body).await.status);
+        // A forged X-Forwarded-For changes nothing when no proxy is trusted.
+        let forged = format!("203.0.113.{index}");
+        statuses.push(post(http, path, &[("X-Forwarded-For", &forged)], &body).await.status);
     }
     let created = statuses.iter().filter(|status| **status == 201).count();
     assert!(created <= 30, "at most 30 sessions a minute from one address: {statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
+
+/// Behind a trusted reverse proxy, per-address limits count the client it names, not the proxy;
+/// what a client writes to the left of the proxy's own entry proves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_names_the_client() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@proxy.test", "owner-pass-1");
+    let web = admin(
+        &env,
+        &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "web", "--name", "Site"],
+    );
+    let (http, _server) = serve(&env, &[("CHATDESK_TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let path = web["webhook_path"].as_str().unwrap();
+    // Forty clients behind the proxy: none shares another's budget.
+    for index in 0..40 {
+        let body = json!({"email": format!("client-{index}@proxy.test")}).to_string();
+        let client = format!("198.51.100.{index}");
+        let answer = post(http, path, &[("X-Forwarded-For", &client)], &body).await;
+        assert_eq!(answer.status, 201, "{}", answer.body);
+    }
+    // One client that writes its own X-Forwarded-For in front of the proxy's entry is counted
+    // by the address the proxy saw.
+    let mut statuses = Vec::new();
+    for index in 0..40 {
+        let body = json!({"email": format!("liar-{index}@proxy.test")}).to_string();
+        let chain = format!("192.0.2.{index}, 198.51.100.200");
+        statuses.push(post(http, path, &[("X-Forwarded-For", &chain)], &body).await.status);
+    }
+    let created = statuses.iter().filter(|status| **status == 201).count();
+    assert!(created <= 30, "{statuses:?}");
     assert!(statuses.contains(&429), "{statuses:?}");
 }
 
