@@ -379,8 +379,12 @@ async fn a_generic_webhook_is_one_redis_round_trip_and_no_postgres_query() {
     assert_eq!(answer.json()["accepted"], 1);
     let again = post_generic(http, &inbox, &generic_body("m-2", "cust-2", "a new customer")).await;
     assert_eq!(again.json()["duplicates"], 1, "the retry is found in the same script");
-    // MONITOR reports asynchronously: give it a moment to catch up.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // MONITOR reports asynchronously: wait until it has reported both webhooks' scripts (the
+    // commands were sent in order, so any other command of theirs is reported by then too).
+    chatdesk_testkit::wait_until("MONITOR to report both webhooks", Duration::from_secs(10), || async {
+        monitor.commands().iter().filter(|line| line.to_lowercase().contains(r#""evalsha""#)).count() >= 2
+    })
+    .await;
     // The process's retention pass runs on its own schedule, reading and trimming streams; every
     // other command is the webhooks'.
     let retention = |line: &str| {

@@ -844,10 +844,16 @@ async fn tokens_can_be_revoked() {
         }
     };
     assert_eq!(closed, 4003, "a revoked token is refused at hello");
-    // A new login works again (tokens carry their issue time to the second: one of the logout's
-    // own second counts as revoked).
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let fresh = login(http, "agent@revoke.test", "agent-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    // A new login works again (tokens carry their issue time to the second: one issued in the
+    // logout's own second counts as revoked, so log in until a token is from a later second).
+    let fresh =
+        chatdesk_testkit::eventually("a login after the logout works", std::time::Duration::from_secs(10), || async {
+            let token = login(http, "agent@revoke.test", "agent-pass-1").await.json()["token"].as_str()?.to_owned();
+            let works =
+                Client { http, token: token.clone() }.call("GET", "/v1/conversations", None).await.status == 200;
+            works.then_some(token)
+        })
+        .await;
     assert_eq!(Client { http, token: fresh.clone() }.call("GET", "/v1/conversations", None).await.status, 200);
 
     // A role change or a deleted user ends the user's tokens.
