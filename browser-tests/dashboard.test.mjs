@@ -105,6 +105,44 @@ async function checkStreamsPage(browser) {
   await sre.context().close();
 }
 
+/// A marketer uploads a CSV (one row cannot be sent, and the preview says why), starts the
+/// campaign, watches the progress bar, pauses and resumes it, and sees it reach 100%.
+async function checkCampaignsPage(browser) {
+  const marketer = await agentPage(browser, config.marketer, 'marketer');
+  check(await marketer.locator('nav a', { hasText: 'Inbox' }).count() === 0, 'a marketer has no inbox page');
+  await marketer.click('nav a:has-text("Campaigns")');
+  await marketer.click('#new-campaign');
+  await marketer.waitForSelector('#campaign-inbox option:has-text("Marketing")', { state: 'attached' });
+  await marketer.selectOption('#campaign-inbox', { label: 'Marketing (generic)' });
+  await marketer.fill('#campaign-name', 'Spring sale');
+  await marketer.fill('#campaign-text', 'Hi {{name}}, spring sale: 20% off this week.');
+  await marketer.fill('#campaign-rate', '10');
+  const rows = ['to,name', ...Array.from({ length: 80 }, (_, index) => `customer-${index},Customer ${index}`), ',Nobody'];
+  await marketer.setInputFiles('#campaign-csv', { name: 'spring.csv', mimeType: 'text/csv', buffer: Buffer.from(rows.join('\n') + '\n') });
+  await marketer.waitForSelector('table.rejected td:has-text("to: is empty")');
+  const summary = await marketer.textContent('.report-summary');
+  check(summary.includes('80 recipients') && summary.includes('1 rejected'), `the preview says ${summary}`);
+  await marketer.click('button:has-text("Start campaign")');
+  await marketer.waitForSelector('#campaign-status[data-status="running"]');
+  const sent = async () => Number((await marketer.textContent('dd[data-count="sent"]')).replace(/\D/g, ''));
+  await waitFor('the first sends', async () => (await sent()) > 5);
+  await marketer.click('#campaign-pause');
+  await marketer.waitForSelector('#campaign-status[data-status="paused"]');
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  const atPause = await sent();
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+  check(await sent() === atPause, 'nothing is sent while paused');
+  check(atPause < 80, 'paused before the end');
+  await marketer.click('#campaign-resume');
+  await marketer.waitForSelector('#campaign-progress [role="progressbar"][aria-valuenow="100"]', { timeout: 30_000 });
+  await marketer.waitForSelector('#campaign-status[data-status="finished"]', { timeout: 30_000 });
+  check(await sent() === 80, 'every recipient sent');
+  await marketer.screenshot({ path: `${config.screenshots}/campaign.png` });
+  await marketer.click('a:has-text("← Campaigns")');
+  await marketer.waitForSelector('table.campaign-list a:has-text("Spring sale")');
+  await marketer.context().close();
+}
+
 async function texts(locator) {
   return (await locator.allTextContents()).map((text) => text.trim());
 }
@@ -247,6 +285,9 @@ async function main() {
 
     await checkStreamsPage(browser);
     log('the SRE sees the streams page');
+
+    await checkCampaignsPage(browser);
+    log('a marketer ran a campaign from a CSV, paused and resumed it');
 
     check(consoleErrors.length === 0, `console errors:\n${consoleErrors.join('\n')}`);
   } finally {

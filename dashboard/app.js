@@ -7,10 +7,12 @@ import { Connection } from './connection.js';
 import { h, notice, shortId } from './ui.js';
 import * as inbox from './pages/inbox.js';
 import * as streams from './pages/streams.js';
+import * as campaigns from './pages/campaigns.js';
 
 // Each page names the roles that may use it (as the API and the protocol enforce them).
 const PAGES = [
   { path: 'inbox', title: 'Inbox', module: inbox, roles: ['owner', 'admin', 'agent'] },
+  { path: 'campaigns', title: 'Campaigns', module: campaigns, roles: ['owner', 'admin', 'marketer'] },
   { path: 'streams', title: 'Streams', module: streams, roles: ['owner', 'admin', 'sre'] },
 ];
 

@@ -63,11 +63,12 @@ pub struct InboxList {
     responses(
         (status = 200, description = "The tenant's inboxes, oldest first", body = InboxList),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
-        (status = 403, description = "The role may not configure inboxes", body = ErrorBody),
+        (status = 403, description = "The role may not see inboxes (owner, admin and marketer may)", body = ErrorBody),
     )
 )]
 pub async fn list_inboxes(State(state): State<AppState>, principal: Principal) -> Result<Json<InboxList>, ApiError> {
-    principal.require(ADMIN_ROLES, "configure inboxes")?;
+    // Marketers pick the inbox a campaign sends from; credentials are never shown to anyone.
+    principal.require(crate::campaigns::MARKETING_ROLES, "list inboxes")?;
     let inboxes = directory::inboxes_of(&state.db, principal.tenant).await.map_err(ApiError::store)?;
     Ok(Json(InboxList { items: inboxes.iter().map(InboxView::from).collect() }))
 }

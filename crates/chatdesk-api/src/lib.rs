@@ -14,6 +14,7 @@
 //! - [`metrics`]: `/metrics` and the per-request metrics middleware.
 
 pub mod auth;
+pub mod campaigns;
 pub mod conversations;
 pub mod dashboard;
 pub mod error;
@@ -127,6 +128,18 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ingress::telegram::receive))
 }
 
+/// Campaigns take large bodies: a CSV of up to 100,000 recipients.
+fn campaign_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(campaigns::create_campaign, campaigns::list_campaigns))
+        .routes(routes!(campaigns::get_campaign))
+        .routes(routes!(campaigns::list_recipients))
+        .routes(routes!(campaigns::pause_campaign))
+        .routes(routes!(campaigns::resume_campaign))
+        .routes(routes!(campaigns::cancel_campaign))
+        .layer(axum::extract::DefaultBodyLimit::max(campaigns::MAX_CAMPAIGN_BODY_BYTES))
+}
+
 /// The widget's routes answer any origin: the widget runs on customers' own sites.
 fn widget_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -141,6 +154,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     document.merge(ops_routes().into_openapi());
     document.merge(api_routes().into_openapi());
     document.merge(widget_routes().into_openapi());
+    document.merge(campaign_routes().into_openapi());
     declare_common_errors(&mut document);
     document
 }
@@ -190,7 +204,7 @@ fn declare_common_errors(document: &mut utoipa::openapi::OpenApi) {
 /// The public API under `/v1`, served by the `ingress` role, with its OpenAPI document at
 /// `/v1/openapi.json`.
 pub fn api_router(state: AppState) -> Router {
-    let (router, _) = api_routes().merge(widget_routes()).split_for_parts();
+    let (router, _) = api_routes().merge(widget_routes()).merge(campaign_routes()).split_for_parts();
     let document = openapi_document();
     let router =
         router.route_layer(axum::middleware::from_fn_with_state(state.clone(), ingress::limit_failed_signatures));

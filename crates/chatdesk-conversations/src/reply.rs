@@ -143,6 +143,7 @@ impl Reply {
             contact_id: target.contact,
             text: text.to_owned(),
             template: None,
+            campaign: None,
         };
         // A send request's event id is its message's: one delivery per message.
         self.producer.append_send(&Envelope::of(target.tenant, &request).with_event_id(event_id)).await?;

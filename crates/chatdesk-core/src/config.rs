@@ -47,6 +47,8 @@ const MAX_CONCURRENCY: i64 = 1024;
 pub const EVENTS_STREAM: &str = "events";
 /// The family of outbound messages waiting for delivery.
 pub const SEND_STREAM: &str = "send";
+/// Campaign recipients handed over for sending.
+pub const BROADCAST_STREAM: &str = "broadcast";
 
 /// The validated content of a `streams.toml`.
 #[derive(Debug, Clone, PartialEq)]

@@ -261,6 +261,71 @@ pub struct SendRequest {
     /// A WhatsApp template message instead of free text (outside the 24-hour window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<Template>,
+    /// Set when the message is a campaign's: the sender paces it at the campaign's rate, holds it
+    /// while the campaign is paused, and drops it when cancelled or past `expires_at_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<CampaignSend>,
+}
+
+/// A campaign message's sending rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignSend {
+    pub campaign_id: Uuid,
+    /// The recipient's address on the channel: the contact may be new, and not stored yet
+    /// when the sender meets the message.
+    pub to: String,
+    /// Messages per second on the campaign's sender (its inbox).
+    pub rate_per_sec: u32,
+    /// Not sent after this time (milliseconds since the epoch): the recipient is `expired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+}
+
+/// The payload of a `broadcast.recipient` entry of the broadcast stream: one campaign recipient
+/// handed over to be turned into an outbound message. Its event id is the message's id, derived
+/// from the campaign, the recipient and the attempt, so handing it over twice sends it once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastRecipient {
+    pub campaign_id: Uuid,
+    pub position: u32,
+    pub message_id: Uuid,
+    pub inbox_id: Uuid,
+    /// The recipient's address on the channel (phone number, chat id, generic sender id).
+    pub address: String,
+    /// The text with the recipient's variables filled in.
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Template>,
+    pub rate_per_sec: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+}
+
+impl BroadcastRecipient {
+    pub const TYPE: &'static str = "broadcast.recipient";
+}
+
+impl Record for BroadcastRecipient {
+    fn record_type(&self) -> &'static str {
+        Self::TYPE
+    }
+
+    fn conversation(&self) -> Option<Uuid> {
+        None
+    }
+
+    fn to_payload(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("broadcast recipients serialise")
+    }
+
+    fn from_payload(record_type: &str, payload: &str) -> Result<Self, PayloadError> {
+        if record_type != Self::TYPE {
+            return Err(PayloadError::WrongType { expected: Self::TYPE, found: record_type.to_owned() });
+        }
+        Ok(serde_json::from_str(payload)?)
+    }
 }
 
 /// A WhatsApp message template: `name`, `language` (e.g. `en_US`) and the Cloud API's
@@ -468,6 +533,7 @@ mod tests {
             contact_id: id,
             text: "hi".into(),
             template: None,
+            campaign: None,
         };
         let envelope = Envelope::of(TenantId(id), &request);
         assert_eq!(envelope.record::<SendRequest>().unwrap(), request);

@@ -26,6 +26,8 @@ pub enum SenderKind {
     Agent,
     Bot,
     System,
+    /// A broadcast campaign's message.
+    Campaign,
 }
 
 /// Delivery status of a message. Ordered: a status never moves backwards, so a late `sent`
@@ -135,6 +137,10 @@ pub struct MessageStatusChanged {
     pub provider_message_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// Why it failed, as a stable code when there is one: the provider's error code (WhatsApp's
+    /// `131049`), or chatdesk's (`campaign_cancelled`, `expired`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -98,6 +98,22 @@ impl KeyScheme {
         format!("{}:widget-sessions:{address}:{minute}", self.prefix)
     }
 
+    /// A campaign's state as senders check it before each of its messages (running, paused,
+    /// cancelled).
+    pub fn campaign_state(&self, campaign: &uuid::Uuid) -> String {
+        format!("{}:campaign-state:{campaign}", self.prefix)
+    }
+
+    /// Which broadcaster process runs a campaign: one at a time.
+    pub fn campaign_runner(&self, campaign: &uuid::Uuid) -> String {
+        format!("{}:campaign-runner:{campaign}", self.prefix)
+    }
+
+    /// Addresses a tenant's campaigns reached in the last 24 hours (its unique-recipient quota).
+    pub fn campaign_quota(&self, tenant: &TenantId) -> String {
+        format!("{}:campaign-quota:{{{tenant}}}", self.prefix)
+    }
+
     /// The live agent sockets of one tenant.
     pub fn presence(&self, tenant: &TenantId) -> String {
         format!("{}:presence:{tenant}", self.prefix)

@@ -15,6 +15,7 @@
 //!   the operator allows).
 
 pub mod auth;
+pub mod campaign;
 pub mod config;
 pub mod duration;
 pub mod envelope;

@@ -13,6 +13,9 @@ pub enum Channel {
     /// `ops`: stream health (length, lag, pending, dead letters per group) every few seconds, for
     /// SREs. Counts only: no tenant's data.
     Ops,
+    /// `campaign:<id>`: a broadcast campaign's progress (counts, rate, status) when it changes,
+    /// at most twice a second, for the marketer, admin and owner roles.
+    Campaign(Uuid),
 }
 
 impl Channel {
@@ -21,6 +24,9 @@ impl Channel {
             "inbox" => return Some(Channel::Inbox),
             "ops" => return Some(Channel::Ops),
             _ => {}
+        }
+        if let Some(id) = name.strip_prefix("campaign:") {
+            return Uuid::parse_str(id).ok().map(Channel::Campaign);
         }
         let id = name.strip_prefix("conversation:")?;
         Uuid::parse_str(id).ok().map(Channel::Conversation)
@@ -31,6 +37,7 @@ impl Channel {
             Channel::Inbox => "inbox".to_owned(),
             Channel::Conversation(id) => format!("conversation:{id}"),
             Channel::Ops => "ops".to_owned(),
+            Channel::Campaign(id) => format!("campaign:{id}"),
         }
     }
 }
@@ -65,6 +72,10 @@ pub fn authorize(identity: &Identity, channel: &Channel) -> Result<(), &'static 
         (Identity::Visitor { .. }, _) => Err("a visitor may only subscribe to its own conversation"),
         (Identity::Agent { role: Role::Owner | Role::Admin | Role::Sre, .. }, Channel::Ops) => Ok(()),
         (Identity::Agent { .. }, Channel::Ops) => Err("the ops channel is for the sre, admin and owner roles"),
+        (Identity::Agent { role: Role::Owner | Role::Admin | Role::Marketer, .. }, Channel::Campaign(_)) => Ok(()),
+        (Identity::Agent { .. }, Channel::Campaign(_)) => {
+            Err("campaign channels are for the marketer, admin and owner roles")
+        }
         (Identity::Agent { role: Role::Owner | Role::Admin | Role::Agent, .. }, _) => Ok(()),
         (Identity::Agent { .. }, _) => Err("this role may not read conversations"),
     }
@@ -95,5 +106,9 @@ mod tests {
         let agent = Identity::Agent { tenant: Uuid::nil(), user: id, role: Role::Agent };
         assert!(authorize(&agent, &Channel::Ops).is_err());
         assert_eq!(Channel::parse("ops"), Some(Channel::Ops));
+        assert_eq!(Channel::parse(&format!("campaign:{id}")), Some(Channel::Campaign(id)));
+        assert!(authorize(&marketer, &Channel::Campaign(id)).is_ok());
+        assert!(authorize(&agent, &Channel::Campaign(id)).is_err());
+        assert!(authorize(&visitor, &Channel::Campaign(id)).is_err());
     }
 }

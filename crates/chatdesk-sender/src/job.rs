@@ -11,8 +11,16 @@ pub use chatdesk_core::envelope::{SendRequest, Template};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Ending {
-    Sent { provider_message_id: Option<String> },
-    Failed { reason: String, dead_letter: bool },
+    Sent {
+        provider_message_id: Option<String>,
+    },
+    Failed {
+        reason: String,
+        dead_letter: bool,
+        /// A stable code for why (`expired`, `campaign_cancelled`, a provider's error code).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+    },
 }
 
 /// What the queue keeps per job (JSON in the partition's job hash).

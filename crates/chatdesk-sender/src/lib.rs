@@ -39,6 +39,7 @@ use chatdesk_core::{EventId, KeyScheme, StreamsConfig, TenantId};
 use chatdesk_store::directory::InboxKind;
 use chatdesk_store::directory::{InboxRecord, contact_external_id, inbox_by_id};
 use chatdesk_streams::{Batch, Handler, HandlerError, Outcomes, Producer, RedisClient, Unavailable};
+use fred::interfaces::KeysInterface as _;
 use rand::Rng;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -48,7 +49,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::job::{Ending, Job, SendRequest};
-use crate::limits::{Limiter, Limits};
+use crate::limits::{Bucket, BucketKind, Limit, Limiter, Limits, Priority};
 use crate::providers::{CallOutcome, Endpoints, Outbound, Providers, provider_name};
 use crate::queue::{Leased, Queue};
 
@@ -71,6 +72,46 @@ const INBOX_CACHE_TTL: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Contacts whose provider ids are kept in memory before the cache starts over.
 const RECIPIENT_CACHE: usize = 100_000;
+/// How often a paused campaign's queued message looks again.
+const CAMPAIGN_PAUSE_POLL: Duration = Duration::from_millis(250);
+/// How long a sender trusts a campaign's state it read.
+const CAMPAIGN_STATE_TTL: Duration = Duration::from_millis(200);
+/// When an inbox has its share of calls in flight, its next job waits this long.
+const INBOX_BUSY_RETRY: Duration = Duration::from_millis(50);
+
+fn job_is_campaign(job: &Job) -> bool {
+    job.request.campaign.is_some()
+}
+
+/// Calls in flight per inbox in this process; a guard counts one while it lives.
+struct InFlight {
+    counts: Arc<Mutex<HashMap<Uuid, usize>>>,
+    inbox: Uuid,
+}
+
+impl InFlight {
+    fn enter(counts: &Arc<Mutex<HashMap<Uuid, usize>>>, inbox: Uuid, share: usize) -> Option<Self> {
+        let mut map = counts.lock().expect("in-flight counts");
+        let count = map.entry(inbox).or_default();
+        if *count >= share {
+            return None;
+        }
+        *count += 1;
+        Some(Self { counts: counts.clone(), inbox })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().expect("in-flight counts");
+        if let Some(count) = map.get_mut(&self.inbox) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.inbox);
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct SenderSettings {
@@ -91,7 +132,7 @@ pub struct SenderSettings {
 impl Default for SenderSettings {
     fn default() -> Self {
         Self {
-            concurrency: 32,
+            concurrency: 256,
             max_attempts: 8,
             backoff: Duration::from_secs(1),
             timeout: Duration::from_secs(10),
@@ -148,6 +189,10 @@ struct Inner {
     inboxes: Mutex<HashMap<Uuid, CachedInbox>>,
     /// Contacts' provider ids (they never change once a contact exists).
     recipients: Mutex<HashMap<(Uuid, Uuid), String>>,
+    in_flight: Arc<Mutex<HashMap<Uuid, usize>>>,
+    campaign_states: Mutex<HashMap<Uuid, (Instant, Option<String>)>>,
+    redis: RedisClient,
+    keys: KeyScheme,
 }
 
 impl Sender {
@@ -162,6 +207,7 @@ impl Sender {
         let send = streams.stream(STREAM).ok_or(SenderError::NoSendStream)?;
         let partitions = send.partitions;
         let queue = Queue::new(redis.clone(), keys.clone(), send.name.clone());
+        let (state_redis, state_keys) = (redis.clone(), keys.clone());
         let limiter = Limiter::new(redis.clone(), keys.clone(), settings.limits.clone());
         let providers = Providers::new(settings.endpoints.clone(), settings.timeout, settings.outbound.clone())?;
         let producer = Producer::new(redis, keys, streams.clone());
@@ -180,6 +226,10 @@ impl Sender {
             settings,
             inboxes: Mutex::new(HashMap::new()),
             recipients: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+            campaign_states: Mutex::new(HashMap::new()),
+            redis: state_redis,
+            keys: state_keys,
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -251,6 +301,7 @@ fn status_event(
     status: MessageStatus,
     reason: Option<String>,
     provider_message_id: Option<String>,
+    code: Option<String>,
 ) -> Envelope {
     let event = Event::MessageStatus(MessageStatusChanged {
         message_id: job.request.message_id,
@@ -259,6 +310,7 @@ fn status_event(
         reason,
         provider_message_id,
         attempts: Some(job.attempts),
+        code,
     });
     let id = Uuid::new_v5(&job.request.message_id, status.as_str().as_bytes());
     Envelope::of(TenantId(job.tenant), &event).with_event_id(EventId(id))
@@ -285,6 +337,29 @@ fn dead_letter(job: &Job, partition: u16, error: &str, consumer: &str) -> DeadLe
 }
 
 impl Inner {
+    /// A campaign's state (running, paused, cancelled), read at most every
+    /// [`CAMPAIGN_STATE_TTL`] per campaign: a pause takes effect within that.
+    async fn campaign_state(&self, campaign: Uuid) -> Result<Option<String>, fred::error::Error> {
+        if let Some((at, state)) = self.campaign_states.lock().expect("campaign states").get(&campaign)
+            && at.elapsed() < CAMPAIGN_STATE_TTL
+        {
+            return Ok(state.clone());
+        }
+        let state: Option<String> = self.redis.get(self.keys.campaign_state(&campaign)).await?;
+        let mut states = self.campaign_states.lock().expect("campaign states");
+        if states.len() >= 10_000 {
+            states.clear();
+        }
+        states.insert(campaign, (Instant::now(), state.clone()));
+        Ok(state)
+    }
+
+    /// Calls one inbox may have in flight in this process: a quarter of the permits, so a slow
+    /// provider never takes them all.
+    fn inbox_share(&self) -> usize {
+        (self.settings.concurrency / 4).max(1)
+    }
+
     async fn run_partition(self: Arc<Self>, partition: u16, cancel: CancellationToken, tracker: TaskTracker) {
         let lease_ms = self.settings.lease().as_millis() as u64;
         let mut gauge_at = Instant::now();
@@ -398,7 +473,8 @@ impl Inner {
         let inbox = match self.inbox(job.tenant, job.request.inbox_id).await {
             Ok(Some(inbox)) => inbox,
             Ok(None) => {
-                let ending = Ending::Failed { reason: "the inbox no longer exists".to_owned(), dead_letter: false };
+                let ending =
+                    Ending::Failed { reason: "the inbox no longer exists".to_owned(), dead_letter: false, code: None };
                 return self.end(leased, ending, "unknown").await;
             }
             Err(error) => return self.postpone(leased, DEPENDENCY_RETRY, &format!("PostgreSQL: {error}")).await,
@@ -406,30 +482,84 @@ impl Inner {
         let provider = provider_name(inbox.kind);
         let to = if inbox.kind == InboxKind::Web {
             String::new()
+        } else if let Some(campaign) = &job.request.campaign {
+            campaign.to.clone()
         } else {
             match self.recipient(job.tenant, job.request.contact_id).await {
                 Ok(Some(to)) => to,
                 Ok(None) => {
-                    let ending =
-                        Ending::Failed { reason: "the contact no longer exists".to_owned(), dead_letter: false };
+                    let ending = Ending::Failed {
+                        reason: "the contact no longer exists".to_owned(),
+                        dead_letter: false,
+                        code: None,
+                    };
                     return self.end(leased, ending, provider).await;
                 }
                 Err(error) => return self.postpone(leased, DEPENDENCY_RETRY, &format!("PostgreSQL: {error}")).await,
             }
         };
-        let buckets = Providers::buckets(&inbox, &to);
+        let mut buckets = Providers::buckets(&inbox, &to);
+        let mut priority = Priority::Reply;
+        if let Some(campaign) = &job.request.campaign {
+            priority = Priority::Campaign;
+            if campaign.expires_at_ms.is_some_and(|expires| chatdesk_core::envelope::now_ms() >= expires) {
+                let ending = Ending::Failed {
+                    reason: "the campaign's expiry passed before the message could be sent".to_owned(),
+                    dead_letter: false,
+                    code: Some("expired".to_owned()),
+                };
+                return self.end(leased, ending, provider).await;
+            }
+            let state = self.campaign_state(campaign.campaign_id).await?;
+            match state.as_deref() {
+                Some("paused") => {
+                    ::metrics::counter!(metrics::CAMPAIGN_HELD_TOTAL, "provider" => provider).increment(1);
+                    self.queue.update(leased, Some(CAMPAIGN_PAUSE_POLL.as_millis() as u64)).await?;
+                    return Ok(());
+                }
+                Some("cancelled") => {
+                    let ending = Ending::Failed {
+                        reason: "the campaign was cancelled".to_owned(),
+                        dead_letter: false,
+                        code: Some("campaign_cancelled".to_owned()),
+                    };
+                    return self.end(leased, ending, provider).await;
+                }
+                _ => {}
+            }
+            let limit = Limit { count: campaign.rate_per_sec.max(1), window: Duration::from_secs(1) };
+            buckets.insert(0, Bucket::new(BucketKind::CampaignSender, inbox.id.to_string()).with_limit(limit));
+        }
+        // A slow provider must not take every permit: past its share, an inbox's jobs wait.
+        let Some(_in_flight) = InFlight::enter(&self.in_flight, inbox.id, self.inbox_share()) else {
+            self.queue.update(leased, Some(INBOX_BUSY_RETRY.as_millis() as u64)).await?;
+            return Ok(());
+        };
         // Unique per try: the lease token is.
         let member = format!("{}:{}", job.request.message_id, leased.token);
-        if let Some((wait, bucket)) = self.limiter.acquire(&buckets, &member).await? {
-            ::metrics::counter!(metrics::RATE_LIMIT_WAITS_TOTAL, "provider" => provider, "bucket" => bucket.name())
-                .increment(1);
-            self.queue.update(leased, Some(wait.as_millis() as u64)).await?;
-            return Ok(());
-        }
+        let taken = match self.limiter.acquire(&buckets, &member, priority).await? {
+            Ok(taken) => taken,
+            Err((wait, bucket)) => {
+                ::metrics::counter!(metrics::RATE_LIMIT_WAITS_TOTAL, "provider" => provider, "bucket" => bucket.name())
+                    .increment(1);
+                ::metrics::histogram!(metrics::RATE_LIMIT_WAIT_SECONDS, "provider" => provider, "bucket" => bucket.name())
+                    .record(wait.as_secs_f64());
+                self.queue.update(leased, Some(wait.as_millis() as u64)).await?;
+                // The partition's loop may be asleep until a later due time: let it see this one.
+                self.wake[usize::from(leased.partition)].notify_one();
+                return Ok(());
+            }
+        };
 
         leased.job.attempts += 1;
         let started = Instant::now();
         let delivery = self.providers.send(&Outbound { job: &leased.job, inbox: &inbox, to: &to }).await;
+        if let Err(error) = self.limiter.release(&taken).await {
+            tracing::warn!(error = %error, "cannot give back a rate-limit slot; it lapses by itself");
+        }
+        if job_is_campaign(&leased.job) {
+            ::metrics::counter!(metrics::CAMPAIGN_SENDS_TOTAL, "inbox" => inbox.id.to_string()).increment(1);
+        }
         ::metrics::histogram!(metrics::PROVIDER_LATENCY_SECONDS, "provider" => provider)
             .record(started.elapsed().as_secs_f64());
         let outcome = match &delivery {
@@ -445,7 +575,7 @@ impl Inner {
             }
             CallOutcome::Permanent { reason } => {
                 tracing::info!(reason = %reason, "the provider refused the message");
-                self.end(leased, Ending::Failed { reason, dead_letter: false }, provider).await
+                self.end(leased, Ending::Failed { reason, dead_letter: false, code: None }, provider).await
             }
             CallOutcome::Throttled { retry_after, bucket, reason } => {
                 let pause = retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE);
@@ -454,7 +584,7 @@ impl Inner {
                 }
                 if leased.job.attempts >= self.settings.max_attempts.saturating_mul(THROTTLES_PER_ATTEMPT) {
                     let reason = format!("still throttled after {} attempts: {reason}", leased.job.attempts);
-                    return self.end(leased, Ending::Failed { reason, dead_letter: true }, provider).await;
+                    return self.end(leased, Ending::Failed { reason, dead_letter: true, code: None }, provider).await;
                 }
                 ::metrics::counter!(metrics::RETRIES_TOTAL, "provider" => provider).increment(1);
                 leased.job.last_error = Some(reason);
@@ -464,7 +594,7 @@ impl Inner {
             CallOutcome::Transient { reason, retry_after } => {
                 leased.job.failures += 1;
                 if leased.job.failures >= self.settings.max_attempts {
-                    return self.end(leased, Ending::Failed { reason, dead_letter: true }, provider).await;
+                    return self.end(leased, Ending::Failed { reason, dead_letter: true, code: None }, provider).await;
                 }
                 tracing::info!(reason = %reason, failures = leased.job.failures, "delivery failed, retrying");
                 ::metrics::counter!(metrics::RETRIES_TOTAL, "provider" => provider).increment(1);
@@ -498,10 +628,10 @@ impl Inner {
         let job = &leased.job;
         let (entry, dead_letter_reason) = match &ending {
             Ending::Sent { provider_message_id } => {
-                (status_event(job, MessageStatus::Sent, None, provider_message_id.clone()), None)
+                (status_event(job, MessageStatus::Sent, None, provider_message_id.clone(), None), None)
             }
-            Ending::Failed { reason, dead_letter } => (
-                status_event(job, MessageStatus::Failed, Some(reason.clone()), None),
+            Ending::Failed { reason, dead_letter, code } => (
+                status_event(job, MessageStatus::Failed, Some(reason.clone()), None, code.clone()),
                 dead_letter.then_some(reason.as_str()),
             ),
         };

@@ -3,9 +3,20 @@
 //! Each bucket is a sliding-window log (a sorted set of send times) checked and updated by one
 //! Lua script, so N processes together never exceed "`count` per `window`" in any window, not
 //! just on average. A provider's own throttling answer pauses a bucket (a key with a TTL) for
-//! the time it asks. Windows are widened (5 %, at least 50 ms) because the provider counts
-//! arrivals, and requests do not all take equally long on the way: a busy sender process can be
-//! scheduled tens of milliseconds late between taking its slot and the request leaving.
+//! the time it asks.
+//!
+//! **The limit holds where the provider counts: at arrival.** A request arrives some time after
+//! its slot was taken (the process may be scheduled late, a connection may need opening). So a
+//! slot is logged in the future, at `taken + IN_FLIGHT_HOLD`, and counts against the window for
+//! as long as the call is in flight; when the call returns, [`Limiter::release`] moves it back
+//! to the time of the answer, which is after the arrival. For any window at the provider, every
+//! request that arrived in it was therefore still in the log when the last of them took its
+//! slot. Only a request that takes longer than the hold to *arrive* (not to be answered) could
+//! break that, and the hold is generous for that.
+//!
+//! **Replies go first.** Campaign sends and agents' replies share a number's bucket. A reply
+//! that finds the bucket full marks it wanted for a moment; while it is, campaign sends keep out
+//! of it, so a reply waits for at most one window however large the broadcast.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -33,6 +44,9 @@ pub enum BucketKind {
     TelegramGroup,
     /// Per generic-channel inbox (its outbound URL).
     GenericAccount,
+    /// Per campaign sender (an inbox) at the campaign's own rate; its limit comes with the
+    /// message, not from `CHATDESK_SEND_LIMITS`.
+    CampaignSender,
 }
 
 impl BucketKind {
@@ -53,6 +67,7 @@ impl BucketKind {
             BucketKind::TelegramChat => "telegram.chat",
             BucketKind::TelegramGroup => "telegram.group",
             BucketKind::GenericAccount => "generic.account",
+            BucketKind::CampaignSender => "campaign.sender",
         }
     }
 
@@ -67,6 +82,7 @@ impl BucketKind {
             BucketKind::TelegramChat => limit(1, 1),
             BucketKind::TelegramGroup => limit(20, 60),
             BucketKind::GenericAccount => limit(50, 1),
+            BucketKind::CampaignSender => limit(5, 1),
         }
     }
 }
@@ -84,11 +100,11 @@ pub struct Limit {
     pub window: Duration,
 }
 
-impl Limit {
-    fn effective_window(self) -> Duration {
-        self.window + (self.window / 20).max(Duration::from_millis(50))
-    }
-}
+/// How long a taken slot counts as "arriving now or later" while its call has not returned.
+pub const IN_FLIGHT_HOLD: Duration = Duration::from_millis(250);
+
+/// How long a reply that found its bucket full keeps campaign sends out of it.
+const REPLY_WANTS_FOR: Duration = Duration::from_millis(1500);
 
 /// Every bucket kind's limit; `None` turns a kind off.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,17 +168,39 @@ impl FromStr for Limits {
 pub struct Bucket {
     pub kind: BucketKind,
     pub scope: String,
+    /// This send's own limit instead of the kind's (a campaign's rate).
+    pub limit: Option<Limit>,
 }
 
 impl Bucket {
     pub fn new(kind: BucketKind, scope: impl Into<String>) -> Self {
-        Self { kind, scope: scope.into() }
+        Self { kind, scope: scope.into(), limit: None }
     }
+
+    pub fn with_limit(mut self, limit: Limit) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+}
+
+/// Who is sending: campaign sends yield a shared bucket to replies waiting for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Reply,
+    Campaign,
+}
+
+/// The slots one send took, to give back their in-flight hold when the call returns.
+#[derive(Debug, Clone, Default)]
+pub struct Taken {
+    logs: Vec<String>,
+    member: String,
 }
 
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+-- KEYS: log, pause, wanted. ARGV: count, window ms, member, hold ms, campaign (1/0), wanted ms.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local paused = redis.call('PTTL', KEYS[2])
@@ -170,14 +208,43 @@ if paused > 0 then
   return paused
 end
 local window = tonumber(ARGV[2])
+local hold = tonumber(ARGV[4])
+local campaign = ARGV[5] == '1'
+if campaign then
+  local wanted = redis.call('PTTL', KEYS[3])
+  if wanted > 0 then
+    return math.min(wanted, 50)
+  end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
+  redis.call('ZADD', KEYS[1], now + hold, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window + hold)
   return 0
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(1, tonumber(oldest[2]) + window - now)
+if not campaign then
+  redis.call('SET', KEYS[3], '1', 'PX', tonumber(ARGV[6]))
+end
+local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
+if oldest > now then
+  -- Still in flight: it moves back when its call returns.
+  return math.min(oldest + window - now, 20)
+end
+return math.max(1, oldest + window - now)
+"#,
+    )
+});
+
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) > now then
+  redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
+end
+return 1
 "#,
     )
 });
@@ -205,34 +272,64 @@ impl Limiter {
         Self { redis, keys, limits }
     }
 
-    fn bucket_keys(&self, bucket: &Bucket) -> (String, String) {
+    fn bucket_keys(&self, bucket: &Bucket) -> (String, String, String) {
         let tag = format!("{}:{}", bucket.kind, bucket.scope);
-        (self.keys.tagged("ratelimit", &tag), self.keys.tagged("ratelimit.pause", &tag))
+        (
+            self.keys.tagged("ratelimit", &tag),
+            self.keys.tagged("ratelimit.pause", &tag),
+            self.keys.tagged("ratelimit.wanted", &tag),
+        )
     }
 
     /// Takes a slot in each bucket, in order, or returns how long to wait and the bucket that
-    /// is full. `member` must be unique per call.
-    pub async fn acquire(&self, buckets: &[Bucket], member: &str) -> Result<Option<(Duration, BucketKind)>, Error> {
+    /// is full. `member` must be unique per call. Slots taken before a full bucket are given
+    /// back, since that send does not happen now.
+    pub async fn acquire(
+        &self,
+        buckets: &[Bucket],
+        member: &str,
+        priority: Priority,
+    ) -> Result<Result<Taken, (Duration, BucketKind)>, Error> {
+        let mut taken = Taken { logs: Vec::with_capacity(buckets.len()), member: member.to_owned() };
         for bucket in buckets {
-            let Some(limit) = self.limits.get(bucket.kind) else { continue };
-            let (log, pause) = self.bucket_keys(bucket);
+            let Some(limit) = bucket.limit.or_else(|| self.limits.get(bucket.kind)) else { continue };
+            let (log, pause, wanted) = self.bucket_keys(bucket);
             let wait: i64 = ACQUIRE
                 .call(
                     &self.redis,
-                    vec![log, pause],
-                    vec![limit.count.to_string(), limit.effective_window().as_millis().to_string(), member.to_owned()],
+                    vec![log.clone(), pause, wanted],
+                    vec![
+                        limit.count.to_string(),
+                        limit.window.as_millis().to_string(),
+                        member.to_owned(),
+                        IN_FLIGHT_HOLD.as_millis().to_string(),
+                        if priority == Priority::Campaign { "1" } else { "0" }.to_owned(),
+                        REPLY_WANTS_FOR.max(limit.window).as_millis().to_string(),
+                    ],
                 )
                 .await?;
             if wait > 0 {
-                return Ok(Some((Duration::from_millis(wait as u64), bucket.kind)));
+                for log in &taken.logs {
+                    let _: i64 = self.redis.zrem(log, member).await?;
+                }
+                return Ok(Err((Duration::from_millis(wait as u64), bucket.kind)));
             }
+            taken.logs.push(log);
         }
-        Ok(None)
+        Ok(Ok(taken))
+    }
+
+    /// The call of `taken` returned: its slots count from now, no longer from the future.
+    pub async fn release(&self, taken: &Taken) -> Result<(), Error> {
+        for log in &taken.logs {
+            let _: i64 = RELEASE.call(&self.redis, vec![log.clone()], vec![taken.member.clone()]).await?;
+        }
+        Ok(())
     }
 
     /// Pauses `bucket` for `duration` (a provider asked us to slow down).
     pub async fn pause(&self, bucket: &Bucket, duration: Duration) -> Result<(), Error> {
-        let (_, pause) = self.bucket_keys(bucket);
+        let (_, pause, _) = self.bucket_keys(bucket);
         let _: i64 = PAUSE.call(&self.redis, vec![pause], vec![duration.as_millis().max(1).to_string()]).await?;
         Ok(())
     }

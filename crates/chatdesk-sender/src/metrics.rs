@@ -8,6 +8,9 @@ pub const DEAD_LETTERS_TOTAL: &str = "chatdesk_sender_dead_letters_total";
 pub const IN_FLIGHT: &str = "chatdesk_sender_in_flight";
 pub const QUEUED_JOBS: &str = "chatdesk_sender_queued_jobs";
 pub const LEASES_LOST_TOTAL: &str = "chatdesk_sender_leases_lost_total";
+pub const RATE_LIMIT_WAIT_SECONDS: &str = "chatdesk_sender_rate_limit_wait_seconds";
+pub const CAMPAIGN_SENDS_TOTAL: &str = "chatdesk_sender_campaign_sends_total";
+pub const CAMPAIGN_HELD_TOTAL: &str = "chatdesk_sender_campaign_held_total";
 
 pub fn describe() {
     use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -26,5 +29,16 @@ pub fn describe() {
     describe_counter!(DEAD_LETTERS_TOTAL, Unit::Count, "Messages dead-lettered after their last attempt, by provider");
     describe_gauge!(IN_FLIGHT, Unit::Count, "Deliveries this process is working on");
     describe_gauge!(QUEUED_JOBS, Unit::Count, "Messages waiting in the delivery queue, by partition");
+    describe_histogram!(
+        RATE_LIMIT_WAIT_SECONDS,
+        Unit::Seconds,
+        "How long a send was told to wait by a full bucket, by provider and bucket (campaign.sender: the campaign's throttle)"
+    );
+    describe_counter!(
+        CAMPAIGN_SENDS_TOTAL,
+        Unit::Count,
+        "Campaign messages handed to their provider, by sender (inbox)"
+    );
+    describe_counter!(CAMPAIGN_HELD_TOTAL, Unit::Count, "Campaign messages held back because their campaign is paused");
     describe_counter!(LEASES_LOST_TOTAL, Unit::Count, "Deliveries whose lease ran out before they were recorded");
 }

@@ -114,6 +114,8 @@ pub async fn list_conversations(
            AND ($3 = 'any' OR ($3 = 'none' AND c.assignee_id IS NULL) OR ($3 = 'user' AND c.assignee_id = $4)) \
            AND ($5::uuid IS NULL OR c.inbox_id = $5) \
            AND ($6::timestamptz IS NULL OR (c.last_activity_at, c.id) < ($6, $7)) \
+           AND (c.last_message_id IS NOT NULL OR NOT EXISTS ( \
+                 SELECT 1 FROM messages m WHERE m.conversation_id = c.id AND m.sender_kind = 'campaign')) \
          ORDER BY c.last_activity_at DESC, c.id DESC LIMIT $8"
     );
     let rows: Vec<ConversationTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))

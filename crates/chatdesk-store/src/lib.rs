@@ -13,6 +13,7 @@ use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+pub mod campaigns;
 pub mod conversations;
 pub mod directory;
 pub mod writer;
@@ -42,6 +43,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "delivery_attempts", include_str!("../../../migrations/0004_delivery_attempts.sql")),
     (5, "token_validity", include_str!("../../../migrations/0005_token_validity.sql")),
     (6, "role_change_revokes", include_str!("../../../migrations/0006_role_change_revokes.sql")),
+    (7, "campaigns", include_str!("../../../migrations/0007_campaigns.sql")),
 ];
 
 fn migrator() -> Migrator {

@@ -38,8 +38,62 @@ fn ms(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// What the writer does beyond storing: which words opt a contact out of campaigns (and back
+/// in), and how long a recipient deferred by its provider waits before it is tried again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rules {
+    /// Compared with a message's whole text (or a pressed button's payload), trimmed and
+    /// case-insensitively.
+    pub opt_out_words: Vec<String>,
+    pub opt_in_words: Vec<String>,
+    pub defer: std::time::Duration,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        let words = |list: &[&str]| list.iter().map(|word| (*word).to_owned()).collect();
+        Self {
+            opt_out_words: words(&["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"]),
+            opt_in_words: words(&["START", "UNSTOP"]),
+            defer: std::time::Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl Rules {
+    fn matches(words: &[String], said: &str) -> bool {
+        let said = said.trim();
+        !said.is_empty() && words.iter().any(|word| word.eq_ignore_ascii_case(said))
+    }
+
+    /// What an inbound message says about campaigns: `Some(true)` opt out, `Some(false)` opt in.
+    fn choice(&self, message: &chatdesk_core::events::MessageCreated) -> Option<bool> {
+        let payload = message
+            .extra
+            .as_ref()
+            .and_then(|extra| extra.get("button"))
+            .and_then(|button| button.get("payload"))
+            .and_then(serde_json::Value::as_str);
+        let said = |words: &[String]| {
+            Self::matches(words, &message.text) || payload.is_some_and(|payload| Self::matches(words, payload))
+        };
+        if said(&self.opt_out_words) {
+            Some(true)
+        } else if said(&self.opt_in_words) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
 /// Stores `events` (durable ones; others are skipped) in one transaction.
 pub async fn apply_events(pool: &PgPool, events: &[StoredEvent]) -> Result<Applied, StoreError> {
+    apply_events_with(pool, events, &Rules::default()).await
+}
+
+/// [`apply_events`] with explicit [`Rules`].
+pub async fn apply_events_with(pool: &PgPool, events: &[StoredEvent], rules: &Rules) -> Result<Applied, StoreError> {
     let durable: Vec<&StoredEvent> = events.iter().filter(|stored| stored.event.is_durable()).collect();
     if durable.is_empty() {
         return Ok(Applied::default());
@@ -52,6 +106,7 @@ pub async fn apply_events(pool: &PgPool, events: &[StoredEvent]) -> Result<Appli
     insert_conversations(&mut tx, &fresh).await?;
     insert_messages(&mut tx, &fresh).await?;
     update_statuses(&mut tx, &fresh).await?;
+    apply_campaign_effects(&mut tx, &fresh, rules).await?;
     apply_conversation_changes(&mut tx, &fresh).await?;
     tx.commit().await.map_err(StoreError::Query)?;
     Ok(Applied { fresh: fresh.len(), duplicates: durable.len() - fresh.len() })
@@ -183,6 +238,11 @@ async fn insert_messages(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEv
     for stored in events {
         let Event::MessageCreated(message) = &stored.event else { continue };
         columns.push(stored, message);
+        // A campaign's message is kept in its recipient's history but does not make the
+        // conversation active: a broadcast to thousands must not flood agents' inbox lists.
+        if message.sender.kind == SenderKind::Campaign {
+            continue;
+        }
         let delta = deltas.entry(message.conversation_id).or_default();
         delta.tenant = stored.tenant_id;
         match (message.direction, message.sender.kind) {
@@ -286,6 +346,7 @@ fn sender_kind(kind: SenderKind) -> &'static str {
         SenderKind::Agent => "agent",
         SenderKind::Bot => "bot",
         SenderKind::System => "system",
+        SenderKind::Campaign => "campaign",
     }
 }
 
@@ -396,6 +457,41 @@ async fn update_statuses(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEv
     .await
     .map_err(StoreError::Query)?;
     Ok(())
+}
+
+/// What events mean for campaigns: delivery statuses move their recipients forward, and a
+/// customer's STOP (typed, or a template's button) opts its address out.
+async fn apply_campaign_effects(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[&StoredEvent],
+    rules: &Rules,
+) -> Result<(), StoreError> {
+    let mut outcomes = Vec::new();
+    for stored in events {
+        match &stored.event {
+            Event::MessageStatus(status) => {
+                if let Some(recipient) = crate::campaigns::recipient_status(status.status, status.code.as_deref()) {
+                    outcomes.push(crate::campaigns::MessageOutcome {
+                        message_id: status.message_id,
+                        tenant_id: stored.tenant_id,
+                        status: recipient,
+                        reason: status.reason.clone(),
+                        at_ms: ms(stored.occurred_at_ms),
+                    });
+                }
+            }
+            Event::MessageCreated(message) if message.direction == Direction::Inbound => match rules.choice(message) {
+                Some(true) => {
+                    let reason = format!("the customer sent {:?}", message.text.trim());
+                    crate::campaigns::opt_out(tx, stored.tenant_id, message.contact_id, &reason).await?;
+                }
+                Some(false) => crate::campaigns::opt_in(tx, stored.tenant_id, message.contact_id).await?,
+                None => {}
+            },
+            _ => {}
+        }
+    }
+    crate::campaigns::apply_outcomes(tx, &outcomes, rules.defer.as_secs() as i64).await
 }
 
 /// Assignments and status changes, in stream order (rare next to messages).

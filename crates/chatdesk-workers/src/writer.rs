@@ -4,7 +4,7 @@
 //! bad event, each event is retried alone so only the bad one is dead-lettered.
 
 use chatdesk_core::GroupName;
-use chatdesk_store::writer::{StoredEvent, apply_events};
+use chatdesk_store::writer::{Rules, StoredEvent, apply_events_with};
 use chatdesk_streams::{Batch, Handler, HandlerError, Outcomes, Unavailable};
 
 use crate::error_chain;
@@ -28,11 +28,17 @@ pub fn describe() {
 
 pub struct Writer {
     pool: chatdesk_store::Pool,
+    rules: Rules,
 }
 
 impl Writer {
     pub fn new(pool: chatdesk_store::Pool) -> Self {
-        Self { pool }
+        Self::with_rules(pool, Rules::default())
+    }
+
+    /// A writer with its own opt-out words and deferral (see [`Rules`]).
+    pub fn with_rules(pool: chatdesk_store::Pool, rules: Rules) -> Self {
+        Self { pool, rules }
     }
 }
 
@@ -64,7 +70,7 @@ impl Handler for Writer {
             }
         }
         let stream = batch.stream.to_string();
-        match apply_events(&self.pool, &events).await {
+        match apply_events_with(&self.pool, &events, &self.rules).await {
             Ok(applied) => {
                 metrics::counter!(EVENTS_STORED_TOTAL, "stream" => stream.clone()).increment(applied.fresh as u64);
                 metrics::counter!(EVENTS_DUPLICATE_TOTAL, "stream" => stream).increment(applied.duplicates as u64);
@@ -78,7 +84,7 @@ impl Handler for Writer {
                     "batch refused by PostgreSQL, storing its events one by one"
                 );
                 for event in &events {
-                    match apply_events(&self.pool, std::slice::from_ref(event)).await {
+                    match apply_events_with(&self.pool, std::slice::from_ref(event), &self.rules).await {
                         Ok(_) => {}
                         Err(error) if error.is_transient() => return Err(unavailable(&error)),
                         Err(error) => {

@@ -84,6 +84,13 @@ pub async fn run(command: AdminCommand, data_dir: &Path) -> anyhow::Result<serde
             let user = directory::create_user(&pool, tenant, &owner_email, Role::Owner, &hash).await?;
             Ok(json!({ "tenant_id": tenant, "user_id": user }))
         }
+        AdminCommand::Tenant { command: TenantCommand::SetQuota { tenant, daily_recipients } } => {
+            let pool = connect(data_dir).await?;
+            if !chatdesk_store::campaigns::set_daily_recipients(&pool, tenant, daily_recipients).await? {
+                bail!("--tenant {tenant}: no such tenant");
+            }
+            Ok(json!({ "tenant_id": tenant, "daily_recipients": daily_recipients }))
+        }
         AdminCommand::Agent { command: AgentCommand::Create { tenant, email, password, role: role_arg } } => {
             check_email("--email", &email)?;
             check_password(&password)?;

@@ -75,6 +75,15 @@ pub enum TenantCommand {
         #[arg(long, env = "CHATDESK_ADMIN_PASSWORD")]
         password: String,
     },
+    /// Sets a tenant's unique-recipient quota per 24 hours across its WhatsApp numbers
+    /// (WhatsApp's messaging limit tier; default 2,000); prints {"tenant_id", "daily_recipients"}.
+    SetQuota {
+        #[arg(long)]
+        tenant: uuid::Uuid,
+        /// 1 to 10,000,000.
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..=10_000_000))]
+        daily_recipients: i32,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,6 +16,8 @@ pub const SECOND_AGENT_EMAIL: &str = "agent2@demo.chatdesk.dev";
 pub const SECOND_AGENT_PASSWORD: &str = "demo-agent-2";
 pub const SRE_EMAIL: &str = "sre@demo.chatdesk.dev";
 pub const SRE_PASSWORD: &str = "demo-sre-1";
+pub const MARKETER_EMAIL: &str = "marketer@demo.chatdesk.dev";
+pub const MARKETER_PASSWORD: &str = "demo-marketer-1";
 const OWNER_EMAIL: &str = "owner@demo.chatdesk.dev";
 const WEB_INBOX: &str = "Website chat";
 const SIMULATED_INBOX: &str = "Simulated customers";
@@ -61,8 +63,12 @@ pub async fn seed(db: &chatdesk_store::Pool) -> anyhow::Result<Demo> {
         }
     };
     // Added after the first demos: a demo made before gets it now.
-    if directory::user_by_email(db, SRE_EMAIL).await?.is_none() {
-        directory::create_user(db, tenant, SRE_EMAIL, Role::Sre, &hash_password(SRE_PASSWORD)).await?;
+    for (email, password, role) in
+        [(SRE_EMAIL, SRE_PASSWORD, Role::Sre), (MARKETER_EMAIL, MARKETER_PASSWORD, Role::Marketer)]
+    {
+        if directory::user_by_email(db, email).await?.is_none() {
+            directory::create_user(db, tenant, email, role, &hash_password(password)).await?;
+        }
     }
     let inboxes = directory::inboxes_of(db, tenant).await?;
     let find_or_create = async |kind: InboxKind, name: &str| -> anyhow::Result<InboxRecord> {
@@ -116,7 +122,8 @@ pub async fn connect_receiver(db: &chatdesk_store::Pool, demo: &mut Demo, receiv
 pub fn banner(http: SocketAddr, demo: &Demo) -> String {
     format!(
         "\nchatdesk demo is ready:\n  dashboard  http://{http}/  sign in as {AGENT_EMAIL} / {AGENT_PASSWORD}\n             \
-         (a second agent: {SECOND_AGENT_EMAIL} / {SECOND_AGENT_PASSWORD}; the Streams page: {SRE_EMAIL} / {SRE_PASSWORD})\n  widget     http://{http}/demo?inbox={}\n  \
+         (a second agent: {SECOND_AGENT_EMAIL} / {SECOND_AGENT_PASSWORD}; the Streams page: {SRE_EMAIL} / {SRE_PASSWORD};\n             \
+         the Campaigns page: {MARKETER_EMAIL} / {MARKETER_PASSWORD})\n  widget     http://{http}/demo?inbox={}\n  \
          a simulated customer writes every {}s on the \"{SIMULATED_INBOX}\" inbox\n",
         demo.web.id,
         TRICKLE_EVERY.as_secs()

@@ -32,11 +32,14 @@ pub enum Role {
     Gateway,
     /// Delivers outbound messages to the providers (group `sender` on `send`).
     Sender,
+    /// Runs broadcast campaigns: hands recipients over at each campaign's rate and turns them
+    /// into messages (group `broadcaster` on `broadcast`).
+    Broadcaster,
 }
 
 impl Role {
     pub fn all() -> Vec<Role> {
-        vec![Role::Ingress, Role::Writer, Role::Gateway, Role::Sender]
+        vec![Role::Ingress, Role::Writer, Role::Gateway, Role::Sender, Role::Broadcaster]
     }
 
     pub fn name(self) -> &'static str {
@@ -45,6 +48,7 @@ impl Role {
             Role::Writer => "writer",
             Role::Gateway => "gateway",
             Role::Sender => "sender",
+            Role::Broadcaster => "broadcaster",
         }
     }
 }
@@ -135,7 +139,7 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                     runtime.streams.stream(EVENTS_STREAM).context("streams.toml declares no `events` stream")?;
                 let writer = Consumer::new(
                     runtime.consumer_options(stream),
-                    chatdesk_workers::writer::Writer::new(runtime.db.clone()),
+                    chatdesk_workers::writer::Writer::with_rules(runtime.db.clone(), runtime.writer.clone()),
                 )?;
                 let cancel = cancel.clone();
                 consumers.push(("writer", Box::pin(async move { writer.run(cancel).await.map_err(Into::into) })));
@@ -190,6 +194,34 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                     "sender",
                     Box::pin(async move {
                         sender.dispatch(dispatch_cancel).await;
+                        Ok(())
+                    }),
+                ));
+            }
+            Role::Broadcaster => {
+                let stream = runtime
+                    .streams
+                    .stream(chatdesk_broadcast::STREAM)
+                    .context("streams.toml declares no `broadcast` stream")?;
+                let broadcaster = chatdesk_broadcast::Broadcaster::new(
+                    runtime.redis.clone(),
+                    runtime.db.clone(),
+                    runtime.keys.clone(),
+                    runtime.streams.clone(),
+                    &runtime.node_id,
+                    runtime.broadcast.clone(),
+                )?;
+                let handoff = Consumer::new(runtime.consumer_options(stream), broadcaster.handler())?;
+                let handoff_cancel = cancel.clone();
+                consumers.push((
+                    "broadcaster-handoff",
+                    Box::pin(async move { handoff.run(handoff_cancel).await.map_err(Into::into) }),
+                ));
+                let runner_cancel = cancel.clone();
+                consumers.push((
+                    "broadcaster",
+                    Box::pin(async move {
+                        broadcaster.run(runner_cancel).await;
                         Ok(())
                     }),
                 ));

@@ -235,6 +235,45 @@ pub fn sender_settings() -> anyhow::Result<chatdesk_sender::SenderSettings> {
     Ok(settings)
 }
 
+/// A comma-separated list of words, upper-cased (`CHATDESK_OPT_OUT_WORDS`, `CHATDESK_OPT_IN_WORDS`).
+fn words(name: &str) -> anyhow::Result<Option<Vec<String>>> {
+    let Some(value) = env_var(name) else { return Ok(None) };
+    let words: Vec<String> =
+        value.split(',').map(str::trim).filter(|word| !word.is_empty()).map(str::to_uppercase).collect();
+    if words.iter().any(|word| word.chars().count() > 64) {
+        anyhow::bail!("{name}: a word may have at most 64 characters");
+    }
+    Ok(Some(words))
+}
+
+/// What the writer does beyond storing: `CHATDESK_OPT_OUT_WORDS`, `CHATDESK_OPT_IN_WORDS`,
+/// `CHATDESK_CAMPAIGN_DEFER`.
+pub fn writer_rules() -> anyhow::Result<chatdesk_store::writer::Rules> {
+    let mut rules = chatdesk_store::writer::Rules::default();
+    if let Some(words) = words("CHATDESK_OPT_OUT_WORDS")? {
+        rules.opt_out_words = words;
+    }
+    if let Some(words) = words("CHATDESK_OPT_IN_WORDS")? {
+        rules.opt_in_words = words;
+    }
+    if let Some(defer) = duration("CHATDESK_CAMPAIGN_DEFER")? {
+        if defer.is_zero() {
+            anyhow::bail!("CHATDESK_CAMPAIGN_DEFER must be longer than 0");
+        }
+        rules.defer = defer;
+    }
+    Ok(rules)
+}
+
+/// The broadcaster's settings: `CHATDESK_BROADCAST_CAMPAIGNS` (campaigns one process runs).
+pub fn broadcast_settings() -> anyhow::Result<chatdesk_broadcast::BroadcastSettings> {
+    let mut settings = chatdesk_broadcast::BroadcastSettings::default();
+    if let Some(campaigns) = positive("CHATDESK_BROADCAST_CAMPAIGNS")? {
+        settings.max_campaigns = campaigns;
+    }
+    Ok(settings)
+}
+
 /// `CHATDESK_JWT_SECRET`: the key agent tokens are signed with.
 pub fn jwt_secret() -> Option<Secret> {
     env_var("CHATDESK_JWT_SECRET").map(Secret::new)
@@ -291,6 +330,8 @@ pub struct Runtime {
     pub ingress: chatdesk_api::ingress::IngressSettings,
     pub gateway: chatdesk_gateway::GatewaySettings,
     pub sender: chatdesk_sender::SenderSettings,
+    pub writer: chatdesk_store::writer::Rules,
+    pub broadcast: chatdesk_broadcast::BroadcastSettings,
     pub serve: chatdesk_api::ServeLimits,
 }
 
@@ -319,6 +360,8 @@ impl Runtime {
         let ingress = ingress_settings()?;
         let gateway = gateway_settings()?;
         let sender = sender_settings()?;
+        let writer = writer_rules()?;
+        let broadcast = broadcast_settings()?;
         let serve = serve_limits()?;
         let connector = RedisConnector::new(RedisSettings::new(redis_url.expose())).with_context(|| {
             format!("REDIS_URL {} is not a valid Redis URL", chatdesk_streams::connection::redact(redis_url.expose()))
@@ -343,6 +386,8 @@ impl Runtime {
             ingress,
             gateway,
             sender,
+            writer,
+            broadcast,
             serve,
         })
     }

@@ -34,6 +34,7 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     chatdesk_api::ingress::describe();
     chatdesk_gateway::metrics::describe();
     chatdesk_sender::metrics::describe();
+    chatdesk_broadcast::describe();
     let upkeep = handle.clone();
     // Histograms are drained into their buckets on upkeep; without it memory grows.
     tokio::spawn(async move {

@@ -116,6 +116,8 @@ pub struct StatusUpdate {
     pub wamid: String,
     pub status: MessageStatus,
     pub reason: Option<String>,
+    /// The first error's code (`131049`: the per-user marketing cap).
+    pub code: Option<String>,
     /// When WhatsApp says it happened, milliseconds since the epoch.
     pub at_ms: Option<u64>,
 }
@@ -152,6 +154,21 @@ pub fn parse(body: &[u8]) -> Result<(Vec<Inbound>, Vec<StatusUpdate>), ApiError>
             for message in &change.value.messages {
                 let text = match (&message.text, message.kind.as_str()) {
                     (Some(text), _) => text.body.clone(),
+                    // A template's quick-reply button: its text is what the customer saw and
+                    // pressed; its payload stays in `extra.button`.
+                    (None, "button") => message
+                        .rest
+                        .get("button")
+                        .and_then(|button| button.get("text").or_else(|| button.get("payload")))
+                        .and_then(serde_json::Value::as_str)
+                        .map_or_else(|| "[button]".to_owned(), str::to_owned),
+                    (None, "interactive") => message
+                        .rest
+                        .get("interactive")
+                        .and_then(|reply| reply.get("button_reply").or_else(|| reply.get("list_reply")))
+                        .and_then(|reply| reply.get("title"))
+                        .and_then(serde_json::Value::as_str)
+                        .map_or_else(|| "[interactive]".to_owned(), str::to_owned),
                     (None, kind) => message
                         .rest
                         .get(kind)
@@ -188,10 +205,15 @@ pub fn parse(body: &[u8]) -> Result<(Vec<Inbound>, Vec<StatusUpdate>), ApiError>
                         .unwrap_or("");
                     format!("{code} {title}").trim().to_owned()
                 });
+                let code = status.errors.first().and_then(|error| error.get("code")).map(|code| match code {
+                    serde_json::Value::String(code) => code.clone(),
+                    other => other.to_string(),
+                });
                 statuses.push(StatusUpdate {
                     wamid: status.id.clone(),
                     status: mapped,
                     reason,
+                    code,
                     at_ms: seconds_to_ms(status.timestamp.as_deref()),
                 });
             }
@@ -231,6 +253,7 @@ async fn append_statuses(state: &AppState, inbox: &InboxRecord, statuses: &[Stat
             reason: update.reason.clone(),
             provider_message_id: Some(update.wamid.clone()),
             attempts: None,
+            code: update.code.clone(),
         });
         let entry = Envelope::of(TenantId(inbox.tenant_id), &event);
         let dedupe_id = format!("{}:status:{}:{}", inbox.id, update.wamid, update.status.as_str());
@@ -349,9 +372,19 @@ mod tests {
                 wamid: "wamid.out".into(),
                 status: MessageStatus::Failed,
                 reason: Some("131026 Message undeliverable".into()),
+                code: Some("131026".into()),
                 at_ms: Some(1_749_416_400_000),
             }]
         );
+    }
+
+    /// A template's quick-reply button keeps both what the customer saw and its payload.
+    #[test]
+    fn a_pressed_button_is_its_text_with_its_payload_kept() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"1"},"messages":[{"from":"16505551234","id":"wamid.b","timestamp":"1749416383","type":"button","button":{"payload":"STOP_PROMOS","text":"Stop promotions"}}]},"field":"messages"}]}]}"#;
+        let (messages, _) = parse(body).unwrap();
+        assert_eq!(messages[0].text, "Stop promotions");
+        assert_eq!(messages[0].extra.as_ref().unwrap()["button"]["payload"], "STOP_PROMOS");
     }
 
     #[test]

@@ -51,6 +51,9 @@ struct Session {
     presence_refreshed: Option<Instant>,
     /// Set while subscribed to `ops`: when the next snapshot is due.
     ops: Option<tokio::time::Interval>,
+    /// Campaigns followed on `campaign:<id>`, with the progress last sent; checked on one tick.
+    campaigns: HashMap<uuid::Uuid, Option<serde_json::Value>>,
+    campaign_tick: Option<tokio::time::Interval>,
     /// Conversations this agent's socket has found to be its tenant's (asked once each).
     known_conversations: std::collections::HashSet<uuid::Uuid>,
     /// An agent's token: rechecked while the socket is open, so revoking it closes the socket.
@@ -119,6 +122,8 @@ pub async fn run(gateway: Gateway, socket: WebSocket) {
         receiver: None,
         presence_refreshed: None,
         ops: None,
+        campaigns: HashMap::new(),
+        campaign_tick: None,
         known_conversations: std::collections::HashSet::new(),
         claims,
     };
@@ -127,8 +132,9 @@ pub async fn run(gateway: Gateway, socket: WebSocket) {
     if let Some((tenant, user)) = agent {
         let _ = crate::ephemeral::presence::change(&gateway, tenant, user, id, false).await;
     }
-    ::metrics::gauge!(metrics::SUBSCRIPTIONS)
-        .decrement(session.subscriptions.len() as f64 + session.ops.is_some() as u8 as f64);
+    ::metrics::gauge!(metrics::SUBSCRIPTIONS).decrement(
+        session.subscriptions.len() as f64 + session.ops.is_some() as u8 as f64 + session.campaigns.len() as f64,
+    );
     gateway.inner.readers.release(partition).await;
     if let Some(ending) = ending {
         send_close(&mut session.sink, ending).await;
@@ -240,6 +246,11 @@ impl Session {
                 }
                 _ = async { self.ops.as_mut().expect("subscribed to ops").tick().await }, if self.ops.is_some() => {
                     if !self.push_ops().await {
+                        return None;
+                    }
+                }
+                _ = async { self.campaign_tick.as_mut().expect("following campaigns").tick().await }, if self.campaign_tick.is_some() => {
+                    if !self.push_campaigns().await {
                         return None;
                     }
                 }

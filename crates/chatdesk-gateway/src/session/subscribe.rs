@@ -55,11 +55,45 @@ pub(super) fn admits(tenant: Uuid, subscription: &Subscription, delivery: &Deliv
     belongs && delivery.offset.zip(subscription.last).is_none_or(|(offset, last)| offset > last)
 }
 
+/// How often followed campaigns are checked for progress (at most this many frames per second
+/// per campaign: two).
+pub(super) const CAMPAIGN_TICK: std::time::Duration = std::time::Duration::from_millis(500);
+/// The event type of a campaign's progress frame.
+pub(super) const CAMPAIGN_PROGRESS: &str = "campaign.progress";
+
+/// A campaign's progress as `campaign.progress` carries it:
+/// `{campaign_id, name, status, rate_per_sec, counts, measured_rate}`.
+async fn campaign_progress(
+    db: &chatdesk_store::Pool,
+    tenant: Uuid,
+    campaign: Uuid,
+) -> Result<Option<serde_json::Value>, chatdesk_store::StoreError> {
+    let Some(row) = chatdesk_store::campaigns::get(db, tenant, campaign).await? else { return Ok(None) };
+    let progress = chatdesk_store::campaigns::progress(db, tenant, campaign, 10).await?;
+    let measured_rate = if progress.window_seconds >= 1.0 {
+        (progress.sent_in_window as f64 / progress.window_seconds * 10.0).round() / 10.0
+    } else {
+        0.0
+    };
+    Ok(Some(serde_json::json!({
+        "campaign_id": campaign,
+        "name": row.name,
+        "status": row.status,
+        "rate_per_sec": row.rate_per_sec,
+        "counts": progress.counts,
+        "measured_rate": measured_rate,
+    })))
+}
+
 impl Session {
     pub(super) async fn subscribe(&mut self, name: String, since: Option<String>, epoch: Option<String>) -> bool {
         let Some(channel) = Channel::parse(&name) else {
             return self
-                .error(ErrorCode::UnknownChannel, "channels are `inbox`, `conversation:<id>` and `ops`", Some(&name))
+                .error(
+                    ErrorCode::UnknownChannel,
+                    "channels are `inbox`, `conversation:<id>`, `campaign:<id>` and `ops`",
+                    Some(&name),
+                )
                 .await;
         };
         // One spelling per channel (a conversation id in any UUID form names the same channel):
@@ -80,6 +114,9 @@ impl Session {
             }
             return self.subscribe_ops().await;
         }
+        if let Channel::Campaign(campaign) = channel {
+            return self.subscribe_campaign(campaign, name).await;
+        }
         if self.subscriptions.contains_key(&name) {
             self.gateway.inner.hub.unlisten(self.id, &self.subscriptions[&name].key);
             self.subscriptions.remove(&name);
@@ -98,7 +135,7 @@ impl Session {
         let tenant = self.identity.tenant();
         let (key, conversation) = match channel {
             Channel::Inbox => (format!("inbox:{tenant}"), None),
-            Channel::Ops => unreachable!("handled above"),
+            Channel::Ops | Channel::Campaign(_) => unreachable!("handled above"),
             Channel::Conversation(id) => {
                 if let Identity::Agent { .. } = self.identity
                     && let Some(code) = self.check_conversation(id).await
@@ -126,7 +163,7 @@ impl Session {
                         .await
                         .ok()
                         .map(|users| users.iter().map(Uuid::to_string).collect()),
-                    Channel::Conversation(_) | Channel::Ops => None,
+                    Channel::Conversation(_) | Channel::Ops | Channel::Campaign(_) => None,
                 };
                 let frame = ServerFrame::Subscribed {
                     channel: name,
@@ -155,6 +192,15 @@ impl Session {
     /// Stops a channel (its queue keeps serving the others).
     pub(super) async fn unsubscribe(&mut self, channel: String) -> bool {
         let channel = Channel::parse(&channel).map(|channel| channel.name()).unwrap_or(channel);
+        if let Some(Channel::Campaign(campaign)) = Channel::parse(&channel)
+            && self.campaigns.remove(&campaign).is_some()
+        {
+            if self.campaigns.is_empty() {
+                self.campaign_tick = None;
+            }
+            ::metrics::gauge!(metrics::SUBSCRIPTIONS).decrement(1.0);
+            return self.send(&ServerFrame::Unsubscribed { channel }).await;
+        }
         if channel == "ops" && self.ops.is_some() {
             self.ops = None;
             ::metrics::gauge!(metrics::SUBSCRIPTIONS).decrement(1.0);
@@ -186,6 +232,73 @@ impl Session {
             presence: None,
         };
         self.send(&frame).await
+    }
+
+    /// `campaign:<id>` has no offsets either: `subscribed`, then the progress now and whenever it
+    /// changes (checked every [`CAMPAIGN_TICK`]).
+    async fn subscribe_campaign(&mut self, campaign: Uuid, name: String) -> bool {
+        let tenant = self.identity.tenant();
+        match chatdesk_store::campaigns::get(&self.gateway.inner.db, tenant, campaign).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return self.error(ErrorCode::NotFound, "no such campaign", Some(&name)).await,
+            Err(_) => return self.error(ErrorCode::Unavailable, "PostgreSQL is unavailable", Some(&name)).await,
+        }
+        if !self.campaigns.contains_key(&campaign) {
+            if self.subscriptions.len() + self.campaigns.len() >= self.gateway.inner.settings.max_subscriptions {
+                return self
+                    .error(ErrorCode::TooManySubscriptions, "unsubscribe from a channel first", Some(&name))
+                    .await;
+            }
+            ::metrics::gauge!(metrics::SUBSCRIPTIONS).increment(1.0);
+        }
+        // Progress already sent is sent again after a new subscribe.
+        self.campaigns.insert(campaign, None);
+        if self.campaign_tick.is_none() {
+            let mut interval = tokio::time::interval(CAMPAIGN_TICK);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            self.campaign_tick = Some(interval);
+        }
+        let frame = ServerFrame::Subscribed {
+            channel: name,
+            recovered: true,
+            epoch: String::new(),
+            head: None,
+            replayed: 0,
+            presence: None,
+        };
+        self.send(&frame).await
+    }
+
+    /// Sends each followed campaign's progress if it changed since the last frame.
+    pub(super) async fn push_campaigns(&mut self) -> bool {
+        let tenant = self.identity.tenant();
+        let followed: Vec<Uuid> = self.campaigns.keys().copied().collect();
+        for campaign in followed {
+            let db = &self.gateway.inner.db;
+            let progress = match campaign_progress(db, tenant, campaign).await {
+                Ok(Some(progress)) => progress,
+                Ok(None) => continue,
+                Err(_) => {
+                    let name = format!("campaign:{campaign}");
+                    return self.error(ErrorCode::Unavailable, "PostgreSQL is unavailable", Some(&name)).await;
+                }
+            };
+            if self.campaigns.get(&campaign).is_some_and(|last| last.as_ref() == Some(&progress)) {
+                continue;
+            }
+            let frame = ServerFrame::Event {
+                channel: format!("campaign:{campaign}"),
+                offset: None,
+                event_id: None,
+                event_type: CAMPAIGN_PROGRESS.to_owned(),
+                data: serde_json::value::to_raw_value(&progress).expect("progress serialises"),
+            };
+            self.campaigns.insert(campaign, Some(progress));
+            if !self.send(&frame).await {
+                return false;
+            }
+        }
+        true
     }
 
     pub(super) async fn push_ops(&mut self) -> bool {

@@ -134,6 +134,7 @@ mod tests {
             contact_id: id,
             text: "Hello".into(),
             template: None,
+            campaign: None,
         };
         let inbox = InboxRecord {
             id,

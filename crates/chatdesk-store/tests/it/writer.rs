@@ -90,6 +90,7 @@ impl Fixture {
             reason: (status == MessageStatus::Failed).then(|| "recipient unreachable".to_owned()),
             provider_message_id: Some("wamid.1".into()),
             attempts: Some(1),
+            code: None,
         });
         self.stored(Uuid::now_v7(), event)
     }

@@ -35,13 +35,34 @@ async fn agents_and_a_visitor_chat_live_through_a_gateway_restart() {
     let first = env.user(&tenant_id, "alice@browser.test", "alice-pass-1", "agent");
     env.user(&tenant_id, "bob@browser.test", "bob-pass-1", "agent");
     env.user(&tenant_id, "sre@browser.test", "sre-pass-1", "sre");
+    env.user(&tenant_id, "marketer@browser.test", "marketer-pass-1", "marketer");
+    // Campaign messages go to a receiver that takes them all.
+    let receiver =
+        crate::standin::StandIn::start(|_| String::new(), |_, _| crate::standin::Answer::json(200, json!({"id": "x"})))
+            .await;
+    admin(
+        &env,
+        &[
+            "inbox",
+            "create",
+            "--tenant",
+            &tenant_id,
+            "--kind",
+            "generic",
+            "--name",
+            "Marketing",
+            "--outbound-url",
+            &receiver.url(),
+        ],
+    );
     let web = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "web", "--name", "Website"]);
     let generic = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "Webhooks"]);
 
     let http = free_addr();
     let gateway = free_addr();
     let websocket = format!("ws://{gateway}/v1/ws");
-    let _api = serve_roles(&env, "ingress,writer,sender", http, &[("CHATDESK_PUBLIC_WS_URL", &websocket)]).await;
+    let _api =
+        serve_roles(&env, "ingress,writer,sender,broadcaster", http, &[("CHATDESK_PUBLIC_WS_URL", &websocket)]).await;
     let config = json!({
         "base": format!("http://{http}"),
         "gateway": {
@@ -61,6 +82,7 @@ async fn agents_and_a_visitor_chat_live_through_a_gateway_restart() {
             {"email": "bob@browser.test", "password": "bob-pass-1"},
         ],
         "sre": {"email": "sre@browser.test", "password": "sre-pass-1"},
+        "marketer": {"email": "marketer@browser.test", "password": "marketer-pass-1"},
         "screenshots": screenshot_dir(),
     });
     let output = tokio::process::Command::new("node")

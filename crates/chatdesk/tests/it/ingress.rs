@@ -185,6 +185,7 @@ async fn channel_messages_land_once_in_the_right_conversation() {
         reason: None,
         provider_message_id: Some("wamid.OUT-1".into()),
         attempts: Some(1),
+        code: None,
     });
     producer.append_event(&Envelope::of(TenantId(tenant_id.parse().unwrap()), &sent)).await.unwrap();
     let status_of = |status: &'static str| {

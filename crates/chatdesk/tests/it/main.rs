@@ -1,6 +1,7 @@
 //! The `chatdesk` binary, run as a user runs it.
 
 mod browser;
+mod campaigns;
 mod cli;
 mod gateway;
 mod ingress;

@@ -16,10 +16,10 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::standin::{Answer, Received, StandIn};
 use crate::support::{
     Client, Env, admin, conversation_of, eventually, generic_body, login, post, post_generic, serve_roles,
+    whatsapp_notify,
 };
 
 const WABA_PHONE: &str = "106540352242922";
-const APP_SECRET: &str = "whatsapp-app-secret";
 
 fn free_addr() -> SocketAddr {
     format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap()
@@ -79,35 +79,7 @@ async fn generic_conversations(
 
 /// A WhatsApp inbox sending through the stand-in's phone number.
 fn whatsapp_inbox(env: &Env, tenant: &str) -> Value {
-    admin(
-        env,
-        &[
-            "inbox",
-            "create",
-            "--tenant",
-            tenant,
-            "--kind",
-            "whatsapp",
-            "--name",
-            "WA",
-            "--secret",
-            APP_SECRET,
-            "--phone-number-id",
-            WABA_PHONE,
-            "--access-token",
-            "EAAG-test-token",
-        ],
-    )
-}
-
-/// A signed Cloud API notification carrying `value` to `inbox`'s webhook.
-async fn whatsapp_notify(http: SocketAddr, inbox: &Value, value: Value) {
-    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": value}]}]})
-        .to_string();
-    let signature = sign_body(body.as_bytes(), APP_SECRET);
-    let response =
-        post(http, inbox["webhook_path"].as_str().unwrap(), &[("X-Hub-Signature-256", &signature)], &body).await;
-    assert_eq!(response.status, 200, "{}", response.body);
+    crate::support::whatsapp_inbox(env, tenant, WABA_PHONE)
 }
 
 /// Waits until the delivery queue holds no job: every message was sent, failed or dead-lettered,

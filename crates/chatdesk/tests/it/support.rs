@@ -186,3 +186,40 @@ pub async fn dead_letter_fields(env: &Env, family: &str) -> Vec<String> {
 pub async fn dead_letters(env: &Env, family: &str) -> u64 {
     dead_letter_fields(env, family).await.len() as u64
 }
+
+/// The app secret the tests' WhatsApp inboxes sign their webhooks with.
+pub const WHATSAPP_APP_SECRET: &str = "whatsapp-app-secret";
+
+/// A WhatsApp inbox of `tenant` sending from `phone_number_id` (through a stand-in when the
+/// server's `CHATDESK_WHATSAPP_API_URL` points at one).
+pub fn whatsapp_inbox(env: &Env, tenant: &str, phone_number_id: &str) -> Value {
+    admin(
+        env,
+        &[
+            "inbox",
+            "create",
+            "--tenant",
+            tenant,
+            "--kind",
+            "whatsapp",
+            "--name",
+            "WA",
+            "--secret",
+            WHATSAPP_APP_SECRET,
+            "--phone-number-id",
+            phone_number_id,
+            "--access-token",
+            "EAAG-test-token",
+        ],
+    )
+}
+
+/// A signed Cloud API notification carrying `value` to `inbox`'s webhook; it must be taken (200).
+pub async fn whatsapp_notify(http: SocketAddr, inbox: &Value, value: Value) {
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": value}]}]})
+        .to_string();
+    let signature = chatdesk_core::auth::sign_body(body.as_bytes(), WHATSAPP_APP_SECRET);
+    let response =
+        post(http, inbox["webhook_path"].as_str().unwrap(), &[("X-Hub-Signature-256", &signature)], &body).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+}
