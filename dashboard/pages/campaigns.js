@@ -184,7 +184,7 @@ function renderDetail(container, context, id) {
     try {
       const page = await api('GET', `/v1/campaigns/${id}/recipients?limit=100${query}`);
       recipients.replaceChildren(...page.items.map((row) => h('tr', {},
-        h('td', {}, row.position), h('td', {}, row.to), h('td', { dataset: { status: row.status } }, row.status), h('td', {}, row.reason || ''))));
+        h('td', {}, row.position + 1), h('td', {}, row.to), h('td', { dataset: { status: row.status } }, row.status), h('td', {}, row.reason || ''))));
     } catch (failure) {
       recipients.replaceChildren(h('tr', {}, h('td', { colspan: '4' }, notice(failure.message, 'error'))));
     }

@@ -105,6 +105,7 @@ pub struct CreateCampaign {
     pub text: String,
     /// Messages per second on this sender, at most the channel's maximum (WhatsApp 1000,
     /// Telegram 30, generic 1000).
+    #[schema(minimum = 1, maximum = 1000)]
     pub rate_per_sec: u32,
     #[serde(default)]
     pub recipients: Option<Vec<RecipientInput>>,
@@ -154,7 +155,8 @@ pub struct CampaignView {
     pub created_at: String,
     pub finished_at: Option<String>,
     pub counts: CampaignCounts,
-    /// Recipients sent per second over the last 10 seconds.
+    /// Sends per second, from the intervals between the sends of the last 10 seconds; 0 when
+    /// the campaign is not running.
     pub measured_rate: f64,
     /// When the pending and queued recipients will have been sent at the measured rate (or the
     /// configured one before sending starts); `null` when nothing is left.
@@ -234,6 +236,7 @@ pub struct RecipientQuery {
     /// Recipients after this position (from the previous page's `next_after`).
     pub after: Option<i32>,
     /// 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -243,6 +246,7 @@ pub struct RecipientQuery {
 pub struct CsvQuery {
     pub inbox_id: Option<Uuid>,
     pub text: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     pub rate_per_sec: Option<u32>,
     pub name: Option<String>,
     pub start_at: Option<String>,
@@ -254,11 +258,8 @@ pub(crate) async fn view(state: &AppState, row: CampaignRow) -> Result<CampaignV
     let progress =
         store::progress(&state.db, row.tenant_id, row.id, RATE_WINDOW_SECONDS).await.map_err(ApiError::store)?;
     let count = |status: &str| progress.counts.get(status).copied().unwrap_or(0);
-    let measured_rate = if progress.window_seconds >= 1.0 {
-        (progress.sent_in_window as f64 / progress.window_seconds * 10.0).round() / 10.0
-    } else {
-        0.0
-    };
+    // Only a campaign that is sending has a rate.
+    let measured_rate = if row.status == "running" { progress.measured_rate } else { 0.0 };
     let left = count("pending") + count("queued") + count("deferred");
     let estimated_finish_at = (left > 0 && matches!(row.status.as_str(), "running" | "scheduled")).then(|| {
         let rate = if measured_rate > 0.0 { measured_rate } else { f64::from(row.rate_per_sec.max(1)) };
@@ -463,7 +464,10 @@ async fn check(
             return Err(ApiError::invalid_field("name", format!("must be 1 to {MAX_NAME_CHARS} characters")));
         }
         Some(name) if !name.is_empty() => name.to_owned(),
-        _ => format!("Campaign {}", rfc3339(OffsetDateTime::now_utc())),
+        _ => {
+            let now = OffsetDateTime::now_utc();
+            format!("Campaign {} {:02}:{:02} UTC", now.date(), now.hour(), now.minute())
+        }
     };
     let template = match request.template {
         Some(template) => {
@@ -539,7 +543,13 @@ async fn check(
                     ));
                 }
             }
-            if let Some(missing) = needed.iter().find(|name| !vars.contains_key(name.as_str())) {
+            // A blank value would send "Hi !": it counts as none.
+            let blank = |name: &str| match vars.get(name) {
+                None => true,
+                Some(serde_json::Value::String(text)) => text.trim().is_empty(),
+                Some(_) => false,
+            };
+            if let Some(missing) = needed.iter().find(|name| blank(name)) {
                 return Err(format!("no value for the variable {missing:?}"));
             }
             Ok(address)
@@ -589,6 +599,7 @@ async fn check(
         start_at,
         expires_at,
         idempotency_key: key,
+        request_hash: Vec::new(),
         created_by: principal.user,
         recipients: accepted,
     };
@@ -646,8 +657,9 @@ async fn set_state(state: &AppState, campaign: Uuid, status: &str) -> Result<(),
         (String = "text/csv", example = "to,name\n+16505551234,Ana\n"),
     )),
     responses(
-        (status = 201, description = "Created (or, with `dry_run`, validated: `campaign` is null)", body = CreatedCampaign),
-        (status = 200, description = "The Idempotency-Key was used before: the campaign made then", body = CreatedCampaign),
+        (status = 201, description = "Created", body = CreatedCampaign),
+        (status = 200, description = "A dry run (`campaign` is null), or a retry: the Idempotency-Key was used before with the same request, and this is the campaign made then (`replayed`)", body = CreatedCampaign),
+        (status = 409, description = "The Idempotency-Key was used before with a different request", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "The role may not run campaigns (marketer, admin and owner may)", body = ErrorBody),
         (status = 413, description = "The body is larger than 16 MiB", body = ErrorBody),
@@ -660,10 +672,20 @@ pub async fn create_campaign(
     State(state): State<AppState>,
     principal: Principal,
     ApiQuery(query): ApiQuery<CsvQuery>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<CreatedCampaign>), ApiError> {
     principal.require(MARKETING_ROLES, "run campaigns")?;
+    // What the request said, to tell a retry (same request) from a reuse of its key.
+    let request_hash = {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        hash.update(uri.query().unwrap_or_default().as_bytes());
+        hash.update([0]);
+        hash.update(&body);
+        hash.finalize().to_vec()
+    };
     let mime = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -712,16 +734,26 @@ pub async fn create_campaign(
     };
     let key = idempotency_key(&headers)?;
     let dry_run = request.dry_run;
-    let checked = check(&state, &principal, request, key).await?;
+    let mut checked = check(&state, &principal, request, key).await?;
     if dry_run {
         return Ok((StatusCode::OK, Json(CreatedCampaign { campaign: None, report: checked.report, replayed: false })));
     }
-    // The state key first: a sender that meets a message of this campaign finds it running.
-    set_state(&state, checked.campaign.id, "running").await?;
+    checked.campaign.request_hash = request_hash;
     let (row, replayed) = match store::create(&state.db, &checked.campaign).await.map_err(ApiError::store)? {
         Created::New(row) => (row, false),
-        Created::Existing(row) => (row, true),
+        Created::Existing { campaign, same_request: true } => (campaign, true),
+        Created::Existing { campaign, same_request: false } => {
+            return Err(ApiError::Conflict {
+                message: format!(
+                    "this Idempotency-Key made campaign {} with a different request; use a new key for a new campaign",
+                    campaign.id
+                ),
+            });
+        }
     };
+    // Senders and runners read the state here (a missing one counts as running); set it again
+    // on a replay, in case the first attempt failed after storing the campaign.
+    set_state(&state, row.id, &row.status).await?;
     let status = if replayed { StatusCode::OK } else { StatusCode::CREATED };
     let campaign = view(&state, row).await?;
     tracing::info!(campaign = %campaign.id, recipients = checked.report.accepted, replayed, "campaign created");

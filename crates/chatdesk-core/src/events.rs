@@ -202,6 +202,17 @@ pub struct Typing {
     pub typing: bool,
 }
 
+/// Whether a channel address can be written to, as its channel says: a Telegram user who blocks
+/// the bot is unreachable (campaigns skip the address) until they start it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactReachability {
+    pub inbox_id: Uuid,
+    /// The address on the channel (a Telegram chat id).
+    pub external_id: String,
+    pub reachable: bool,
+    pub reason: String,
+}
+
 /// An agent came online (first live socket) or went offline (last one closed or lapsed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Presence {
@@ -229,6 +240,8 @@ pub enum Event {
     ContactCreated(ContactCreated),
     #[serde(rename = "contact.updated")]
     ContactUpdated(ContactUpdated),
+    #[serde(rename = "contact.reachability")]
+    ContactReachability(ContactReachability),
     /// Ephemeral: fanned out to dashboards, never persisted.
     #[serde(rename = "typing")]
     Typing(Typing),
@@ -257,6 +270,7 @@ impl Event {
             Event::ConversationRead(_) => "conversation.read",
             Event::ContactCreated(_) => "contact.created",
             Event::ContactUpdated(_) => "contact.updated",
+            Event::ContactReachability(_) => "contact.reachability",
             Event::Typing(_) => "typing",
             Event::Presence(_) => "presence",
         }
@@ -272,7 +286,10 @@ impl Event {
             Event::ConversationStatusChanged(event) => Some(event.conversation_id),
             Event::ConversationRead(event) => Some(event.conversation_id),
             Event::Typing(event) => Some(event.conversation_id),
-            Event::ContactCreated(_) | Event::ContactUpdated(_) | Event::Presence(_) => None,
+            Event::ContactCreated(_)
+            | Event::ContactUpdated(_)
+            | Event::ContactReachability(_)
+            | Event::Presence(_) => None,
         }
     }
 
@@ -361,6 +378,6 @@ mod tests {
             assert_eq!(value["type"], event.event_type());
             examples += 1;
         }
-        assert_eq!(examples, 10, "one example per event type");
+        assert_eq!(examples, 11, "one example per event type");
     }
 }

@@ -119,6 +119,8 @@ pub struct NewCampaign {
     pub start_at: OffsetDateTime,
     pub expires_at: Option<OffsetDateTime>,
     pub idempotency_key: Option<String>,
+    /// SHA-256 of the create request, kept with the idempotency key.
+    pub request_hash: Vec<u8>,
     pub created_by: Option<Uuid>,
     /// `(address, variables)` in the order given.
     pub recipients: Vec<(String, serde_json::Value)>,
@@ -128,8 +130,12 @@ pub struct NewCampaign {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Created {
     New(CampaignRow),
-    /// The idempotency key was used before: the campaign made then.
-    Existing(CampaignRow),
+    /// The idempotency key was used before: the campaign made then, and whether that request was
+    /// this one (the same hash).
+    Existing {
+        campaign: CampaignRow,
+        same_request: bool,
+    },
 }
 
 /// Creates the campaign and its recipients in one transaction. Recipients who opted out of the
@@ -139,8 +145,8 @@ pub async fn create(pool: &PgPool, new: &NewCampaign) -> Result<Created, StoreEr
     let status = if new.start_at > OffsetDateTime::now_utc() { "scheduled" } else { "running" };
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO campaigns (id, tenant_id, inbox_id, name, text, template, rate_per_sec, status, start_at, \
-                                expires_at, idempotency_key, created_by, total) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                                expires_at, idempotency_key, created_by, total, request_hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
          ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id",
     )
     .bind(new.id)
@@ -156,6 +162,7 @@ pub async fn create(pool: &PgPool, new: &NewCampaign) -> Result<Created, StoreEr
     .bind(&new.idempotency_key)
     .bind(new.created_by)
     .bind(new.recipients.len() as i32)
+    .bind(&new.request_hash)
     .fetch_optional(&mut *tx)
     .await
     .map_err(StoreError::Query)?;
@@ -170,7 +177,15 @@ pub async fn create(pool: &PgPool, new: &NewCampaign) -> Result<Created, StoreEr
         .fetch_one(pool)
         .await
         .map_err(StoreError::Query)?;
-        return Ok(Created::Existing(campaign(existing)));
+        let hash: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT request_hash FROM campaigns WHERE tenant_id = $1 AND idempotency_key = $2")
+                .bind(new.tenant_id)
+                .bind(key)
+                .fetch_one(pool)
+                .await
+                .map_err(StoreError::Query)?;
+        let same_request = hash.as_deref() == Some(new.request_hash.as_slice());
+        return Ok(Created::Existing { campaign: campaign(existing), same_request });
     };
     let positions: Vec<i32> = (0..new.recipients.len() as i32).collect();
     let addresses: Vec<&str> = new.recipients.iter().map(|(address, _)| address.as_str()).collect();
@@ -239,14 +254,14 @@ pub async fn list(pool: &PgPool, tenant: Uuid, limit: i64) -> Result<Vec<Campaig
     Ok(rows.into_iter().map(campaign).collect())
 }
 
-/// A campaign's progress: recipients per status, and sends in the last `window_seconds`.
+/// A campaign's progress: recipients per status, and the rate of its recent sends.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
     pub counts: BTreeMap<String, i64>,
-    /// Recipients that reached `sent` (or beyond) within the window.
-    pub sent_in_window: i64,
-    /// Seconds the window actually covers (less than asked when sending began later).
-    pub window_seconds: f64,
+    /// Sends per second among the sends of the last `window_seconds`: the intervals between
+    /// them, so it is the pace itself, never more than the campaign's rate because a window
+    /// happened to catch a few more. 0 with fewer than two sends in the window.
+    pub measured_rate: f64,
 }
 
 pub async fn progress(pool: &PgPool, tenant: Uuid, id: Uuid, window_seconds: i64) -> Result<Progress, StoreError> {
@@ -258,9 +273,9 @@ pub async fn progress(pool: &PgPool, tenant: Uuid, id: Uuid, window_seconds: i64
     .fetch_all(pool)
     .await
     .map_err(StoreError::Query)?;
-    let (sent_in_window, first): (i64, Option<OffsetDateTime>) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE sent_at > now() - make_interval(secs => $3)), min(sent_at) \
-         FROM campaign_recipients WHERE tenant_id = $1 AND campaign_id = $2 AND sent_at IS NOT NULL",
+    let (sent_in_window, first, last): (i64, Option<OffsetDateTime>, Option<OffsetDateTime>) = sqlx::query_as(
+        "SELECT count(*), min(sent_at), max(sent_at) FROM campaign_recipients \
+         WHERE tenant_id = $1 AND campaign_id = $2 AND sent_at > now() - make_interval(secs => $3)",
     )
     .bind(tenant)
     .bind(id)
@@ -275,9 +290,14 @@ pub async fn progress(pool: &PgPool, tenant: Uuid, id: Uuid, window_seconds: i64
         counts.insert(status, count);
     }
     counts.insert("total".to_owned(), total);
-    let covered = first
-        .map_or(0.0, |first| (OffsetDateTime::now_utc() - first).as_seconds_f64().clamp(0.0, window_seconds as f64));
-    Ok(Progress { counts, sent_in_window, window_seconds: covered })
+    let measured_rate = match (first, last) {
+        (Some(first), Some(last)) if sent_in_window >= 2 && last > first => {
+            let rate = (sent_in_window - 1) as f64 / (last - first).as_seconds_f64();
+            (rate * 10.0).round() / 10.0
+        }
+        _ => 0.0,
+    };
+    Ok(Progress { counts, measured_rate })
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -349,7 +369,7 @@ pub async fn transition(
     .map_err(StoreError::Query)?;
     if changed.is_some() && to == "cancelled" {
         sqlx::query(
-            "UPDATE campaign_recipients SET status = 'skipped', reason = 'campaign cancelled', updated_at = now() \
+            "UPDATE campaign_recipients SET status = 'skipped', reason = 'the campaign was cancelled', updated_at = now() \
              WHERE tenant_id = $1 AND campaign_id = $2 AND status IN ('pending', 'deferred')",
         )
         .bind(tenant)
@@ -650,6 +670,39 @@ pub async fn opt_out(
     .execute(&mut **tx)
     .await
     .map_err(StoreError::Query)?;
+    Ok(())
+}
+
+/// The reason an unreachable address's opt-out carries, so reaching it again lifts only that one
+/// (a STOP stays).
+const UNREACHABLE: &str = "unreachable: ";
+
+/// Records what a channel said about an address: unreachable ones are opted out, and lifted
+/// when the channel says they are reachable again.
+pub async fn set_reachable(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: Uuid,
+    change: &chatdesk_core::events::ContactReachability,
+) -> Result<(), StoreError> {
+    let query = if change.reachable {
+        sqlx::query(
+            "DELETE FROM opt_outs WHERE tenant_id = $1 AND inbox_id = $2 AND address = $3 AND starts_with(reason, $4)",
+        )
+        .bind(tenant)
+        .bind(change.inbox_id)
+        .bind(&change.external_id)
+        .bind(UNREACHABLE)
+    } else {
+        sqlx::query(
+            "INSERT INTO opt_outs (tenant_id, inbox_id, address, reason) \
+             SELECT $1, id, $3, $4 FROM inboxes WHERE tenant_id = $1 AND id = $2 ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(change.inbox_id)
+        .bind(&change.external_id)
+        .bind(format!("{UNREACHABLE}{}", change.reason))
+    };
+    query.execute(&mut **tx).await.map_err(StoreError::Query)?;
     Ok(())
 }
 

@@ -44,6 +44,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "token_validity", include_str!("../../../migrations/0005_token_validity.sql")),
     (6, "role_change_revokes", include_str!("../../../migrations/0006_role_change_revokes.sql")),
     (7, "campaigns", include_str!("../../../migrations/0007_campaigns.sql")),
+    (8, "campaign_request_hash", include_str!("../../../migrations/0008_campaign_request_hash.sql")),
 ];
 
 fn migrator() -> Migrator {

@@ -480,6 +480,9 @@ async fn apply_campaign_effects(
                     });
                 }
             }
+            Event::ContactReachability(change) => {
+                crate::campaigns::set_reachable(tx, stored.tenant_id, change).await?;
+            }
             Event::MessageCreated(message) if message.direction == Direction::Inbound => match rules.choice(message) {
                 Some(true) => {
                     let reason = format!("the customer sent {:?}", message.text.trim());

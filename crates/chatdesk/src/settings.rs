@@ -59,7 +59,8 @@ pub fn server_url(name: &str, data_dir: &Path) -> anyhow::Result<(Secret, bool)>
     }
     servers_env_value(data_dir, name).map(|url| (url, true)).with_context(|| {
         format!(
-            "{name} is not set and {} has no `chatdesk up` servers: start `chatdesk up`, or set {name}",
+            "{name} is not set and {} has no `chatdesk up` servers: start `chatdesk up`, set {name}, or point \
+             CHATDESK_DATA_DIR (or --data-dir) at the data directory `chatdesk up` was started with",
             data_dir.display()
         )
     })

@@ -1,8 +1,9 @@
 //! Telegram Bot API webhooks: `POST /v1/webhooks/telegram/{inbox_id}` with one `Update` per
 //! request, authenticated by `X-Telegram-Bot-Api-Secret-Token` (the `secret_token` given to
 //! `setWebhook`, which is the inbox secret). `message` and `edited_message` become
-//! `message.created`; other update kinds are acknowledged and ignored, since Telegram retries
-//! anything but a 2xx.
+//! `message.created`; `my_chat_member` of a private chat (the user blocked or restarted the bot)
+//! becomes `contact.reachability`; other update kinds are acknowledged and ignored, since
+//! Telegram retries anything but a 2xx.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -11,6 +12,10 @@ use chatdesk_store::directory::{InboxKind, InboxRecord};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+use chatdesk_conversations::directory::DEDUPE_WINDOW;
+use chatdesk_core::events::{ContactReachability, Event};
+use chatdesk_core::{Envelope, TenantId};
 
 use super::{Inbound, RawJsonBody, Received, header_text, ingest_all, signature, webhook};
 use crate::AppState;
@@ -25,6 +30,35 @@ pub struct Update {
     pub update_id: i64,
     pub message: Option<TelegramMessage>,
     pub edited_message: Option<TelegramMessage>,
+    pub my_chat_member: Option<ChatMemberUpdated>,
+}
+
+/// The bot's membership in a chat changed: in a private chat, `kicked` means the user blocked
+/// the bot, `member` that they started it again.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatMemberUpdated {
+    pub chat: TelegramChat,
+    pub new_chat_member: ChatMember,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatMember {
+    pub status: String,
+}
+
+/// What a `my_chat_member` update says about a private chat: `(update id, chat id, reachable)`.
+pub fn parse_membership(body: &[u8]) -> Result<Option<(i64, String, bool)>, ApiError> {
+    let update: Update = parse_json(body)?;
+    let Some(member) = update.my_chat_member else { return Ok(None) };
+    if member.chat.kind != "private" {
+        return Ok(None);
+    }
+    let reachable = match member.new_chat_member.status.as_str() {
+        "kicked" => false,
+        "member" => true,
+        _ => return Ok(None),
+    };
+    Ok(Some((update.update_id, member.chat.id.to_string(), reachable)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -133,7 +167,20 @@ pub async fn receive(
     };
     webhook(state, InboxKind::Telegram, inbox_id, authenticate, |inbox| async move {
         let messages = parse(body)?;
-        ingest_all(state, &inbox, &messages).await
+        let received = ingest_all(state, &inbox, &messages).await?;
+        if let Some((update_id, chat, reachable)) = parse_membership(body)? {
+            let change = Event::ContactReachability(ContactReachability {
+                inbox_id: inbox.id,
+                external_id: chat,
+                reachable,
+                reason: if reachable { "started the bot again" } else { "blocked the bot" }.to_owned(),
+            });
+            let entry = Envelope::of(TenantId(inbox.tenant_id), &change);
+            // Telegram delivers an update again until it gets a 2xx: record it once.
+            let dedupe = format!("{}:update:{update_id}", inbox.id);
+            state.directory.append_once(&entry, &dedupe, DEDUPE_WINDOW).await.map_err(super::directory_error)?;
+        }
+        Ok(received)
     })
     .await
 }
@@ -151,6 +198,15 @@ mod tests {
         assert_eq!(messages[0].provider_message_id, "1111111:1365");
         assert_eq!(messages[0].name.as_deref(), Some("Test Firstname Test Lastname"));
         assert_eq!(messages[0].text, "/start");
+    }
+
+    #[test]
+    fn a_blocked_bot_is_an_unreachable_chat() {
+        let body = br#"{"update_id":7,"my_chat_member":{"chat":{"id":1111111,"type":"private","first_name":"T"},"from":{"id":1111111,"first_name":"T"},"date":1441645532,"old_chat_member":{"status":"member","user":{"id":1,"first_name":"bot"}},"new_chat_member":{"status":"kicked","until_date":0,"user":{"id":1,"first_name":"bot"}}}}"#;
+        assert!(parse(body).unwrap().is_empty());
+        assert_eq!(parse_membership(body).unwrap(), Some((7, "1111111".to_owned(), false)));
+        let group = br#"{"update_id":8,"my_chat_member":{"chat":{"id":-5,"type":"group"},"new_chat_member":{"status":"kicked"}}}"#;
+        assert_eq!(parse_membership(group).unwrap(), None);
     }
 
     #[test]

@@ -70,11 +70,7 @@ async fn campaign_progress(
 ) -> Result<Option<serde_json::Value>, chatdesk_store::StoreError> {
     let Some(row) = chatdesk_store::campaigns::get(db, tenant, campaign).await? else { return Ok(None) };
     let progress = chatdesk_store::campaigns::progress(db, tenant, campaign, 10).await?;
-    let measured_rate = if progress.window_seconds >= 1.0 {
-        (progress.sent_in_window as f64 / progress.window_seconds * 10.0).round() / 10.0
-    } else {
-        0.0
-    };
+    let measured_rate = if row.status == "running" { progress.measured_rate } else { 0.0 };
     Ok(Some(serde_json::json!({
         "campaign_id": campaign,
         "name": row.name,

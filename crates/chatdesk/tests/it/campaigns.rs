@@ -12,7 +12,7 @@ use futures::SinkExt;
 use serde_json::{Value, json};
 
 use crate::standin::{Answer, Received, StandIn};
-use crate::support::{Client, Env, admin, login, serve_roles, whatsapp_inbox, whatsapp_notify};
+use crate::support::{Client, Env, admin, login, post, serve_roles, whatsapp_inbox, whatsapp_notify};
 
 fn free_addr() -> SocketAddr {
     format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap()
@@ -285,6 +285,11 @@ async fn pause_resume_and_cancel_take_effect_and_counts_add_up() {
     assert_eq!(again.json()["replayed"], true);
     let id = first.json()["campaign"]["id"].as_str().unwrap().to_owned();
     assert_eq!(again.json()["campaign"]["id"], id.as_str());
+    // The same key with another request cannot be a retry.
+    let other =
+        json!({"inbox_id": inbox, "text": "Other {{name}}", "rate_per_sec": 10, "recipients": recipients("c", 3)});
+    let reused = http_request(http, "POST", "/v1/campaigns", &headers, Some(&other.to_string())).await.unwrap();
+    assert_eq!(reused.status, 409, "{}", reused.body);
     let list = api.call("GET", "/v1/campaigns", None).await.json();
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 
@@ -478,9 +483,10 @@ async fn bad_campaigns_are_refused_with_a_reason_and_nothing_is_enqueued() {
         (json!({"inbox_id": inbox, "text": "Hi", "rate_per_sec": 5}), 422, "recipients: is required"),
         (json!({"inbox_id": inbox, "text": "", "rate_per_sec": 5, "recipients": one}), 422, "text"),
         (
-            json!({"inbox_id": inbox, "text": "Hi {{name}}", "rate_per_sec": 5, "recipients": [{"to": "a"}, {"to": "b", "vars": {"x": 1}}]}),
+            json!({"inbox_id": inbox, "text": "Hi {{name}}", "rate_per_sec": 5,
+                   "recipients": [{"to": "a"}, {"to": "b", "vars": {"x": 1}}, {"to": "c", "vars": {"name": " "}}]}),
             422,
-            "nothing left to send: 2 rejected",
+            "nothing left to send: 3 rejected",
         ),
         (
             json!({"inbox_id": telegram["inbox_id"], "text": "Hi", "rate_per_sec": 5, "recipients": [{"to": "@someone"}]}),
@@ -575,4 +581,84 @@ async fn bad_campaigns_are_refused_with_a_reason_and_nothing_is_enqueued() {
         let length: u64 = redis.xlen(keys.partition(&broadcast.name, partition).stream).await.unwrap();
         assert_eq!(length, 0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_telegram_user_who_blocks_the_bot_is_skipped_until_they_start_it_again() {
+    let env = Env::start().await;
+    let http = free_addr();
+    let _chatdesk = serve_roles(&env, "ingress,writer", http, &[]).await;
+    let (tenant, api) = marketer(&env, http, "tg").await;
+    let inbox = admin(
+        &env,
+        &["inbox", "create", "--tenant", &tenant, "--kind", "telegram", "--name", "Bot", "--bot-token", "1:A"],
+    );
+    let membership = |update: i64, status: &str| {
+        json!({"update_id": update, "my_chat_member": {"chat": {"id": 4242, "type": "private", "first_name": "Ana"},
+               "from": {"id": 4242, "first_name": "Ana"}, "date": 1_749_416_383,
+               "old_chat_member": {"status": "member", "user": {"id": 1, "first_name": "bot"}},
+               "new_chat_member": {"status": status, "user": {"id": 1, "first_name": "bot"}}}})
+        .to_string()
+    };
+    let secret = inbox["secret"].as_str().unwrap();
+    let path = inbox["webhook_path"].as_str().unwrap();
+    let response = post(http, path, &[("X-Telegram-Bot-Api-Secret-Token", secret)], &membership(1, "kicked")).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let dry_run = json!({"inbox_id": inbox["inbox_id"], "text": "News", "rate_per_sec": 5, "dry_run": true,
+                         "recipients": [{"to": "4242"}, {"to": "4343"}]});
+    let report = |api: &Client| {
+        let body = dry_run.clone();
+        let api = Client { http: api.http, token: api.token.clone() };
+        async move { api.call("POST", "/v1/campaigns", Some(body)).await.json()["report"].clone() }
+    };
+    chatdesk_testkit::eventually("the blocked chat opted out", Duration::from_secs(30), || async {
+        let report = report(&api).await;
+        (report["opted_out"] == 1).then_some(())
+    })
+    .await;
+    let response = post(http, path, &[("X-Telegram-Bot-Api-Secret-Token", secret)], &membership(2, "member")).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    chatdesk_testkit::eventually("the restarted chat reachable again", Duration::from_secs(30), || async {
+        let report = report(&api).await;
+        (report["opted_out"] == 0 && report["accepted"] == 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_is_sent_after_a_campaign_expires_and_the_rest_is_expired() {
+    let env = Env::start().await;
+    let receiver = StandIn::start(by_to, |_, _| ok_generic()).await;
+    let http = free_addr();
+    let _chatdesk = serve_roles(&env, "ingress,writer,sender,broadcaster", http, &[]).await;
+    let (tenant, api) = marketer(&env, http, "expiry").await;
+    let inbox = generic_inbox(&env, &tenant, &receiver.url());
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(4);
+    let expires_at = expires.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let campaign = create(
+        &api,
+        json!({"inbox_id": inbox, "text": "Today only", "rate_per_sec": 2, "expires_at": expires_at,
+               "recipients": recipients("e", 30)}),
+    )
+    .await;
+    let id = campaign["id"].as_str().unwrap();
+    let done =
+        campaign_when(&api, id, "the campaign finished", Duration::from_secs(30), |c| c["status"] == "finished").await;
+    counts_add_up(&done);
+    let sent = done["counts"]["sent"].as_i64().unwrap();
+    assert!((1..30).contains(&sent), "{done}");
+    assert_eq!(done["counts"]["expired"].as_i64().unwrap(), 30 - sent, "{done}");
+    let expired_at = std::time::SystemTime::UNIX_EPOCH + Duration::from_nanos(expires.unix_timestamp_nanos() as u64);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let late = receiver
+        .received()
+        .iter()
+        .filter(|request| {
+            // The stand-in's clock is monotonic: compare through the elapsed time.
+            let ago = request.at.elapsed();
+            std::time::SystemTime::now() - ago > expired_at
+        })
+        .count();
+    assert_eq!(late, 0, "sent after the campaign expired");
+    assert_eq!(receiver.received().len() as i64, sent);
 }
