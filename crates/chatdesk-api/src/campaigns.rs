@@ -12,7 +12,6 @@ use chatdesk_core::campaign::{AddressKind, normalise_address, placeholders};
 use chatdesk_core::envelope::Template;
 use chatdesk_store::campaigns::{self as store, CampaignRow, Created, NewCampaign};
 use chatdesk_store::directory::InboxKind;
-use fred::interfaces::KeysInterface as _;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -35,10 +34,17 @@ const MAX_NAME_CHARS: usize = 200;
 const MAX_KEY_CHARS: usize = 200;
 const MAX_VARS: usize = 50;
 const MAX_VAR_CHARS: usize = 1024;
+/// Columns a CSV row may have: `to` and the variables.
+const MAX_CSV_FIELDS: usize = MAX_VARS + 1;
+/// A template's components as JSON: every recipient's message carries them.
+const MAX_TEMPLATE_BYTES: usize = 16 * 1024;
+/// How far ahead a campaign may start, and how long after its start it may expire.
+const MAX_AHEAD: time::Duration = time::Duration::days(366);
 /// Rejected rows listed in an answer (the count is always exact).
 const MAX_REJECTED_LISTED: usize = 1000;
-/// How long a campaign's state key lives after its last change.
-const STATE_TTL_SECONDS: i64 = 90 * 86_400;
+/// How long a finished or cancelled campaign's state key lives (messages of it may still be
+/// queued at a sender for a while).
+const FINAL_STATE_TTL_SECONDS: i64 = 7 * 86_400;
 /// The window the measured rate is taken over.
 const RATE_WINDOW_SECONDS: i64 = 10;
 
@@ -107,10 +113,15 @@ pub struct CreateCampaign {
     /// Telegram 30, generic 1000).
     #[schema(minimum = 1, maximum = 1000)]
     pub rate_per_sec: u32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "at_most_max_recipients")]
     pub recipients: Option<Vec<RecipientInput>>,
     #[serde(default)]
     pub recipients_csv: Option<String>,
+    /// The inbox's stored contacts instead of a list: every contact of the inbox, or those whose
+    /// conversation was active within the last `seen_within_days`. Each has the variable `name`
+    /// (its name, or its address when it has none).
+    #[serde(default)]
+    pub audience: Option<Audience>,
     /// WhatsApp: send this approved template (marketing outside the 24-hour window).
     #[serde(default)]
     pub template: Option<TemplateInput>,
@@ -123,6 +134,43 @@ pub struct CreateCampaign {
     /// Validate and report only; nothing is created.
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// Recipients chosen among the inbox's stored contacts.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Audience {
+    /// Only contacts whose conversation was active within this many days (1 to 3650).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 3650)]
+    pub seen_within_days: Option<u32>,
+}
+
+/// `recipients`, refused as soon as it holds more than [`MAX_RECIPIENTS`], so a huge list is
+/// never held in memory whole.
+fn at_most_max_recipients<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<RecipientInput>>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<RecipientInput>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(formatter, "a list of at most {MAX_RECIPIENTS} recipients")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                if items.len() == MAX_RECIPIENTS {
+                    return Err(serde::de::Error::custom(format!("at most {MAX_RECIPIENTS} recipients per campaign")));
+                }
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+    deserializer.deserialize_seq(Bounded).map(Some)
 }
 
 /// Recipients per status; they always add up to `total`.
@@ -264,7 +312,7 @@ pub(crate) async fn view(state: &AppState, row: CampaignRow) -> Result<CampaignV
     let estimated_finish_at = (left > 0 && matches!(row.status.as_str(), "running" | "scheduled")).then(|| {
         let rate = if measured_rate > 0.0 { measured_rate } else { f64::from(row.rate_per_sec.max(1)) };
         let from = row.start_at.max(OffsetDateTime::now_utc());
-        rfc3339(from + time::Duration::seconds_f64(left as f64 / rate))
+        from.checked_add(time::Duration::seconds_f64(left as f64 / rate)).map(rfc3339).unwrap_or_default()
     });
     Ok(CampaignView {
         id: row.id,
@@ -339,12 +387,23 @@ fn parse_csv(text: &str) -> Result<Vec<(usize, Vec<String>)>, ApiError> {
             '"' => return Err(bad(line, "a quote inside an unquoted field (quote the whole field)")),
             ',' => {
                 fields.push(std::mem::take(&mut field));
+                if fields.len() > MAX_CSV_FIELDS {
+                    return Err(bad(line, &format!("more than {MAX_CSV_FIELDS} fields")));
+                }
                 at_field_start = true;
             }
             '\r' if chars.peek() == Some(&'\n') => {}
             '\n' | '\r' => {
                 fields.push(std::mem::take(&mut field));
                 if !(fields.len() == 1 && fields[0].trim().is_empty()) {
+                    // The header and one row more than a campaign may have: enough to refuse
+                    // without holding a huge upload in memory row by row.
+                    if rows.len() > MAX_RECIPIENTS {
+                        return Err(ApiError::invalid_field(
+                            "recipients_csv",
+                            format!("at most {MAX_RECIPIENTS} recipients per campaign"),
+                        ));
+                    }
                     rows.push((row_line, std::mem::take(&mut fields)));
                 }
                 fields.clear();
@@ -394,6 +453,14 @@ fn csv_recipients(csv: &str) -> Result<Vec<Given>, ApiError> {
         return Err(ApiError::invalid_field("recipients_csv", "is empty: expected a header with a `to` column"));
     };
     let header: Vec<String> = header.iter().map(|name| name.trim().to_owned()).collect();
+    let mut seen = HashSet::new();
+    if let Some(repeated) = header.iter().find(|name| !name.is_empty() && !seen.insert(name.to_ascii_lowercase())) {
+        return Err(ApiError::Unprocessable {
+            code: "invalid_csv",
+            message: format!("CSV line 1: the column {repeated:?} appears twice"),
+            details: Some(serde_json::json!({ "line": 1 })),
+        });
+    }
     let Some(to_column) = header.iter().position(|name| name.eq_ignore_ascii_case("to")) else {
         return Err(ApiError::invalid_field("recipients_csv", "the header has no `to` column"));
     };
@@ -483,13 +550,27 @@ async fn check(
             if template.components.as_ref().is_some_and(|components| !components.is_array()) {
                 return Err(ApiError::invalid_field("template.components", "must be the Cloud API's components array"));
             }
+            if template.components.as_ref().is_some_and(|components| components.to_string().len() > MAX_TEMPLATE_BYTES)
+            {
+                return Err(ApiError::invalid_field(
+                    "template.components",
+                    format!("must be at most {} KiB as JSON", MAX_TEMPLATE_BYTES / 1024),
+                ));
+            }
             Some(Template { name: template.name, language: template.language, components: template.components })
         }
         None => None,
     };
     let now = OffsetDateTime::now_utc();
-    let start_at = parse_time("start_at", request.start_at.as_deref())?.unwrap_or(now);
+    // A start in the past is now: it must not jump the queue of campaigns waiting to run.
+    let start_at = parse_time("start_at", request.start_at.as_deref())?.unwrap_or(now).max(now);
+    if start_at > now + MAX_AHEAD {
+        return Err(ApiError::invalid_field("start_at", "must be within a year from now"));
+    }
     let expires_at = parse_time("expires_at", request.expires_at.as_deref())?;
+    if expires_at.is_some_and(|expires| expires > start_at + MAX_AHEAD) {
+        return Err(ApiError::invalid_field("expires_at", "must be within a year of start_at"));
+    }
     if let Some(expires) = expires_at
         && (expires <= now || expires <= start_at)
     {
@@ -497,6 +578,12 @@ async fn check(
     }
     // Every variable the text and the template use must have a value for each recipient.
     let mut needed = placeholders(&text);
+    if let Some(bad) = needed.iter().find(|name| !chatdesk_core::campaign::is_variable_name(name)) {
+        return Err(ApiError::invalid_field(
+            "text",
+            format!("{{{{{bad}}}}} is not a variable: names are letters, digits and _"),
+        ));
+    }
     if let Some(components) = template.as_ref().and_then(|template| template.components.as_ref()) {
         for name in placeholders(&components.to_string()) {
             if !needed.contains(&name) {
@@ -504,17 +591,41 @@ async fn check(
             }
         }
     }
-    let given: Vec<Given> = match (request.recipients, request.recipients_csv) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid_field("recipients", "give either recipients or recipients_csv, not both"));
-        }
-        (Some(list), None) => list
+    let given: Vec<Given> = match (request.recipients, request.recipients_csv, request.audience) {
+        (Some(list), None, None) => list
             .into_iter()
             .enumerate()
             .map(|(index, recipient)| (Origin::Index(index), recipient.to, recipient.vars))
             .collect(),
-        (None, Some(csv)) => csv_recipients(&csv)?,
-        (None, None) => return Err(ApiError::invalid_field("recipients", "is required (or recipients_csv)")),
+        (None, Some(csv), None) => csv_recipients(&csv)?,
+        (None, None, Some(audience)) => {
+            let days = audience.seen_within_days;
+            if days.is_some_and(|days| !(1..=3650).contains(&days)) {
+                return Err(ApiError::invalid_field("audience.seen_within_days", "must be 1 to 3650"));
+            }
+            let contacts =
+                store::audience(&state.db, principal.tenant, inbox.id, days.map(i64::from), MAX_RECIPIENTS as i64 + 1)
+                    .await
+                    .map_err(ApiError::store)?;
+            contacts
+                .into_iter()
+                .enumerate()
+                .map(|(index, (address, name))| {
+                    let mut vars = serde_json::Map::new();
+                    vars.insert("name".to_owned(), serde_json::Value::String(name.unwrap_or_else(|| address.clone())));
+                    (Origin::Index(index), address, vars)
+                })
+                .collect()
+        }
+        (None, None, None) => {
+            return Err(ApiError::invalid_field("recipients", "is required (or recipients_csv, or audience)"));
+        }
+        _ => {
+            return Err(ApiError::invalid_field(
+                "recipients",
+                "give one of recipients, recipients_csv and audience, not several",
+            ));
+        }
     };
     if given.is_empty() {
         return Err(ApiError::invalid_field("recipients", "is empty"));
@@ -624,20 +735,43 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-async fn set_state(state: &AppState, campaign: Uuid, status: &str) -> Result<(), ApiError> {
-    let value = match status {
-        "paused" => "paused",
-        "cancelled" | "finished" => "cancelled",
-        _ => "running",
-    };
-    let key = state.keys.campaign_state(&campaign);
-    let _: () =
-        state.redis.set(&key, value, Some(fred::types::Expiration::EX(STATE_TTL_SECONDS)), None, false).await.map_err(
-            |error| {
-                tracing::warn!(error = %error, "cannot record a campaign's state");
-                ApiError::Unavailable { dependency: "Redis" }
-            },
-        )?;
+/// Writes the state senders and runners read, unless a later change (a higher version) is there
+/// already: two controls at once leave Redis where PostgreSQL ends. Final states expire after a
+/// week; others never do, since a paused campaign must stay paused however long it waits.
+static SET_STATE: std::sync::LazyLock<chatdesk_streams::Script> = std::sync::LazyLock::new(|| {
+    chatdesk_streams::Script::new(
+        r#"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local version = tonumber(string.match(current, ':(%d+)$') or '0')
+  if version > tonumber(ARGV[2]) then
+    return 0
+  end
+end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'EX', tonumber(ARGV[3]))
+else
+  redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2])
+end
+return 1
+"#,
+    )
+});
+
+async fn set_state(state: &AppState, row: &CampaignRow) -> Result<(), ApiError> {
+    let value = chatdesk_core::campaign::state_of_status(&row.status);
+    let ttl = if value == "cancelled" { FINAL_STATE_TTL_SECONDS } else { 0 };
+    let _: i64 = SET_STATE
+        .call(
+            &state.redis,
+            vec![state.keys.campaign_state(&row.id)],
+            vec![value.to_owned(), row.version().to_string(), ttl.to_string()],
+        )
+        .await
+        .map_err(|error| {
+            tracing::warn!(error = %error, "cannot record a campaign's state");
+            ApiError::Unavailable { dependency: "Redis" }
+        })?;
     Ok(())
 }
 
@@ -674,9 +808,18 @@ pub async fn create_campaign(
     ApiQuery(query): ApiQuery<CsvQuery>,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<CreatedCampaign>), ApiError> {
     principal.require(MARKETING_ROLES, "run campaigns")?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                message: format!("a campaign request may be at most {} MiB", MAX_CAMPAIGN_BODY_BYTES / 1024 / 1024),
+            }
+        } else {
+            ApiError::BadRequest { code: "invalid_body", message: rejection.body_text(), details: None }
+        }
+    })?;
     // What the request said, to tell a retry (same request) from a reuse of its key.
     let request_hash = {
         use sha2::Digest;
@@ -720,6 +863,7 @@ pub async fn create_campaign(
                 rate_per_sec: query.rate_per_sec.ok_or_else(|| missing("rate_per_sec"))?,
                 recipients: None,
                 recipients_csv: Some(csv.to_owned()),
+                audience: None,
                 template: None,
                 start_at: query.start_at,
                 expires_at: query.expires_at,
@@ -753,7 +897,7 @@ pub async fn create_campaign(
     };
     // Senders and runners read the state here (a missing one counts as running); set it again
     // on a replay, in case the first attempt failed after storing the campaign.
-    set_state(&state, row.id, &row.status).await?;
+    set_state(&state, &row).await?;
     let status = if replayed { StatusCode::OK } else { StatusCode::CREATED };
     let campaign = view(&state, row).await?;
     tracing::info!(campaign = %campaign.id, recipients = checked.report.accepted, replayed, "campaign created");
@@ -887,11 +1031,13 @@ async fn control(
         .await
         .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::not_found("campaign"))?;
-    if !changed && row.status != to {
+    // Not changed because another control moved it meanwhile (its status is one this action
+    // applies to, or its result) is fine; a finished or cancelled campaign is a conflict.
+    if !changed && row.status != to && !from.contains(&row.status.as_str()) {
         return Err(ApiError::Conflict { message: format!("a {} campaign cannot be {verb}", row.status) });
     }
     // Also when nothing changed: a retry after a failed state write writes it now.
-    set_state(state, row.id, &row.status).await?;
+    set_state(state, &row).await?;
     tracing::info!(campaign = %row.id, status = %row.status, "campaign {verb}");
     Ok(Json(view(state, row).await?))
 }

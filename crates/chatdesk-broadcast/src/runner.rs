@@ -1,7 +1,7 @@
 //! The campaign runner: one lease-holding task per campaign, handing recipients over at the
 //! campaign's rate (see the crate docs).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -92,13 +92,15 @@ pub(crate) struct Inner {
     pub(crate) producer: Producer,
     settings: BroadcastSettings,
     holder: String,
-    running: Mutex<HashSet<Uuid>>,
+    /// The campaigns this process runs, and the tenant of each.
+    running: Mutex<HashMap<Uuid, Uuid>>,
 }
 
 /// Why a runner stopped.
 #[derive(Debug, PartialEq, Eq)]
 enum Stop {
     Finished,
+    Paused,
     Cancelled,
     LeaseLost,
     Shutdown,
@@ -122,7 +124,7 @@ impl Inner {
             producer,
             settings,
             holder: format!("{node}:{}", Uuid::new_v4().simple()),
-            running: Mutex::new(HashSet::new()),
+            running: Mutex::new(HashMap::new()),
         }
     }
 
@@ -132,15 +134,19 @@ impl Inner {
             match campaigns::due(&self.db, self.settings.max_campaigns as i64 * 2).await {
                 Ok(due) => {
                     for campaign in due {
-                        if self.running.lock().expect("running campaigns").len() >= self.settings.max_campaigns {
-                            break;
-                        }
-                        if self.running.lock().expect("running campaigns").contains(&campaign.id) {
-                            continue;
+                        {
+                            let running = self.running.lock().expect("running campaigns");
+                            if running.len() >= self.settings.max_campaigns {
+                                break;
+                            }
+                            let of_tenant = running.values().filter(|tenant| **tenant == campaign.tenant_id).count();
+                            if running.contains_key(&campaign.id) || of_tenant >= self.tenant_share() {
+                                continue;
+                            }
                         }
                         match self.take_lease(campaign.id).await {
                             Ok(true) => {
-                                self.running.lock().expect("running campaigns").insert(campaign.id);
+                                self.running.lock().expect("running campaigns").insert(campaign.id, campaign.tenant_id);
                                 metrics::gauge!(RUNNING_CAMPAIGNS).increment(1.0);
                                 tracker.spawn(self.clone().run_campaign(campaign, cancel.clone()));
                             }
@@ -158,6 +164,12 @@ impl Inner {
         }
         tracker.close();
         tracker.wait().await;
+    }
+
+    /// Campaigns one tenant may run in this process at once: a tenth of the slots, so one
+    /// tenant's campaigns never take them all.
+    fn tenant_share(&self) -> usize {
+        (self.settings.max_campaigns / 10).max(1)
     }
 
     async fn take_lease(&self, campaign: Uuid) -> Result<bool, fred::error::Error> {
@@ -241,11 +253,10 @@ impl<'a> Run<'a> {
             }
             match self.state().await.as_deref() {
                 Some("paused") => {
+                    // A paused campaign holds no runner slot: resuming makes it due again, and
+                    // some process picks it up within a poll.
                     self.flush().await;
-                    self.pause(cancel, STATE_REFRESH).await;
-                    // No burst of the slots missed while paused.
-                    self.next_slot = Instant::now();
-                    continue;
+                    return Stop::Paused;
                 }
                 Some("cancelled") => {
                     self.flush().await;
@@ -370,12 +381,22 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The campaign's state (`running`, `paused`, `cancelled`), read at most every
+    /// [`STATE_REFRESH`]; from PostgreSQL when Redis has none (it lost the key).
     async fn state(&mut self) -> Option<String> {
         if self.state_read.is_none_or(|read| read.elapsed() >= STATE_REFRESH) {
             match self.inner.redis.get::<Option<String>, _>(self.inner.keys.campaign_state(&self.campaign.id)).await {
-                Ok(state) => {
-                    self.state = state;
+                Ok(Some(value)) => {
+                    self.state = Some(chatdesk_core::campaign::state_in(&value).to_owned());
                     self.state_read = Some(Instant::now());
+                }
+                Ok(None) => {
+                    if let Ok(Some(row)) =
+                        campaigns::get(&self.inner.db, self.campaign.tenant_id, self.campaign.id).await
+                    {
+                        self.state = Some(chatdesk_core::campaign::state_of_status(&row.status).to_owned());
+                        self.state_read = Some(Instant::now());
+                    }
                 }
                 Err(error) => tracing::warn!(error = %error, "cannot read the campaign's state"),
             }

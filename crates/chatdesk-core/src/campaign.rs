@@ -3,7 +3,31 @@
 
 use std::collections::BTreeSet;
 
-/// The `{{name}}` placeholders of `text`, in order of first use.
+/// What senders and runners need of a campaign's status, as kept in Redis under
+/// `KeyScheme::campaign_state`: `running` (or scheduled), `paused`, or `cancelled` (also finished:
+/// nothing more may be sent), followed by `:<version>` so that of two changes written at once
+/// the later one stays.
+pub fn state_of_status(status: &str) -> &'static str {
+    match status {
+        "paused" => "paused",
+        "cancelled" | "finished" => "cancelled",
+        _ => "running",
+    }
+}
+
+/// The state in a stored value (`paused:1764662400000000` → `paused`).
+pub fn state_in(value: &str) -> &str {
+    value.split(':').next().unwrap_or(value)
+}
+
+/// Whether `name` can be a variable: letters, digits and `_` (a CSV column names one).
+pub fn is_variable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|character| character.is_alphanumeric() || character == '_')
+}
+
+/// The `{{name}}` placeholders of `text`, in order of first use (an empty one as "").
 pub fn placeholders(text: &str) -> Vec<String> {
     let mut seen = BTreeSet::new();
     let mut names = Vec::new();
@@ -12,7 +36,7 @@ pub fn placeholders(text: &str) -> Vec<String> {
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else { break };
         let name = after[..end].trim().to_owned();
-        if !name.is_empty() && seen.insert(name.clone()) {
+        if seen.insert(name.clone()) {
             names.push(name);
         }
         rest = &after[end + 2..];
@@ -102,6 +126,8 @@ mod tests {
     #[test]
     fn variables_are_filled_and_missing_ones_named() {
         assert_eq!(placeholders("Hi {{name}}, {{ code }} for {{name}}"), vec!["name", "code"]);
+        assert_eq!(placeholders("A{{}}B"), vec![""]);
+        assert!(is_variable_name("first_name") && !is_variable_name("") && !is_variable_name("a.b"));
         assert_eq!(render("Hi {{name}}, {{n}}!", &json!({"name": "Ana", "n": 3})).unwrap(), "Hi Ana, 3!");
         assert_eq!(render("Hi {{name}}", &json!({})).unwrap_err(), MissingVariable("name".into()));
         assert_eq!(render("no vars {{", &json!({})).unwrap(), "no vars {{");

@@ -511,7 +511,7 @@ impl Inner {
                 return self.end(leased, ending, provider).await;
             }
             let state = self.campaign_state(campaign.campaign_id).await?;
-            match state.as_deref() {
+            match state.as_deref().map(chatdesk_core::campaign::state_in) {
                 Some("paused") => {
                     ::metrics::counter!(metrics::CAMPAIGN_HELD_TOTAL, "provider" => provider).increment(1);
                     self.queue.update(leased, Some(CAMPAIGN_PAUSE_POLL.as_millis() as u64)).await?;

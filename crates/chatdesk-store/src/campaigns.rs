@@ -45,6 +45,15 @@ pub struct CampaignRow {
     pub finished_at: Option<OffsetDateTime>,
     /// The tenant's unique-recipient quota per 24 hours.
     pub daily_recipients: i32,
+    /// When the status last changed (the clock at the change, so later changes are later).
+    pub updated_at: OffsetDateTime,
+}
+
+impl CampaignRow {
+    /// The state's version as senders and runners see it: microseconds of `updated_at`.
+    pub fn version(&self) -> i64 {
+        (self.updated_at.unix_timestamp_nanos() / 1000) as i64
+    }
 }
 
 type CampaignTuple = (
@@ -63,10 +72,12 @@ type CampaignTuple = (
     OffsetDateTime,
     Option<OffsetDateTime>,
     i32,
+    OffsetDateTime,
 );
 
 const CAMPAIGN_COLUMNS: &str = "c.id, c.tenant_id, c.inbox_id, i.kind, c.name, c.text, c.template, c.rate_per_sec, \
-    c.status, c.start_at, c.expires_at, c.total, c.created_at, c.finished_at, t.campaign_daily_recipients \
+    c.status, c.start_at, c.expires_at, c.total, c.created_at, c.finished_at, t.campaign_daily_recipients, \
+    c.updated_at \
     FROM campaigns c JOIN inboxes i ON i.id = c.inbox_id JOIN tenants t ON t.id = c.tenant_id";
 
 fn campaign(row: CampaignTuple) -> CampaignRow {
@@ -86,6 +97,7 @@ fn campaign(row: CampaignTuple) -> CampaignRow {
         created_at,
         finished_at,
         daily_recipients,
+        updated_at,
     ) = row;
     CampaignRow {
         id,
@@ -103,6 +115,7 @@ fn campaign(row: CampaignTuple) -> CampaignRow {
         created_at,
         finished_at,
         daily_recipients,
+        updated_at,
     }
 }
 
@@ -210,6 +223,30 @@ pub async fn create(pool: &PgPool, new: &NewCampaign) -> Result<Created, StoreEr
     tx.commit().await.map_err(StoreError::Query)?;
     let row = get(pool, new.tenant_id, id).await?.ok_or(StoreError::Query(sqlx::Error::RowNotFound))?;
     Ok(Created::New(row))
+}
+
+/// The inbox's contacts (address and name), oldest first, optionally only those whose
+/// conversation was active within `seen_within_days`; at most `limit`.
+pub async fn audience(
+    pool: &PgPool,
+    tenant: Uuid,
+    inbox: Uuid,
+    seen_within_days: Option<i64>,
+    limit: i64,
+) -> Result<Vec<(String, Option<String>)>, StoreError> {
+    sqlx::query_as(
+        "SELECT k.external_id, k.name FROM contacts k WHERE k.tenant_id = $1 AND k.inbox_id = $2 \
+           AND ($3::int8 IS NULL OR EXISTS (SELECT 1 FROM conversations c WHERE c.contact_id = k.id \
+                AND c.tenant_id = $1 AND c.last_activity_at > now() - make_interval(days => $3::int4))) \
+         ORDER BY k.created_at, k.id LIMIT $4",
+    )
+    .bind(tenant)
+    .bind(inbox)
+    .bind(seen_within_days)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::Query)
 }
 
 /// Which of `addresses` opted out of `inbox`.
@@ -356,7 +393,7 @@ pub async fn transition(
     let mut tx = pool.begin().await.map_err(StoreError::Query)?;
     let from: Vec<String> = from.iter().map(|status| (*status).to_owned()).collect();
     let changed: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE campaigns SET status = $4, updated_at = now(), \
+        "UPDATE campaigns SET status = $4, updated_at = clock_timestamp(), \
            finished_at = CASE WHEN $4 IN ('cancelled', 'finished') THEN now() ELSE finished_at END \
          WHERE tenant_id = $1 AND id = $2 AND status = ANY($3) RETURNING id",
     )
@@ -382,11 +419,12 @@ pub async fn transition(
     Ok(get(pool, tenant, id).await?.map(|row| (row, changed.is_some())))
 }
 
-/// Campaigns with work to do now (running, or scheduled and due), oldest first.
+/// Campaigns with work to do now (running, or scheduled and due): each tenant's oldest first,
+/// then their second, and so on, so one tenant's many campaigns never keep another's waiting.
 pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<CampaignRow>, StoreError> {
     let rows: Vec<CampaignTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {CAMPAIGN_COLUMNS} WHERE c.status IN ('scheduled', 'running') AND c.start_at <= now() \
-         ORDER BY c.start_at LIMIT $1"
+         ORDER BY row_number() OVER (PARTITION BY c.tenant_id ORDER BY c.start_at, c.id), c.start_at LIMIT $1"
     )))
     .bind(limit)
     .fetch_all(pool)
@@ -397,7 +435,7 @@ pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<CampaignRow>, StoreErr
 
 /// Marks a scheduled campaign running (its start time came).
 pub async fn start(pool: &PgPool, id: Uuid) -> Result<(), StoreError> {
-    sqlx::query("UPDATE campaigns SET status = 'running', updated_at = now() WHERE id = $1 AND status = 'scheduled'")
+    sqlx::query("UPDATE campaigns SET status = 'running', updated_at = clock_timestamp() WHERE id = $1 AND status = 'scheduled'")
         .bind(id)
         .execute(pool)
         .await
@@ -574,7 +612,7 @@ pub async fn expire_rest(pool: &PgPool, campaign: Uuid) -> Result<u64, StoreErro
 /// Marks the campaign finished when every recipient has a final status; `true` when it did.
 pub async fn finish_if_done(pool: &PgPool, campaign: Uuid) -> Result<bool, StoreError> {
     let finished: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE campaigns SET status = 'finished', finished_at = now(), updated_at = now() \
+        "UPDATE campaigns SET status = 'finished', finished_at = now(), updated_at = clock_timestamp() \
          WHERE id = $1 AND status = 'running' AND NOT EXISTS ( \
            SELECT 1 FROM campaign_recipients WHERE campaign_id = $1 AND status IN ('pending', 'queued', 'deferred')) \
          RETURNING id",

@@ -325,6 +325,29 @@ async fn pause_resume_and_cancel_take_effect_and_counts_add_up() {
     assert_eq!(resumed.json()["status"], "running");
     receiver.wait_for("sending continues", |received| received.len() >= after_one_second + 20).await;
 
+    // Controls racing each other leave Redis (what senders read) where PostgreSQL ends.
+    let redis = chatdesk_streams::RedisConnector::new(chatdesk_streams::RedisSettings::new(&env.redis_url))
+        .unwrap()
+        .shared()
+        .await
+        .unwrap();
+    let state_key = chatdesk_core::KeyScheme::new(&env.prefix).unwrap().campaign_state(&id.parse().unwrap());
+    for _ in 0..15 {
+        let calls = ["pause", "resume", "pause", "resume"].map(|verb| {
+            let path = format!("/v1/campaigns/{id}/{verb}");
+            let api = Client { http, token: api.token.clone() };
+            tokio::spawn(async move { api.call("POST", &path, None).await.status })
+        });
+        for call in calls {
+            assert_eq!(call.await.unwrap(), 200);
+        }
+        let status = api.call("GET", &format!("/v1/campaigns/{id}"), None).await.json()["status"].clone();
+        let stored: String = redis.get(&state_key).await.unwrap();
+        let expected = if status == "paused" { "paused" } else { "running" };
+        assert_eq!(stored.split(':').next().unwrap(), expected, "PostgreSQL says {status}");
+    }
+    api.call("POST", &format!("/v1/campaigns/{id}/resume"), None).await;
+
     let cancelled = api.call("POST", &format!("/v1/campaigns/{id}/cancel"), None).await;
     assert_eq!(cancelled.status, 200, "{}", cancelled.body);
     let done = campaign_when(&api, &id, "nothing left in flight", Duration::from_secs(30), |c| {
@@ -482,6 +505,17 @@ async fn bad_campaigns_are_refused_with_a_reason_and_nothing_is_enqueued() {
         (json!({"inbox_id": inbox, "text": "Hi", "rate_per_sec": 5, "recipients": []}), 422, "recipients: is empty"),
         (json!({"inbox_id": inbox, "text": "Hi", "rate_per_sec": 5}), 422, "recipients: is required"),
         (json!({"inbox_id": inbox, "text": "", "rate_per_sec": 5, "recipients": one}), 422, "text"),
+        (json!({"inbox_id": inbox, "text": "A{{}}B", "rate_per_sec": 5, "recipients": one}), 422, "is not a variable"),
+        (
+            json!({"inbox_id": inbox, "text": "Hi", "rate_per_sec": 5, "recipients_csv": "to,name,NAME\na,A,B\n"}),
+            422,
+            "appears twice",
+        ),
+        (
+            json!({"inbox_id": inbox, "text": "Hi", "rate_per_sec": 5, "recipients": one, "start_at": "9999-12-31T23:59:00Z"}),
+            422,
+            "within a year",
+        ),
         (
             json!({"inbox_id": inbox, "text": "Hi {{name}}", "rate_per_sec": 5,
                    "recipients": [{"to": "a"}, {"to": "b", "vars": {"x": 1}}, {"to": "c", "vars": {"name": " "}}]}),
@@ -661,4 +695,81 @@ async fn nothing_is_sent_after_a_campaign_expires_and_the_rest_is_expired() {
         .count();
     assert_eq!(late, 0, "sent after the campaign expired");
     assert_eq!(receiver.received().len() as i64, sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_audience_of_stored_contacts_is_sent_to_with_their_names() {
+    let env = Env::start().await;
+    let receiver = StandIn::start(by_to, |_, _| ok_generic()).await;
+    let http = free_addr();
+    let _chatdesk = serve_roles(&env, "ingress,writer,sender,broadcaster", http, &[]).await;
+    let (tenant, api) = marketer(&env, http, "audience").await;
+    let inbox = admin(
+        &env,
+        &[
+            "inbox",
+            "create",
+            "--tenant",
+            &tenant,
+            "--kind",
+            "generic",
+            "--name",
+            "Out",
+            "--outbound-url",
+            &receiver.url(),
+        ],
+    );
+    for (index, name) in ["Ana", "Bo", "Cy"].iter().enumerate() {
+        let body = json!({"message_id": format!("m-{index}"), "from": {"id": format!("cust-{index}"), "name": name}, "text": "hi"})
+            .to_string();
+        let response = crate::support::post_generic(http, &inbox, &body).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    let id = inbox["inbox_id"].as_str().unwrap();
+    let refused = api
+        .call(
+            "POST",
+            "/v1/campaigns",
+            Some(
+                json!({"inbox_id": id, "text": "Hi {{name}}", "rate_per_sec": 5, "audience": {"seen_within_days": 0}}),
+            ),
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    let both = api
+        .call(
+            "POST",
+            "/v1/campaigns",
+            Some(json!({"inbox_id": id, "text": "Hi", "rate_per_sec": 5, "audience": {}, "recipients": []})),
+        )
+        .await;
+    assert_eq!(both.status, 422, "{}", both.body);
+    // The writer stores the contacts a moment after the webhooks were taken.
+    let campaign = chatdesk_testkit::eventually("three stored contacts", Duration::from_secs(30), || async {
+        let response = api
+            .call(
+                "POST",
+                "/v1/campaigns",
+                Some(json!({"inbox_id": id, "text": "Hi {{name}}", "rate_per_sec": 5,
+                                                        "audience": {"seen_within_days": 30}, "dry_run": true})),
+            )
+            .await;
+        (response.status == 200 && response.json()["report"]["accepted"] == 3).then_some(())
+    })
+    .await;
+    let () = campaign;
+    let campaign = create(
+        &api,
+        json!({"inbox_id": id, "text": "Hi {{name}}", "rate_per_sec": 5, "audience": {"seen_within_days": 30}}),
+    )
+    .await;
+    let received = receiver.wait_for("three sends", |received| received.len() >= 3).await;
+    let mut texts: Vec<String> =
+        received.iter().map(|request| request.body["text"].as_str().unwrap().to_owned()).collect();
+    texts.sort();
+    assert_eq!(texts, ["Hi Ana", "Hi Bo", "Hi Cy"]);
+    campaign_when(&api, campaign["id"].as_str().unwrap(), "finished", Duration::from_secs(30), |c| {
+        c["status"] == "finished"
+    })
+    .await;
 }
