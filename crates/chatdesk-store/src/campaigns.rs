@@ -18,10 +18,12 @@ pub const FINAL_STATUSES: [&str; 6] = ["sent", "delivered", "read", "failed", "s
 
 /// The rank a status update must exceed (SQL), so a recipient's status only moves forward: a
 /// late `sent` never replaces `delivered`. `deferred` ranks above `sent` because WhatsApp
-/// reports its marketing cap after accepting the message.
-const RANK: &str = "CASE {} WHEN 'pending' THEN 0 WHEN 'queued' THEN 1 WHEN 'sent' THEN 2 \
-    WHEN 'deferred' THEN 3 WHEN 'failed' THEN 3 WHEN 'skipped' THEN 3 WHEN 'expired' THEN 3 \
-    WHEN 'delivered' THEN 4 WHEN 'read' THEN 5 ELSE 0 END";
+/// reports its marketing cap after accepting the message. `skipped` and `expired` rank below
+/// `sent`: a cancel or an expiry marks what had not gone out yet, and a message already on its
+/// way that the provider then took was sent, and counts so.
+const RANK: &str = "CASE {} WHEN 'pending' THEN 0 WHEN 'queued' THEN 1 WHEN 'skipped' THEN 2 \
+    WHEN 'expired' THEN 2 WHEN 'sent' THEN 3 WHEN 'deferred' THEN 4 WHEN 'failed' THEN 4 \
+    WHEN 'delivered' THEN 5 WHEN 'read' THEN 6 ELSE 0 END";
 
 fn rank(column: &str) -> String {
     RANK.replace("{}", column)

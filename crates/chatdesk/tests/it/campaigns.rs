@@ -571,6 +571,13 @@ async fn bad_campaigns_are_refused_with_a_reason_and_nothing_is_enqueued() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["report"]["rejected"][0]["index"], 1, "{answer}");
     assert!(answer["report"]["rejected"][0]["reason"].as_str().unwrap().contains("\"code\""), "{answer}");
+    // When no recipient has it, nothing is left to send: a 4xx with the report.
+    let (status, answer) = refused(json!({"inbox_id": whatsapp["inbox_id"], "text": "Promo", "rate_per_sec": 5,
+        "template": {"name": "promo", "language": "en_US", "components": [{"type": "body", "parameters": [{"type": "text", "text": "{{code}}"}]}]},
+        "recipients": [{"to": "+16505550002"}]}))
+    .await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (422, Some("no_recipients")), "{answer}");
+    assert_eq!(answer["error"]["details"]["rejected"][0]["reason"], "no value for the variable \"code\"", "{answer}");
 
     // A CSV body: the bad row is reported by its line; duplicates removed.
     let auth = format!("Bearer {}", api.token);
