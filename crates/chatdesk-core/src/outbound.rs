@@ -246,11 +246,13 @@ impl OutboundPolicy {
         }
         let host = host.filter(|host| !host.is_empty()).ok_or(Refused::NoHost)?;
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse::<IpAddr>()
-            && !self.allows(bare, ip, port)
-        {
-            return Err(Refused::NotPublic);
+        // An address written in the URL is decided here, port and all: a network entry allows it
+        // on every port, even when another entry names the same address with one port.
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return if self.allows(bare, ip, port) { Ok((host, port)) } else { Err(Refused::NotPublic) };
         }
+        // A name is resolved later, where ports are no longer known: a name the allowlist names
+        // with a port is held to that port now.
         if !self.port_fits(bare, port) {
             return Err(Refused::NotPublic);
         }
@@ -314,6 +316,10 @@ mod tests {
         assert!(policy.allows_resolved("other.internal", ip("10.1.9.9")));
         assert_eq!(policy.check_url("https", Some("receiver.internal"), 6379), Err(Refused::NotPublic));
         assert!(policy.check_url("https", Some("receiver.internal"), 8443).is_ok());
+        // A network entry and a host:port entry for an address inside it: the network decides.
+        let both: OutboundPolicy = "127.0.0.1/32, 127.0.0.1:9000".parse().unwrap();
+        assert!(both.check_url("http", Some("127.0.0.1"), 18999).is_ok());
+        assert_eq!(policy.check_url("http", Some("127.0.0.1"), 6379), Err(Refused::NotPublic));
         for bad in ["10.0.0.0/33", "host", "host:0", ":80", "::1/129"] {
             assert!(bad.parse::<OutboundPolicy>().is_err(), "{bad}");
         }

@@ -544,6 +544,10 @@ impl Inner {
                     .increment(1);
                 ::metrics::histogram!(metrics::RATE_LIMIT_WAIT_SECONDS, "provider" => provider, "bucket" => bucket.name())
                     .record(wait.as_secs_f64());
+                if priority == Priority::Campaign {
+                    ::metrics::histogram!(metrics::CAMPAIGN_THROTTLED_SECONDS, "inbox" => inbox.id.to_string())
+                        .record(wait.as_secs_f64());
+                }
                 self.queue.update(leased, Some(wait.as_millis() as u64)).await?;
                 // The partition's loop may be asleep until a later due time: let it see this one.
                 self.wake[usize::from(leased.partition)].notify_one();
@@ -626,6 +630,16 @@ impl Inner {
     /// Appends the status event and removes the job (dead-lettering it when it gave up).
     async fn conclude(&self, leased: &Leased, ending: Ending, provider: &'static str) -> Result<(), DeliverError> {
         let job = &leased.job;
+        if job_is_campaign(job) {
+            let result = match &ending {
+                Ending::Sent { .. } => "sent",
+                Ending::Failed { code: Some(code), .. } if code == "campaign_cancelled" => "skipped",
+                Ending::Failed { code: Some(code), .. } if code == "expired" => "expired",
+                Ending::Failed { .. } => "failed",
+            };
+            ::metrics::counter!(metrics::CAMPAIGN_RESULTS_TOTAL, "inbox" => job.request.inbox_id.to_string(), "result" => result)
+                .increment(1);
+        }
         let (entry, dead_letter_reason) = match &ending {
             Ending::Sent { provider_message_id } => {
                 (status_event(job, MessageStatus::Sent, None, provider_message_id.clone(), None), None)

@@ -11,6 +11,8 @@ pub const LEASES_LOST_TOTAL: &str = "chatdesk_sender_leases_lost_total";
 pub const RATE_LIMIT_WAIT_SECONDS: &str = "chatdesk_sender_rate_limit_wait_seconds";
 pub const CAMPAIGN_SENDS_TOTAL: &str = "chatdesk_sender_campaign_sends_total";
 pub const CAMPAIGN_HELD_TOTAL: &str = "chatdesk_sender_campaign_held_total";
+pub const CAMPAIGN_RESULTS_TOTAL: &str = "chatdesk_sender_campaign_results_total";
+pub const CAMPAIGN_THROTTLED_SECONDS: &str = "chatdesk_sender_campaign_throttled_seconds";
 
 pub fn describe() {
     use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -38,6 +40,16 @@ pub fn describe() {
         CAMPAIGN_SENDS_TOTAL,
         Unit::Count,
         "Campaign messages handed to their provider, by sender (inbox)"
+    );
+    describe_counter!(
+        CAMPAIGN_RESULTS_TOTAL,
+        Unit::Count,
+        "Campaign messages concluded by the sender, by sender (inbox) and result (sent, failed, skipped, expired)"
+    );
+    describe_histogram!(
+        CAMPAIGN_THROTTLED_SECONDS,
+        Unit::Seconds,
+        "How long a campaign message was told to wait for its sender's rate, by sender (inbox)"
     );
     describe_counter!(CAMPAIGN_HELD_TOTAL, Unit::Count, "Campaign messages held back because their campaign is paused");
     describe_counter!(LEASES_LOST_TOTAL, Unit::Count, "Deliveries whose lease ran out before they were recorded");

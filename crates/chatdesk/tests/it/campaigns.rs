@@ -164,6 +164,12 @@ async fn two_thousand_recipients_at_fifty_a_second_arrive_once_each_at_that_rate
         campaign_when(&api, id, "the campaign finished", Duration::from_secs(60), |c| c["status"] == "finished").await;
     assert_eq!(finished["counts"]["sent"], 2000, "{finished}");
     counts_add_up(&finished);
+    // Per-sender figures for the operator.
+    let (status, metrics) = chatdesk_testkit::http_get(http, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let sent = format!("chatdesk_sender_campaign_results_total{{inbox=\"{inbox}\",result=\"sent\"}} 2000");
+    assert!(metrics.contains(&sent), "{sent} in /metrics");
+    assert!(metrics.contains(&format!("chatdesk_sender_campaign_throttled_seconds_count{{inbox=\"{inbox}\"}}")));
     let page = api.call("GET", &format!("/v1/campaigns/{id}/recipients?status=sent&limit=2"), None).await.json();
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     assert_eq!(page["next_after"], 1);
