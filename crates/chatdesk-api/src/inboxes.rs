@@ -33,6 +33,8 @@ pub struct InboxView {
     /// Whether a sending credential (WhatsApp access token, Telegram bot token) is set; the
     /// credential itself is never shown.
     pub has_token: bool,
+    /// generic: whether only timestamped signatures are accepted.
+    pub require_timestamped_signature: bool,
 }
 
 impl From<&InboxRecord> for InboxView {
@@ -46,6 +48,11 @@ impl From<&InboxRecord> for InboxView {
             outbound_url: inbox.outbound_url.clone(),
             phone_number_id: config("phone_number_id"),
             has_token: config("access_token").is_some() || config("bot_token").is_some(),
+            require_timestamped_signature: inbox
+                .provider_config
+                .get(crate::ingress::generic::TIMESTAMPED_ONLY)
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
         }
     }
 }
@@ -93,6 +100,10 @@ pub struct UpdateInbox {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub bot_token: Option<Option<String>>,
+    /// generic: accept only timestamped signatures (`t=…,v1=…`), refusing the older `sha256=`
+    /// form, with which a captured request can be replayed.
+    #[serde(default)]
+    pub require_timestamped_signature: Option<bool>,
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from a field left out (`None`).
@@ -181,6 +192,15 @@ pub async fn update_inbox(
         if field != "outbound_url" {
             patch.insert(field.to_owned(), value.clone().map_or(serde_json::Value::Null, serde_json::Value::String));
         }
+    }
+    if let Some(required) = update.require_timestamped_signature {
+        if kind != "generic" {
+            return Err(ApiError::invalid_field(
+                "require_timestamped_signature",
+                format!("does not apply to a {kind} inbox"),
+            ));
+        }
+        patch.insert(crate::ingress::generic::TIMESTAMPED_ONLY.to_owned(), serde_json::Value::Bool(required));
     }
     let outbound_url = update.outbound_url.as_ref().map(|url| url.as_deref());
     let updated =

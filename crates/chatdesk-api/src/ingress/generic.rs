@@ -70,6 +70,9 @@ pub fn parse(body: &[u8]) -> Result<Inbound, ApiError> {
     })
 }
 
+/// The generic inbox setting that refuses the untimed `sha256=` signature.
+pub const TIMESTAMPED_ONLY: &str = "require_timestamped_signature";
+
 /// Receives one message of the generic channel.
 #[utoipa::path(
     post,
@@ -106,6 +109,7 @@ pub async fn receive(
             body,
             &inbox.webhook_secret,
             chatdesk_core::envelope::now_ms() / 1000,
+            inbox.provider_config.get(TIMESTAMPED_ONLY).and_then(serde_json::Value::as_bool).unwrap_or(false),
         )
     };
     webhook(state, InboxKind::Generic, inbox_id, authenticate, |inbox| async move {

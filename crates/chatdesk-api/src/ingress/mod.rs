@@ -295,15 +295,21 @@ pub async fn limit_failed_signatures(
     let Some(inbox) = inbox.filter(|_| is_webhook) else {
         return next.run(request).await;
     };
-    if let Some(wait) = state.signature_gate.blocked_for(peer.ip(), inbox) {
+    // A blocked address still gets its correctly signed webhooks through: providers send every
+    // tenant's webhooks from shared addresses, so one tenant pointing its provider at another's
+    // inbox must not shut the provider out of it. Only failures are answered 429 (an HMAC
+    // cannot be guessed, so the block only tells a prober to stop).
+    let blocked = state.signature_gate.blocked_for(peer.ip(), inbox);
+    let response = next.run(request).await;
+    let failed = matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+    if let Some(wait) = blocked.filter(|_| failed) {
         return ApiError::TooManyRequests {
             message: "too many failed webhook signatures from this address to this inbox".into(),
             retry_after_seconds: wait.as_secs().max(1),
         }
         .into_response();
     }
-    let response = next.run(request).await;
-    if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+    if failed {
         let minute = chatdesk_core::envelope::now_ms() / 60_000;
         let key = state.keys.webhook_failures_of(&peer.ip(), &inbox, minute);
         let counted: Result<u64, _> = state.redis.incr(&key).await;

@@ -31,8 +31,15 @@ pub fn verify_generic_signature(
     body: &[u8],
     secret: &str,
     now_seconds: u64,
+    timestamped_only: bool,
 ) -> Result<(), ApiError> {
     let Some(value) = header.filter(|value| value.trim_start().starts_with("t=")) else {
+        if timestamped_only {
+            // The inbox's admin turned the replayable form off.
+            return Err(unauthorized(&format!(
+                "{header_name}: this inbox takes only timestamped signatures (t=<unix seconds>,v1=<hex>)"
+            )));
+        }
         return verify_hmac_header(header_name, header, body, secret);
     };
     let mut timestamp = None;
@@ -119,14 +126,20 @@ mod tests {
         let body = br#"{"text":"hi"}"#;
         let now = 1_763_800_000;
         let header = sign_timestamped(body, "secret", now);
-        assert!(verify_generic_signature("X", Some(&header), body, "secret", now + 10).is_ok());
-        assert!(verify_generic_signature("X", Some(&header), body, "secret", now + 301).is_err(), "replayed late");
-        assert!(verify_generic_signature("X", Some(&header), body, "other", now).is_err());
-        assert!(verify_generic_signature("X", Some(&header), br#"{"text":"ho"}"#, "secret", now).is_err());
+        assert!(verify_generic_signature("X", Some(&header), body, "secret", now + 10, false).is_ok());
+        assert!(
+            verify_generic_signature("X", Some(&header), body, "secret", now + 301, false).is_err(),
+            "replayed late"
+        );
+        assert!(verify_generic_signature("X", Some(&header), body, "other", now, false).is_err());
+        assert!(verify_generic_signature("X", Some(&header), br#"{"text":"ho"}"#, "secret", now, false).is_err());
         let moved = header.replace(&format!("t={now}"), &format!("t={}", now + 5));
-        assert!(verify_generic_signature("X", Some(&moved), body, "secret", now).is_err(), "the time is signed");
+        assert!(verify_generic_signature("X", Some(&moved), body, "secret", now, false).is_err(), "the time is signed");
         // The untimed form still verifies.
-        assert!(verify_generic_signature("X", Some(&sign(body, "secret")), body, "secret", now).is_ok());
+        assert!(verify_generic_signature("X", Some(&sign(body, "secret")), body, "secret", now, false).is_ok());
+        let untimed = verify_generic_signature("X", Some(&sign(body, "secret")), body, "secret", now, true);
+        assert!(untimed.unwrap_err().to_string().contains("only timestamped"), "an inbox may refuse the untimed form");
+        assert!(verify_generic_signature("X", Some(&header), body, "secret", now, true).is_ok());
         assert!(verify_secret_header("X-T", Some("abc"), "abc").is_ok());
         assert!(verify_secret_header("X-T", Some("abd"), "abc").is_err());
         assert!(verify_secret_header("X-T", Some("ab"), "abc").is_err());

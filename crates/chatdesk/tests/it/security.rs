@@ -695,6 +695,11 @@ async fn failed_webhook_signatures_are_limited_per_address_and_inbox() {
     let refused = post(http, path, &[("X-Chatdesk-Signature", "sha256=00")], &body).await;
     assert_eq!(refused.status, 429, "{}", refused.body);
     assert!(refused.header("retry-after").is_some());
+    // A tenant pointing its provider's webhooks at this inbox (failing, from the provider's shared
+    // address) cannot shut the provider's real webhooks out of it.
+    let signed = crate::support::generic_body("m-2", "cust-1", "still here");
+    let real = post_generic(http, &generic, &signed).await;
+    assert_eq!(real.status, 200, "{}", real.body);
     // Providers deliver every tenant's webhooks from shared addresses: another tenant's inbox
     // still takes its signed webhooks from the same address.
     let neighbour = admin(
@@ -898,6 +903,22 @@ async fn a_late_replayed_webhook_is_refused() {
     let captured = sign_timestamped(body.as_bytes(), secret, now - 3600);
     let replayed = post(http, path, &[("X-Chatdesk-Signature", &captured)], &body).await;
     assert_eq!(replayed.status, 401, "{}", replayed.body);
+
+    // The untimed form can be replayed at any time: an inbox's admin can refuse it.
+    let untimed = crate::support::generic_body("t-2", "cust-1", "again");
+    let signature = chatdesk_core::auth::sign_body(untimed.as_bytes(), secret);
+    assert_eq!(post(http, path, &[("X-Chatdesk-Signature", &signature)], &untimed).await.status, 200);
+    let token = login(http, "owner@replay.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let owner = crate::support::Client { http, token };
+    let inbox_path = format!("/v1/inboxes/{}", generic["inbox_id"].as_str().unwrap());
+    let set = owner.call("PATCH", &inbox_path, Some(json!({"require_timestamped_signature": true}))).await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    assert_eq!(set.json()["require_timestamped_signature"], true);
+    let refused = post(http, path, &[("X-Chatdesk-Signature", &signature)], &untimed).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert!(refused.body.contains("only timestamped"), "{}", refused.body);
+    let fresh = sign_timestamped(untimed.as_bytes(), secret, now);
+    assert_eq!(post(http, path, &[("X-Chatdesk-Signature", &fresh)], &untimed).await.status, 200);
 }
 
 /// With an operators' tenant set, stream health (every tenant's) is theirs alone.
