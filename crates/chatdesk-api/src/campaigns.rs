@@ -77,6 +77,7 @@ fn address_kind(kind: InboxKind) -> AddressKind {
 pub struct RecipientInput {
     /// A phone number in international format (WhatsApp), a chat id (Telegram), the receiver's
     /// id (generic).
+    #[schema(min_length = 1, max_length = 256)]
     pub to: String,
     /// `{{name}}` in the text (and in template parameters) is replaced by `vars.name`.
     #[serde(default)]
@@ -105,9 +106,11 @@ pub struct CreateCampaign {
     pub inbox_id: Uuid,
     /// Shown in the dashboard; defaults to "Campaign" and the creation time.
     #[serde(default)]
+    #[schema(max_length = 200)]
     pub name: Option<String>,
     /// The message, with `{{variable}}` placeholders. With a template, what the conversation
     /// history shows.
+    #[schema(min_length = 1, max_length = 4096)]
     pub text: String,
     /// Messages per second on this sender, at most the channel's maximum (WhatsApp 1000,
     /// Telegram 30, generic 1000).

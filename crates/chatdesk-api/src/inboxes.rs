@@ -86,19 +86,19 @@ pub async fn list_inboxes(State(state): State<AppState>, principal: Principal) -
 pub struct UpdateInbox {
     /// generic: where outbound messages are POSTed (http:// or https://).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 2048)]
     pub outbound_url: Option<Option<String>>,
     /// whatsapp: the phone number id to send from.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 1024)]
     pub phone_number_id: Option<Option<String>>,
     /// whatsapp: the Cloud API access token.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 1024)]
     pub access_token: Option<Option<String>>,
     /// telegram: the bot token.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 1024)]
     pub bot_token: Option<Option<String>>,
     /// generic: accept only timestamped signatures (`t=…,v1=…`), refusing the older `sha256=`
     /// form, with which a captured request can be replayed.

@@ -26,17 +26,22 @@ pub const SIGNATURE_HEADER: &str = "X-Chatdesk-Signature";
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct GenericSender {
-    /// The sender's id in your system.
+    /// The sender's id in your system (at most 256 bytes).
+    #[schema(min_length = 1, max_length = 256)]
     pub id: String,
+    #[schema(max_length = 200)]
     pub name: Option<String>,
+    #[schema(max_length = 320)]
     pub email: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct GenericMessage {
-    /// Your id of the message: a repeat within 7 days is not appended again.
+    /// Your id of the message (at most 256 bytes): a repeat within 7 days is not appended again.
+    #[schema(min_length = 1, max_length = 256)]
     pub message_id: String,
     pub from: GenericSender,
+    #[schema(max_length = 4096)]
     pub text: String,
     /// When the message was sent, seconds since the Unix epoch.
     pub timestamp: Option<i64>,
