@@ -61,8 +61,19 @@ impl Default for Rules {
 }
 
 impl Rules {
+    /// Whether the whole of `said` is one of `words`: case aside, full-width letters (as phone
+    /// keyboards in East Asia type them) read as ASCII, and surrounding spaces and punctuation
+    /// ("Stop.", "STOP!") ignored. A word inside a longer message does not count.
     fn matches(words: &[String], said: &str) -> bool {
-        let said = said.trim();
+        let said: String = said
+            .chars()
+            .map(|character| match character {
+                '\u{FF01}'..='\u{FF5E}' => char::from_u32(character as u32 - 0xFEE0).unwrap_or(character),
+                '\u{3000}' => ' ',
+                other => other,
+            })
+            .collect();
+        let said = said.trim_matches(|character: char| character.is_whitespace() || character.is_ascii_punctuation());
         !said.is_empty() && words.iter().any(|word| word.eq_ignore_ascii_case(said))
     }
 
@@ -540,4 +551,20 @@ async fn apply_conversation_changes(
         query.execute(&mut **tx).await.map_err(StoreError::Query)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opt_out_words_are_whole_messages_however_they_are_typed() {
+        let words = Rules::default().opt_out_words;
+        for said in ["STOP", "stop", " Stop. ", "STOP!", "\u{FF33}\u{FF34}\u{FF2F}\u{FF30}", "unsubscribe"] {
+            assert!(Rules::matches(&words, said), "{said:?}");
+        }
+        for said in ["Stop please", "don't stop", "", "!!", "STOPS"] {
+            assert!(!Rules::matches(&words, said), "{said:?}");
+        }
+    }
 }
