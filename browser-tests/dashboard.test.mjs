@@ -105,6 +105,13 @@ async function checkStreamsPage(browser) {
   await sre.context().close();
 }
 
+/// A metric of the API process (0 when not recorded yet).
+async function metric(name) {
+  const text = await (await fetch(`${config.base}/metrics`)).text();
+  const line = text.split('\n').find((candidate) => candidate.startsWith(`${name} `));
+  return line ? Number(line.slice(name.length + 1)) : 0;
+}
+
 /// A marketer uploads a CSV (one row cannot be sent, and the preview says why), starts the
 /// campaign, watches the progress bar, pauses and resumes it, and sees it reach 100%.
 async function checkCampaignsPage(browser) {
@@ -128,9 +135,12 @@ async function checkCampaignsPage(browser) {
   await waitFor('the first sends', async () => (await sent()) > 5);
   await marketer.click('#campaign-pause');
   await marketer.waitForSelector('#campaign-status[data-status="paused"]');
-  await new Promise((resolve) => setTimeout(resolve, 1500));
+  // The pause has reached both stages: the runner gave its slot up, and the sender holds what
+  // it still had (or nothing is left in flight).
+  await waitFor('the pause to reach runner and sender', async () => await metric('chatdesk_broadcast_running_campaigns') === 0
+    && (await metric('chatdesk_sender_campaign_held_total{provider="generic"}') > 0
+      || Number(await marketer.textContent('dd[data-count="queued"]')) === 0));
   const atPause = await sent();
-  await new Promise((resolve) => setTimeout(resolve, 2000));
   check(await sent() === atPause, 'nothing is sent while paused');
   check(atPause < 80, 'paused before the end');
   await marketer.click('#campaign-resume');

@@ -12,7 +12,10 @@ use futures::SinkExt;
 use serde_json::{Value, json};
 
 use crate::standin::{Answer, Received, StandIn};
-use crate::support::{Client, Env, admin, login, post, serve_roles, whatsapp_inbox, whatsapp_notify};
+use crate::support::{
+    Client, Env, admin, login, metric, post, queued_deliveries, serve_roles, until_deliveries_finished, whatsapp_inbox,
+    whatsapp_notify,
+};
 
 fn free_addr() -> SocketAddr {
     format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap()
@@ -263,8 +266,8 @@ async fn a_broadcaster_killed_mid_campaign_sends_every_recipient_exactly_once() 
     let finished =
         campaign_when(&api, id, "the campaign finished", Duration::from_secs(60), |c| c["status"] == "finished").await;
     assert_eq!(finished["counts"]["sent"], 400, "{finished}");
-    // Nothing more arrives late.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing more arrives late: the sender has nothing left.
+    until_deliveries_finished(&env).await;
     each_once(&receiver.received(), 400);
     assert_eq!(received.len(), 400);
 }
@@ -319,17 +322,30 @@ async fn pause_resume_and_cancel_take_effect_and_counts_add_up() {
     assert_eq!(paused.status, 200, "{}", paused.body);
     assert_eq!(paused.json()["status"], "paused");
     let paused_at = Instant::now();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after_one_second = receiver.received().len();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(receiver.received().len(), after_one_second, "nothing sent later than 1 s after the pause");
+    // The pause has reached both stages: the runner gave its slot up (nothing more is handed
+    // over), and the sender either holds what it still had or has nothing left.
+    chatdesk_testkit::wait_until("the pause to reach runner and sender", Duration::from_secs(30), || async {
+        metric(http, "chatdesk_broadcast_running_campaigns").await == 0.0
+            && (metric(http, "chatdesk_sender_campaign_held_total{provider=\"generic\"}").await > 0.0
+                || queued_deliveries(&env).await == 0)
+    })
+    .await;
     let late: Vec<_> =
         receiver.received().into_iter().filter(|request| request.at > paused_at + Duration::from_secs(1)).collect();
     assert!(late.is_empty(), "{} sent after the pause took effect", late.len());
+    let at_pause = receiver.received().len();
+    let resuming_at = Instant::now();
 
     let resumed = api.call("POST", &format!("/v1/campaigns/{id}/resume"), None).await;
     assert_eq!(resumed.json()["status"], "running");
-    receiver.wait_for("sending continues", |received| received.len() >= after_one_second + 20).await;
+    // Nothing went out in the whole paused time, however long it was.
+    let while_paused = receiver
+        .received()
+        .into_iter()
+        .filter(|request| request.at > paused_at + Duration::from_secs(1) && request.at < resuming_at)
+        .count();
+    assert_eq!(while_paused, 0, "sent while paused");
+    receiver.wait_for("sending continues", |received| received.len() >= at_pause + 20).await;
 
     // Controls racing each other leave Redis (what senders read) where PostgreSQL ends.
     let redis = chatdesk_streams::RedisConnector::new(chatdesk_streams::RedisSettings::new(&env.redis_url))
@@ -362,7 +378,8 @@ async fn pause_resume_and_cancel_take_effect_and_counts_add_up() {
     .await;
     assert_eq!(done["status"], "cancelled");
     counts_add_up(&done);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // What the sender held when the cancel came is dropped, not sent.
+    until_deliveries_finished(&env).await;
     let sent = receiver.received().len() as i64;
     let done = api.call("GET", &format!("/v1/campaigns/{id}"), None).await.json();
     assert_eq!(done["counts"]["sent"].as_i64().unwrap(), sent, "{done}");
@@ -696,7 +713,7 @@ async fn nothing_is_sent_after_a_campaign_expires_and_the_rest_is_expired() {
     assert!((1..30).contains(&sent), "{done}");
     assert_eq!(done["counts"]["expired"].as_i64().unwrap(), 30 - sent, "{done}");
     let expired_at = std::time::SystemTime::UNIX_EPOCH + Duration::from_nanos(expires.unix_timestamp_nanos() as u64);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    until_deliveries_finished(&env).await;
     let late = receiver
         .received()
         .iter()

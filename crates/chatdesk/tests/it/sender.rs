@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::standin::{Answer, Received, StandIn};
 use crate::support::{
     Client, Env, admin, conversation_of, eventually, generic_body, login, post, post_generic, serve_roles,
-    whatsapp_notify,
+    until_deliveries_finished, whatsapp_notify,
 };
 
 const WABA_PHONE: &str = "106540352242922";
@@ -80,27 +80,6 @@ async fn generic_conversations(
 /// A WhatsApp inbox sending through the stand-in's phone number.
 fn whatsapp_inbox(env: &Env, tenant: &str) -> Value {
     crate::support::whatsapp_inbox(env, tenant, WABA_PHONE)
-}
-
-/// Waits until the delivery queue holds no job: every message was sent, failed or dead-lettered,
-/// so no further provider call can come.
-async fn until_deliveries_finished(env: &Env) {
-    let streams = StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap();
-    let send = streams.stream("send").unwrap();
-    let keys = KeyScheme::new(&env.prefix).unwrap();
-    let redis = RedisConnector::new(RedisSettings::new(&env.redis_url)).unwrap().shared().await.unwrap();
-    chatdesk_testkit::wait_until("the delivery queue to drain", Duration::from_secs(60), || {
-        let (redis, keys, send) = (redis.clone(), keys.clone(), send.clone());
-        async move {
-            let mut queued = 0u64;
-            for partition in 0..send.partitions {
-                let jobs: u64 = redis.hlen(keys.partition(&send.name, partition).key("sendq.jobs")).await.unwrap();
-                queued += jobs;
-            }
-            queued == 0
-        }
-    })
-    .await;
 }
 
 fn by_text(request: &Received) -> String {

@@ -223,3 +223,43 @@ pub async fn whatsapp_notify(http: SocketAddr, inbox: &Value, value: Value) {
         post(http, inbox["webhook_path"].as_str().unwrap(), &[("X-Hub-Signature-256", &signature)], &body).await;
     assert_eq!(response.status, 200, "{}", response.body);
 }
+
+/// Jobs in the sender's delivery queue, over every partition of the send stream.
+pub async fn queued_deliveries(env: &Env) -> u64 {
+    use fred::interfaces::HashesInterface as _;
+    let streams =
+        chatdesk_core::StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap();
+    let send = streams.stream("send").unwrap();
+    let keys = chatdesk_core::KeyScheme::new(&env.prefix).unwrap();
+    let redis = chatdesk_streams::RedisConnector::new(chatdesk_streams::RedisSettings::new(&env.redis_url))
+        .unwrap()
+        .shared()
+        .await
+        .unwrap();
+    let mut queued = 0u64;
+    for partition in 0..send.partitions {
+        let jobs: u64 = redis.hlen(keys.partition(&send.name, partition).key("sendq.jobs")).await.unwrap();
+        queued += jobs;
+    }
+    queued
+}
+
+/// Waits until the delivery queue holds no job: every message was sent, failed or dead-lettered,
+/// so no further provider call can come.
+pub async fn until_deliveries_finished(env: &Env) {
+    chatdesk_testkit::wait_until("the delivery queue to drain", Duration::from_secs(60), || async {
+        queued_deliveries(env).await == 0
+    })
+    .await;
+}
+
+/// The value of a metric line (`name` with its labels, as `/metrics` prints it) of the process at
+/// `http`; 0 when it has not been recorded yet.
+pub async fn metric(http: SocketAddr, name: &str) -> f64 {
+    let (status, text) = chatdesk_testkit::http_get(http, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .next()
+        .unwrap_or(0.0)
+}
