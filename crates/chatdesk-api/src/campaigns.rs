@@ -527,7 +527,9 @@ async fn check(
             format!("must be 1 to {max_rate} messages per second on a {} inbox", inbox.kind.as_str()),
         ));
     }
-    let text = chatdesk_conversations::text::message_text(&request.text)
+    // PostgreSQL stores no NUL: removed, as from every entry (`Envelope::of`), rather than
+    // failing the insert.
+    let text = chatdesk_conversations::text::message_text(&chatdesk_core::envelope::text_without_nul(&request.text))
         .map_err(|error| ApiError::invalid_field("text", error.to_string()))?;
     let name = match request.name.as_deref().map(str::trim) {
         Some(name) if name.chars().count() > MAX_NAME_CHARS || name.contains('\0') => {
@@ -543,6 +545,12 @@ async fn check(
         Some(template) => {
             if inbox.kind != InboxKind::Whatsapp {
                 return Err(ApiError::invalid_field("template", "only WhatsApp inboxes send templates"));
+            }
+            let has_nul = template.name.contains('\0')
+                || template.language.contains('\0')
+                || template.components.as_ref().is_some_and(|components| components.to_string().contains("\\u0000"));
+            if has_nul {
+                return Err(ApiError::invalid_field("template", "must not contain U+0000"));
             }
             if template.name.trim().is_empty() || template.name.len() > 512 {
                 return Err(ApiError::invalid_field("template.name", "must be 1 to 512 bytes"));

@@ -529,6 +529,7 @@ async fn bad_campaigns_are_refused_with_a_reason_and_nothing_is_enqueued() {
         (json!({"inbox_id": inbox, "text": "Hi", "rate_per_sec": 5}), 422, "recipients: is required"),
         (json!({"inbox_id": inbox, "text": "", "rate_per_sec": 5, "recipients": one}), 422, "text"),
         (json!({"inbox_id": inbox, "text": "A{{}}B", "rate_per_sec": 5, "recipients": one}), 422, "is not a variable"),
+        (json!({"inbox_id": inbox, "text": "\u{0}", "rate_per_sec": 5, "recipients": one}), 422, "text"),
         (
             json!({"inbox_id": inbox, "text": "Hi", "rate_per_sec": 5, "recipients_csv": "to,name,NAME\na,A,B\n"}),
             422,
@@ -587,6 +588,11 @@ async fn bad_campaigns_are_refused_with_a_reason_and_nothing_is_enqueued() {
     }
     // A template whose parameter needs a variable a recipient lacks: that recipient is reported.
     let whatsapp = whatsapp_inbox(&env, &tenant, "3333333333");
+    let (status, answer) = refused(json!({"inbox_id": whatsapp["inbox_id"], "text": "Promo", "rate_per_sec": 5,
+        "template": {"name": "pro\u{0}mo", "language": "en_US"}, "recipients": [{"to": "+16505550001"}]}))
+    .await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("U+0000"), "{answer}");
     let (status, answer) = refused(json!({"inbox_id": whatsapp["inbox_id"], "text": "Promo", "rate_per_sec": 5, "dry_run": true,
         "template": {"name": "promo", "language": "en_US", "components": [{"type": "body", "parameters": [{"type": "text", "text": "{{code}}"}]}]},
         "recipients": [{"to": "+16505550001", "vars": {"code": "X1"}}, {"to": "+16505550002"}]}))
