@@ -117,8 +117,8 @@ const RESOLVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The same check the sender makes before each call, early: an address written in the URL, and
 /// the addresses its host resolves to now. A host that does not resolve yet is accepted (the
 /// sender decides at send time, on the addresses it connects to).
-async fn check_destination(policy: &OutboundPolicy, url: &str) -> Result<(), ApiError> {
-    let refused = |reason: String| ApiError::invalid_field("outbound_url", reason);
+pub(crate) async fn check_destination(policy: &OutboundPolicy, url: &str, field: &str) -> Result<(), ApiError> {
+    let refused = |reason: String| ApiError::invalid_field(field, reason);
     let uri: axum::http::Uri = url.parse().map_err(|_| refused("must be an http:// or https:// URL".into()))?;
     let scheme = uri.scheme_str().unwrap_or_default();
     let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
@@ -171,7 +171,7 @@ pub async fn update_inbox(
         if !scheme_ok || url.len() > MAX_URL_CHARS || url.contains(char::is_whitespace) {
             return Err(ApiError::invalid_field("outbound_url", "must be an http:// or https:// URL"));
         }
-        check_destination(&state.ingress.outbound, url).await?;
+        check_destination(&state.ingress.outbound, url, "outbound_url").await?;
     }
     let mut patch = serde_json::Map::new();
     for (field, value, kinds) in [

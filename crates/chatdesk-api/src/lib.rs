@@ -14,6 +14,7 @@
 //! - [`metrics`]: `/metrics` and the per-request metrics middleware.
 
 pub mod auth;
+pub mod autoreply;
 pub mod campaigns;
 pub mod conversations;
 pub mod dashboard;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub metrics_token: Option<std::sync::Arc<str>>,
     pub ingress: ingress::IngressSettings,
     pub keys: KeyScheme,
+    /// The bot the test chat talks to, and the loaded dialog flows ([`AppState::with_bot`]).
+    pub bot: chatdesk_autoreply::Bot,
 }
 
 impl AppState {
@@ -78,6 +81,7 @@ impl AppState {
         ingress: ingress::IngressSettings,
     ) -> Self {
         let producer = Producer::new(redis.clone(), keys.clone(), streams.clone());
+        let bot_redis = redis.clone();
         Self {
             directory: chatdesk_conversations::Directory::new(redis.clone(), keys.clone(), streams),
             inboxes: chatdesk_conversations::InboxCache::new(db.clone(), redis.clone(), keys.clone()),
@@ -90,9 +94,22 @@ impl AppState {
             metrics,
             auth,
             producer,
+            bot: chatdesk_autoreply::bot(
+                bot_redis,
+                keys.clone(),
+                &chatdesk_autoreply::AutoReplySettings { policy: ingress.outbound.clone(), ..Default::default() },
+            )
+            .expect("the model endpoints' HTTP client builds"),
             ingress,
             keys,
         }
+    }
+
+    /// Uses the process's bot settings (its flows, budget and outbound policy).
+    pub fn with_bot(mut self, settings: &chatdesk_autoreply::AutoReplySettings) -> Self {
+        self.bot = chatdesk_autoreply::bot(self.redis.clone(), self.keys.clone(), settings)
+            .expect("the model endpoints' HTTP client builds");
+        self
     }
 }
 
@@ -123,6 +140,11 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(conversations::block))
         .routes(routes!(inboxes::list_inboxes))
         .routes(routes!(inboxes::update_inbox))
+        .routes(routes!(autoreply::get_autoreply, autoreply::put_autoreply))
+        .routes(routes!(autoreply::test_autoreply))
+        .routes(routes!(autoreply::list_flows))
+        .routes(routes!(autoreply::usage))
+        .routes(routes!(autoreply::list_orders))
         .routes(routes!(ingress::generic::receive))
         .routes(routes!(ingress::whatsapp::receive, ingress::whatsapp::verify))
         .routes(routes!(ingress::telegram::receive))

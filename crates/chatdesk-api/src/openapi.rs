@@ -56,7 +56,8 @@ impl Modify for BearerAuth {
         (name = "conversations", description = "Conversations, history and agent actions"),
         (name = "inboxes", description = "Inboxes and how they send"),
         (name = "ingress", description = "Channel webhooks: generic, WhatsApp Cloud API, Telegram Bot API"),
-        (name = "widget", description = "The embeddable web widget's visitor sessions and messages")
+        (name = "widget", description = "The embeddable web widget's visitor sessions and messages"),
+        (name = "autoreply", description = "Bots: an inbox's auto-reply (AI model or dialog flow), a test chat, flows, budget and orders")
     )
 )]
 pub struct ApiDoc;

@@ -67,6 +67,19 @@ impl Reply {
         text: &str,
         client_msg_id: Option<&str>,
     ) -> Result<Accepted, ReplyError> {
+        self.send_with(tenant, conversation, sender, text, client_msg_id, None).await
+    }
+
+    /// [`Self::send`] with channel fields kept on the message (a bot's buttons).
+    pub async fn send_with(
+        &self,
+        tenant: Uuid,
+        conversation: Uuid,
+        sender: Actor,
+        text: &str,
+        client_msg_id: Option<&str>,
+        extra: Option<serde_json::Value>,
+    ) -> Result<Accepted, ReplyError> {
         let text = text::message_text(text).map_err(ReplyError::Text)?;
         let client_msg_id = client_msg_id.map(text::client_msg_id).transpose().map_err(ReplyError::ClientMsgId)?;
         let row = chatdesk_store::conversations::get_conversation(&self.db, tenant, conversation)
@@ -77,7 +90,7 @@ impl Reply {
             return Err(ReplyError::Blocked);
         }
         let target = Target { tenant: TenantId(tenant), conversation, inbox: row.inbox_id, contact: row.contact_id };
-        self.append(target, sender, &text, client_msg_id).await.map_err(ReplyError::Append)
+        self.append(target, sender, &text, client_msg_id, extra).await.map_err(ReplyError::Append)
     }
 
     async fn append(
@@ -86,6 +99,7 @@ impl Reply {
         sender: Actor,
         text: &str,
         client_msg_id: Option<&str>,
+        extra: Option<serde_json::Value>,
     ) -> Result<Accepted, ProduceError> {
         let event_id = EventId::new();
         let redis_error = |key: &str| {
@@ -121,7 +135,7 @@ impl Reply {
             direction: Direction::Outbound,
             sender,
             text: text.to_owned(),
-            extra: None,
+            extra,
             provider_message_id: None,
             client_msg_id: client_msg_id.map(str::to_owned),
             sent_at_ms: None,

@@ -213,6 +213,57 @@ pub struct ContactReachability {
     pub reason: String,
 }
 
+/// Why the bot stepped aside for a human.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandoffReason {
+    /// An agent replied in the conversation.
+    AgentReplied,
+    /// The conversation was assigned to an agent.
+    Assigned,
+    /// The customer asked for a human with a handoff keyword.
+    Keyword,
+    /// The model called its `handoff` tool.
+    Model,
+    /// The bot reached its maximum replies in this conversation.
+    Cap,
+    /// The tenant's daily model budget is spent.
+    Budget,
+    /// The model endpoint answered with an error (after its one retry).
+    Error,
+    /// The model did not answer within its timeout.
+    Timeout,
+}
+
+impl HandoffReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandoffReason::AgentReplied => "agent_replied",
+            HandoffReason::Assigned => "assigned",
+            HandoffReason::Keyword => "keyword",
+            HandoffReason::Model => "model",
+            HandoffReason::Cap => "cap",
+            HandoffReason::Budget => "budget",
+            HandoffReason::Error => "error",
+            HandoffReason::Timeout => "timeout",
+        }
+    }
+}
+
+/// The bot handed a conversation to humans: it stays silent there until the conversation is
+/// resolved (and, if the inbox says so, reopened). One per bot session: the event id is derived
+/// from the conversation and the session, so a handoff decided twice is stored once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationHandoff {
+    pub conversation_id: Uuid,
+    pub reason: HandoffReason,
+    /// What the model or the rule said, for the agent who takes over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The bot session that ended; a conversation re-enabled after resolve starts the next one.
+    pub session: u32,
+}
+
 /// An agent came online (first live socket) or went offline (last one closed or lapsed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Presence {
@@ -236,6 +287,8 @@ pub enum Event {
     ConversationStatusChanged(ConversationStatusChanged),
     #[serde(rename = "conversation.read")]
     ConversationRead(ConversationRead),
+    #[serde(rename = "conversation.handoff")]
+    ConversationHandoff(ConversationHandoff),
     #[serde(rename = "contact.created")]
     ContactCreated(ContactCreated),
     #[serde(rename = "contact.updated")]
@@ -268,6 +321,7 @@ impl Event {
             Event::ConversationAssigned(_) => "conversation.assigned",
             Event::ConversationStatusChanged(_) => "conversation.status_changed",
             Event::ConversationRead(_) => "conversation.read",
+            Event::ConversationHandoff(_) => "conversation.handoff",
             Event::ContactCreated(_) => "contact.created",
             Event::ContactUpdated(_) => "contact.updated",
             Event::ContactReachability(_) => "contact.reachability",
@@ -285,6 +339,7 @@ impl Event {
             Event::ConversationAssigned(event) => Some(event.conversation_id),
             Event::ConversationStatusChanged(event) => Some(event.conversation_id),
             Event::ConversationRead(event) => Some(event.conversation_id),
+            Event::ConversationHandoff(event) => Some(event.conversation_id),
             Event::Typing(event) => Some(event.conversation_id),
             Event::ContactCreated(_)
             | Event::ContactUpdated(_)
@@ -378,6 +433,6 @@ mod tests {
             assert_eq!(value["type"], event.event_type());
             examples += 1;
         }
-        assert_eq!(examples, 11, "one example per event type");
+        assert_eq!(examples, 12, "one example per event type");
     }
 }

@@ -104,6 +104,28 @@ impl KeyScheme {
         format!("{}:campaign-state:{campaign}", self.prefix)
     }
 
+    /// A conversation's bot state (a hash): pending messages, session, handoff, replies, flow
+    /// progress, the last event handled.
+    pub fn autoreply_conversation(&self, conversation: &uuid::Uuid) -> String {
+        format!("{}:autoreply:conversation:{conversation}", self.prefix)
+    }
+
+    /// Conversations waiting for the bot (a sorted set: `<tenant>:<conversation>` scored by when
+    /// their quiet period ends).
+    pub fn autoreply_due(&self) -> String {
+        format!("{}:autoreply:due", self.prefix)
+    }
+
+    /// Which process answers a conversation right now: one at a time.
+    pub fn autoreply_lease(&self, conversation: &uuid::Uuid) -> String {
+        format!("{}:autoreply:lease:{conversation}", self.prefix)
+    }
+
+    /// A tenant's model use on one UTC day (`calls`, `tokens`).
+    pub fn autoreply_budget(&self, tenant: &TenantId, day: u64) -> String {
+        format!("{}:autoreply:budget:{tenant}:{day}", self.prefix)
+    }
+
     /// Which broadcaster process runs a campaign: one at a time.
     pub fn campaign_runner(&self, campaign: &uuid::Uuid) -> String {
         format!("{}:campaign-runner:{campaign}", self.prefix)

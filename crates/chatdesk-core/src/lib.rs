@@ -4,6 +4,7 @@
 //! consumers and the tests.
 //!
 //! - [`auth`]: roles, and the signed agent and visitor tokens.
+//! - [`autoreply`]: an inbox's auto-reply settings (model, flow, limits), validated.
 //! - [`envelope`]: the stream entry contract: the one constructor and the one decoder of
 //!   entries, the send request and the dead-letter record.
 //! - [`ids`]: stream entry ids (the resume cursor), event ids (UUIDv7), tenant ids.
@@ -15,6 +16,7 @@
 //!   the operator allows).
 
 pub mod auth;
+pub mod autoreply;
 pub mod campaign;
 pub mod config;
 pub mod duration;

@@ -211,17 +211,20 @@ pub struct InboxRecord {
     /// Sending credentials: `phone_number_id` and `access_token` (WhatsApp), `bot_token`
     /// (Telegram). Never shown over the API.
     pub provider_config: serde_json::Value,
+    /// Auto-reply settings (`chatdesk_core::autoreply::AutoReply`); `{}` when never set. Holds
+    /// the model's API key: never shown over the API as it is.
+    pub auto_reply: serde_json::Value,
 }
 
-type InboxRow = (Uuid, Uuid, String, String, String, Option<String>, serde_json::Value);
-const INBOX_COLUMNS: &str = "id, tenant_id, kind, name, webhook_secret, outbound_url, provider_config";
+type InboxRow = (Uuid, Uuid, String, String, String, Option<String>, serde_json::Value, serde_json::Value);
+const INBOX_COLUMNS: &str = "id, tenant_id, kind, name, webhook_secret, outbound_url, provider_config, auto_reply";
 
 /// `None` for a kind this build does not know (the schema's CHECK allows only known ones): such
 /// an inbox is treated as absent rather than as some other kind.
 fn inbox_record(row: InboxRow) -> Option<InboxRecord> {
-    let (id, tenant_id, kind, name, webhook_secret, outbound_url, provider_config) = row;
+    let (id, tenant_id, kind, name, webhook_secret, outbound_url, provider_config, auto_reply) = row;
     let kind = InboxKind::parse(&kind)?;
-    Some(InboxRecord { id, tenant_id, kind, name, webhook_secret, outbound_url, provider_config })
+    Some(InboxRecord { id, tenant_id, kind, name, webhook_secret, outbound_url, provider_config, auto_reply })
 }
 
 pub async fn create_inbox(
@@ -299,6 +302,25 @@ pub async fn update_inbox(
 }
 
 /// The provider's id of a contact (WhatsApp wa_id, Telegram chat id, the generic channel's id).
+/// Replaces an inbox's auto-reply settings. `None` when the tenant has no such inbox.
+pub async fn set_auto_reply(
+    pool: &PgPool,
+    tenant: Uuid,
+    inbox: Uuid,
+    settings: &serde_json::Value,
+) -> Result<Option<InboxRecord>, StoreError> {
+    let row: Option<InboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE inboxes SET auto_reply = $3 WHERE tenant_id = $1 AND id = $2 RETURNING {INBOX_COLUMNS}"
+    )))
+    .bind(tenant)
+    .bind(inbox)
+    .bind(settings)
+    .fetch_optional(pool)
+    .await
+    .map_err(query_error)?;
+    Ok(row.and_then(inbox_record))
+}
+
 pub async fn contact_external_id(pool: &PgPool, tenant: Uuid, contact: Uuid) -> Result<Option<String>, StoreError> {
     let row: Option<(String,)> = sqlx::query_as("SELECT external_id FROM contacts WHERE tenant_id = $1 AND id = $2")
         .bind(tenant)

@@ -13,6 +13,7 @@ use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+pub mod autoreply;
 pub mod campaigns;
 pub mod conversations;
 pub mod directory;
@@ -45,6 +46,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "role_change_revokes", include_str!("../../../migrations/0006_role_change_revokes.sql")),
     (7, "campaigns", include_str!("../../../migrations/0007_campaigns.sql")),
     (8, "campaign_request_hash", include_str!("../../../migrations/0008_campaign_request_hash.sql")),
+    (9, "autoreply", include_str!("../../../migrations/0009_autoreply.sql")),
 ];
 
 fn migrator() -> Migrator {

@@ -524,14 +524,27 @@ async fn apply_conversation_changes(
             .bind(stored.tenant_id)
             .bind(assigned.assignee_id)
             .bind(ms(stored.occurred_at_ms)),
+            // Resolving ends the bot's session, and with it the handoff's standing.
             Event::ConversationStatusChanged(changed) => sqlx::query(
                 "UPDATE conversations SET status = $3, \
-                   last_activity_at = greatest(last_activity_at, to_timestamp($4 / 1000.0)), updated_at = now() \
+                   last_activity_at = greatest(last_activity_at, to_timestamp($4 / 1000.0)), updated_at = now(), \
+                   handoff_reason = CASE WHEN $3 = 'resolved' THEN NULL ELSE handoff_reason END, \
+                   handoff_detail = CASE WHEN $3 = 'resolved' THEN NULL ELSE handoff_detail END \
                  WHERE id = $1 AND tenant_id = $2",
             )
             .bind(changed.conversation_id)
             .bind(stored.tenant_id)
             .bind(changed.status.as_str())
+            .bind(ms(stored.occurred_at_ms)),
+            Event::ConversationHandoff(handoff) => sqlx::query(
+                "UPDATE conversations SET handoff_reason = $3, handoff_detail = $4, \
+                   handoff_at = to_timestamp($5 / 1000.0), updated_at = now() \
+                 WHERE id = $1 AND tenant_id = $2",
+            )
+            .bind(handoff.conversation_id)
+            .bind(stored.tenant_id)
+            .bind(handoff.reason.as_str())
+            .bind(handoff.detail.as_deref())
             .bind(ms(stored.occurred_at_ms)),
             Event::ConversationRead(read) => {
                 let Ok(offset) = read.offset.parse::<EntryId>() else { continue };

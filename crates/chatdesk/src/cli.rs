@@ -28,6 +28,11 @@ pub enum Command {
         #[command(subcommand)]
         command: StreamsCommand,
     },
+    /// Check dialog flows (the files `CHATDESK_FLOWS` points at).
+    Flows {
+        #[command(subcommand)]
+        command: FlowsCommand,
+    },
     /// Create tenants, agents, inboxes and API keys; prints JSON for scripts. Uses DATABASE_URL,
     /// else the servers of `chatdesk up`'s data directory.
     Admin {
@@ -197,6 +202,16 @@ pub struct ServeArgs {
     /// Comma-separated roles to run.
     #[arg(long, value_delimiter = ',', required = true, env = "CHATDESK_ROLES")]
     pub roles: Vec<Role>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlowsCommand {
+    /// Validate a flow file or a directory of them and exit non-zero listing every problem
+    /// (file, key, reason); prints each flow's states when all is well.
+    Check {
+        /// A `.toml` file or a directory; defaults to `CHATDESK_FLOWS`, else ./flows.
+        path: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

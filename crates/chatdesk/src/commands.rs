@@ -8,7 +8,7 @@ use chatdesk_streams::RedisConnector;
 use chatdesk_streams::connection::RedisSettings;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, CommonArgs, StreamsCommand};
+use crate::cli::{Cli, Command, CommonArgs, FlowsCommand, StreamsCommand};
 use crate::roles::{self, Role};
 use crate::servers::{self, PrivateServers};
 use crate::settings::{self, Runtime, Secret};
@@ -17,6 +17,7 @@ use crate::telemetry;
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Streams { command: StreamsCommand::Check { file } } => Ok(streams_check(file)),
+        Command::Flows { command: FlowsCommand::Check { path } } => Ok(flows_check(path)),
         Command::Streams { command: StreamsCommand::Status { streams, json } } => {
             telemetry::init_logs();
             streams_status(streams, json).await
@@ -106,6 +107,30 @@ async fn run_roles(
     let result = roles::run(&runtime, roles, cancel).await;
     runtime.close().await;
     result
+}
+
+fn flows_check(path: Option<PathBuf>) -> ExitCode {
+    let path = path
+        .or_else(|| settings::env_var("CHATDESK_FLOWS").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("flows"));
+    let checked = if path.is_dir() {
+        chatdesk_autoreply::Flows::load_dir(&path).map(|flows| flows.summaries())
+    } else {
+        chatdesk_autoreply::Flows::check_file(&path).map(|flow| vec![flow.summary()])
+    };
+    match checked {
+        Ok(flows) => {
+            println!("{}: ok ({} flows)", path.display(), flows.len());
+            for flow in flows {
+                println!("  {}: {}", flow.name, flow.states.join(" → "));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn streams_check(file: Option<PathBuf>) -> ExitCode {

@@ -35,11 +35,14 @@ pub enum Role {
     /// Runs broadcast campaigns: hands recipients over at each campaign's rate and turns them
     /// into messages (group `broadcaster` on `broadcast`).
     Broadcaster,
+    /// Answers customers with an AI model or a dialog flow where an inbox turned auto-reply on,
+    /// and hands conversations to humans (group `autoreply` on `events`).
+    Autoreply,
 }
 
 impl Role {
     pub fn all() -> Vec<Role> {
-        vec![Role::Ingress, Role::Writer, Role::Gateway, Role::Sender, Role::Broadcaster]
+        vec![Role::Ingress, Role::Writer, Role::Gateway, Role::Sender, Role::Broadcaster, Role::Autoreply]
     }
 
     pub fn name(self) -> &'static str {
@@ -49,6 +52,7 @@ impl Role {
             Role::Gateway => "gateway",
             Role::Sender => "sender",
             Role::Broadcaster => "broadcaster",
+            Role::Autoreply => "autoreply",
         }
     }
 }
@@ -121,7 +125,8 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
         runtime.keys.clone(),
         runtime.streams.clone(),
         runtime.ingress.clone(),
-    );
+    )
+    .with_bot(&runtime.autoreply);
     state.metrics_token =
         crate::settings::env_var("CHATDESK_METRICS_TOKEN").map(|token| std::sync::Arc::from(token.as_str()));
     // Every process serves health, readiness and metrics; roles add their routes.
@@ -222,6 +227,34 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                     "broadcaster",
                     Box::pin(async move {
                         broadcaster.run(runner_cancel).await;
+                        Ok(())
+                    }),
+                ));
+            }
+            Role::Autoreply => {
+                let stream =
+                    runtime.streams.stream(EVENTS_STREAM).context("streams.toml declares no `events` stream")?;
+                let autoreply = chatdesk_autoreply::AutoReply::new(
+                    runtime.redis.clone(),
+                    runtime.db.clone(),
+                    runtime.keys.clone(),
+                    runtime.streams.clone(),
+                    &runtime.node_id,
+                    runtime.autoreply.clone(),
+                )?;
+                let watcher = Consumer::new(runtime.consumer_options(stream), autoreply.watcher())?;
+                let watcher_cancel = cancel.clone();
+                consumers.push((
+                    "autoreply-watcher",
+                    Box::pin(async move { watcher.run(watcher_cancel).await.map_err(Into::into) }),
+                ));
+                let changes = autoreply.inboxes().listen(runtime.connector.clone(), cancel.clone());
+                consumers.push(("autoreply-inbox-changes", Box::pin(async move { changes.await.map_err(Into::into) })));
+                let answer_cancel = cancel.clone();
+                consumers.push((
+                    "autoreply",
+                    Box::pin(async move {
+                        autoreply.run(answer_cancel).await;
                         Ok(())
                     }),
                 ));

@@ -275,6 +275,43 @@ pub fn broadcast_settings() -> anyhow::Result<chatdesk_broadcast::BroadcastSetti
     Ok(settings)
 }
 
+/// The bot's settings: `CHATDESK_AUTOREPLY_CONCURRENCY` (conversations one process answers at
+/// once), `CHATDESK_AUTOREPLY_DAILY_CALLS` and `CHATDESK_AUTOREPLY_DAILY_TOKENS` (each tenant's
+/// daily model budget; 0: none), `CHATDESK_FLOWS` (the dialog-flow directory) and
+/// `CHATDESK_OUTBOUND_ALLOW` (where model endpoints may be).
+pub fn autoreply_settings() -> anyhow::Result<chatdesk_autoreply::AutoReplySettings> {
+    let mut settings = chatdesk_autoreply::AutoReplySettings {
+        policy: outbound_policy()?,
+        flows: Arc::new(load_flows(None)?),
+        ..Default::default()
+    };
+    if let Some(concurrency) = positive("CHATDESK_AUTOREPLY_CONCURRENCY")? {
+        settings.concurrency = concurrency;
+    }
+    for (name, limit) in [
+        ("CHATDESK_AUTOREPLY_DAILY_CALLS", &mut settings.limits.daily_calls),
+        ("CHATDESK_AUTOREPLY_DAILY_TOKENS", &mut settings.limits.daily_tokens),
+    ] {
+        if let Some(raw) = env_var(name) {
+            *limit =
+                raw.trim().parse().with_context(|| format!("{name} {raw:?}: expected a whole number (0: no limit)"))?;
+        }
+    }
+    Ok(settings)
+}
+
+/// Loads dialog flows: the given directory, else `CHATDESK_FLOWS`, else `./flows` when it
+/// exists, else the built-in order flow. Any problem in any file stops the start, listing all.
+pub fn load_flows(dir: Option<&Path>) -> anyhow::Result<chatdesk_autoreply::Flows> {
+    let configured = dir.map(Path::to_path_buf).or_else(|| env_var("CHATDESK_FLOWS").map(PathBuf::from));
+    let dir = match configured {
+        Some(dir) => dir,
+        None if Path::new("flows").is_dir() => PathBuf::from("flows"),
+        None => return Ok(chatdesk_autoreply::Flows::builtin()),
+    };
+    chatdesk_autoreply::Flows::load_dir(&dir).map_err(|errors| anyhow::anyhow!("{errors}"))
+}
+
 /// `CHATDESK_JWT_SECRET`: the key agent tokens are signed with.
 pub fn jwt_secret() -> Option<Secret> {
     env_var("CHATDESK_JWT_SECRET").map(Secret::new)
@@ -333,6 +370,7 @@ pub struct Runtime {
     pub sender: chatdesk_sender::SenderSettings,
     pub writer: chatdesk_store::writer::Rules,
     pub broadcast: chatdesk_broadcast::BroadcastSettings,
+    pub autoreply: chatdesk_autoreply::AutoReplySettings,
     pub serve: chatdesk_api::ServeLimits,
 }
 
@@ -363,6 +401,7 @@ impl Runtime {
         let sender = sender_settings()?;
         let writer = writer_rules()?;
         let broadcast = broadcast_settings()?;
+        let autoreply = autoreply_settings()?;
         let serve = serve_limits()?;
         let connector = RedisConnector::new(RedisSettings::new(redis_url.expose())).with_context(|| {
             format!("REDIS_URL {} is not a valid Redis URL", chatdesk_streams::connection::redact(redis_url.expose()))
@@ -389,6 +428,7 @@ impl Runtime {
             sender,
             writer,
             broadcast,
+            autoreply,
             serve,
         })
     }

@@ -141,6 +141,19 @@ fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
         .user_agent(concat!("chatdesk/", env!("CARGO_PKG_VERSION")))
 }
 
+/// An HTTP client for addresses a tenant chose (an outbound receiver, a model endpoint): it
+/// connects only to addresses `policy` allows, checked on the resolved address it connects to.
+/// Calls set their own timeouts.
+pub fn guarded_client(policy: Arc<OutboundPolicy>) -> Result<reqwest::Client, reqwest::Error> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("chatdesk/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(GuardedResolver { policy })
+        .build()
+}
+
 /// An HTTP client for outside calls, with `timeout` per request.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     client_builder(timeout).build()

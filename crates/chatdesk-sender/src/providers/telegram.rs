@@ -90,6 +90,7 @@ mod tests {
             webhook_secret: "secret".into(),
             outbound_url: None,
             provider_config: json!({}),
+            auto_reply: json!({}),
         };
         assert_eq!(chat_bucket(&inbox, "-100123").kind, BucketKind::TelegramGroup);
         assert_eq!(chat_bucket(&inbox, "1111111").kind, BucketKind::TelegramChat);

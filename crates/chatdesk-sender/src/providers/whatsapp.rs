@@ -144,6 +144,7 @@ mod tests {
             webhook_secret: "secret".into(),
             outbound_url: None,
             provider_config: json!({}),
+            auto_reply: json!({}),
         };
         let mut job = Job::new(id, "1-0".into(), request);
         let text = body(&Outbound { job: &job, inbox: &inbox, to: "16505551234" });

@@ -1,5 +1,6 @@
 //! The `chatdesk` binary, run as a user runs it.
 
+mod autoreply;
 mod browser;
 mod campaigns;
 mod cli;
