@@ -153,6 +153,66 @@ async function checkCampaignsPage(browser) {
   await marketer.context().close();
 }
 
+/// An owner or admin sets a bot up for an inbox: first an AI model behind `baseUrl` (a stand-in
+/// that answers `reply`), saved and tried in the test chat; then the "order" flow, whose first
+/// question asks for the address. `inbox` is the inbox's name; `user` signs in (owner or admin).
+async function checkBotsPage(browser, { user = config.owner, inbox, baseUrl, reply, apiKey = 'sk-browser-test', model = 'gpt-4o-mini' }) {
+  const owner = await agentPage(browser, user, 'bots');
+  await owner.click('nav a:has-text("Bots")');
+  const option = owner.locator(`#bot-inbox option[data-name="${inbox}"]`);
+  await option.waitFor({ state: 'attached' });
+  const inboxId = await option.getAttribute('value');
+  await owner.selectOption('#bot-inbox', inboxId);
+  // The form shows this inbox's saved settings (and is enabled) once they have loaded.
+  await owner.waitForSelector(`#bot-form[data-inbox="${inboxId}"] #bot-settings:not([disabled])`);
+  const save = async (what) => {
+    await owner.click('#bot-save');
+    const state = await waitFor(`the ${what} to be saved`, async () => {
+      const now = await owner.getAttribute('#bot-status', 'data-state');
+      return ['saved', 'error'].includes(now) && now;
+    });
+    const status = (await owner.textContent('#bot-status')).trim();
+    check(state === 'saved' && status === 'Saved', `saving the ${what} says ${status}`);
+  };
+  const botSays = async (what, text) => {
+    try {
+      await owner.locator('#bot-test-log .turn-bot', { hasText: text }).first().waitFor();
+    } catch (error) {
+      throw new Error(`${error.message} (${what}): the test chat shows ${JSON.stringify(await texts(owner.locator('#bot-test-log li, #bot-test-error')))}`);
+    }
+  };
+
+  // An AI model.
+  await owner.selectOption('#bot-mode', 'llm');
+  await owner.fill('#bot-base-url', baseUrl);
+  await owner.fill('#bot-api-key', apiKey);
+  await owner.fill('#bot-model', model);
+  await owner.fill('#bot-system-prompt', 'You answer the customers of Acme Outdoor. Be brief.');
+  await owner.fill('#bot-timeout', '5000');
+  await owner.selectOption('#bot-on-error', 'handoff');
+  await save('model settings');
+  // The key is write-only: the field empties and says one is stored.
+  await owner.waitForSelector(`#bot-api-key[placeholder^="stored"]`);
+  check(await owner.inputValue('#bot-api-key') === '', 'the API key is not shown again');
+  await owner.fill('#bot-test-input', 'Hello bot');
+  await owner.click('#bot-test-send');
+  await botSays('the model\'s reply', reply);
+  await owner.waitForSelector('#bot-test-typing', { state: 'hidden' });
+  await expectTexts('the test chat', owner.locator('#bot-test-log .turn-customer'), ['Hello bot']);
+  await owner.screenshot({ path: `${config.screenshots}/bots.png` });
+
+  // The order flow, from a fresh chat.
+  await owner.selectOption('#bot-mode', 'flow');
+  await owner.selectOption('#bot-flow', 'order');
+  await save('flow');
+  await owner.click('#bot-test-reset');
+  await expectTexts('an empty test chat', owner.locator('#bot-test-log li'), []);
+  await owner.fill('#bot-test-input', 'hi');
+  await owner.click('#bot-test-send');
+  await botSays('the order flow\'s first question', /address/i);
+  await owner.context().close();
+}
+
 async function texts(locator) {
   return (await locator.allTextContents()).map((text) => text.trim());
 }
@@ -298,6 +358,9 @@ async function main() {
 
     await checkCampaignsPage(browser);
     log('a marketer ran a campaign from a CSV, paused and resumed it');
+
+    await checkBotsPage(browser, { inbox: config.bot.inbox, baseUrl: config.bot.base_url, reply: config.bot.reply });
+    log('an owner set a bot up (a model, then the order flow) and talked to it in the test chat');
 
     check(consoleErrors.length === 0, `console errors:\n${consoleErrors.join('\n')}`);
   } finally {

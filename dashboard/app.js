@@ -8,11 +8,13 @@ import { h, notice, shortId } from './ui.js';
 import * as inbox from './pages/inbox.js';
 import * as streams from './pages/streams.js';
 import * as campaigns from './pages/campaigns.js';
+import * as bots from './pages/bots.js';
 
 // Each page names the roles that may use it (as the API and the protocol enforce them).
 const PAGES = [
   { path: 'inbox', title: 'Inbox', module: inbox, roles: ['owner', 'admin', 'agent'] },
   { path: 'campaigns', title: 'Campaigns', module: campaigns, roles: ['owner', 'admin', 'marketer'] },
+  { path: 'bots', title: 'Bots', module: bots, roles: ['owner', 'admin'] },
   { path: 'streams', title: 'Streams', module: streams, roles: ['owner', 'admin', 'sre'] },
 ];
 

@@ -83,20 +83,31 @@ export function mount(container, context, conversationId, { onChange }) {
 
   function renderMessages() {
     const nearBottom = history.parentElement.scrollHeight - history.parentElement.scrollTop - history.parentElement.clientHeight < 80;
-    history.replaceChildren(...ordered().map((message) => h('li', {
+    const handoffLine = ({ event_id: eventId, handoff: { reason, detail } }) => h('li', {
+      class: 'handoff-line', role: 'note', dataset: { eventId: eventId || '', reason },
+    }, `Bot handed off to a human: ${reason}${detail ? ` — ${detail}` : ''}`);
+    history.replaceChildren(...ordered().map((message) => (message.handoff ? handoffLine(message) : h('li', {
       class: `message ${message.direction}`,
-      dataset: { eventId: message.event_id || '', direction: message.direction },
+      dataset: { eventId: message.event_id || '', direction: message.direction, sender: message.sender_kind || '' },
     },
     h('p', { class: 'text' }, message.text),
     h('span', { class: 'meta' },
-      h('span', { class: 'who' }, message.sender_kind === 'customer' ? 'Customer' : message.sender_kind === 'bot' ? 'Bot' : message.sender_id === context.user.id ? 'You' : 'Agent'),
+      message.sender_kind === 'bot' ? h('span', { class: 'who badge-bot', title: 'Sent by the bot' }, 'bot')
+        : h('span', { class: 'who' }, message.sender_kind === 'customer' ? 'Customer' : message.sender_id === context.user.id ? 'You' : 'Agent'),
       message.created_at ? h('time', {}, time(message.created_at)) : null,
-      message.direction === 'outbound' ? tick(message.status, message.failure_reason) : null))));
+      message.direction === 'outbound' ? tick(message.status, message.failure_reason) : null)))));
     if (nearBottom) history.parentElement.scrollTop = history.parentElement.scrollHeight;
   }
 
   function fromRest(item) {
-    return { ...item, sender_kind: item.sender_kind, status: item.status };
+    // A handoff, should the history carry one (as the event, or its payload beside the id and offset).
+    if (item.type === 'conversation.handoff') return handoff(item.event_id, item.offset, item.data || item);
+    return { ...item, sender_kind: item.sender_kind ?? item.sender?.kind, status: item.status };
+  }
+
+  /// A handoff is kept among the messages (by its event id, in offset order) and shown as a line.
+  function handoff(eventId, offset, data) {
+    return { event_id: eventId, offset, handoff: { reason: data.reason, detail: data.detail || null } };
   }
 
   /// Drops the on-screen copy of a reply once the message itself is known: by its client id
@@ -150,6 +161,10 @@ export function mount(container, context, conversationId, { onChange }) {
         break;
       case 'conversation.assigned':
         if (conversation) { conversation.assignee_id = data.assignee_id; renderHead(); onChange(); }
+        break;
+      case 'conversation.handoff':
+        add(handoff(frame.event_id, frame.offset, data));
+        renderMessages();
         break;
       case 'conversation.status_changed':
         if (conversation) { conversation.status = data.status; renderHead(); onChange(); }

@@ -55,6 +55,22 @@ async fn agents_and_a_visitor_chat_live_through_a_gateway_restart() {
             &receiver.url(),
         ],
     );
+    // The bot's model: a stand-in speaking the chat-completions API.
+    let model = crate::standin::StandIn::start(
+        |_| String::new(),
+        |_, _| {
+            crate::standin::Answer::json(
+                200,
+                json!({
+                    "id": "chatcmpl-browser", "object": "chat.completion", "created": 1_764_000_000, "model": "gpt-4o-mini",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": "Hello from the Acme bot!"}}],
+                    "usage": {"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18}
+                }),
+            )
+        },
+    )
+    .await;
     let web = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "web", "--name", "Website"]);
     let generic = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "Webhooks"]);
 
@@ -83,6 +99,8 @@ async fn agents_and_a_visitor_chat_live_through_a_gateway_restart() {
         ],
         "sre": {"email": "sre@browser.test", "password": "sre-pass-1"},
         "marketer": {"email": "marketer@browser.test", "password": "marketer-pass-1"},
+        "owner": {"email": "owner@browser.test", "password": "owner-pass-1"},
+        "bot": {"inbox": "Website", "base_url": format!("{}/v1", model.url()), "reply": "Hello from the Acme bot!"},
         "screenshots": screenshot_dir(),
     });
     let output = tokio::process::Command::new("node")
