@@ -61,6 +61,16 @@ pub struct ConversationView {
     pub unread_count: i32,
     /// RFC 3339.
     pub created_at: String,
+    /// Why the bot handed the conversation to humans, while it is not resolved
+    /// (`docs/autoreply.md`); `null` when it did not.
+    pub handoff: Option<HandoffView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HandoffView {
+    /// agent_replied, assigned, keyword, model, cap, budget, error or timeout.
+    pub reason: String,
+    pub detail: Option<String>,
 }
 
 impl From<ConversationRow> for ConversationView {
@@ -79,6 +89,7 @@ impl From<ConversationRow> for ConversationView {
             last_activity_at: rfc3339(row.last_activity_at),
             unread_count: row.unread_count,
             created_at: rfc3339(row.created_at),
+            handoff: row.handoff.map(|(reason, detail)| HandoffView { reason, detail }),
         }
     }
 }

@@ -75,7 +75,7 @@ pub enum AutoReplyError {
 /// Builds the bot: the model client behind the outbound guard, the flows, the budget.
 pub fn bot(redis: RedisClient, keys: KeyScheme, settings: &AutoReplySettings) -> Result<Bot, AutoReplyError> {
     let http =
-        chatdesk_sender::providers::guarded_client(Arc::new(settings.policy.clone())).map_err(AutoReplyError::Http)?;
+        chatdesk_outbound::guarded_client(Arc::new(settings.policy.clone()), None).map_err(AutoReplyError::Http)?;
     Ok(Bot {
         model: llm::Model::new(http),
         flows: settings.flows.clone(),
@@ -98,8 +98,8 @@ impl AutoReply {
         node: &str,
         settings: AutoReplySettings,
     ) -> Result<Self, AutoReplyError> {
-        let http = chatdesk_sender::providers::guarded_client(Arc::new(settings.policy.clone()))
-            .map_err(AutoReplyError::Http)?;
+        let http =
+            chatdesk_outbound::guarded_client(Arc::new(settings.policy.clone()), None).map_err(AutoReplyError::Http)?;
         let producer = Producer::new(redis.clone(), keys.clone(), streams.clone());
         let shared = answer::Shared {
             bot: bot(redis.clone(), keys.clone(), &settings)?,

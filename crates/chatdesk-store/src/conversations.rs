@@ -23,6 +23,8 @@ pub struct ConversationRow {
     pub last_activity_at: OffsetDateTime,
     pub unread_count: i32,
     pub created_at: OffsetDateTime,
+    /// Why the bot handed the conversation to humans (until it is resolved), and its detail.
+    pub handoff: Option<(String, Option<String>)>,
 }
 
 type ConversationTuple = (
@@ -39,6 +41,8 @@ type ConversationTuple = (
     OffsetDateTime,
     i32,
     OffsetDateTime,
+    Option<String>,
+    Option<String>,
 );
 
 fn conversation(row: ConversationTuple) -> ConversationRow {
@@ -56,6 +60,8 @@ fn conversation(row: ConversationTuple) -> ConversationRow {
         last_activity_at,
         unread_count,
         created_at,
+        handoff_reason,
+        handoff_detail,
     ) = row;
     ConversationRow {
         id,
@@ -72,11 +78,13 @@ fn conversation(row: ConversationTuple) -> ConversationRow {
         last_activity_at,
         unread_count,
         created_at,
+        handoff: handoff_reason.map(|reason| (reason, handoff_detail)),
     }
 }
 
 const CONVERSATION_COLUMNS: &str = "c.id, c.inbox_id, c.contact_id, k.name, k.external_id, c.status, c.assignee_id, \
-     c.last_message_id, c.last_message_text, c.last_message_at, c.last_activity_at, c.unread_count, c.created_at";
+     c.last_message_id, c.last_message_text, c.last_message_at, c.last_activity_at, c.unread_count, c.created_at, \
+     c.handoff_reason, c.handoff_detail";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AssigneeFilter {

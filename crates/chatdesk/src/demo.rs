@@ -18,7 +18,8 @@ pub const SRE_EMAIL: &str = "sre@demo.chatdesk.dev";
 pub const SRE_PASSWORD: &str = "demo-sre-1";
 pub const MARKETER_EMAIL: &str = "marketer@demo.chatdesk.dev";
 pub const MARKETER_PASSWORD: &str = "demo-marketer-1";
-const OWNER_EMAIL: &str = "owner@demo.chatdesk.dev";
+pub const OWNER_EMAIL: &str = "owner@demo.chatdesk.dev";
+pub const OWNER_PASSWORD: &str = "demo-owner-1";
 const WEB_INBOX: &str = "Website chat";
 const SIMULATED_INBOX: &str = "Simulated customers";
 /// How often the simulated customers write.
@@ -53,7 +54,7 @@ pub async fn seed(db: &chatdesk_store::Pool) -> anyhow::Result<Demo> {
         None => {
             let tenant = directory::create_tenant(db, "Demo Outfitters").await?;
             for (email, password, role) in [
-                (OWNER_EMAIL, "demo-owner-1", Role::Owner),
+                (OWNER_EMAIL, OWNER_PASSWORD, Role::Owner),
                 (AGENT_EMAIL, AGENT_PASSWORD, Role::Agent),
                 (SECOND_AGENT_EMAIL, SECOND_AGENT_PASSWORD, Role::Agent),
             ] {
@@ -123,7 +124,7 @@ pub fn banner(http: SocketAddr, demo: &Demo) -> String {
     format!(
         "\nchatdesk demo is ready:\n  dashboard  http://{http}/  sign in as {AGENT_EMAIL} / {AGENT_PASSWORD}\n             \
          (a second agent: {SECOND_AGENT_EMAIL} / {SECOND_AGENT_PASSWORD}; the Streams page: {SRE_EMAIL} / {SRE_PASSWORD};\n             \
-         the Campaigns page: {MARKETER_EMAIL} / {MARKETER_PASSWORD})\n  widget     http://{http}/demo?inbox={}\n  \
+         the Campaigns page: {MARKETER_EMAIL} / {MARKETER_PASSWORD}; the Bots page: {OWNER_EMAIL} / {OWNER_PASSWORD})\n  widget     http://{http}/demo?inbox={}\n  \
          a simulated customer writes every {}s on the \"{SIMULATED_INBOX}\" inbox\n",
         demo.web.id,
         TRICKLE_EVERY.as_secs()

@@ -5,7 +5,6 @@ pub mod generic;
 pub mod telegram;
 pub mod whatsapp;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,7 +91,7 @@ pub fn provider_name(kind: InboxKind) -> &'static str {
 impl Providers {
     pub fn new(endpoints: Endpoints, timeout: Duration, policy: OutboundPolicy) -> Result<Self, reqwest::Error> {
         let policy = Arc::new(policy);
-        let guarded = client_builder(timeout).dns_resolver(GuardedResolver { policy: policy.clone() }).build()?;
+        let guarded = chatdesk_outbound::guarded_client(policy.clone(), Some(timeout))?;
         Ok(Self { http: http_client(timeout)?, guarded, policy, endpoints })
     }
 
@@ -129,58 +128,7 @@ impl Providers {
     }
 }
 
-/// The settings of every outside call: `timeout` per request, no redirects (a redirect is an
-/// answer, not an instruction to call somewhere else on a tenant's behalf).
-fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
-    // reqwest is built without a bundled crypto provider: use ring, once per process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("chatdesk/", env!("CARGO_PKG_VERSION")))
-}
-
-/// An HTTP client for addresses a tenant chose (an outbound receiver, a model endpoint): it
-/// connects only to addresses `policy` allows, checked on the resolved address it connects to.
-/// Calls set their own timeouts.
-pub fn guarded_client(policy: Arc<OutboundPolicy>) -> Result<reqwest::Client, reqwest::Error> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("chatdesk/", env!("CARGO_PKG_VERSION")))
-        .dns_resolver(GuardedResolver { policy })
-        .build()
-}
-
-/// An HTTP client for outside calls, with `timeout` per request.
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    client_builder(timeout).build()
-}
-
-/// Resolves names and keeps only the addresses the outbound policy allows, so the connection
-/// goes to an address that was checked: a name cannot answer one address to a check and another
-/// to the call.
-struct GuardedResolver {
-    policy: Arc<OutboundPolicy>,
-}
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.policy.clone();
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> =
-                found.into_iter().filter(|address| policy.allows_resolved(&host, address.ip())).collect();
-            if allowed.is_empty() {
-                return Err(Box::new(Refused::NotPublic) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
+pub use chatdesk_outbound::http_client;
 
 /// `Retry-After` as seconds or an HTTP date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -227,9 +175,7 @@ pub async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, CallOut
 /// A network failure: always worth another try. The reason never carries the URL (a Telegram
 /// URL holds the bot's token), only what went wrong.
 pub fn network_failure(error: &reqwest::Error) -> CallOutcome {
-    let refused = std::iter::successors(std::error::Error::source(error), |cause| cause.source())
-        .any(|cause| cause.downcast_ref::<Refused>().is_some());
-    let what = if refused {
+    let what = if chatdesk_outbound::refused_by_policy(error) {
         return CallOutcome::Permanent { reason: Refused::NotPublic.to_string() };
     } else if error.is_timeout() {
         "the provider did not answer in time"

@@ -398,6 +398,12 @@ async fn humans_keywords_caps_and_budgets_hand_off_once_and_the_bot_stays_silent
     bots.customer_says("m-ivy-1", "ivy", "I want to talk to a HUMAN").await;
     let ivy = bots.conversation("ivy").await;
     assert_eq!(bots.handoffs(&ivy, 1).await, ["keyword"]);
+    let shown =
+        crate::support::eventually(&bots.agent, &format!("/v1/conversations/{ivy}"), "the handoff shown", |view| {
+            view["handoff"]["reason"] == "keyword"
+        })
+        .await;
+    assert_eq!(shown["handoff"]["detail"], "I want to talk to a HUMAN");
 
     // The cap: two replies, then a handoff instead of the third.
     for (index, text) in ["one", "two", "three"].iter().enumerate() {
@@ -423,6 +429,10 @@ async fn humans_keywords_caps_and_budgets_hand_off_once_and_the_bot_stays_silent
     // Resolving ends the bot's session: the bot answers the conversation again.
     let resolved = bots.agent.call("POST", &format!("/v1/conversations/{ivy}/resolve"), None).await;
     assert!(resolved.status < 300, "{}", resolved.body);
+    crate::support::eventually(&bots.agent, &format!("/v1/conversations/{ivy}"), "the handoff cleared", |view| {
+        view["handoff"].is_null()
+    })
+    .await;
     // The resolve reaches the bot before the customer's next message: both travel in order.
     bots.customer_says("m-ivy-2", "ivy", "back again").await;
     bots.delivered("ivy", "Bot: back again").await;
