@@ -447,8 +447,11 @@ async fn answer(shared: &Shared, conversation: Uuid) -> Result<(), String> {
             }
             let client_msg_id = format!("bot-{trigger}");
             let sender = Actor { kind: SenderKind::Bot, id: None };
-            let extra = (!buttons.is_empty()).then(|| serde_json::json!({ "buttons": buttons }));
-            match shared.reply.send_with(tenant, conversation, sender, &text, Some(&client_msg_id), extra).await {
+            let buttons = buttons
+                .into_iter()
+                .map(|button| chatdesk_core::envelope::Button { id: button.id, title: button.title })
+                .collect();
+            match shared.reply.send_with(tenant, conversation, sender, &text, Some(&client_msg_id), buttons).await {
                 Ok(_) => {
                     let mode = if settings.mode == Mode::Flow { "flow" } else { "llm" };
                     ::metrics::counter!(metrics::REPLIES_TOTAL, "mode" => mode).increment(1);

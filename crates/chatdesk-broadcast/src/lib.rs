@@ -196,6 +196,7 @@ impl Handoff {
                 rate_per_sec: recipient.rate_per_sec,
                 expires_at_ms: recipient.expires_at_ms,
             }),
+            buttons: Vec::new(),
         };
         // The sender admits a message id once, so a second append (after a crash here) sends
         // nothing twice.

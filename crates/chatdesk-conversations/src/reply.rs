@@ -1,7 +1,7 @@
 //! An agent's reply: one validated command, used alike by `POST /v1/conversations/{id}/messages`
 //! and the WebSocket's `send`.
 
-use chatdesk_core::envelope::SendRequest;
+use chatdesk_core::envelope::{Button, SendRequest};
 use chatdesk_core::events::{Actor, ConversationStatus, Direction, Event, MessageCreated};
 use chatdesk_core::{EntryId, Envelope, EventId, KeyScheme, TenantId};
 use chatdesk_streams::producer::{ProduceError, Producer};
@@ -67,10 +67,11 @@ impl Reply {
         text: &str,
         client_msg_id: Option<&str>,
     ) -> Result<Accepted, ReplyError> {
-        self.send_with(tenant, conversation, sender, text, client_msg_id, None).await
+        self.send_with(tenant, conversation, sender, text, client_msg_id, Vec::new()).await
     }
 
-    /// [`Self::send`] with channel fields kept on the message (a bot's buttons).
+    /// [`Self::send`] with reply buttons (a bot's): sent with the message, and kept on it as
+    /// `extra.buttons` so agents see what the customer was offered.
     pub async fn send_with(
         &self,
         tenant: Uuid,
@@ -78,7 +79,7 @@ impl Reply {
         sender: Actor,
         text: &str,
         client_msg_id: Option<&str>,
-        extra: Option<serde_json::Value>,
+        buttons: Vec<Button>,
     ) -> Result<Accepted, ReplyError> {
         let text = text::message_text(text).map_err(ReplyError::Text)?;
         let client_msg_id = client_msg_id.map(text::client_msg_id).transpose().map_err(ReplyError::ClientMsgId)?;
@@ -90,7 +91,7 @@ impl Reply {
             return Err(ReplyError::Blocked);
         }
         let target = Target { tenant: TenantId(tenant), conversation, inbox: row.inbox_id, contact: row.contact_id };
-        self.append(target, sender, &text, client_msg_id, extra).await.map_err(ReplyError::Append)
+        self.append(target, sender, &text, client_msg_id, buttons).await.map_err(ReplyError::Append)
     }
 
     async fn append(
@@ -99,7 +100,7 @@ impl Reply {
         sender: Actor,
         text: &str,
         client_msg_id: Option<&str>,
-        extra: Option<serde_json::Value>,
+        buttons: Vec<Button>,
     ) -> Result<Accepted, ProduceError> {
         let event_id = EventId::new();
         let redis_error = |key: &str| {
@@ -135,7 +136,7 @@ impl Reply {
             direction: Direction::Outbound,
             sender,
             text: text.to_owned(),
-            extra,
+            extra: (!buttons.is_empty()).then(|| serde_json::json!({ "buttons": buttons })),
             provider_message_id: None,
             client_msg_id: client_msg_id.map(str::to_owned),
             sent_at_ms: None,
@@ -158,6 +159,7 @@ impl Reply {
             text: text.to_owned(),
             template: None,
             campaign: None,
+            buttons,
         };
         // A send request's event id is its message's: one delivery per message.
         self.producer.append_send(&Envelope::of(target.tenant, &request).with_event_id(event_id)).await?;

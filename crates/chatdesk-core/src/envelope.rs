@@ -265,6 +265,17 @@ pub struct SendRequest {
     /// while the campaign is paused, and drops it when cancelled or past `expires_at_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub campaign: Option<CampaignSend>,
+    /// Reply buttons under the text (a bot's yes/no or choice): WhatsApp interactive buttons (up
+    /// to 3) or a list, Telegram's inline keyboard, `buttons` in a generic receiver's body.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buttons: Vec<Button>,
+}
+
+/// A reply button: the id comes back when the customer presses it; the title is what they see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Button {
+    pub id: String,
+    pub title: String,
 }
 
 /// A campaign message's sending rules.
@@ -534,6 +545,7 @@ mod tests {
             text: "hi".into(),
             template: None,
             campaign: None,
+            buttons: Vec::new(),
         };
         let envelope = Envelope::of(TenantId(id), &request);
         assert_eq!(envelope.record::<SendRequest>().unwrap(), request);

@@ -1,9 +1,12 @@
 //! Telegram Bot API webhooks: `POST /v1/webhooks/telegram/{inbox_id}` with one `Update` per
 //! request, authenticated by `X-Telegram-Bot-Api-Secret-Token` (the `secret_token` given to
 //! `setWebhook`, which is the inbox secret). `message` and `edited_message` become
-//! `message.created`; `my_chat_member` of a private chat (the user blocked or restarted the bot)
-//! becomes `contact.reachability`; other update kinds are acknowledged and ignored, since
-//! Telegram retries anything but a 2xx.
+//! `message.created`; a `callback_query` (the customer pressed an inline-keyboard button a bot
+//! sent) becomes a `message.created` whose text is the button's title and whose `extra.choice`
+//! keeps its id and title, answered in the webhook's response with `answerCallbackQuery` (so the
+//! customer's client stops its spinner without another call); `my_chat_member` of a private chat
+//! (the user blocked or restarted the bot) becomes `contact.reachability`; other update kinds are
+//! acknowledged and ignored, since Telegram retries anything but a 2xx.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -31,6 +34,73 @@ pub struct Update {
     pub message: Option<TelegramMessage>,
     pub edited_message: Option<TelegramMessage>,
     pub my_chat_member: Option<ChatMemberUpdated>,
+    pub callback_query: Option<CallbackQuery>,
+}
+
+/// A pressed inline-keyboard button.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CallbackQuery {
+    pub id: String,
+    pub from: TelegramUser,
+    /// The bot's message the button was under (absent when it is too old for Telegram to send).
+    pub message: Option<CallbackMessage>,
+    /// The button's `callback_data`: the id chatdesk gave it.
+    pub data: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CallbackMessage {
+    pub message_id: i64,
+    pub chat: TelegramChat,
+    #[schema(value_type = Option<Object>)]
+    pub reply_markup: Option<serde_json::Value>,
+}
+
+/// The id of an update's `callback_query`, which the webhook's answer acknowledges.
+pub fn callback_query_id(body: &[u8]) -> Option<String> {
+    let update: Update = serde_json::from_slice(body).ok()?;
+    update.callback_query.map(|query| query.id)
+}
+
+/// A pressed button as a customer message: from the chat the button was in, its title as text.
+fn pressed(update_id: i64, query: CallbackQuery) -> Option<Inbound> {
+    let data = query.data?;
+    let message = query.message?;
+    let title = message
+        .reply_markup
+        .as_ref()
+        .and_then(|markup| markup.get("inline_keyboard"))
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_array)
+        .flatten()
+        .find(|button| button.get("callback_data").and_then(serde_json::Value::as_str) == Some(data.as_str()))
+        .and_then(|button| button.get("text"))
+        .and_then(serde_json::Value::as_str)
+        .map_or_else(|| data.clone(), str::to_owned);
+    let name = match &query.from.last_name {
+        Some(last) => format!("{} {last}", query.from.first_name),
+        None => query.from.first_name.clone(),
+    };
+    let extra = serde_json::json!({
+        "choice": {"id": data, "title": title},
+        "callback_query_id": query.id,
+        "update_id": update_id,
+        "chat_type": message.chat.kind,
+        "from_id": query.from.id,
+        "in_reply_to": format!("{}:{}", message.chat.id, message.message_id),
+    });
+    Some(Inbound {
+        // One press is one message, however often Telegram delivers the update.
+        provider_message_id: format!("{}:callback:{}", message.chat.id, query.id),
+        external_id: message.chat.id.to_string(),
+        name: Some(name),
+        email: None,
+        text: title,
+        extra: Some(extra),
+        sent_at_ms: None,
+    })
 }
 
 /// The bot's membership in a chat changed: in a private chat, `kicked` means the user blocked
@@ -93,6 +163,9 @@ pub struct TelegramChat {
 
 pub fn parse(body: &[u8]) -> Result<Vec<Inbound>, ApiError> {
     let update: Update = parse_json(body)?;
+    if let Some(query) = update.callback_query {
+        return Ok(pressed(update.update_id, query).into_iter().collect());
+    }
     let (message, edited) = match (update.message, update.edited_message) {
         (Some(message), _) => (message, false),
         (None, Some(message)) => (message, true),
@@ -147,7 +220,9 @@ pub fn parse(body: &[u8]) -> Result<Vec<Inbound>, ApiError> {
     ),
     request_body = Update,
     responses(
-        (status = 200, description = "Appended, already appended, or an update kind that carries no message", body = Received),
+        (status = 200, description = "Appended, already appended, or an update kind that carries no message; for a \
+            `callback_query`, the answer is the Bot API call `{\"method\": \"answerCallbackQuery\", \"callback_query_id\"}`, which \
+            Telegram performs", body = Received),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or wrong secret token", body = ErrorBody),
         (status = 404, description = "No Telegram inbox with this id", body = ErrorBody),
@@ -165,7 +240,8 @@ pub async fn receive(
     let authenticate = |inbox: &InboxRecord| {
         signature::verify_secret_header(SECRET_HEADER, header_text(&headers, SECRET_HEADER), &inbox.webhook_secret)
     };
-    webhook(state, InboxKind::Telegram, inbox_id, authenticate, |inbox| async move {
+    let callback = callback_query_id(body);
+    let response = webhook(state, InboxKind::Telegram, inbox_id, authenticate, |inbox| async move {
         let messages = parse(body)?;
         let received = ingest_all(state, &inbox, &messages).await?;
         if let Some((update_id, chat, reachable)) = parse_membership(body)? {
@@ -182,7 +258,14 @@ pub async fn receive(
         }
         Ok(received)
     })
-    .await
+    .await;
+    match callback {
+        // Telegram performs a Bot API method named in a webhook's answer.
+        Some(id) if response.status().is_success() => axum::response::IntoResponse::into_response(axum::Json(
+            serde_json::json!({ "method": "answerCallbackQuery", "callback_query_id": id }),
+        )),
+        _ => response,
+    }
 }
 
 #[cfg(test)]
@@ -211,7 +294,19 @@ mod tests {
 
     #[test]
     fn updates_without_messages_are_ignored_and_bad_ones_named() {
-        assert!(parse(br#"{"update_id":1,"callback_query":{"id":"1"}}"#).unwrap().is_empty());
+        assert!(
+            parse(br#"{"update_id":1,"callback_query":{"id":"1","from":{"id":5,"first_name":"T"}}}"#)
+                .unwrap()
+                .is_empty()
+        );
+        let press = br#"{"update_id":2,"callback_query":{"id":"4382","from":{"id":1111111,"first_name":"Test","last_name":"User"},"message":{"message_id":77,"date":1441645532,"chat":{"id":1111111,"type":"private"},"text":"Is that right?","reply_markup":{"inline_keyboard":[[{"text":"Yes","callback_data":"yes"}],[{"text":"No","callback_data":"no"}]]}},"chat_instance":"-1","data":"no"}}"#;
+        let messages = parse(press).unwrap();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].text, "No");
+        assert_eq!(messages[0].external_id, "1111111");
+        assert_eq!(messages[0].provider_message_id, "1111111:callback:4382");
+        assert_eq!(messages[0].extra.as_ref().unwrap()["choice"], serde_json::json!({"id": "no", "title": "No"}));
+        assert_eq!(callback_query_id(press).as_deref(), Some("4382"));
         let error = parse(br#"{"update_id":1,"message":{"message_id":1,"date":1}}"#).unwrap_err();
         assert!(error.to_string().starts_with("message.chat: missing field"), "{error}");
     }

@@ -131,6 +131,26 @@ fn seconds_to_ms(text: Option<&str>) -> Option<u64> {
     text.and_then(|seconds| seconds.parse::<u64>().ok()).and_then(|seconds| seconds.checked_mul(1000))
 }
 
+/// The button or list row the customer pressed, as `{"id", "title"}`: an interactive reply's
+/// id and title, or a template quick-reply's payload and text. A bot's flow reads the id.
+fn choice_of(kind: &str, rest: &serde_json::Map<String, serde_json::Value>) -> Option<serde_json::Value> {
+    let text = |value: Option<&serde_json::Value>| value.and_then(serde_json::Value::as_str).map(str::to_owned);
+    let (id, title) = match kind {
+        "interactive" => {
+            let reply = rest.get("interactive")?;
+            let pressed = reply.get("button_reply").or_else(|| reply.get("list_reply"))?;
+            (text(pressed.get("id"))?, text(pressed.get("title")).unwrap_or_default())
+        }
+        "button" => {
+            let button = rest.get("button")?;
+            let title = text(button.get("text")).unwrap_or_default();
+            (text(button.get("payload")).unwrap_or_else(|| title.clone()), title)
+        }
+        _ => return None,
+    };
+    Some(serde_json::json!({ "id": id, "title": title }))
+}
+
 /// Messages and statuses of one notification.
 pub fn parse(body: &[u8]) -> Result<(Vec<Inbound>, Vec<StatusUpdate>), ApiError> {
     let notification: Notification = parse_json(body)?;
@@ -178,6 +198,9 @@ pub fn parse(body: &[u8]) -> Result<(Vec<Inbound>, Vec<StatusUpdate>), ApiError>
                 };
                 let mut extra = message.rest.clone();
                 extra.insert("type".into(), serde_json::Value::from(message.kind.clone()));
+                if let Some(choice) = choice_of(message.kind.as_str(), &message.rest) {
+                    extra.insert("choice".into(), choice);
+                }
                 messages.push(Inbound {
                     provider_message_id: message.id.clone(),
                     external_id: message.from.clone(),
@@ -385,6 +408,21 @@ mod tests {
         let (messages, _) = parse(body).unwrap();
         assert_eq!(messages[0].text, "Stop promotions");
         assert_eq!(messages[0].extra.as_ref().unwrap()["button"]["payload"], "STOP_PROMOS");
+        assert_eq!(
+            messages[0].extra.as_ref().unwrap()["choice"],
+            serde_json::json!({"id": "STOP_PROMOS", "title": "Stop promotions"})
+        );
+    }
+
+    /// A pressed interactive button keeps its id and title; the title is the message's text.
+    #[test]
+    fn a_pressed_reply_button_keeps_its_id_and_title() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"value":{"messaging_product":"whatsapp","metadata":{"phone_number_id":"1"},"messages":[{"context":{"from":"15550001111","id":"wamid.q"},"from":"16505551234","id":"wamid.i","timestamp":"1749416383","type":"interactive","interactive":{"type":"button_reply","button_reply":{"id":"yes","title":"Yes"}}},{"from":"16505551234","id":"wamid.l","timestamp":"1749416384","type":"interactive","interactive":{"type":"list_reply","list_reply":{"id":"large","title":"Large","description":"40 cm"}}}]},"field":"messages"}]}]}"#;
+        let (messages, _) = parse(body).unwrap();
+        assert_eq!(messages[0].text, "Yes");
+        assert_eq!(messages[0].extra.as_ref().unwrap()["choice"], serde_json::json!({"id": "yes", "title": "Yes"}));
+        assert_eq!(messages[1].text, "Large");
+        assert_eq!(messages[1].extra.as_ref().unwrap()["choice"]["id"], "large");
     }
 
     #[test]

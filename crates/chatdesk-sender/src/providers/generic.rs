@@ -1,4 +1,5 @@
-//! The generic channel: a signed `POST` of `{"event_id", "conversation_id", "to", "text"}` to the
+//! The generic channel: a signed `POST` of `{"event_id", "conversation_id", "to", "text"}` (and
+//! `buttons`, `[{"id", "title"}]`, when a bot offers choices) to the
 //! inbox's outbound URL, with `X-Chatdesk-Signature: sha256=<hex HMAC of the body with the
 //! inbox's secret>` and `Idempotency-Key: <event_id>` so the receiver can drop a repeat.
 
@@ -12,13 +13,16 @@ use crate::limits::BucketKind;
 
 pub fn body(outbound: &Outbound<'_>) -> String {
     let request = &outbound.job.request;
-    json!({
+    let mut body = json!({
         "event_id": request.message_id,
         "conversation_id": request.conversation_id,
         "to": outbound.to,
         "text": request.text,
-    })
-    .to_string()
+    });
+    if !request.buttons.is_empty() {
+        body["buttons"] = json!(request.buttons);
+    }
+    body.to_string()
 }
 
 /// Sends through `http`, a client whose resolver connects only where `policy` allows; an address

@@ -44,13 +44,38 @@ fn chat_id(to: &str) -> Value {
     to.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::from(to))
 }
 
+/// `sendMessage`'s body: the text, and reply buttons as an inline keyboard (one per row), whose
+/// presses come back as `callback_query` with the button's id as `callback_data`.
+pub fn body(outbound: &Outbound<'_>) -> Value {
+    let request = &outbound.job.request;
+    let mut body = json!({"chat_id": chat_id(outbound.to), "text": request.text});
+    if !request.buttons.is_empty() {
+        let rows: Vec<Value> = request
+            .buttons
+            .iter()
+            .map(|button| json!([{"text": button.title, "callback_data": callback_data(&button.id)}]))
+            .collect();
+        body["reply_markup"] = json!({ "inline_keyboard": rows });
+    }
+    body
+}
+
+/// Telegram takes at most 64 bytes of `callback_data`; cut at a character boundary.
+fn callback_data(id: &str) -> String {
+    let mut end = id.len().min(64);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    id[..end].to_owned()
+}
+
 pub async fn send(http: &reqwest::Client, endpoints: &Endpoints, outbound: &Outbound<'_>) -> CallOutcome {
     let token = match credential(outbound.inbox, "bot_token") {
         Ok(value) => value,
         Err(failure) => return failure,
     };
     let url = format!("{}/bot{token}/sendMessage", endpoints.telegram.trim_end_matches('/'));
-    let body = json!({"chat_id": chat_id(outbound.to), "text": outbound.job.request.text});
+    let body = body(outbound);
     let Reply { status, headers, text } = match exchange(http.post(url).json(&body)).await {
         Ok(reply) => reply,
         Err(failure) => return failure,

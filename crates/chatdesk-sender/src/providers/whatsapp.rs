@@ -55,6 +55,13 @@ pub fn body(outbound: &Outbound<'_>) -> Value {
                 "template": template_body,
             })
         }
+        None if !request.buttons.is_empty() && request.text.chars().count() <= MAX_INTERACTIVE_BODY => json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": outbound.to,
+            "type": "interactive",
+            "interactive": interactive(&request.text, &request.buttons),
+        }),
         None => json!({
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
@@ -63,6 +70,37 @@ pub fn body(outbound: &Outbound<'_>) -> Value {
             "text": {"preview_url": false, "body": request.text},
         }),
     }
+}
+
+/// The longest body an interactive message takes; a longer text goes as plain text (its
+/// choices are written in it).
+const MAX_INTERACTIVE_BODY: usize = 1024;
+
+fn clip(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+/// Reply buttons (up to 3, titles of at most 20 characters) or, for more choices, a list (up to
+/// 10 rows, titles of at most 24): what the Cloud API accepts. The customer's press comes back
+/// as `interactive.button_reply` / `list_reply` with the id.
+fn interactive(text: &str, buttons: &[chatdesk_core::envelope::Button]) -> Value {
+    if buttons.len() <= 3 {
+        let buttons: Vec<Value> = buttons
+            .iter()
+            .map(|button| json!({"type": "reply", "reply": {"id": clip(&button.id, 256), "title": clip(&button.title, 20)}}))
+            .collect();
+        return json!({"type": "button", "body": {"text": text}, "action": {"buttons": buttons}});
+    }
+    let rows: Vec<Value> = buttons
+        .iter()
+        .take(10)
+        .map(|button| json!({"id": clip(&button.id, 200), "title": clip(&button.title, 24)}))
+        .collect();
+    json!({
+        "type": "list",
+        "body": {"text": text},
+        "action": {"button": "Choose", "sections": [{"title": "Options", "rows": rows}]},
+    })
 }
 
 pub async fn send(http: &reqwest::Client, endpoints: &Endpoints, outbound: &Outbound<'_>) -> CallOutcome {
@@ -135,6 +173,7 @@ mod tests {
             text: "Hello".into(),
             template: None,
             campaign: None,
+            buttons: Vec::new(),
         };
         let inbox = InboxRecord {
             id,
@@ -149,6 +188,25 @@ mod tests {
         let mut job = Job::new(id, "1-0".into(), request);
         let text = body(&Outbound { job: &job, inbox: &inbox, to: "16505551234" });
         assert_eq!(text["type"], "text");
+        job.request.buttons = vec![
+            chatdesk_core::envelope::Button { id: "yes".into(), title: "Yes".into() },
+            chatdesk_core::envelope::Button { id: "no".into(), title: "No, start over please".into() },
+        ];
+        let buttons = body(&Outbound { job: &job, inbox: &inbox, to: "16505551234" });
+        assert_eq!(buttons["type"], "interactive");
+        assert_eq!(buttons["interactive"]["type"], "button");
+        assert_eq!(buttons["interactive"]["body"]["text"], "Hello");
+        assert_eq!(
+            buttons["interactive"]["action"]["buttons"][1]["reply"],
+            json!({"id": "no", "title": "No, start over pleas"})
+        );
+        job.request.buttons = (0..5)
+            .map(|index| chatdesk_core::envelope::Button { id: format!("o{index}"), title: format!("Option {index}") })
+            .collect();
+        let list = body(&Outbound { job: &job, inbox: &inbox, to: "16505551234" });
+        assert_eq!(list["interactive"]["type"], "list");
+        assert_eq!(list["interactive"]["action"]["sections"][0]["rows"][4]["id"], "o4");
+        job.request.buttons.clear();
         assert_eq!(text["text"]["body"], "Hello");
         assert_eq!(text["to"], "16505551234");
         assert_eq!(text["messaging_product"], "whatsapp");

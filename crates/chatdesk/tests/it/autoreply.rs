@@ -608,3 +608,108 @@ text = "done"
     assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
     assert!(String::from_utf8_lossy(&good.stdout).contains("order: address"));
 }
+
+/// Buttons both ways on Telegram: the flow's yes/no question goes out as an inline keyboard, the
+/// customer's press comes back as a `callback_query` (answered in the webhook's response) and is
+/// the answer.
+#[tokio::test]
+async fn a_flow_offers_buttons_on_telegram_and_a_press_answers_it() {
+    let env = Env::start().await;
+    let telegram = StandIn::start(
+        |request| request.path.clone(),
+        |request, earlier| {
+            Answer::json(
+                200,
+                json!({"ok": true, "result": {"message_id": 500 + earlier, "chat": {"id": 1111111, "type": "private"},
+                "date": 1_763_800_000, "text": request.body["text"]}}),
+            )
+        },
+    )
+    .await;
+    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let _server = serve_roles(&env, ROLES, http, &[("CHATDESK_TELEGRAM_API_URL", &telegram.url())]).await;
+    let tenant = env.tenant("owner@tg.test", "owner-pass-1")["tenant_id"].as_str().unwrap().to_owned();
+    let owner = Client {
+        http,
+        token: login(http, "owner@tg.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned(),
+    };
+    let inbox = admin(
+        &env,
+        &[
+            "inbox",
+            "create",
+            "--tenant",
+            &tenant,
+            "--kind",
+            "telegram",
+            "--name",
+            "Shop bot",
+            "--bot-token",
+            "123456:ABC-DEF",
+        ],
+    );
+    let path = format!("/v1/inboxes/{}/autoreply", inbox["inbox_id"].as_str().unwrap());
+    let configured = owner.call("PUT", &path, Some(json!({"mode": "flow", "flow": "order", "debounce_ms": 100}))).await;
+    assert_eq!(configured.status, 200, "{}", configured.body);
+    let webhook = inbox["webhook_path"].as_str().unwrap().to_owned();
+    let secret = inbox["secret"].as_str().unwrap().to_owned();
+    let deliver = |update: Value| {
+        let (webhook, secret) = (webhook.clone(), secret.clone());
+        async move {
+            crate::support::post(http, &webhook, &[("X-Telegram-Bot-Api-Secret-Token", &secret)], &update.to_string())
+                .await
+        }
+    };
+    let sent = |count: usize| {
+        let telegram = telegram.clone();
+        async move { telegram.wait_for(&format!("{count} bot messages"), |received| received.len() >= count).await }
+    };
+    for (index, text) in ["hi", "12 Main Street, Springfield", "+14155550123", "3"].iter().enumerate() {
+        let update = json!({"update_id": 100 + index, "message": {"message_id": 10 + index, "date": 1_763_800_000,
+            "text": text, "chat": {"id": 1111111, "type": "private"}, "from": {"id": 1111111, "is_bot": false, "first_name": "Ana"}}});
+        assert_eq!(deliver(update).await.status, 200);
+        sent(index + 1).await;
+    }
+    let question = telegram.received()[3].clone();
+    assert!(
+        question.body["text"].as_str().unwrap().starts_with("Please confirm: 3 to 12 Main Street"),
+        "{}",
+        question.body
+    );
+    let keyboard = question.body["reply_markup"]["inline_keyboard"].clone();
+    assert_eq!(keyboard, json!([[{"text": "Yes", "callback_data": "yes"}], [{"text": "No", "callback_data": "no"}]]));
+
+    let press = json!({"update_id": 200, "callback_query": {"id": "cb-1", "from": {"id": 1111111, "first_name": "Ana"},
+        "chat_instance": "-1", "data": "yes",
+        "message": {"message_id": 503, "date": 1_763_800_000, "chat": {"id": 1111111, "type": "private"},
+            "text": question.body["text"], "reply_markup": {"inline_keyboard": keyboard}}}});
+    let answered = deliver(press.clone()).await;
+    assert_eq!(answered.status, 200, "{}", answered.body);
+    assert_eq!(answered.json(), json!({"method": "answerCallbackQuery", "callback_query_id": "cb-1"}));
+    let received = sent(5).await;
+    assert!(received[4].body["text"].as_str().unwrap().starts_with("Thank you! Your order"), "{}", received[4].body);
+    // Telegram delivering the press again changes nothing.
+    assert_eq!(deliver(press).await.status, 200);
+    let orders = chatdesk_testkit::eventually("one order", Duration::from_secs(30), || async {
+        let page = owner.call("GET", "/v1/orders", None).await.json();
+        (page["items"].as_array().map(Vec::len) == Some(1)).then_some(page)
+    })
+    .await;
+    assert_eq!(orders["items"][0]["fields"]["quantity"], 3);
+    // Agents see the pressed button's title, with its id kept.
+    let agent = owner.call("GET", "/v1/conversations", None).await.json();
+    let conversation = agent["items"][0]["id"].as_str().unwrap().to_owned();
+    let history = owner.call("GET", &format!("/v1/conversations/{conversation}/messages"), None).await.json();
+    let pressed =
+        history["items"].as_array().unwrap().iter().find(|item| item["sender_kind"] == "customer").unwrap().clone();
+    assert_eq!(pressed["text"], "Yes");
+    assert_eq!(pressed["extra"]["choice"], json!({"id": "yes", "title": "Yes"}), "{pressed}");
+    let offered = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["text"].as_str().unwrap_or_default().starts_with("Please confirm"))
+        .unwrap()
+        .clone();
+    assert_eq!(offered["extra"]["buttons"][0], json!({"id": "yes", "title": "Yes"}), "{offered}");
+}
