@@ -20,6 +20,8 @@ export function mount(container, context, conversationId, { onChange }) {
   const title = h('h2', { id: 'conv-title' }, 'Conversation');
   const statusLabel = h('span', { id: 'conv-status', class: 'status' });
   const assigneeLabel = h('span', { id: 'conv-assignee', class: 'assignee' });
+  // Why the bot stepped aside, until the conversation is resolved.
+  const handoffLabel = h('span', { class: 'handoff-badge', hidden: true });
   const actions = h('div', { class: 'actions' });
   const history = h('ol', { class: 'messages', id: 'messages', 'aria-label': 'Messages', tabindex: '0' });
   const older = h('button', { class: 'link older', hidden: true, onclick: () => loadOlder() }, 'Show older messages');
@@ -39,7 +41,7 @@ export function mount(container, context, conversationId, { onChange }) {
   });
   const sendButton = h('button', { type: 'button', onclick: () => send() }, 'Send');
   container.replaceChildren(
-    h('header', { class: 'conversation-head' }, title, statusLabel, assigneeLabel, actions),
+    h('header', { class: 'conversation-head' }, title, statusLabel, assigneeLabel, handoffLabel, actions),
     problem,
     h('div', { class: 'scroller' }, older, history),
     typing,
@@ -56,6 +58,11 @@ export function mount(container, context, conversationId, { onChange }) {
     const assignee = conversation.assignee_id;
     assigneeLabel.textContent = !assignee ? 'Unassigned' : assignee === context.user.id ? 'Assigned to you' : `Assigned to agent …${shortId(assignee)}`;
     assigneeLabel.dataset.assignee = assignee || '';
+    const handedOff = conversation.handoff;
+    handoffLabel.hidden = !handedOff;
+    handoffLabel.dataset.reason = handedOff ? handedOff.reason : '';
+    handoffLabel.textContent = handedOff ? `Bot handed off: ${handedOff.reason.replace('_', ' ')}` : '';
+    handoffLabel.title = handedOff && handedOff.detail ? handedOff.detail : '';
     const button = (id, label, action, body) => h('button', { id, type: 'button', onclick: () => act(action, body) }, label);
     actions.replaceChildren(...[
       assignee === context.user.id ? null : button('assign-me', 'Assign to me', 'assign', { assignee_id: context.user.id }),
@@ -165,9 +172,15 @@ export function mount(container, context, conversationId, { onChange }) {
       case 'conversation.handoff':
         add(handoff(frame.event_id, frame.offset, data));
         renderMessages();
+        if (conversation) { conversation.handoff = { reason: data.reason, detail: data.detail || null }; renderHead(); }
         break;
       case 'conversation.status_changed':
-        if (conversation) { conversation.status = data.status; renderHead(); onChange(); }
+        if (conversation) {
+          conversation.status = data.status;
+          if (data.status === 'resolved') conversation.handoff = null;
+          renderHead();
+          onChange();
+        }
         break;
       default:
         break;
