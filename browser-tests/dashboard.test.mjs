@@ -92,7 +92,11 @@ async function agentPage(browser, agent, name) {
   await page.fill('#login-email', agent.email);
   await page.fill('#login-password', agent.password);
   await page.press('#login-password', 'Enter');
-  await page.waitForSelector('#connection[data-state="connected"]');
+  try {
+    await page.waitForSelector('#connection[data-state="connected"]');
+  } catch (error) {
+    throw new Error(`${error.message} (${name} signing in): the page shows ${JSON.stringify((await page.textContent('body')).slice(0, 300))}`);
+  }
   return page;
 }
 
@@ -213,6 +217,42 @@ async function checkBotsPage(browser, { user = config.owner, inbox, baseUrl, rep
   await owner.context().close();
 }
 
+/// An agent watches a bot at work in a conversation: the bot's messages carry a "bot" badge, and
+/// when the customer asks for a human the handoff shows, live, with its reason.
+async function checkBotInConversation(browser) {
+  const login = await (await fetch(`${config.base}/v1/auth/login`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(config.owner),
+  })).json();
+  const inbox = config.generic.webhook_path.split('/').pop();
+  const configured = await fetch(`${config.base}/v1/inboxes/${inbox}/autoreply`, {
+    method: 'PUT',
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${login.token}` },
+    body: JSON.stringify({ mode: 'flow', flow: 'order', debounce_ms: 200 }),
+  });
+  check(configured.ok, `configuring the webhook inbox's bot answered ${configured.status}`);
+  const customer = { id: 'bot-customer', name: 'Bot Customer' };
+  await postGeneric('Hi, I would like to order', `bot-1-${Date.now()}`, customer);
+  const agent = await agentPage(browser, config.agents[1], 'agent watching the bot');
+  const item = agent.locator('.conversation-item', { hasText: 'Bot Customer' });
+  await item.waitFor();
+  await item.click();
+  await agent.locator('#messages .message', { has: agent.locator('.badge-bot'), hasText: 'delivery address' }).waitFor();
+  await postGeneric('Can I talk to a human?', `bot-2-${Date.now()}`, customer);
+  try {
+    await agent.waitForSelector('#messages .handoff-line[data-reason="keyword"]');
+  } catch (error) {
+    throw new Error(`${error.message}: the conversation shows ${JSON.stringify(await texts(agent.locator('#messages li')))}`);
+  }
+  try {
+    await agent.waitForSelector('.handoff-badge[data-reason="keyword"]:not([hidden])');
+  } catch (error) {
+    await agent.screenshot({ path: `${config.screenshots}/bot-conversation-failed.png` });
+    throw new Error(`${error.message}: the header shows ${JSON.stringify(await agent.innerHTML('.conversation-head'))}`);
+  }
+  await agent.screenshot({ path: `${config.screenshots}/bot-conversation.png` });
+  await agent.context().close();
+}
+
 async function texts(locator) {
   return (await locator.allTextContents()).map((text) => text.trim());
 }
@@ -225,8 +265,8 @@ async function expectTexts(what, locator, expected) {
   }
 }
 
-async function postGeneric(text, id) {
-  const body = JSON.stringify({ message_id: id, from: { id: 'webhook-customer', name: 'Webhook Customer' }, text });
+async function postGeneric(text, id, from = { id: 'webhook-customer', name: 'Webhook Customer' }) {
+  const body = JSON.stringify({ message_id: id, from, text });
   const { createHmac } = await import('node:crypto');
   const signature = 'sha256=' + createHmac('sha256', config.generic.secret).update(body).digest('hex');
   const response = await fetch(config.base + config.generic.webhook_path, {
@@ -361,6 +401,9 @@ async function main() {
 
     await checkBotsPage(browser, { inbox: config.bot.inbox, baseUrl: config.bot.base_url, reply: config.bot.reply });
     log('an owner set a bot up (a model, then the order flow) and talked to it in the test chat');
+
+    await checkBotInConversation(browser);
+    log('an agent saw the bot answer with its badge, then hand off when the customer asked for a human');
 
     check(consoleErrors.length === 0, `console errors:\n${consoleErrors.join('\n')}`);
   } finally {

@@ -151,8 +151,12 @@ async fn main() -> anyhow::Result<()> {
         "debounce_ms": 0,
         "max_replies": 1000,
     });
-    let configured =
-        client.put(format!("{base}/v1/inboxes/{inbox_id}/autoreply")).bearer_auth(&token).json(&settings).send().await?;
+    let configured = client
+        .put(format!("{base}/v1/inboxes/{inbox_id}/autoreply"))
+        .bearer_auth(&token)
+        .json(&settings)
+        .send()
+        .await?;
     anyhow::ensure!(configured.status().is_success(), "configuring the bot: {}", configured.text().await?);
 
     println!(

@@ -21,6 +21,56 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::openapi::ErrorBody;
 
 const MAX_TEST_MESSAGES: usize = 50;
+/// Test chats one API process runs at once, and one tenant of them: each may hold a model's
+/// answer (up to 1 MiB) for its whole timeout, so they are bounded like the bot's own answers.
+const TEST_CHATS_PER_PROCESS: usize = 32;
+const TEST_CHATS_PER_TENANT: usize = 4;
+
+/// The test chats in flight, in all and per tenant.
+struct TestChats {
+    all: tokio::sync::Semaphore,
+    by_tenant: std::sync::Mutex<std::collections::HashMap<Uuid, usize>>,
+}
+
+static TEST_CHATS: std::sync::LazyLock<TestChats> = std::sync::LazyLock::new(|| TestChats {
+    all: tokio::sync::Semaphore::new(TEST_CHATS_PER_PROCESS),
+    by_tenant: std::sync::Mutex::default(),
+});
+
+/// A tenant's place among the test chats in flight, given back when dropped.
+struct TestChatSlot {
+    tenant: Uuid,
+    _permit: tokio::sync::SemaphorePermit<'static>,
+}
+
+impl TestChatSlot {
+    fn take(tenant: Uuid) -> Result<Self, ApiError> {
+        let busy = || ApiError::Busy {
+            message: "too many test chats at once; try again in a moment".into(),
+            retry_after_seconds: 1,
+        };
+        let permit = TEST_CHATS.all.try_acquire().map_err(|_| busy())?;
+        let mut by_tenant = TEST_CHATS.by_tenant.lock().expect("test chats lock");
+        let count = by_tenant.entry(tenant).or_default();
+        if *count >= TEST_CHATS_PER_TENANT {
+            return Err(busy());
+        }
+        *count += 1;
+        Ok(Self { tenant, _permit: permit })
+    }
+}
+
+impl Drop for TestChatSlot {
+    fn drop(&mut self) {
+        let mut by_tenant = TEST_CHATS.by_tenant.lock().expect("test chats lock");
+        if let Some(count) = by_tenant.get_mut(&self.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                by_tenant.remove(&self.tenant);
+            }
+        }
+    }
+}
 const MAX_TEST_TEXT: usize = 4_096;
 
 async fn tenant_inbox(state: &AppState, principal: &Principal, id: Uuid) -> Result<InboxRecord, ApiError> {
@@ -132,6 +182,9 @@ pub async fn put_autoreply(
 ) -> Result<Json<AutoReplyView>, ApiError> {
     principal.require(ADMIN_ROLES, "configure bots")?;
     let inbox = tenant_inbox(&state, &principal, id).await?;
+    if !body.is_object() {
+        return Err(ApiError::invalid_field("body", "must be a JSON object of settings"));
+    }
     let mut settings: AutoReply = serde_path_to_error::deserialize(body).map_err(|error| {
         let path = error.path().to_string();
         let field = if path == "." { "body".to_owned() } else { path };
@@ -230,6 +283,7 @@ fn handoff(reason: chatdesk_core::events::HandoffReason, detail: Option<String>)
         (status = 403, description = "Only owners and admins configure bots", body = ErrorBody),
         (status = 404, description = "No such inbox in this tenant", body = ErrorBody),
         (status = 422, description = "Auto-reply is off for the inbox, or a message is invalid", body = ErrorBody),
+        (status = 503, description = "Too many test chats at once (4 per tenant, 32 per process); see Retry-After", body = ErrorBody),
     )
 )]
 pub async fn test_autoreply(
@@ -279,6 +333,7 @@ pub async fn test_autoreply(
     if let Some(asked) = unanswered.iter().find(|turn| settings.asks_for_human(&turn.text)) {
         return Ok(Json(handoff(chatdesk_core::events::HandoffReason::Keyword, Some(asked.text.clone()))));
     }
+    let _slot = TestChatSlot::take(principal.tenant)?;
     let bot = &state.bot;
     match settings.mode {
         Mode::Off => unreachable!("checked above"),
@@ -416,7 +471,7 @@ pub struct OrderPage {
 fn parse_cursor(cursor: &str) -> Option<(OffsetDateTime, Uuid)> {
     let (micros, id) = cursor.split_once('_')?;
     let micros: i128 = micros.parse().ok()?;
-    Some((OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000).ok()?, id.parse().ok()?))
+    Some((OffsetDateTime::from_unix_timestamp_nanos(micros.checked_mul(1_000)?).ok()?, id.parse().ok()?))
 }
 
 #[utoipa::path(

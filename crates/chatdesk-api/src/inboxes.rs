@@ -119,18 +119,16 @@ const RESOLVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// sender decides at send time, on the addresses it connects to).
 pub(crate) async fn check_destination(policy: &OutboundPolicy, url: &str, field: &str) -> Result<(), ApiError> {
     let refused = |reason: String| ApiError::invalid_field(field, reason);
-    let uri: axum::http::Uri = url.parse().map_err(|_| refused("must be an http:// or https:// URL".into()))?;
-    let scheme = uri.scheme_str().unwrap_or_default();
-    let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
-    let (host, port) = policy.check_url(scheme, uri.host(), port).map_err(|error| refused(error.to_string()))?;
-    let bare = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    if bare.parse::<std::net::IpAddr>().is_ok() {
-        return Ok(());
-    }
-    let resolved = tokio::time::timeout(RESOLVE_WAIT, tokio::net::lookup_host((bare.as_str(), port))).await;
+    // Parsed as the HTTP client will parse it when it calls: `127.1.` is 127.0.0.1 to both.
+    let parsed = chatdesk_outbound::checked_url(policy, url).map_err(|error| refused(error.to_string()))?;
+    // An address written in the URL was decided above; a name is looked up now for early
+    // feedback (the call checks the addresses it connects to).
+    let Some(name) = parsed.domain().map(str::to_owned) else { return Ok(()) };
+    let port = parsed.port_or_known_default().unwrap_or(0);
+    let resolved = tokio::time::timeout(RESOLVE_WAIT, tokio::net::lookup_host((name.as_str(), port))).await;
     if let Ok(Ok(addresses)) = resolved {
         let addresses: Vec<std::net::SocketAddr> = addresses.collect();
-        if !addresses.is_empty() && !addresses.iter().any(|address| policy.allows_resolved(&bare, address.ip())) {
+        if !addresses.is_empty() && !addresses.iter().any(|address| policy.allows_resolved(&name, address.ip())) {
             return Err(refused(chatdesk_core::outbound::Refused::NotPublic.to_string()));
         }
     }

@@ -25,6 +25,7 @@ use chatdesk_core::events::{
 use chatdesk_core::{Entry, Envelope, EventId, GroupName, KeyScheme, TenantId};
 use chatdesk_streams::{Batch, Handler, HandlerError, Outcomes, RedisClient, Unavailable};
 use fred::prelude::*;
+use futures::FutureExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,6 +44,8 @@ const HANDOFF_DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 /// A first lease, long enough to read the inbox's settings; then extended to the model's
 /// timeout.
 const FIRST_LEASE: Duration = Duration::from_secs(15);
+/// How long a conversation whose answer failed waits before the next try.
+const RETRY_AFTER_FAILURE_MS: i64 = 1_000;
 /// The namespace of ids chatdesk derives (handoff events, orders).
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_3c2e_9b7d_4e51_8a0c_2f6e_4d3b_1c70);
 
@@ -293,9 +296,21 @@ impl Answerer {
                 let span = tracing::info_span!("autoreply_answer", %conversation);
                 tasks.spawn(tracing::Instrument::instrument(
                     async move {
-                        if let Err(error) = answer(&shared, conversation).await {
+                        // A panic answering one conversation (a bug, a hostile answer) must not
+                        // leave it in hand forever: the cleanup below always runs.
+                        let answered = std::panic::AssertUnwindSafe(answer(&shared, conversation)).catch_unwind().await;
+                        let failed = match answered {
+                            Ok(Ok(())) => None,
+                            Ok(Err(error)) => Some(error),
+                            Err(_) => {
+                                // It would panic again: humans take the conversation instead.
+                                tracing::error!(%conversation, "answering a conversation panicked; handing it to humans");
+                                give_up(&shared, conversation).await.err()
+                            }
+                        };
+                        if let Some(error) = failed {
                             tracing::warn!(%conversation, error = %error, "cannot answer now; trying again shortly");
-                            let retry_at = chatdesk_core::envelope::now_ms() as i64 + 1_000;
+                            let retry_at = chatdesk_core::envelope::now_ms() as i64 + RETRY_AFTER_FAILURE_MS;
                             let _ = shared.state.schedule(conversation, retry_at).await;
                         }
                         let _ = shared.state.release(conversation).await;
@@ -312,6 +327,16 @@ impl Answerer {
     }
 }
 
+/// Hands a conversation the bot cannot answer to humans (reason `error`).
+async fn give_up(shared: &Shared, conversation: Uuid) -> Result<(), String> {
+    let state = shared.state.load(conversation).await.map_err(|error| error.to_string())?;
+    let Some(tenant) = state.and_then(|state| state.tenant) else {
+        return shared.state.unschedule(conversation).await.map_err(|error| error.to_string());
+    };
+    let detail = Some("the bot failed on this conversation".to_owned());
+    shared.hand_off(tenant, conversation, HandoffReason::Error, detail, None, false).await
+}
+
 /// Drops the conversation's pending messages without an answer (the bot is off, out of hours,
 /// or handed off).
 async fn leave_unanswered(
@@ -321,7 +346,7 @@ async fn leave_unanswered(
 ) -> Result<(), String> {
     shared
         .state
-        .finish(conversation, state.session, state.pending.len(), None, 0, 0)
+        .finish(conversation, state.session, &state.pending, None, 0, 0)
         .await
         .map(|_| ())
         .map_err(|error| error.to_string())
@@ -344,7 +369,7 @@ async fn answer(shared: &Shared, conversation: Uuid) -> Result<(), String> {
     let (Some(tenant), Some(inbox)) = (state.tenant, state.inbox) else {
         return leave_unanswered(shared, conversation, &state).await;
     };
-    let handled = state.pending.len();
+    let handled = &state.pending;
     let settings = match shared.settings_of(inbox).await? {
         Some((settings, _)) if settings.is_on() => settings,
         _ => {
@@ -550,10 +575,12 @@ async fn complete(
             let signature = chatdesk_core::auth::sign_body(body.as_bytes(), &secret);
             let mut last_error = String::new();
             // One retry, as for the model: the receiver's own idempotency key is the order id.
+            let url = chatdesk_outbound::checked_url(&shared.settings.policy, url)
+                .map_err(|error| format!("the flow's webhook URL is refused: {error}"))?;
             for _ in 0..2 {
                 let call = shared
                     .http
-                    .post(url)
+                    .post(url.clone())
                     .timeout(Duration::from_secs(10))
                     .header("Content-Type", "application/json")
                     .header("X-Chatdesk-Signature", &signature)
@@ -566,7 +593,10 @@ async fn complete(
                     Ok(response) => {
                         last_error = format!("the flow's webhook answered HTTP {}", response.status().as_u16())
                     }
-                    Err(error) => last_error = format!("cannot call the flow's webhook: {error}"),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "cannot call a flow's webhook");
+                        last_error = "the flow's webhook cannot be reached".to_owned();
+                    }
                 }
             }
             Err(last_error)

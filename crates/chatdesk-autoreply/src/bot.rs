@@ -84,7 +84,7 @@ impl Bot {
                 };
                 ::metrics::counter!(metrics::MODEL_CALLS_TOTAL, "outcome" => outcome).increment(1);
                 tracing::warn!(error = %error, model = %llm.model, "the model failed");
-                self.failed(llm, reason, error.to_string())
+                self.failed(llm, reason, error.summary())
             }
         }
     }

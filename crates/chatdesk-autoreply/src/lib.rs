@@ -74,10 +74,10 @@ pub enum AutoReplyError {
 
 /// Builds the bot: the model client behind the outbound guard, the flows, the budget.
 pub fn bot(redis: RedisClient, keys: KeyScheme, settings: &AutoReplySettings) -> Result<Bot, AutoReplyError> {
-    let http =
-        chatdesk_outbound::guarded_client(Arc::new(settings.policy.clone()), None).map_err(AutoReplyError::Http)?;
+    let policy = Arc::new(settings.policy.clone());
+    let http = chatdesk_outbound::guarded_client(policy.clone(), None).map_err(AutoReplyError::Http)?;
     Ok(Bot {
-        model: llm::Model::new(http),
+        model: llm::Model::new(http, policy),
         flows: settings.flows.clone(),
         budget: budget::Budget::new(redis, keys, settings.limits),
     })

@@ -23,6 +23,8 @@ use serde_json::{Value, json};
 
 /// The most of an answer that is read.
 pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+/// The most tokens one call is counted for, whatever the endpoint claims.
+pub const MAX_TOKENS_PER_CALL: u64 = 10_000_000;
 /// The tool the model calls to hand the conversation to a human.
 pub const HANDOFF_TOOL: &str = "handoff";
 
@@ -75,6 +77,8 @@ pub enum ModelError {
     Network(String),
     #[error("the model's answer is unusable: {0}")]
     Invalid(String),
+    #[error("the model endpoint {0}")]
+    Refused(String),
 }
 
 impl ModelError {
@@ -82,7 +86,20 @@ impl ModelError {
         match self {
             ModelError::Status { status, .. } => *status >= 500 || *status == 429,
             ModelError::Network(_) => true,
-            ModelError::Timeout(_) | ModelError::Invalid(_) => false,
+            ModelError::Timeout(_) | ModelError::Invalid(_) | ModelError::Refused(_) => false,
+        }
+    }
+
+    /// What agents and the test chat are told: the kind of failure and the status, never the
+    /// endpoint's answer or address (an answer from wherever a base URL points is not for
+    /// display; the full error goes to the logs).
+    pub fn summary(&self) -> String {
+        match self {
+            ModelError::Timeout(ms) => format!("the model did not answer within {ms} ms"),
+            ModelError::Status { status, .. } => format!("the model endpoint answered HTTP {status}"),
+            ModelError::Network(_) => "the model endpoint cannot be reached".to_owned(),
+            ModelError::Invalid(_) => "the model's answer is not a usable chat completion".to_owned(),
+            ModelError::Refused(reason) => format!("the model endpoint {reason}"),
         }
     }
 
@@ -91,15 +108,16 @@ impl ModelError {
     }
 }
 
-/// Calls models through the guarded client.
+/// Calls models through the guarded client, each URL checked against the outbound policy first.
 #[derive(Clone)]
 pub struct Model {
     http: reqwest::Client,
+    policy: std::sync::Arc<chatdesk_core::outbound::OutboundPolicy>,
 }
 
 impl Model {
-    pub fn new(http: reqwest::Client) -> Self {
-        Self { http }
+    pub fn new(http: reqwest::Client, policy: std::sync::Arc<chatdesk_core::outbound::OutboundPolicy>) -> Self {
+        Self { http, policy }
     }
 
     /// Asks the model for the next message of a conversation. The whole call, retry included,
@@ -132,8 +150,12 @@ impl Model {
     }
 
     async fn call(&self, settings: &LlmSettings, body: &Value) -> Result<(Decision, Usage), ModelError> {
-        let url = format!("{}/chat/completions", settings.base_url.trim().trim_end_matches('/'));
-        let mut request = self.http.post(&url).json(body);
+        let raw = format!("{}/chat/completions", settings.base_url.trim().trim_end_matches('/'));
+        // Checked on every call, parsed as the client parses it: a stored URL is held to the
+        // policy the process runs with now, and no spelling of an address slips past.
+        let url = chatdesk_outbound::checked_url(&self.policy, &raw)
+            .map_err(|error| ModelError::Refused(format!("is refused: {error}")))?;
+        let mut request = self.http.post(url).json(body);
         if let Some(key) = settings.api_key.as_deref().filter(|key| !key.is_empty()) {
             request = request.bearer_auth(key);
         }
@@ -255,10 +277,15 @@ pub fn parse_answer(raw: &[u8]) -> Result<(Decision, Usage), ModelError> {
         serde_json::from_slice(raw).map_err(|error| ModelError::Invalid(format!("not a chat completion: {error}")))?;
     let usage = completion
         .usage
-        .map(|usage| Usage {
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            total_tokens: usage.total_tokens.max(usage.prompt_tokens + usage.completion_tokens),
+        .map(|usage| {
+            // The endpoint's figures are not trusted: bounded, and added without overflow.
+            let bounded = |tokens: u64| tokens.min(MAX_TOKENS_PER_CALL);
+            let (prompt, completion) = (bounded(usage.prompt_tokens), bounded(usage.completion_tokens));
+            Usage {
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                total_tokens: bounded(usage.total_tokens).max(prompt.saturating_add(completion)),
+            }
         })
         .unwrap_or_default();
     let message = completion
@@ -300,6 +327,8 @@ mod tests {
         assert!(parse_answer(br#"{"choices":[]}"#).is_err());
         assert!(parse_answer(br#"{"choices":[{"message":{"content":"  "}}]}"#).is_err());
         assert!(parse_answer(b"<html>").is_err());
+        let huge = br#"{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":5,"total_tokens":1}}"#;
+        assert_eq!(parse_answer(huge).unwrap().1.total_tokens, MAX_TOKENS_PER_CALL);
     }
 
     #[test]

@@ -95,17 +95,21 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return session
 "#;
 
-/// ARGV: session, handled count, flow ('' unchanged, '-' cleared, else JSON), replies added,
-/// now ms, debounce ms, ttl s. Removes the handled messages; those that arrived meanwhile wait
-/// for their own quiet period. Returns the due time of what is left, 0 when nothing is.
+/// ARGV: session, handled message ids (JSON array), flow ('' unchanged, '-' cleared, else
+/// JSON), replies added, now ms, debounce ms, ttl s. Removes the handled messages by id; those
+/// that arrived meanwhile wait for their own quiet period. Returns the due time of what is left,
+/// 0 when nothing is.
 const FINISH: &str = r#"
 if tonumber(redis.call('HGET', KEYS[1], 'session') or '0') ~= tonumber(ARGV[1]) then return 0 end
 local raw = redis.call('HGET', KEYS[1], 'pending')
 local pending = {}
 if raw then pending = cjson.decode(raw) end
-local handled = tonumber(ARGV[2])
+local handled = {}
+for _, id in ipairs(cjson.decode(ARGV[2])) do handled[id] = true end
 local left = {}
-for index = handled + 1, #pending do table.insert(left, pending[index]) end
+for _, message in ipairs(pending) do
+  if not handled[message.id] then table.insert(left, message) end
+end
 if ARGV[3] == '-' then redis.call('HDEL', KEYS[1], 'flow')
 elseif ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'flow', ARGV[3]) end
 if tonumber(ARGV[4]) > 0 then redis.call('HINCRBY', KEYS[1], 'replies', ARGV[4]) end
@@ -335,14 +339,14 @@ impl StateStore {
         }))
     }
 
-    /// Commits an answer: drops the `handled` first pending messages, stores the flow progress
+    /// Commits an answer: drops the `handled` pending messages (by id), stores the flow progress
     /// (`None` unchanged, `Some(None)` cleared), counts replies. Returns when what is left is
     /// due (`None`: nothing left), or `None` too when the session changed meanwhile.
     pub async fn finish(
         &self,
         conversation: Uuid,
         session: u32,
-        handled: usize,
+        handled: &[Pending],
         flow: Option<Option<&str>>,
         replies: u32,
         debounce_ms: i64,
@@ -352,9 +356,10 @@ impl StateStore {
             Some(None) => "-".to_owned(),
             Some(Some(json)) => json.to_owned(),
         };
+        let handled: Vec<&str> = handled.iter().map(|message| message.id.as_str()).collect();
         let args = vec![
             session.to_string(),
-            handled.to_string(),
+            serde_json::to_string(&handled).unwrap_or_else(|_| "[]".to_owned()),
             flow,
             replies.to_string(),
             now_ms().to_string(),

@@ -111,9 +111,18 @@ impl BusinessHours {
     }
 }
 
+/// `scheme://host:port` of a URL, lower-cased: what a key is bound to.
+fn origin(url: &str) -> String {
+    let url = url.trim().to_ascii_lowercase();
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url.as_str()));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    format!("{scheme}://{authority}")
+}
+
 fn clock(text: &str) -> Option<u32> {
     let (hours, minutes) = text.split_once(':')?;
-    if hours.len() != 2 || minutes.len() != 2 {
+    let digits = |part: &str| part.len() == 2 && part.bytes().all(|byte| byte.is_ascii_digit());
+    if !digits(hours) || !digits(minutes) {
         return None;
     }
     let (hours, minutes): (u32, u32) = (hours.parse().ok()?, minutes.parse().ok()?);
@@ -273,10 +282,13 @@ impl AutoReply {
         Ok(())
     }
 
-    /// A `PUT` that leaves `llm.api_key` out keeps the stored one.
+    /// A `PUT` that leaves `llm.api_key` out keeps the stored one, but only for the same
+    /// endpoint (scheme, host and port): otherwise whoever may change the settings could send
+    /// the key, unseen, to a server of their own.
     pub fn keep_key_from(&mut self, stored: &AutoReply) {
         if let (Some(llm), Some(stored_llm)) = (self.llm.as_mut(), stored.llm.as_ref())
             && llm.api_key.is_none()
+            && origin(&llm.base_url) == origin(&stored_llm.base_url)
         {
             llm.api_key = stored_llm.api_key.clone();
         }
@@ -398,6 +410,9 @@ mod tests {
         ] {
             assert_eq!(settings.validate(|_| true).unwrap_err().field, field);
         }
+        let hours = json!({"when": "outside", "days": [1], "from": "+9:00", "to": "17:00"});
+        let signed_clock: AutoReply = serde_json::from_value(json!({"mode": "off", "hours": hours})).unwrap();
+        assert_eq!(signed_clock.validate(|_| true).unwrap_err().field, "hours.from");
         let no_llm: AutoReply = serde_json::from_value(json!({"mode": "llm"})).unwrap();
         assert_eq!(no_llm.validate(|_| true).unwrap_err().field, "llm");
         assert!(serde_json::from_value::<AutoReply>(json!({"mode": "llm", "surprise": 1})).is_err());
@@ -409,9 +424,13 @@ mod tests {
         let shown = serde_json::to_value(settings.view()).unwrap();
         assert_eq!(shown["api_key_set"], true);
         assert!(!shown.to_string().contains("sk-secret"));
-        let mut update = llm(json!({}));
+        let mut update = llm(json!({"model": "other"}));
         update.keep_key_from(&settings);
         assert_eq!(update.llm.unwrap().api_key.as_deref(), Some("sk-secret"));
+        // A new endpoint never inherits the key.
+        let mut moved = llm(json!({"base_url": "https://collector.example.net/v1"}));
+        moved.keep_key_from(&settings);
+        assert_eq!(moved.llm.unwrap().api_key, None);
     }
 
     #[test]

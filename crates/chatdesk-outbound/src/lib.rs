@@ -38,6 +38,32 @@ pub fn guarded_client(
     builder.build()
 }
 
+/// Why a URL a tenant gave cannot be called.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadUrl {
+    #[error("must be an http:// or https:// URL")]
+    Malformed,
+    #[error("must not carry a user name or password")]
+    Credentials,
+    #[error(transparent)]
+    Refused(#[from] Refused),
+}
+
+/// Parses `raw` as the HTTP client will (the WHATWG URL rules, which turn `127.1.`,
+/// `0x7f000001` or `2130706433` into 127.0.0.1) and checks the result against `policy`: the
+/// scheme, and an address written in the URL, port and all. A name is checked again on the
+/// addresses it resolves to when connecting ([`guarded_client`]). Call it before every call, so a
+/// stored URL is held to the policy the process runs with now.
+pub fn checked_url(policy: &OutboundPolicy, raw: &str) -> Result<reqwest::Url, BadUrl> {
+    let url = reqwest::Url::parse(raw.trim()).map_err(|_| BadUrl::Malformed)?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(BadUrl::Credentials);
+    }
+    let port = url.port_or_known_default().unwrap_or(0);
+    policy.check_url(url.scheme(), url.host_str(), port)?;
+    Ok(url)
+}
+
 /// Whether a failed call was refused by the policy (rather than failing at the receiver).
 pub fn refused_by_policy(error: &reqwest::Error) -> bool {
     let mut source = std::error::Error::source(error);

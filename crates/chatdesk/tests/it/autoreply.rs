@@ -79,6 +79,14 @@ fn scripted_model(request: &Received, _earlier: usize) -> Answer {
     if said.contains("escalate") {
         return handoff_call("the customer wants a refund decision");
     }
+    if said.contains("overflow") {
+        // A hostile endpoint's usage figures: counted bounded, never overflowing.
+        return Answer::json(
+            200,
+            json!({"choices": [{"message": {"role": "assistant", "content": "Bot: counted"}}],
+                "usage": {"prompt_tokens": u64::MAX, "completion_tokens": 5, "total_tokens": 1}}),
+        );
+    }
     completion(&format!("Bot: {said}"))
 }
 
@@ -522,6 +530,21 @@ async fn bad_settings_and_strangers_are_refused() {
             json!({"mode": "off", "hours": {"when": "outside", "days": [8], "from": "09:00", "to": "17:00"}}),
             "hours.days",
         ),
+        (
+            json!({"mode": "off", "hours": {"when": "outside", "days": [1], "from": "+9:00", "to": "17:00"}}),
+            "hours.from",
+        ),
+        (json!([]), "body"),
+        // Spellings the HTTP client reads as loopback addresses (the tests allow only 127.0.0.1),
+        // and credentials in the URL.
+        (json!({"mode": "llm", "llm": bots.llm(json!({"base_url": "http://127.0.0.2.:6379/v1"}))}), "llm.base_url"),
+        (json!({"mode": "llm", "llm": bots.llm(json!({"base_url": "http://2130706434.:6379/v1"}))}), "llm.base_url"),
+        (json!({"mode": "llm", "llm": bots.llm(json!({"base_url": "http://127.2.:6379/v1"}))}), "llm.base_url"),
+        (json!({"mode": "llm", "llm": bots.llm(json!({"base_url": "http://0x7f000002.:6379/v1"}))}), "llm.base_url"),
+        (
+            json!({"mode": "llm", "llm": bots.llm(json!({"base_url": "http://user:pw@models.example.com/v1"}))}),
+            "llm.base_url",
+        ),
     ];
     for (body, field) in cases {
         let response = bots.admin.call("PUT", &path, Some(body.clone())).await;
@@ -563,12 +586,44 @@ async fn bad_settings_and_strangers_are_refused() {
     assert_eq!(call.headers.get("authorization").map(String::as_str), Some("Bearer sk-test-key"));
     let bad_role = bots.admin.call("POST", &test, Some(json!({"messages": [{"role": "wizard", "text": "x"}]}))).await;
     assert_eq!(bad_role.status, 422, "{}", bad_role.body);
+    // Moving the endpoint drops the stored key: it never follows the settings to a new server.
+    let mut moved = bots.llm(json!({"base_url": format!("http://{}/elsewhere/v1", bots.receiver.addr)}));
+    moved.as_object_mut().unwrap().remove("api_key");
+    bots.configure(json!({"mode": "llm", "llm": moved})).await;
+    assert_eq!(bots.admin.call("GET", &path, None).await.json()["llm"]["api_key_set"], false);
+
+    // A stored URL is held to the policy the process runs with now, on every call: one written
+    // around the API (an older row, a changed allowlist) reaches nothing internal.
+    let pool = sqlx::PgPool::connect(&bots.env.database_url).await.unwrap();
+    let inbox: uuid::Uuid = bots.inbox_id().parse().unwrap();
+    let redis_port = bots.env.redis_url.rsplit(':').next().unwrap().trim_end_matches('/').to_owned();
+    let smuggled = json!({"mode": "llm", "llm": {"base_url": format!("http://127.2.:{redis_port}/v1"), "model": "m", "api_key": "sk-test-key"}});
+    sqlx::query("UPDATE inboxes SET auto_reply = $2 WHERE id = $1")
+        .bind(inbox)
+        .bind(&smuggled)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let refused = bots.admin.call("POST", &test, Some(json!({"messages": [{"role": "customer", "text": "hi"}]}))).await;
+    assert_eq!(refused.status, 200, "{}", refused.body);
+    let handoff = refused.json()["handoff"].clone();
+    assert_eq!(handoff["reason"], "error", "{handoff}");
+    assert!(handoff["detail"].as_str().unwrap().contains("refused"), "{handoff}");
+    bots.configure(json!({"mode": "llm", "llm": bots.llm(json!({}))})).await;
+    // Absurd usage figures from the model are counted bounded (and spend the tenant's own budget).
+    let counted =
+        bots.admin.call("POST", &test, Some(json!({"messages": [{"role": "customer", "text": "overflow"}]}))).await;
+    assert_eq!(counted.status, 200, "{}", counted.body);
+    assert_eq!(counted.json()["replies"][0]["text"], "Bot: counted");
 
     // The flows the deployment loaded.
     let flows = bots.admin.call("GET", "/v1/autoreply/flows", None).await.json();
     assert!(flows["items"].as_array().unwrap().iter().any(|flow| flow["name"] == "order"), "{flows}");
     assert_eq!(bots.admin.call("GET", "/v1/orders?limit=0", None).await.status, 422);
     assert_eq!(bots.admin.call("GET", "/v1/orders?cursor=nope", None).await.status, 422);
+    let huge = "/v1/orders?cursor=99999999999999999999999999999999999999_0193a000-0000-7000-8000-000000000000";
+    assert_eq!(bots.admin.call("GET", huge, None).await.status, 422);
 }
 
 #[test]

@@ -77,8 +77,13 @@ async fn agents_and_a_visitor_chat_live_through_a_gateway_restart() {
     let http = free_addr();
     let gateway = free_addr();
     let websocket = format!("ws://{gateway}/v1/ws");
-    let _api =
-        serve_roles(&env, "ingress,writer,sender,broadcaster", http, &[("CHATDESK_PUBLIC_WS_URL", &websocket)]).await;
+    let _api = serve_roles(
+        &env,
+        "ingress,writer,sender,broadcaster,autoreply",
+        http,
+        &[("CHATDESK_PUBLIC_WS_URL", &websocket)],
+    )
+    .await;
     let config = json!({
         "base": format!("http://{http}"),
         "gateway": {
