@@ -99,6 +99,8 @@ function settingsForm({ onSaved, onDirty }) {
   const maxWait = h('input', { id: 'bot-max-wait', type: 'number', min: '0', max: '600000', step: '100', required: true });
   const maxReplies = h('input', { id: 'bot-max-replies', type: 'number', min: '1', max: '1000', step: '1', required: true });
   const keywords = h('input', { id: 'bot-keywords', placeholder: 'human, agent, operator', autocomplete: 'off' });
+  const handoffText = h('input', { id: 'bot-handoff-text', maxlength: '4096', autocomplete: 'off',
+    placeholder: 'e.g. One moment, a member of our team will take it from here.' });
   const hoursWhen = h('select', { id: 'bot-hours' }, options(HOURS));
   const days = DAYS.map((label, index) => h('input', { type: 'checkbox', id: `bot-day-${index + 1}`, name: 'bot-day', value: String(index + 1) }));
   const hoursFrom = h('input', { id: 'bot-hours-from', type: 'time', required: true });
@@ -118,6 +120,7 @@ function settingsForm({ onSaved, onDirty }) {
       field('Longest wait (ms)', maxWait, '…but no longer than this.'),
       field('Max bot replies per conversation', maxReplies)),
     field('Handoff keywords (comma separated)', keywords, 'A customer who writes one of these gets a human.'),
+    field('Told to the customer at a handoff', handoffText, 'Leave empty to say nothing.'),
     field('When the bot answers', hoursWhen),
     hoursDetail,
     h('label', { class: 'check', for: 'bot-reenable' }, reenable, 'Turn the bot back on when a conversation is resolved'));
@@ -156,7 +159,7 @@ function settingsForm({ onSaved, onDirty }) {
     max_context_messages: maxContext, timeout_ms: timeout, on_error: onError, fallback_text: fallbackText, flow,
     debounce_ms: debounce, max_wait_ms: maxWait, max_replies: maxReplies, handoff_keywords: keywords,
     hours: hoursWhen, when: hoursWhen, days: days[0], from: hoursFrom, to: hoursTo, utc_offset_minutes: utcOffset,
-    reenable_on_resolve: reenable,
+    reenable_on_resolve: reenable, handoff_text: handoffText,
   };
 
   function point(name) {
@@ -217,6 +220,7 @@ function settingsForm({ onSaved, onDirty }) {
     maxWait.value = saved.max_wait_ms ?? '';
     maxReplies.value = saved.max_replies ?? '';
     keywords.value = (saved.handoff_keywords || []).join(', ');
+    handoffText.value = saved.handoff_text || '';
     const hours = saved.hours;
     hoursWhen.value = hours ? hours.when : '';
     const chosenDays = hours ? hours.days : [1, 2, 3, 4, 5];
@@ -261,6 +265,7 @@ function settingsForm({ onSaved, onDirty }) {
         to: hoursTo.value,
       },
       reenable_on_resolve: reenable.checked,
+      handoff_text: handoffText.value.trim() || null,
     };
   }
 

@@ -105,6 +105,8 @@ pub struct AutoReplyView {
     pub hours: Option<serde_json::Value>,
     /// Resolving a conversation ends its bot session: the bot answers again afterwards.
     pub reenable_on_resolve: bool,
+    /// Told to the customer when the bot hands them over on its own account; `null`: nothing.
+    pub handoff_text: Option<String>,
 }
 
 fn view(inbox: Uuid, settings: &AutoReply) -> AutoReplyView {
@@ -126,6 +128,7 @@ fn view(inbox: Uuid, settings: &AutoReply) -> AutoReplyView {
         handoff_keywords: shown.settings.handoff_keywords.clone(),
         hours: shown.settings.hours.as_ref().and_then(|hours| serde_json::to_value(hours).ok()),
         reenable_on_resolve: shown.settings.reenable_on_resolve,
+        handoff_text: shown.settings.handoff_text.clone(),
     }
 }
 
@@ -260,9 +263,14 @@ pub struct TestAnswer {
     pub order: Option<serde_json::Value>,
 }
 
-fn handoff(reason: chatdesk_core::events::HandoffReason, detail: Option<String>) -> TestAnswer {
+/// A handoff, with the inbox's `handoff_text` as what the customer would be told.
+fn handoff(settings: &AutoReply, reason: chatdesk_core::events::HandoffReason, detail: Option<String>) -> TestAnswer {
     TestAnswer {
-        replies: Vec::new(),
+        replies: settings
+            .handoff_text
+            .iter()
+            .map(|text| TestReply { text: text.clone(), buttons: Vec::new() })
+            .collect(),
         handoff: Some(TestHandoff { reason: reason.as_str().to_owned(), detail }),
         flow_state: None,
         order: None,
@@ -331,7 +339,7 @@ pub async fn test_autoreply(
         return Err(ApiError::invalid_field("messages", "the last message must be the customer's"));
     }
     if let Some(asked) = unanswered.iter().find(|turn| settings.asks_for_human(&turn.text)) {
-        return Ok(Json(handoff(chatdesk_core::events::HandoffReason::Keyword, Some(asked.text.clone()))));
+        return Ok(Json(handoff(&settings, chatdesk_core::events::HandoffReason::Keyword, Some(asked.text.clone()))));
     }
     let _slot = TestChatSlot::take(principal.tenant)?;
     let bot = &state.bot;
@@ -342,11 +350,11 @@ pub async fn test_autoreply(
             let bot_turns = turns.iter().filter(|turn| turn.role == TurnRole::Assistant).count();
             if bot_turns >= settings.max_replies as usize {
                 let detail = Some(format!("the bot sent {bot_turns} replies, its maximum"));
-                return Ok(Json(handoff(chatdesk_core::events::HandoffReason::Cap, detail)));
+                return Ok(Json(handoff(&settings, chatdesk_core::events::HandoffReason::Cap, detail)));
             }
             let context = turns.len().saturating_sub(llm.max_context_messages as usize);
             match bot.llm_move(principal.tenant, llm, &turns[context..]).await {
-                Move::Handoff { reason, detail } => Ok(Json(handoff(reason, detail))),
+                Move::Handoff { reason, detail } => Ok(Json(handoff(&settings, reason, detail))),
                 Move::Say(prompts) => Ok(Json(TestAnswer {
                     replies: prompts
                         .into_iter()

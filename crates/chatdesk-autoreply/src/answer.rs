@@ -327,6 +327,28 @@ impl Answerer {
     }
 }
 
+/// The bot hands the conversation over on its own account (a keyword, the model, a limit, a
+/// failure): it records the handoff and, once per session, tells the customer the inbox's
+/// `handoff_text` if it has one.
+async fn step_aside(
+    shared: &Shared,
+    settings: &AutoReply,
+    state: &crate::state::Conversation,
+    tenant: Uuid,
+    conversation: Uuid,
+    reason: HandoffReason,
+    detail: Option<String>,
+) -> Result<(), String> {
+    shared.hand_off(tenant, conversation, reason, detail, None, false).await?;
+    let Some(text) = settings.handoff_text.as_deref() else { return Ok(()) };
+    let client_msg_id = format!("bot-handoff-{}", state.session);
+    let sender = Actor { kind: SenderKind::Bot, id: None };
+    match shared.reply.send(tenant, conversation, sender, text, Some(&client_msg_id)).await {
+        Ok(_) | Err(ReplyError::NotFound | ReplyError::Blocked | ReplyError::Text(_)) => Ok(()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 /// Hands a conversation the bot cannot answer to humans (reason `error`).
 async fn give_up(shared: &Shared, conversation: Uuid) -> Result<(), String> {
     let state = shared.state.load(conversation).await.map_err(|error| error.to_string())?;
@@ -401,7 +423,7 @@ async fn answer(shared: &Shared, conversation: Uuid) -> Result<(), String> {
     }
     if let Some(asked) = state.pending.iter().find(|message| settings.asks_for_human(&message.text)) {
         let detail = Some(asked.text.chars().take(200).collect());
-        return shared.hand_off(tenant, conversation, HandoffReason::Keyword, detail, None, false).await;
+        return step_aside(shared, &settings, &state, tenant, conversation, HandoffReason::Keyword, detail).await;
     }
     let trigger = state.pending.last().map(|message| message.id.clone()).unwrap_or_default();
     let contact = state.contact.unwrap_or_default();
@@ -411,7 +433,7 @@ async fn answer(shared: &Shared, conversation: Uuid) -> Result<(), String> {
             let Some(llm) = settings.llm.as_ref() else { return Ok(()) };
             if state.replies >= settings.max_replies {
                 let detail = Some(format!("the bot sent {} replies, its maximum", state.replies));
-                return shared.hand_off(tenant, conversation, HandoffReason::Cap, detail, None, false).await;
+                return step_aside(shared, &settings, &state, tenant, conversation, HandoffReason::Cap, detail).await;
             }
             let history = history(shared, tenant, conversation, llm.max_context_messages, &state.pending).await?;
             shared.typing(tenant, conversation, true).await;
@@ -429,7 +451,7 @@ async fn answer(shared: &Shared, conversation: Uuid) -> Result<(), String> {
                 .collect();
             let Some(step) = shared.bot.flow_step(&flow_name, progress, &messages) else {
                 let detail = Some(format!("the flow {flow_name:?} is not loaded"));
-                return shared.hand_off(tenant, conversation, HandoffReason::Error, detail, None, false).await;
+                return step_aside(shared, &settings, &state, tenant, conversation, HandoffReason::Error, detail).await;
             };
             let mut say = step.say;
             if let Some((completed, index)) = &step.completed {
@@ -439,9 +461,8 @@ async fn answer(shared: &Shared, conversation: Uuid) -> Result<(), String> {
                 let done =
                     complete(shared, tenant, inbox, conversation, contact, &flow_name, order, completed, record).await;
                 if let Err(detail) = done {
-                    return shared
-                        .hand_off(tenant, conversation, HandoffReason::Error, Some(detail), None, false)
-                        .await;
+                    let reason = HandoffReason::Error;
+                    return step_aside(shared, &settings, &state, tenant, conversation, reason, Some(detail)).await;
                 }
                 say.push(crate::flow::Prompt {
                     text: shared.bot.finish_text(&flow_name, &completed.fields, &short_order_id(order)),
@@ -453,7 +474,9 @@ async fn answer(shared: &Shared, conversation: Uuid) -> Result<(), String> {
         }
     };
     match bot_move {
-        Move::Handoff { reason, detail } => shared.hand_off(tenant, conversation, reason, detail, None, false).await,
+        Move::Handoff { reason, detail } => {
+            step_aside(shared, &settings, &state, tenant, conversation, reason, detail).await
+        }
         Move::Say(prompts) => {
             let Some((text, buttons)) = one_message(&prompts) else {
                 let flow = flow_progress.as_deref().map(Some);

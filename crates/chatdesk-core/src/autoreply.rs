@@ -154,6 +154,10 @@ pub struct AutoReply {
     /// writes next (a new session), even after a handoff.
     #[serde(default = "default_true")]
     pub reenable_on_resolve: bool,
+    /// Told to the customer when the bot hands them over (not when an agent took over by
+    /// replying or being assigned: the human is already there); `None`: nothing is said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff_text: Option<String>,
 }
 
 fn default_debounce() -> i64 {
@@ -190,6 +194,7 @@ impl Default for AutoReply {
             handoff_keywords: default_keywords(),
             hours: None,
             reenable_on_resolve: true,
+            handoff_text: None,
         }
     }
 }
@@ -246,6 +251,12 @@ impl AutoReply {
                 return Err(invalid("handoff_keywords", "a keyword must not be blank"));
             }
             bounded_text("handoff_keywords", keyword, 64)?;
+        }
+        if let Some(text) = &self.handoff_text {
+            if text.trim().is_empty() {
+                return Err(invalid("handoff_text", "must not be blank (leave it out to say nothing)"));
+            }
+            bounded_text("handoff_text", text, MAX_TEXT)?;
         }
         if let Some(hours) = &self.hours {
             if hours.days.is_empty() || hours.days.iter().any(|day| !(1..=7).contains(day)) {

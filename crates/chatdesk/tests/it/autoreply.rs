@@ -376,7 +376,9 @@ async fn a_slow_or_failing_model_falls_back_or_hands_off_while_others_are_answer
 async fn humans_keywords_caps_and_budgets_hand_off_once_and_the_bot_stays_silent() {
     let bots = Bots::start(&[("CHATDESK_AUTOREPLY_DAILY_CALLS", "6")]).await;
     let llm = bots.llm(json!({}));
-    bots.configure(json!({"mode": "llm", "llm": llm, "debounce_ms": 200, "max_replies": 2})).await;
+    let notice = "A teammate will take it from here.";
+    bots.configure(json!({"mode": "llm", "llm": llm, "debounce_ms": 200, "max_replies": 2, "handoff_text": notice}))
+        .await;
 
     // An agent's reply: the bot steps aside.
     bots.customer_says("m-gus-1", "gus", "hello").await;
@@ -412,6 +414,8 @@ async fn humans_keywords_caps_and_budgets_hand_off_once_and_the_bot_stays_silent
         })
         .await;
     assert_eq!(shown["handoff"]["detail"], "I want to talk to a HUMAN");
+    // The bot tells the customer it hands them over (not when a human took over by themselves).
+    assert_eq!(bots.delivered("ivy", notice).await, [notice]);
 
     // The cap: two replies, then a handoff instead of the third.
     for (index, text) in ["one", "two", "three"].iter().enumerate() {
@@ -422,6 +426,7 @@ async fn humans_keywords_caps_and_budgets_hand_off_once_and_the_bot_stays_silent
     }
     let jo = bots.conversation("jo").await;
     assert_eq!(bots.handoffs(&jo, 1).await, ["cap"]);
+    assert_eq!(bots.delivered("jo", notice).await, ["Bot: one", "Bot: two", notice]);
 
     bots.sentinel("humans").await;
     assert_eq!(bots.model_calls_about("thanks Sam"), 0);
