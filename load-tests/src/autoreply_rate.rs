@@ -3,8 +3,9 @@
 //!
 //! Starts `chatdesk up` (private Redis and PostgreSQL, every role), a model stand-in in this
 //! process speaking the chat-completions API (answering after `--delays` milliseconds), and a
-//! generic receiver timing each reply. An inbox's bot is the model with no quiet period
-//! (`debounce_ms: 0`); `--messages` new customers each write once, offered at `--rate` per second.
+//! generic receiver timing each reply. Each of `--tenants` tenants has an inbox whose bot is the
+//! model with no quiet period (`debounce_ms: 0`); `--messages` new customers, spread over the
+//! tenants, each write once, offered at `--rate` per second.
 //! For each model delay it prints the replies per second next to the rate offered and, when the
 //! model is slow, next to the bound one process allows (`CHATDESK_AUTOREPLY_CONCURRENCY` /
 //! delay), and the added latency (reply at the receiver − webhook sent − model delay) p50/p99.
@@ -38,9 +39,13 @@ struct Args {
     /// The model's answer times to measure, in milliseconds.
     #[arg(long, value_delimiter = ',', default_values_t = [0u64, 2000])]
     delays: Vec<u64>,
-    /// Conversations one autoreply process answers at once (CHATDESK_AUTOREPLY_CONCURRENCY).
+    /// Conversations one autoreply process answers at once (CHATDESK_AUTOREPLY_CONCURRENCY);
+    /// one tenant gets at most a quarter of them.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Tenants the customers are spread over (one bot inbox each).
+    #[arg(long, default_value_t = 4)]
+    tenants: usize,
     /// The chatdesk binary; defaults to the one next to this benchmark (same build profile).
     #[arg(long)]
     chatdesk: Option<PathBuf>,
@@ -119,49 +124,58 @@ async fn main() -> anyhow::Result<()> {
         ],
     )
     .await?;
-    let tenant = up.tenant("owner@autoreply.bench")?;
-    let inbox = up.admin(&[
-        "inbox",
-        "create",
-        "--tenant",
-        &tenant,
-        "--kind",
-        "generic",
-        "--name",
-        "Bot",
-        "--outbound-url",
-        &format!("http://{receiver}/replies"),
-    ])?;
-    let inbox_id = inbox["inbox_id"].as_str().context("inbox_id")?.to_owned();
-    let webhook = format!("http://{}{}", up.address, inbox["webhook_path"].as_str().context("webhook_path")?);
-    let secret = inbox["secret"].as_str().context("secret")?.to_owned();
     let client = chatdesk_sender::providers::http_client(Duration::from_secs(60))?;
     let base = format!("http://{}", up.address);
-    let login: Value = client
-        .post(format!("{base}/v1/auth/login"))
-        .json(&json!({"email": "owner@autoreply.bench", "password": "bench-pass-1"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = login["token"].as_str().context("token")?.to_owned();
-    let settings = json!({
-        "mode": "llm",
-        "llm": {"base_url": format!("http://{model}/v1"), "api_key": "bench", "model": "bench", "timeout_ms": 30000},
-        "debounce_ms": 0,
-        "max_replies": 1000,
-    });
-    let configured = client
-        .put(format!("{base}/v1/inboxes/{inbox_id}/autoreply"))
-        .bearer_auth(&token)
-        .json(&settings)
-        .send()
-        .await?;
-    anyhow::ensure!(configured.status().is_success(), "configuring the bot: {}", configured.text().await?);
+    // One bot inbox per tenant: (webhook URL, its secret).
+    let mut inboxes = Vec::with_capacity(args.tenants);
+    for index in 0..args.tenants.max(1) {
+        let owner = format!("owner{index}@autoreply.bench");
+        let tenant = up.tenant(&owner)?;
+        let inbox = up.admin(&[
+            "inbox",
+            "create",
+            "--tenant",
+            &tenant,
+            "--kind",
+            "generic",
+            "--name",
+            "Bot",
+            "--outbound-url",
+            &format!("http://{receiver}/replies"),
+        ])?;
+        let inbox_id = inbox["inbox_id"].as_str().context("inbox_id")?.to_owned();
+        let webhook = format!("http://{}{}", up.address, inbox["webhook_path"].as_str().context("webhook_path")?);
+        let secret = inbox["secret"].as_str().context("secret")?.to_owned();
+        let login: Value = client
+            .post(format!("{base}/v1/auth/login"))
+            .json(&json!({"email": owner, "password": "bench-pass-1"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let token = login["token"].as_str().context("token")?.to_owned();
+        let settings = json!({
+            "mode": "llm",
+            "llm": {"base_url": format!("http://{model}/v1"), "api_key": "bench", "model": "bench", "timeout_ms": 30000},
+            "debounce_ms": 0,
+            "max_replies": 1000,
+        });
+        let configured = client
+            .put(format!("{base}/v1/inboxes/{inbox_id}/autoreply"))
+            .bearer_auth(&token)
+            .json(&settings)
+            .send()
+            .await?;
+        anyhow::ensure!(configured.status().is_success(), "configuring the bot: {}", configured.text().await?);
+        inboxes.push((webhook, secret));
+    }
 
     println!(
-        "autoreply-rate: {} new customers writing once each, offered at {}/s; `chatdesk up` on this machine (autoreply concurrency {}), model stand-in and generic receiver over loopback",
-        args.messages, args.rate, args.concurrency
+        "autoreply-rate: {} new customers of {} tenants writing once each, offered at {}/s; `chatdesk up` on this machine (autoreply concurrency {}, a quarter per tenant), model stand-in and generic receiver over loopback",
+        args.messages,
+        inboxes.len(),
+        args.rate,
+        args.concurrency
     );
     for delay in &args.delays {
         delay_ms.store(*delay, Ordering::Relaxed);
@@ -176,7 +190,8 @@ async fn main() -> anyhow::Result<()> {
             let from = format!("d{delay}-c{index}");
             let body = json!({"message_id": format!("m-{from}"), "from": {"id": from, "name": "Bench"}, "text": format!("question {index}")})
                 .to_string();
-            let signature = chatdesk_core::auth::sign_body(body.as_bytes(), &secret);
+            let (webhook, secret) = &inboxes[index % inboxes.len()];
+            let signature = chatdesk_core::auth::sign_body(body.as_bytes(), secret);
             sent_at.insert(from, Instant::now());
             let (client, webhook) = (client.clone(), webhook.clone());
             posts.spawn(async move {
@@ -221,10 +236,12 @@ async fn main() -> anyhow::Result<()> {
         println!("  model answers in {delay} ms:");
         println!("    {rate:.0} replies/s over {span:.1} s; offered {offered:.0}/s (ratio {:.2})", rate / offered);
         if *delay > 0 {
-            let bound = args.concurrency as f64 * 1000.0 / *delay as f64;
+            // Each tenant may hold a quarter of the slots; with fewer than four tenants that is
+            // the tighter bound.
+            let slots = args.concurrency.min(inboxes.len() * (args.concurrency / 4).max(1));
+            let bound = slots as f64 * 1000.0 / *delay as f64;
             println!(
-                "    bound of one process: {} conversations at once / {delay} ms = {bound:.0}/s (ratio {:.2})",
-                args.concurrency,
+                "    bound of one process: {slots} conversations at once / {delay} ms = {bound:.0}/s (ratio {:.2})",
                 rate / bound
             );
         }

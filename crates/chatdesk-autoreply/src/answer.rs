@@ -44,6 +44,11 @@ const HANDOFF_DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 /// A first lease, long enough to read the inbox's settings; then extended to the model's
 /// timeout.
 const FIRST_LEASE: Duration = Duration::from_secs(15);
+/// One tenant answers at most this fraction of a process's conversations at once.
+const TENANT_SHARE_DIVISOR: usize = 4;
+/// Due conversations read per look, per answering slot: enough to find other tenants' past one
+/// whose share is full.
+const DUE_READ_FACTOR: usize = 8;
 /// How long a conversation whose answer failed waits before the next try.
 const RETRY_AFTER_FAILURE_MS: i64 = 1_000;
 /// The namespace of ids chatdesk derives (handoff events, orders).
@@ -257,6 +262,8 @@ impl Answerer {
         let shared = self.shared;
         let permits = Arc::new(Semaphore::new(shared.settings.concurrency.max(1)));
         let in_hand: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
+        let by_tenant: Arc<Mutex<std::collections::HashMap<Uuid, usize>>> = Arc::default();
+        let tenant_share = (shared.settings.concurrency / TENANT_SHARE_DIVISOR).max(1);
         let tasks = TaskTracker::new();
         let mut polls: u64 = 0;
         loop {
@@ -271,7 +278,7 @@ impl Answerer {
                     ::metrics::gauge!(metrics::WAITING).set(waiting as f64);
                 }
             }
-            let due = match shared.state.due((shared.settings.concurrency * 2) as i64).await {
+            let due = match shared.state.due((shared.settings.concurrency * DUE_READ_FACTOR) as i64).await {
                 Ok(due) => due,
                 Err(error) => {
                     tracing::warn!(error = %error, "cannot read the conversations waiting for the bot");
@@ -280,6 +287,18 @@ impl Answerer {
             };
             for conversation in due {
                 if in_hand.lock().expect("in-hand lock").contains(&conversation) {
+                    continue;
+                }
+                // One tenant's slow model may hold at most its share of the slots: the other
+                // tenants' customers are answered meanwhile.
+                let tenant = match shared.state.tenant_of(conversation).await {
+                    Ok(tenant) => tenant.unwrap_or_default(),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "cannot read a conversation's tenant");
+                        break;
+                    }
+                };
+                if by_tenant.lock().expect("tenant lock").get(&tenant).copied().unwrap_or(0) >= tenant_share {
                     continue;
                 }
                 let Ok(permit) = permits.clone().try_acquire_owned() else { break };
@@ -292,7 +311,8 @@ impl Answerer {
                     }
                 }
                 in_hand.lock().expect("in-hand lock").insert(conversation);
-                let (shared, in_hand) = (shared.clone(), in_hand.clone());
+                *by_tenant.lock().expect("tenant lock").entry(tenant).or_default() += 1;
+                let (shared, in_hand, by_tenant) = (shared.clone(), in_hand.clone(), by_tenant.clone());
                 let span = tracing::info_span!("autoreply_answer", %conversation);
                 tasks.spawn(tracing::Instrument::instrument(
                     async move {
@@ -315,6 +335,14 @@ impl Answerer {
                         }
                         let _ = shared.state.release(conversation).await;
                         in_hand.lock().expect("in-hand lock").remove(&conversation);
+                        let mut answering = by_tenant.lock().expect("tenant lock");
+                        if let Some(count) = answering.get_mut(&tenant) {
+                            *count -= 1;
+                            if *count == 0 {
+                                answering.remove(&tenant);
+                            }
+                        }
+                        drop(answering);
                         drop(permit);
                     },
                     span,

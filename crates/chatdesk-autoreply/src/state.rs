@@ -307,6 +307,12 @@ impl StateStore {
         Ok(session > 0)
     }
 
+    /// The tenant a conversation's state belongs to.
+    pub async fn tenant_of(&self, conversation: Uuid) -> Result<Option<Uuid>, Error> {
+        let tenant: Option<String> = self.redis.hget(self.key(conversation), "tenant").await?;
+        Ok(tenant.and_then(|tenant| tenant.parse().ok()))
+    }
+
     /// The inbox a conversation's state belongs to, if the bot has state for it.
     pub async fn inbox_of(&self, conversation: Uuid) -> Result<Option<Uuid>, Error> {
         let inbox: Option<String> = self.redis.hget(self.key(conversation), "inbox").await?;

@@ -773,3 +773,47 @@ async fn a_flow_offers_buttons_on_telegram_and_a_press_answers_it() {
         .clone();
     assert_eq!(offered["extra"]["buttons"][0], json!({"id": "yes", "title": "Yes"}), "{offered}");
 }
+
+/// A tenant whose model hangs holds at most its share of the answering slots: another tenant's
+/// customers are answered meanwhile.
+#[tokio::test]
+async fn one_tenants_slow_model_leaves_room_for_the_others() {
+    // Four slots, one per tenant.
+    let bots = Bots::start(&[("CHATDESK_AUTOREPLY_CONCURRENCY", "4")]).await;
+    let llm = bots.llm(json!({"timeout_ms": 20000}));
+    bots.configure(json!({"mode": "llm", "llm": llm, "debounce_ms": 0})).await;
+    for index in 0..5 {
+        bots.customer_says(&format!("m-slow-{index}"), &format!("slow-{index}"), "this is slow").await;
+    }
+    bots.model.wait_for("the first slow call", |received| !received.is_empty()).await;
+
+    // Another tenant, same model, quick questions.
+    let other = bots.env.tenant("owner@other.test", "owner-pass-1")["tenant_id"].as_str().unwrap().to_owned();
+    let token = login(bots.http, "owner@other.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let owner = Client { http: bots.http, token };
+    let inbox = admin(
+        &bots.env,
+        &[
+            "inbox",
+            "create",
+            "--tenant",
+            &other,
+            "--kind",
+            "generic",
+            "--name",
+            "Other",
+            "--outbound-url",
+            &format!("{}/replies", bots.receiver.url()),
+        ],
+    );
+    let path = format!("/v1/inboxes/{}/autoreply", inbox["inbox_id"].as_str().unwrap());
+    let configured =
+        owner.call("PUT", &path, Some(json!({"mode": "llm", "llm": bots.llm(json!({})), "debounce_ms": 0}))).await;
+    assert_eq!(configured.status, 200, "{}", configured.body);
+    let body = generic_body("m-quick-other", "quick-other", "quick question");
+    assert!(post_generic(bots.http, &inbox, &body).await.status < 300);
+    bots.delivered("quick-other", "Bot: quick question").await;
+    // Meanwhile the slow tenant had one call in flight, not all four slots.
+    let slow_calls = bots.model.received().iter().filter(|request| last_user(request).contains("slow")).count();
+    assert_eq!(slow_calls, 1, "the slow tenant holds one slot");
+}
