@@ -817,3 +817,68 @@ async fn one_tenants_slow_model_leaves_room_for_the_others() {
     let slow_calls = bots.model.received().iter().filter(|request| last_user(request).contains("slow")).count();
     assert_eq!(slow_calls, 1, "the slow tenant holds one slot");
 }
+
+/// A flow of the operator's own (from `CHATDESK_FLOWS`) posts what it collected to a webhook,
+/// signed like the generic channel; business hours keep the bot out while agents are in.
+#[tokio::test]
+async fn a_flow_posts_its_fields_to_a_signed_webhook_and_hours_keep_the_bot_out() {
+    let hooks = StandIn::start(|request| request.path.clone(), |_, _| Answer::json(200, json!({"ok": true}))).await;
+    let flows = tempfile::tempdir().unwrap();
+    std::fs::write(
+        flows.path().join("callback.toml"),
+        format!(
+            r#"
+description = "Books a call back"
+start = "name"
+[states.name]
+prompt = "Who should we call?"
+expect = {{ kind = "length", min = 2, max = 60 }}
+save_as = "name"
+next = "when"
+[states.when]
+prompt = "When suits you, {{{{name}}}}?"
+expect = {{ kind = "choice", options = [{{ id = "am", title = "Morning" }}, {{ id = "pm", title = "Afternoon" }}] }}
+save_as = "slot"
+next = "finish"
+[finish]
+action = "webhook"
+url = "{}/hooks/callback"
+text = "Booked: {{{{name}}}}, {{{{slot}}}}."
+"#,
+            hooks.url()
+        ),
+    )
+    .unwrap();
+    let bots = Bots::start(&[("CHATDESK_FLOWS", flows.path().to_str().unwrap())]).await;
+    let listed = bots.admin.call("GET", "/v1/autoreply/flows", None).await.json();
+    let names: Vec<&str> =
+        listed["items"].as_array().unwrap().iter().map(|flow| flow["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["callback", "order"]);
+    bots.configure(json!({"mode": "flow", "flow": "callback", "debounce_ms": 0})).await;
+    bots.customer_says("m-cb-1", "pia", "hello").await;
+    bots.delivered("pia", "Who should we call?").await;
+    bots.customer_says("m-cb-2", "pia", "Pia").await;
+    bots.delivered("pia", "When suits you, Pia?").await;
+    bots.customer_says("m-cb-3", "pia", "2").await;
+    bots.delivered("pia", "Booked: Pia, pm.").await;
+    let hook = hooks.wait_for("the flow's webhook", |received| !received.is_empty()).await.remove(0);
+    assert_eq!(hook.path, "/hooks/callback");
+    assert_eq!(hook.body["flow"], "callback");
+    assert_eq!(hook.body["fields"], json!({"name": "Pia", "slot": "pm"}));
+    assert_eq!(hook.body["conversation_id"], bots.conversation("pia").await.as_str());
+    let expected = chatdesk_core::auth::sign_body(hook.raw.as_bytes(), bots.inbox["secret"].as_str().unwrap());
+    assert_eq!(hook.headers.get("x-chatdesk-signature"), Some(&expected));
+    assert_eq!(hook.headers.get("idempotency-key").map(String::as_str), hook.body["order_id"].as_str());
+    assert_eq!(
+        bots.agent.call("GET", "/v1/orders", None).await.json()["items"],
+        json!([]),
+        "a webhook flow stores no order"
+    );
+
+    // Open all week, all day: a bot for outside business hours stays out, and the agents answer.
+    let always = json!({"when": "outside", "utc_offset_minutes": 0, "days": [1, 2, 3, 4, 5, 6, 7], "from": "00:00", "to": "24:00"});
+    bots.configure(json!({"mode": "flow", "flow": "callback", "debounce_ms": 0, "hours": always})).await;
+    bots.customer_says("m-hours-1", "quinn", "hello?").await;
+    wait_metric(bots.http, "chatdesk_autoreply_skipped_total{why=\"hours\"}", 1.0).await;
+    assert!(deliveries_to(&bots.receiver.received(), "quinn").is_empty(), "the bot stayed out");
+}
