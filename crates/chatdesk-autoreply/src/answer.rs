@@ -49,6 +49,8 @@ const TENANT_SHARE_DIVISOR: usize = 4;
 /// Due conversations read per look, per answering slot: enough to find other tenants' past one
 /// whose share is full.
 const DUE_READ_FACTOR: usize = 8;
+/// Conversations whose tenant the answering loop remembers at most.
+const TENANT_CACHE_CAPACITY: usize = 100_000;
 /// How long a conversation whose answer failed waits before the next try.
 const RETRY_AFTER_FAILURE_MS: i64 = 1_000;
 /// The namespace of ids chatdesk derives (handoff events, orders).
@@ -265,11 +267,19 @@ impl Answerer {
         let by_tenant: Arc<Mutex<std::collections::HashMap<Uuid, usize>>> = Arc::default();
         let tenant_share = (shared.settings.concurrency / TENANT_SHARE_DIVISOR).max(1);
         let tasks = TaskTracker::new();
+        // A finished answer frees a slot: look again at once rather than at the next poll.
+        let freed = Arc::new(tokio::sync::Notify::new());
+        // A conversation's tenant never changes: remembered, so a backlog costs no lookups.
+        let mut tenants: std::collections::HashMap<Uuid, Uuid> = std::collections::HashMap::new();
         let mut polls: u64 = 0;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(shared.settings.poll) => {}
+                _ = freed.notified() => {}
                 _ = cancel.cancelled() => break,
+            }
+            if permits.available_permits() == 0 {
+                continue;
             }
             polls += 1;
             if polls.is_multiple_of(20) {
@@ -291,12 +301,22 @@ impl Answerer {
                 }
                 // One tenant's slow model may hold at most its share of the slots: the other
                 // tenants' customers are answered meanwhile.
-                let tenant = match shared.state.tenant_of(conversation).await {
-                    Ok(tenant) => tenant.unwrap_or_default(),
-                    Err(error) => {
-                        tracing::warn!(error = %error, "cannot read a conversation's tenant");
-                        break;
-                    }
+                let tenant = match tenants.get(&conversation) {
+                    Some(tenant) => *tenant,
+                    None => match shared.state.tenant_of(conversation).await {
+                        Ok(tenant) => {
+                            let tenant = tenant.unwrap_or_default();
+                            if tenants.len() >= TENANT_CACHE_CAPACITY {
+                                tenants.clear();
+                            }
+                            tenants.insert(conversation, tenant);
+                            tenant
+                        }
+                        Err(error) => {
+                            tracing::warn!(error = %error, "cannot read a conversation's tenant");
+                            break;
+                        }
+                    },
                 };
                 if by_tenant.lock().expect("tenant lock").get(&tenant).copied().unwrap_or(0) >= tenant_share {
                     continue;
@@ -312,7 +332,8 @@ impl Answerer {
                 }
                 in_hand.lock().expect("in-hand lock").insert(conversation);
                 *by_tenant.lock().expect("tenant lock").entry(tenant).or_default() += 1;
-                let (shared, in_hand, by_tenant) = (shared.clone(), in_hand.clone(), by_tenant.clone());
+                let (shared, in_hand, by_tenant, freed) =
+                    (shared.clone(), in_hand.clone(), by_tenant.clone(), freed.clone());
                 let span = tracing::info_span!("autoreply_answer", %conversation);
                 tasks.spawn(tracing::Instrument::instrument(
                     async move {
@@ -344,6 +365,7 @@ impl Answerer {
                         }
                         drop(answering);
                         drop(permit);
+                        freed.notify_one();
                     },
                     span,
                 ));
