@@ -284,7 +284,7 @@ pub fn parse_answer(raw: &[u8]) -> Result<(Decision, Usage), ModelError> {
             Usage {
                 prompt_tokens: prompt,
                 completion_tokens: completion,
-                total_tokens: bounded(usage.total_tokens).max(prompt.saturating_add(completion)),
+                total_tokens: bounded(usage.total_tokens.max(prompt.saturating_add(completion))),
             }
         })
         .unwrap_or_default();

@@ -139,11 +139,9 @@ async fn two_thousand_recipients_at_fifty_a_second_arrive_once_each_at_that_rate
     assert_eq!(campaign["counts"]["total"], 2000);
     let id = campaign["id"].as_str().unwrap();
 
-    let received = chatdesk_testkit::eventually("2,000 sends at the receiver", Duration::from_secs(150), || async {
-        let received = receiver.received();
-        (received.len() >= 2000).then_some(received)
-    })
-    .await;
+    let received = receiver
+        .wait_for_within("2,000 sends at the receiver", Duration::from_secs(150), |got| got.len() >= 2000)
+        .await;
     let first = received.iter().find(|request| by_to(request) == "cust-0").unwrap();
     assert_eq!(first.body["text"], "Hi N0, 20% off today");
     each_once(&received, 2000);
@@ -221,11 +219,11 @@ async fn twenty_senders_keep_their_own_rates_across_three_broadcasters_and_a_slo
     )
     .await;
     let total: usize = rates.values().map(|rate| rate * seconds).sum();
-    let received = chatdesk_testkit::eventually("every fast sender's sends", Duration::from_secs(120), || async {
-        let received = receiver.received();
-        (received.iter().filter(|request| request.path != "/slow").count() >= total).then_some(received)
-    })
-    .await;
+    let received = receiver
+        .wait_for_within("every fast sender's sends", Duration::from_secs(120), |got| {
+            got.iter().filter(|request| request.path != "/slow").count() >= total
+        })
+        .await;
     for (path, rate) in &rates {
         let mine: Vec<Received> = received.iter().filter(|request| &request.path == path).cloned().collect();
         each_once(&mine, rate * seconds);
@@ -257,11 +255,7 @@ async fn a_broadcaster_killed_mid_campaign_sends_every_recipient_exactly_once() 
     receiver.wait_for("a quarter sent", |received| received.len() >= 100).await;
     first.kill().await.unwrap();
     let _second = serve_roles(&env, "broadcaster", free_addr(), &[]).await;
-    let received = chatdesk_testkit::eventually("all 400 sent", Duration::from_secs(120), || async {
-        let received = receiver.received();
-        (received.len() >= 400).then_some(received)
-    })
-    .await;
+    let received = receiver.wait_for_within("all 400 sent", Duration::from_secs(120), |got| got.len() >= 400).await;
     let id = campaign["id"].as_str().unwrap();
     let finished =
         campaign_when(&api, id, "the campaign finished", Duration::from_secs(60), |c| c["status"] == "finished").await;

@@ -98,11 +98,21 @@ impl StandIn {
         self.received.lock().unwrap().clone()
     }
 
-    /// Waits until `check` holds for what was received (up to 60 s).
+    /// Waits until `check` holds for what was received (up to 60 s); checked under the lock,
+    /// copied once when it holds.
     pub async fn wait_for(&self, what: &str, check: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-        chatdesk_testkit::eventually(what, Duration::from_secs(60), || async {
-            let received = self.received();
-            check(&received).then_some(received)
+        self.wait_for_within(what, Duration::from_secs(60), check).await
+    }
+
+    pub async fn wait_for_within(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        chatdesk_testkit::eventually(what, timeout, || async {
+            let received = self.received.lock().unwrap();
+            check(&received).then(|| received.clone())
         })
         .await
     }
