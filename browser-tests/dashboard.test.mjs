@@ -253,6 +253,35 @@ async function checkBotInConversation(browser) {
   await agent.context().close();
 }
 
+/// A visitor on the customer's site talks to the bot (the "Website" inbox runs the order flow by
+/// now): the yes/no question comes with buttons, and a tap answers it.
+async function checkWidgetBot(browser, shop) {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 760 } });
+  const visitor = await context.newPage();
+  visitor.setDefaultTimeout(TIMEOUT);
+  watch(visitor, 'visitor talking to the bot');
+  await visitor.goto(shop.url);
+  await visitor.click('.bubble');
+  await visitor.fill('#cd-email', 'olga@example.com');
+  await visitor.fill('#cd-name', 'Olga');
+  await visitor.press('#cd-name', 'Enter');
+  const input = visitor.locator('.composer textarea');
+  const botSays = (text) => visitor.locator('ol.messages li.agent', { hasText: text }).last().waitFor();
+  for (const [said, answer] of [
+    ['Hi, I would like to order', 'delivery address'],
+    ['5 Harbour Road, Galway', 'phone number'],
+    ['+353 91 555 0100', 'How many'],
+    ['2', 'Is that right?'],
+  ]) {
+    await input.fill(said);
+    await input.press('Enter');
+    await botSays(answer);
+  }
+  await visitor.locator('ol.messages li.choices button', { hasText: 'Yes' }).click();
+  await botSays('Thank you! Your order');
+  await context.close();
+}
+
 async function texts(locator) {
   return (await locator.allTextContents()).map((text) => text.trim());
 }
@@ -404,6 +433,9 @@ async function main() {
 
     await checkBotInConversation(browser);
     log('an agent saw the bot answer with its badge, then hand off when the customer asked for a human');
+
+    await checkWidgetBot(browser, shop);
+    log('a visitor took an order from the bot in the widget, answering its question with a button');
 
     check(consoleErrors.length === 0, `console errors:\n${consoleErrors.join('\n')}`);
   } finally {

@@ -30,6 +30,8 @@ const STYLE = `
   ol { list-style: none; margin: 0; padding: .75rem; flex: 1; overflow-y: auto; display: flex; flex-direction: column; gap: .4rem; }
   li { max-width: 80%; padding: .45rem .7rem; border-radius: 10px; background: #f0f2f5; white-space: pre-wrap; overflow-wrap: anywhere; }
   li.mine { align-self: flex-end; background: #0b63c5; color: #fff; }
+  li.choices { display: flex; flex-wrap: wrap; gap: .35rem; align-self: flex-start; background: none; padding: 0; max-width: 100%; }
+  .choices button { font: inherit; font-size: .85rem; border: 1px solid #0b63c5; color: #0b63c5; background: #fff; border-radius: 999px; padding: .2rem .7rem; cursor: pointer; }
   .error { color: #c4232f; font-size: .85rem; padding: 0 1rem; margin: .25rem 0; }
   .status { color: #5d6670; font-size: .8rem; padding: 0 .75rem; }
   .composer { display: flex; gap: .4rem; padding: .6rem; border-top: 1px solid #e1e4e8; }
@@ -106,12 +108,27 @@ export function start({ inbox, base }) {
     const stored = [...messages.values()].sort((a, b) => compareOffsets(a.offset, b.offset));
     const items = stored.map((message) => ({ text: message.text, mine: message.mine }))
       .concat([...pending.values()].map((message) => ({ text: message.text, mine: true })));
-    list.replaceChildren(...items.map((item) => {
+    const elements = items.map((item) => {
       const element = document.createElement('li');
       element.className = item.mine ? 'mine' : 'agent';
       element.textContent = item.text;
       return element;
-    }));
+    });
+    // A bot's question with buttons, while it is the last word: one tap answers it.
+    const last = stored[stored.length - 1];
+    if (last && !last.mine && last.buttons.length && !pending.size) {
+      const choices = document.createElement('li');
+      choices.className = 'choices';
+      for (const button of last.buttons) {
+        const choice = document.createElement('button');
+        choice.type = 'button';
+        choice.textContent = button.title;
+        choice.addEventListener('click', () => { input.value = button.title; send(); });
+        choices.append(choice);
+      }
+      elements.push(choices);
+    }
+    list.replaceChildren(...elements);
     list.scrollTop = list.scrollHeight;
   }
 
@@ -175,7 +192,7 @@ export function start({ inbox, base }) {
   }
 
   /// Shows a stored message once, replacing the widget's own pending copy of it.
-  function addMessage(eventId, text, direction, offset, providerId) {
+  function addMessage(eventId, text, direction, offset, providerId, buttons = []) {
     if (messages.has(eventId)) return;
     const mine = direction === 'inbound';
     if (mine) {
@@ -185,7 +202,7 @@ export function start({ inbox, base }) {
         if (message.event_id === eventId || (providerId || '').endsWith(`:${id}`)) pending.delete(id);
       }
     }
-    messages.set(eventId, { text, mine, offset });
+    messages.set(eventId, { text, mine, offset, buttons: Array.isArray(buttons) ? buttons : [] });
     render();
   }
 
@@ -198,8 +215,9 @@ export function start({ inbox, base }) {
   function onEvent(frame) {
     if (frame.type === 'message.created') {
       if (frame.data.direction === 'outbound') showAgentTyping(false);
-      addMessage(frame.event_id, frame.data.text, frame.data.direction, frame.offset, frame.data.provider_message_id);
-    } else if (frame.type === 'typing' && frame.data.who && frame.data.who.kind === 'agent') {
+      const buttons = (frame.data.extra && frame.data.extra.buttons) || [];
+      addMessage(frame.event_id, frame.data.text, frame.data.direction, frame.offset, frame.data.provider_message_id, buttons);
+    } else if (frame.type === 'typing' && frame.data.who && ['agent', 'bot'].includes(frame.data.who.kind)) {
       showAgentTyping(frame.data.typing);
     }
   }
@@ -207,7 +225,9 @@ export function start({ inbox, base }) {
   /// The conversation so far, over REST; answers the offset to follow it live from.
   async function loadHistory() {
     const history = await request('GET', `/v1/widget/${inbox}/messages`);
-    for (const item of history.items) addMessage(item.event_id, item.text, item.direction, item.offset, null);
+    for (const item of history.items) {
+      addMessage(item.event_id, item.text, item.direction, item.offset, null, (item.extra && item.extra.buttons) || []);
+    }
     return history.resume_from;
   }
 
