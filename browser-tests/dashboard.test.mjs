@@ -277,6 +277,9 @@ async function checkWidgetBot(browser, shop) {
     await input.press('Enter');
     await botSays(answer);
   }
+  // A reload keeps the question's buttons (they come back with the history).
+  await visitor.reload();
+  await visitor.click('.bubble');
   await visitor.locator('ol.messages li.choices button', { hasText: 'Yes' }).click();
   await botSays('Thank you! Your order');
   await context.close();

@@ -226,7 +226,7 @@ export function start({ inbox, base }) {
   async function loadHistory() {
     const history = await request('GET', `/v1/widget/${inbox}/messages`);
     for (const item of history.items) {
-      addMessage(item.event_id, item.text, item.direction, item.offset, null, (item.extra && item.extra.buttons) || []);
+      addMessage(item.event_id, item.text, item.direction, item.offset, null, item.buttons || []);
     }
     return history.resume_from;
   }

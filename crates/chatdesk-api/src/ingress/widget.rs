@@ -288,6 +288,10 @@ pub struct VisitorHistoryMessage {
     /// `inbound`: the visitor's; `outbound`: the agents' (or a bot's).
     pub direction: String,
     pub text: String,
+    /// Reply buttons a bot offered with the message (`id`, `title`); empty for others. Only
+    /// these are shown to visitors of a message's channel fields.
+    #[schema(value_type = Vec<Object>)]
+    pub buttons: Vec<serde_json::Value>,
     /// RFC 3339.
     pub created_at: String,
 }
@@ -346,6 +350,14 @@ pub async fn history(
             offset: row.stream_offset,
             direction: row.direction,
             text: row.body,
+            buttons: row
+                .extra
+                .as_ref()
+                .filter(|_| row.sender_kind == "bot")
+                .and_then(|extra| extra.get("buttons"))
+                .and_then(serde_json::Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
             created_at: row.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         })
         .collect();
