@@ -139,6 +139,9 @@ pub struct Watcher {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// The event types the `autoreply` group acts on.
+const WATCHED_TYPES: [&str; 3] = ["message.created", "conversation.assigned", "conversation.status_changed"];
+
 enum Seen {
     Done,
     Unavailable(String),
@@ -146,6 +149,11 @@ enum Seen {
 
 impl Watcher {
     async fn watch(&self, entry: &Entry) -> Seen {
+        // Most entries (statuses, reads, typing, contacts) mean nothing to the bot: decided by
+        // the entry's type field, without decoding their payload.
+        if !WATCHED_TYPES.contains(&entry.envelope.record_type.as_str()) {
+            return Seen::Done;
+        }
         let Ok(event) = entry.envelope.event() else { return Seen::Done };
         let offset = entry.id.to_string();
         let tenant = entry.envelope.tenant.0;
@@ -442,8 +450,8 @@ async fn answer(shared: &Shared, conversation: Uuid) -> Result<(), String> {
         return leave_unanswered(shared, conversation, &state).await;
     };
     let handled = &state.pending;
-    let settings = match shared.settings_of(inbox).await? {
-        Some((settings, _)) if settings.is_on() => settings,
+    let (settings, record) = match shared.settings_of(inbox).await? {
+        Some((settings, record)) if settings.is_on() => (settings, record),
         _ => {
             return leave_unanswered(shared, conversation, &state).await;
         }
@@ -507,9 +515,8 @@ async fn answer(shared: &Shared, conversation: Uuid) -> Result<(), String> {
             if let Some((completed, index)) = &step.completed {
                 let trigger = &state.pending[*index].id;
                 let order = order_id(conversation, trigger);
-                let record = shared.settings_of(inbox).await?.map(|(_, record)| record);
                 let done =
-                    complete(shared, tenant, inbox, conversation, contact, &flow_name, order, completed, record).await;
+                    complete(shared, tenant, inbox, conversation, contact, &flow_name, order, completed, &record).await;
                 if let Err(detail) = done {
                     let reason = HandoffReason::Error;
                     return step_aside(shared, &settings, &state, tenant, conversation, reason, Some(detail)).await;
@@ -617,7 +624,7 @@ async fn complete(
     flow: &str,
     order: Uuid,
     completed: &crate::flow::Completed,
-    record: Option<chatdesk_store::directory::InboxRecord>,
+    record: &chatdesk_store::directory::InboxRecord,
 ) -> Result<(), String> {
     let fields = serde_json::to_value(&completed.fields).map_err(|error| error.to_string())?;
     match &completed.action {
@@ -639,13 +646,13 @@ async fn complete(
             Ok(())
         }
         Action::Webhook { url } => {
-            let secret = record.map(|record| record.webhook_secret).unwrap_or_default();
+            let secret = &record.webhook_secret;
             let body = serde_json::json!({
                 "order_id": order, "flow": flow, "inbox_id": inbox, "conversation_id": conversation,
                 "contact_id": contact, "fields": fields,
             })
             .to_string();
-            let signature = chatdesk_core::auth::sign_body(body.as_bytes(), &secret);
+            let signature = chatdesk_core::auth::sign_body(body.as_bytes(), secret);
             let mut last_error = String::new();
             // One retry, as for the model: the receiver's own idempotency key is the order id.
             let url = chatdesk_outbound::checked_url(&shared.settings.policy, url)

@@ -1,9 +1,10 @@
 //! A tenant's daily ceiling on model use, set by the operator: calls and tokens per UTC day,
-//! counted in Redis across every process. A call is counted before it is made, so concurrent
-//! conversations cannot overshoot the ceiling by more than the calls already in flight.
+//! counted in Redis across every process. A call is counted before it is made, by one script, so
+//! concurrent conversations never overshoot the call ceiling; tokens are counted when the answer
+//! comes, so the token ceiling can be passed by the calls already in flight.
 
 use chatdesk_core::{KeyScheme, TenantId};
-use chatdesk_streams::RedisClient;
+use chatdesk_streams::{RedisClient, Script};
 use fred::prelude::*;
 use serde::Serialize;
 use uuid::Uuid;
@@ -42,6 +43,20 @@ fn today() -> u64 {
     chatdesk_core::envelope::now_ms() / 86_400_000
 }
 
+/// ARGV: daily calls, daily tokens (0: no limit), key TTL. Returns 1 when the call is counted.
+static TAKE_CALL: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r#"
+local calls_limit, tokens_limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+if tokens_limit > 0 and tonumber(redis.call('HGET', KEYS[1], 'tokens') or '0') >= tokens_limit then return 0 end
+if calls_limit > 0 and tonumber(redis.call('HGET', KEYS[1], 'calls') or '0') >= calls_limit then return 0 end
+redis.call('HINCRBY', KEYS[1], 'calls', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"#,
+    )
+});
+
 /// Two days: a key outlives its day even across time-zone confusion, then goes.
 const KEY_TTL_SECONDS: i64 = 2 * 86_400;
 
@@ -55,21 +70,16 @@ impl Budget {
     }
 
     /// Counts one call; `false` (and nothing counted) when the day's calls or tokens are spent.
+    /// One script: the check and the count are one step, so concurrent conversations never
+    /// overshoot the call limit.
     pub async fn take_call(&self, tenant: Uuid) -> Result<bool, Error> {
-        let key = self.key(tenant);
-        if self.limits.daily_tokens > 0 {
-            let tokens: Option<u64> = self.redis.hget(&key, "tokens").await?;
-            if tokens.unwrap_or(0) >= self.limits.daily_tokens {
-                return Ok(false);
-            }
-        }
-        let calls: u64 = self.redis.hincrby(&key, "calls", 1).await?;
-        let _: i64 = self.redis.expire(&key, KEY_TTL_SECONDS, None).await?;
-        if self.limits.daily_calls > 0 && calls > self.limits.daily_calls {
-            let _: i64 = self.redis.hincrby(&key, "calls", -1).await?;
-            return Ok(false);
-        }
-        Ok(true)
+        let args = vec![
+            self.limits.daily_calls.to_string(),
+            self.limits.daily_tokens.to_string(),
+            KEY_TTL_SECONDS.to_string(),
+        ];
+        let taken: i64 = TAKE_CALL.call(&self.redis, vec![self.key(tenant)], args).await?;
+        Ok(taken == 1)
     }
 
     pub async fn spend_tokens(&self, tenant: Uuid, tokens: u64) -> Result<(), Error> {

@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use tokio::process::Child;
 
 use crate::standin::{Answer, Received, StandIn};
-use crate::support::{Client, Env, admin, conversation_of, generic_body, login, metric, post_generic, serve_roles};
+use crate::support::{
+    Client, Env, admin, conversation_of, generic_body, generic_inbox, login, metric, post_generic, serve_roles,
+};
 
 const ROLES: &str = "ingress,writer,gateway,sender,autoreply";
 const SYSTEM_PROMPT: &str = "You are Acme's assistant. Answer in one sentence.";
@@ -120,21 +122,7 @@ impl Bots {
             login(http, "owner@bots.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
         let agent_token =
             login(http, "agent@bots.test", "agent-pass-1").await.json()["token"].as_str().unwrap().to_owned();
-        let inbox = admin(
-            &env,
-            &[
-                "inbox",
-                "create",
-                "--tenant",
-                &tenant,
-                "--kind",
-                "generic",
-                "--name",
-                "Support",
-                "--outbound-url",
-                &format!("{}/replies", receiver.url()),
-            ],
-        );
+        let inbox = generic_inbox(&env, &tenant, "Support", &format!("{}/replies", receiver.url()));
         Self {
             env,
             http,
@@ -791,21 +779,7 @@ async fn one_tenants_slow_model_leaves_room_for_the_others() {
     let other = bots.env.tenant("owner@other.test", "owner-pass-1")["tenant_id"].as_str().unwrap().to_owned();
     let token = login(bots.http, "owner@other.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
     let owner = Client { http: bots.http, token };
-    let inbox = admin(
-        &bots.env,
-        &[
-            "inbox",
-            "create",
-            "--tenant",
-            &other,
-            "--kind",
-            "generic",
-            "--name",
-            "Other",
-            "--outbound-url",
-            &format!("{}/replies", bots.receiver.url()),
-        ],
-    );
+    let inbox = generic_inbox(&bots.env, &other, "Other", &format!("{}/replies", bots.receiver.url()));
     let path = format!("/v1/inboxes/{}/autoreply", inbox["inbox_id"].as_str().unwrap());
     let configured =
         owner.call("PUT", &path, Some(json!({"mode": "llm", "llm": bots.llm(json!({})), "debounce_ms": 0}))).await;

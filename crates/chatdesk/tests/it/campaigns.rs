@@ -32,11 +32,7 @@ async fn marketer(env: &Env, http: SocketAddr, name: &str) -> (String, Client) {
 }
 
 fn generic_inbox(env: &Env, tenant: &str, url: &str) -> String {
-    let inbox = admin(
-        env,
-        &["inbox", "create", "--tenant", tenant, "--kind", "generic", "--name", "Out", "--outbound-url", url],
-    );
-    inbox["inbox_id"].as_str().unwrap().to_owned()
+    crate::support::generic_inbox(env, tenant, "Out", url)["inbox_id"].as_str().unwrap().to_owned()
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

@@ -192,6 +192,12 @@ pub const WHATSAPP_APP_SECRET: &str = "whatsapp-app-secret";
 
 /// A WhatsApp inbox of `tenant` sending from `phone_number_id` (through a stand-in when the
 /// server's `CHATDESK_WHATSAPP_API_URL` points at one).
+/// `chatdesk admin inbox create` of a generic inbox that sends to `url`; returns its JSON
+/// (`inbox_id`, `webhook_path`, `secret`).
+pub fn generic_inbox(env: &Env, tenant: &str, name: &str, url: &str) -> Value {
+    admin(env, &["inbox", "create", "--tenant", tenant, "--kind", "generic", "--name", name, "--outbound-url", url])
+}
+
 pub fn whatsapp_inbox(env: &Env, tenant: &str, phone_number_id: &str) -> Value {
     admin(
         env,
