@@ -283,6 +283,13 @@ async function checkWidgetBot(browser, shop) {
   await visitor.locator('ol.messages li.choices button', { hasText: 'Yes' }).click();
   await botSays('Thank you! Your order');
   await context.close();
+
+  // The owner finds the order, and today's model use, on the Bots page.
+  const owner = await agentPage(browser, config.owner, 'owner reading orders');
+  await owner.click('nav a:has-text("Bots")');
+  await owner.locator('#bot-orders tr', { hasText: '5 Harbour Road, Galway' }).waitFor();
+  await owner.locator('#bot-usage', { hasText: 'Model use today' }).waitFor();
+  await owner.context().close();
 }
 
 async function texts(locator) {

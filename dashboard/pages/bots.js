@@ -422,6 +422,55 @@ function testChat() {
   };
 }
 
+/// The tenant's model use today against its budget, and the orders its flows took (newest
+/// first), with "Refresh" and "Older" for the next page.
+function activity() {
+  const usage = h('p', { id: 'bot-usage', class: 'muted' });
+  const rows = h('tbody', { id: 'bot-orders' });
+  const older = h('button', { type: 'button', id: 'bot-orders-older', hidden: true }, 'Older');
+  const refresh = h('button', { type: 'button', id: 'bot-orders-refresh' }, 'Refresh');
+  const problem = h('div', { class: 'form-error' });
+  let cursor = null;
+  const limit = (used, max, what) => `${used.toLocaleString()} ${what}${max == null ? '' : ` of ${max.toLocaleString()}`}`;
+  const row = (order) => h('tr', { dataset: { orderId: order.id } },
+    h('td', {}, new Date(order.created_at).toLocaleString()),
+    h('td', {}, order.flow),
+    h('td', {}, Object.entries(order.fields || {}).map(([name, value]) => `${name}: ${value}`).join(' · ')),
+    h('td', {}, order.status));
+  async function page(reset) {
+    problem.replaceChildren();
+    try {
+      if (reset) {
+        const today = await api('GET', '/v1/autoreply/usage');
+        usage.textContent = `Model use today (UTC): ${limit(today.calls_used, today.calls_limit, 'calls')}, `
+          + `${limit(today.tokens_used, today.tokens_limit, 'tokens')}.`;
+        cursor = null;
+      }
+      const query = cursor ? `&cursor=${encodeURIComponent(cursor)}` : '';
+      const answer = await api('GET', `/v1/orders?limit=20${query}`);
+      const items = (answer.items || []).map(row);
+      if (reset) {
+        rows.replaceChildren(...(items.length ? items : [h('tr', {}, h('td', { colspan: '4', class: 'muted' }, 'No orders yet.'))]));
+      } else {
+        rows.append(...items);
+      }
+      cursor = answer.next_cursor;
+      older.hidden = !cursor;
+    } catch (failure) {
+      problem.replaceChildren(notice(failure.message, 'error'));
+    }
+  }
+  refresh.addEventListener('click', () => page(true));
+  older.addEventListener('click', () => page(false));
+  page(true);
+  return h('section', { class: 'bot-activity', 'aria-label': 'Model use and orders' },
+    h('h3', {}, 'Orders taken by flows'), usage, problem,
+    h('table', { class: 'orders' },
+      h('thead', {}, h('tr', {}, h('th', {}, 'When'), h('th', {}, 'Flow'), h('th', {}, 'Details'), h('th', {}, 'Status'))),
+      rows),
+    h('div', { class: 'bot-actions' }, refresh, older));
+}
+
 export function mount(container) {
   const error = h('div', { class: 'form-error' });
   const inbox = h('select', { id: 'bot-inbox', 'aria-label': 'Inbox' });
@@ -432,7 +481,7 @@ export function mount(container) {
     h('h2', {}, 'Bots'),
     h('p', { class: 'muted' }, 'Let a bot answer an inbox first: it hands the conversation to your agents when it cannot help, when the customer asks for a human, or when an agent steps in.'),
     h('div', { class: 'field bot-inbox' }, h('label', { for: 'bot-inbox' }, 'Inbox'), inbox),
-    error, body));
+    error, body, activity()));
 
   const choose = (id) => {
     sessionStorage.setItem('chatdesk.bots.inbox', id);
