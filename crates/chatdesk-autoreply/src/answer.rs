@@ -49,6 +49,8 @@ const TENANT_SHARE_DIVISOR: usize = 4;
 /// Due conversations read per look, per answering slot: enough to find other tenants' past one
 /// whose share is full.
 const DUE_READ_FACTOR: usize = 8;
+/// How long an answer waits for the writer to store a new conversation before it is dropped.
+const STORED_WAIT: Duration = Duration::from_secs(300);
 /// Conversations whose tenant the answering loop remembers at most.
 const TENANT_CACHE_CAPACITY: usize = 100_000;
 /// How long a conversation whose answer failed waits before the next try.
@@ -407,6 +409,17 @@ async fn step_aside(
     }
 }
 
+/// Whether the oldest unanswered message is older than a customer waits for a bot.
+fn waited_too_long(pending: &[crate::state::Pending]) -> bool {
+    let oldest = pending
+        .iter()
+        .filter_map(|message| message.offset.parse::<chatdesk_core::EntryId>().ok())
+        .map(|id| id.millis)
+        .min();
+    oldest
+        .is_some_and(|millis| chatdesk_core::envelope::now_ms().saturating_sub(millis) > STORED_WAIT.as_millis() as u64)
+}
+
 /// Hands a conversation the bot cannot answer to humans (reason `error`).
 async fn give_up(shared: &Shared, conversation: Uuid) -> Result<(), String> {
     let state = shared.state.load(conversation).await.map_err(|error| error.to_string())?;
@@ -560,6 +573,12 @@ async fn answer(shared: &Shared, conversation: Uuid) -> Result<(), String> {
                 Ok(_) => {
                     let mode = if settings.mode == Mode::Flow { "flow" } else { "llm" };
                     ::metrics::counter!(metrics::REPLIES_TOTAL, "mode" => mode).increment(1);
+                }
+                // The writer stores a new conversation a moment after its first message: a bot
+                // quicker than that (no quiet period, a busy writer) tries again shortly, for
+                // as long as the customer would still be waiting.
+                Err(ReplyError::NotFound) if !waited_too_long(&state.pending) => {
+                    return Err("the conversation is not stored yet".to_owned());
                 }
                 Err(ReplyError::NotFound | ReplyError::Blocked) => {}
                 Err(ReplyError::Text(error)) => {

@@ -856,3 +856,31 @@ text = "Booked: {{{{name}}}}, {{{{slot}}}}."
     wait_metric(bots.http, "chatdesk_autoreply_skipped_total{why=\"hours\"}", 1.0).await;
     assert!(deliveries_to(&bots.receiver.received(), "quinn").is_empty(), "the bot stayed out");
 }
+
+/// A bot quicker than the writer (no quiet period, the writer not running yet) waits for the
+/// conversation to be stored instead of dropping its answer.
+#[tokio::test]
+async fn the_bot_waits_for_a_conversation_the_writer_has_not_stored_yet() {
+    let env = Env::start().await;
+    let receiver = StandIn::start(
+        |request| request.body["to"].as_str().unwrap_or_default().to_owned(),
+        |_, _| Answer::json(200, json!({"id": "delivered"})),
+    )
+    .await;
+    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let _front = serve_roles(&env, "ingress,sender,autoreply", http, &[]).await;
+    let tenant = env.tenant("owner@early.test", "owner-pass-1")["tenant_id"].as_str().unwrap().to_owned();
+    let token = login(http, "owner@early.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let owner = Client { http, token };
+    let inbox = generic_inbox(&env, &tenant, "Early", &format!("{}/replies", receiver.url()));
+    let path = format!("/v1/inboxes/{}/autoreply", inbox["inbox_id"].as_str().unwrap());
+    let configured = owner.call("PUT", &path, Some(json!({"mode": "flow", "flow": "order", "debounce_ms": 0}))).await;
+    assert_eq!(configured.status, 200, "{}", configured.body);
+    assert!(post_generic(http, &inbox, &generic_body("m-early", "rae", "hi")).await.status < 300);
+    // The bot has tried and found no conversation yet.
+    wait_metric(http, "chatdesk_autoreply_messages_total{outcome=\"waiting\"}", 1.0).await;
+    let writer_http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let _writer = serve_roles(&env, "writer", writer_http, &[]).await;
+    let replies = receiver.wait_for("the bot's answer", |received| !deliveries_to(received, "rae").is_empty()).await;
+    assert!(deliveries_to(&replies, "rae")[0].contains("What is the delivery address?"));
+}
