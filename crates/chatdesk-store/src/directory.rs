@@ -103,6 +103,16 @@ pub async fn user_by_email(pool: &PgPool, email: &str) -> Result<Option<UserReco
     Ok(row.map(|(id, tenant_id, email, role, password_hash)| UserRecord { id, tenant_id, email, role, password_hash }))
 }
 
+/// The e-mail of a user, for records of who did what.
+pub async fn user_email(pool: &PgPool, user: Uuid) -> Result<Option<String>, StoreError> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT email FROM users WHERE id = $1")
+        .bind(user)
+        .fetch_optional(pool)
+        .await
+        .map_err(query_error)?;
+    Ok(row.map(|(email,)| email))
+}
+
 pub async fn user_in_tenant(pool: &PgPool, tenant: Uuid, user: Uuid) -> Result<bool, StoreError> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE tenant_id = $1 AND id = $2)")
         .bind(tenant)

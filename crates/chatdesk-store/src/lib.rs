@@ -17,6 +17,7 @@ pub mod autoreply;
 pub mod campaigns;
 pub mod conversations;
 pub mod directory;
+pub mod ops_audit;
 pub mod writer;
 
 pub use sqlx::PgPool as Pool;
@@ -47,6 +48,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "campaigns", include_str!("../../../migrations/0007_campaigns.sql")),
     (8, "campaign_request_hash", include_str!("../../../migrations/0008_campaign_request_hash.sql")),
     (9, "autoreply", include_str!("../../../migrations/0009_autoreply.sql")),
+    (10, "ops_audit", include_str!("../../../migrations/0010_ops_audit.sql")),
 ];
 
 fn migrator() -> Migrator {

@@ -246,12 +246,18 @@ struct ProjectionDelta {
 async fn insert_messages(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEvent]) -> Result<(), StoreError> {
     let mut columns = MessageColumns::default();
     let mut deltas: HashMap<Uuid, ProjectionDelta> = HashMap::new();
+    let applied = applied_offsets(tx, events).await?;
     for stored in events {
         let Event::MessageCreated(message) = &stored.event else { continue };
         columns.push(stored, message);
         // A campaign's message is kept in its recipient's history but does not make the
         // conversation active: a broadcast to thousands must not flood agents' inbox lists.
         if message.sender.kind == SenderKind::Campaign {
+            continue;
+        }
+        // A message older than the conversation's last one is a replay restoring a lost row
+        // (`chatdesk streams replay`): the row comes back, the counts it once moved stay.
+        if applied.get(&message.conversation_id).is_some_and(|last| stored.offset <= *last) {
             continue;
         }
         let delta = deltas.entry(message.conversation_id).or_default();
@@ -328,6 +334,34 @@ async fn insert_messages(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEv
     .await
     .map_err(StoreError::Query)?;
     Ok(())
+}
+
+/// The stream offset of the last message each conversation of `events` has applied.
+async fn applied_offsets(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[&StoredEvent],
+) -> Result<HashMap<Uuid, EntryId>, StoreError> {
+    let mut conversations: Vec<Uuid> = events
+        .iter()
+        .filter_map(|stored| match &stored.event {
+            Event::MessageCreated(message) => Some(message.conversation_id),
+            _ => None,
+        })
+        .collect();
+    conversations.sort_unstable();
+    conversations.dedup();
+    if conversations.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+        "SELECT id, last_message_offset_ms, last_message_offset_seq FROM conversations \
+         WHERE id = ANY($1) AND last_message_offset_ms IS NOT NULL AND last_message_offset_seq IS NOT NULL",
+    )
+    .bind(&conversations)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(StoreError::Query)?;
+    Ok(rows.into_iter().map(|(id, millis, sequence)| (id, EntryId::new(millis as u64, sequence as u64))).collect())
 }
 
 /// Column arrays for one multi-row message insert.

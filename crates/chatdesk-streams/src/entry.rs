@@ -6,7 +6,7 @@ use chatdesk_core::EntryId;
 pub use chatdesk_core::envelope::{DecodeError, Entry, Envelope, now_ms};
 
 /// A Redis reply value as text (binary data decoded lossily rather than failing the read).
-pub(crate) fn value_text(value: &fred::types::Value) -> String {
+pub fn value_text(value: &fred::types::Value) -> String {
     value.as_str_lossy().map(|text| text.into_owned()).unwrap_or_default()
 }
 

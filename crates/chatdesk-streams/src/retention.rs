@@ -39,37 +39,69 @@ fn successor(id: EntryId) -> EntryId {
     EntryId::new(id.millis, id.sequence.saturating_add(1))
 }
 
-/// The lowest entry id every durable group still needs, or `None` when a durable group is
-/// missing (then nothing may be trimmed).
-async fn durable_floor(client: &Client, key: &str, stream: &StreamSettings) -> Result<Option<EntryId>, Error> {
+/// What one durable group still needs of a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// The group is not on the partition: nothing is known about what it has read.
+    Missing,
+    /// Its oldest pending entry (delivered, not acknowledged).
+    Pending(EntryId),
+    /// The entry after the last one delivered (everything up to that is acknowledged).
+    Unread(EntryId),
+}
+
+impl Need {
+    /// The lowest entry id the group still needs; `None` when everything is.
+    pub fn floor(&self) -> Option<EntryId> {
+        match self {
+            Need::Missing => None,
+            Need::Pending(id) | Need::Unread(id) => Some(*id),
+        }
+    }
+}
+
+/// What each durable group of `stream` still needs of the partition at `key`.
+pub async fn durable_needs(client: &Client, key: &str, stream: &StreamSettings) -> Result<Vec<(String, Need)>, Error> {
     let groups: Vec<HashMap<String, Value>> = client.xinfo_groups(key).await?;
-    let mut floor: Option<EntryId> = None;
+    let mut needs = Vec::new();
     for durable in &stream.retention.durable_groups {
         let Some(info) =
             groups.iter().find(|group| group.get("name").map(value_text).as_deref() == Some(durable.as_str()))
         else {
-            return Ok(None);
+            needs.push((durable.to_string(), Need::Missing));
+            continue;
         };
         let pending = info.get("pending").and_then(Value::as_u64).unwrap_or(0);
-        let group_floor = if pending > 0 {
+        let need = if pending > 0 {
             let (_, oldest, _, _): PendingSummary = client.xpending(key, durable.as_str(), ()).await?;
             match oldest.and_then(|id| id.parse().ok()) {
-                Some(id) => id,
-                None => return Ok(None),
+                Some(id) => Need::Pending(id),
+                None => Need::Missing,
             }
         } else {
             match info.get("last-delivered-id").map(value_text).and_then(|id| id.parse().ok()) {
-                Some(id) => successor(id),
-                None => return Ok(None),
+                Some(id) => Need::Unread(successor(id)),
+                None => Need::Missing,
             }
         };
+        needs.push((durable.to_string(), need));
+    }
+    Ok(needs)
+}
+
+/// The lowest entry id every durable group still needs, or `None` when a durable group is
+/// missing (then nothing may be trimmed).
+async fn durable_floor(client: &Client, key: &str, stream: &StreamSettings) -> Result<Option<EntryId>, Error> {
+    let mut floor: Option<EntryId> = None;
+    for (_, need) in durable_needs(client, key, stream).await? {
+        let Some(group_floor) = need.floor() else { return Ok(None) };
         floor = Some(floor.map_or(group_floor, |current| current.min(group_floor)));
     }
     Ok(floor)
 }
 
 /// The MINID retention alone would trim to, if any.
-async fn retention_cut(
+pub async fn retention_cut(
     client: &Client,
     key: &str,
     stream: &StreamSettings,

@@ -30,8 +30,12 @@ pub struct GroupStatus {
     pub length: u64,
 }
 
+/// `None` for a missing or nil field: fred reads nil as 0, and a nil lag must not become 0.
 fn as_u64(value: Option<&Value>) -> Option<u64> {
-    value.and_then(|value| value.as_u64())
+    match value {
+        None | Some(Value::Null) => None,
+        Some(value) => value.as_u64(),
+    }
 }
 
 /// Every group of one partition, as Redis reports it. A partition that does not exist yet has

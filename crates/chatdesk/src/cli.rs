@@ -23,10 +23,15 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply database migrations (DATABASE_URL) and exit.
     Migrate,
-    /// Inspect stream configuration and consumer groups.
+    /// Inspect and repair streams: status, replay, dead letters, claims, pruning.
     Streams {
         #[command(subcommand)]
         command: StreamsCommand,
+    },
+    /// Operator actions on the streams (replay, redrive, purge, claim, prune), newest first.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Check dialog flows (the files `CHATDESK_FLOWS` points at).
     Flows {
@@ -221,14 +226,168 @@ pub enum StreamsCommand {
         /// The file to check; defaults to ./streams.toml.
         file: Option<PathBuf>,
     },
-    /// Length, lag, pending and consumers of every group on every partition (REDIS_URL).
+    /// Every partition's length, first and last entry, dead letters and what holds its retention
+    /// back; every group's lag (marked `~` when estimated), pending entries and their age, and
+    /// consumers (REDIS_URL, else `chatdesk up`'s servers).
     Status {
         #[arg(long, env = "CHATDESK_STREAMS")]
         streams: Option<PathBuf>,
-        /// Print JSON lines instead of a table.
+        /// Print one JSON object per partition instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only this stream family.
+        #[arg(long)]
+        family: Option<String>,
+    },
+    /// Re-deliver a range of entries to one consumer group while it keeps running. Prints the
+    /// plan; acts only with --execute.
+    Replay {
+        #[command(flatten)]
+        target: OpsTarget,
+        /// The group to replay into (writer, sender, broadcaster, autoreply).
+        #[arg(long)]
+        group: String,
+        /// Start: an entry id, an RFC 3339 time or a time before now (-2h).
+        #[arg(long, allow_hyphen_values = true)]
+        from: String,
+        /// End (inclusive), same forms; now when absent.
+        #[arg(long, allow_hyphen_values = true)]
+        to: Option<String>,
+        /// One partition only.
+        #[arg(long)]
+        partition: Option<u16>,
+        /// Carry the plan out (without it, nothing changes).
+        #[arg(long)]
+        execute: bool,
+    },
+    /// Dead letters: list, show, redrive to their group, purge.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Hand the entries a dead consumer of GROUP holds (idle past --idle) to the group's live
+    /// consumers now, and remove the dead consumers.
+    Claim {
+        #[command(flatten)]
+        target: OpsTarget,
+        #[arg(long)]
+        group: String,
+        /// How long an entry must have been idle, e.g. 5m.
+        #[arg(long, value_parser = parse_duration_arg)]
+        idle: std::time::Duration,
+    },
+    /// Consumer groups: `groups prune` removes gone gateways' groups and idle empty consumers.
+    Groups {
+        #[command(subcommand)]
+        command: GroupsCommand,
+    },
+    /// Replays and redrives: progress of the recent ones, or of one.
+    Tasks {
+        #[command(flatten)]
+        target: OpsTarget,
+        /// One task's id.
+        id: Option<String>,
         #[arg(long)]
         json: bool,
     },
+    /// Ask a running replay or redrive to stop.
+    Cancel {
+        #[command(flatten)]
+        target: OpsTarget,
+        id: String,
+    },
+}
+
+/// Where the operator tools find the servers and streams.
+#[derive(Debug, Args)]
+pub struct OpsTarget {
+    #[arg(long, env = "CHATDESK_STREAMS")]
+    pub streams: Option<PathBuf>,
+    /// The stream family, when the group's name is in several.
+    #[arg(long)]
+    pub family: Option<String>,
+}
+
+/// Which dead letters: every option narrows.
+#[derive(Debug, Args)]
+pub struct DlqFilterArgs {
+    #[command(flatten)]
+    pub target: OpsTarget,
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Text the error contains (case-insensitive).
+    #[arg(long)]
+    pub error: Option<String>,
+    /// Dead-lettered at or after (entry id, RFC 3339 time, -2h).
+    #[arg(long, allow_hyphen_values = true)]
+    pub since: Option<String>,
+    /// Dead-lettered at or before.
+    #[arg(long, allow_hyphen_values = true)]
+    pub until: Option<String>,
+    /// Letters by reference (<family>/<partition>/<id>), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// The newest dead letters matching the filters, and how many match.
+    List {
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter with its original entry's fields.
+    Show {
+        #[command(flatten)]
+        target: OpsTarget,
+        /// <family>/<partition>/<id>, as `list` prints it.
+        reference: String,
+    },
+    /// Return matching dead letters to their group, paced (Ctrl-C or `streams cancel` stops it).
+    Redrive {
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        /// Letters per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+    },
+    /// Delete matching dead letters. Prints how many; deletes only with --execute.
+    Purge {
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        #[arg(long)]
+        execute: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupsCommand {
+    /// Remove gone gateway nodes' groups and consumers holding nothing, idle past --idle.
+    Prune {
+        #[command(flatten)]
+        target: OpsTarget,
+        #[arg(long, default_value = "1m", value_parser = parse_duration_arg)]
+        idle: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Operator actions, newest first: who, when, what, how many.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_duration_arg(raw: &str) -> Result<std::time::Duration, String> {
+    chatdesk_core::duration::parse_duration(raw).map_err(|error| error.to_string())
 }
 
 #[cfg(test)]

@@ -4,8 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chatdesk_streams::RedisConnector;
-use chatdesk_streams::connection::RedisSettings;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, CommonArgs, FlowsCommand, StreamsCommand};
@@ -18,9 +16,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Streams { command: StreamsCommand::Check { file } } => Ok(streams_check(file)),
         Command::Flows { command: FlowsCommand::Check { path } } => Ok(flows_check(path)),
-        Command::Streams { command: StreamsCommand::Status { streams, json } } => {
+        Command::Streams { command } => {
             telemetry::init_logs();
-            streams_status(streams, json).await
+            crate::ops_cli::streams(command).await
+        }
+        Command::Audit { command } => {
+            telemetry::init_logs();
+            crate::ops_cli::audit(command).await
         }
         Command::Admin { command, data_dir } => {
             let output = crate::admin::run(command, &data_dir).await?;
@@ -150,61 +152,4 @@ fn streams_check(file: Option<PathBuf>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn streams_status(file: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
-    let data_dir = settings::default_data_dir();
-    let (url, from_up) = settings::server_url("REDIS_URL", &data_dir)?;
-    let (config, _) = settings::load_streams(file.as_deref())?;
-    let keys = settings::key_scheme()?;
-    let client = match RedisConnector::new(RedisSettings::new(url.expose()))?.shared().await {
-        Ok(client) => client,
-        Err(_) if from_up => anyhow::bail!(settings::up_not_running("REDIS_URL", &data_dir)),
-        Err(error) => {
-            let at = chatdesk_streams::connection::redact(url.expose());
-            return Err(anyhow::Error::new(error).context(format!("cannot connect to Redis at {at} (REDIS_URL)")));
-        }
-    };
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    // A reader that stops early (`| head`) closes the pipe: that ends the listing, quietly.
-    let mut print = |line: String| writeln!(out, "{line}").is_ok();
-    if !json
-        && !print(format!(
-            "{:<12} {:>4} {:<24} {:>10} {:>10} {:>8} {:>9}",
-            "STREAM", "PART", "GROUP", "LENGTH", "LAG", "PENDING", "CONSUMERS"
-        ))
-    {
-        return Ok(ExitCode::SUCCESS);
-    }
-    for stream in config.streams.values() {
-        for partition in 0..stream.partitions {
-            for status in chatdesk_streams::status::partition_status(&client, &keys, stream, partition).await? {
-                let lag = status.lag.map_or_else(|| "?".to_owned(), |lag| lag.to_string());
-                let line = if json {
-                    serde_json::json!({
-                        "stream": status.stream, "partition": status.partition, "group": status.group,
-                        "length": status.length, "lag": status.lag, "pending": status.pending,
-                        "consumers": status.consumers, "last_delivered_id": status.last_delivered_id,
-                    })
-                    .to_string()
-                } else {
-                    format!(
-                        "{:<12} {:>4} {:<24} {:>10} {:>10} {:>8} {:>9}",
-                        status.stream,
-                        status.partition,
-                        status.group,
-                        status.length,
-                        lag,
-                        status.pending,
-                        status.consumers
-                    )
-                };
-                if !print(line) {
-                    return Ok(ExitCode::SUCCESS);
-                }
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -5,13 +5,15 @@
 //! - `telemetry`: logs (tracing) and the Prometheus recorder.
 //! - `servers`: private Redis / PostgreSQL for `chatdesk up` when no URLs are configured.
 //! - `roles`: what `up` and `serve` run, supervised under one cancellation token.
-//! - `commands`: `streams check|status`, `migrate`, and `admin` (in `admin`).
+//! - `commands`: what each subcommand does; `admin` and `ops_cli` (the operator tools:
+//!   `streams status|replay|dlq|claim|groups|tasks|cancel`, `audit`) in their own modules.
 //! - `demo`: the demo tenant and simulated customers of `up --demo`.
 
 mod admin;
 mod cli;
 mod commands;
 mod demo;
+mod ops_cli;
 mod roles;
 mod servers;
 mod settings;

@@ -292,6 +292,13 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
         retention.await;
         ("retention", Ok(()))
     });
+    // The gauges alert rules read (oldest pending age, dead letters, retention held back,
+    // estimated lags) and the Streams page's hour of history; one process samples each slot.
+    let sampler = runtime.ops().sample(cancel.clone());
+    tasks.spawn(async move {
+        sampler.await;
+        ("ops-sampler", Ok(()))
+    });
 
     let mut failure = None;
     if let Some(joined) = tasks.join_next().await {

@@ -376,6 +376,16 @@ pub struct Runtime {
 
 impl Runtime {
     /// A consumer of every partition of `stream`, named after this node.
+    /// The operator tools over this process's connections.
+    pub fn ops(&self) -> chatdesk_ops::Ops {
+        chatdesk_ops::Ops {
+            redis: self.redis.clone(),
+            db: Some(self.db.clone()),
+            keys: self.keys.clone(),
+            streams: self.streams.clone(),
+        }
+    }
+
     pub fn consumer_options(&self, stream: &chatdesk_core::StreamSettings) -> chatdesk_streams::ConsumerOptions {
         chatdesk_streams::ConsumerOptions::new(self.connector.clone(), self.keys.clone(), stream, self.node_id.clone())
     }

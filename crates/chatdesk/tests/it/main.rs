@@ -6,6 +6,7 @@ mod campaigns;
 mod cli;
 mod gateway;
 mod ingress;
+mod ops;
 mod rest;
 mod security;
 mod sender;

@@ -1,0 +1,509 @@
+//! The operators' tools as an SRE uses them after an incident: replaying a window into one
+//! group, redriving dead letters, honest lag, retention held back, the audit log, and refusals.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use chatdesk_core::{KeyScheme, StreamsConfig};
+use chatdesk_streams::{RedisConnector, RedisSettings};
+use fred::prelude::*;
+use serde_json::{Value, json};
+
+use crate::standin::{Answer, StandIn};
+use crate::support::{Client, Env, generic_body, generic_inbox, login, post_generic, serve_roles};
+
+const SHIPPED_STREAMS: &str = include_str!("../../../../streams.toml");
+
+/// The shipped streams.toml with shorter claim times, so entries handed to a group are taken
+/// within seconds instead of minutes.
+fn quick_claims() -> tempfile::NamedTempFile {
+    let text = SHIPPED_STREAMS
+        .replace("claim_idle = \"2m\"", "claim_idle = \"4s\"")
+        .replace("claim_idle = \"30s\"", "claim_idle = \"4s\"");
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+    file
+}
+
+fn free_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn rfc3339(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// `chatdesk <args>` against the test's servers.
+fn cli(env: &Env, streams: &std::path::Path, args: &[&str]) -> Output {
+    command(env, streams, args).output().unwrap()
+}
+
+fn command(env: &Env, streams: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_chatdesk"));
+    command
+        .args(args)
+        .env("REDIS_URL", &env.redis_url)
+        .env("DATABASE_URL", &env.database_url)
+        .env("CHATDESK_KEY_PREFIX", &env.prefix)
+        .env("CHATDESK_STREAMS", streams)
+        .env_remove("CHATDESK_LOG_FORMAT");
+    command
+}
+
+fn succeeded(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{:?}\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+async fn redis(env: &Env) -> fred::clients::Client {
+    RedisConnector::new(RedisSettings::new(&env.redis_url)).unwrap().shared().await.unwrap()
+}
+
+fn streams_config() -> StreamsConfig {
+    StreamsConfig::from_toml_str("streams.toml", SHIPPED_STREAMS).unwrap()
+}
+
+async fn count(pool: &sqlx::PgPool, sql: &'static str, tenant: uuid::Uuid) -> i64 {
+    let (count,): (i64,) = sqlx::query_as(sql).bind(tenant).fetch_one(pool).await.unwrap();
+    count
+}
+
+async fn until_count(pool: &sqlx::PgPool, what: &str, sql: &'static str, tenant: uuid::Uuid, expected: i64) {
+    chatdesk_testkit::wait_until(what, Duration::from_secs(60), || async {
+        count(pool, sql, tenant).await == expected
+    })
+    .await;
+}
+
+const MESSAGES: &str = "SELECT count(*) FROM messages WHERE tenant_id = $1";
+const DISTINCT_MESSAGES: &str = "SELECT count(DISTINCT body) FROM messages WHERE tenant_id = $1";
+
+fn audit(env: &Env, streams: &std::path::Path) -> Vec<Value> {
+    succeeded(&cli(env, streams, &["audit", "list", "--json"]))
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Rows of a time window are deleted from PostgreSQL; replaying that window into the writer
+/// restores them exactly, as the plan said, without touching unread counts.
+#[tokio::test]
+async fn an_incident_drill_restores_a_deleted_window_exactly() {
+    let env = Env::start().await;
+    let streams = quick_claims();
+    let tenant = env.tenant("owner@drill.test", "owner-pass-1");
+    let tenant_id: uuid::Uuid = tenant["tenant_id"].as_str().unwrap().parse().unwrap();
+    let inbox = generic_inbox(&env, tenant["tenant_id"].as_str().unwrap(), "Web", "http://127.0.0.1:9/out");
+    let http = free_addr();
+    let streams_path = streams.path().display().to_string();
+    let _server = serve_roles(&env, "ingress,writer,gateway", http, &[("CHATDESK_STREAMS", &streams_path)]).await;
+    let pool = sqlx::PgPool::connect(&env.database_url).await.unwrap();
+
+    let mut sent = 0;
+    let mut send_ten = async |label: &str| {
+        for index in 0..10 {
+            let from = format!("customer-{}", index % 3);
+            let body = generic_body(&format!("{label}-{index}"), &from, &format!("{label} message {index}"));
+            assert_eq!(post_generic(http, &inbox, &body).await.status, 200);
+        }
+        sent += 10;
+        until_count(&pool, "the messages stored", MESSAGES, tenant_id, sent).await;
+    };
+    send_ten("before").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let window_start = now_ms();
+    send_ten("during").await;
+    let window_end = now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    send_ten("after").await;
+
+    let unread_before: Vec<(uuid::Uuid, i32, Option<uuid::Uuid>)> =
+        sqlx::query_as("SELECT id, unread_count, last_message_id FROM conversations WHERE tenant_id = $1 ORDER BY id")
+            .bind(tenant_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let events_before = count(&pool, "SELECT count(*) FROM events WHERE tenant_id = $1", tenant_id).await;
+
+    // The incident: a window of rows is lost.
+    for delete in [
+        "DELETE FROM messages WHERE tenant_id = $1 AND offset_ms BETWEEN $2 AND $3",
+        "DELETE FROM events WHERE tenant_id = $1 AND offset_ms BETWEEN $2 AND $3",
+    ] {
+        sqlx::query(delete)
+            .bind(tenant_id)
+            .bind(window_start as i64)
+            .bind(window_end as i64)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    assert_eq!(count(&pool, MESSAGES, tenant_id).await, 20);
+    let lost_events = events_before - count(&pool, "SELECT count(*) FROM events WHERE tenant_id = $1", tenant_id).await;
+    assert!(lost_events >= 10, "{lost_events}");
+
+    // The plan, then the replay.
+    let (from, to) = (rfc3339(window_start), rfc3339(window_end));
+    let args = ["streams", "replay", "--group", "writer", "--from", &from, "--to", &to];
+    let plan = succeeded(&cli(&env, streams.path(), &args));
+    assert!(plan.contains(&format!("{lost_events} entries")), "{plan}");
+    assert!(plan.contains("nothing done"), "{plan}");
+    assert_eq!(count(&pool, MESSAGES, tenant_id).await, 20, "a plan changes nothing");
+
+    let mut execute = args.to_vec();
+    execute.push("--execute");
+    let output = succeeded(&cli(&env, streams.path(), &execute));
+    assert!(output.contains(&format!("moved {lost_events}/{lost_events}")), "{output}");
+
+    assert_eq!(count(&pool, MESSAGES, tenant_id).await, 30, "every lost row is back");
+    assert_eq!(count(&pool, DISTINCT_MESSAGES, tenant_id).await, 30, "no duplicates");
+    assert_eq!(count(&pool, "SELECT count(*) FROM events WHERE tenant_id = $1", tenant_id).await, events_before);
+    let unread_after: Vec<(uuid::Uuid, i32, Option<uuid::Uuid>)> =
+        sqlx::query_as("SELECT id, unread_count, last_message_id FROM conversations WHERE tenant_id = $1 ORDER BY id")
+            .bind(tenant_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(unread_after, unread_before, "unread counts and last messages unchanged");
+
+    // A second replay of the same window changes nothing.
+    succeeded(&cli(&env, streams.path(), &execute));
+    assert_eq!(count(&pool, MESSAGES, tenant_id).await, 30);
+
+    let records = audit(&env, streams.path());
+    let replays: Vec<&Value> = records.iter().filter(|record| record["action"] == "replay").collect();
+    assert_eq!(replays.len(), 2, "{records:?}");
+    assert!(replays.iter().all(|record| record["actor"] == "cli" && record["outcome"] == "done"), "{replays:?}");
+    assert_eq!(replays[1]["entries"], json!(lost_events));
+    assert_eq!(replays[1]["target"]["group"], "writer");
+}
+
+/// Replaying the sender's range re-sends nothing that was sent: the stand-in counts calls.
+#[tokio::test]
+async fn a_replay_into_the_sender_sends_nothing_twice() {
+    let env = Env::start().await;
+    let streams = quick_claims();
+    let receiver = StandIn::start(|request| request.path.clone(), |_, _| Answer::json(200, json!({"id": "ext"}))).await;
+    let tenant = env.tenant("owner@resend.test", "owner-pass-1");
+    let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
+    let inbox = generic_inbox(&env, &tenant_id, "Out", &format!("{}/replies", receiver.url()));
+    let http = free_addr();
+    let streams_path = streams.path().display().to_string();
+    let _server =
+        serve_roles(&env, "ingress,writer,gateway,sender", http, &[("CHATDESK_STREAMS", &streams_path)]).await;
+    let token = login(http, "owner@resend.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let api = Client { http, token };
+    assert_eq!(post_generic(http, &inbox, &generic_body("in-1", "ana", "hello")).await.status, 200);
+    let conversation = crate::support::conversation_of(&api, "ana").await["id"].as_str().unwrap().to_owned();
+    let started = now_ms();
+    for index in 0..5 {
+        let response = api
+            .call(
+                "POST",
+                &format!("/v1/conversations/{conversation}/messages"),
+                Some(json!({"text": format!("reply {index}")})),
+            )
+            .await;
+        assert_eq!(response.status, 202, "{}", response.body);
+    }
+    receiver.wait_for("five replies delivered", |received| received.len() == 5).await;
+    crate::support::until_deliveries_finished(&env).await;
+
+    let from = format!("{started}");
+    let output = succeeded(&cli(
+        &env,
+        streams.path(),
+        &["streams", "replay", "--group", "sender", "--from", &from, "--execute"],
+    ));
+    assert!(output.contains("moved 5/5"), "{output}");
+    crate::support::until_deliveries_finished(&env).await;
+    // The sender has taken and acknowledged every replayed entry (the command waited for that);
+    // give a wrongly admitted job time to reach the receiver before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received().len(), 5, "nothing was sent twice");
+}
+
+/// A poison entry is dead-lettered; once the cause is fixed, a paced redrive (progress, cancel)
+/// gets each handled once and gone from the dead letters.
+#[tokio::test]
+async fn dead_letters_are_redriven_once_the_cause_is_fixed() {
+    let env = Env::start().await;
+    let streams = quick_claims();
+    let tenant = env.tenant("owner@poison.test", "owner-pass-1");
+    let tenant_id: uuid::Uuid = tenant["tenant_id"].as_str().unwrap().parse().unwrap();
+    let inbox = generic_inbox(&env, &tenant_id.to_string(), "Web", "http://127.0.0.1:9/out");
+    let pool = sqlx::PgPool::connect(&env.database_url).await.unwrap();
+    let http = free_addr();
+    let streams_path = streams.path().display().to_string();
+    let _server = serve_roles(&env, "ingress,writer,gateway", http, &[("CHATDESK_STREAMS", &streams_path)]).await;
+    // The bug: the store refuses some messages.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.body LIKE 'poison%' THEN RAISE EXCEPTION 'poison message refused by a faulty trigger'; END IF; \
+           RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_poison BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(post_generic(http, &inbox, &generic_body("hello", "ana", "hello first")).await.status, 200);
+    until_count(&pool, "the first message stored", MESSAGES, tenant_id, 1).await;
+    const POISON: usize = 110;
+    for index in 0..POISON {
+        let body = generic_body(&format!("poison-{index}"), "ana", &format!("poison {index}"));
+        assert_eq!(post_generic(http, &inbox, &body).await.status, 200);
+    }
+    chatdesk_testkit::wait_until("every poison message dead-lettered", Duration::from_secs(60), || async {
+        crate::support::dead_letters(&env, "events").await == POISON as u64
+    })
+    .await;
+
+    let listed: Value = serde_json::from_str(&succeeded(&cli(
+        &env,
+        streams.path(),
+        &["streams", "dlq", "list", "--error", "POISON", "--json", "--limit", "5"],
+    )))
+    .unwrap();
+    assert_eq!(listed["total"], POISON);
+    assert_eq!(listed["letters"].as_array().unwrap().len(), 5);
+    let reference = listed["letters"][0]["reference"].as_str().unwrap().to_owned();
+    let shown: Value =
+        serde_json::from_str(&succeeded(&cli(&env, streams.path(), &["streams", "dlq", "show", &reference]))).unwrap();
+    assert_eq!(shown["group"], "writer");
+    assert!(shown["error"].as_str().unwrap().contains("faulty trigger"), "{shown}");
+    let fields: HashMap<String, String> = serde_json::from_value(shown["fields"].clone())
+        .map(|pairs: Vec<(String, String)>| pairs.into_iter().collect())
+        .unwrap();
+    assert_eq!(fields["type"], "message.created");
+    assert!(fields["payload"].contains("poison"), "{fields:?}");
+
+    // The fix.
+    sqlx::raw_sql("DROP TRIGGER refuse_poison ON messages").execute(&pool).await.unwrap();
+
+    // A redrive at 10/s, cancelled after a few entries.
+    let first = command(&env, streams.path(), &["streams", "dlq", "redrive", "--error", "poison", "--rate", "10"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let task = chatdesk_testkit::eventually("the redrive moving", Duration::from_secs(30), || async {
+        let output = cli(&env, streams.path(), &["streams", "tasks", "--json"]);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|task| task["kind"] == "redrive" && task["moved"].as_u64().unwrap_or(0) >= 3)
+    })
+    .await;
+    let id = task["id"].as_str().unwrap();
+    succeeded(&cli(&env, streams.path(), &["streams", "cancel", id]));
+    let output = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap()).await.unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "a cancelled redrive says so: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let cancelled: Value =
+        serde_json::from_str(succeeded(&cli(&env, streams.path(), &["streams", "tasks", id, "--json"])).trim())
+            .unwrap();
+    assert_eq!(cancelled["state"], "cancelled");
+    let moved = cancelled["moved"].as_u64().unwrap();
+    assert!((3..=12).contains(&moved), "stopped soon after cancel: {cancelled}");
+    assert_eq!(cancelled["remaining"].as_u64().unwrap(), POISON as u64 - moved);
+    assert_eq!(
+        crate::support::dead_letters(&env, "events").await,
+        POISON as u64 - moved,
+        "the rest stays dead-lettered"
+    );
+
+    // The rest, at 10/s: paced, with progress.
+    let remaining = POISON as u64 - moved;
+    let started = Instant::now();
+    let output = cli(&env, streams.path(), &["streams", "dlq", "redrive", "--group", "writer", "--rate", "10"]);
+    let elapsed = started.elapsed();
+    let stdout = succeeded(&output);
+    assert!(stdout.contains(&format!("moved {remaining}/{remaining}")), "{stdout}");
+    assert!(
+        elapsed >= Duration::from_secs_f64((remaining - 1) as f64 / 10.0),
+        "paced at 10/s: {elapsed:?} for {remaining}"
+    );
+    let progress = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        progress.lines().filter(|line| line.contains("[Running] moved")).count() >= 5,
+        "progress reported: {progress}"
+    );
+
+    // Each handled once, gone from the dead letters.
+    until_count(&pool, "every redriven message stored", MESSAGES, tenant_id, 1 + POISON as i64).await;
+    assert_eq!(count(&pool, DISTINCT_MESSAGES, tenant_id).await, 1 + POISON as i64);
+    assert_eq!(crate::support::dead_letters(&env, "events").await, 0);
+    let records = audit(&env, streams.path());
+    let redrives: Vec<&Value> = records.iter().filter(|record| record["action"] == "dlq.redrive").collect();
+    assert_eq!(redrives.len(), 2, "{records:?}");
+    assert_eq!(redrives[0]["outcome"], "done");
+    assert_eq!(redrives[1]["outcome"], "cancelled");
+    assert_eq!(redrives[1]["actor"], "cli");
+}
+
+/// XADDs `count` entries at `millis` (sequence 1, 2, …) into a partition of `events`.
+async fn add_entries(redis: &fred::clients::Client, key: &str, millis: u64, count: u64) -> Vec<String> {
+    let mut ids = Vec::new();
+    for sequence in 1..=count {
+        let id = format!("{millis}-{sequence}");
+        let added: String =
+            redis.xadd(key, false, None, id.as_str(), vec![("type", "test"), ("n", "1")]).await.unwrap();
+        ids.push(added);
+    }
+    ids
+}
+
+type ReadResponse = HashMap<String, Vec<(String, HashMap<String, String>)>>;
+
+async fn read_as(redis: &fred::clients::Client, key: &str, group: &str, count: u64) -> Vec<String> {
+    let read: ReadResponse = redis
+        .xreadgroup_map(group, "reader", Some(count), None, false, key, fred::types::streams::XID::NewInGroup)
+        .await
+        .unwrap();
+    read.into_values().flatten().map(|(id, _)| id).collect()
+}
+
+/// Retention never passes what the durable group has not acknowledged, `status` names the
+/// group holding it back, and once caught up the stream is trimmed to its retention. After
+/// `XGROUP SETID` and a trim, the lag Redis cannot tell is counted and marked estimated.
+#[tokio::test]
+async fn status_names_what_holds_retention_and_marks_estimated_lag() {
+    let env = Env::start().await;
+    let streams = quick_claims();
+    let redis = redis(&env).await;
+    let config = streams_config();
+    let events = config.stream("events").unwrap();
+    let keys = KeyScheme::new(&env.prefix).unwrap();
+    let key = keys.partition(&events.name, 2).stream;
+    let week_ago = now_ms() - 8 * 24 * 3600 * 1000;
+    let old = add_entries(&redis, &key, week_ago, 10).await;
+    let _: () = redis.xgroup_create(&key, "writer", "0", true).await.unwrap();
+    let read = read_as(&redis, &key, "writer", 5).await;
+    assert_eq!(read, old[..5]);
+    let _: u64 = redis.xack(&key, "writer", old[..3].to_vec()).await.unwrap();
+    let recent = add_entries(&redis, &key, now_ms(), 2).await;
+
+    let trimmed = chatdesk_streams::retention::trim_partition(&redis, &keys, events, 2, now_ms()).await.unwrap();
+    assert_eq!(trimmed.removed, 3, "only what the writer acknowledged");
+    let status = |family: &str| -> Vec<Value> {
+        succeeded(&cli(&env, streams.path(), &["streams", "status", "--json", "--family", family]))
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let partition = status("events").into_iter().find(|report| report["partition"] == 2).unwrap();
+    assert_eq!(partition["length"], 9);
+    assert_eq!(partition["retention_held_by"]["group"], "writer", "{partition}");
+    assert_eq!(partition["retention_held_by"]["reason"], "pending");
+    assert_eq!(partition["retention_held_by"]["since_id"], old[3]);
+    let writer =
+        partition["groups"].as_array().unwrap().iter().find(|group| group["group"] == "writer").unwrap().clone();
+    assert_eq!(writer["pending"], 2);
+    assert_eq!(writer["lag"], 7);
+    assert_eq!(writer["lag_estimated"], false);
+    assert!(writer["oldest_pending_age_ms"].as_u64().unwrap() >= 8 * 24 * 3600 * 1000);
+    let table = succeeded(&cli(&env, streams.path(), &["streams", "status", "--family", "events"]));
+    assert!(table.contains("events/2: retention held back by writer (an entry pending since"), "{table}");
+
+    // Caught up: trimmed to retention, only the recent entries stay.
+    let rest = read_as(&redis, &key, "writer", 100).await;
+    assert_eq!(rest.len(), 7);
+    let _: u64 = redis.xack(&key, "writer", old[3..].iter().chain(&recent).cloned().collect::<Vec<_>>()).await.unwrap();
+    let trimmed = chatdesk_streams::retention::trim_partition(&redis, &keys, events, 2, now_ms()).await.unwrap();
+    assert_eq!(trimmed.removed, 7);
+    let partition = status("events").into_iter().find(|report| report["partition"] == 2).unwrap();
+    assert_eq!(partition["length"], 2);
+    assert!(partition["retention_held_by"].is_null(), "{partition}");
+
+    // An operator moves the group back without ENTRIESREAD, then an entry is deleted: Redis
+    // reports no lag; status counts it and says so.
+    let more = add_entries(&redis, &key, now_ms() + 1, 4).await;
+    let _: () = redis.xgroup_setid(&key, "writer", recent[0].as_str()).await.unwrap();
+    let _: u64 = redis.xdel(&key, more[0].as_str()).await.unwrap();
+    let partition = status("events").into_iter().find(|report| report["partition"] == 2).unwrap();
+    let writer =
+        partition["groups"].as_array().unwrap().iter().find(|group| group["group"] == "writer").unwrap().clone();
+    assert_eq!(writer["lag_estimated"], true, "{writer}");
+    assert_eq!(writer["lag"], 4, "the second recent entry and three of the four new: {writer}");
+    let table = succeeded(&cli(&env, streams.path(), &["streams", "status", "--family", "events"]));
+    assert!(table.contains("4~"), "{table}");
+    assert!(table.contains("lag counted in the stream"), "{table}");
+
+    // A durable group missing from a partition holds everything there.
+    let other = keys.partition(&events.name, 5).stream;
+    add_entries(&redis, &other, week_ago, 1).await;
+    let partition = status("events").into_iter().find(|report| report["partition"] == 5).unwrap();
+    assert_eq!(partition["retention_held_by"]["reason"], "missing", "{partition}");
+}
+
+/// Bad input gets a clear error and nothing is done (nothing in the audit log).
+#[tokio::test]
+async fn operator_commands_refuse_bad_input() {
+    let env = Env::start().await;
+    env.tenant("owner@refuse.test", "owner-pass-1");
+    let streams = quick_claims();
+    let cases: &[(&[&str], &str)] = &[
+        (&["streams", "replay", "--group", "nobody", "--from", "-1h"], "unknown consumer group \"nobody\""),
+        (
+            &["streams", "replay", "--family", "letters", "--group", "writer", "--from", "-1h"],
+            "unknown stream family \"letters\"",
+        ),
+        (
+            &[
+                "streams",
+                "replay",
+                "--group",
+                "writer",
+                "--from",
+                "2026-12-06T10:00:00Z",
+                "--to",
+                "2026-12-06T09:00:00Z",
+            ],
+            "--from 2026-12-06T10:00:00Z is after --to 2026-12-06T09:00:00Z",
+        ),
+        (&["streams", "replay", "--group", "writer", "--from", "yesterday"], "--from \"yesterday\""),
+        (
+            &["streams", "replay", "--group", "writer", "--from", "-1h", "--partition", "8"],
+            "partition 8 is out of range",
+        ),
+        (&["streams", "replay", "--group", "gateway", "--from", "-1h"], "only follows live traffic"),
+        (&["streams", "claim", "--group", "writer", "--idle", "soon"], "invalid value 'soon' for '--idle <IDLE>'"),
+        (&["streams", "claim", "--group", "writer", "--idle", "0s"], "--idle must be at least 1s"),
+        (&["streams", "dlq", "show", "events/x/1-0"], "is not a dead-letter reference"),
+        (&["streams", "dlq", "show", "events/3/1-0"], "no dead letter events/3/1-0"),
+        (&["streams", "dlq", "redrive", "--rate", "0"], "rate must be above 0"),
+        (&["streams", "dlq", "list", "--since", "-1h", "--until", "-2h"], "since is after until"),
+        (&["streams", "tasks", "no-such-task"], "no task \"no-such-task\""),
+    ];
+    for (args, message) in cases {
+        let output = cli(&env, streams.path(), args);
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(audit(&env, streams.path()).is_empty(), "nothing done, nothing recorded");
+    // Purge without --execute only counts.
+    let output = succeeded(&cli(&env, streams.path(), &["streams", "dlq", "purge"]));
+    assert!(output.contains("0 dead letters match; nothing done"), "{output}");
+    assert!(audit(&env, streams.path()).is_empty());
+}
