@@ -26,6 +26,7 @@ pub mod ingress;
 pub mod login;
 pub mod metrics;
 pub mod openapi;
+pub mod sre;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -67,6 +68,10 @@ pub struct AppState {
     pub keys: KeyScheme,
     /// The bot the test chat talks to, and the loaded dialog flows ([`AppState::with_bot`]).
     pub bot: chatdesk_autoreply::Bot,
+    /// The operators' tools behind `/v1/ops` ([`sre`]).
+    pub ops: chatdesk_ops::Ops,
+    /// The operators' tenant (`CHATDESK_OPS_TENANT`); unset: the first tenant created.
+    pub ops_tenant: Option<uuid::Uuid>,
 }
 
 impl AppState {
@@ -81,6 +86,12 @@ impl AppState {
         ingress: ingress::IngressSettings,
     ) -> Self {
         let producer = Producer::new(redis.clone(), keys.clone(), streams.clone());
+        let ops = chatdesk_ops::Ops {
+            redis: redis.clone(),
+            db: Some(db.clone()),
+            keys: keys.clone(),
+            streams: streams.clone(),
+        };
         let bot_redis = redis.clone();
         Self {
             directory: chatdesk_conversations::Directory::new(redis.clone(), keys.clone(), streams),
@@ -102,6 +113,8 @@ impl AppState {
             .expect("the model endpoints' HTTP client builds"),
             ingress,
             keys,
+            ops,
+            ops_tenant: None,
         }
     }
 
@@ -145,6 +158,19 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(autoreply::list_flows))
         .routes(routes!(autoreply::usage))
         .routes(routes!(autoreply::list_orders))
+        .routes(routes!(sre::streams_status))
+        .routes(routes!(sre::streams_history))
+        .routes(routes!(sre::replay))
+        .routes(routes!(sre::list_dead_letters))
+        .routes(routes!(sre::show_dead_letter))
+        .routes(routes!(sre::redrive))
+        .routes(routes!(sre::purge))
+        .routes(routes!(sre::claim))
+        .routes(routes!(sre::prune))
+        .routes(routes!(sre::list_tasks))
+        .routes(routes!(sre::get_task))
+        .routes(routes!(sre::cancel_task))
+        .routes(routes!(sre::audit))
         .routes(routes!(ingress::generic::receive))
         .routes(routes!(ingress::whatsapp::receive, ingress::whatsapp::verify))
         .routes(routes!(ingress::telegram::receive))

@@ -57,7 +57,8 @@ impl Modify for BearerAuth {
         (name = "inboxes", description = "Inboxes and how they send"),
         (name = "ingress", description = "Channel webhooks: generic, WhatsApp Cloud API, Telegram Bot API"),
         (name = "widget", description = "The embeddable web widget's visitor sessions and messages"),
-        (name = "autoreply", description = "Bots: an inbox's auto-reply (AI model or dialog flow), a test chat, flows, budget and orders")
+        (name = "autoreply", description = "Bots: an inbox's auto-reply (AI model or dialog flow), a test chat, flows, budget and orders"),
+        (name = "ops", description = "Operators (the sre role): stream status and history, replay into one group, dead letters, claims, pruning, tasks and the audit log")
     )
 )]
 pub struct ApiDoc;

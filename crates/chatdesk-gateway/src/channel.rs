@@ -70,8 +70,13 @@ pub fn authorize(identity: &Identity, channel: &Channel) -> Result<(), &'static 
     match (identity, channel) {
         (Identity::Visitor { conversation, .. }, Channel::Conversation(wanted)) if conversation == wanted => Ok(()),
         (Identity::Visitor { .. }, _) => Err("a visitor may only subscribe to its own conversation"),
-        (Identity::Agent { role: Role::Owner | Role::Admin | Role::Sre, .. }, Channel::Ops) => Ok(()),
-        (Identity::Agent { .. }, Channel::Ops) => Err("the ops channel is for the sre, admin and owner roles"),
+        // Partitions are shared by tenants: their figures (and the operators' actions) are the
+        // deployment's, for its operators (the `sre` role of the operators' tenant, checked on
+        // subscribe), not for a tenant's owner.
+        (Identity::Agent { role: Role::Sre, .. }, Channel::Ops) => Ok(()),
+        (Identity::Agent { .. }, Channel::Ops) => {
+            Err("the ops channel is for the deployment's operators (the sre role)")
+        }
         (Identity::Agent { role: Role::Owner | Role::Admin | Role::Marketer, .. }, Channel::Campaign(_)) => Ok(()),
         (Identity::Agent { .. }, Channel::Campaign(_)) => {
             Err("campaign channels are for the marketer, admin and owner roles")
@@ -105,6 +110,8 @@ mod tests {
         assert!(authorize(&sre, &Channel::Inbox).is_err());
         let agent = Identity::Agent { tenant: Uuid::nil(), user: id, role: Role::Agent };
         assert!(authorize(&agent, &Channel::Ops).is_err());
+        let owner = Identity::Agent { tenant: Uuid::nil(), user: id, role: Role::Owner };
+        assert!(authorize(&owner, &Channel::Ops).is_err(), "a tenant's owner sees no deployment figures");
         assert_eq!(Channel::parse("ops"), Some(Channel::Ops));
         assert_eq!(Channel::parse(&format!("campaign:{id}")), Some(Channel::Campaign(id)));
         assert!(authorize(&marketer, &Channel::Campaign(id)).is_ok());

@@ -89,8 +89,8 @@ pub struct GatewaySettings {
     /// How long a partition stays read after its last socket left: reconnecting clients and
     /// short gaps between sessions should not restart its reader.
     pub linger: Duration,
-    /// The tenant of the deployment's operators (`CHATDESK_OPS_TENANT`): when set, only its
-    /// owners, admins and SREs may read the `ops` channel, which shows every tenant's streams.
+    /// The tenant of the deployment's operators (`CHATDESK_OPS_TENANT`; unset: the first tenant
+    /// created): only its SREs may read the `ops` channel, which shows every tenant's streams.
     pub ops_tenant: Option<uuid::Uuid>,
     /// How often an agent's open socket checks that its token still stands (`CHATDESK_WS_TOKEN_RECHECK`):
     /// a logout, a role change or a deleted user closes it within this time (4003).

@@ -15,6 +15,10 @@ pub const INTERVAL: Duration = Duration::from_secs(5);
 /// The event type of a snapshot.
 pub const EVENT_TYPE: &str = "ops.streams";
 
+/// The event type of an operator action (replay, redrive, purge, claim, prune) as recorded in
+/// the audit log.
+pub const AUDIT_EVENT_TYPE: &str = "ops.audit";
+
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
     pub streams: Vec<StreamHealth>,

@@ -86,6 +86,6 @@ impl Ops {
     pub async fn audit_list(&self, limit: i64, before: Option<i64>) -> Result<Vec<AuditEntry>> {
         let db =
             self.db.as_ref().ok_or_else(|| crate::OpsError::Invalid("the audit log needs DATABASE_URL".to_owned()))?;
-        Ok(ops_audit::list(db, limit.clamp(1, 500), before).await?.into_iter().map(Into::into).collect())
+        Ok(ops_audit::list(db, limit.clamp(1, 1_000), before).await?.into_iter().map(Into::into).collect())
     }
 }

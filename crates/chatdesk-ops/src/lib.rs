@@ -61,6 +61,26 @@ pub struct Ops {
     pub streams: Arc<StreamsConfig>,
 }
 
+/// Whether a caller is one of the deployment's operators: the `sre` role of the operators'
+/// tenant, which is `configured` (`CHATDESK_OPS_TENANT`) or else the first tenant created.
+/// Partitions are shared by tenants and dead letters hold their messages, so no other tenant's
+/// people (owners included) see the streams or act on them.
+pub async fn is_operator(
+    db: &chatdesk_store::Pool,
+    configured: Option<uuid::Uuid>,
+    tenant: uuid::Uuid,
+    role: chatdesk_core::auth::Role,
+) -> Result<bool> {
+    if role != chatdesk_core::auth::Role::Sre {
+        return Ok(false);
+    }
+    let operators = match configured {
+        Some(tenant) => Some(tenant),
+        None => chatdesk_store::directory::first_tenant(db).await?,
+    };
+    Ok(operators == Some(tenant))
+}
+
 /// Where the consumer `ops-…` names begin: consumers the tools create to hold entries until a
 /// live consumer of the group takes them.
 pub const OPS_CONSUMER_PREFIX: &str = "ops-";

@@ -103,6 +103,15 @@ pub async fn user_by_email(pool: &PgPool, email: &str) -> Result<Option<UserReco
     Ok(row.map(|(id, tenant_id, email, role, password_hash)| UserRecord { id, tenant_id, email, role, password_hash }))
 }
 
+/// The first tenant created: the deployment's operators' tenant unless one is configured.
+pub async fn first_tenant(pool: &PgPool) -> Result<Option<Uuid>, StoreError> {
+    let row: Option<(Uuid,)> = sqlx::query_as("SELECT id FROM tenants ORDER BY created_at, id LIMIT 1")
+        .fetch_optional(pool)
+        .await
+        .map_err(query_error)?;
+    Ok(row.map(|(id,)| id))
+}
+
 /// The e-mail of a user, for records of who did what.
 pub async fn user_email(pool: &PgPool, user: Uuid) -> Result<Option<String>, StoreError> {
     let row: Option<(String,)> = sqlx::query_as("SELECT email FROM users WHERE id = $1")

@@ -127,6 +127,7 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
         runtime.ingress.clone(),
     )
     .with_bot(&runtime.autoreply);
+    state.ops_tenant = runtime.gateway.ops_tenant;
     state.metrics_token =
         crate::settings::env_var("CHATDESK_METRICS_TOKEN").map(|token| std::sync::Arc::from(token.as_str()));
     // Every process serves health, readiness and metrics; roles add their routes.

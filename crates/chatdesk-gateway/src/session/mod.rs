@@ -51,6 +51,8 @@ struct Session {
     presence_refreshed: Option<Instant>,
     /// Set while subscribed to `ops`: when the next snapshot is due.
     ops: Option<tokio::time::Interval>,
+    /// The last operator action sent on `ops` (the audit log's row id).
+    ops_audit_after: i64,
     /// Campaigns followed on `campaign:<id>`, with the progress last sent; checked on one tick.
     campaigns: HashMap<uuid::Uuid, Option<serde_json::Value>>,
     campaign_tick: Option<tokio::time::Interval>,
@@ -122,6 +124,7 @@ pub async fn run(gateway: Gateway, socket: WebSocket) {
         receiver: None,
         presence_refreshed: None,
         ops: None,
+        ops_audit_after: 0,
         campaigns: HashMap::new(),
         campaign_tick: None,
         known_conversations: std::collections::HashSet::new(),

@@ -99,14 +99,20 @@ impl Session {
             return self.error(ErrorCode::Forbidden, reason, Some(&name)).await;
         }
         if channel == Channel::Ops {
-            // Stream health is the deployment's, not a tenant's: with an operator tenant set, only
-            // its people see it.
-            if let Some(operator) = self.gateway.inner.settings.ops_tenant
-                && self.identity.tenant() != operator
-            {
-                return self
-                    .error(ErrorCode::Forbidden, "the ops channel is for the operator's tenant", Some(&name))
-                    .await;
+            // Stream health is the deployment's, not a tenant's: only the operators' tenant's
+            // SREs see it.
+            let Identity::Agent { tenant, role, .. } = &self.identity else {
+                return self.error(ErrorCode::Forbidden, "the ops channel is for operators", Some(&name)).await;
+            };
+            let inner = &self.gateway.inner;
+            match chatdesk_ops::is_operator(&inner.db, inner.settings.ops_tenant, *tenant, *role).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return self
+                        .error(ErrorCode::Forbidden, "the ops channel is for the operators' tenant", Some(&name))
+                        .await;
+                }
+                Err(_) => return self.error(ErrorCode::Unavailable, "PostgreSQL is unavailable", Some(&name)).await,
             }
             return self.subscribe_ops().await;
         }
@@ -216,6 +222,11 @@ impl Session {
         if self.ops.is_none() {
             ::metrics::gauge!(metrics::SUBSCRIPTIONS).increment(1.0);
         }
+        // Operator actions are sent from now on; earlier ones are in `GET /v1/ops/audit`.
+        match chatdesk_store::ops_audit::latest_id(&self.gateway.inner.db).await {
+            Ok(latest) => self.ops_audit_after = latest,
+            Err(_) => return self.error(ErrorCode::Unavailable, "PostgreSQL is unavailable", Some("ops")).await,
+        }
         let mut interval = tokio::time::interval(crate::ops::INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.ops = Some(interval);
@@ -309,10 +320,36 @@ impl Session {
                     event_type: crate::ops::EVENT_TYPE.to_owned(),
                     data: serde_json::value::to_raw_value(&snapshot).expect("snapshots serialise"),
                 };
-                self.send(&frame).await
+                if !self.send(&frame).await {
+                    return false;
+                }
             }
-            Err(_) => self.error(ErrorCode::Unavailable, "Redis is unavailable", Some("ops")).await,
+            Err(_) => return self.error(ErrorCode::Unavailable, "Redis is unavailable", Some("ops")).await,
         }
+        self.push_ops_audit().await
+    }
+
+    /// Operator actions recorded since the last frame, one `ops.audit` event each.
+    async fn push_ops_audit(&mut self) -> bool {
+        let records = match chatdesk_store::ops_audit::since(&self.gateway.inner.db, self.ops_audit_after, 100).await {
+            Ok(records) => records,
+            Err(_) => return self.error(ErrorCode::Unavailable, "PostgreSQL is unavailable", Some("ops")).await,
+        };
+        for record in records {
+            self.ops_audit_after = record.id;
+            let entry = chatdesk_ops::audit::AuditEntry::from(record);
+            let frame = ServerFrame::Event {
+                channel: "ops".to_owned(),
+                offset: None,
+                event_id: None,
+                event_type: crate::ops::AUDIT_EVENT_TYPE.to_owned(),
+                data: serde_json::value::to_raw_value(&entry).expect("audit entries serialise"),
+            };
+            if !self.send(&frame).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Sends the gap after `since` (from PostgreSQL, then the stream) on `name`.

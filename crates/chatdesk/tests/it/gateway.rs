@@ -669,6 +669,18 @@ async fn a_gateway_reads_only_its_sockets_partitions_and_sres_get_the_ops_feed()
     let groups: Vec<&str> = events["groups"].as_array().unwrap().iter().map(|g| g["group"].as_str().unwrap()).collect();
     assert!(groups.contains(&"writer") && groups.contains(&"gateway.test-node"), "{groups:?}");
     assert!(events["dead_letters"].is_u64(), "{events}");
+    // An operator's action reaches the feed as it is recorded.
+    let operator = crate::support::Client { http, token: sre_token.clone() };
+    let pruned = operator.call("POST", "/v1/ops/groups/prune", Some(json!({"idle": "1h"}))).await;
+    assert_eq!(pruned.status, 200, "{}", pruned.body);
+    let action = loop {
+        let frame = next_event(&mut sre).await;
+        if frame["type"] == "ops.audit" {
+            break frame;
+        }
+    };
+    assert_eq!(action["data"]["action"], "prune", "{action}");
+    assert_eq!(action["data"]["actor"], "sre@ops.test", "{action}");
     // An SRE reads stream health, not conversations.
     send(&mut sre, json!({"op": "subscribe", "channel": "inbox"})).await;
     let refused = next(&mut sre).await;

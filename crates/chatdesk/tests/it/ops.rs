@@ -507,3 +507,98 @@ async fn operator_commands_refuse_bad_input() {
     assert!(output.contains("0 dead letters match; nothing done"), "{output}");
     assert!(audit(&env, streams.path()).is_empty());
 }
+
+/// The `/v1/ops` routes are for the operators' SREs only; they plan, act and record under the
+/// caller's e-mail like the CLI does under `cli`.
+#[tokio::test]
+async fn the_ops_routes_are_for_the_operators_and_audit_who_acted() {
+    let env = Env::start().await;
+    let streams = quick_claims();
+    let operators = env.tenant("owner@operators.test", "owner-pass-1");
+    let operators_id = operators["tenant_id"].as_str().unwrap().to_owned();
+    let customer = env.tenant("owner@customer.test", "owner-pass-1");
+    env.user(&operators_id, "sre@operators.test", "sre-pass-1", "sre");
+    env.user(customer["tenant_id"].as_str().unwrap(), "sre@customer.test", "sre-pass-1", "sre");
+    let http = free_addr();
+    let streams_path = streams.path().display().to_string();
+    // No CHATDESK_OPS_TENANT: the first tenant created is the operators'.
+    let _server = serve_roles(&env, "ingress,writer,gateway", http, &[("CHATDESK_STREAMS", &streams_path)]).await;
+    let client = async |email: &str, password: &str| {
+        let token = login(http, email, password).await.json()["token"].as_str().unwrap().to_owned();
+        Client { http, token }
+    };
+    let sre = client("sre@operators.test", "sre-pass-1").await;
+    for outsider in [
+        client("owner@operators.test", "owner-pass-1").await,
+        client("sre@customer.test", "sre-pass-1").await,
+        client("owner@customer.test", "owner-pass-1").await,
+    ] {
+        for (method, path, body) in [
+            ("GET", "/v1/ops/streams", None),
+            ("GET", "/v1/ops/dlq", None),
+            ("POST", "/v1/ops/replay", Some(json!({"group": "writer", "from": "-1h", "execute": true}))),
+            ("POST", "/v1/ops/dlq/purge", Some(json!({"execute": true}))),
+            ("GET", "/v1/ops/audit", None),
+        ] {
+            let response = outsider.call(method, path, body).await;
+            assert_eq!(response.status, 403, "{method} {path}: {}", response.body);
+        }
+    }
+
+    let status = sre.call("GET", "/v1/ops/streams?family=events", None).await;
+    assert_eq!(status.status, 200, "{}", status.body);
+    assert_eq!(status.json()["partitions"].as_array().unwrap().len(), 8);
+    let plan = sre.call("POST", "/v1/ops/replay", Some(json!({"group": "writer", "from": "-1h"}))).await;
+    assert_eq!(plan.status, 200, "{}", plan.body);
+    assert_eq!(plan.json()["task"], Value::Null, "a plan does nothing");
+    for (body, message) in [
+        (json!({"group": "nobody", "from": "-1h"}), "unknown consumer group"),
+        (json!({"group": "writer", "from": "-1h", "partition": 99}), "partition 99 is out of range"),
+        (json!({"group": "writer", "from": "soon"}), "--from \"soon\""),
+        (json!({"group": "writer", "from": "-1h", "to": "-2h"}), "is after --to"),
+    ] {
+        let response = sre.call("POST", "/v1/ops/replay", Some(body.clone())).await;
+        assert_eq!(response.status, 422, "{body}: {}", response.body);
+        assert!(response.json()["error"]["message"].as_str().unwrap().contains(message), "{}", response.body);
+    }
+    let replay =
+        sre.call("POST", "/v1/ops/replay", Some(json!({"group": "writer", "from": "-1h", "execute": true}))).await;
+    assert_eq!(replay.status, 202, "{}", replay.body);
+    let task = replay.json()["task"]["id"].as_str().unwrap().to_owned();
+    crate::support::eventually(&sre, &format!("/v1/ops/tasks/{task}"), "the replay done", |task| {
+        task["state"] == "done"
+    })
+    .await;
+    let claim = sre.call("POST", "/v1/ops/claim", Some(json!({"group": "writer", "idle": "5m"}))).await;
+    assert_eq!(claim.status, 200, "{}", claim.body);
+    let bad_idle = sre.call("POST", "/v1/ops/claim", Some(json!({"group": "writer", "idle": "later"}))).await;
+    assert_eq!(bad_idle.status, 422, "{}", bad_idle.body);
+    let prune = sre.call("POST", "/v1/ops/groups/prune", Some(json!({"idle": "1h"}))).await;
+    assert_eq!(prune.status, 200, "{}", prune.body);
+    let purge_plan = sre.call("POST", "/v1/ops/dlq/purge", Some(json!({"group": "writer"}))).await;
+    assert_eq!(purge_plan.json(), json!({"count": 0, "executed": false}));
+    let purge = sre.call("POST", "/v1/ops/dlq/purge", Some(json!({"group": "writer", "execute": true}))).await;
+    assert_eq!(purge.json(), json!({"count": 0, "executed": true}));
+    let redrive = sre.call("POST", "/v1/ops/dlq/redrive", Some(json!({"family": "events", "rate": 5}))).await;
+    assert_eq!(redrive.status, 202, "{}", redrive.body);
+    let missing = sre.call("GET", "/v1/ops/dlq/events/3/1-0", None).await;
+    assert_eq!(missing.status, 404, "{}", missing.body);
+
+    let recorded = crate::support::eventually(&sre, "/v1/ops/audit", "every action recorded", |page| {
+        page["items"].as_array().unwrap().len() == 5
+    })
+    .await;
+    let actions: Vec<&str> =
+        recorded["items"].as_array().unwrap().iter().map(|item| item["action"].as_str().unwrap()).collect();
+    for action in ["replay", "claim", "prune", "dlq.purge", "dlq.redrive"] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+    assert!(
+        recorded["items"].as_array().unwrap().iter().all(|item| item["actor"] == "sre@operators.test"),
+        "{recorded}"
+    );
+    // The planned purge did nothing and is not an action.
+    assert_eq!(actions.iter().filter(|action| **action == "dlq.purge").count(), 1);
+    let cli_view = audit(&env, streams.path());
+    assert_eq!(cli_view.len(), 5, "the CLI reads the same log");
+}

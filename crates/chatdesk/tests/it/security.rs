@@ -931,8 +931,17 @@ async fn only_the_operators_see_stream_health() {
     let operators = env.tenant("owner@ops-a.test", "owner-pass-1");
     env.tenant("owner@ops-b.test", "owner-pass-1");
     let operators_id = operators["tenant_id"].as_str().unwrap().to_owned();
+    let other = env.tenant("owner@ops-b2.test", "owner-pass-1");
+    env.user(&operators_id, "sre@ops-a.test", "owner-pass-1", "sre");
+    env.user(other["tenant_id"].as_str().unwrap(), "sre@ops-b.test", "owner-pass-1", "sre");
     let (http, _server) = serve(&env, &[("CHATDESK_OPS_TENANT", &operators_id)]).await;
-    for (email, expected) in [("owner@ops-a.test", "subscribed"), ("owner@ops-b.test", "error")] {
+    // Only the operators' SREs: not another tenant's SRE, and not a tenant's owner either.
+    for (email, expected) in [
+        ("sre@ops-a.test", "subscribed"),
+        ("sre@ops-b.test", "error"),
+        ("owner@ops-a.test", "error"),
+        ("owner@ops-b.test", "error"),
+    ] {
         let token = login(http, email, "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
         let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{http}/v1/ws")).await.unwrap();
         for frame in
