@@ -100,12 +100,33 @@ async function agentPage(browser, agent, name) {
   return page;
 }
 
-/// An SRE sees the streams page (and no inbox): the ops feed as a table per stream.
+/// An SRE sees the streams page (and no inbox): the ops feed as a table per stream, the last
+/// hour's charts, and a dead letter, which they open and redrive; the audit log says who did it.
 async function checkStreamsPage(browser) {
   const sre = await agentPage(browser, config.sre, 'sre');
   await sre.waitForSelector('table.stream[data-stream="events"] tr[data-group="writer"]');
   check(await sre.locator('nav a', { hasText: 'Inbox' }).count() === 0, 'an SRE has no inbox page');
+  await sre.waitForSelector('#dlq-total');
+  check((await sre.textContent('#dlq-total')).startsWith('1 dead letter matches'), `one dead letter listed: ${await sre.textContent('#dlq-total')}`);
+  await sre.fill('#dlq-error', 'faulty');
+  await sre.click('#dlq-search');
+  const row = sre.locator('tr.letter').first();
+  await row.waitFor();
+  await row.click();
+  await sre.waitForSelector('#letter-error');
+  check((await sre.textContent('#letter-error')).includes('faulty trigger'), 'the letter shows its error');
+  check((await sre.textContent('.letter-detail')).includes('poison for the SRE'), 'the letter shows its original fields');
   await sre.screenshot({ path: `${config.screenshots}/streams.png` });
+  await sre.click('#letter-redrive');
+  await sre.waitForSelector('tr.task[data-kind="redrive"][data-state="done"]', { timeout: 30_000 });
+  await sre.waitForSelector('#dlq-empty', { timeout: 30_000 });
+  await sre.waitForSelector(`#ops-audit li[data-action="dlq.redrive"]`, { timeout: 30_000 });
+  check((await sre.textContent('#ops-audit li[data-action="dlq.redrive"]')).includes(config.sre.email), 'the audit log names the SRE');
+  // A replay shows its plan before anything happens.
+  await sre.fill('#replay-from', '-1h');
+  await sre.click('#replay-plan-button');
+  await sre.waitForSelector('#replay-plan .plan');
+  check((await sre.textContent('#replay-plan')).includes('would be re-delivered to events/writer'), 'the plan is shown');
   await sre.context().close();
 }
 
@@ -433,7 +454,7 @@ async function main() {
     log('widget reload kept the conversation');
 
     await checkStreamsPage(browser);
-    log('the SRE sees the streams page');
+    log('the SRE saw the streams, opened a dead letter and redrove it');
 
     await checkCampaignsPage(browser);
     log('a marketer ran a campaign from a CSV, paused and resumed it');

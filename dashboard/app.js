@@ -15,7 +15,7 @@ const PAGES = [
   { path: 'inbox', title: 'Inbox', module: inbox, roles: ['owner', 'admin', 'agent'] },
   { path: 'campaigns', title: 'Campaigns', module: campaigns, roles: ['owner', 'admin', 'marketer'] },
   { path: 'bots', title: 'Bots', module: bots, roles: ['owner', 'admin'] },
-  { path: 'streams', title: 'Streams', module: streams, roles: ['owner', 'admin', 'sre'] },
+  { path: 'streams', title: 'Streams', module: streams, roles: ['sre'] },
 ];
 
 const root = document.getElementById('app');

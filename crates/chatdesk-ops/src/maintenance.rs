@@ -48,6 +48,7 @@ impl Ops {
     pub async fn claim(&self, family: Option<&str>, group: &str, idle: Duration, actor: &Actor) -> Result<Claimed> {
         check_idle(idle)?;
         let target = self.group(family, group)?;
+        let live = self.live_nodes().await?;
         let idle_ms = idle.as_millis() as u64;
         let mut result = Claimed {
             family: target.stream.name.to_string(),
@@ -94,7 +95,7 @@ impl Ops {
                 }
             }
             result.consumers_removed.extend(
-                remove_idle_consumers(&self.redis, &key, &target.group, idle_ms)
+                remove_idle_consumers(&self.redis, &key, &target.group, idle_ms, &live)
                     .await?
                     .into_iter()
                     .map(|name| format!("{name}@{partition}")),
@@ -116,6 +117,7 @@ impl Ops {
     pub async fn prune(&self, idle: Duration, actor: &Actor) -> Result<Pruned> {
         check_idle(idle)?;
         let idle_ms = idle.as_millis() as u64;
+        let live = self.live_nodes().await?;
         let mut result = Pruned { groups_removed: Vec::new(), consumers_removed: Vec::new() };
         for stream in self.families(None)? {
             let live_only: Vec<String> = stream
@@ -125,10 +127,15 @@ impl Ops {
                 .map(|(name, _)| format!("{name}."))
                 .collect();
             for prefix in &live_only {
-                result.groups_removed.extend(
-                    chatdesk_streams::retention::remove_idle_groups(&self.redis, &self.keys, &stream, prefix, "", idle)
-                        .await?,
-                );
+                for partition in 0..stream.partitions {
+                    let key = self.keys.partition(&stream.name, partition).stream;
+                    result.groups_removed.extend(
+                        remove_gone_groups(&self.redis, &key, prefix, &live, idle_ms)
+                            .await?
+                            .into_iter()
+                            .map(|group| format!("{group}@{partition}")),
+                    );
+                }
             }
             for partition in 0..stream.partitions {
                 let key = self.keys.partition(&stream.name, partition).stream;
@@ -138,7 +145,7 @@ impl Ops {
                 }
                 let groups: Vec<HashMap<String, Value>> = self.redis.xinfo_groups(&key).await?;
                 for group in groups.iter().filter_map(|group| group.get("name").map(value_text)) {
-                    for consumer in remove_idle_consumers(&self.redis, &key, &group, idle_ms).await? {
+                    for consumer in remove_idle_consumers(&self.redis, &key, &group, idle_ms, &live).await? {
                         result.consumers_removed.push(format!("{group}/{consumer}@{partition}"));
                     }
                 }
@@ -193,17 +200,59 @@ pub(crate) async fn delete_if_idle(
     Ok(deleted == 1)
 }
 
-/// Deletes the consumers of `group` holding nothing and idle for at least `idle_ms`.
-async fn remove_idle_consumers(redis: &Client, key: &str, group: &str, idle_ms: u64) -> Result<Vec<String>> {
+/// Destroys the groups `<prefix><node>` of nodes not in `live` whose consumers all hold nothing
+/// and have been idle for `idle_ms`. Such groups (a gateway node's) never hold retention back.
+async fn remove_gone_groups(
+    redis: &Client,
+    key: &str,
+    prefix: &str,
+    live: &[String],
+    idle_ms: u64,
+) -> Result<Vec<String>> {
+    let exists: u64 = redis.exists(key).await?;
+    if exists == 0 {
+        return Ok(Vec::new());
+    }
+    let groups: Vec<HashMap<String, Value>> = redis.xinfo_groups(key).await?;
+    let mut removed = Vec::new();
+    for group in groups {
+        let Some(name) = group.get("name").map(value_text) else { continue };
+        let Some(node) = name.strip_prefix(prefix) else { continue };
+        if live.iter().any(|live| live == node) || group.get("pending").and_then(Value::as_u64).unwrap_or(0) > 0 {
+            continue;
+        }
+        let consumers: Vec<HashMap<String, Value>> = redis.xinfo_consumers(key, name.as_str()).await?;
+        let all_idle = consumers
+            .iter()
+            .all(|consumer| consumer.get("idle").and_then(Value::as_u64).unwrap_or(u64::MAX) >= idle_ms);
+        if all_idle {
+            let _: i64 = redis.xgroup_destroy(key, name.as_str()).await?;
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
+/// Deletes the consumers of `group` holding nothing and idle for at least `idle_ms`, but never
+/// one named after a live process.
+async fn remove_idle_consumers(
+    redis: &Client,
+    key: &str,
+    group: &str,
+    idle_ms: u64,
+    live: &[String],
+) -> Result<Vec<String>> {
     let consumers: Vec<HashMap<String, Value>> = redis.xinfo_consumers(key, group).await?;
     let mut removed = Vec::new();
     for consumer in consumers {
         let name = consumer.get("name").map(value_text).unwrap_or_default();
         let pending = consumer.get("pending").and_then(Value::as_u64).unwrap_or(0);
         let idle = consumer.get("idle").and_then(Value::as_u64).unwrap_or(0);
+        let alive = live.iter().any(|node| node == &name);
         if pending == 0
             && idle >= idle_ms
             && !name.is_empty()
+            && !alive
             && delete_if_idle(redis, key, group, &name, idle_ms).await?
         {
             removed.push(name);

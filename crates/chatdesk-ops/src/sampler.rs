@@ -15,6 +15,8 @@ use crate::Ops;
 use crate::report::PartitionReport;
 
 pub const INTERVAL: Duration = Duration::from_secs(15);
+/// A process that has not reported for this long is gone.
+pub const NODE_TTL: Duration = Duration::from_secs(45);
 /// Points kept: an hour at [`INTERVAL`].
 const HISTORY_POINTS: i64 = 240;
 
@@ -141,10 +143,35 @@ impl Ops {
         Ok(points)
     }
 
-    /// Samples every [`INTERVAL`] until cancelled.
-    pub async fn sample(self, cancel: CancellationToken) {
+    fn nodes_key(&self) -> String {
+        self.keys.tagged("ops-nodes", "live")
+    }
+
+    /// The processes that reported within the last [`NODE_TTL`]: their consumers and gateway
+    /// groups are alive whatever `XINFO` says (Redis 7.0 does not count a blocked read that
+    /// found nothing as activity, so an idle partition's consumer looks idle).
+    pub async fn live_nodes(&self) -> crate::Result<Vec<String>> {
+        let since = now_ms().saturating_sub(NODE_TTL.as_millis() as u64);
+        let nodes: Vec<String> = self.redis.zrangebyscore(self.nodes_key(), since as f64, "+inf", false, None).await?;
+        Ok(nodes)
+    }
+
+    /// Samples every [`INTERVAL`] until cancelled, reporting `node` (this process) alive.
+    pub async fn sample(self, node: String, cancel: CancellationToken) {
         describe();
         loop {
+            let now = now_ms();
+            let alive: Result<(), fred::error::Error> = async {
+                let _: i64 =
+                    self.redis.zadd(self.nodes_key(), None, None, false, false, (now as f64, node.as_str())).await?;
+                let forgotten = now.saturating_sub(24 * 3600 * 1000) as f64;
+                let _: i64 = self.redis.zremrangebyscore(self.nodes_key(), "-inf", forgotten).await?;
+                Ok(())
+            }
+            .await;
+            if let Err(error) = alive {
+                tracing::debug!(error = %error, "cannot report this process alive");
+            }
             if let Err(error) = self.sample_once().await {
                 tracing::debug!(error = %error, "cannot sample stream status");
             }

@@ -296,12 +296,29 @@ fn task_line(task: &Task) -> String {
     )
 }
 
+/// An entry id with its time, for people.
+fn id_and_time(id: &str) -> String {
+    match id.parse::<chatdesk_core::EntryId>() {
+        Ok(entry) => format!(
+            "{} ({})",
+            chatdesk_ops::bound::format_ms(entry.millis),
+            if entry.sequence == u64::MAX { entry.millis.to_string() } else { id.to_owned() }
+        ),
+        Err(_) => id.to_owned(),
+    }
+}
+
 fn print_plan(plan: &ReplayPlan) {
     println!(
         "replay into {}/{} from {} to {}: {} entries",
-        plan.family, plan.group, plan.from_id, plan.to_id, plan.entries
+        plan.family,
+        plan.group,
+        id_and_time(&plan.from_id),
+        id_and_time(&plan.to_id),
+        plan.entries
     );
     println!("{:>5} {:>9} {:<26} {:<26} NOTES", "PART", "ENTRIES", "FIRST", "LAST");
+    let mut quiet = Vec::new();
     for part in &plan.partitions {
         let mut notes = Vec::new();
         if part.trimmed {
@@ -313,6 +330,10 @@ fn print_plan(plan: &ReplayPlan) {
         if part.group_missing {
             notes.push("the group does not exist here".to_owned());
         }
+        if part.entries == 0 && notes.is_empty() {
+            quiet.push(part.partition.to_string());
+            continue;
+        }
         println!(
             "{:>5} {:>9} {:<26} {:<26} {}",
             part.partition,
@@ -321,6 +342,9 @@ fn print_plan(plan: &ReplayPlan) {
             part.last_id.as_deref().unwrap_or("-"),
             notes.join("; ")
         );
+    }
+    if !quiet.is_empty() {
+        println!("nothing in the range on partitions {}", quiet.join(", "));
     }
 }
 

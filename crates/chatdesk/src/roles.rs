@@ -295,7 +295,7 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
     });
     // The gauges alert rules read (oldest pending age, dead letters, retention held back,
     // estimated lags) and the Streams page's hour of history; one process samples each slot.
-    let sampler = runtime.ops().sample(cancel.clone());
+    let sampler = runtime.ops().sample(runtime.node_id.clone(), cancel.clone());
     tasks.spawn(async move {
         sampler.await;
         ("ops-sampler", Ok(()))

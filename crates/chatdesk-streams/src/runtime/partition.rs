@@ -95,6 +95,12 @@ impl<H: Handler> PartitionWorker<H> {
             ("group", group.to_string()),
             ("partition", keys.partition.to_string()),
         ];
+        // Counters alert rules take rates of exist from the start, at 0.
+        for name in
+            [metrics::HANDLER_UNAVAILABLE_TOTAL, metrics::ENTRIES_LOST_TOTAL, metrics::ENTRIES_DEAD_LETTERED_TOTAL]
+        {
+            ::metrics::counter!(name, &labels).increment(0);
+        }
         Self {
             shared,
             reader,

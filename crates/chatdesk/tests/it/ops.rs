@@ -573,8 +573,26 @@ async fn the_ops_routes_are_for_the_operators_and_audit_who_acted() {
     assert_eq!(claim.status, 200, "{}", claim.body);
     let bad_idle = sre.call("POST", "/v1/ops/claim", Some(json!({"group": "writer", "idle": "later"}))).await;
     assert_eq!(bad_idle.status, 422, "{}", bad_idle.body);
-    let prune = sre.call("POST", "/v1/ops/groups/prune", Some(json!({"idle": "1h"}))).await;
+    // A gone gateway node's group and a gone consumer of the writer; this node's are alive.
+    let redis = redis(&env).await;
+    let keys = KeyScheme::new(&env.prefix).unwrap();
+    let config = streams_config();
+    let key = keys.partition(&config.stream("events").unwrap().name, 0).stream;
+    let _: () = redis.xgroup_create(&key, "gateway.gone-node", "$", true).await.unwrap();
+    let _: () = redis.xgroup_createconsumer(&key, "writer", "gone-consumer").await.unwrap();
+    chatdesk_testkit::wait_until("this node reported alive", Duration::from_secs(30), || async {
+        let nodes: Vec<String> =
+            redis.zrange(keys.tagged("ops-nodes", "live"), 0, -1, None, false, None, false).await.unwrap();
+        nodes.contains(&"test-node".to_owned())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let prune = sre.call("POST", "/v1/ops/groups/prune", Some(json!({"idle": "1s"}))).await;
     assert_eq!(prune.status, 200, "{}", prune.body);
+    let pruned = prune.json();
+    assert!(pruned["groups_removed"].as_array().unwrap().contains(&json!("gateway.gone-node@0")), "{pruned}");
+    assert!(pruned["consumers_removed"].as_array().unwrap().contains(&json!("writer/gone-consumer@0")), "{pruned}");
+    assert!(!pruned.to_string().contains("test-node"), "a live process's consumers stay: {pruned}");
     let purge_plan = sre.call("POST", "/v1/ops/dlq/purge", Some(json!({"group": "writer"}))).await;
     assert_eq!(purge_plan.json(), json!({"count": 0, "executed": false}));
     let purge = sre.call("POST", "/v1/ops/dlq/purge", Some(json!({"group": "writer", "execute": true}))).await;
@@ -601,4 +619,63 @@ async fn the_ops_routes_are_for_the_operators_and_audit_who_acted() {
     assert_eq!(actions.iter().filter(|action| **action == "dlq.purge").count(), 1);
     let cli_view = audit(&env, streams.path());
     assert_eq!(cli_view.len(), 5, "the CLI reads the same log");
+}
+
+/// The shipped alert rules read only metrics a running deployment exports, and each points at a
+/// section of the runbook.
+#[tokio::test]
+async fn every_metric_the_alert_rules_read_is_exported() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let rules = std::fs::read_to_string(format!("{root}/deploy/prometheus/alerts.yml")).unwrap();
+    let runbook = std::fs::read_to_string(format!("{root}/docs/runbook.md")).unwrap();
+    let anchors: Vec<String> = runbook
+        .lines()
+        .filter_map(|line| line.strip_prefix("## "))
+        .map(|heading| {
+            heading
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
+                .collect::<String>()
+                .replace(' ', "-")
+        })
+        .collect();
+    let alerts: Vec<&str> = rules.split("- alert: ").skip(1).collect();
+    assert!(alerts.len() >= 6, "lag, pending age, dead letters, retention, consumers, writer");
+    let mut metrics = std::collections::BTreeSet::new();
+    for alert in &alerts {
+        let name = alert.lines().next().unwrap();
+        for key in ["expr: ", "for: ", "severity: ", "summary: ", "runbook: "] {
+            assert!(alert.contains(key), "{name} has no {key}");
+        }
+        let runbook_link =
+            alert.lines().find_map(|line| line.trim().strip_prefix("runbook: docs/runbook.md#")).unwrap();
+        assert!(
+            anchors.iter().any(|anchor| anchor == runbook_link),
+            "{name}: no section #{runbook_link} in {anchors:?}"
+        );
+        let expr = alert.lines().find_map(|line| line.trim().strip_prefix("expr: ")).unwrap();
+        for piece in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if piece.starts_with("chatdesk_") {
+                metrics.insert(piece.to_owned());
+            }
+        }
+    }
+    let env = Env::start().await;
+    let http = free_addr();
+    let _server = serve_roles(&env, "ingress,writer,gateway,sender,broadcaster,autoreply", http, &[]).await;
+    chatdesk_testkit::wait_until("every metric the alerts read exported", Duration::from_secs(60), || async {
+        let (_, text) = chatdesk_testkit::http_get(http, "/metrics").await.unwrap();
+        metrics.iter().all(|metric| text.lines().any(|line| line.starts_with(&format!("{metric}{{"))))
+    })
+    .await;
+    let (_, text) = chatdesk_testkit::http_get(http, "/metrics").await.unwrap();
+    for group in ["writer", "sender", "broadcaster", "autoreply"] {
+        assert!(
+            text.lines().any(|line| line.starts_with("chatdesk_stream_group_consumers{")
+                && line.contains(&format!("group=\"{group}\""))
+                && !line.ends_with(" 0")),
+            "{group} has live consumers"
+        );
+    }
 }
