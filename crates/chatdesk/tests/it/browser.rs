@@ -90,22 +90,14 @@ async fn agents_and_a_visitor_chat_live_through_a_gateway_restart() {
     let other_inbox =
         crate::support::generic_inbox(&env, other["tenant_id"].as_str().unwrap(), "Other", &receiver.url());
     let pool = sqlx::PgPool::connect(&env.database_url).await.unwrap();
-    sqlx::raw_sql(
-        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-           IF NEW.body LIKE 'poison%' THEN RAISE EXCEPTION 'poison message refused by a faulty trigger'; END IF; \
-           RETURN NEW; END $$; \
-         CREATE TRIGGER refuse_poison BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    crate::support::refuse_poison(&pool).await;
     let poison = crate::support::generic_body("poison-1", "poisoned", "poison for the SRE");
     assert_eq!(crate::support::post_generic(http, &other_inbox, &poison).await.status, 200);
     chatdesk_testkit::wait_until("the poison message dead-lettered", std::time::Duration::from_secs(60), || async {
         crate::support::dead_letters(&env, "events").await == 1
     })
     .await;
-    sqlx::raw_sql("DROP TRIGGER refuse_poison ON messages").execute(&pool).await.unwrap();
+    crate::support::accept_poison(&pool).await;
     pool.close().await;
 
     let config = json!({

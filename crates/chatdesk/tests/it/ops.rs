@@ -252,15 +252,7 @@ async fn dead_letters_are_redriven_once_the_cause_is_fixed() {
     let streams_path = streams.path().display().to_string();
     let _server = serve_roles(&env, "ingress,writer,gateway", http, &[("CHATDESK_STREAMS", &streams_path)]).await;
     // The bug: the store refuses some messages.
-    sqlx::raw_sql(
-        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-           IF NEW.body LIKE 'poison%' THEN RAISE EXCEPTION 'poison message refused by a faulty trigger'; END IF; \
-           RETURN NEW; END $$; \
-         CREATE TRIGGER refuse_poison BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    crate::support::refuse_poison(&pool).await;
     assert_eq!(post_generic(http, &inbox, &generic_body("hello", "ana", "hello first")).await.status, 200);
     until_count(&pool, "the first message stored", MESSAGES, tenant_id, 1).await;
     const POISON: usize = 110;
@@ -293,7 +285,7 @@ async fn dead_letters_are_redriven_once_the_cause_is_fixed() {
     assert!(fields["payload"].contains("poison"), "{fields:?}");
 
     // The fix.
-    sqlx::raw_sql("DROP TRIGGER refuse_poison ON messages").execute(&pool).await.unwrap();
+    crate::support::accept_poison(&pool).await;
 
     // A redrive at 10/s, cancelled after a few entries.
     let first = command(&env, streams.path(), &["streams", "dlq", "redrive", "--error", "poison", "--rate", "10"])

@@ -269,3 +269,22 @@ pub async fn metric(http: SocketAddr, name: &str) -> f64 {
         .next()
         .unwrap_or(0.0)
 }
+
+/// A fault for operators' drills: the store refuses every message whose text starts with
+/// "poison", as a faulty trigger would, so the writer dead-letters them.
+pub async fn refuse_poison(pool: &sqlx::PgPool) {
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.body LIKE 'poison%' THEN RAISE EXCEPTION 'poison message refused by a faulty trigger'; END IF; \
+           RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_poison BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// The fix for [`refuse_poison`].
+pub async fn accept_poison(pool: &sqlx::PgPool) {
+    sqlx::raw_sql("DROP TRIGGER refuse_poison ON messages").execute(pool).await.unwrap();
+}
