@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fred::prelude::*;
 use serde_json::{Value, json};
 use tokio::process::Child;
 
@@ -222,22 +221,11 @@ impl Bots {
             .await;
     }
 
-    /// Rewinds the `autoreply` group on every events partition to the first entry: a full replay.
-    async fn replay_events(&self) {
-        let redis = chatdesk_streams::RedisConnector::new(chatdesk_streams::RedisSettings::new(&self.env.redis_url))
-            .unwrap()
-            .shared()
-            .await
-            .unwrap();
-        let keys = chatdesk_core::KeyScheme::new(self.env.prefix.clone()).unwrap();
-        let family = chatdesk_core::StreamName::parse("events").unwrap();
-        for partition in 0..8 {
-            let stream = keys.partition(&family, partition).stream;
-            let exists: i64 = redis.exists(&stream).await.unwrap();
-            if exists == 1 {
-                let _: String = redis.xgroup_setid(&stream, "autoreply", "0").await.unwrap();
-            }
-        }
+    /// Replays the whole events stream into the `autoreply` group, as an operator would; returns
+    /// once the group has handled it. The server must run with `streams` (short claim times).
+    async fn replay_events(&self, streams: &std::path::Path) {
+        let output = crate::support::replay_into(&self.env, streams, "autoreply", "0");
+        assert!(output.contains("[Done]"), "{output}");
     }
 }
 
@@ -258,7 +246,9 @@ async fn wait_metric(http: SocketAddr, name: &str, at_least: f64) {
 
 #[tokio::test]
 async fn the_model_answers_a_burst_once_with_prompt_and_history_and_a_replay_answers_nothing() {
-    let bots = Bots::start(&[]).await;
+    let streams = crate::support::quick_claims();
+    let streams_path = streams.path().display().to_string();
+    let bots = Bots::start(&[("CHATDESK_STREAMS", &streams_path)]).await;
     let llm = bots.llm(json!({}));
     // A quiet period long enough that three webhooks sent back to back fall into one burst.
     bots.configure(json!({"mode": "llm", "llm": llm, "debounce_ms": 1500})).await;
@@ -302,7 +292,7 @@ async fn the_model_answers_a_burst_once_with_prompt_and_history_and_a_replay_ans
     // A full replay of the events stream into `autoreply`: nothing is sent, no model is called.
     let calls_before = bots.model.received().len();
     let sent_before = bots.receiver.received().len();
-    bots.replay_events().await;
+    bots.replay_events(streams.path()).await;
     wait_metric(bots.http, "chatdesk_autoreply_messages_total{outcome=\"replay\"}", 4.0).await;
     bots.sentinel("after-replay").await;
     assert_eq!(bots.model.received().len(), calls_before + 1, "only the sentinel reached the model");
@@ -451,7 +441,9 @@ async fn humans_keywords_caps_and_budgets_hand_off_once_and_the_bot_stays_silent
 
 #[tokio::test]
 async fn the_order_flow_takes_one_order_through_webhooks_and_a_replay_takes_none() {
-    let bots = Bots::start(&[]).await;
+    let streams = crate::support::quick_claims();
+    let streams_path = streams.path().display().to_string();
+    let bots = Bots::start(&[("CHATDESK_STREAMS", &streams_path)]).await;
     bots.configure(json!({"mode": "flow", "flow": "order", "debounce_ms": 100})).await;
     let steps: [(&str, &str); 13] = [
         ("hi", "What is the delivery address?"),
@@ -490,7 +482,7 @@ async fn the_order_flow_takes_one_order_through_webhooks_and_a_replay_takes_none
     assert!(thanks.contains(&short), "{thanks:?} names the order {short}");
 
     let sent_before = bots.receiver.received().len();
-    bots.replay_events().await;
+    bots.replay_events(streams.path()).await;
     wait_metric(bots.http, "chatdesk_autoreply_messages_total{outcome=\"replay\"}", steps.len() as f64).await;
     bots.sentinel("after-replay").await;
     assert_eq!(bots.receiver.received().len(), sent_before + 1, "only the sentinel was answered");

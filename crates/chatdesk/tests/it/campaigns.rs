@@ -234,6 +234,38 @@ async fn twenty_senders_keep_their_own_rates_across_three_broadcasters_and_a_slo
     }
 }
 
+/// An operator replays the campaign's hand-over entries into the broadcaster and then into the
+/// sender: nobody gets the campaign twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_into_the_broadcaster_or_the_sender_sends_no_recipient_twice() {
+    let env = Env::start().await;
+    let streams = crate::support::quick_claims();
+    let streams_path = streams.path().display().to_string();
+    let receiver = StandIn::start(by_to, |_, _| ok_generic()).await;
+    let http = free_addr();
+    let _chatdesk =
+        serve_roles(&env, "ingress,writer,sender,broadcaster", http, &[("CHATDESK_STREAMS", &streams_path)]).await;
+    let (tenant, api) = marketer(&env, http, "replayed").await;
+    let inbox = generic_inbox(&env, &tenant, &receiver.url());
+    let campaign = create(
+        &api,
+        json!({"inbox_id": inbox, "text": "Hi {{name}}", "rate_per_sec": 50, "recipients": recipients("r", 30)}),
+    )
+    .await;
+    let id = campaign["id"].as_str().unwrap();
+    campaign_when(&api, id, "the campaign finished", Duration::from_secs(60), |c| c["status"] == "finished").await;
+    until_deliveries_finished(&env).await;
+    each_once(&receiver.received(), 30);
+
+    for group in ["broadcaster", "sender"] {
+        let output = crate::support::replay_into(&env, streams.path(), group, "0");
+        assert!(output.contains("[Done]"), "{group}: {output}");
+        until_deliveries_finished(&env).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        each_once(&receiver.received(), 30);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broadcaster_killed_mid_campaign_sends_every_recipient_exactly_once() {
     let env = Env::start().await;

@@ -12,20 +12,9 @@ use fred::prelude::*;
 use serde_json::{Value, json};
 
 use crate::standin::{Answer, StandIn};
-use crate::support::{Client, Env, generic_body, generic_inbox, login, post_generic, serve_roles};
+use crate::support::{Client, Env, generic_body, generic_inbox, login, post_generic, quick_claims, serve_roles};
 
 const SHIPPED_STREAMS: &str = include_str!("../../../../streams.toml");
-
-/// The shipped streams.toml with shorter claim times, so entries handed to a group are taken
-/// within seconds instead of minutes.
-fn quick_claims() -> tempfile::NamedTempFile {
-    let text = SHIPPED_STREAMS
-        .replace("claim_idle = \"2m\"", "claim_idle = \"4s\"")
-        .replace("claim_idle = \"30s\"", "claim_idle = \"4s\"");
-    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
-    file
-}
 
 fn free_addr() -> SocketAddr {
     format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap()

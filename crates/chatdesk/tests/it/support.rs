@@ -288,3 +288,31 @@ pub async fn refuse_poison(pool: &sqlx::PgPool) {
 pub async fn accept_poison(pool: &sqlx::PgPool) {
     sqlx::raw_sql("DROP TRIGGER refuse_poison ON messages").execute(pool).await.unwrap();
 }
+
+/// The shipped streams.toml with short claim times (4 s), so entries an operator hands back to a
+/// group (replay, redrive) are taken within seconds instead of minutes.
+pub fn quick_claims() -> tempfile::NamedTempFile {
+    let text = include_str!("../../../../streams.toml")
+        .replace("claim_idle = \"2m\"", "claim_idle = \"4s\"")
+        .replace("claim_idle = \"30s\"", "claim_idle = \"4s\"")
+        .replace("claim_idle = \"20s\"", "claim_idle = \"4s\"");
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+    file
+}
+
+/// `chatdesk streams replay --group <group> --from <from> --execute` against the test's servers;
+/// returns its output once the group has handled everything replayed.
+pub fn replay_into(env: &Env, streams: &std::path::Path, group: &str, from: &str) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chatdesk"))
+        .args(["streams", "replay", "--group", group, "--from", from, "--execute"])
+        .env("REDIS_URL", &env.redis_url)
+        .env("DATABASE_URL", &env.database_url)
+        .env("CHATDESK_KEY_PREFIX", &env.prefix)
+        .env("CHATDESK_STREAMS", streams)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "replay into {group}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
