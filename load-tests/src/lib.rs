@@ -171,3 +171,26 @@ impl Up {
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
+
+/// The customer message the writer benchmarks store: message `index` of `contact` in
+/// `conversation`.
+pub fn inbound_message(
+    inbox: uuid::Uuid,
+    contact: uuid::Uuid,
+    conversation: uuid::Uuid,
+    index: usize,
+) -> chatdesk_core::events::Event {
+    use chatdesk_core::events::{Actor, Direction, Event, MessageCreated, SenderKind};
+    Event::MessageCreated(MessageCreated {
+        conversation_id: conversation,
+        inbox_id: inbox,
+        contact_id: contact,
+        direction: Direction::Inbound,
+        sender: Actor { kind: SenderKind::Customer, id: Some(contact) },
+        text: format!("Hello, this is message number {index} about my order"),
+        extra: None,
+        provider_message_id: Some(format!("provider-{index}")),
+        client_msg_id: None,
+        sent_at_ms: None,
+    })
+}

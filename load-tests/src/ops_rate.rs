@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use chatdesk_core::events::{Actor, ContactCreated, ConversationCreated, Direction, Event, MessageCreated, SenderKind};
+use chatdesk_core::events::{ContactCreated, ConversationCreated, Event};
 use chatdesk_core::{DeadLetter, Envelope, KeyScheme, StreamsConfig, TenantId};
 use chatdesk_local::{PostgresOptions, PostgresServer, RedisOptions, RedisServer};
 use chatdesk_ops::dlq::DlqFilter;
@@ -78,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
         "[streams.events]\npartitions = 1\nretention = { max_age = \"7d\", durable_groups = [\"writer\"] }\n\
          [streams.events.groups.writer]\nbatch_size = 500\nblock = \"100ms\"\nclaim_idle = \"2s\"\n",
     )?);
-    let connector = RedisConnector::new(RedisSettings::new(&redis.url()))?;
+    let connector = RedisConnector::new(RedisSettings::new(redis.url()))?;
     let client = connector.shared().await?;
     let keys = KeyScheme::new(format!("bench-{}", Uuid::now_v7().simple())).map_err(anyhow::Error::msg)?;
     let producer = Producer::new(client.clone(), keys.clone(), config.clone());
@@ -105,18 +105,7 @@ async fn main() -> anyhow::Result<()> {
     let mut appending = tokio::task::JoinSet::new();
     for index in 0..args.messages {
         let (contact, conversation) = conversations[index % conversations.len()];
-        let event = Event::MessageCreated(MessageCreated {
-            conversation_id: conversation,
-            inbox_id: inbox,
-            contact_id: contact,
-            direction: Direction::Inbound,
-            sender: Actor { kind: SenderKind::Customer, id: Some(contact) },
-            text: format!("Hello, this is message number {index} about my order"),
-            extra: None,
-            provider_message_id: Some(format!("provider-{index}")),
-            client_msg_id: None,
-            sent_at_ms: None,
-        });
+        let event = chatdesk_load_tests::inbound_message(inbox, contact, conversation, index);
         let producer = producer.clone();
         appending
             .spawn(async move { producer.append_event(&Envelope::of(TenantId(tenant), &event)).await.map(|_| ()) });

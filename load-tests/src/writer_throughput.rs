@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chatdesk_core::Envelope;
-use chatdesk_core::events::{Actor, ContactCreated, ConversationCreated, Direction, Event, MessageCreated, SenderKind};
+use chatdesk_core::events::{ContactCreated, ConversationCreated, Event};
 use chatdesk_core::{KeyScheme, StreamsConfig, TenantId};
 use chatdesk_local::{PostgresOptions, PostgresServer, RedisOptions, RedisServer};
 use chatdesk_store::directory::{InboxKind, create_inbox, create_tenant};
@@ -70,18 +70,7 @@ fn events(scenario: &Scenario, args: &Args) -> Vec<Event> {
     }
     for index in 0..args.messages {
         let (contact, conversation) = pairs[index % pairs.len()];
-        events.push(Event::MessageCreated(MessageCreated {
-            conversation_id: conversation,
-            inbox_id: scenario.inbox,
-            contact_id: contact,
-            direction: Direction::Inbound,
-            sender: Actor { kind: SenderKind::Customer, id: Some(contact) },
-            text: format!("Hello, this is message number {index} about my order"),
-            extra: None,
-            provider_message_id: Some(format!("provider-{index}")),
-            client_msg_id: None,
-            sent_at_ms: None,
-        }));
+        events.push(chatdesk_load_tests::inbound_message(scenario.inbox, contact, conversation, index));
     }
     events
 }
