@@ -102,7 +102,11 @@ pub async fn streams(command: StreamsCommand) -> anyhow::Result<ExitCode> {
             let plan = ops.replay_plan(&request).await.map_err(refuse)?;
             print_plan(&plan);
             if let Some(refused) = &plan.refused {
-                anyhow::bail!("cannot replay: {refused}");
+                if execute {
+                    anyhow::bail!("cannot replay: {refused}");
+                }
+                println!("this plan cannot be executed: {refused}");
+                return Ok(ExitCode::SUCCESS);
             }
             if !execute {
                 println!("nothing done: add --execute to re-deliver these {} entries to {}", plan.entries, plan.group);

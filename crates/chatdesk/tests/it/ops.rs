@@ -434,6 +434,48 @@ async fn status_names_what_holds_retention_and_marks_estimated_lag() {
     add_entries(&redis, &other, week_ago, 1).await;
     let partition = status("events").into_iter().find(|report| report["partition"] == 5).unwrap();
     assert_eq!(partition["retention_held_by"]["reason"], "missing", "{partition}");
+
+    // A replay reaching into what retention trimmed: the plan says so, and it is refused with
+    // what the stream still holds.
+    let from = week_ago.to_string();
+    let args = ["streams", "replay", "--group", "writer", "--from", from.as_str(), "--partition", "2"];
+    let plan = succeeded(&cli(&env, streams.path(), &args));
+    assert!(plan.contains(&format!("partly trimmed (holds from {})", recent[0])), "{plan}");
+    let mut execute = args.to_vec();
+    execute.push("--execute");
+    let refused = cli(&env, streams.path(), &execute);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("part of the range was trimmed by retention"), "{stderr}");
+    assert!(stderr.contains(&format!("it holds entries from {}", recent[0])), "{stderr}");
+
+    // One replay per group: while one waits for the writer (no process runs it here: what it
+    // handed over stays pending), a second is refused; cancelling the first frees the group.
+    let _: () = redis.xgroup_setid(&key, "writer", "$").await.unwrap();
+    let from = recent[0].clone();
+    let first =
+        command(&env, streams.path(), &["streams", "replay", "--group", "writer", "--from", &from, "--execute"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let task = chatdesk_testkit::eventually("the first replay waiting", Duration::from_secs(30), || async {
+        let output = cli(&env, streams.path(), &["streams", "tasks", "--json"]);
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|task| task["kind"] == "replay" && task["state"] == "running" && task["moved"].as_u64() > Some(0))
+    })
+    .await;
+    let second = cli(&env, streams.path(), &["streams", "replay", "--group", "writer", "--from", &from, "--execute"]);
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("another replay is running on replay:events:writer"), "{stderr}");
+    succeeded(&cli(&env, streams.path(), &["streams", "cancel", task["id"].as_str().unwrap()]));
+    let output = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap()).await.unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
+    let again = succeeded(&cli(&env, streams.path(), &["streams", "replay", "--group", "writer", "--from", &from]));
+    assert!(again.contains("nothing done"), "{again}");
 }
 
 /// Bad input gets a clear error and nothing is done (nothing in the audit log).
