@@ -87,7 +87,7 @@ export function mount(container, context) {
     try {
       const page = await api('GET', `/v1/ops/dlq?${query()}&limit=100`);
       letters.replaceChildren(
-        h('p', { class: 'muted', id: 'dlq-total' }, `${plural(page.total, 'dead letter matches', 'dead letters match')}`),
+        h('p', { class: 'muted', id: 'dlq-total' }, `${page.total_at_least ? 'At least ' : ''}${plural(page.total, 'dead letter matches', 'dead letters match')}`),
         page.letters.length
           ? h('table', { class: 'stream letters' },
             h('thead', {}, h('tr', {}, ['When', 'Letter', 'Group', 'Deliveries', 'Error'].map((title) => h('th', { scope: 'col' }, title)))),
@@ -119,7 +119,7 @@ export function mount(container, context) {
   async function redrive(selection) {
     try {
       const task = await api('POST', '/v1/ops/dlq/redrive', { ...selection, rate: Number(rate.value) || 100 });
-      dlqStatus.replaceChildren(notice(`Redriving ${task.total} letters at ${task.rate}/s (task ${task.id.slice(-6)}).`, 'ok'));
+      dlqStatus.replaceChildren(notice(`Redriving ${plural(task.total, 'letter', 'letters')} at ${task.rate}/s (task ${task.id.slice(-6)}).`, 'ok'));
       letter.replaceChildren();
       tasksRan = true;
       loadTasks();
@@ -133,15 +133,15 @@ export function mount(container, context) {
       const planned = await api('POST', '/v1/ops/dlq/purge', selection);
       if (!planned.count) { dlqStatus.replaceChildren(notice('Nothing matches.', 'info')); return; }
       const confirm = h('div', { class: 'confirm', role: 'alertdialog', 'aria-label': 'Confirm purge' },
-        h('p', {}, `Delete ${planned.count} dead letters for good? They cannot be redriven afterwards.`),
+        h('p', {}, `Delete ${plural(planned.count, 'dead letter', 'dead letters')} for good? They cannot be redriven afterwards.`),
         h('button', { class: 'danger', id: 'purge-confirm', onclick: async () => {
           try {
             const done = await api('POST', '/v1/ops/dlq/purge', { ...selection, execute: true });
-            dlqStatus.replaceChildren(notice(`Purged ${done.count} dead letters.`, 'ok'));
+            dlqStatus.replaceChildren(notice(`Purged ${plural(done.count, 'dead letter', 'dead letters')}.`, 'ok'));
             letter.replaceChildren();
             loadLetters();
           } catch (error) { dlqStatus.replaceChildren(notice(error.message, 'error')); }
-        } }, `Delete ${planned.count}`),
+        } }, `Delete ${number(planned.count)}`),
         h('button', { onclick: () => dlqStatus.replaceChildren() }, 'Keep them'));
       dlqStatus.replaceChildren(confirm);
     } catch (error) {
@@ -153,7 +153,7 @@ export function mount(container, context) {
     h('div', { class: 'field-row' }, field('Stream', family), field('Group', group), field('Error contains', errorText), field('Rate (per second)', rate, 'for redrives')),
     h('div', { class: 'bot-actions' },
       h('button', { type: 'submit', id: 'dlq-search' }, 'Search'),
-      h('button', { type: 'button', id: 'dlq-redrive-all', onclick: () => redrive(filter()) }, 'Redrive all matching'),
+      h('button', { type: 'button', id: 'dlq-redrive-all', onclick: () => redrive(Object.values(filter()).some(Boolean) ? filter() : { all: true }) }, 'Redrive all matching'),
       h('button', { type: 'button', id: 'dlq-purge-all', onclick: () => purge(filter()) }, 'Purge all matching…')));
 
   // Replay: the plan first, then a confirmation.
@@ -205,6 +205,7 @@ export function mount(container, context) {
       } else if (tasksRan) {
         tasksRan = false;
         loadLetters();
+        loadAudit();
       }
     } catch (error) {
       tasks.replaceChildren(notice(error.message, 'error'));

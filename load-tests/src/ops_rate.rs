@@ -134,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
     let request = ReplayRequest { family: None, group: "writer".into(), from: "0".into(), to: None, partition: None };
     let started = Instant::now();
     let (plan, task) = ops.replay_start(&request, &OpsActor::cli()).await?;
-    let done = ops.replay_run(&plan, task, &OpsActor::cli()).await?;
+    let done = ops.replay_run(&plan, task).await?;
     let replay = started.elapsed();
     let restored = rows(&pool).await?;
     if restored != total {
@@ -169,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
             &OpsActor::cli(),
         )
         .await?;
-    let done = ops.redrive_run(found, task, &OpsActor::cli()).await?;
+    let done = ops.redrive_run(found, task).await?;
     let redrive = started.elapsed();
     if done.moved != letters as u64 {
         bail!("the redrive moved {} of {letters} ({done:?})", done.moved);

@@ -72,6 +72,8 @@ pub struct Principal {
     pub tenant: Uuid,
     /// The agent's user id; `None` for API keys.
     pub user: Option<Uuid>,
+    /// The API key's id (`key_id`); `None` for agents.
+    pub key: Option<Uuid>,
     pub role: Role,
 }
 
@@ -120,14 +122,14 @@ impl FromRequestParts<AppState> for Principal {
             let found = chatdesk_store::directory::api_key_by_hash(&state.db, &hash_api_key(token))
                 .await
                 .map_err(ApiError::store)?;
-            let (_, tenant, role) = found.ok_or_else(|| unauthorized("unknown or revoked API key"))?;
+            let (key, tenant, role) = found.ok_or_else(|| unauthorized("unknown or revoked API key"))?;
             let role = Role::parse(&role).ok_or_else(|| unauthorized("API key has an unknown role"))?;
-            return Ok(Principal { tenant, user: None, role });
+            return Ok(Principal { tenant, user: None, key: Some(key), role });
         }
         let claims = verify_token(&state.auth, token).map_err(|error| unauthorized(&error.to_string()))?;
         let role = Role::parse(&claims.role).ok_or_else(|| unauthorized("the token has an unknown role"))?;
         check_standing(&state.db, &claims).await?;
-        Ok(Principal { tenant: claims.tenant, user: Some(claims.sub), role })
+        Ok(Principal { tenant: claims.tenant, user: Some(claims.sub), key: None, role })
     }
 }
 

@@ -50,7 +50,10 @@ async fn actor(state: &AppState, principal: &Principal) -> Actor {
             Ok(Some(email)) => Actor(email),
             _ => Actor(format!("user {user}")),
         },
-        None => Actor(format!("api key of tenant {}", principal.tenant)),
+        None => Actor(match principal.key {
+            Some(key) => format!("api key {key}"),
+            None => format!("api key of tenant {}", principal.tenant),
+        }),
     }
 }
 
@@ -189,7 +192,7 @@ pub async fn replay(
     let task = running.task.clone();
     let (ops, run_plan) = (state.ops.clone(), plan.clone());
     tokio::spawn(async move {
-        if let Err(error) = ops.replay_run(&run_plan, running, &actor).await {
+        if let Err(error) = ops.replay_run(&run_plan, running).await {
             tracing::warn!(error = %error, "replay failed");
         }
     });
@@ -289,8 +292,11 @@ pub struct RedriveBody {
     pub until: Option<String>,
     /// References (`<family>/<partition>/<id>`).
     pub ids: Option<Vec<String>>,
-    /// Letters per second (default 100, at most 10,000).
+    /// Letters per second (default 100; 0.1 to 10,000).
     pub rate: Option<f64>,
+    /// Every dead letter (of `family`, when given): needed when no other filter is.
+    #[serde(default)]
+    pub all: bool,
 }
 
 #[utoipa::path(
@@ -304,7 +310,7 @@ pub struct RedriveBody {
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "Only the sre role redrives", body = ErrorBody),
         (status = 409, description = "A redrive of the same stream family is already running", body = ErrorBody),
-        (status = 422, description = "A bad filter or rate", body = ErrorBody),
+        (status = 422, description = "A bad filter or rate, no filter without `all: true`, or nothing matching", body = ErrorBody),
         (status = 503, description = "Redis is unavailable", body = ErrorBody),
     )
 )]
@@ -322,12 +328,19 @@ pub async fn redrive(
         until: body.until,
         ids: body.ids,
     };
+    if !body.all && filter == DlqFilter::default() {
+        return Err(ApiError::Unprocessable {
+            code: "invalid_operation",
+            message: "name what to redrive (family, group, error, since, until, ids), or send \"all\": true".into(),
+            details: None,
+        });
+    }
     let actor = actor(&state, &principal).await;
     let (letters, running) = state.ops.redrive_start(&filter, body.rate, &actor).await?;
     let task = running.task.clone();
     let ops = state.ops.clone();
     tokio::spawn(async move {
-        if let Err(error) = ops.redrive_run(letters, running, &actor).await {
+        if let Err(error) = ops.redrive_run(letters, running).await {
             tracing::warn!(error = %error, "redrive failed");
         }
     });

@@ -28,7 +28,7 @@ pub struct AuditEntry {
     #[schema(value_type = Object)]
     pub target: serde_json::Value,
     pub entries: i64,
-    /// `done`, `planned`, `started`, `cancelled`, `failed`, …
+    /// `started` (still running, or interrupted midway), `done`, `cancelled` or `failed`.
     pub outcome: String,
     pub detail: String,
 }
@@ -48,10 +48,39 @@ impl From<AuditRecord> for AuditEntry {
     }
 }
 
+/// An action on record from its start: [`Ops::audit_start`] writes it as `started`,
+/// [`Ops::audit_progress`] keeps its count current, [`Ops::audit_finish`] says how it ended. An
+/// action interrupted midway (its process killed) stays `started` with what it had done.
+#[derive(Debug, Clone, Default)]
+pub struct OnRecord {
+    id: Option<i64>,
+}
+
 impl Ops {
-    /// Records an action. Recording comes after acting, so a failure here is logged loudly but
-    /// does not undo (or hide) what was done.
-    pub async fn audit(
+    pub async fn audit_start(&self, actor: &Actor, action: &str, target: &serde_json::Value) -> OnRecord {
+        let id = self.audit(actor, action, target, 0, "started", "").await.map(|entry| entry.id);
+        OnRecord { id }
+    }
+
+    pub async fn audit_progress(&self, record: &OnRecord, entries: u64, detail: &str) {
+        self.audit_update(record, entries, "started", detail).await;
+    }
+
+    pub async fn audit_finish(&self, record: &OnRecord, entries: u64, outcome: &str, detail: &str) {
+        tracing::info!(record = ?record.id, entries, outcome, detail, "operator action finished");
+        self.audit_update(record, entries, outcome, detail).await;
+    }
+
+    async fn audit_update(&self, record: &OnRecord, entries: u64, outcome: &str, detail: &str) {
+        let (Some(db), Some(id)) = (&self.db, record.id) else { return };
+        let entries = i64::try_from(entries).unwrap_or(i64::MAX);
+        if let Err(error) = ops_audit::update(db, id, entries, outcome, detail).await {
+            tracing::error!(record = id, error = %error, "cannot update an operator action in the audit log");
+        }
+    }
+
+    /// Records an action. A failure here is logged loudly but does not stop (or hide) the action.
+    async fn audit(
         &self,
         actor: &Actor,
         action: &str,
@@ -68,7 +97,7 @@ impl Ops {
             outcome,
             detail,
         };
-        tracing::info!(actor = %actor.0, action, %target, entries, outcome, detail, "operator action");
+        tracing::info!(actor = %actor.0, action, %target, "operator action");
         let Some(db) = &self.db else {
             tracing::error!(actor = %actor.0, action, "no database to record an operator action in");
             return None;

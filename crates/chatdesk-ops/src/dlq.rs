@@ -26,6 +26,7 @@ pub const REDRIVE_CONSUMER: &str = "ops-redrive";
 /// Letters looked at per call at most: a filter matching more acts on the oldest this many.
 pub const SCAN_LIMIT: usize = 100_000;
 pub const DEFAULT_RATE: f64 = 100.0;
+pub const MIN_RATE: f64 = 0.1;
 pub const MAX_RATE: f64 = 10_000.0;
 
 static REDRIVE: LazyLock<Script> = LazyLock::new(|| {
@@ -47,15 +48,21 @@ return 'moved'
 #[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DlqFilter {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub family: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
     /// Text the error contains (case-insensitive).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Dead-lettered at or after (entry id, RFC 3339 time or `-2h`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
     /// Dead-lettered at or before.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
     /// Letters by reference (`<family>/<partition>/<id>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ids: Option<Vec<String>>,
 }
 
@@ -84,10 +91,30 @@ pub struct DeadLetterItem {
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DlqPage {
-    /// Letters matching the filter, over all partitions (counted up to the scan limit).
+    /// Letters matching the filter, over all partitions.
     pub total: u64,
+    /// The count stopped at its limit (100,000 letters looked at): there are at least `total`.
+    pub total_at_least: bool,
     /// The newest `limit` of them.
     pub letters: Vec<DeadLetterItem>,
+}
+
+/// A checked filter.
+struct Selection {
+    partitions: Vec<(chatdesk_core::StreamName, u16)>,
+    start: String,
+    end: String,
+    group: Option<String>,
+    error: Option<String>,
+    wanted: Option<Vec<String>>,
+}
+
+impl Selection {
+    fn chooses(&self, letter: &DeadLetterItem) -> bool {
+        self.group.as_ref().is_none_or(|group| &letter.group == group)
+            && self.error.as_ref().is_none_or(|error| letter.error.to_lowercase().contains(error))
+            && self.wanted.as_ref().is_none_or(|wanted| wanted.contains(&letter.reference))
+    }
 }
 
 /// A letter's place.
@@ -149,8 +176,8 @@ fn item(
 }
 
 impl Ops {
-    /// Every letter `filter` selects, oldest first, up to [`SCAN_LIMIT`].
-    async fn matching(&self, filter: &DlqFilter) -> Result<Vec<DeadLetterItem>> {
+    /// What `filter` selects, checked: the partitions to read, the id range, the tests.
+    fn selection(&self, filter: &DlqFilter) -> Result<Selection> {
         let now = now_ms();
         let since = filter.since.as_deref().map(|raw| Bound::parse(raw, End::Start, now, "since")).transpose()?;
         let until = filter.until.as_deref().map(|raw| Bound::parse(raw, End::Finish, now, "until")).transpose()?;
@@ -165,46 +192,61 @@ impl Ops {
         let wanted: Option<Vec<LetterRef>> =
             filter.ids.as_ref().map(|ids| ids.iter().map(|id| LetterRef::parse(id)).collect()).transpose()?;
         if let Some(wanted) = &wanted {
+            if wanted.len() > 10_000 {
+                return Err(OpsError::Invalid("at most 10,000 ids at once".to_owned()));
+            }
             for letter in wanted {
-                self.stream(&letter.family)?;
+                let stream = self.stream(&letter.family)?.clone();
+                self.partitions(&stream, Some(letter.partition))?;
             }
         }
-        let error = filter.error.as_ref().map(|error| error.to_lowercase());
-        let start = since.map_or_else(|| "-".to_owned(), |bound| bound.id.to_string());
-        let end = until.map_or_else(|| "+".to_owned(), |bound| bound.id.to_string());
-        let mut found = Vec::new();
+        let mut partitions = Vec::new();
         for stream in self.families(filter.family.as_deref())? {
             for partition in 0..stream.partitions {
-                if let Some(wanted) = &wanted
-                    && !wanted
-                        .iter()
-                        .any(|letter| letter.family == stream.name.as_str() && letter.partition == partition)
-                {
-                    continue;
+                let named = wanted.as_ref().is_none_or(|wanted| {
+                    wanted.iter().any(|letter| letter.family == stream.name.as_str() && letter.partition == partition)
+                });
+                if named {
+                    partitions.push((stream.name.clone(), partition));
                 }
-                let key = self.keys.partition(&stream.name, partition).dead_letters;
-                let mut cursor = start.clone();
-                loop {
-                    let page: Vec<(String, HashMap<String, Value>)> =
-                        self.redis.xrange(&key, cursor.as_str(), end.as_str(), Some(500)).await?;
-                    for (id, fields) in &page {
-                        let Some(letter) = item(stream.name.as_str(), partition, id, fields, false) else { continue };
-                        let chosen = filter.group.as_ref().is_none_or(|group| &letter.group == group)
-                            && error.as_ref().is_none_or(|error| letter.error.to_lowercase().contains(error))
-                            && wanted.as_ref().is_none_or(|wanted| {
-                                wanted.iter().any(|wanted| wanted.to_string() == letter.reference)
-                            });
-                        if chosen {
-                            found.push(letter);
-                            if found.len() >= SCAN_LIMIT {
-                                return Ok(found);
-                            }
-                        }
+            }
+        }
+        Ok(Selection {
+            partitions,
+            start: since.map_or_else(|| "-".to_owned(), |bound| bound.id.to_string()),
+            end: until.map_or_else(|| "+".to_owned(), |bound| bound.id.to_string()),
+            group: filter.group.clone(),
+            error: filter.error.as_ref().map(|error| error.to_lowercase()),
+            wanted: wanted.map(|wanted| wanted.iter().map(ToString::to_string).collect()),
+        })
+    }
+
+    /// Every letter `filter` selects, oldest first, up to [`SCAN_LIMIT`] looked at: what a
+    /// redrive or a purge acts on (a larger backlog takes several runs).
+    async fn matching(&self, filter: &DlqFilter) -> Result<Vec<DeadLetterItem>> {
+        let selection = self.selection(filter)?;
+        let mut found = Vec::new();
+        let mut looked = 0;
+        for (stream, partition) in &selection.partitions {
+            let key = self.keys.partition(stream, *partition).dead_letters;
+            let mut cursor = selection.start.clone();
+            loop {
+                let page: Vec<(String, HashMap<String, Value>)> =
+                    self.redis.xrange(&key, cursor.as_str(), selection.end.as_str(), Some(500)).await?;
+                for (id, fields) in &page {
+                    looked += 1;
+                    if let Some(letter) = item(stream.as_str(), *partition, id, fields, false)
+                        && selection.chooses(&letter)
+                    {
+                        found.push(letter);
                     }
-                    match page.last() {
-                        Some((id, _)) if page.len() == 500 => cursor = format!("({id}"),
-                        _ => break,
+                    if looked >= SCAN_LIMIT {
+                        break;
                     }
+                }
+                match page.last() {
+                    Some((id, _)) if page.len() == 500 && looked < SCAN_LIMIT => cursor = format!("({id}"),
+                    _ => break,
                 }
             }
         }
@@ -212,13 +254,49 @@ impl Ops {
         Ok(found)
     }
 
-    /// The newest `limit` letters `filter` selects, and how many it selects.
+    /// The newest `limit` letters `filter` selects, and how many it selects. Each partition is
+    /// read newest first, keeping at most `limit` letters of it, so memory stays bounded however
+    /// many letters there are; counting stops after [`SCAN_LIMIT`] letters looked at.
     pub async fn dlq_list(&self, filter: &DlqFilter, limit: usize) -> Result<DlqPage> {
-        let mut letters = self.matching(filter).await?;
-        let total = letters.len() as u64;
-        letters.reverse();
-        letters.truncate(limit.clamp(1, 1_000));
-        Ok(DlqPage { total, letters })
+        let limit = limit.clamp(1, 1_000);
+        let selection = self.selection(filter)?;
+        let mut letters: Vec<DeadLetterItem> = Vec::new();
+        let mut total = 0u64;
+        let mut looked = 0usize;
+        let mut at_least = false;
+        'partitions: for (stream, partition) in &selection.partitions {
+            let key = self.keys.partition(stream, *partition).dead_letters;
+            let mut cursor = selection.end.clone();
+            let mut kept = 0;
+            loop {
+                let page: Vec<(String, HashMap<String, Value>)> =
+                    self.redis.xrevrange(&key, cursor.as_str(), selection.start.as_str(), Some(500)).await?;
+                for (id, fields) in &page {
+                    looked += 1;
+                    let Some(letter) = item(stream.as_str(), *partition, id, fields, false) else { continue };
+                    if selection.chooses(&letter) {
+                        total += 1;
+                        if kept < limit {
+                            kept += 1;
+                            letters.push(letter);
+                        }
+                    }
+                    if looked >= SCAN_LIMIT {
+                        at_least = true;
+                        break 'partitions;
+                    }
+                }
+                match page.last() {
+                    Some((id, _)) if page.len() == 500 => cursor = format!("({id}"),
+                    _ => break,
+                }
+            }
+        }
+        letters.sort_by_key(|letter| {
+            std::cmp::Reverse((letter.id.parse::<EntryId>().unwrap_or(EntryId::ZERO), letter.reference.clone()))
+        });
+        letters.truncate(limit);
+        Ok(DlqPage { total, total_at_least: at_least, letters })
     }
 
     /// One letter with the original entry's fields.
@@ -243,31 +321,47 @@ impl Ops {
         actor: &Actor,
     ) -> Result<(Vec<DeadLetterItem>, Running)> {
         let rate = rate.unwrap_or(DEFAULT_RATE);
-        if !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE) {
-            return Err(OpsError::Invalid(format!("rate must be above 0 and at most {MAX_RATE} per second")));
+        if !(rate.is_finite() && (MIN_RATE..=MAX_RATE).contains(&rate)) {
+            return Err(OpsError::Invalid(format!("rate must be {MIN_RATE} to {MAX_RATE} per second")));
         }
         let letters = self.matching(filter).await?;
+        if letters.is_empty() {
+            return Err(OpsError::Invalid("no dead letter matches: nothing to redrive".to_owned()));
+        }
         let mut families: Vec<&str> = letters.iter().map(|letter| letter.family.as_str()).collect();
         families.sort_unstable();
         families.dedup();
         let locks: Vec<String> = families.iter().map(|family| format!("redrive:{family}")).collect();
         let target = serde_json::to_value(filter).unwrap_or_default();
-        let running = self.start_task("redrive", &actor.0, target, &locks, letters.len() as u64, Some(rate)).await?;
+        let mut running =
+            self.start_task("redrive", &actor.0, target.clone(), &locks, letters.len() as u64, Some(rate)).await?;
+        running.record = self.audit_start(actor, "dlq.redrive", &target).await;
         Ok((letters, running))
     }
 
     /// Moves each letter back to its group, paced; stops on cancel.
-    pub async fn redrive_run(&self, letters: Vec<DeadLetterItem>, mut running: Running, actor: &Actor) -> Result<Task> {
+    pub async fn redrive_run(&self, letters: Vec<DeadLetterItem>, mut running: Running) -> Result<Task> {
         let rate = running.task.rate.unwrap_or(DEFAULT_RATE);
         let started = tokio::time::Instant::now();
         let mut skipped_why: Vec<String> = Vec::new();
         let mut cancelled = false;
         let mut failure = None;
         let mut last_report = tokio::time::Instant::now();
-        for (done, letter) in letters.iter().enumerate() {
-            // Entry n goes at n / rate seconds: the pace holds whatever each move costs.
+        'letters: for (done, letter) in letters.iter().enumerate() {
+            // Entry n goes at n / rate seconds: the pace holds whatever each move costs. A long
+            // wait (a slow rate) still refreshes the task's lock and notices a cancel.
             let due = started + Duration::from_secs_f64(done as f64 / rate);
-            tokio::time::sleep_until(due).await;
+            while tokio::time::Instant::now() < due {
+                let wake = due.min(tokio::time::Instant::now() + crate::task::HEARTBEAT);
+                tokio::time::sleep_until(wake).await;
+                if wake < due {
+                    let message = format!("moved {} of {}", running.task.moved, running.task.total);
+                    if running.progress(message).await? {
+                        cancelled = true;
+                        break 'letters;
+                    }
+                }
+            }
             let Ok(stream) = self.stream(&letter.family).map(|stream| stream.name.clone()) else { continue };
             let keys = self.keys.partition(&stream, letter.partition);
             let result: Result<String, Error> = REDRIVE
@@ -301,12 +395,12 @@ impl Ops {
                     break;
                 }
             }
-            if last_report.elapsed() >= Duration::from_millis(200) || done + 1 == letters.len() {
+            if last_report.elapsed() >= Duration::from_millis(200) || rate < 5.0 || done + 1 == letters.len() {
                 last_report = tokio::time::Instant::now();
                 let message = format!("moved {} of {}", running.task.moved, running.task.total);
                 if running.progress(message).await? {
                     cancelled = true;
-                    break;
+                    break 'letters;
                 }
             }
         }
@@ -319,10 +413,9 @@ impl Ops {
             }
             (None, false) => (TaskState::Done, "done", format!("moved {}{skipped}", running.task.moved)),
         };
-        let target = running.task.target.clone();
-        let task = running.finish(state, message.clone()).await?;
-        self.audit(actor, "dlq.redrive", &target, task.moved, outcome, &message).await;
-        Ok(task)
+        // Recorded before the task reads as finished: whoever sees it done finds it in the log.
+        self.audit_finish(&running.record, running.task.moved, outcome, &message).await;
+        running.finish(state, message).await
     }
 
     /// Deletes what `filter` selects when `execute`; otherwise counts it. Returns the count.
@@ -331,15 +424,25 @@ impl Ops {
         if !execute {
             return Ok(letters.len() as u64);
         }
+        let target = serde_json::to_value(filter).unwrap_or_default();
+        let record = self.audit_start(actor, "dlq.purge", &target).await;
         let mut purged = 0;
-        for letter in &letters {
+        for (index, letter) in letters.iter().enumerate() {
             let Ok(stream) = self.stream(&letter.family).map(|stream| stream.name.clone()) else { continue };
             let key = self.keys.partition(&stream, letter.partition).dead_letters;
-            let removed: u64 = self.redis.xdel(&key, letter.id.as_str()).await?;
+            let removed: u64 = match self.redis.xdel(&key, letter.id.as_str()).await {
+                Ok(removed) => removed,
+                Err(error) => {
+                    self.audit_finish(&record, purged, "failed", &format!("stopped after {purged}: {error}")).await;
+                    return Err(error.into());
+                }
+            };
             purged += removed;
+            if index % 1_000 == 999 {
+                self.audit_progress(&record, purged, &format!("purged {purged} so far")).await;
+            }
         }
-        let target = serde_json::to_value(filter).unwrap_or_default();
-        self.audit(actor, "dlq.purge", &target, purged, "done", &format!("purged {purged} dead letters")).await;
+        self.audit_finish(&record, purged, "done", &format!("purged {purged} dead letters")).await;
         Ok(purged)
     }
 }

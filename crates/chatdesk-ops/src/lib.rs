@@ -124,7 +124,11 @@ impl Ops {
         let configured = group.split_once('.').map_or(group, |(base, _)| base);
         let mut found = Vec::new();
         for stream in self.families(family)? {
-            if let Some((_, settings)) = stream.groups.iter().find(|(name, _)| name.as_str() == configured) {
+            // `<base>.<node>` names a node's own group, which only live-only groups have.
+            let per_node = configured != group;
+            if let Some((_, settings)) = stream.groups.iter().find(|(name, settings)| {
+                name.as_str() == configured && (!per_node || settings.start == chatdesk_core::config::StartFrom::Latest)
+            }) {
                 let durable = stream.retention.durable_groups.iter().any(|durable| durable.as_str() == group);
                 found.push(GroupTarget { settings: settings.clone(), stream, group: group.to_owned(), durable });
             }

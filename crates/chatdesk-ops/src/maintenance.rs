@@ -33,21 +33,50 @@ pub struct Pruned {
     pub consumers_removed: Vec<String>,
 }
 
+/// The longest idle threshold taken: beyond it nothing has been idle (and Redis's arithmetic ends).
+const MAX_IDLE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 fn check_idle(idle: Duration) -> Result<()> {
     if idle < Duration::from_secs(1) {
         return Err(OpsError::Invalid(
             "--idle must be at least 1s: a live consumer is never idle that little".to_owned(),
         ));
     }
+    if idle > MAX_IDLE {
+        return Err(OpsError::Invalid("--idle must be at most 365d".to_owned()));
+    }
     Ok(())
 }
 
 impl Ops {
     /// Hands every entry of `group` pending for longer than `idle` to its live consumers (they
-    /// take them at their next claim pass), and removes the consumers left idle and empty.
+    /// take them at their next claim pass), and removes the consumers left idle and empty. Entries
+    /// held by a live process (one that reported within the last 45 s) are left to it, and `idle`
+    /// may not be shorter than the group's own `claim_idle`: a slow but live consumer keeps its work.
     pub async fn claim(&self, family: Option<&str>, group: &str, idle: Duration, actor: &Actor) -> Result<Claimed> {
         check_idle(idle)?;
         let target = self.group(family, group)?;
+        if idle < target.settings.claim_idle {
+            return Err(OpsError::Invalid(format!(
+                "--idle must be at least the group's claim_idle ({}s): a consumer may be busy with an entry that long",
+                target.settings.claim_idle.as_secs()
+            )));
+        }
+        let mut exists_somewhere = false;
+        for partition in 0..target.stream.partitions {
+            let key = self.keys.partition(&target.stream.name, partition).stream;
+            let exists: u64 = self.redis.exists(&key).await?;
+            if exists == 1 && group_exists(&self.redis, &key, &target.group).await? {
+                exists_somewhere = true;
+                break;
+            }
+        }
+        if !exists_somewhere {
+            return Err(OpsError::NotFound(format!(
+                "the group {} does not exist on any partition of {}",
+                target.group, target.stream.name
+            )));
+        }
         let live = self.live_nodes().await?;
         let idle_ms = idle.as_millis() as u64;
         let mut result = Claimed {
@@ -56,59 +85,81 @@ impl Ops {
             entries: 0,
             consumers_removed: Vec::new(),
         };
+        let audit_target = serde_json::json!({"family": result.family, "group": result.group, "idle_ms": idle_ms});
+        let record = self.audit_start(actor, "claim", &audit_target).await;
+        let outcome = self.claim_partitions(&target, idle_ms, &live, &mut result).await;
+        let detail = if result.consumers_removed.is_empty() {
+            format!("handed over {} entries", result.entries)
+        } else {
+            format!(
+                "handed over {} entries; removed consumers: {}",
+                result.entries,
+                result.consumers_removed.join(", ")
+            )
+        };
+        match &outcome {
+            Ok(()) => self.audit_finish(&record, result.entries, "done", &detail).await,
+            Err(error) => {
+                self.audit_finish(&record, result.entries, "failed", &format!("{detail}; stopped: {error}")).await
+            }
+        }
+        outcome.map(|()| result)
+    }
+
+    async fn claim_partitions(
+        &self,
+        target: &crate::GroupTarget,
+        idle_ms: u64,
+        live: &[String],
+        result: &mut Claimed,
+    ) -> Result<()> {
         for partition in 0..target.stream.partitions {
             let key = self.keys.partition(&target.stream.name, partition).stream;
             let exists: u64 = self.redis.exists(&key).await?;
             if exists == 0 || !group_exists(&self.redis, &key, &target.group).await? {
                 continue;
             }
+            let mut cursor = "-".to_owned();
             loop {
                 let stale: Vec<(String, String, u64, u64)> =
-                    self.redis.xpending(&key, target.group.as_str(), (idle_ms, "-", "+", 500)).await?;
+                    self.redis.xpending(&key, target.group.as_str(), (idle_ms, cursor.as_str(), "+", 500)).await?;
                 let ids: Vec<String> = stale
                     .iter()
-                    .filter(|(_, consumer, _, _)| consumer != CLAIM_CONSUMER)
+                    .filter(|(_, consumer, _, _)| consumer != CLAIM_CONSUMER && !live.contains(consumer))
                     .map(|(id, _, _, _)| id.clone())
                     .collect();
-                if ids.is_empty() {
-                    break;
+                if !ids.is_empty() {
+                    // The same idle threshold: an entry a consumer took meanwhile is left alone.
+                    let claimed: Vec<String> = self
+                        .redis
+                        .xclaim(
+                            &key,
+                            target.group.as_str(),
+                            CLAIM_CONSUMER,
+                            idle_ms,
+                            ids,
+                            Some(HANDOVER_IDLE_MS),
+                            None,
+                            None,
+                            false,
+                            true,
+                        )
+                        .await?;
+                    result.entries += claimed.len() as u64;
                 }
-                // The same idle threshold: an entry a live consumer just took is left alone.
-                let claimed: Vec<String> = self
-                    .redis
-                    .xclaim(
-                        &key,
-                        target.group.as_str(),
-                        CLAIM_CONSUMER,
-                        idle_ms,
-                        ids.clone(),
-                        Some(HANDOVER_IDLE_MS),
-                        None,
-                        None,
-                        false,
-                        true,
-                    )
-                    .await?;
-                result.entries += claimed.len() as u64;
-                if claimed.len() < ids.len() || stale.len() < 500 {
-                    break;
+                match stale.last() {
+                    Some((id, _, _, _)) if stale.len() == 500 => cursor = format!("({id}"),
+                    _ => break,
                 }
             }
             result.consumers_removed.extend(
-                remove_idle_consumers(&self.redis, &key, &target.group, idle_ms, &live)
+                remove_idle_consumers(&self.redis, &key, &target.group, idle_ms, live)
                     .await?
                     .into_iter()
                     .map(|name| format!("{name}@{partition}")),
             );
         }
-        let audit_target = serde_json::json!({"family": result.family, "group": result.group, "idle_ms": idle_ms});
-        let detail = format!(
-            "handed over {} entries; removed consumers: {}",
-            result.entries,
-            result.consumers_removed.join(", ")
-        );
-        self.audit(actor, "claim", &audit_target, result.entries, "done", &detail).await;
-        Ok(result)
+        Ok(())
     }
 
     /// Removes the groups of gateway nodes idle for longer than `idle` (they never hold retention
@@ -119,6 +170,7 @@ impl Ops {
         let idle_ms = idle.as_millis() as u64;
         let live = self.live_nodes().await?;
         let mut result = Pruned { groups_removed: Vec::new(), consumers_removed: Vec::new() };
+        let record = self.audit_start(actor, "prune", &serde_json::json!({"idle_ms": idle_ms})).await;
         for stream in self.families(None)? {
             let live_only: Vec<String> = stream
                 .groups
@@ -154,7 +206,7 @@ impl Ops {
         let count = (result.groups_removed.len() + result.consumers_removed.len()) as u64;
         let detail =
             format!("removed {} groups and {} consumers", result.groups_removed.len(), result.consumers_removed.len());
-        self.audit(actor, "prune", &serde_json::json!({"idle_ms": idle_ms}), count, "done", &detail).await;
+        self.audit_finish(&record, count, "done", &detail).await;
         Ok(result)
     }
 }

@@ -74,6 +74,9 @@ pub struct PartitionPlan {
     pub not_yet_delivered: bool,
     /// The group does not exist on this partition.
     pub group_missing: bool,
+    /// Entries of the range the group dead-lettered (still in the dead letters): replayed, they
+    /// fail again unless their cause is fixed, and a later redrive would deliver them once more.
+    pub dead_letters: u64,
 }
 
 impl Ops {
@@ -160,6 +163,7 @@ impl Ops {
             available_from: None,
             not_yet_delivered: false,
             group_missing: false,
+            dead_letters: 0,
         };
         let exists: u64 = self.redis.exists(&key).await?;
         if exists == 0 {
@@ -199,6 +203,8 @@ impl Ops {
             plan.entries = entries;
             plan.first_id = first_id;
             plan.last_id = last_id;
+            let letters = self.keys.partition(&target.stream.name, partition).dead_letters;
+            plan.dead_letters = dead_lettered_since(&self.redis, &letters, &target.group, 0, from, end).await?;
         }
         Ok(plan)
     }
@@ -210,32 +216,39 @@ impl Ops {
         if let Some(refused) = &plan.refused {
             return Err(OpsError::Invalid(refused.clone()));
         }
-        let target = serde_json::json!({
-            "family": plan.family, "group": plan.group, "from": plan.from_id, "to": plan.to_id,
-            "partition": request.partition,
+        let readable = |id: &str| match id.parse::<EntryId>() {
+            Ok(entry) if entry.sequence == u64::MAX => entry.millis.to_string(),
+            _ => id.to_owned(),
+        };
+        let mut target = serde_json::json!({
+            "family": plan.family, "group": plan.group,
+            "from": readable(&plan.from_id), "to": readable(&plan.to_id),
         });
+        if let Some(partition) = request.partition {
+            target["partition"] = partition.into();
+        }
         let lock = format!("replay:{}:{}", plan.family, plan.group);
-        let running = self.start_task("replay", &actor.0, target, &[lock], plan.entries, None).await?;
+        let mut running = self.start_task("replay", &actor.0, target.clone(), &[lock], plan.entries, None).await?;
+        running.record = self.audit_start(actor, "replay", &target).await;
         Ok((plan, running))
     }
 
     /// Runs a started replay to its end; the audit record says how it ended.
-    pub async fn replay_run(&self, plan: &ReplayPlan, mut running: Running, actor: &Actor) -> Result<Task> {
+    pub async fn replay_run(&self, plan: &ReplayPlan, mut running: Running) -> Result<Task> {
         let outcome = self.replay_steps(plan, &mut running).await;
-        let target = running.task.target.clone();
         let (state, message) = match &outcome {
             Ok(Some(message)) => (TaskState::Done, message.clone()),
             Ok(None) => (TaskState::Cancelled, format!("cancelled after handing {} entries over", running.task.moved)),
             Err(error) => (TaskState::Failed, error.to_string()),
         };
-        let task = running.finish(state, message.clone()).await?;
         let outcome_name = match state {
             TaskState::Done => "done",
             TaskState::Cancelled => "cancelled",
             _ => "failed",
         };
-        self.audit(actor, "replay", &target, task.moved, outcome_name, &message).await;
-        Ok(task)
+        // Recorded before the task reads as finished: whoever sees it done finds it in the log.
+        self.audit_finish(&running.record, running.task.moved, outcome_name, &message).await;
+        running.finish(state, message).await
     }
 
     /// `Some(summary)` when done, `None` when cancelled.
@@ -310,11 +323,28 @@ impl Ops {
             }
             running.task.handled = Some(running.task.moved.saturating_sub(pending));
             if pending == 0 {
+                let mut failed_again = 0;
                 for part in &plan.partitions {
-                    let key = self.keys.partition(&family, part.partition).stream;
-                    forget_idle_ops_consumer(&self.redis, &key, &plan.group, REPLAY_CONSUMER).await?;
+                    let keys = self.keys.partition(&family, part.partition);
+                    forget_idle_ops_consumer(&self.redis, &keys.stream, &plan.group, REPLAY_CONSUMER).await?;
+                    failed_again += dead_lettered_since(
+                        &self.redis,
+                        &keys.dead_letters,
+                        &plan.group,
+                        running.task.started_ms,
+                        from,
+                        to,
+                    )
+                    .await?;
                 }
-                return Ok(Some(format!("{} entries re-delivered to {} and handled", running.task.moved, plan.group)));
+                let mut summary = format!("{} entries re-delivered to {} and handled", running.task.moved, plan.group);
+                if failed_again > 0 {
+                    summary.push_str(&format!(
+                        "; {failed_again} of them failed again and were dead-lettered (`streams dlq list --group {} --since {}`)",
+                        plan.group, running.task.started_ms
+                    ));
+                }
+                return Ok(Some(summary));
             }
             let message = if consumers_alive == 0 {
                 format!("{pending} entries wait for {}: no live consumer (is its role running?)", plan.group)
@@ -341,6 +371,38 @@ pub(crate) async fn forget_idle_ops_consumer(redis: &Client, key: &str, group: &
     match crate::maintenance::delete_if_idle(redis, key, group, consumer, 0).await {
         Err(OpsError::Redis(error)) if error.details().contains("NOGROUP") => Ok(()),
         other => other.map(|_| ()),
+    }
+}
+
+/// Dead letters `group` wrote to `key` since `since_ms` for entries in `[from, to]`: what a
+/// replay handed back and the group gave up on again.
+async fn dead_lettered_since(
+    redis: &Client,
+    key: &str,
+    group: &str,
+    since_ms: u64,
+    from: EntryId,
+    to: EntryId,
+) -> Result<u64> {
+    let mut count = 0;
+    let mut cursor = format!("{since_ms}-0");
+    loop {
+        let page: Vec<(String, HashMap<String, Value>)> = redis.xrange(key, cursor.as_str(), "+", Some(500)).await?;
+        for (_, fields) in &page {
+            let letter = chatdesk_core::DeadLetter::decode(
+                fields.iter().map(|(field, value)| (field.as_str(), value_text(value))),
+            );
+            if let Ok(letter) = letter
+                && letter.group == group
+                && letter.original_id.parse::<EntryId>().is_ok_and(|id| from <= id && id <= to)
+            {
+                count += 1;
+            }
+        }
+        match page.last() {
+            Some((id, _)) if page.len() == 500 => cursor = format!("({id}"),
+            _ => return Ok(count),
+        }
     }
 }
 

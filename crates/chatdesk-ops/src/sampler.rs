@@ -192,6 +192,19 @@ impl Ops {
             .set(&lock, "1", Some(Expiration::EX(INTERVAL.as_secs() as i64 * 2)), Some(SetOptions::NX), false)
             .await?;
         if mine.is_some() {
+            // The consumers a replay, redrive or claim parked entries under, once the group has
+            // taken them all: they would otherwise count as consumers.
+            for report in &reports {
+                let Ok(stream) = self.stream(&report.stream) else { continue };
+                let key = self.keys.partition(&stream.name, report.partition).stream;
+                for group in &report.groups {
+                    for consumer in group.consumers.iter().filter(|consumer| {
+                        consumer.name.starts_with(crate::OPS_CONSUMER_PREFIX) && consumer.pending == 0
+                    }) {
+                        crate::maintenance::delete_if_idle(&self.redis, &key, &group.group, &consumer.name, 0).await?;
+                    }
+                }
+            }
             let json = serde_json::to_string(&point(&reports)).unwrap_or_default();
             let key = self.history_key();
             let _: i64 = self.redis.lpush(&key, json).await?;

@@ -21,6 +21,8 @@ const LOCK_TTL_MS: u64 = 15_000;
 const KEEP_SECONDS: i64 = 7 * 24 * 3600;
 /// Tasks listed at most.
 pub const LISTED: i64 = 50;
+/// Tasks the index remembers.
+const INDEXED: i64 = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -84,6 +86,9 @@ pub struct Running {
     ops: Ops,
     pub task: Task,
     locks: Vec<String>,
+    /// Its audit record, kept current as it goes.
+    pub record: crate::audit::OnRecord,
+    audited_at: std::time::Instant,
 }
 
 impl Ops {
@@ -148,9 +153,17 @@ impl Ops {
             updated_ms: now,
             finished_ms: None,
         };
-        let running = Running { ops: self.clone(), task, locks: held };
+        let running = Running {
+            ops: self.clone(),
+            task,
+            locks: held,
+            record: crate::audit::OnRecord::default(),
+            audited_at: std::time::Instant::now(),
+        };
         running.save().await?;
         let _: i64 = self.redis.zadd(self.task_index(), None, None, false, false, (now as f64, id.as_str())).await?;
+        // The index keeps the newest tasks only (their records expire on their own).
+        let _: i64 = self.redis.zremrangebyrank(self.task_index(), 0, -(INDEXED + 1)).await?;
         Ok(running)
     }
 
@@ -221,6 +234,10 @@ impl Running {
             self.task.state = TaskState::Cancelling;
         }
         self.save().await?;
+        if self.audited_at.elapsed() >= HEARTBEAT {
+            self.audited_at = std::time::Instant::now();
+            self.ops.audit_progress(&self.record, self.task.moved, &self.task.message).await;
+        }
         Ok(cancelled.is_some())
     }
 

@@ -54,6 +54,20 @@ pub async fn insert(db: &PgPool, audit: &NewAudit<'_>) -> Result<AuditRecord, St
     Ok(record(row))
 }
 
+/// Updates what an action did so far, or how it ended: a record is written when an action
+/// starts (so one interrupted midway is still on record) and completed here.
+pub async fn update(db: &PgPool, id: i64, entries: i64, outcome: &str, detail: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE ops_audit SET entries = $2, outcome = $3, detail = $4 WHERE id = $1")
+        .bind(id)
+        .bind(entries)
+        .bind(outcome)
+        .bind(detail)
+        .execute(db)
+        .await
+        .map_err(StoreError::Query)?;
+    Ok(())
+}
+
 /// The newest records first, `limit` of them, older than `before` (an id) when given.
 pub async fn list(db: &PgPool, limit: i64, before: Option<i64>) -> Result<Vec<AuditRecord>, StoreError> {
     let rows: Vec<Row> = sqlx::query_as(

@@ -335,8 +335,9 @@ pub enum DlqCommand {
     List {
         #[command(flatten)]
         filter: DlqFilterArgs,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        /// 1 to 1000.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
         #[arg(long)]
         json: bool,
     },
@@ -348,10 +349,14 @@ pub enum DlqCommand {
         reference: String,
     },
     /// Return matching dead letters to their group, paced (Ctrl-C or `streams cancel` stops it).
+    /// Name what to redrive with the filters, or pass --all.
     Redrive {
         #[command(flatten)]
         filter: DlqFilterArgs,
-        /// Letters per second.
+        /// Every dead letter of every family (or of --family).
+        #[arg(long)]
+        all: bool,
+        /// Letters per second (0.1 to 10000).
         #[arg(long, default_value_t = 100.0)]
         rate: f64,
     },
@@ -379,7 +384,8 @@ pub enum GroupsCommand {
 pub enum AuditCommand {
     /// Operator actions, newest first: who, when, what, how many.
     List {
-        #[arg(long, default_value_t = 50)]
+        /// 1 to 1000.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
         limit: i64,
         #[arg(long)]
         json: bool,

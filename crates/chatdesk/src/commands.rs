@@ -17,11 +17,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Streams { command: StreamsCommand::Check { file } } => Ok(streams_check(file)),
         Command::Flows { command: FlowsCommand::Check { path } } => Ok(flows_check(path)),
         Command::Streams { command } => {
-            telemetry::init_logs();
+            telemetry::init_command_logs();
             crate::ops_cli::streams(command).await
         }
         Command::Audit { command } => {
-            telemetry::init_logs();
+            telemetry::init_command_logs();
             crate::ops_cli::audit(command).await
         }
         Command::Admin { command, data_dir } => {

@@ -17,6 +17,22 @@ use chatdesk_ops::{Actor, Ops, OpsError};
 use chatdesk_streams::RedisConnector;
 use chatdesk_streams::connection::RedisSettings;
 
+/// `println!` that stops quietly when the reader has gone (`| head`) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// The same on stderr, for progress.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 use crate::cli::{AuditCommand, DlqCommand, DlqFilterArgs, GroupsCommand, StreamsCommand};
 use crate::settings;
 
@@ -65,6 +81,21 @@ impl Out {
     }
 }
 
+/// `count` with the noun in the right number.
+fn count_of(count: u64, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
+}
+
+/// At most `limit` characters, with an ellipsis when cut.
+fn shortened(text: &str, limit: usize) -> String {
+    if text.chars().count() <= limit {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(limit - 1).collect();
+    cut.push('…');
+    cut
+}
+
 pub fn human_ms(ms: u64) -> String {
     let seconds = ms / 1000;
     match seconds {
@@ -105,23 +136,23 @@ pub async fn streams(command: StreamsCommand) -> anyhow::Result<ExitCode> {
                 if execute {
                     anyhow::bail!("cannot replay: {refused}");
                 }
-                println!("this plan cannot be executed: {refused}");
+                say!("this plan cannot be executed: {refused}");
                 return Ok(ExitCode::SUCCESS);
             }
             if !execute {
-                println!("nothing done: add --execute to re-deliver these {} entries to {}", plan.entries, plan.group);
+                say!("nothing done: add --execute to re-deliver these {} entries to {}", plan.entries, plan.group);
                 return Ok(ExitCode::SUCCESS);
             }
             let actor = Actor::cli();
             let (plan, running) = ops.replay_start(&request, &actor).await.map_err(refuse)?;
-            let task = follow(&ops, running.task.id.clone(), ops.replay_run(&plan, running, &actor)).await?;
+            let task = follow(&ops, running.task.id.clone(), ops.replay_run(&plan, running)).await?;
             finished(&task)
         }
         StreamsCommand::Dlq { command } => dlq(command).await,
         StreamsCommand::Claim { target, group, idle } => {
             let ops = connect(target.streams.as_deref(), true).await?;
             let claimed = ops.claim(target.family.as_deref(), &group, idle, &Actor::cli()).await.map_err(refuse)?;
-            println!(
+            say!(
                 "{}/{}: handed {} entries idle past {} to the group's live consumers (they take them at their next claim pass)",
                 claimed.family,
                 claimed.group,
@@ -129,20 +160,20 @@ pub async fn streams(command: StreamsCommand) -> anyhow::Result<ExitCode> {
                 human_ms(idle.as_millis() as u64)
             );
             if !claimed.consumers_removed.is_empty() {
-                println!("removed consumers: {}", claimed.consumers_removed.join(", "));
+                say!("removed consumers: {}", claimed.consumers_removed.join(", "));
             }
             Ok(ExitCode::SUCCESS)
         }
         StreamsCommand::Groups { command: GroupsCommand::Prune { target, idle } } => {
             let ops = connect(target.streams.as_deref(), true).await?;
             let pruned = ops.prune(idle, &Actor::cli()).await.map_err(refuse)?;
-            println!(
+            say!(
                 "removed {} gateway groups and {} idle consumers",
                 pruned.groups_removed.len(),
                 pruned.consumers_removed.len()
             );
             for name in pruned.groups_removed.iter().chain(&pruned.consumers_removed) {
-                println!("  {name}");
+                say!("  {name}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -164,7 +195,7 @@ pub async fn streams(command: StreamsCommand) -> anyhow::Result<ExitCode> {
         StreamsCommand::Cancel { target, id } => {
             let ops = connect(target.streams.as_deref(), false).await?;
             let task = ops.cancel_task(&id).await.map_err(refuse)?;
-            println!("asked task {} to stop; it stops before its next entry ({} moved so far)", task.id, task.moved);
+            say!("asked task {} to stop; it stops before its next entry ({} moved so far)", task.id, task.moved);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -174,13 +205,25 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
     match command {
         DlqCommand::List { filter, limit, json } => {
             let ops = connect(filter.target.streams.as_deref(), false).await?;
-            let page = ops.dlq_list(&filter_of(&filter), limit).await.map_err(refuse)?;
+            let page = ops.dlq_list(&filter_of(&filter), usize::from(limit)).await.map_err(refuse)?;
             let mut out = Out::new();
             if json {
                 out.line(serde_json::to_string(&page)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            if !out.line(format!("{} dead letters match (newest {} shown)", page.total, page.letters.len())) {
+            let heading = if page.total_at_least {
+                format!("at least {} dead letters match (the newest {} shown)", page.total, page.letters.len())
+            } else if page.letters.len() as u64 == page.total {
+                let verb = if page.total == 1 { "matches" } else { "match" };
+                format!("{} {verb}", count_of(page.total, "dead letter", "dead letters"))
+            } else {
+                format!(
+                    "{} match (the newest {} shown)",
+                    count_of(page.total, "dead letter", "dead letters"),
+                    page.letters.len()
+                )
+            };
+            if !out.line(heading) {
                 return Ok(ExitCode::SUCCESS);
             }
             for letter in &page.letters {
@@ -190,7 +233,7 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
                     letter.time,
                     letter.group,
                     letter.deliveries,
-                    letter.error.chars().take(120).collect::<String>()
+                    shortened(&letter.error, 120)
                 );
                 if !out.line(line) {
                     break;
@@ -201,29 +244,35 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
         DlqCommand::Show { target, reference } => {
             let ops = connect(target.streams.as_deref(), false).await?;
             let letter = ops.dlq_show(&reference).await.map_err(refuse)?;
-            println!("{}", serde_json::to_string_pretty(&letter)?);
+            say!("{}", serde_json::to_string_pretty(&letter)?);
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Redrive { filter, rate } => {
+        DlqCommand::Redrive { filter, rate, all } => {
+            let chosen = filter_of(&filter);
+            if !all && chosen == DlqFilter::default() {
+                anyhow::bail!(
+                    "name what to redrive (--family, --group, --error, --since, --until, --ids), or pass --all for every dead letter"
+                );
+            }
             let ops = connect(filter.target.streams.as_deref(), true).await?;
             let actor = Actor::cli();
             let (letters, running) =
                 ops.redrive_start(&filter_of(&filter), Some(rate), &actor).await.map_err(refuse)?;
-            println!(
-                "redriving {} dead letters at {rate}/s (task {}; Ctrl-C stops it)",
-                letters.len(),
-                running.task.id
-            );
-            let task = follow(&ops, running.task.id.clone(), ops.redrive_run(letters, running, &actor)).await?;
+            say!("redriving {} dead letters at {rate}/s (task {}; Ctrl-C stops it)", letters.len(), running.task.id);
+            let task = follow(&ops, running.task.id.clone(), ops.redrive_run(letters, running)).await?;
             finished(&task)
         }
         DlqCommand::Purge { filter, execute } => {
             let ops = connect(filter.target.streams.as_deref(), execute).await?;
             let count = ops.dlq_purge(&filter_of(&filter), execute, &Actor::cli()).await.map_err(refuse)?;
             if execute {
-                println!("purged {count} dead letters");
+                say!("purged {}", count_of(count, "dead letter", "dead letters"));
             } else {
-                println!("{count} dead letters match; nothing done: add --execute to delete them");
+                say!(
+                    "{} {}; nothing done: add --execute to delete them",
+                    count_of(count, "dead letter", "dead letters"),
+                    if count == 1 { "matches" } else { "match" }
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -262,16 +311,22 @@ async fn follow(
         let (ops, id) = (ops.clone(), id.clone());
         tokio::spawn(async move {
             let mut asked = false;
+            let mut last = String::new();
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        // A line when something changed, not one a second saying the same.
                         if let Ok(task) = ops.task(&id).await {
-                            eprintln!("{}", task_line(&task));
+                            let line = task_line(&task);
+                            if line != last {
+                                tell!("{line}");
+                                last = line;
+                            }
                         }
                     }
                     _ = tokio::signal::ctrl_c(), if !asked => {
                         asked = true;
-                        eprintln!("stopping task {id} …");
+                        tell!("stopping task {id} …");
                         let _ = ops.cancel_task(&id).await;
                     }
                 }
@@ -284,7 +339,7 @@ async fn follow(
 }
 
 fn finished(task: &Task) -> anyhow::Result<ExitCode> {
-    println!("{}", task_line(task));
+    say!("{}", task_line(task));
     match task.state {
         TaskState::Done => Ok(ExitCode::SUCCESS),
         TaskState::Cancelled => Ok(ExitCode::from(3)),
@@ -313,7 +368,7 @@ fn id_and_time(id: &str) -> String {
 }
 
 fn print_plan(plan: &ReplayPlan) {
-    println!(
+    say!(
         "replay into {}/{} from {} to {}: {} entries",
         plan.family,
         plan.group,
@@ -321,7 +376,7 @@ fn print_plan(plan: &ReplayPlan) {
         id_and_time(&plan.to_id),
         plan.entries
     );
-    println!("{:>5} {:>9} {:<26} {:<26} NOTES", "PART", "ENTRIES", "FIRST", "LAST");
+    say!("{:>5} {:>9} {:<26} {:<26} NOTES", "PART", "ENTRIES", "FIRST", "LAST");
     let mut quiet = Vec::new();
     for part in &plan.partitions {
         let mut notes = Vec::new();
@@ -334,11 +389,17 @@ fn print_plan(plan: &ReplayPlan) {
         if part.group_missing {
             notes.push("the group does not exist here".to_owned());
         }
+        if part.dead_letters > 0 {
+            notes.push(format!(
+                "{} of them are dead letters of {}: replayed, they fail again unless the cause is fixed (redrive them instead)",
+                part.dead_letters, plan.group
+            ));
+        }
         if part.entries == 0 && notes.is_empty() {
             quiet.push(part.partition.to_string());
             continue;
         }
-        println!(
+        say!(
             "{:>5} {:>9} {:<26} {:<26} {}",
             part.partition,
             part.entries,
@@ -348,7 +409,7 @@ fn print_plan(plan: &ReplayPlan) {
         );
     }
     if !quiet.is_empty() {
-        println!("nothing in the range on partitions {}", quiet.join(", "));
+        say!("nothing in the range on partitions {}", quiet.join(", "));
     }
 }
 

@@ -11,7 +11,17 @@ use tracing_subscriber::EnvFilter;
 const DEFAULT_FILTER: &str = "info,fred=warn,sqlx=warn,tower_http=warn";
 
 pub fn init_logs() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    init_logs_with(DEFAULT_FILTER);
+}
+
+/// For commands a person runs and reads (the operator tools): their own output says what
+/// happened, so logs show warnings and errors only unless `RUST_LOG` asks for more.
+pub fn init_command_logs() {
+    init_logs_with("warn");
+}
+
+fn init_logs_with(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colours only for a terminal: a log written to a file or a collector stays plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);

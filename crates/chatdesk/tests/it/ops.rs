@@ -312,6 +312,46 @@ async fn dead_letters_are_redriven_once_the_cause_is_fixed() {
         "the rest stays dead-lettered"
     );
 
+    // A slow redrive (one letter per 10 s) keeps its lock and notices a cancel while it waits.
+    let listed: Value = serde_json::from_str(&succeeded(&cli(
+        &env,
+        streams.path(),
+        &["streams", "dlq", "list", "--json", "--limit", "3"],
+    )))
+    .unwrap();
+    let three: Vec<&str> =
+        listed["letters"].as_array().unwrap().iter().map(|letter| letter["reference"].as_str().unwrap()).collect();
+    let ids = three.join(",");
+    let slow = command(&env, streams.path(), &["streams", "dlq", "redrive", "--ids", &ids, "--rate", "0.1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let slow_task =
+        chatdesk_testkit::eventually("the slow redrive moving its first letter", Duration::from_secs(30), || async {
+            let output = cli(&env, streams.path(), &["streams", "tasks", "--json"]);
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|task| task["kind"] == "redrive" && task["state"] == "running" && task["moved"] == 1)
+        })
+        .await;
+    let slow_id = slow_task["id"].as_str().unwrap().to_owned();
+    // Past the lock's 15 s (the second letter went at 10 s, the third is due at 20 s): still
+    // running, still holding the family.
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    let task: Value =
+        serde_json::from_str(succeeded(&cli(&env, streams.path(), &["streams", "tasks", &slow_id, "--json"])).trim())
+            .unwrap();
+    assert_eq!(task["state"], "running", "{task}");
+    let second = cli(&env, streams.path(), &["streams", "dlq", "redrive", "--group", "writer"]);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("another redrive is running on redrive:events"), "{stderr}");
+    succeeded(&cli(&env, streams.path(), &["streams", "cancel", &slow_id]));
+    let output = tokio::task::spawn_blocking(move || slow.wait_with_output().unwrap()).await.unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
+    let moved = moved + 2;
+
     // The rest, at 10/s: paced, with progress.
     let remaining = POISON as u64 - moved;
     let started = Instant::now();
@@ -335,10 +375,12 @@ async fn dead_letters_are_redriven_once_the_cause_is_fixed() {
     assert_eq!(crate::support::dead_letters(&env, "events").await, 0);
     let records = audit(&env, streams.path());
     let redrives: Vec<&Value> = records.iter().filter(|record| record["action"] == "dlq.redrive").collect();
-    assert_eq!(redrives.len(), 2, "{records:?}");
+    assert_eq!(redrives.len(), 3, "{records:?}");
     assert_eq!(redrives[0]["outcome"], "done");
     assert_eq!(redrives[1]["outcome"], "cancelled");
-    assert_eq!(redrives[1]["actor"], "cli");
+    assert_eq!(redrives[1]["entries"], 2);
+    assert_eq!(redrives[2]["outcome"], "cancelled");
+    assert_eq!(redrives[2]["actor"], "cli");
 }
 
 /// XADDs `count` entries at `millis` (sequence 1, 2, …) into a partition of `events`.
@@ -513,7 +555,15 @@ async fn operator_commands_refuse_bad_input() {
         (&["streams", "claim", "--group", "writer", "--idle", "0s"], "--idle must be at least 1s"),
         (&["streams", "dlq", "show", "events/x/1-0"], "is not a dead-letter reference"),
         (&["streams", "dlq", "show", "events/3/1-0"], "no dead letter events/3/1-0"),
-        (&["streams", "dlq", "redrive", "--rate", "0"], "rate must be above 0"),
+        (&["streams", "dlq", "redrive"], "name what to redrive"),
+        (&["streams", "dlq", "redrive", "--all", "--rate", "0"], "rate must be 0.1 to 10000 per second"),
+        (&["streams", "dlq", "redrive", "--all", "--rate", "1e-300"], "rate must be 0.1 to 10000 per second"),
+        (&["streams", "dlq", "redrive", "--ids", "send/99/1-0"], "partition 99 is out of range"),
+        (&["streams", "dlq", "list", "--limit", "0"], "0 is not in 1..=1000"),
+        (&["streams", "claim", "--group", "writer", "--idle", "2s"], "at least the group's claim_idle (4s)"),
+        (&["streams", "claim", "--group", "writer", "--idle", "400d"], "at most 365d"),
+        (&["streams", "claim", "--group", "writer.evil", "--idle", "5m"], "unknown consumer group \"writer.evil\""),
+        (&["streams", "claim", "--group", "writer", "--idle", "5m"], "does not exist on any partition"),
         (&["streams", "dlq", "list", "--since", "-1h", "--until", "-2h"], "since is after until"),
         (&["streams", "tasks", "no-such-task"], "no task \"no-such-task\""),
     ];
@@ -620,18 +670,25 @@ async fn the_ops_routes_are_for_the_operators_and_audit_who_acted() {
     assert_eq!(purge_plan.json(), json!({"count": 0, "executed": false}));
     let purge = sre.call("POST", "/v1/ops/dlq/purge", Some(json!({"group": "writer", "execute": true}))).await;
     assert_eq!(purge.json(), json!({"count": 0, "executed": true}));
-    let redrive = sre.call("POST", "/v1/ops/dlq/redrive", Some(json!({"family": "events", "rate": 5}))).await;
-    assert_eq!(redrive.status, 202, "{}", redrive.body);
+    let unnamed = sre.call("POST", "/v1/ops/dlq/redrive", Some(json!({"rate": 5}))).await;
+    assert_eq!(unnamed.status, 422, "{}", unnamed.body);
+    assert!(unnamed.body.contains("name what to redrive"), "{}", unnamed.body);
+    let nothing = sre.call("POST", "/v1/ops/dlq/redrive", Some(json!({"family": "events", "rate": 5}))).await;
+    assert_eq!(nothing.status, 422, "{}", nothing.body);
+    assert!(nothing.body.contains("no dead letter matches"), "{}", nothing.body);
+    let tiny = sre.call("POST", "/v1/ops/dlq/redrive", Some(json!({"all": true, "rate": 1e-300}))).await;
+    assert_eq!(tiny.status, 422, "{}", tiny.body);
     let missing = sre.call("GET", "/v1/ops/dlq/events/3/1-0", None).await;
     assert_eq!(missing.status, 404, "{}", missing.body);
 
     let recorded = crate::support::eventually(&sre, "/v1/ops/audit", "every action recorded", |page| {
-        page["items"].as_array().unwrap().len() == 5
+        page["items"].as_array().unwrap().len() == 4
     })
     .await;
     let actions: Vec<&str> =
         recorded["items"].as_array().unwrap().iter().map(|item| item["action"].as_str().unwrap()).collect();
-    for action in ["replay", "claim", "prune", "dlq.purge", "dlq.redrive"] {
+    assert!(recorded["items"].as_array().unwrap().iter().all(|item| item["outcome"] == "done"), "{recorded}");
+    for action in ["replay", "claim", "prune", "dlq.purge"] {
         assert!(actions.contains(&action), "{action} in {actions:?}");
     }
     assert!(
@@ -641,7 +698,7 @@ async fn the_ops_routes_are_for_the_operators_and_audit_who_acted() {
     // The planned purge did nothing and is not an action.
     assert_eq!(actions.iter().filter(|action| **action == "dlq.purge").count(), 1);
     let cli_view = audit(&env, streams.path());
-    assert_eq!(cli_view.len(), 5, "the CLI reads the same log");
+    assert_eq!(cli_view.len(), 4, "the CLI reads the same log");
 }
 
 /// The shipped alert rules read only metrics a running deployment exports, and each points at a
