@@ -328,7 +328,7 @@ pub async fn redrive(
         until: body.until,
         ids: body.ids,
     };
-    if !body.all && filter == DlqFilter::default() {
+    if !body.all && filter.is_everything() {
         return Err(ApiError::Unprocessable {
             code: "invalid_operation",
             message: "name what to redrive (family, group, error, since, until, ids), or send \"all\": true".into(),
@@ -366,6 +366,8 @@ pub struct Purged {
     /// Letters matching (without `execute`) or deleted (with it).
     pub count: u64,
     pub executed: bool,
+    /// More letters may match than one run takes (100,000): run it again for the rest.
+    pub more: bool,
 }
 
 #[utoipa::path(
@@ -397,8 +399,8 @@ pub async fn purge(
         ids: body.ids,
     };
     let actor = actor(&state, &principal).await;
-    let count = state.ops.dlq_purge(&filter, body.execute, &actor).await?;
-    Ok(Json(Purged { count, executed: body.execute }))
+    let (count, more) = state.ops.dlq_purge(&filter, body.execute, &actor).await?;
+    Ok(Json(Purged { count, executed: body.execute, more }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -23,8 +23,11 @@ use crate::{Actor, HANDOVER_IDLE_MS, Ops, OpsError, Result};
 
 /// The consumer redriven entries are parked under until a live consumer claims them.
 pub const REDRIVE_CONSUMER: &str = "ops-redrive";
-/// Letters looked at per call at most: a filter matching more acts on the oldest this many.
+/// Letters looked at per partition and call at most: a list past it says "at least", and a
+/// redrive or purge of a larger backlog acts on the oldest this many of each partition per run.
 pub const SCAN_LIMIT: usize = 100_000;
+/// Letters a redrive or purge acts on per run at most.
+pub const ACT_LIMIT: usize = 100_000;
 pub const DEFAULT_RATE: f64 = 100.0;
 pub const MIN_RATE: f64 = 0.1;
 pub const MAX_RATE: f64 = 10_000.0;
@@ -66,6 +69,28 @@ pub struct DlqFilter {
     pub ids: Option<Vec<String>>,
 }
 
+impl DlqFilter {
+    /// The same filter with blank texts taken as absent: `"error": ""` selects nothing more
+    /// than no `error` at all, and must not pass for a filter.
+    pub fn normalized(&self) -> DlqFilter {
+        let text =
+            |value: &Option<String>| value.as_ref().map(|text| text.trim().to_owned()).filter(|text| !text.is_empty());
+        DlqFilter {
+            family: text(&self.family),
+            group: text(&self.group),
+            error: text(&self.error),
+            since: text(&self.since),
+            until: text(&self.until),
+            ids: self.ids.clone(),
+        }
+    }
+
+    /// Names no letter in particular: every letter would be chosen.
+    pub fn is_everything(&self) -> bool {
+        self.normalized() == DlqFilter::default()
+    }
+}
+
 /// One dead letter as listed.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeadLetterItem {
@@ -93,7 +118,8 @@ pub struct DeadLetterItem {
 pub struct DlqPage {
     /// Letters matching the filter, over all partitions.
     pub total: u64,
-    /// The count stopped at its limit (100,000 letters looked at): there are at least `total`.
+    /// The count stopped at its limit (100,000 letters looked at in a partition): there are at
+    /// least `total`.
     pub total_at_least: bool,
     /// The newest `limit` of them.
     pub letters: Vec<DeadLetterItem>,
@@ -178,6 +204,7 @@ fn item(
 impl Ops {
     /// What `filter` selects, checked: the partitions to read, the id range, the tests.
     fn selection(&self, filter: &DlqFilter) -> Result<Selection> {
+        let filter = &filter.normalized();
         let now = now_ms();
         let since = filter.since.as_deref().map(|raw| Bound::parse(raw, End::Start, now, "since")).transpose()?;
         let until = filter.until.as_deref().map(|raw| Bound::parse(raw, End::Finish, now, "until")).transpose()?;
@@ -221,15 +248,17 @@ impl Ops {
         })
     }
 
-    /// Every letter `filter` selects, oldest first, up to [`SCAN_LIMIT`] looked at: what a
-    /// redrive or a purge acts on (a larger backlog takes several runs).
-    async fn matching(&self, filter: &DlqFilter) -> Result<Vec<DeadLetterItem>> {
+    /// Every letter `filter` selects, oldest first: what a redrive or a purge acts on. At most
+    /// [`SCAN_LIMIT`] letters are looked at per partition and [`ACT_LIMIT`] kept; the second
+    /// answer says whether more may match (a larger backlog takes several runs).
+    async fn matching(&self, filter: &DlqFilter) -> Result<(Vec<DeadLetterItem>, bool)> {
         let selection = self.selection(filter)?;
         let mut found = Vec::new();
-        let mut looked = 0;
-        for (stream, partition) in &selection.partitions {
+        let mut more = false;
+        'partitions: for (stream, partition) in &selection.partitions {
             let key = self.keys.partition(stream, *partition).dead_letters;
             let mut cursor = selection.start.clone();
+            let mut looked = 0;
             loop {
                 let page: Vec<(String, HashMap<String, Value>)> =
                     self.redis.xrange(&key, cursor.as_str(), selection.end.as_str(), Some(500)).await?;
@@ -238,20 +267,25 @@ impl Ops {
                     if let Some(letter) = item(stream.as_str(), *partition, id, fields, false)
                         && selection.chooses(&letter)
                     {
+                        if found.len() >= ACT_LIMIT {
+                            more = true;
+                            break 'partitions;
+                        }
                         found.push(letter);
-                    }
-                    if looked >= SCAN_LIMIT {
-                        break;
                     }
                 }
                 match page.last() {
-                    Some((id, _)) if page.len() == 500 && looked < SCAN_LIMIT => cursor = format!("({id}"),
+                    Some(_) if looked >= SCAN_LIMIT => {
+                        more = true;
+                        break;
+                    }
+                    Some((id, _)) if page.len() == 500 => cursor = format!("({id}"),
                     _ => break,
                 }
             }
         }
         found.sort_by_key(|letter| (letter.id.parse::<EntryId>().unwrap_or(EntryId::ZERO), letter.reference.clone()));
-        Ok(found)
+        Ok((found, more))
     }
 
     /// The newest `limit` letters `filter` selects, and how many it selects. Each partition is
@@ -262,12 +296,12 @@ impl Ops {
         let selection = self.selection(filter)?;
         let mut letters: Vec<DeadLetterItem> = Vec::new();
         let mut total = 0u64;
-        let mut looked = 0usize;
         let mut at_least = false;
-        'partitions: for (stream, partition) in &selection.partitions {
+        for (stream, partition) in &selection.partitions {
             let key = self.keys.partition(stream, *partition).dead_letters;
             let mut cursor = selection.end.clone();
             let mut kept = 0;
+            let mut looked = 0usize;
             loop {
                 let page: Vec<(String, HashMap<String, Value>)> =
                     self.redis.xrevrange(&key, cursor.as_str(), selection.start.as_str(), Some(500)).await?;
@@ -281,12 +315,12 @@ impl Ops {
                             letters.push(letter);
                         }
                     }
-                    if looked >= SCAN_LIMIT {
-                        at_least = true;
-                        break 'partitions;
-                    }
                 }
                 match page.last() {
+                    Some(_) if looked >= SCAN_LIMIT => {
+                        at_least = true;
+                        break;
+                    }
                     Some((id, _)) if page.len() == 500 => cursor = format!("({id}"),
                     _ => break,
                 }
@@ -324,7 +358,7 @@ impl Ops {
         if !(rate.is_finite() && (MIN_RATE..=MAX_RATE).contains(&rate)) {
             return Err(OpsError::Invalid(format!("rate must be {MIN_RATE} to {MAX_RATE} per second")));
         }
-        let letters = self.matching(filter).await?;
+        let (letters, _) = self.matching(filter).await?;
         if letters.is_empty() {
             return Err(OpsError::Invalid("no dead letter matches: nothing to redrive".to_owned()));
         }
@@ -355,11 +389,21 @@ impl Ops {
                 let wake = due.min(tokio::time::Instant::now() + crate::task::HEARTBEAT);
                 tokio::time::sleep_until(wake).await;
                 if wake < due {
+                    last_report = tokio::time::Instant::now();
                     let message = format!("moved {} of {}", running.task.moved, running.task.total);
                     if running.progress(message).await? {
                         cancelled = true;
                         break 'letters;
                     }
+                }
+            }
+            // A cancel asked since the last look stops the task before this letter moves.
+            if last_report.elapsed() >= Duration::from_millis(200) || rate < 5.0 {
+                last_report = tokio::time::Instant::now();
+                let message = format!("moved {} of {}", running.task.moved, running.task.total);
+                if running.progress(message).await? {
+                    cancelled = true;
+                    break 'letters;
                 }
             }
             let Ok(stream) = self.stream(&letter.family).map(|stream| stream.name.clone()) else { continue };
@@ -395,14 +439,6 @@ impl Ops {
                     break;
                 }
             }
-            if last_report.elapsed() >= Duration::from_millis(200) || rate < 5.0 || done + 1 == letters.len() {
-                last_report = tokio::time::Instant::now();
-                let message = format!("moved {} of {}", running.task.moved, running.task.total);
-                if running.progress(message).await? {
-                    cancelled = true;
-                    break 'letters;
-                }
-            }
         }
         let skipped =
             if skipped_why.is_empty() { String::new() } else { format!("; skipped {}", skipped_why.join(", ")) };
@@ -418,11 +454,12 @@ impl Ops {
         running.finish(state, message).await
     }
 
-    /// Deletes what `filter` selects when `execute`; otherwise counts it. Returns the count.
-    pub async fn dlq_purge(&self, filter: &DlqFilter, execute: bool, actor: &Actor) -> Result<u64> {
-        let letters = self.matching(filter).await?;
+    /// Deletes what `filter` selects when `execute`; otherwise counts it. Returns the count and
+    /// whether more may match than one run takes.
+    pub async fn dlq_purge(&self, filter: &DlqFilter, execute: bool, actor: &Actor) -> Result<(u64, bool)> {
+        let (letters, more) = self.matching(filter).await?;
         if !execute {
-            return Ok(letters.len() as u64);
+            return Ok((letters.len() as u64, more));
         }
         let target = serde_json::to_value(filter).unwrap_or_default();
         let record = self.audit_start(actor, "dlq.purge", &target).await;
@@ -443,6 +480,6 @@ impl Ops {
             }
         }
         self.audit_finish(&record, purged, "done", &format!("purged {purged} dead letters")).await;
-        Ok(purged)
+        Ok((purged, more))
     }
 }

@@ -39,11 +39,11 @@ const MAX_IDLE: Duration = Duration::from_secs(365 * 24 * 3600);
 fn check_idle(idle: Duration) -> Result<()> {
     if idle < Duration::from_secs(1) {
         return Err(OpsError::Invalid(
-            "--idle must be at least 1s: a live consumer is never idle that little".to_owned(),
+            "idle must be at least 1s: a live consumer is never idle that little".to_owned(),
         ));
     }
     if idle > MAX_IDLE {
-        return Err(OpsError::Invalid("--idle must be at most 365d".to_owned()));
+        return Err(OpsError::Invalid("idle must be at most 365d".to_owned()));
     }
     Ok(())
 }
@@ -58,7 +58,7 @@ impl Ops {
         let target = self.group(family, group)?;
         if idle < target.settings.claim_idle {
             return Err(OpsError::Invalid(format!(
-                "--idle must be at least the group's claim_idle ({}s): a consumer may be busy with an entry that long",
+                "idle must be at least the group's claim_idle ({}s): a consumer may be busy with an entry that long",
                 target.settings.claim_idle.as_secs()
             )));
         }

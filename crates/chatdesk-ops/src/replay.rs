@@ -204,7 +204,7 @@ impl Ops {
             plan.first_id = first_id;
             plan.last_id = last_id;
             let letters = self.keys.partition(&target.stream.name, partition).dead_letters;
-            plan.dead_letters = dead_lettered_since(&self.redis, &letters, &target.group, 0, from, end).await?;
+            plan.dead_letters = dead_entries_in(&self.redis, &letters, &target.group, from, end).await?;
         }
         Ok(plan)
     }
@@ -404,6 +404,38 @@ async fn dead_lettered_since(
             _ => return Ok(count),
         }
     }
+}
+
+/// Letters to look at at most when a plan counts the dead letters of its range.
+const PLAN_LETTERS: u64 = 10_000;
+
+/// Entries of `[from, to]` that `group` dead-lettered, each counted once however often it was.
+/// A letter is written after its entry, so the dead letters are read from `from` on, at most
+/// [`PLAN_LETTERS`] of them.
+async fn dead_entries_in(redis: &Client, key: &str, group: &str, from: EntryId, to: EntryId) -> Result<u64> {
+    let mut entries = std::collections::HashSet::new();
+    let mut cursor = EntryId::new(from.millis, 0).to_string();
+    let mut looked = 0;
+    while looked < PLAN_LETTERS {
+        let page: Vec<(String, HashMap<String, Value>)> = redis.xrange(key, cursor.as_str(), "+", Some(500)).await?;
+        for (_, fields) in &page {
+            looked += 1;
+            let letter = chatdesk_core::DeadLetter::decode(
+                fields.iter().map(|(field, value)| (field.as_str(), value_text(value))),
+            );
+            if let Ok(letter) = letter
+                && letter.group == group
+                && letter.original_id.parse::<EntryId>().is_ok_and(|id| from <= id && id <= to)
+            {
+                entries.insert(letter.original_id);
+            }
+        }
+        match page.last() {
+            Some((id, _)) if page.len() == 500 => cursor = format!("({id}"),
+            _ => break,
+        }
+    }
+    Ok(entries.len() as u64)
 }
 
 /// Whether the partition holds an entry in `(after, to]`.

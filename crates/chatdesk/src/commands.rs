@@ -122,14 +122,14 @@ fn flows_check(path: Option<PathBuf>) -> ExitCode {
     };
     match checked {
         Ok(flows) => {
-            println!("{}: ok ({} flows)", path.display(), flows.len());
+            say!("{}: ok ({} flows)", path.display(), flows.len());
             for flow in flows {
-                println!("  {}: {}", flow.name, flow.states.join(" → "));
+                say!("  {}: {}", flow.name, flow.states.join(" → "));
             }
             ExitCode::SUCCESS
         }
         Err(errors) => {
-            eprintln!("{errors}");
+            tell!("{errors}");
             ExitCode::FAILURE
         }
     }
@@ -140,15 +140,15 @@ fn streams_check(file: Option<PathBuf>) -> ExitCode {
     match chatdesk_core::StreamsConfig::from_file(&file.display().to_string()) {
         Ok(config) => {
             let groups: usize = config.streams.values().map(|stream| stream.groups.len()).sum();
-            println!("{}: ok ({} stream families, {groups} groups)", file.display(), config.streams.len());
+            say!("{}: ok ({} stream families, {groups} groups)", file.display(), config.streams.len());
             for stream in config.streams.values() {
                 let names: Vec<&str> = stream.groups.keys().map(|group| group.as_str()).collect();
-                println!("  {}: {} partitions, groups: {}", stream.name, stream.partitions, names.join(", "));
+                say!("  {}: {} partitions, groups: {}", stream.name, stream.partitions, names.join(", "));
             }
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("{error}");
+            tell!("{error}");
             ExitCode::FAILURE
         }
     }

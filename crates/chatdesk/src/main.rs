@@ -9,6 +9,22 @@
 //!   `streams status|replay|dlq|claim|groups|tasks|cancel`, `audit`) in their own modules.
 //! - `demo`: the demo tenant and simulated customers of `up --demo`.
 
+/// `println!` that stops quietly when the reader has gone (`| head`) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// The same on stderr, for progress.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod admin;
 mod cli;
 mod commands;

@@ -17,22 +17,6 @@ use chatdesk_ops::{Actor, Ops, OpsError};
 use chatdesk_streams::RedisConnector;
 use chatdesk_streams::connection::RedisSettings;
 
-/// `println!` that stops quietly when the reader has gone (`| head`) instead of panicking.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-/// The same on stderr, for progress.
-macro_rules! tell {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
-
 use crate::cli::{AuditCommand, DlqCommand, DlqFilterArgs, GroupsCommand, StreamsCommand};
 use crate::settings;
 
@@ -153,10 +137,10 @@ pub async fn streams(command: StreamsCommand) -> anyhow::Result<ExitCode> {
             let ops = connect(target.streams.as_deref(), true).await?;
             let claimed = ops.claim(target.family.as_deref(), &group, idle, &Actor::cli()).await.map_err(refuse)?;
             say!(
-                "{}/{}: handed {} entries idle past {} to the group's live consumers (they take them at their next claim pass)",
+                "{}/{}: handed {} idle past {} to the group's live consumers (they take them at their next claim pass)",
                 claimed.family,
                 claimed.group,
-                claimed.entries,
+                count_of(claimed.entries, "entry", "entries"),
                 human_ms(idle.as_millis() as u64)
             );
             if !claimed.consumers_removed.is_empty() {
@@ -249,7 +233,7 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
         }
         DlqCommand::Redrive { filter, rate, all } => {
             let chosen = filter_of(&filter);
-            if !all && chosen == DlqFilter::default() {
+            if !all && chosen.is_everything() {
                 anyhow::bail!(
                     "name what to redrive (--family, --group, --error, --since, --until, --ids), or pass --all for every dead letter"
                 );
@@ -264,12 +248,13 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
         }
         DlqCommand::Purge { filter, execute } => {
             let ops = connect(filter.target.streams.as_deref(), execute).await?;
-            let count = ops.dlq_purge(&filter_of(&filter), execute, &Actor::cli()).await.map_err(refuse)?;
+            let (count, more) = ops.dlq_purge(&filter_of(&filter), execute, &Actor::cli()).await.map_err(refuse)?;
+            let rest = if more { " (the oldest of a larger backlog: run it again for the rest)" } else { "" };
             if execute {
-                say!("purged {}", count_of(count, "dead letter", "dead letters"));
+                say!("purged {}{rest}", count_of(count, "dead letter", "dead letters"));
             } else {
                 say!(
-                    "{} {}; nothing done: add --execute to delete them",
+                    "{} {}{rest}; nothing done: add --execute to delete them",
                     count_of(count, "dead letter", "dead letters"),
                     if count == 1 { "matches" } else { "match" }
                 );

@@ -118,6 +118,21 @@ async fn streams_status_into_a_closed_pipe_ends_quietly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{:?}: {stderr}", output.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // The checks of files too.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    for args in [["streams", "check", &format!("{root}/streams.toml")], ["flows", "check", &format!("{root}/flows")]] {
+        let mut child = chatdesk()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{args:?} {:?}: {stderr}", output.status);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
 
 #[test]

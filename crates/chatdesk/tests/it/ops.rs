@@ -552,10 +552,11 @@ async fn operator_commands_refuse_bad_input() {
         ),
         (&["streams", "replay", "--group", "gateway", "--from", "-1h"], "only follows live traffic"),
         (&["streams", "claim", "--group", "writer", "--idle", "soon"], "invalid value 'soon' for '--idle <IDLE>'"),
-        (&["streams", "claim", "--group", "writer", "--idle", "0s"], "--idle must be at least 1s"),
+        (&["streams", "claim", "--group", "writer", "--idle", "0s"], "idle must be at least 1s"),
         (&["streams", "dlq", "show", "events/x/1-0"], "is not a dead-letter reference"),
         (&["streams", "dlq", "show", "events/3/1-0"], "no dead letter events/3/1-0"),
         (&["streams", "dlq", "redrive"], "name what to redrive"),
+        (&["streams", "dlq", "redrive", "--error", " "], "name what to redrive"),
         (&["streams", "dlq", "redrive", "--all", "--rate", "0"], "rate must be 0.1 to 10000 per second"),
         (&["streams", "dlq", "redrive", "--all", "--rate", "1e-300"], "rate must be 0.1 to 10000 per second"),
         (&["streams", "dlq", "redrive", "--ids", "send/99/1-0"], "partition 99 is out of range"),
@@ -667,9 +668,9 @@ async fn the_ops_routes_are_for_the_operators_and_audit_who_acted() {
     assert!(pruned["consumers_removed"].as_array().unwrap().contains(&json!("writer/gone-consumer@0")), "{pruned}");
     assert!(!pruned.to_string().contains("test-node"), "a live process's consumers stay: {pruned}");
     let purge_plan = sre.call("POST", "/v1/ops/dlq/purge", Some(json!({"group": "writer"}))).await;
-    assert_eq!(purge_plan.json(), json!({"count": 0, "executed": false}));
+    assert_eq!(purge_plan.json(), json!({"count": 0, "executed": false, "more": false}));
     let purge = sre.call("POST", "/v1/ops/dlq/purge", Some(json!({"group": "writer", "execute": true}))).await;
-    assert_eq!(purge.json(), json!({"count": 0, "executed": true}));
+    assert_eq!(purge.json(), json!({"count": 0, "executed": true, "more": false}));
     let unnamed = sre.call("POST", "/v1/ops/dlq/redrive", Some(json!({"rate": 5}))).await;
     assert_eq!(unnamed.status, 422, "{}", unnamed.body);
     assert!(unnamed.body.contains("name what to redrive"), "{}", unnamed.body);
