@@ -101,37 +101,31 @@ fn admin_commands_refuse_bad_arguments_by_name() {
     }
 }
 
-#[tokio::test]
-async fn streams_status_into_a_closed_pipe_ends_quietly() {
-    let redis = chatdesk_testkit::redis().await;
-    let mut child = chatdesk()
-        .args(["streams", "status", "--json"])
-        .env("REDIS_URL", redis.url())
-        .env("CHATDESK_KEY_PREFIX", chatdesk_testkit::unique_prefix())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The reader is gone before the first line is written, as with `| head -0`.
+/// Runs `command` with its reader gone before the first line is written (as `| head -0`): it
+/// must end as it would have, quietly.
+fn into_a_closed_pipe(mut command: Command) {
+    let mut child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     drop(child.stdout.take());
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(output.status.success(), "{command:?} {:?}: {stderr}", output.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
-    // The checks of files too.
+}
+
+#[tokio::test]
+async fn commands_into_a_closed_pipe_end_quietly() {
+    let redis = chatdesk_testkit::redis().await;
+    let mut status = chatdesk();
+    status
+        .args(["streams", "status", "--json"])
+        .env("REDIS_URL", redis.url())
+        .env("CHATDESK_KEY_PREFIX", chatdesk_testkit::unique_prefix());
+    into_a_closed_pipe(status);
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     for args in [["streams", "check", &format!("{root}/streams.toml")], ["flows", "check", &format!("{root}/flows")]] {
-        let mut child = chatdesk()
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(child.stdout.take());
-        let output = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{args:?} {:?}: {stderr}", output.status);
-        assert!(!stderr.contains("panicked"), "{stderr}");
+        let mut check = chatdesk();
+        check.args(args);
+        into_a_closed_pipe(check);
     }
 }
 
