@@ -62,6 +62,12 @@ impl KeyScheme {
         format!("{}:ephemeral", self.prefix)
     }
 
+    /// The pub/sub channel on which operators' tools tell a group's consumers to claim now
+    /// (message `<family>:<group>`): entries were just handed back to that group.
+    pub fn claim_now_channel(&self) -> String {
+        format!("{}:claim-now", self.prefix)
+    }
+
     /// The pub/sub channel on which a changed inbox is announced, so every process drops its
     /// cached copy.
     pub fn inbox_changes_channel(&self) -> String {

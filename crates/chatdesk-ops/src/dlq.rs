@@ -381,6 +381,9 @@ impl Ops {
         let mut cancelled = false;
         let mut failure = None;
         let mut last_report = tokio::time::Instant::now();
+        // Groups that got letters back, and whether they were told to claim since.
+        let mut signalled: std::collections::BTreeMap<(String, String), bool> = std::collections::BTreeMap::new();
+        let mut last_signal = tokio::time::Instant::now();
         'letters: for (done, letter) in letters.iter().enumerate() {
             // Entry n goes at n / rate seconds: the pace holds whatever each move costs. A long
             // wait (a slow rate) still refreshes the task's lock and notices a cancel.
@@ -396,6 +399,10 @@ impl Ops {
                         break 'letters;
                     }
                 }
+            }
+            if last_signal.elapsed() >= Duration::from_millis(500) {
+                last_signal = tokio::time::Instant::now();
+                self.signal_claims(&mut signalled).await;
             }
             // A cancel asked since the last look stops the task before this letter moves.
             if last_report.elapsed() >= Duration::from_millis(200) || rate < 5.0 {
@@ -422,7 +429,10 @@ impl Ops {
                 )
                 .await;
             match result.as_deref() {
-                Ok("moved") => running.task.moved += 1,
+                Ok("moved") => {
+                    running.task.moved += 1;
+                    signalled.insert((letter.family.clone(), letter.group.clone()), false);
+                }
                 Ok(why) => {
                     running.task.skipped += 1;
                     let why = match why {
@@ -440,6 +450,7 @@ impl Ops {
                 }
             }
         }
+        self.signal_claims(&mut signalled).await;
         let skipped =
             if skipped_why.is_empty() { String::new() } else { format!("; skipped {}", skipped_why.join(", ")) };
         let (state, outcome, message) = match (failure, cancelled) {
@@ -452,6 +463,16 @@ impl Ops {
         // Recorded before the task reads as finished: whoever sees it done finds it in the log.
         self.audit_finish(&running.record, running.task.moved, outcome, &message).await;
         running.finish(state, message).await
+    }
+
+    /// Tells each group that got letters back since it was last told to claim now.
+    async fn signal_claims(&self, signalled: &mut std::collections::BTreeMap<(String, String), bool>) {
+        for ((family, group), told) in signalled.iter_mut() {
+            if !*told {
+                self.claim_now(family, group).await;
+                *told = true;
+            }
+        }
     }
 
     /// Deletes what `filter` selects when `execute`; otherwise counts it. Returns the count and

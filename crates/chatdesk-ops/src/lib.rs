@@ -86,7 +86,7 @@ pub async fn is_operator(
 pub const OPS_CONSUMER_PREFIX: &str = "ops-";
 
 /// The idle time given to entries handed to a group: older than any `claim_idle`, so the
-/// group's live consumers take them at their next claim pass.
+/// group's live consumers take them when told to claim (or at their next claim pass).
 pub(crate) const HANDOVER_IDLE_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// A consumer group as an operator names it, resolved against the configuration.
@@ -144,6 +144,17 @@ impl Ops {
                 Err(OpsError::Invalid(format!("unknown consumer group {group:?} (known: {})", known.join(", "))))
             }
             _ => Err(OpsError::Invalid(format!("group {group:?} exists in several families: name one with --family"))),
+        }
+    }
+
+    /// Tells `group`'s consumers to claim now: entries were just handed back to it. Without the
+    /// signal they would be taken at the next claim pass, within `claim_idle / 2`.
+    pub(crate) async fn claim_now(&self, family: &str, group: &str) {
+        use fred::interfaces::PubsubInterface as _;
+        let published: std::result::Result<i64, _> =
+            self.redis.publish(self.keys.claim_now_channel(), format!("{family}:{group}")).await;
+        if let Err(error) = published {
+            tracing::debug!(error = %error, "cannot signal a claim; the group claims at its interval");
         }
     }
 

@@ -50,7 +50,7 @@ fn check_idle(idle: Duration) -> Result<()> {
 
 impl Ops {
     /// Hands every entry of `group` pending for longer than `idle` to its live consumers (they
-    /// take them at their next claim pass), and removes the consumers left idle and empty. Entries
+    /// are told to claim them now), and removes the consumers left idle and empty. Entries
     /// held by a live process (one that reported within the last 45 s) are left to it, and `idle`
     /// may not be shorter than the group's own `claim_idle`: a slow but live consumer keeps its work.
     pub async fn claim(&self, family: Option<&str>, group: &str, idle: Duration, actor: &Actor) -> Result<Claimed> {
@@ -88,6 +88,9 @@ impl Ops {
         let audit_target = serde_json::json!({"family": result.family, "group": result.group, "idle_ms": idle_ms});
         let record = self.audit_start(actor, "claim", &audit_target).await;
         let outcome = self.claim_partitions(&target, idle_ms, &live, &mut result).await;
+        if result.entries > 0 {
+            self.claim_now(&result.family, &result.group).await;
+        }
         let detail = if result.consumers_removed.is_empty() {
             format!("handed over {} entries", result.entries)
         } else {

@@ -2,8 +2,9 @@
 //!
 //! `XCLAIM <stream> <group> ops-replay 0 <ids…> IDLE <a year> RETRYCOUNT 0 FORCE JUSTID` puts
 //! entries the group has already acknowledged back into its pending list, as if a consumer had
-//! died holding them; the group's live consumers take them at their next claim pass (within
-//! `claim_idle / 2`) with a fresh delivery count. Other groups of the stream see nothing. Every
+//! died holding them; the group's live consumers are told to claim them at once (on the
+//! `claim-now` channel; without it, at their next claim pass within `claim_idle / 2`) and take
+//! them with a fresh delivery count. Other groups of the stream see nothing. Every
 //! durable group's effects are idempotent (the writer's `events` ledger, the sender's per-event
 //! job, the broadcaster's per-recipient state, autoreply's per-entry state), so a replay repeats
 //! no effect: it restores what is missing.
@@ -291,7 +292,10 @@ impl Ops {
                 }
                 cursor = format!("({last_read}");
             }
+            // The group starts on this partition while the next ones are handed over.
+            self.claim_now(&plan.family, &plan.group).await;
         }
+        self.claim_now(&plan.family, &plan.group).await;
         // Wait until the group's consumers have claimed and acknowledged what was handed over.
         let deadline = tokio::time::Instant::now() + HANDLED_WAIT;
         loop {

@@ -137,7 +137,7 @@ pub async fn streams(command: StreamsCommand) -> anyhow::Result<ExitCode> {
             let ops = connect(target.streams.as_deref(), true).await?;
             let claimed = ops.claim(target.family.as_deref(), &group, idle, &Actor::cli()).await.map_err(refuse)?;
             say!(
-                "{}/{}: handed {} idle past {} to the group's live consumers (they take them at their next claim pass)",
+                "{}/{}: handed {} idle past {} to the group's live consumers (they claim them now)",
                 claimed.family,
                 claimed.group,
                 count_of(claimed.entries, "entry", "entries"),

@@ -150,6 +150,54 @@ pub struct Consumer<H> {
     handler: Arc<H>,
     commands: mpsc::Receiver<Command>,
     assignments: Assignments,
+    /// Bumped when an operator hands entries back to this group: workers claim at once.
+    claim_now: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Bumps `claim_now` whenever `wanted` (`<family>:<group>`) is announced on `channel`, until
+/// cancelled. Without the signal (Redis unreachable, the subscription lost) workers still claim
+/// every `claim_idle / 2`: it only makes a replay or redrive start sooner.
+async fn listen_for_claims(
+    connector: RedisConnector,
+    channel: String,
+    wanted: String,
+    claim_now: Arc<std::sync::atomic::AtomicU64>,
+    cancel: CancellationToken,
+) {
+    let client = match connector.dedicated(Duration::from_secs(1)).await {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::debug!(error = %error, "no claim signals: claims wait for their interval");
+            return;
+        }
+    };
+    let mut messages = client.message_rx();
+    let mut reconnects = client.reconnect_rx();
+    if let Err(error) = client.subscribe(channel.as_str()).await {
+        tracing::debug!(error = %error, "no claim signals: claims wait for their interval");
+    }
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            reconnected = reconnects.recv() => {
+                if reconnected.is_ok() {
+                    let _ = client.subscribe(channel.as_str()).await;
+                }
+            }
+            message = messages.recv() => match message {
+                Ok(message) => {
+                    if message.value.as_str().is_some_and(|text| text == wanted.as_str()) {
+                        claim_now.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    claim_now.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
 }
 
 /// Creates `group` on `key` if it does not exist (with MKSTREAM, so the group can exist before
@@ -205,7 +253,15 @@ impl<H: Handler> Consumer<H> {
         }
         let (sender, commands) = mpsc::channel(64);
         let assignments = Assignments { commands: sender, stream: stream.name.to_string(), group: group.to_string() };
-        Ok(Self { options, group, settings, handler: Arc::new(handler), commands, assignments })
+        Ok(Self {
+            options,
+            group,
+            settings,
+            handler: Arc::new(handler),
+            commands,
+            assignments,
+            claim_now: Arc::default(),
+        })
     }
 
     pub fn group(&self) -> &GroupName {
@@ -273,6 +329,7 @@ impl<H: Handler> Consumer<H> {
             self.settings.clone(),
             self.handler.clone(),
             permits.clone(),
+            self.claim_now.clone(),
         );
         let partition_cancel = cancel.child_token();
         let task = tasks.spawn(worker.run(partition_cancel.clone()));
@@ -306,6 +363,13 @@ impl<H: Handler> Consumer<H> {
             "consumer started"
         );
         let monitor_cancel = cancel.child_token();
+        let signals = tokio::spawn(listen_for_claims(
+            self.options.connector.clone(),
+            self.options.keys.claim_now_channel(),
+            format!("{}:{}", self.options.stream.name, self.group),
+            self.claim_now.clone(),
+            monitor_cancel.clone(),
+        ));
         let monitor = tokio::spawn(status::monitor_group(
             shared.clone(),
             self.options.keys.clone(),
@@ -362,6 +426,7 @@ impl<H: Handler> Consumer<H> {
         }
         monitor_cancel.cancel();
         let _ = monitor.await;
+        let _ = signals.await;
         let _ = tokio::time::timeout(Duration::from_secs(1), shared.quit()).await;
         tracing::info!(stream = %self.options.stream.name, group = %self.group, consumer = %self.options.consumer_name, "consumer stopped");
         match failure {

@@ -76,6 +76,9 @@ pub(super) struct PartitionWorker<H> {
     last_errors: HashMap<String, String>,
     next_claim_at: Instant,
     claim_cursor: String,
+    /// Bumped by an operator's hand-back (replay, redrive, claim): claim at once.
+    claim_now: Arc<std::sync::atomic::AtomicU64>,
+    claim_now_seen: u64,
 }
 
 impl<H: Handler> PartitionWorker<H> {
@@ -89,6 +92,7 @@ impl<H: Handler> PartitionWorker<H> {
         settings: GroupSettings,
         handler: Arc<H>,
         permits: Arc<Semaphore>,
+        claim_now: Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
         let labels = [
             ("stream", keys.family.to_string()),
@@ -120,6 +124,8 @@ impl<H: Handler> PartitionWorker<H> {
             // Claim once right away: a survivor takes over a crashed peer's old work promptly.
             next_claim_at: Instant::now(),
             claim_cursor: "0-0".to_owned(),
+            claim_now_seen: claim_now.load(std::sync::atomic::Ordering::Relaxed),
+            claim_now,
         }
     }
 
@@ -180,6 +186,12 @@ impl<H: Handler> PartitionWorker<H> {
     /// entries or from new entries, and handle what was read.
     async fn step(&mut self, cancel: &CancellationToken) -> Result<(), Error> {
         self.flush_acks().await?;
+        let signalled = self.claim_now.load(std::sync::atomic::Ordering::Relaxed);
+        if signalled != self.claim_now_seen {
+            self.claim_now_seen = signalled;
+            self.next_claim_at = Instant::now();
+            self.claim_cursor = "0-0".to_owned();
+        }
         let (source, entries) = if self.own_pending {
             if let Some(not_before) = self.retry_not_before {
                 tokio::select! {

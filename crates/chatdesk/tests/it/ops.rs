@@ -94,7 +94,9 @@ fn audit(env: &Env, streams: &std::path::Path) -> Vec<Value> {
 #[tokio::test]
 async fn an_incident_drill_restores_a_deleted_window_exactly() {
     let env = Env::start().await;
-    let streams = quick_claims();
+    // The shipped settings (the writer claims every 15 s): the replay tells it to claim at once.
+    let streams = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(streams.path(), SHIPPED_STREAMS).unwrap();
     let tenant = env.tenant("owner@drill.test", "owner-pass-1");
     let tenant_id: uuid::Uuid = tenant["tenant_id"].as_str().unwrap().parse().unwrap();
     let inbox = generic_inbox(&env, tenant["tenant_id"].as_str().unwrap(), "Web", "http://127.0.0.1:9/out");
