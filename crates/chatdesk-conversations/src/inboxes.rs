@@ -15,6 +15,7 @@ use chatdesk_core::KeyScheme;
 use chatdesk_store::StoreError;
 use chatdesk_store::directory::InboxRecord;
 use chatdesk_streams::RedisConnector;
+use chatdesk_streams::connection::Heard;
 use fred::prelude::*;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -84,35 +85,18 @@ impl InboxCache {
         Ok(())
     }
 
-    /// Drops changed inboxes as they are announced, until cancelled.
+    /// Drops changed inboxes as they are announced, until cancelled. What was cached before
+    /// the subscription took effect (moments of start-up) is still bounded by MAX_AGE; a
+    /// reconnect, which may have lost announcements, drops everything.
     pub async fn listen(self, connector: RedisConnector, cancel: CancellationToken) -> Result<(), Error> {
-        let client = connector.dedicated(Duration::from_secs(1)).await?;
         let channel = self.keys.inbox_changes_channel();
-        let mut messages = client.message_rx();
-        let mut reconnects = client.reconnect_rx();
-        // What was cached before this subscription took effect (moments of start-up) is still
-        // bounded by MAX_AGE; a reconnect, which may have lost announcements, drops everything.
-        client.subscribe(channel.as_str()).await?;
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                reconnected = reconnects.recv() => {
-                    if reconnected.is_ok() {
-                        let _ = client.subscribe(channel.as_str()).await;
-                    }
-                    self.forget_all();
-                }
-                message = messages.recv() => match message {
-                    Ok(message) => match message.value.as_str().and_then(|text| text.parse().ok()) {
-                        Some(id) => self.forget(id),
-                        None => self.forget_all(),
-                    },
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.forget_all(),
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        }
-        let _ = client.quit().await;
-        Ok(())
+        chatdesk_streams::connection::follow(&connector, &channel, &cancel, |heard| match heard {
+            Heard::Message(text) => match text.parse() {
+                Ok(id) => self.forget(id),
+                Err(_) => self.forget_all(),
+            },
+            Heard::Missed => self.forget_all(),
+        })
+        .await
     }
 }

@@ -3,7 +3,6 @@
 //! are not stored and are not replayed: a client that missed a typing indicator lost nothing.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chatdesk_core::events::{Event, Presence};
 use chatdesk_core::{Envelope, TenantId};
@@ -84,32 +83,15 @@ pub mod presence {
 /// Listens on the pub/sub channel (its own connection, resubscribing after reconnects) until
 /// cancelled.
 pub async fn listen(gateway: Gateway, connector: RedisConnector, cancel: CancellationToken) -> Result<(), Error> {
-    let client = connector.dedicated(Duration::from_secs(1)).await?;
     let name = gateway.inner.keys.ephemeral_channel();
-    let mut messages = client.message_rx();
-    let mut reconnects = client.reconnect_rx();
-    client.subscribe(name.as_str()).await?;
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            reconnected = reconnects.recv() => {
-                if reconnected.is_ok() {
-                    let _ = client.subscribe(name.as_str()).await;
-                }
-            }
-            message = messages.recv() => match message {
-                Ok(message) => {
-                    match message.value.as_str().map(|text| Envelope::decode_json(&text)) {
-                        Some(Ok(envelope)) => gateway.inner.hub.publish(Arc::new(Delivery::new(None, envelope))),
-                        Some(Err(error)) => tracing::debug!(error = %error, "ignoring a signal that does not decode"),
-                        None => {}
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+    chatdesk_streams::connection::follow(&connector, &name, &cancel, |heard| {
+        // Signals are ephemeral: one missed is not recovered (typing stops on its own).
+        if let chatdesk_streams::connection::Heard::Message(text) = heard {
+            match Envelope::decode_json(&text) {
+                Ok(envelope) => gateway.inner.hub.publish(Arc::new(Delivery::new(None, envelope))),
+                Err(error) => tracing::debug!(error = %error, "ignoring a signal that does not decode"),
             }
         }
-    }
-    let _ = client.quit().await;
-    Ok(())
+    })
+    .await
 }

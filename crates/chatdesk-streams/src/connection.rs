@@ -95,6 +95,52 @@ impl RedisConnector {
     }
 }
 
+/// What a pub/sub subscriber hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// A message's text.
+    Message(String),
+    /// Messages may have been missed: the connection came back after a loss, or the subscriber
+    /// fell behind. Whatever the messages keep current must be refreshed.
+    Missed,
+}
+
+/// Subscribes to `channel` on a connection of its own (subscribing again after reconnects) and
+/// calls `on` with what it hears, until cancelled.
+pub async fn follow(
+    connector: &RedisConnector,
+    channel: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+    mut on: impl FnMut(Heard),
+) -> Result<(), Error> {
+    let client = connector.dedicated(Duration::from_secs(1)).await?;
+    let mut messages = client.message_rx();
+    let mut reconnects = client.reconnect_rx();
+    client.subscribe(channel).await?;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            reconnected = reconnects.recv() => {
+                if reconnected.is_ok() {
+                    let _ = client.subscribe(channel).await;
+                }
+                on(Heard::Missed);
+            }
+            message = messages.recv() => match message {
+                Ok(message) => {
+                    if let Some(text) = message.value.as_str() {
+                        on(Heard::Message(text.into_owned()));
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => on(Heard::Missed),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

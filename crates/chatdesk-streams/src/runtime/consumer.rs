@@ -164,40 +164,20 @@ async fn listen_for_claims(
     claim_now: Arc<std::sync::atomic::AtomicU64>,
     cancel: CancellationToken,
 ) {
-    let client = match connector.dedicated(Duration::from_secs(1)).await {
-        Ok(client) => client,
-        Err(error) => {
-            tracing::debug!(error = %error, "no claim signals: claims wait for their interval");
-            return;
+    let heard = crate::connection::follow(&connector, &channel, &cancel, |heard| {
+        let now = match heard {
+            crate::connection::Heard::Message(text) => text == wanted,
+            // A signal may have been lost: claiming once more costs one XAUTOCLAIM.
+            crate::connection::Heard::Missed => true,
+        };
+        if now {
+            claim_now.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-    };
-    let mut messages = client.message_rx();
-    let mut reconnects = client.reconnect_rx();
-    if let Err(error) = client.subscribe(channel.as_str()).await {
+    })
+    .await;
+    if let Err(error) = heard {
         tracing::debug!(error = %error, "no claim signals: claims wait for their interval");
     }
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            reconnected = reconnects.recv() => {
-                if reconnected.is_ok() {
-                    let _ = client.subscribe(channel.as_str()).await;
-                }
-            }
-            message = messages.recv() => match message {
-                Ok(message) => {
-                    if message.value.as_str().is_some_and(|text| text == wanted.as_str()) {
-                        claim_now.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    claim_now.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-            }
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
 }
 
 /// Creates `group` on `key` if it does not exist (with MKSTREAM, so the group can exist before
