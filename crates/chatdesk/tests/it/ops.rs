@@ -520,6 +520,19 @@ async fn status_names_what_holds_retention_and_marks_estimated_lag() {
     assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
     let again = succeeded(&cli(&env, streams.path(), &["streams", "replay", "--group", "writer", "--from", &from]));
     assert!(again.contains("nothing done"), "{again}");
+
+    // `XGROUP SETID` back to the start, then a trim: whatever Redis makes of it, the lag shown is
+    // the entries after the group's position that are still there, never 0.
+    let fresh = keys.partition(&events.name, 6).stream;
+    let entries = add_entries(&redis, &fresh, now_ms() + 10, 5).await;
+    let _: () = redis.xgroup_create(&fresh, "writer", "$", false).await.unwrap();
+    let _: () = redis.xgroup_setid(&fresh, "writer", entries[0].as_str()).await.unwrap();
+    let trimmed: u64 = redis.xtrim(&fresh, ("MINID", "=", entries[2].as_str())).await.unwrap();
+    assert_eq!(trimmed, 2);
+    let partition = status("events").into_iter().find(|report| report["partition"] == 6).unwrap();
+    let writer =
+        partition["groups"].as_array().unwrap().iter().find(|group| group["group"] == "writer").unwrap().clone();
+    assert_eq!(writer["lag"], 3, "{writer}");
 }
 
 /// Bad input gets a clear error and nothing is done (nothing in the audit log).
