@@ -72,6 +72,7 @@ async fn sre(state: &AppState, principal: &Principal, action: &str) -> Result<()
 #[serde(deny_unknown_fields)]
 pub struct FamilyQuery {
     /// One stream family (`events`, `send`, `broadcast`); all when absent.
+    #[param(min_length = 1, max_length = 64)]
     pub family: Option<String>,
 }
 
@@ -134,13 +135,19 @@ pub async fn streams_history(
 #[serde(deny_unknown_fields)]
 pub struct ReplayBody {
     /// The stream family; needed only when the group's name is in several.
+    #[schema(min_length = 1, max_length = 64)]
     pub family: Option<String>,
     /// writer, sender, broadcaster or autoreply.
+    #[schema(min_length = 1, max_length = 200)]
     pub group: String,
     /// An entry id (`1733490000000-0`), an RFC 3339 time or a time before now (`-2h`).
+    #[schema(min_length = 1, max_length = 64)]
     pub from: String,
     /// Same forms, inclusive; now when absent.
+    #[schema(min_length = 1, max_length = 64)]
     pub to: Option<String>,
+    /// Below the family's partition count.
+    #[schema(minimum = 0, maximum = 65535)]
     pub partition: Option<u16>,
     /// Carry it out; without it only the plan is returned and nothing changes.
     #[serde(default)]
@@ -211,6 +218,7 @@ pub struct DlqQuery {
     pub since: Option<String>,
     pub until: Option<String>,
     /// References (`<family>/<partition>/<id>`), comma-separated.
+    #[param(pattern = r"^[^/,]+/[0-9]+/[0-9]+-[0-9]+(,[^/,]+/[0-9]+/[0-9]+-[0-9]+)*$")]
     pub ids: Option<String>,
     /// 1 to 1,000 (default 50): the newest this many.
     #[param(minimum = 1, maximum = 1000)]
@@ -260,8 +268,8 @@ pub async fn list_dead_letters(
     tag = "ops",
     params(
         ("family" = String, Path, description = "The stream family"),
-        ("partition" = u16, Path, description = "The partition"),
-        ("id" = String, Path, description = "The dead letter's entry id"),
+        ("partition" = u16, Path, minimum = 0, maximum = 65535, description = "The partition"),
+        ("id" = String, Path, pattern = r"^[0-9]+-[0-9]+$", description = "The dead letter's entry id"),
     ),
     security(("bearer" = [])),
     responses(
@@ -293,6 +301,7 @@ pub struct RedriveBody {
     /// References (`<family>/<partition>/<id>`).
     pub ids: Option<Vec<String>>,
     /// Letters per second (default 100; 0.1 to 10,000).
+    #[schema(minimum = 0.1, maximum = 10000)]
     pub rate: Option<f64>,
     /// Every dead letter (of `family`, when given): needed when no other filter is.
     #[serde(default)]
@@ -406,9 +415,13 @@ pub async fn purge(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimBody {
+    #[schema(min_length = 1, max_length = 64)]
     pub family: Option<String>,
+    #[schema(min_length = 1, max_length = 200)]
     pub group: String,
-    /// How long an entry must have been idle (`5m`).
+    /// How long an entry must have been idle (`5m`): at least the group's `claim_idle`, at
+    /// most 365 days.
+    #[schema(pattern = r"^([0-9]+(ms|s|m|h|d))+$")]
     pub idle: String,
 }
 
@@ -444,7 +457,9 @@ pub async fn claim(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PruneBody {
-    /// How long a gateway group or an empty consumer must have been idle (default `1m`).
+    /// How long a gateway group or an empty consumer must have been idle (default `1m`; 1 s to
+    /// 365 days).
+    #[schema(pattern = r"^([0-9]+(ms|s|m|h|d))+$")]
     pub idle: Option<String>,
 }
 
@@ -500,7 +515,7 @@ pub async fn list_tasks(State(state): State<AppState>, principal: Principal) -> 
     get,
     path = "/v1/ops/tasks/{id}",
     tag = "ops",
-    params(("id" = String, Path, description = "The task's id")),
+    params(("id" = uuid::Uuid, Path, description = "The task's id")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The task's progress: moved, skipped, remaining, state", body = Task),
@@ -522,7 +537,7 @@ pub async fn get_task(
     post,
     path = "/v1/ops/tasks/{id}/cancel",
     tag = "ops",
-    params(("id" = String, Path, description = "The task's id")),
+    params(("id" = uuid::Uuid, Path, description = "The task's id")),
     security(("bearer" = [])),
     responses(
         (status = 202, description = "Asked to stop: it stops before its next entry", body = Task),
@@ -549,6 +564,7 @@ pub struct AuditQuery {
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// The previous page's `next_cursor`.
+    #[param(pattern = r"^[1-9][0-9]{0,18}$")]
     pub cursor: Option<String>,
 }
 
