@@ -192,7 +192,7 @@ async fn release(state: &AppState, keys: &[String]) {
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// 1 to 320 characters, no control characters.
-    #[schema(min_length = 1, max_length = 320)]
+    #[schema(min_length = 1, max_length = 320, pattern = r"^[^\u0000-\u001F\u007F]*$")]
     pub email: String,
     /// At most 1,024 bytes.
     #[schema(max_length = 1024)]

@@ -72,7 +72,7 @@ async fn sre(state: &AppState, principal: &Principal, action: &str) -> Result<()
 #[serde(deny_unknown_fields)]
 pub struct FamilyQuery {
     /// One stream family (`events`, `send`, `broadcast`); all when absent.
-    #[param(min_length = 1, max_length = 64)]
+    #[param(pattern = r"^(events|send|broadcast)$")]
     pub family: Option<String>,
 }
 
@@ -135,10 +135,10 @@ pub async fn streams_history(
 #[serde(deny_unknown_fields)]
 pub struct ReplayBody {
     /// The stream family; needed only when the group's name is in several.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(pattern = r"^(events|send|broadcast)$")]
     pub family: Option<String>,
     /// writer, sender, broadcaster or autoreply.
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(pattern = r"^(writer|sender|broadcaster|autoreply)$")]
     pub group: String,
     /// An entry id (`1733490000000-0`), an RFC 3339 time or a time before now (`-2h`).
     #[schema(min_length = 1, max_length = 64)]
@@ -210,6 +210,7 @@ pub async fn replay(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DlqQuery {
+    #[param(pattern = r"^(events|send|broadcast)$")]
     pub family: Option<String>,
     pub group: Option<String>,
     /// Text the error contains (case-insensitive).
@@ -218,7 +219,9 @@ pub struct DlqQuery {
     pub since: Option<String>,
     pub until: Option<String>,
     /// References (`<family>/<partition>/<id>`), comma-separated.
-    #[param(pattern = r"^[^/,]+/[0-9]+/[0-9]+-[0-9]+(,[^/,]+/[0-9]+/[0-9]+-[0-9]+)*$")]
+    #[param(
+        pattern = r"^[a-z][a-z0-9_-]*/[0-9]{1,5}/[0-9]{1,20}-[0-9]{1,20}(,[a-z][a-z0-9_-]*/[0-9]{1,5}/[0-9]{1,20}-[0-9]{1,20})*$"
+    )]
     pub ids: Option<String>,
     /// 1 to 1,000 (default 50): the newest this many.
     #[param(minimum = 1, maximum = 1000)]
@@ -289,16 +292,24 @@ pub async fn show_dead_letter(
     Ok(Json(state.ops.dlq_show(&format!("{family}/{partition}/{id}")).await?))
 }
 
+/// A dead letter's reference, `<family>/<partition>/<id>`, as listed.
+#[derive(ToSchema)]
+#[schema(pattern = r"^[a-z][a-z0-9_-]*/[0-9]{1,5}/[0-9]{1,20}-[0-9]{1,20}$")]
+#[allow(dead_code)]
+pub struct DlqReference(String);
+
 /// Which dead letters to redrive, and how fast.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedriveBody {
+    #[schema(pattern = r"^(events|send|broadcast)$")]
     pub family: Option<String>,
     pub group: Option<String>,
     pub error: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
     /// References (`<family>/<partition>/<id>`).
+    #[schema(value_type = Option<Vec<DlqReference>>)]
     pub ids: Option<Vec<String>>,
     /// Letters per second (default 100; 0.1 to 10,000).
     #[schema(minimum = 0.1, maximum = 10000)]
@@ -360,11 +371,14 @@ pub async fn redrive(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurgeBody {
+    #[schema(pattern = r"^(events|send|broadcast)$")]
     pub family: Option<String>,
     pub group: Option<String>,
     pub error: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
+    /// References (`<family>/<partition>/<id>`).
+    #[schema(value_type = Option<Vec<DlqReference>>)]
     pub ids: Option<Vec<String>>,
     #[serde(default)]
     pub execute: bool,
@@ -415,13 +429,16 @@ pub async fn purge(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimBody {
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(pattern = r"^(events|send|broadcast)$")]
     pub family: Option<String>,
+    /// A group of the family (a gateway node's: `gateway.<node>`).
     #[schema(min_length = 1, max_length = 200)]
     pub group: String,
     /// How long an entry must have been idle (`5m`): at least the group's `claim_idle`, at
     /// most 365 days.
-    #[schema(pattern = r"^([0-9]+(ms|s|m|h|d))+$")]
+    #[schema(
+        pattern = r"^([1-9][0-9]{0,4}s|[1-9][0-9]{0,4}m|[1-9][0-9]{0,2}h|([1-9]|[1-9][0-9]|[12][0-9]{2}|3[0-5][0-9]|36[0-5])d)$"
+    )]
     pub idle: String,
 }
 
@@ -459,7 +476,9 @@ pub async fn claim(
 pub struct PruneBody {
     /// How long a gateway group or an empty consumer must have been idle (default `1m`; 1 s to
     /// 365 days).
-    #[schema(pattern = r"^([0-9]+(ms|s|m|h|d))+$")]
+    #[schema(
+        pattern = r"^([1-9][0-9]{0,4}s|[1-9][0-9]{0,4}m|[1-9][0-9]{0,2}h|([1-9]|[1-9][0-9]|[12][0-9]{2}|3[0-5][0-9]|36[0-5])d)$"
+    )]
     pub idle: Option<String>,
 }
 
