@@ -79,6 +79,21 @@ async fn until_count(pool: &sqlx::PgPool, what: &str, sql: &'static str, tenant:
     .await;
 }
 
+/// The tenant's last stored message offset (ms), once the clock has passed it.
+async fn clock_past(pool: &sqlx::PgPool, tenant: uuid::Uuid) -> u64 {
+    let (last,): (i64,) = sqlx::query_as("SELECT max(offset_ms) FROM messages WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let last = last as u64;
+    chatdesk_testkit::wait_until("the clock past the last offset", Duration::from_secs(5), || async {
+        now_ms() > last
+    })
+    .await;
+    last
+}
+
 const MESSAGES: &str = "SELECT count(*) FROM messages WHERE tenant_id = $1";
 const DISTINCT_MESSAGES: &str = "SELECT count(DISTINCT body) FROM messages WHERE tenant_id = $1";
 
@@ -115,12 +130,12 @@ async fn an_incident_drill_restores_a_deleted_window_exactly() {
         sent += 10;
         until_count(&pool, "the messages stored", MESSAGES, tenant_id, sent).await;
     };
+    // The window is the stream offsets of the "during" messages: each batch is sent once the
+    // clock has passed the previous one's last offset, so no millisecond holds two batches.
     send_ten("before").await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let window_start = now_ms();
+    let window_start = clock_past(&pool, tenant_id).await + 1;
     send_ten("during").await;
-    let window_end = now_ms();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let window_end = clock_past(&pool, tenant_id).await;
     send_ten("after").await;
 
     let unread_before: Vec<(uuid::Uuid, i32, Option<uuid::Uuid>)> =
@@ -222,10 +237,10 @@ async fn a_replay_into_the_sender_sends_nothing_twice() {
         &["streams", "replay", "--group", "sender", "--from", &from, "--execute"],
     ));
     assert!(output.contains("moved 5/5"), "{output}");
+    // The command returned once the sender had acknowledged every replayed entry, and the sender
+    // queues a job before it acknowledges the entry: a wrongly admitted job is in the queue now,
+    // and has reached the receiver once the queue is empty.
     crate::support::until_deliveries_finished(&env).await;
-    // The sender has taken and acknowledged every replayed entry (the command waited for that);
-    // give a wrongly admitted job time to reach the receiver before counting.
-    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiver.received().len(), 5, "nothing was sent twice");
 }
 
@@ -341,10 +356,13 @@ async fn dead_letters_are_redriven_once_the_cause_is_fixed() {
     let slow_id = slow_task["id"].as_str().unwrap().to_owned();
     // Past the lock's 15 s (the second letter went at 10 s, the third is due at 20 s): still
     // running, still holding the family.
-    tokio::time::sleep(Duration::from_secs(17)).await;
-    let task: Value =
-        serde_json::from_str(succeeded(&cli(&env, streams.path(), &["streams", "tasks", &slow_id, "--json"])).trim())
-            .unwrap();
+    let task = chatdesk_testkit::eventually("the slow redrive running past 16 s", Duration::from_secs(30), || async {
+        let output = cli(&env, streams.path(), &["streams", "tasks", &slow_id, "--json"]);
+        let task: Value = serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).ok()?;
+        let started = task["started_ms"].as_u64()?;
+        (task["state"] != "running" || now_ms() >= started + 16_000).then_some(task)
+    })
+    .await;
     assert_eq!(task["state"], "running", "{task}");
     let second = cli(&env, streams.path(), &["streams", "dlq", "redrive", "--group", "writer"]);
     let stderr = String::from_utf8_lossy(&second.stderr);
@@ -675,7 +693,14 @@ async fn the_ops_routes_are_for_the_operators_and_audit_who_acted() {
         nodes.contains(&"test-node".to_owned())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    chatdesk_testkit::wait_until("the gone consumer idle for 1 s", Duration::from_secs(30), || async {
+        let consumers: Vec<HashMap<String, fred::types::Value>> = redis.xinfo_consumers(&key, "writer").await.unwrap();
+        consumers.iter().any(|consumer| {
+            consumer.get("name").and_then(|name| name.as_string()).as_deref() == Some("gone-consumer")
+                && consumer.get("idle").and_then(|idle| idle.as_u64()).unwrap_or(0) >= 1_000
+        })
+    })
+    .await;
     let prune = sre.call("POST", "/v1/ops/groups/prune", Some(json!({"idle": "1s"}))).await;
     assert_eq!(prune.status, 200, "{}", prune.body);
     let pruned = prune.json();

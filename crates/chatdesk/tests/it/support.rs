@@ -316,3 +316,42 @@ pub fn replay_into(env: &Env, streams: &std::path::Path, group: &str, from: &str
     assert!(output.status.success(), "replay into {group}: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     stdout
 }
+
+/// Waits until `group` has read and acknowledged everything on every partition of `family`.
+pub async fn until_group_caught_up(env: &Env, family: &str, group: &str) {
+    use fred::prelude::*;
+    let streams =
+        chatdesk_core::StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap();
+    let stream = streams.stream(family).unwrap();
+    let keys = chatdesk_core::KeyScheme::new(&env.prefix).unwrap();
+    let redis = chatdesk_streams::RedisConnector::new(chatdesk_streams::RedisSettings::new(&env.redis_url))
+        .unwrap()
+        .shared()
+        .await
+        .unwrap();
+    chatdesk_testkit::wait_until(&format!("{group} caught up on {family}"), Duration::from_secs(60), || async {
+        for partition in 0..stream.partitions {
+            let key = keys.partition(&stream.name, partition).stream;
+            let exists: u64 = redis.exists(&key).await.unwrap();
+            if exists == 0 {
+                continue;
+            }
+            let groups: Vec<std::collections::HashMap<String, fred::types::Value>> =
+                redis.xinfo_groups(&key).await.unwrap();
+            let Some(info) =
+                groups.iter().find(|info| info.get("name").and_then(|name| name.as_string()).as_deref() == Some(group))
+            else {
+                return false;
+            };
+            let number = |field: &str| match info.get(field) {
+                Some(fred::types::Value::Null) | None => None,
+                Some(value) => value.as_u64(),
+            };
+            if number("lag") != Some(0) || number("pending") != Some(0) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
