@@ -6,8 +6,7 @@ use std::net::SocketAddr;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use chatdesk_core::{KeyScheme, StreamsConfig};
-use chatdesk_streams::{RedisConnector, RedisSettings};
+use chatdesk_core::KeyScheme;
 use fred::prelude::*;
 use serde_json::{Value, json};
 
@@ -57,14 +56,6 @@ fn succeeded(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
-}
-
-async fn redis(env: &Env) -> fred::clients::Client {
-    RedisConnector::new(RedisSettings::new(&env.redis_url)).unwrap().shared().await.unwrap()
-}
-
-fn streams_config() -> StreamsConfig {
-    StreamsConfig::from_toml_str("streams.toml", SHIPPED_STREAMS).unwrap()
 }
 
 async fn count(pool: &sqlx::PgPool, sql: &'static str, tenant: uuid::Uuid) -> i64 {
@@ -432,8 +423,8 @@ async fn read_as(redis: &fred::clients::Client, key: &str, group: &str, count: u
 async fn status_names_what_holds_retention_and_marks_estimated_lag() {
     let env = Env::start().await;
     let streams = quick_claims();
-    let redis = redis(&env).await;
-    let config = streams_config();
+    let redis = crate::support::redis_client(&env).await;
+    let config = crate::support::shipped_streams();
     let events = config.stream("events").unwrap();
     let keys = KeyScheme::new(&env.prefix).unwrap();
     let key = keys.partition(&events.name, 2).stream;
@@ -681,9 +672,9 @@ async fn the_ops_routes_are_for_the_operators_and_audit_who_acted() {
     let bad_idle = sre.call("POST", "/v1/ops/claim", Some(json!({"group": "writer", "idle": "later"}))).await;
     assert_eq!(bad_idle.status, 422, "{}", bad_idle.body);
     // A gone gateway node's group and a gone consumer of the writer; this node's are alive.
-    let redis = redis(&env).await;
+    let redis = crate::support::redis_client(&env).await;
     let keys = KeyScheme::new(&env.prefix).unwrap();
-    let config = streams_config();
+    let config = crate::support::shipped_streams();
     let key = keys.partition(&config.stream("events").unwrap().name, 0).stream;
     let _: () = redis.xgroup_create(&key, "gateway.gone-node", "$", true).await.unwrap();
     let _: () = redis.xgroup_createconsumer(&key, "writer", "gone-consumer").await.unwrap();

@@ -164,13 +164,8 @@ pub async fn conversation_of(api: &Client, external_id: &str) -> Value {
 /// Every dead letter of a stream family, each as one line of its fields.
 pub async fn dead_letter_fields(env: &Env, family: &str) -> Vec<String> {
     use fred::prelude::*;
-    let redis = chatdesk_streams::RedisConnector::new(chatdesk_streams::RedisSettings::new(&env.redis_url))
-        .unwrap()
-        .shared()
-        .await
-        .unwrap();
-    let streams =
-        chatdesk_core::StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap();
+    let redis = redis_client(env).await;
+    let streams = shipped_streams();
     let stream = streams.stream(family).unwrap();
     let keys = chatdesk_core::KeyScheme::new(&env.prefix).unwrap();
     let mut letters = Vec::new();
@@ -233,15 +228,10 @@ pub async fn whatsapp_notify(http: SocketAddr, inbox: &Value, value: Value) {
 /// Jobs in the sender's delivery queue, over every partition of the send stream.
 pub async fn queued_deliveries(env: &Env) -> u64 {
     use fred::interfaces::HashesInterface as _;
-    let streams =
-        chatdesk_core::StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap();
+    let streams = shipped_streams();
     let send = streams.stream("send").unwrap();
     let keys = chatdesk_core::KeyScheme::new(&env.prefix).unwrap();
-    let redis = chatdesk_streams::RedisConnector::new(chatdesk_streams::RedisSettings::new(&env.redis_url))
-        .unwrap()
-        .shared()
-        .await
-        .unwrap();
+    let redis = redis_client(env).await;
     let mut queued = 0u64;
     for partition in 0..send.partitions {
         let jobs: u64 = redis.hlen(keys.partition(&send.name, partition).key("sendq.jobs")).await.unwrap();
@@ -320,15 +310,10 @@ pub fn replay_into(env: &Env, streams: &std::path::Path, group: &str, from: &str
 /// Waits until `group` has read and acknowledged everything on every partition of `family`.
 pub async fn until_group_caught_up(env: &Env, family: &str, group: &str) {
     use fred::prelude::*;
-    let streams =
-        chatdesk_core::StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap();
+    let streams = shipped_streams();
     let stream = streams.stream(family).unwrap();
     let keys = chatdesk_core::KeyScheme::new(&env.prefix).unwrap();
-    let redis = chatdesk_streams::RedisConnector::new(chatdesk_streams::RedisSettings::new(&env.redis_url))
-        .unwrap()
-        .shared()
-        .await
-        .unwrap();
+    let redis = redis_client(env).await;
     chatdesk_testkit::wait_until(&format!("{group} caught up on {family}"), Duration::from_secs(60), || async {
         for partition in 0..stream.partitions {
             let key = keys.partition(&stream.name, partition).stream;
@@ -354,4 +339,18 @@ pub async fn until_group_caught_up(env: &Env, family: &str, group: &str) {
         true
     })
     .await;
+}
+
+/// A client of the test's Redis.
+pub async fn redis_client(env: &Env) -> fred::clients::Client {
+    chatdesk_streams::RedisConnector::new(chatdesk_streams::RedisSettings::new(&env.redis_url))
+        .unwrap()
+        .shared()
+        .await
+        .unwrap()
+}
+
+/// The shipped `streams.toml`.
+pub fn shipped_streams() -> chatdesk_core::StreamsConfig {
+    chatdesk_core::StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap()
 }
