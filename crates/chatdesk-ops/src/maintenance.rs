@@ -182,15 +182,19 @@ impl Ops {
                 .map(|(name, _)| format!("{name}."))
                 .collect();
             for prefix in &live_only {
-                for partition in 0..stream.partitions {
-                    let key = self.keys.partition(&stream.name, partition).stream;
-                    result.groups_removed.extend(
-                        remove_gone_groups(&self.redis, &key, prefix, &live, idle_ms)
-                            .await?
-                            .into_iter()
-                            .map(|group| format!("{group}@{partition}")),
-                    );
-                }
+                // A live process's own group stays, however quiet.
+                let keep: Vec<String> = live.iter().map(|node| format!("{prefix}{node}")).collect();
+                result.groups_removed.extend(
+                    chatdesk_streams::retention::remove_idle_groups(
+                        &self.redis,
+                        &self.keys,
+                        &stream,
+                        prefix,
+                        &keep,
+                        idle,
+                    )
+                    .await?,
+                );
             }
             for partition in 0..stream.partitions {
                 let key = self.keys.partition(&stream.name, partition).stream;
@@ -253,39 +257,6 @@ pub(crate) async fn delete_if_idle(
         .call(redis, vec![key.to_owned()], vec![group.to_owned(), consumer.to_owned(), idle_ms.to_string()])
         .await?;
     Ok(deleted == 1)
-}
-
-/// Destroys the groups `<prefix><node>` of nodes not in `live` whose consumers all hold nothing
-/// and have been idle for `idle_ms`. Such groups (a gateway node's) never hold retention back.
-async fn remove_gone_groups(
-    redis: &Client,
-    key: &str,
-    prefix: &str,
-    live: &[String],
-    idle_ms: u64,
-) -> Result<Vec<String>> {
-    let exists: u64 = redis.exists(key).await?;
-    if exists == 0 {
-        return Ok(Vec::new());
-    }
-    let groups: Vec<HashMap<String, Value>> = redis.xinfo_groups(key).await?;
-    let mut removed = Vec::new();
-    for group in groups {
-        let Some(name) = group.get("name").map(value_text) else { continue };
-        let Some(node) = name.strip_prefix(prefix) else { continue };
-        if live.iter().any(|live| live == node) || group.get("pending").and_then(Value::as_u64).unwrap_or(0) > 0 {
-            continue;
-        }
-        let consumers: Vec<HashMap<String, Value>> = redis.xinfo_consumers(key, name.as_str()).await?;
-        let all_idle = consumers
-            .iter()
-            .all(|consumer| consumer.get("idle").and_then(Value::as_u64).unwrap_or(u64::MAX) >= idle_ms);
-        if all_idle {
-            let _: i64 = redis.xgroup_destroy(key, name.as_str()).await?;
-            removed.push(name);
-        }
-    }
-    Ok(removed)
 }
 
 /// Deletes the consumers of `group` holding nothing and idle for at least `idle_ms`, but never

@@ -205,7 +205,7 @@ impl Ops {
             plan.first_id = first_id;
             plan.last_id = last_id;
             let letters = self.keys.partition(&target.stream.name, partition).dead_letters;
-            plan.dead_letters = dead_entries_in(&self.redis, &letters, &target.group, from, end).await?;
+            plan.dead_letters = dead_entries(&self.redis, &letters, &target.group, 0, from, end).await?;
         }
         Ok(plan)
     }
@@ -331,15 +331,9 @@ impl Ops {
                 for part in &plan.partitions {
                     let keys = self.keys.partition(&family, part.partition);
                     forget_idle_ops_consumer(&self.redis, &keys.stream, &plan.group, REPLAY_CONSUMER).await?;
-                    failed_again += dead_lettered_since(
-                        &self.redis,
-                        &keys.dead_letters,
-                        &plan.group,
-                        running.task.started_ms,
-                        from,
-                        to,
-                    )
-                    .await?;
+                    failed_again +=
+                        dead_entries(&self.redis, &keys.dead_letters, &plan.group, running.task.started_ms, from, to)
+                            .await?;
                 }
                 let mut summary = format!("{} entries re-delivered to {} and handled", running.task.moved, plan.group);
                 if failed_again > 0 {
@@ -378,9 +372,13 @@ pub(crate) async fn forget_idle_ops_consumer(redis: &Client, key: &str, group: &
     }
 }
 
-/// Dead letters `group` wrote to `key` since `since_ms` for entries in `[from, to]`: what a
-/// replay handed back and the group gave up on again.
-async fn dead_lettered_since(
+/// Dead letters looked at at most when counting the dead entries of a range.
+const DEAD_LETTERS_LOOKED: u64 = 10_000;
+
+/// Entries of `[from, to]` that `group` dead-lettered in `key` at or after `since_ms`, each
+/// counted once however often it was (at most [`DEAD_LETTERS_LOOKED`] letters are read). A letter
+/// is written after its entry, so reading from `from`'s time misses none of the range's.
+async fn dead_entries(
     redis: &Client,
     key: &str,
     group: &str,
@@ -388,39 +386,10 @@ async fn dead_lettered_since(
     from: EntryId,
     to: EntryId,
 ) -> Result<u64> {
-    let mut count = 0;
-    let mut cursor = format!("{since_ms}-0");
-    loop {
-        let page: Vec<(String, HashMap<String, Value>)> = redis.xrange(key, cursor.as_str(), "+", Some(500)).await?;
-        for (_, fields) in &page {
-            let letter = chatdesk_core::DeadLetter::decode(
-                fields.iter().map(|(field, value)| (field.as_str(), value_text(value))),
-            );
-            if let Ok(letter) = letter
-                && letter.group == group
-                && letter.original_id.parse::<EntryId>().is_ok_and(|id| from <= id && id <= to)
-            {
-                count += 1;
-            }
-        }
-        match page.last() {
-            Some((id, _)) if page.len() == 500 => cursor = format!("({id}"),
-            _ => return Ok(count),
-        }
-    }
-}
-
-/// Letters to look at at most when a plan counts the dead letters of its range.
-const PLAN_LETTERS: u64 = 10_000;
-
-/// Entries of `[from, to]` that `group` dead-lettered, each counted once however often it was.
-/// A letter is written after its entry, so the dead letters are read from `from` on, at most
-/// [`PLAN_LETTERS`] of them.
-async fn dead_entries_in(redis: &Client, key: &str, group: &str, from: EntryId, to: EntryId) -> Result<u64> {
     let mut entries = std::collections::HashSet::new();
-    let mut cursor = EntryId::new(from.millis, 0).to_string();
+    let mut cursor = EntryId::new(since_ms.max(from.millis), 0).to_string();
     let mut looked = 0;
-    while looked < PLAN_LETTERS {
+    while looked < DEAD_LETTERS_LOOKED {
         let page: Vec<(String, HashMap<String, Value>)> = redis.xrange(key, cursor.as_str(), "+", Some(500)).await?;
         for (_, fields) in &page {
             looked += 1;

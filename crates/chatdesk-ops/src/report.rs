@@ -82,13 +82,8 @@ fn age(now: u64, id: &str) -> Option<u64> {
     id.parse::<EntryId>().ok().map(|id| now.saturating_sub(id.millis))
 }
 
-/// A number field; `None` when absent or nil (fred would read nil as 0, and a nil lag is exactly
-/// the case that must not print as 0).
 fn number(map: &HashMap<String, Value>, field: &str) -> Option<u64> {
-    match map.get(field) {
-        None | Some(Value::Null) => None,
-        Some(value) => value.as_u64(),
-    }
+    chatdesk_streams::status::count_field(map.get(field))
 }
 
 /// XINFO STREAM's entry fields are `[id, [field, value…]]`; the id is all we need.

@@ -187,7 +187,7 @@ pub async fn run(
     }
 }
 
-/// Removes the groups named `<prefix><anything>` other than `keep` whose consumers have all been
+/// Removes the groups named `<prefix><anything>` not in `keep` whose consumers have all been
 /// idle for at least `idle` and that hold nothing pending: the groups of gateway nodes that are
 /// gone. Such groups are not durable (they never hold back trimming), but left alone they pile
 /// up in `XINFO GROUPS` and in lag metrics. Returns the groups removed.
@@ -196,7 +196,7 @@ pub async fn remove_idle_groups(
     keys: &KeyScheme,
     stream: &StreamSettings,
     prefix: &str,
-    keep: &str,
+    keep: &[String],
     idle: Duration,
 ) -> Result<Vec<String>, Error> {
     let mut removed = Vec::new();
@@ -210,7 +210,7 @@ pub async fn remove_idle_groups(
         for group in groups {
             let Some(name) = group.get("name").map(value_text) else { continue };
             let pending = group.get("pending").and_then(Value::as_u64).unwrap_or(0);
-            if !name.starts_with(prefix) || name == keep || pending > 0 {
+            if !name.starts_with(prefix) || keep.contains(&name) || pending > 0 {
                 continue;
             }
             let consumers: Vec<HashMap<String, Value>> = client.xinfo_consumers(&key, name.as_str()).await?;

@@ -30,8 +30,9 @@ pub struct GroupStatus {
     pub length: u64,
 }
 
-/// `None` for a missing or nil field: fred reads nil as 0, and a nil lag must not become 0.
-fn as_u64(value: Option<&Value>) -> Option<u64> {
+/// A count field of an `XINFO` reply; `None` when missing or nil: fred reads nil as 0, and a
+/// nil lag (Redis cannot tell) must not become 0.
+pub fn count_field(value: Option<&Value>) -> Option<u64> {
     match value {
         None | Some(Value::Null) => None,
         Some(value) => value.as_u64(),
@@ -59,9 +60,9 @@ pub async fn partition_status(
             stream: stream.name.to_string(),
             partition,
             group: group.get("name").map(value_text).unwrap_or_default(),
-            consumers: as_u64(group.get("consumers")).unwrap_or(0),
-            pending: as_u64(group.get("pending")).unwrap_or(0),
-            lag: as_u64(group.get("lag")),
+            consumers: count_field(group.get("consumers")).unwrap_or(0),
+            pending: count_field(group.get("pending")).unwrap_or(0),
+            lag: count_field(group.get("lag")),
             last_delivered_id: group.get("last-delivered-id").map(value_text).unwrap_or_default(),
             length,
         })

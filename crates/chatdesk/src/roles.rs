@@ -66,16 +66,21 @@ fn remove_gone_gateways(
     own_group: String,
     cancel: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + use<> {
-    let (redis, keys, streams) = (runtime.redis.clone(), runtime.keys.clone(), runtime.streams.clone());
+    let ops = runtime.ops();
     async move {
-        let Some(events) = streams.stream(EVENTS_STREAM) else { return };
+        let Some(events) = ops.streams.stream(EVENTS_STREAM) else { return };
         loop {
+            // This node's group, and those of nodes that report themselves alive, stay.
+            let mut keep = vec![own_group.clone()];
+            if let Ok(live) = ops.live_nodes().await {
+                keep.extend(live.iter().map(|node| format!("gateway.{node}")));
+            }
             let removed = chatdesk_streams::retention::remove_idle_groups(
-                &redis,
-                &keys,
+                &ops.redis,
+                &ops.keys,
                 events,
                 "gateway.",
-                &own_group,
+                &keep,
                 GONE_GATEWAY_IDLE,
             )
             .await;

@@ -126,7 +126,7 @@ async fn groups_of_gone_gateway_nodes_are_removed() {
         &keys,
         stream,
         "gateway.",
-        "gateway.me",
+        &["gateway.me".to_owned()],
         std::time::Duration::ZERO,
     )
     .await
