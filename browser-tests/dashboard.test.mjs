@@ -122,6 +122,11 @@ async function checkStreamsPage(browser) {
   await sre.waitForSelector('#dlq-empty', { timeout: 30_000 });
   await sre.waitForSelector(`#ops-audit li[data-action="dlq.redrive"]`, { timeout: 30_000 });
   check((await sre.textContent('#ops-audit li[data-action="dlq.redrive"]')).includes(config.sre.email), 'the audit log names the SRE');
+  // Pruning what gone processes left, recorded under the SRE's name.
+  await sre.fill('#prune-idle', '1h');
+  await sre.click('#prune-button');
+  await sre.waitForSelector('#maintenance-status .notice-ok');
+  await sre.waitForSelector('#ops-audit li[data-action="prune"]', { timeout: 30_000 });
   // A replay shows its plan before anything happens.
   await sre.fill('#replay-from', '-1h');
   await sre.click('#replay-plan-button');

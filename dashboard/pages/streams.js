@@ -1,7 +1,7 @@
 // The operators' page (the sre role of the operators' tenant): every stream's health live from
 // the `ops` channel, the last hour of each group's lag and oldest pending age, what holds
 // retention back, the dead-letter browser (filter, show, redrive, purge with confirmation),
-// replay with its plan shown before confirming, running tasks, and the audit log (live from
+// replay with its plan shown before confirming, claim and prune, running tasks, and the audit log (live from
 // `ops.audit` events). Speaks only the documented REST API (/v1/ops) and protocol.
 
 import { api } from '../api.js';
@@ -188,6 +188,29 @@ export function mount(container, context) {
   h('div', { class: 'field-row' }, field('Group', replayGroup), field('From', replayFrom, 'entry id, time or -2h'), field('To', replayTo, 'empty: now')),
   h('div', { class: 'bot-actions' }, h('button', { type: 'submit', id: 'replay-plan-button' }, 'Show the plan')));
 
+  // Maintenance: hand a dead consumer's entries over now, prune what gone processes left.
+  const claimGroup = h('select', { id: 'claim-group' }, ...['writer', 'sender', 'broadcaster', 'autoreply'].map((name) => h('option', { value: name }, name)));
+  const claimIdle = h('input', { id: 'claim-idle', value: '5m', required: true });
+  const pruneIdle = h('input', { id: 'prune-idle', value: '1m', required: true });
+  const maintenanceStatus = h('div', { id: 'maintenance-status', role: 'status' });
+  const maintenance = h('form', { class: 'ops-form', onsubmit: (event) => event.preventDefault() },
+    h('div', { class: 'field-row' }, field('Group', claimGroup), field('Idle at least', claimIdle, "not below the group's claim_idle"), field('Prune idle past', pruneIdle, 'gone processes only')),
+    h('div', { class: 'bot-actions' },
+      h('button', { type: 'button', id: 'claim-button', onclick: async () => {
+        try {
+          const claimed = await api('POST', '/v1/ops/claim', { group: claimGroup.value, idle: claimIdle.value.trim() });
+          maintenanceStatus.replaceChildren(notice(`Handed ${plural(claimed.entries, 'entry', 'entries')} of ${claimed.family}/${claimed.group} to its live consumers${claimed.consumers_removed.length ? `; removed ${claimed.consumers_removed.join(', ')}` : ''}.`, 'ok'));
+          loadAudit();
+        } catch (error) { maintenanceStatus.replaceChildren(notice(error.message, 'error')); }
+      } }, 'Claim idle entries'),
+      h('button', { type: 'button', id: 'prune-button', onclick: async () => {
+        try {
+          const pruned = await api('POST', '/v1/ops/groups/prune', { idle: pruneIdle.value.trim() });
+          maintenanceStatus.replaceChildren(notice(`Removed ${plural(pruned.groups_removed.length, 'group', 'groups')} and ${plural(pruned.consumers_removed.length, 'consumer', 'consumers')}.`, 'ok'));
+          loadAudit();
+        } catch (error) { maintenanceStatus.replaceChildren(notice(error.message, 'error')); }
+      } }, 'Prune gone consumers')));
+
   async function loadTasks() {
     try {
       const { items } = await api('GET', '/v1/ops/tasks');
@@ -258,6 +281,7 @@ export function mount(container, context) {
     h('h3', {}, 'Last hour'), charts, holds,
     h('h3', {}, 'Dead letters'), dlqForm, dlqStatus, letters, letter,
     h('h3', {}, 'Replay into a group'), replayForm, replayPlan,
+    h('h3', {}, 'Claim and prune'), maintenance, maintenanceStatus,
     h('h3', {}, 'Tasks'), tasks,
     h('h3', {}, 'Audit log'), audit));
 
