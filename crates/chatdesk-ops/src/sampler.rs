@@ -1,7 +1,7 @@
 //! Every few seconds one process of the deployment reads the whole [`report`](crate::report),
 //! publishes the gauges the shipped alert rules use, and keeps an hour of per-group figures in
-//! Redis for the dashboard's charts. Every process runs the loop; a per-slot lock lets one of
-//! them sample each slot, so the history has one point per slot however many processes run.
+//! Redis for the dashboard's charts. Every process runs the loop and reports itself alive; a
+//! lease lets one of them sample, so the status is read once per interval however many run.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -172,8 +172,14 @@ impl Ops {
             if let Err(error) = alive {
                 tracing::debug!(error = %error, "cannot report this process alive");
             }
-            if let Err(error) = self.sample_once().await {
-                tracing::debug!(error = %error, "cannot sample stream status");
+            match self.lead(&node).await {
+                Ok(true) => {
+                    if let Err(error) = self.sample_once().await {
+                        tracing::debug!(error = %error, "cannot sample stream status");
+                    }
+                }
+                Ok(false) => {}
+                Err(error) => tracing::debug!(error = %error, "cannot tell which process samples"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(INTERVAL) => {}
@@ -182,34 +188,47 @@ impl Ops {
         }
     }
 
+    /// Whether `node` samples this round: one process of the deployment does (the first to take
+    /// the lease, for as long as it keeps renewing it), so the status is read once per interval
+    /// however many processes run, and only that process exports the gauges (no process holds
+    /// stale ones: one that stops sampling has stopped running, or lost Redis).
+    async fn lead(&self, node: &str) -> crate::Result<bool> {
+        let key = self.keys.tagged("ops-sampler", "lease");
+        let ttl = Expiration::EX(INTERVAL.as_secs() as i64 * 3);
+        let taken: Option<String> = self.redis.set(&key, node, Some(ttl.clone()), Some(SetOptions::NX), false).await?;
+        if taken.is_some() {
+            return Ok(true);
+        }
+        let holder: Option<String> = self.redis.get(&key).await?;
+        if holder.as_deref() == Some(node) {
+            let _: () = self.redis.set(&key, node, Some(ttl), Some(SetOptions::XX), false).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     async fn sample_once(&self) -> crate::Result<()> {
         let reports = self.report(None).await?;
         publish(&reports);
-        let slot = now_ms() / INTERVAL.as_millis() as u64;
-        let lock = self.keys.tagged("ops-history-slot", &slot.to_string());
-        let mine: Option<String> = self
-            .redis
-            .set(&lock, "1", Some(Expiration::EX(INTERVAL.as_secs() as i64 * 2)), Some(SetOptions::NX), false)
-            .await?;
-        if mine.is_some() {
-            // The consumers a replay, redrive or claim parked entries under, once the group has
-            // taken them all: they would otherwise count as consumers.
-            for report in &reports {
-                let Ok(stream) = self.stream(&report.stream) else { continue };
-                let key = self.keys.partition(&stream.name, report.partition).stream;
-                for group in &report.groups {
-                    for consumer in group.consumers.iter().filter(|consumer| {
-                        consumer.name.starts_with(crate::OPS_CONSUMER_PREFIX) && consumer.pending == 0
-                    }) {
-                        crate::maintenance::delete_if_idle(&self.redis, &key, &group.group, &consumer.name, 0).await?;
-                    }
+        // The consumers a replay, redrive or claim parked entries under, once the group has taken
+        // them all: they would otherwise count as consumers.
+        for report in &reports {
+            let Ok(stream) = self.stream(&report.stream) else { continue };
+            let key = self.keys.partition(&stream.name, report.partition).stream;
+            for group in &report.groups {
+                for consumer in group
+                    .consumers
+                    .iter()
+                    .filter(|consumer| consumer.name.starts_with(crate::OPS_CONSUMER_PREFIX) && consumer.pending == 0)
+                {
+                    crate::maintenance::delete_if_idle(&self.redis, &key, &group.group, &consumer.name, 0).await?;
                 }
             }
-            let json = serde_json::to_string(&point(&reports)).unwrap_or_default();
-            let key = self.history_key();
-            let _: i64 = self.redis.lpush(&key, json).await?;
-            let _: () = self.redis.ltrim(&key, 0, HISTORY_POINTS - 1).await?;
         }
+        let json = serde_json::to_string(&point(&reports)).unwrap_or_default();
+        let key = self.history_key();
+        let _: i64 = self.redis.lpush(&key, json).await?;
+        let _: () = self.redis.ltrim(&key, 0, HISTORY_POINTS - 1).await?;
         Ok(())
     }
 }
