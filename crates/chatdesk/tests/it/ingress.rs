@@ -386,14 +386,17 @@ async fn a_generic_webhook_is_one_redis_round_trip_and_no_postgres_query() {
         monitor.commands().iter().filter(|line| line.to_lowercase().contains(r#""evalsha""#)).count() >= 2
     })
     .await;
-    // The process's retention pass runs on its own schedule, reading and trimming streams; every
-    // other command is the webhooks'.
+    // The process's retention pass and stream-status sampler run on their own schedules, reading
+    // and trimming streams and dead letters and keeping their own `ops-…` keys; every other
+    // command is the webhooks'.
     let retention = |line: &str| {
         let lower = line.to_lowercase();
-        ["\"xinfo\"", "\"xtrim\"", "\"exists\"", "\"xrange\"", "\"xrevrange\"", "\"xpending\"", "\"xlen\""]
-            .iter()
-            .any(|command| lower.contains(command))
-            && line.contains(":stream:{")
+        let reads_streams =
+            ["\"xinfo\"", "\"xtrim\"", "\"exists\"", "\"xrange\"", "\"xrevrange\"", "\"xpending\"", "\"xlen\""]
+                .iter()
+                .any(|command| lower.contains(command))
+                && (line.contains(":stream:{") || line.contains(":dlq."));
+        reads_streams || line.contains(":ops-")
     };
     let commands: Vec<String> = monitor.commands().into_iter().filter(|line| !retention(line)).collect();
     assert_eq!(commands.len(), 2, "one command per webhook: {commands:#?}");
