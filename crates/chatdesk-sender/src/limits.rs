@@ -216,7 +216,9 @@ if campaign then
     return math.min(wanted, 50)
   end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+-- `now` is truncated to the millisecond: a slot frees only when its send is more than a whole
+-- window old, so no two sends a window apart can land in one window at the provider.
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window - 1)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + hold, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window + hold)
@@ -228,9 +230,9 @@ end
 local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
 if oldest > now then
   -- Still in flight: it moves back when its call returns.
-  return math.min(oldest + window - now, 20)
+  return math.min(oldest + window + 1 - now, 20)
 end
-return math.max(1, oldest + window - now)
+return math.max(1, oldest + window + 1 - now)
 "#,
     )
 });
