@@ -76,7 +76,8 @@ const RECIPIENT_CACHE: usize = 100_000;
 const CAMPAIGN_PAUSE_POLL: Duration = Duration::from_millis(250);
 /// How long a sender trusts a campaign's state it read.
 const CAMPAIGN_STATE_TTL: Duration = Duration::from_millis(200);
-/// When an inbox has its share of calls in flight, its next job waits this long.
+/// When an inbox has its share of calls in flight, its next job waits this long for one to
+/// return before it is put back in the queue (for as long again).
 const INBOX_BUSY_RETRY: Duration = Duration::from_millis(50);
 
 fn job_is_campaign(job: &Job) -> bool {
@@ -84,14 +85,28 @@ fn job_is_campaign(job: &Job) -> bool {
 }
 
 /// Calls in flight per inbox in this process; a guard counts one while it lives.
+///
+/// An inbox's share of the permits is a fair split among the inboxes with calls in flight, and
+/// never less than a quarter: alone, an inbox may use every permit; once others have work, a
+/// slow provider gives permits back as its calls return, so it never holds the others up for
+/// longer than one call.
+#[derive(Default)]
+struct InFlightCounts {
+    counts: Mutex<HashMap<Uuid, usize>>,
+    /// Signalled whenever a call returns, for jobs waiting for their inbox's share.
+    returned: Notify,
+}
+
 struct InFlight {
-    counts: Arc<Mutex<HashMap<Uuid, usize>>>,
+    counts: Arc<InFlightCounts>,
     inbox: Uuid,
 }
 
 impl InFlight {
-    fn enter(counts: &Arc<Mutex<HashMap<Uuid, usize>>>, inbox: Uuid, share: usize) -> Option<Self> {
-        let mut map = counts.lock().expect("in-flight counts");
+    fn enter(counts: &Arc<InFlightCounts>, inbox: Uuid, concurrency: usize) -> Option<Self> {
+        let mut map = counts.counts.lock().expect("in-flight counts");
+        let inboxes = map.len() + usize::from(!map.contains_key(&inbox));
+        let share = (concurrency / inboxes).max(concurrency / 4).max(1);
         let count = map.entry(inbox).or_default();
         if *count >= share {
             return None;
@@ -99,17 +114,35 @@ impl InFlight {
         *count += 1;
         Some(Self { counts: counts.clone(), inbox })
     }
+
+    /// Enters, waiting up to `patience` for the inbox's share to free.
+    async fn wait(counts: &Arc<InFlightCounts>, inbox: Uuid, concurrency: usize, patience: Duration) -> Option<Self> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let returned = counts.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(entered) = Self::enter(counts, inbox, concurrency) {
+                return Some(entered);
+            }
+            if tokio::time::timeout_at(deadline, returned).await.is_err() {
+                return None;
+            }
+        }
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut map = self.counts.lock().expect("in-flight counts");
+        let mut map = self.counts.counts.lock().expect("in-flight counts");
         if let Some(count) = map.get_mut(&self.inbox) {
             *count -= 1;
             if *count == 0 {
                 map.remove(&self.inbox);
             }
         }
+        drop(map);
+        self.counts.returned.notify_waiters();
     }
 }
 
@@ -189,7 +222,7 @@ struct Inner {
     inboxes: Mutex<HashMap<Uuid, CachedInbox>>,
     /// Contacts' provider ids (they never change once a contact exists).
     recipients: Mutex<HashMap<(Uuid, Uuid), String>>,
-    in_flight: Arc<Mutex<HashMap<Uuid, usize>>>,
+    in_flight: Arc<InFlightCounts>,
     campaign_states: Mutex<HashMap<Uuid, (Instant, Option<String>)>>,
     redis: RedisClient,
     keys: KeyScheme,
@@ -226,7 +259,7 @@ impl Sender {
             settings,
             inboxes: Mutex::new(HashMap::new()),
             recipients: Mutex::new(HashMap::new()),
-            in_flight: Arc::new(Mutex::new(HashMap::new())),
+            in_flight: Arc::new(InFlightCounts::default()),
             campaign_states: Mutex::new(HashMap::new()),
             redis: state_redis,
             keys: state_keys,
@@ -267,24 +300,28 @@ impl Handler for Admission {
 
     async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
         let mut outcomes = Outcomes::all_done();
+        let mut jobs = Vec::with_capacity(batch.entries.len());
         for entry in &batch.entries {
-            let request: SendRequest = match entry.envelope.record() {
-                Ok(request) => request,
+            match entry.envelope.record::<SendRequest>() {
+                Ok(request) => jobs.push(Job::new(entry.envelope.tenant.0, entry.id.to_string(), request)),
                 Err(error) => {
                     outcomes.reject(entry.id, format!("not a send request: {error}"));
-                    continue;
                 }
-            };
-            let job = Job::new(entry.envelope.tenant.0, entry.id.to_string(), request);
-            if let Err(error) = self.inner.queue.admit(batch.partition, &job).await {
-                return Err(Box::new(Unavailable(format!("Redis: {error}"))));
             }
+        }
+        if let Err(error) = self.inner.queue.admit(batch.partition, &jobs).await {
+            return Err(Box::new(Unavailable(format!("Redis: {error}"))));
         }
         if let Some(wake) = self.inner.wake.get(usize::from(batch.partition)) {
             wake.notify_one();
         }
         Ok(outcomes)
     }
+}
+
+/// Records how long a step of a delivery took.
+fn step(name: &'static str, started: Instant) {
+    ::metrics::histogram!(metrics::STEP_SECONDS, "step" => name).record(started.elapsed().as_secs_f64());
 }
 
 fn backoff(base: Duration, failures: u32) -> Duration {
@@ -354,12 +391,6 @@ impl Inner {
         Ok(state)
     }
 
-    /// Calls one inbox may have in flight in this process: a quarter of the permits, so a slow
-    /// provider never takes them all.
-    fn inbox_share(&self) -> usize {
-        (self.settings.concurrency / 4).max(1)
-    }
-
     async fn run_partition(self: Arc<Self>, partition: u16, cancel: CancellationToken, tracker: TaskTracker) {
         let lease_ms = self.settings.lease().as_millis() as u64;
         let mut gauge_at = Instant::now();
@@ -376,7 +407,10 @@ impl Inner {
                 }
             }
             let want = (1 + self.permits.available_permits()).min(LEASE_BATCH);
-            let leased = match self.queue.lease(partition, want, lease_ms, &self.holder).await {
+            let started = Instant::now();
+            let leased = self.queue.lease(partition, want, lease_ms, &self.holder).await;
+            step("lease", started);
+            let leased = match leased {
                 Ok(leased) => {
                     errors = 0;
                     leased
@@ -470,6 +504,7 @@ impl Inner {
             return self.conclude(leased, ending, "unknown").await;
         }
         let job = &leased.job;
+        let prepared = Instant::now();
         let inbox = match self.inbox(job.tenant, job.request.inbox_id).await {
             Ok(Some(inbox)) => inbox,
             Ok(None) => {
@@ -530,14 +565,21 @@ impl Inner {
             let limit = Limit { count: campaign.rate_per_sec.max(1), window: Duration::from_secs(1) };
             buckets.insert(0, Bucket::new(BucketKind::CampaignSender, inbox.id.to_string()).with_limit(limit));
         }
-        // A slow provider must not take every permit: past its share, an inbox's jobs wait.
-        let Some(_in_flight) = InFlight::enter(&self.in_flight, inbox.id, self.inbox_share()) else {
+        step("prepare", prepared);
+        // Past its share of the permits (see `InFlight`), an inbox's job waits briefly for one of
+        // its calls to return, then goes back to the queue.
+        let concurrency = self.settings.concurrency;
+        let Some(_in_flight) = InFlight::wait(&self.in_flight, inbox.id, concurrency, INBOX_BUSY_RETRY).await else {
+            ::metrics::counter!(metrics::INBOX_BUSY_TOTAL).increment(1);
             self.queue.update(leased, Some(INBOX_BUSY_RETRY.as_millis() as u64)).await?;
             return Ok(());
         };
         // Unique per try: the lease token is.
         let member = format!("{}:{}", job.request.message_id, leased.token);
-        let taken = match self.limiter.acquire(&buckets, &member, priority).await? {
+        let limited = Instant::now();
+        let acquired = self.limiter.acquire(&buckets, &member, priority).await?;
+        step("limits", limited);
+        let taken = match acquired {
             Ok(taken) => taken,
             Err((wait, bucket)) => {
                 ::metrics::counter!(metrics::RATE_LIMIT_WAITS_TOTAL, "provider" => provider, "bucket" => bucket.name())
@@ -566,6 +608,7 @@ impl Inner {
         }
         ::metrics::histogram!(metrics::PROVIDER_LATENCY_SECONDS, "provider" => provider)
             .record(started.elapsed().as_secs_f64());
+        step("call", started);
         let outcome = match &delivery {
             CallOutcome::Sent { .. } => "sent",
             CallOutcome::Throttled { .. } => "throttled",
@@ -620,7 +663,10 @@ impl Inner {
     /// Records how the job ended (before anything else, see the crate docs), then concludes it.
     async fn end(&self, leased: &mut Leased, ending: Ending, provider: &'static str) -> Result<(), DeliverError> {
         leased.job.ending = Some(ending.clone());
-        if !self.queue.update(leased, None).await? {
+        let started = Instant::now();
+        let recorded = self.queue.update(leased, None).await?;
+        step("record", started);
+        if !recorded {
             ::metrics::counter!(metrics::LEASES_LOST_TOTAL).increment(1);
             return Ok(());
         }
@@ -649,9 +695,14 @@ impl Inner {
                 dead_letter.then_some(reason.as_str()),
             ),
         };
+        let started = Instant::now();
         self.producer.append_event(&entry).await?;
+        step("status", started);
         let letter = dead_letter_reason.map(|error| dead_letter(job, leased.partition, error, &self.node));
-        if !self.queue.finish(leased, letter.as_ref()).await? {
+        let started = Instant::now();
+        let finished = self.queue.finish(leased, letter.as_ref()).await?;
+        step("finish", started);
+        if !finished {
             ::metrics::counter!(metrics::LEASES_LOST_TOTAL).increment(1);
             return Ok(());
         }

@@ -12,6 +12,8 @@ pub const RATE_LIMIT_WAIT_SECONDS: &str = "chatdesk_sender_rate_limit_wait_secon
 pub const CAMPAIGN_SENDS_TOTAL: &str = "chatdesk_sender_campaign_sends_total";
 pub const CAMPAIGN_HELD_TOTAL: &str = "chatdesk_sender_campaign_held_total";
 pub const CAMPAIGN_RESULTS_TOTAL: &str = "chatdesk_sender_campaign_results_total";
+pub const STEP_SECONDS: &str = "chatdesk_sender_step_seconds";
+pub const INBOX_BUSY_TOTAL: &str = "chatdesk_sender_inbox_busy_total";
 pub const CAMPAIGN_THROTTLED_SECONDS: &str = "chatdesk_sender_campaign_throttled_seconds";
 
 pub fn describe() {
@@ -20,6 +22,16 @@ pub fn describe() {
         SENDS_TOTAL,
         Unit::Count,
         "Provider calls, by provider and outcome (sent, throttled, transient, permanent)"
+    );
+    describe_histogram!(
+        STEP_SECONDS,
+        Unit::Seconds,
+        "Time of each step of a delivery, by step (lease, prepare, limits, call, record, status, finish)"
+    );
+    describe_counter!(
+        INBOX_BUSY_TOTAL,
+        Unit::Count,
+        "Leased messages put back because their inbox had its share of calls in flight"
     );
     describe_histogram!(PROVIDER_LATENCY_SECONDS, Unit::Seconds, "Time a provider took to answer, by provider");
     describe_counter!(RETRIES_TOTAL, Unit::Count, "Messages scheduled for another attempt, by provider");

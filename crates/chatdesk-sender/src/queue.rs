@@ -34,17 +34,24 @@ const DONE_TTL_SECONDS: u64 = 8 * 86_400;
 const NOW: &str =
     "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
 
+/// A whole batch in one call: KEYS = jobs, ready, seq, then each job's lane and done marker;
+/// ARGV = each job's id and JSON, in stream order (a lane's jobs keep that order).
 const ADMIT: &str = r#"
-if redis.call('EXISTS', KEYS[5]) == 1 or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  return 0
+local admitted = 0
+for index = 1, #ARGV / 2 do
+  local id, job = ARGV[index * 2 - 1], ARGV[index * 2]
+  local lane, done = KEYS[2 + index * 2], KEYS[3 + index * 2]
+  if redis.call('EXISTS', done) == 0 and redis.call('HEXISTS', KEYS[1], id) == 0 then
+    redis.call('HSET', KEYS[1], id, job)
+    local seq = redis.call('INCR', KEYS[3])
+    redis.call('ZADD', lane, seq, id)
+    if redis.call('ZCARD', lane) == 1 then
+      redis.call('ZADD', KEYS[2], now, id)
+    end
+    admitted = admitted + 1
+  end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local seq = redis.call('INCR', KEYS[3])
-redis.call('ZADD', KEYS[4], seq, ARGV[1])
-if redis.call('ZCARD', KEYS[4]) == 1 then
-  redis.call('ZADD', KEYS[2], now, ARGV[1])
-end
-return 1
+return admitted
 "#;
 
 const LEASE: &str = r#"
@@ -175,19 +182,25 @@ impl Queue {
         keys.partition.scoped("sendq.done", &id.to_string())
     }
 
-    /// Queues `job` behind its conversation's earlier jobs. `false`: it was queued or finished
-    /// before (a redelivered stream entry).
-    pub async fn admit(&self, partition: u16, job: &Job) -> Result<bool, Error> {
+    /// Queues each job behind its conversation's earlier jobs, in the order given, in one round
+    /// trip. Returns how many were new: a job queued or finished before (a redelivered stream
+    /// entry) is skipped.
+    pub async fn admit(&self, partition: u16, jobs: &[Job]) -> Result<usize, Error> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
         let keys = self.partition_keys(partition);
-        let (lane, done) = (Self::lane(&keys, job.request.conversation_id), Self::done(&keys, job.id()));
-        let admitted: i64 = ADMIT_SCRIPT
-            .call(
-                &self.redis,
-                vec![keys.jobs, keys.ready, keys.seq, lane, done],
-                vec![job.id().to_string(), serde_json::to_string(job).expect("jobs serialise")],
-            )
-            .await?;
-        Ok(admitted == 1)
+        let mut script_keys = Vec::with_capacity(3 + jobs.len() * 2);
+        let mut args = Vec::with_capacity(jobs.len() * 2);
+        for job in jobs {
+            script_keys.push(Self::lane(&keys, job.request.conversation_id));
+            script_keys.push(Self::done(&keys, job.id()));
+            args.push(job.id().to_string());
+            args.push(serde_json::to_string(job).expect("jobs serialise"));
+        }
+        script_keys.splice(0..0, [keys.jobs, keys.ready, keys.seq]);
+        let admitted: i64 = ADMIT_SCRIPT.call(&self.redis, script_keys, args).await?;
+        Ok(usize::try_from(admitted).unwrap_or(0))
     }
 
     /// Leases up to `limit` due jobs for `lease_ms`; `holder` names the process in the tokens,
