@@ -24,7 +24,10 @@ use chatdesk_api::ingress::signature::sign;
 use chatdesk_core::Envelope;
 use chatdesk_core::events::{Actor, Event, SenderKind, Typing};
 use chatdesk_core::{KeyScheme, StreamsConfig, TenantId};
-use chatdesk_load_tests::{Connection, Up, chatdesk_binary, percentile};
+use chatdesk_load_tests::{
+    Connection, Histogram, Up, chatdesk_binary, cpu_seconds, cpu_shares, histogram, percentile, scrape,
+    tree_cpu_seconds,
+};
 use chatdesk_streams::{Producer, RedisConnector, RedisSettings};
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
@@ -48,6 +51,45 @@ struct Args {
     replay: usize,
     #[arg(long)]
     chatdesk: Option<PathBuf>,
+}
+
+/// A run's latency by stage, from the server's histograms and the client's own measurement.
+struct Breakdown {
+    stages: Vec<(&'static str, Histogram)>,
+}
+
+impl Breakdown {
+    fn between(before: &str, after: &str, end_to_end: &[Duration]) -> Self {
+        let delta =
+            |name: &str, filters: &[&str]| histogram(after, name, filters).since(&histogram(before, name, filters));
+        let mut client = Histogram::default();
+        let bounds =
+            [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, f64::INFINITY];
+        for bound in bounds {
+            let below = end_to_end.iter().filter(|latency| latency.as_secs_f64() <= bound).count();
+            client.buckets.push((bound, below as f64));
+        }
+        client.count = end_to_end.len() as f64;
+        client.sum = end_to_end.iter().map(Duration::as_secs_f64).sum();
+        Self {
+            stages: vec![
+                (
+                    "webhook request (HTTP, signature, ingest script)",
+                    delta("chatdesk_ingress_request_duration_seconds", &[]),
+                ),
+                (
+                    "  of which the ingest script (Redis, AOF fsync)",
+                    delta("chatdesk_stream_append_duration_seconds", &["by=\"ingest\""]),
+                ),
+                ("append -> gateway read (XREADGROUP)", delta("chatdesk_gateway_read_latency_seconds", &[])),
+                (
+                    "append -> frame written (read, hub, socket write)",
+                    delta("chatdesk_gateway_fanout_latency_seconds", &[]),
+                ),
+                ("webhook built -> frame read by the agent (client)", client),
+            ],
+        }
+    }
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -187,11 +229,17 @@ async fn main() -> anyhow::Result<()> {
         "msgs/s", "sent/s", "p50 ms", "p99 ms", "p99.9 ms", "deliveries"
     );
     let mut sequence = 0u64;
+    let server = up.pid().context("server pid")?;
+    let mut breakdowns = Vec::new();
     for &rate in &args.rates {
         latencies.lock().await.clear();
+        let scraped = scrape(address).await?;
+        let cpu = (cpu_seconds(std::process::id())?, tree_cpu_seconds(server), Instant::now());
         let total = rate * args.seconds;
         let begin = Instant::now() + Duration::from_millis(200);
-        let connections = 64u64;
+        // Open loop: enough connections that a request waiting for its answer never holds back
+        // the next one's schedule (about 50 ms of answers in flight at the target rate).
+        let connections = (rate / 20).clamp(64, 1024);
         let mut senders = tokio::task::JoinSet::new();
         for worker in 0..connections {
             let tenants = tenants.clone();
@@ -239,6 +287,27 @@ async fn main() -> anyhow::Result<()> {
             ms(percentile(&measured, 0.999)),
             measured.len()
         );
+        let wall = cpu.2.elapsed().as_secs_f64();
+        let generator = (cpu_seconds(std::process::id())? - cpu.0) / wall;
+        let servers = cpu_shares(&cpu.1, &tree_cpu_seconds(server), wall);
+        breakdowns.push((rate, Breakdown::between(&scraped, &scrape(address).await?, &measured), generator, servers));
+    }
+    println!();
+    println!("where the time goes (from chatdesk's own histograms over each run; ms):");
+    println!("{:>10}  {:<58} {:>8} {:>8} {:>8}", "msgs/s", "stage", "mean", "p50", "p99");
+    for (rate, breakdown, generator, servers) in &breakdowns {
+        for (stage, histogram) in &breakdown.stages {
+            let ms = |value: Option<f64>| value.map_or("-".to_owned(), |value| format!("{:.2}", value * 1000.0));
+            println!(
+                "{:>10}  {:<58} {:>8} {:>8} {:>8}",
+                rate,
+                stage,
+                ms(histogram.mean()),
+                ms(histogram.quantile(0.5)),
+                ms(histogram.quantile(0.99))
+            );
+        }
+        println!("{:>10}  CPU (100% = one core): load generator {:.0}%, {servers}", rate, generator * 100.0,);
     }
     stop.store(true, Ordering::Relaxed);
     while readers.join_next().await.is_some() {}

@@ -194,3 +194,132 @@ pub fn inbound_message(
         sent_at_ms: None,
     })
 }
+
+/// One histogram of a Prometheus scrape, summed over the label sets that match: cumulative
+/// bucket counts by upper bound, the sum and the count.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    pub buckets: Vec<(f64, f64)>,
+    pub sum: f64,
+    pub count: f64,
+}
+
+impl Histogram {
+    /// What was recorded between `earlier` and `self`.
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        let before =
+            |bound: f64| earlier.buckets.iter().find(|(other, _)| *other == bound).map_or(0.0, |(_, count)| *count);
+        Histogram {
+            buckets: self.buckets.iter().map(|(bound, count)| (*bound, count - before(*bound))).collect(),
+            sum: self.sum - earlier.sum,
+            count: self.count - earlier.count,
+        }
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0.0).then(|| self.sum / self.count)
+    }
+
+    /// The `fraction` quantile, interpolated linearly inside its bucket (as Prometheus'
+    /// `histogram_quantile` does).
+    pub fn quantile(&self, fraction: f64) -> Option<f64> {
+        if self.count <= 0.0 {
+            return None;
+        }
+        let rank = fraction * self.count;
+        let (mut lower, mut below) = (0.0, 0.0);
+        for (bound, count) in &self.buckets {
+            if *count >= rank {
+                if bound.is_infinite() {
+                    return Some(lower);
+                }
+                let inside = (count - below).max(f64::MIN_POSITIVE);
+                return Some(lower + (bound - lower) * ((rank - below) / inside).clamp(0.0, 1.0));
+            }
+            (lower, below) = (*bound, *count);
+        }
+        Some(lower)
+    }
+}
+
+/// Reads `/metrics` of a chatdesk process.
+pub async fn scrape(address: SocketAddr) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(address).await?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    Ok(text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+}
+
+/// The histogram `name` of a scrape, over the series whose labels contain every `filter`
+/// (for example `stream="events"`).
+pub fn histogram(scrape: &str, name: &str, filters: &[&str]) -> Histogram {
+    let mut histogram = Histogram::default();
+    let mut buckets: std::collections::BTreeMap<u64, (f64, f64)> = std::collections::BTreeMap::new();
+    for line in scrape.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+        if !filters.iter().all(|filter| labels.contains(filter)) {
+            continue;
+        }
+        if metric == format!("{name}_sum") {
+            histogram.sum += value;
+        } else if metric == format!("{name}_count") {
+            histogram.count += value;
+        } else if metric == format!("{name}_bucket") {
+            let Some(bound) = labels.split("le=\"").nth(1).and_then(|rest| rest.split('"').next()) else { continue };
+            let bound: f64 = if bound == "+Inf" { f64::INFINITY } else { bound.parse().unwrap_or(f64::INFINITY) };
+            buckets.entry(bound.to_bits()).or_insert((bound, 0.0)).1 += value;
+        }
+    }
+    histogram.buckets = buckets.into_values().collect();
+    histogram.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    histogram
+}
+
+/// CPU seconds (user and system) a process has used so far, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).context("unexpected /proc stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index).and_then(|field| field.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command.
+    let per_second = 100.0;
+    Ok((ticks(11) + ticks(12)) / per_second)
+}
+
+/// CPU seconds used so far by `pid` and every process below it (`chatdesk up` runs Redis and
+/// PostgreSQL as its children), by program name (`chatdesk`, `redis-server`, `postgres`).
+pub fn tree_cpu_seconds(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut totals = std::collections::BTreeMap::new();
+    add_tree_cpu(pid, &mut totals);
+    totals
+}
+
+fn add_tree_cpu(pid: u32, totals: &mut std::collections::BTreeMap<String, f64>) {
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_owned();
+    *totals.entry(name).or_default() += cpu_seconds(pid).unwrap_or(0.0);
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children.split_whitespace().filter_map(|child| child.parse::<u32>().ok()) {
+        add_tree_cpu(child, totals);
+    }
+}
+
+/// The CPU share of each program between two [`tree_cpu_seconds`] readings `seconds` apart, as
+/// "name 42%" parts (100% is one core).
+pub fn cpu_shares(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    seconds: f64,
+) -> String {
+    after
+        .iter()
+        .map(|(name, used)| {
+            let share = (used - before.get(name).copied().unwrap_or(0.0)) / seconds * 100.0;
+            format!("{name} {share:.0}%")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

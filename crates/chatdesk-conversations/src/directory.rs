@@ -416,10 +416,13 @@ impl Directory {
             let envelope = Envelope::of(request.tenant, &event).with_event_id(event_id);
             args.extend(record_arguments(&envelope, &["conversation_id", "contact_id", "sender"])?);
         }
+        let started = std::time::Instant::now();
         let answer: Vec<String> = INGEST
             .call(&self.client, keys, args)
             .await
             .map_err(|source| DirectoryError::Redis { key: partition.stream.clone(), source })?;
+        ::metrics::histogram!(chatdesk_streams::metrics::APPEND_DURATION_SECONDS, "stream" => EVENTS_STREAM, "by" => "ingest")
+            .record(started.elapsed().as_secs_f64());
         let field = |index: usize| answer.get(index).map(String::as_str).unwrap_or_default();
         let ingested = match field(0) {
             "limited" => Ingested::RateLimited,

@@ -6,6 +6,7 @@ pub const FRAMES_IN_TOTAL: &str = "chatdesk_gateway_frames_in_total";
 pub const FRAMES_OUT_TOTAL: &str = "chatdesk_gateway_frames_out_total";
 pub const REPLAYED_EVENTS_TOTAL: &str = "chatdesk_gateway_replayed_events_total";
 pub const SLOW_CLIENT_CLOSES_TOTAL: &str = "chatdesk_gateway_slow_client_closes_total";
+pub const READ_LATENCY_SECONDS: &str = "chatdesk_gateway_read_latency_seconds";
 pub const FANOUT_LATENCY_SECONDS: &str = "chatdesk_gateway_fanout_latency_seconds";
 pub const PARTITIONS_READ: &str = "chatdesk_gateway_partitions_read";
 pub const OPS_SNAPSHOTS_TOTAL: &str = "chatdesk_gateway_ops_snapshots_total";
@@ -20,5 +21,10 @@ pub fn describe() {
     describe_counter!(SLOW_CLIENT_CLOSES_TOTAL, Unit::Count, "Connections closed because the client fell behind");
     describe_gauge!(PARTITIONS_READ, Unit::Count, "Partitions of the events stream this node reads for its sockets");
     describe_counter!(OPS_SNAPSHOTS_TOTAL, Unit::Count, "Stream status snapshots pushed on the ops channel");
+    describe_histogram!(
+        READ_LATENCY_SECONDS,
+        Unit::Seconds,
+        "From the event's append to this node's read of it (before the hub and the sockets)"
+    );
     describe_histogram!(FANOUT_LATENCY_SECONDS, Unit::Seconds, "From the event's append to its frame being written");
 }
