@@ -520,6 +520,11 @@ async fn resume_after_a_long_gap_a_killed_gateway_and_a_move_to_another_node() {
 
     // The client moves to another node and resumes there.
     socket.close(None).await.unwrap();
+    // The last stored message is the flow's end only once the writer has stored all of it.
+    eventually(&api, &format!("/v1/conversations/{conversation}/messages?limit=1"), "the flow stored", |page| {
+        page["items"][0]["text"] == "f-499"
+    })
+    .await;
     let since = match last_flow {
         Some(offset) if remaining == 0 => offset,
         _ => {
@@ -528,10 +533,6 @@ async fn resume_after_a_long_gap_a_killed_gateway_and_a_move_to_another_node() {
             history["items"][0]["offset"].as_str().unwrap().to_owned()
         }
     };
-    eventually(&api, &format!("/v1/conversations/{conversation}/messages?limit=1"), "the flow stored", |page| {
-        page["items"][0]["text"] == "f-499"
-    })
-    .await;
     let mut moved = hello(second_http, &token).await;
     let (nothing, _) =
         subscribe(&mut moved, json!({"op": "subscribe", "channel": channel, "since": since, "epoch": epoch})).await;
