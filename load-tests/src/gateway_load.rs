@@ -3,7 +3,8 @@
 //!
 //! 1. end-to-end latency from the webhook request to the agent's socket (p50/p99/p99.9) at the
 //!    given message rates, with `--tenants` × `--agents-per-tenant` agent sockets subscribed to
-//!    their tenant's `inbox` (each message reaches its tenant's agents);
+//!    their tenant's `inbox` (each message reaches its tenant's agents), and where that time
+//!    went: each stage from the server's own histograms, and each process's CPU share;
 //! 2. memory per idle connection: the server's RSS with `--idle` idle sockets minus its RSS
 //!    without them, divided by their number;
 //! 3. the time to replay `--replay` missed events to one resuming client.
