@@ -40,6 +40,8 @@ pub mod builtin {
 const MAX_PARTITIONS: i64 = 1024;
 const MAX_BATCH_SIZE: i64 = 10_000;
 const MAX_BLOCK: Duration = Duration::from_secs(60);
+/// A batch never waits longer than this to fill: it is a latency knob, not a schedule.
+const MAX_BATCH_WAIT: Duration = Duration::from_secs(1);
 const MAX_DELIVERIES_LIMIT: i64 = 1_000;
 const MAX_CONCURRENCY: i64 = 1024;
 
@@ -97,6 +99,11 @@ pub struct GroupSettings {
     pub claim_idle: Duration,
     /// Deliveries after which an entry is dead-lettered instead of retried.
     pub max_deliveries: u32,
+    /// How long a read that found fewer than `batch_size` new entries waits for more before
+    /// the batch is handled (Kafka's `fetch.max.wait.ms`). Zero: handle what came at once. A
+    /// handler with a high cost per call (one PostgreSQL transaction per batch) trades a few
+    /// milliseconds of latency for far fewer calls under a steady trickle.
+    pub batch_wait: Duration,
     /// How many partitions of this group one process handles at the same time.
     pub concurrency: u32,
     pub start: StartFrom,
@@ -173,6 +180,7 @@ struct RawGroup {
     block: Option<String>,
     claim_idle: Option<String>,
     max_deliveries: Option<i64>,
+    batch_wait: Option<String>,
     concurrency: Option<i64>,
     start: Option<String>,
 }
@@ -213,6 +221,7 @@ struct ResolvedGroup {
     block: Option<Duration>,
     claim_idle: Option<Duration>,
     max_deliveries: Option<u32>,
+    batch_wait: Option<Duration>,
     concurrency: Option<u32>,
     start: Option<StartFrom>,
 }
@@ -241,6 +250,16 @@ fn resolve_group(checker: &mut Checker, path: &str, raw: &RawGroup, partitions: 
         Some(value) => checker.int_in(&key("max_deliveries"), value, 1, MAX_DELIVERIES_LIMIT).map(|v| v as u32),
         None => Some(builtin::MAX_DELIVERIES),
     };
+    let batch_wait = match &raw.batch_wait {
+        Some(text) => checker.duration(&key("batch_wait"), text).and_then(|wait| {
+            if wait > MAX_BATCH_WAIT {
+                checker.report(key("batch_wait"), format!("must be at most {}ms", MAX_BATCH_WAIT.as_millis()));
+                return None;
+            }
+            Some(wait)
+        }),
+        None => Some(Duration::ZERO),
+    };
     let concurrency = match raw.concurrency {
         Some(value) => checker.int_in(&key("concurrency"), value, 1, MAX_CONCURRENCY).map(|v| v as u32),
         None => Some(u32::from(partitions)),
@@ -253,7 +272,7 @@ fn resolve_group(checker: &mut Checker, path: &str, raw: &RawGroup, partitions: 
             None
         }
     };
-    ResolvedGroup { batch_size, block, claim_idle, max_deliveries, concurrency, start }
+    ResolvedGroup { batch_size, block, claim_idle, max_deliveries, batch_wait, concurrency, start }
 }
 
 fn merge(group: &RawGroup, defaults: &RawGroup) -> RawGroup {
@@ -262,6 +281,7 @@ fn merge(group: &RawGroup, defaults: &RawGroup) -> RawGroup {
         block: group.block.clone().or_else(|| defaults.block.clone()),
         claim_idle: group.claim_idle.clone().or_else(|| defaults.claim_idle.clone()),
         max_deliveries: group.max_deliveries.or(defaults.max_deliveries),
+        batch_wait: group.batch_wait.clone().or_else(|| defaults.batch_wait.clone()),
         concurrency: group.concurrency.or(defaults.concurrency),
         start: group.start.clone().or_else(|| defaults.start.clone()),
     }
@@ -362,6 +382,7 @@ fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
                     "block" => raw_group.block.is_some(),
                     "claim_idle" => raw_group.claim_idle.is_some(),
                     "max_deliveries" => raw_group.max_deliveries.is_some(),
+                    "batch_wait" => raw_group.batch_wait.is_some(),
                     "concurrency" => raw_group.concurrency.is_some(),
                     "start" => raw_group.start.is_some(),
                     _ => true,
@@ -392,6 +413,7 @@ fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
                 Some(block),
                 Some(claim_idle),
                 Some(max_deliveries),
+                Some(batch_wait),
                 Some(concurrency),
                 Some(start),
             ) = (
@@ -400,12 +422,13 @@ fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
                 resolved.block,
                 resolved.claim_idle,
                 resolved.max_deliveries,
+                resolved.batch_wait,
                 resolved.concurrency,
                 resolved.start,
             ) {
                 groups.insert(
                     group_name,
-                    GroupSettings { batch_size, block, claim_idle, max_deliveries, concurrency, start },
+                    GroupSettings { batch_size, block, claim_idle, max_deliveries, batch_wait, concurrency, start },
                 );
             }
         }
@@ -508,6 +531,9 @@ mod tests {
         for family in ["events", "send", "broadcast"] {
             assert!(config.stream(family).is_some(), "{family} missing from the shipped streams.toml");
         }
+        let events = config.stream("events").unwrap();
+        assert_eq!(events.group("writer").unwrap().batch_wait, Duration::from_millis(25));
+        assert_eq!(events.group("gateway").unwrap().batch_wait, Duration::ZERO, "live fan-out never waits");
     }
 
     /// Each case: a file, and the key and a fragment of the reason the error must name.
@@ -521,6 +547,11 @@ mod tests {
                 "[streams.events]\npartitions = 2\nretention.durable_groups = [\"writr\"]\n[streams.events.groups.writer]\n",
                 "streams.events.retention.durable_groups[0]",
                 "unknown group reference \"writr\": stream events declares writer",
+            ),
+            (
+                "[streams.events]\npartitions = 2\n[streams.events.groups.writer]\nbatch_wait = \"2s\"",
+                "streams.events.groups.writer.batch_wait",
+                "must be at most 1000ms",
             ),
             (
                 "[streams.events]\npartitions = 2\n[streams.events.groups.writer]\nblock = \"5 parsecs\"",

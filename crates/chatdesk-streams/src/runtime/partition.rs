@@ -156,7 +156,12 @@ impl<H: Handler> PartitionWorker<H> {
                         let _ = ensure_group(&self.shared, &self.keys.stream, self.group.as_str(), self.settings.start)
                             .await;
                     }
-                    let pause = backoff(ERROR_BACKOFF_BASE, ERROR_BACKOFF_MAX, error_attempt);
+                    let mut pause = backoff(ERROR_BACKOFF_BASE, ERROR_BACKOFF_MAX, error_attempt);
+                    if !self.unacked.is_empty() {
+                        // Handled entries whose XACK has not gone through are claimed by a peer
+                        // (and handled again) once idle past claim_idle: try well before that.
+                        pause = pause.min(self.settings.claim_idle / 4);
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
                         _ = cancel.cancelled() => {}
@@ -227,6 +232,8 @@ impl<H: Handler> PartitionWorker<H> {
             if entries.is_empty() {
                 return Ok(());
             }
+            let mut entries = entries;
+            self.fill(&mut entries, cancel).await?;
             (Source::New, entries)
         };
         let entries = if source == Source::New { entries } else { self.with_delivery_counts(entries).await? };
@@ -245,12 +252,33 @@ impl<H: Handler> PartitionWorker<H> {
     }
 
     async fn read(&self, id: XID, block: Option<Duration>) -> Result<Vec<RawEntry>, Error> {
+        self.read_up_to(id, block, self.settings.batch_size as usize).await
+    }
+
+    /// A batch that came short waits `batch_wait` for more, then takes what arrived meanwhile
+    /// with one read that does not block: one more round trip per batch, and far fewer batches
+    /// (handler calls, PostgreSQL transactions) under a steady trickle.
+    async fn fill(&self, entries: &mut Vec<RawEntry>, cancel: &CancellationToken) -> Result<(), Error> {
+        let size = self.settings.batch_size as usize;
+        if self.settings.batch_wait.is_zero() || entries.len() >= size {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(self.settings.batch_wait) => {}
+            // What was read is ours (pending) and handled now; nothing waits on the rest.
+            _ = cancel.cancelled() => return Ok(()),
+        }
+        entries.extend(self.read_up_to(XID::NewInGroup, None, size - entries.len()).await?);
+        Ok(())
+    }
+
+    async fn read_up_to(&self, id: XID, block: Option<Duration>, count: usize) -> Result<Vec<RawEntry>, Error> {
         let response: ReadResponse = self
             .reader
             .xreadgroup_map(
                 self.group.as_str(),
                 self.consumer.as_str(),
-                Some(u64::from(self.settings.batch_size)),
+                Some(count as u64),
                 block.map(|block| block.as_millis() as u64),
                 false,
                 self.keys.stream.as_str(),

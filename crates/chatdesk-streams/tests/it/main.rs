@@ -1,5 +1,6 @@
 //! Integration tests of the streams layer against real Redis servers (see chatdesk-testkit).
 
+mod batching;
 mod claim;
 mod competing;
 mod dead_letters;

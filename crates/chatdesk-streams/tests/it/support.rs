@@ -36,10 +36,14 @@ pub struct Setup {
 
 impl Setup {
     pub async fn new(url: &str) -> Self {
+        Self::with_config(url, CONFIG).await
+    }
+
+    pub async fn with_config(url: &str, config: &str) -> Self {
         let connector = RedisConnector::new(RedisSettings::new(url)).expect("valid redis url");
         let client = connector.shared().await.expect("redis reachable");
         let keys = KeyScheme::new(chatdesk_testkit::unique_prefix()).unwrap();
-        let config = Arc::new(StreamsConfig::from_toml_str("test", CONFIG).unwrap());
+        let config = Arc::new(StreamsConfig::from_toml_str("test", config).unwrap());
         let producer = Producer::new(client.clone(), keys.clone(), config.clone());
         Self { connector, keys, config, producer, client }
     }
