@@ -600,15 +600,29 @@ impl Inner {
         leased.job.attempts += 1;
         let started = Instant::now();
         let delivery = self.providers.send(&Outbound { job: &leased.job, inbox: &inbox, to: &to }).await;
-        if let Err(error) = self.limiter.release(&taken).await {
-            tracing::warn!(error = %error, "cannot give back a rate-limit slot; it lapses by itself");
-        }
         if job_is_campaign(&leased.job) {
             ::metrics::counter!(metrics::CAMPAIGN_SENDS_TOTAL, "inbox" => inbox.id.to_string()).increment(1);
         }
         ::metrics::histogram!(metrics::PROVIDER_LATENCY_SECONDS, "provider" => provider)
             .record(started.elapsed().as_secs_f64());
         step("call", started);
+        // Giving the slots back and recording the outcome touch different keys: one round trip.
+        let (released, recorded) =
+            tokio::join!(self.limiter.release(&taken), self.record_outcome(leased, delivery, &buckets, provider));
+        if let Err(error) = released {
+            tracing::warn!(error = %error, "cannot give back a rate-limit slot; it lapses by itself");
+        }
+        recorded
+    }
+
+    /// What follows the provider's answer: the ending recorded and concluded, or a retry.
+    async fn record_outcome(
+        &self,
+        leased: &mut Leased,
+        delivery: CallOutcome,
+        buckets: &[Bucket],
+        provider: &'static str,
+    ) -> Result<(), DeliverError> {
         let outcome = match &delivery {
             CallOutcome::Sent { .. } => "sent",
             CallOutcome::Throttled { .. } => "throttled",
