@@ -7,6 +7,11 @@
 //! cargo run --release -p chatdesk-load-tests --bin ingress-load -- [--rates 250,500,1000,2000] [--seconds 10]
 //! ```
 //!
+//! The peer, measured first in the same run: `redis-benchmark` XADD from 50 clients against a
+//! private Redis with AOF `appendfsync always` (the same durability as chatdesk's), which is
+//! what one Redis round trip per webhook could reach at best; each rate's line prints its
+//! sustained rate divided by that figure.
+//!
 //! Requests are scheduled open-loop (request i at start + i/rate), and latency is measured from
 //! the scheduled time, so a server that falls behind shows its queueing instead of hiding it.
 //! Each rate step is bounded in time; the run stops early once p99 exceeds one second.
@@ -17,14 +22,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chatdesk_api::ingress::signature::sign;
-use chatdesk_load_tests::{Connection, Up, chatdesk_binary, percentile};
+use chatdesk_load_tests::{Connection, Up, chatdesk_binary, percentile, redis_benchmark};
+use chatdesk_local::{RedisOptions, RedisPersistence, RedisServer};
 use clap::Parser;
 
 #[derive(Parser)]
 #[command(about = "Sustained webhook requests/s and latency percentiles of `chatdesk up` over loopback")]
 struct Args {
     /// Target request rates, per second, in order.
-    #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000,4000")]
+    #[arg(long, value_delimiter = ',', default_value = "1000,2000,4000,8000,16000")]
     rates: Vec<u64>,
     /// Seconds per rate.
     #[arg(long, default_value_t = 10)]
@@ -44,6 +50,15 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let binary = chatdesk_binary(args.chatdesk.as_deref())?;
+    let peer = {
+        let dir = std::env::temp_dir().join(format!("chatdesk-bench-peer-{}", std::process::id()));
+        let mut server =
+            RedisServer::start(RedisOptions::new(dir.join("redis")).persistence(RedisPersistence::AofAlways)).await?;
+        let rate = redis_benchmark(server.port(), 50_000, 1, 50);
+        server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        rate?
+    };
     let up = Up::start(binary, &[("CHATDESK_INGRESS_RATE_PER_INBOX", "1000000")]).await?;
     let address = up.address;
     let tenant = up.tenant("owner@bench.test")?;
@@ -57,8 +72,11 @@ async fn main() -> anyhow::Result<()> {
         args.connections, args.seconds
     );
     println!(
-        "{:>10} {:>12} {:>9} {:>10} {:>10} {:>10}",
-        "target/s", "sustained/s", "errors", "p50 ms", "p99 ms", "p99.9 ms"
+        "peer: redis-benchmark XADD, 50 clients, AOF appendfsync always: {peer:.0} requests/s (same machine, same run)"
+    );
+    println!(
+        "{:>10} {:>12} {:>9} {:>10} {:>10} {:>10} {:>8}",
+        "target/s", "sustained/s", "errors", "p50 ms", "p99 ms", "p99.9 ms", "÷ peer"
     );
     let mut sequence = 0u64;
     for &rate in &args.rates {
@@ -107,14 +125,16 @@ async fn main() -> anyhow::Result<()> {
         latencies.sort();
         let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
         let p99 = percentile(&latencies, 0.99);
+        let sustained = latencies.len() as f64 / elapsed.as_secs_f64();
         println!(
-            "{:>10} {:>12.0} {:>9} {:>10.2} {:>10.2} {:>10.2}",
+            "{:>10} {:>12.0} {:>9} {:>10.2} {:>10.2} {:>10.2} {:>8.2}",
             rate,
-            latencies.len() as f64 / elapsed.as_secs_f64(),
+            sustained,
             errors,
             ms(percentile(&latencies, 0.50)),
             ms(p99),
-            ms(percentile(&latencies, 0.999))
+            ms(percentile(&latencies, 0.999)),
+            sustained / peer
         );
         if p99 > Duration::from_secs(1) || errors * 100 > total {
             println!("stopping: the server no longer keeps up at {rate}/s");

@@ -323,3 +323,21 @@ pub fn cpu_shares(
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// `redis-benchmark` XADD requests per second against the server on `port`, with `pipeline`
+/// commands per round trip from `clients` connections.
+pub fn redis_benchmark(port: u16, requests: u64, pipeline: u32, clients: u32) -> anyhow::Result<f64> {
+    let program = chatdesk_local::binaries::redis_program("redis-benchmark")?;
+    let output = std::process::Command::new(program)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-n", &requests.to_string(), "-c", &clients.to_string()])
+        .args(["-P", &pipeline.to_string(), "-q", "xadd", "bench:raw", "*", "field", "value"])
+        .output()
+        .context("cannot run redis-benchmark")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "xadd bench:raw * field value: 123456.79 requests per second, p50=0.215 msec"
+    text.rsplit("value: ")
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse::<f64>().ok())
+        .with_context(|| format!("cannot read redis-benchmark's output: {text}"))
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chatdesk_core::{GroupName, KeyScheme, StreamsConfig, TenantId};
+use chatdesk_load_tests::redis_benchmark;
 use chatdesk_local::{RedisOptions, RedisServer};
 use chatdesk_streams::{
     Batch, Consumer, ConsumerOptions, Envelope, Handler, HandlerError, Outcomes, Producer, RedisConnector,
@@ -61,25 +62,6 @@ fn config(partitions: u16, batch_size: u32) -> anyhow::Result<StreamsConfig> {
         "[streams.bench]\npartitions = {partitions}\n[streams.bench.groups.noop]\nbatch_size = {batch_size}\nblock = \"100ms\"\nclaim_idle = \"60s\"\n"
     );
     Ok(StreamsConfig::from_toml_str("(benchmark)", &text)?)
-}
-
-/// `redis-benchmark` XADD requests per second, with `pipeline` commands per round trip.
-fn redis_benchmark(port: u16, requests: u64, pipeline: u32) -> anyhow::Result<f64> {
-    let program = chatdesk_local::binaries::redis_program("redis-benchmark")?;
-    let output = std::process::Command::new(program)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-n", &requests.to_string(), "-c", "50"])
-        .args(["-P", &pipeline.to_string(), "-q", "xadd", "bench:raw", "*", "field", "value"])
-        .output()
-        .context("cannot run redis-benchmark")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    // "xadd bench:raw * field value: 123456.79 requests per second, p50=0.215 msec"
-    let rate = text
-        .rsplit("value: ")
-        .next()
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|number| number.parse::<f64>().ok())
-        .with_context(|| format!("cannot read redis-benchmark's output: {text}"))?;
-    Ok(rate)
 }
 
 async fn fill(producer: &Producer, entries: u64, appenders: u64, partitions: u16) -> anyhow::Result<f64> {
@@ -165,8 +147,8 @@ async fn main() -> anyhow::Result<()> {
     let connector = RedisConnector::new(RedisSettings::new(&url))?;
 
     println!("stream-throughput: {} entries per scenario, {} partitions, Redis {url}", args.entries, args.partitions);
-    let raw = redis_benchmark(port, args.entries, 1)?;
-    let raw_pipelined = redis_benchmark(port, args.entries, 16)?;
+    let raw = redis_benchmark(port, args.entries, 1, 50)?;
+    let raw_pipelined = redis_benchmark(port, args.entries, 16, 50)?;
     println!("{:<44} {:>14}", "scenario", "entries/s");
     println!("{:<44} {:>14.0}", "redis-benchmark XADD (50 clients)", raw);
     println!("{:<44} {:>14.0}", "redis-benchmark XADD (50 clients, pipeline 16)", raw_pipelined);
