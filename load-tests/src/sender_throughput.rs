@@ -1,7 +1,8 @@
 //! Outbound delivery throughput: agent replies appended to the send stream, delivered by a
 //! `chatdesk up` (private Redis and PostgreSQL, every role) to a generic-channel receiver in this
 //! process, with the rate limits off. Reports messages/s and the latency from the append to the
-//! receiver, for receivers that answer at once and after a provider-like delay.
+//! receiver, for receivers that answer at once and after a provider-like delay, and the rate
+//! after the last append (the sender draining its queue without the appenders beside it).
 //!
 //! ```text
 //! cargo build --release -p chatdesk
@@ -137,8 +138,8 @@ async fn main() -> anyhow::Result<()> {
         args.messages, args.conversations
     );
     println!(
-        "{:>9} {:>12} {:>12} {:>10} {:>10} {:>10}",
-        "delay ms", "appended/s", "delivered/s", "p50 ms", "p99 ms", "max ms"
+        "{:>9} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
+        "delay ms", "appended/s", "delivered/s", "after ap./s", "p50 ms", "p99 ms", "max ms"
     );
     for &delay in &args.delays {
         *receiver.delay.lock().expect("delay") = Duration::from_millis(delay);
@@ -179,8 +180,13 @@ async fn main() -> anyhow::Result<()> {
         latencies.sort();
         let rate = args.messages as f64 / last.duration_since(started).as_secs_f64();
         let append_rate = args.messages as f64 / appended_in.as_secs_f64();
+        // Once the appenders are done, the sender has the cores to itself (besides the writer
+        // storing statuses): its own rate, draining what is queued.
+        let appends_done = started + appended_in;
+        let after = arrivals.values().filter(|arrived| **arrived > appends_done).count();
+        let drain = after as f64 / last.saturating_duration_since(appends_done).as_secs_f64().max(1e-3);
         println!(
-            "{delay:>9} {append_rate:>12.0} {rate:>12.0} {:>10.1} {:>10.1} {:>10.1}",
+            "{delay:>9} {append_rate:>12.0} {rate:>12.0} {drain:>12.0} {:>10.1} {:>10.1} {:>10.1}",
             percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
             percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
             latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
