@@ -50,6 +50,12 @@ struct Args {
     idle: usize,
     #[arg(long, default_value_t = 100_000)]
     replay: usize,
+    /// After the rates, a steady load this long (0: none), printing the server's RSS at its
+    /// start and end.
+    #[arg(long, default_value_t = 0)]
+    soak_seconds: u64,
+    #[arg(long, default_value_t = 500)]
+    soak_rate: u64,
     #[arg(long)]
     chatdesk: Option<PathBuf>,
 }
@@ -125,6 +131,53 @@ async fn subscribe(socket: &mut Socket, frame: serde_json::Value) -> anyhow::Res
         }
     }
     bail!("socket closed while subscribing")
+}
+
+/// Posts `total` signed webhooks at `rate` per second from `begin`, round-robin over the tenants,
+/// open-loop; message numbers start at `base`. Returns how many were accepted.
+async fn post_at_rate(
+    address: SocketAddr,
+    tenants: &Arc<Vec<Tenant>>,
+    rate: u64,
+    total: u64,
+    begin: Instant,
+    base: u64,
+) -> anyhow::Result<u64> {
+    // Open loop: enough connections that a request waiting for its answer never holds back
+    // the next one's schedule (about 50 ms of answers in flight at the target rate).
+    let connections = (rate / 20).clamp(64, 1024);
+    let mut senders = tokio::task::JoinSet::new();
+    for worker in 0..connections {
+        let tenants = tenants.clone();
+        senders.spawn(async move {
+            let mut connection = Connection::open(address).await?;
+            let mut index = worker;
+            let mut sent = 0u64;
+            while index < total {
+                let scheduled = begin + Duration::from_secs_f64(index as f64 / rate as f64);
+                tokio::time::sleep_until(scheduled.into()).await;
+                let tenant = &tenants[(index as usize) % tenants.len()];
+                let number = base + index;
+                let body = format!(
+                    r#"{{"message_id":"gw-{number}","from":{{"id":"c-{}","name":"Bench"}},"text":"sent={} n={number}"}}"#,
+                    number % 97,
+                    now_micros()
+                );
+                if connection.post(&tenant.path, &sign(body.as_bytes(), &tenant.secret), &body).await.is_ok() {
+                    sent += 1;
+                } else {
+                    connection = Connection::open(address).await?;
+                }
+                index += connections;
+            }
+            anyhow::Ok(sent)
+        });
+    }
+    let mut sent = 0;
+    while let Some(joined) = senders.join_next().await {
+        sent += joined??;
+    }
+    Ok(sent)
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -238,41 +291,7 @@ async fn main() -> anyhow::Result<()> {
         let cpu = (cpu_seconds(std::process::id())?, tree_cpu_seconds(server), Instant::now());
         let total = rate * args.seconds;
         let begin = Instant::now() + Duration::from_millis(200);
-        // Open loop: enough connections that a request waiting for its answer never holds back
-        // the next one's schedule (about 50 ms of answers in flight at the target rate).
-        let connections = (rate / 20).clamp(64, 1024);
-        let mut senders = tokio::task::JoinSet::new();
-        for worker in 0..connections {
-            let tenants = tenants.clone();
-            let base = sequence;
-            senders.spawn(async move {
-                let mut connection = Connection::open(address).await?;
-                let mut index = worker;
-                let mut sent = 0u64;
-                while index < total {
-                    let scheduled = begin + Duration::from_secs_f64(index as f64 / rate as f64);
-                    tokio::time::sleep_until(scheduled.into()).await;
-                    let tenant = &tenants[(index as usize) % tenants.len()];
-                    let number = base + index;
-                    let body = format!(
-                        r#"{{"message_id":"gw-{number}","from":{{"id":"c-{}","name":"Bench"}},"text":"sent={} n={number}"}}"#,
-                        number % 97,
-                        now_micros()
-                    );
-                    if connection.post(&tenant.path, &sign(body.as_bytes(), &tenant.secret), &body).await.is_ok() {
-                        sent += 1;
-                    } else {
-                        connection = Connection::open(address).await?;
-                    }
-                    index += connections;
-                }
-                anyhow::Ok(sent)
-            });
-        }
-        let mut sent = 0;
-        while let Some(joined) = senders.join_next().await {
-            sent += joined??;
-        }
+        let sent = post_at_rate(address, &tenants, rate, total, begin, sequence).await?;
         let elapsed = begin.elapsed();
         sequence += total;
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -309,6 +328,33 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         println!("{:>10}  CPU (100% = one core): load generator {:.0}%, {servers}", rate, generator * 100.0,);
+    }
+    if args.soak_seconds > 0 {
+        // A steady load with the sockets live: memory must level off, not climb.
+        let total = args.soak_rate * args.soak_seconds;
+        let begin = Instant::now() + Duration::from_millis(200);
+        let posting = tokio::spawn({
+            let tenants = tenants.clone();
+            let (rate, base) = (args.soak_rate, sequence);
+            async move { post_at_rate(address, &tenants, rate, total, begin, base).await }
+        });
+        let start = rss_kib(server)?;
+        let mut samples = vec![start];
+        while !posting.is_finished() {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            samples.push(rss_kib(server)?);
+        }
+        let sent = posting.await??;
+        let end = rss_kib(server)?;
+        let (first_half, second_half) = samples.split_at(samples.len() / 2);
+        println!(
+            "soak: {sent} messages at {}/s for {} s; RSS {start} KiB at start, {end} KiB at the end, max {} KiB ({} KiB the first half, {} KiB the second)",
+            args.soak_rate,
+            args.soak_seconds,
+            samples.iter().max().copied().unwrap_or(end),
+            first_half.iter().max().copied().unwrap_or(start),
+            second_half.iter().max().copied().unwrap_or(end),
+        );
     }
     stop.store(true, Ordering::Relaxed);
     while readers.join_next().await.is_some() {}
