@@ -10,6 +10,11 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+/// The benchmarks run chatdesk's runtime in their own process (stream and writer throughput):
+/// the same allocator as the `chatdesk` binary, so they measure what it does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One keep-alive HTTP/1.1 connection.
 pub struct Connection {
     pub reader: BufReader<TcpStream>,

@@ -176,10 +176,11 @@ impl Gateway {
     }
 }
 
-/// Client frames are small commands: a 64 KiB cap refuses abuse early, and 8 KiB buffers (not
-/// the 128 KiB defaults) keep an idle connection cheap.
+/// Client frames are small commands: a 64 KiB cap refuses abuse early, and 4 KiB buffers (not
+/// the 128 KiB defaults) keep an idle connection cheap; a larger frame grows its buffer as it
+/// arrives.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
-const SOCKET_BUFFER: usize = 8 * 1024;
+const SOCKET_BUFFER: usize = 4 * 1024;
 
 async fn upgrade(State(gateway): State<Gateway>, upgrade: WebSocketUpgrade) -> Response {
     upgrade
