@@ -50,6 +50,9 @@ struct Args {
     idle: usize,
     #[arg(long, default_value_t = 100_000)]
     replay: usize,
+    /// Skip the Socket.IO peer (it needs Node.js; its packages are installed when missing).
+    #[arg(long)]
+    no_peer: bool,
     /// After the rates, a steady load this long (0: none), printing the server's RSS at its
     /// start and end.
     #[arg(long, default_value_t = 0)]
@@ -180,6 +183,81 @@ async fn post_at_rate(
     Ok(sent)
 }
 
+/// Runs the Socket.IO peer (`load-tests/peers/socketio`) on the same machine with the same
+/// clients, rates and seconds, against its own Redis (AOF `everysec`, as that peer is usually
+/// run), and prints both side by side.
+async fn compare_with_socketio(args: &Args, ours: &[(u64, f64, Duration, Duration)]) -> anyhow::Result<()> {
+    let peer = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/socketio");
+    if std::process::Command::new("node").arg("--version").output().is_err() {
+        println!("\nSocket.IO peer skipped: `node` is not installed (Debian: apt-get install nodejs npm)");
+        return Ok(());
+    }
+    if !peer.join("node_modules").exists() {
+        let installed = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&peer)
+            .status()
+            .context("cannot run npm to install the Socket.IO peer")?;
+        anyhow::ensure!(installed.success(), "npm ci failed in {}", peer.display());
+    }
+    let dir = std::env::temp_dir().join(format!("chatdesk-bench-socketio-{}", std::process::id()));
+    let mut redis = chatdesk_local::RedisServer::start(
+        chatdesk_local::RedisOptions::new(dir.join("redis")).persistence(chatdesk_local::RedisPersistence::AofEverySec),
+    )
+    .await?;
+    let ports = {
+        let (first, second) =
+            (std::net::TcpListener::bind("127.0.0.1:0")?, std::net::TcpListener::bind("127.0.0.1:0")?);
+        format!("{},{}", first.local_addr()?.port(), second.local_addr()?.port())
+    };
+    let rates: Vec<String> = args.rates.iter().map(u64::to_string).collect();
+    let output = tokio::process::Command::new("node")
+        .arg(peer.join("fanout.mjs"))
+        .args(["--redis", &redis.url(), "--clients", &(args.tenants * args.agents_per_tenant).to_string()])
+        .args(["--rates", &rates.join(","), "--seconds", &args.seconds.to_string()])
+        .args(["--ports", &ports])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("cannot run the Socket.IO peer")?;
+    redis.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(output.status.success(), "the Socket.IO peer failed: {}", String::from_utf8_lossy(&output.stderr));
+    println!();
+    println!(
+        "next to the Socket.IO 4.8 peer (redis-streams-adapter, 2 servers, {} clients in rooms of 2, same rates, same machine):",
+        args.tenants * args.agents_per_tenant
+    );
+    println!(
+        "{:>10} {:>14} {:>12} {:>12} {:>14} {:>12} {:>12} {:>10}",
+        "msgs/s", "chatdesk /s", "p50 ms", "p99 ms", "Socket.IO /s", "p50 ms", "p99 ms", "p99 ratio"
+    );
+    let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(peer) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let rate = peer["rate"].as_u64().unwrap_or_default();
+        let Some((_, sent, p50, p99)) = ours.iter().find(|(ours, ..)| *ours == rate) else { continue };
+        let peer_p99 = peer["p99_ms"].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{:>10} {:>14.0} {:>12.2} {:>12.2} {:>14.0} {:>12.2} {:>12.2} {:>10.2}",
+            rate,
+            sent,
+            ms(*p50),
+            ms(*p99),
+            peer["sent_per_sec"].as_f64().unwrap_or(f64::NAN),
+            peer["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            peer_p99,
+            ms(*p99) / peer_p99
+        );
+        println!(
+            "{:>10} Socket.IO servers' CPU: {:.0}% of a core",
+            "",
+            peer["servers_cpu"].as_f64().unwrap_or(f64::NAN) * 100.0
+        );
+    }
+    Ok(())
+}
+
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -285,6 +363,7 @@ async fn main() -> anyhow::Result<()> {
     let mut sequence = 0u64;
     let server = up.pid().context("server pid")?;
     let mut breakdowns = Vec::new();
+    let mut ours = Vec::new();
     for &rate in &args.rates {
         latencies.lock().await.clear();
         let scraped = scrape(address).await?;
@@ -307,6 +386,12 @@ async fn main() -> anyhow::Result<()> {
             ms(percentile(&measured, 0.999)),
             measured.len()
         );
+        ours.push((
+            rate,
+            sent as f64 / elapsed.as_secs_f64(),
+            percentile(&measured, 0.50),
+            percentile(&measured, 0.99),
+        ));
         let wall = cpu.2.elapsed().as_secs_f64();
         let generator = (cpu_seconds(std::process::id())? - cpu.0) / wall;
         let servers = cpu_shares(&cpu.1, &tree_cpu_seconds(server), wall);
@@ -328,6 +413,9 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         println!("{:>10}  CPU (100% = one core): load generator {:.0}%, {servers}", rate, generator * 100.0,);
+    }
+    if !args.no_peer {
+        compare_with_socketio(&args, &ours).await?;
     }
     if args.soak_seconds > 0 {
         // A steady load with the sockets live: memory must level off, not climb.
