@@ -532,7 +532,7 @@ mod tests {
             assert!(config.stream(family).is_some(), "{family} missing from the shipped streams.toml");
         }
         let events = config.stream("events").unwrap();
-        assert_eq!(events.group("writer").unwrap().batch_wait, Duration::from_millis(25));
+        assert_eq!(events.group("writer").unwrap().batch_wait, Duration::from_millis(100));
         assert_eq!(events.group("gateway").unwrap().batch_wait, Duration::ZERO, "live fan-out never waits");
     }
 
