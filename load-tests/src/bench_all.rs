@@ -42,6 +42,22 @@ struct Row {
     met: bool,
 }
 
+impl Row {
+    /// A throughput next to the limit measured in the same run, whose goal is half of it.
+    fn half_of(stage: &'static str, figure: f64, unit: &'static str, against: &str, reference: f64) -> Self {
+        Self {
+            stage,
+            figure,
+            unit,
+            against: against.to_owned(),
+            reference,
+            higher_is_better: true,
+            goal: ">= 0.5",
+            met: figure / reference >= 0.5,
+        }
+    }
+}
+
 /// Runs a benchmark binary next to this one and returns what it printed on stdout.
 fn run(name: &str, args: &[&str]) -> anyhow::Result<String> {
     let binary = std::env::current_exe()?.parent().context("no directory")?.join(name);
@@ -70,6 +86,15 @@ fn figure(output: &str, label: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("no figure for {label:?} in:\n{output}"))
 }
 
+/// The numbers of every line that holds exactly `count` of them (a benchmark's table rows).
+fn numeric_lines(output: &str, count: usize) -> Vec<Vec<f64>> {
+    output
+        .lines()
+        .map(|line| line.split_whitespace().filter_map(|word| word.parse::<f64>().ok()).collect::<Vec<_>>())
+        .filter(|numbers| numbers.len() == count)
+        .collect()
+}
+
 /// Every number of each line that starts with `label`.
 fn rows_of(output: &str, label: &str) -> Vec<Vec<f64>> {
     output
@@ -90,16 +115,7 @@ fn main() -> anyhow::Result<()> {
     let stream = run("stream-throughput", &["--entries", entries])?;
     let pipelined = figure(&stream, "redis-benchmark XADD (50 clients, pipeline 16)")?;
     let no_op = rows_of(&stream, "no-op group").iter().filter_map(|row| row.last().copied()).fold(0.0, f64::max);
-    rows.push(Row {
-        stage: "runtime: no-op group (entries/s)",
-        figure: no_op,
-        unit: "entries/s",
-        against: "redis-benchmark XADD, pipeline 16".to_owned(),
-        reference: pipelined,
-        higher_is_better: true,
-        goal: ">= 0.5",
-        met: no_op / pipelined >= 0.5,
-    });
+    rows.push(Row::half_of("runtime: no-op group", no_op, "entries/s", "redis-benchmark XADD, pipeline 16", pipelined));
     outputs.insert("stream-throughput".to_owned(), json!(stream));
 
     // The writer next to a raw COPY of the same rows.
@@ -107,16 +123,7 @@ fn main() -> anyhow::Result<()> {
     let writer = run("writer-throughput", &["--messages", messages])?;
     let stored = figure(&writer, "writer group, batch 2000")?;
     let copy = figure(&writer, "raw COPY")?;
-    rows.push(Row {
-        stage: "writer: events stored (batch 2000)",
-        figure: stored,
-        unit: "events/s",
-        against: "raw COPY of the rows".to_owned(),
-        reference: copy,
-        higher_is_better: true,
-        goal: ">= 0.5",
-        met: stored / copy >= 0.5,
-    });
+    rows.push(Row::half_of("writer: events stored (batch 2000)", stored, "events/s", "raw COPY of the rows", copy));
     outputs.insert("writer-throughput".to_owned(), json!(writer));
 
     // Signed webhooks next to redis-benchmark XADD with AOF always.
@@ -130,22 +137,14 @@ fn main() -> anyhow::Result<()> {
         .and_then(|value| value.parse::<f64>().ok())
         .context("no peer figure in ingress-load's output")?;
     // Rate lines: target, sustained, errors, p50, p99, p99.9, ratio.
-    let sustained = ingress
-        .lines()
-        .map(|line| line.split_whitespace().filter_map(|word| word.parse::<f64>().ok()).collect::<Vec<_>>())
-        .filter(|numbers| numbers.len() == 7)
-        .map(|numbers| numbers[1])
-        .fold(0.0, f64::max);
-    rows.push(Row {
-        stage: "ingress: signed webhooks sustained",
-        figure: sustained,
-        unit: "requests/s",
-        against: "redis-benchmark XADD, 50 clients, AOF always".to_owned(),
-        reference: peer,
-        higher_is_better: true,
-        goal: ">= 0.5",
-        met: sustained / peer >= 0.5,
-    });
+    let sustained = numeric_lines(&ingress, 7).iter().map(|numbers| numbers[1]).fold(0.0, f64::max);
+    rows.push(Row::half_of(
+        "ingress: signed webhooks sustained",
+        sustained,
+        "requests/s",
+        "redis-benchmark XADD, 50 clients, AOF always",
+        peer,
+    ));
     outputs.insert("ingress-load".to_owned(), json!(ingress));
 
     // Fan-out next to the Socket.IO peer, memory per idle socket, replay.
@@ -168,11 +167,7 @@ fn main() -> anyhow::Result<()> {
         ],
     )?;
     // Side-by-side lines: rate, chatdesk/s, p50, p99, Socket.IO/s, p50, p99, ratio.
-    let side_by_side: Vec<Vec<f64>> = gateway
-        .lines()
-        .map(|line| line.split_whitespace().filter_map(|word| word.parse::<f64>().ok()).collect::<Vec<_>>())
-        .filter(|numbers| numbers.len() == 8)
-        .collect();
+    let side_by_side = numeric_lines(&gateway, 8);
     for numbers in &side_by_side {
         let rate = numbers[0];
         rows.push(Row {
@@ -216,11 +211,7 @@ fn main() -> anyhow::Result<()> {
     let messages = if args.quick { "5000" } else { "20000" };
     let sender = run("sender-throughput", &["--messages", messages, "--conversations", "500", "--delays", "0,50"])?;
     // Lines: delay, appended/s, delivered/s, after appends/s, p50, p99, max.
-    let lines: Vec<Vec<f64>> = sender
-        .lines()
-        .map(|line| line.split_whitespace().filter_map(|word| word.parse::<f64>().ok()).collect::<Vec<_>>())
-        .filter(|numbers| numbers.len() == 7)
-        .collect();
+    let lines = numeric_lines(&sender, 7);
     for numbers in &lines {
         let instant = numbers[0] == 0.0;
         rows.push(Row {
