@@ -781,13 +781,17 @@ async fn every_metric_the_alert_rules_read_is_exported() {
         metrics.iter().all(|metric| text.lines().any(|line| line.starts_with(&format!("{metric}{{"))))
     })
     .await;
-    let (_, text) = chatdesk_testkit::http_get(http, "/metrics").await.unwrap();
-    for group in ["writer", "sender", "broadcaster", "autoreply"] {
-        assert!(
-            text.lines().any(|line| line.starts_with("chatdesk_stream_group_consumers{")
-                && line.contains(&format!("group=\"{group}\""))
-                && !line.ends_with(" 0")),
-            "{group} has live consumers"
-        );
-    }
+    // A group's consumer exists once it has read; the sample taken at start may predate that,
+    // so the next one (every 15 s) shows it.
+    chatdesk_testkit::wait_until("every durable group has live consumers", Duration::from_secs(60), || async {
+        let (_, text) = chatdesk_testkit::http_get(http, "/metrics").await.unwrap();
+        ["writer", "sender", "broadcaster", "autoreply"].iter().all(|group| {
+            text.lines().any(|line| {
+                line.starts_with("chatdesk_stream_group_consumers{")
+                    && line.contains(&format!("group=\"{group}\""))
+                    && !line.ends_with(" 0")
+            })
+        })
+    })
+    .await;
 }
