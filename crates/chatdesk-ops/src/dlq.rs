@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use chatdesk_core::{DeadLetter, EntryId};
+use chatdesk_core::{DeadLetter, EntryId, StreamName};
 use chatdesk_streams::Script;
 use chatdesk_streams::entry::{now_ms, value_text};
 use fred::prelude::*;
@@ -248,6 +248,47 @@ impl Ops {
         })
     }
 
+    /// Walks the letters of one partition that `selection` chooses, oldest first (`newest_first`:
+    /// the other way), 500 per read, handing each to `visit` until it answers `false`. Returns
+    /// `true` when the walk stopped at [`SCAN_LIMIT`] letters looked at with more left.
+    async fn walk(
+        &self,
+        selection: &Selection,
+        stream: &StreamName,
+        partition: u16,
+        newest_first: bool,
+        mut visit: impl FnMut(DeadLetterItem) -> bool,
+    ) -> Result<bool> {
+        let key = self.keys.partition(stream, partition).dead_letters;
+        let (mut cursor, last) = if newest_first {
+            (selection.end.clone(), selection.start.as_str())
+        } else {
+            (selection.start.clone(), selection.end.as_str())
+        };
+        let mut looked = 0usize;
+        loop {
+            let page: Vec<(String, HashMap<String, Value>)> = if newest_first {
+                self.redis.xrevrange(&key, cursor.as_str(), last, Some(500)).await?
+            } else {
+                self.redis.xrange(&key, cursor.as_str(), last, Some(500)).await?
+            };
+            for (id, fields) in &page {
+                looked += 1;
+                if let Some(letter) = item(stream.as_str(), partition, id, fields, false)
+                    && selection.chooses(&letter)
+                    && !visit(letter)
+                {
+                    return Ok(false);
+                }
+            }
+            match page.last() {
+                Some(_) if looked >= SCAN_LIMIT => return Ok(true),
+                Some((id, _)) if page.len() == 500 => cursor = format!("({id}"),
+                _ => return Ok(false),
+            }
+        }
+    }
+
     /// Every letter `filter` selects, oldest first: what a redrive or a purge acts on. At most
     /// [`SCAN_LIMIT`] letters are looked at per partition and [`ACT_LIMIT`] kept; the second
     /// answer says whether more may match (a larger backlog takes several runs).
@@ -255,33 +296,20 @@ impl Ops {
         let selection = self.selection(filter)?;
         let mut found = Vec::new();
         let mut more = false;
-        'partitions: for (stream, partition) in &selection.partitions {
-            let key = self.keys.partition(stream, *partition).dead_letters;
-            let mut cursor = selection.start.clone();
-            let mut looked = 0;
-            loop {
-                let page: Vec<(String, HashMap<String, Value>)> =
-                    self.redis.xrange(&key, cursor.as_str(), selection.end.as_str(), Some(500)).await?;
-                for (id, fields) in &page {
-                    looked += 1;
-                    if let Some(letter) = item(stream.as_str(), *partition, id, fields, false)
-                        && selection.chooses(&letter)
-                    {
-                        if found.len() >= ACT_LIMIT {
-                            more = true;
-                            break 'partitions;
-                        }
+        for (stream, partition) in &selection.partitions {
+            let mut full = false;
+            more |= self
+                .walk(&selection, stream, *partition, false, |letter| {
+                    full = found.len() >= ACT_LIMIT;
+                    if !full {
                         found.push(letter);
                     }
-                }
-                match page.last() {
-                    Some(_) if looked >= SCAN_LIMIT => {
-                        more = true;
-                        break;
-                    }
-                    Some((id, _)) if page.len() == 500 => cursor = format!("({id}"),
-                    _ => break,
-                }
+                    !full
+                })
+                .await?;
+            if full {
+                more = true;
+                break;
             }
         }
         found.sort_by_key(|letter| (letter.id.parse::<EntryId>().unwrap_or(EntryId::ZERO), letter.reference.clone()));
@@ -298,33 +326,17 @@ impl Ops {
         let mut total = 0u64;
         let mut at_least = false;
         for (stream, partition) in &selection.partitions {
-            let key = self.keys.partition(stream, *partition).dead_letters;
-            let mut cursor = selection.end.clone();
             let mut kept = 0;
-            let mut looked = 0usize;
-            loop {
-                let page: Vec<(String, HashMap<String, Value>)> =
-                    self.redis.xrevrange(&key, cursor.as_str(), selection.start.as_str(), Some(500)).await?;
-                for (id, fields) in &page {
-                    looked += 1;
-                    let Some(letter) = item(stream.as_str(), *partition, id, fields, false) else { continue };
-                    if selection.chooses(&letter) {
-                        total += 1;
-                        if kept < limit {
-                            kept += 1;
-                            letters.push(letter);
-                        }
+            at_least |= self
+                .walk(&selection, stream, *partition, true, |letter| {
+                    total += 1;
+                    if kept < limit {
+                        kept += 1;
+                        letters.push(letter);
                     }
-                }
-                match page.last() {
-                    Some(_) if looked >= SCAN_LIMIT => {
-                        at_least = true;
-                        break;
-                    }
-                    Some((id, _)) if page.len() == 500 => cursor = format!("({id}"),
-                    _ => break,
-                }
-            }
+                    true
+                })
+                .await?;
         }
         letters.sort_by_key(|letter| {
             std::cmp::Reverse((letter.id.parse::<EntryId>().unwrap_or(EntryId::ZERO), letter.reference.clone()))

@@ -89,6 +89,25 @@ pub const OPS_CONSUMER_PREFIX: &str = "ops-";
 /// group's live consumers take them when told to claim (or at their next claim pass).
 pub(crate) const HANDOVER_IDLE_MS: u64 = 365 * 24 * 3600 * 1000;
 
+/// Parks `ids` of `group` under the tools' `consumer`, idle [`HANDOVER_IDLE_MS`], so the group's
+/// live consumers claim them. `min_idle_ms` leaves alone an entry a consumer touched meanwhile;
+/// `replay` also takes entries the group had acknowledged (FORCE) and counts them as delivered
+/// afresh (RETRYCOUNT 0). Returns the ids handed over.
+pub(crate) async fn hand_over(
+    redis: &chatdesk_streams::RedisClient,
+    key: &str,
+    group: &str,
+    consumer: &str,
+    min_idle_ms: u64,
+    ids: Vec<String>,
+    replay: bool,
+) -> std::result::Result<Vec<String>, fred::error::Error> {
+    use fred::interfaces::StreamsInterface as _;
+    redis
+        .xclaim(key, group, consumer, min_idle_ms, ids, Some(HANDOVER_IDLE_MS), None, replay.then_some(0), replay, true)
+        .await
+}
+
 /// A consumer group as an operator names it, resolved against the configuration.
 #[derive(Debug, Clone)]
 pub struct GroupTarget {

@@ -10,7 +10,7 @@ use chatdesk_streams::entry::value_text;
 use fred::prelude::*;
 use serde::Serialize;
 
-use crate::{Actor, HANDOVER_IDLE_MS, Ops, OpsError, Result};
+use crate::{Actor, Ops, OpsError, Result, hand_over};
 
 /// The consumer claimed entries are parked under until a live consumer takes them.
 pub const CLAIM_CONSUMER: &str = "ops-claim";
@@ -133,21 +133,9 @@ impl Ops {
                     .collect();
                 if !ids.is_empty() {
                     // The same idle threshold: an entry a consumer took meanwhile is left alone.
-                    let claimed: Vec<String> = self
-                        .redis
-                        .xclaim(
-                            &key,
-                            target.group.as_str(),
-                            CLAIM_CONSUMER,
-                            idle_ms,
-                            ids,
-                            Some(HANDOVER_IDLE_MS),
-                            None,
-                            None,
-                            false,
-                            true,
-                        )
-                        .await?;
+                    let claimed =
+                        hand_over(&self.redis, &key, target.group.as_str(), CLAIM_CONSUMER, idle_ms, ids, false)
+                            .await?;
                     result.entries += claimed.len() as u64;
                 }
                 match stale.last() {

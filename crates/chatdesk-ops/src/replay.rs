@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bound::{Bound, End, format_ms};
 use crate::task::{Running, Task, TaskState};
-use crate::{Actor, GroupTarget, HANDOVER_IDLE_MS, Ops, OpsError, Result};
+use crate::{Actor, GroupTarget, Ops, OpsError, Result, hand_over};
 
 /// The consumer replayed entries are parked under until a live consumer claims them.
 pub const REPLAY_CONSUMER: &str = "ops-replay";
@@ -266,23 +266,10 @@ impl Ops {
                     self.redis.xrange(&key, cursor.as_str(), last.as_str(), Some(PAGE)).await?;
                 let Some((last_read, _)) = page.last() else { break };
                 let ids: Vec<String> = page.iter().map(|(id, _)| id.clone()).collect();
-                let claimed: Vec<String> = self
-                    .redis
-                    .xclaim(
-                        &key,
-                        plan.group.as_str(),
-                        REPLAY_CONSUMER,
-                        0,
-                        ids.clone(),
-                        Some(HANDOVER_IDLE_MS),
-                        None,
-                        Some(0),
-                        true,
-                        true,
-                    )
-                    .await?;
+                let asked = ids.len();
+                let claimed = hand_over(&self.redis, &key, plan.group.as_str(), REPLAY_CONSUMER, 0, ids, true).await?;
                 running.task.moved += claimed.len() as u64;
-                running.task.skipped += (ids.len() - claimed.len()) as u64;
+                running.task.skipped += (asked - claimed.len()) as u64;
                 let message = format!("handing entries to {}: partition {}", plan.group, part.partition);
                 if running.progress(message).await? {
                     return Ok(None);
