@@ -209,9 +209,9 @@ impl Handler for Fanout {
 
     async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
         let now = chatdesk_core::envelope::now_ms();
+        let read_latency = ::metrics::histogram!(metrics::READ_LATENCY_SECONDS);
         for entry in &batch.entries {
-            ::metrics::histogram!(metrics::READ_LATENCY_SECONDS)
-                .record(now.saturating_sub(entry.envelope.time_ms) as f64 / 1000.0);
+            read_latency.record(now.saturating_sub(entry.envelope.time_ms) as f64 / 1000.0);
             self.hub.publish(Arc::new(hub::Delivery::stored(entry.clone())));
         }
         Ok(Outcomes::all_done())
