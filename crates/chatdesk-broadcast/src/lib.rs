@@ -153,6 +153,7 @@ impl Handoff {
             message: None,
             standby: None,
             rate_per_second: None,
+            reserve: false,
         };
         let (contact_id, conversation_id) = match self.directory.ingest(&request).await {
             Ok(Ingested::Resolved { contact_id, conversation_id }) => (contact_id, conversation_id),

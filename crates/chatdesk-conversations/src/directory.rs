@@ -66,30 +66,34 @@ if has_message then
     return {'duplicate', seen}
   end
 end
-local contact = redis.call('GET', KEYS[2])
-local created_contact = 0
-local forget = tonumber(ARGV[9])
-if not contact then
-  contact = ARGV[5]
-  created_contact = 1
-end
-if forget > 0 then
-  redis.call('SET', KEYS[2], contact, 'EX', forget)
-elseif created_contact == 1 then
-  redis.call('SET', KEYS[2], contact)
-end
-local conversation = redis.call('GET', KEYS[3])
-local created_conversation = 0
-if not conversation then
-  conversation = ARGV[6]
-  created_conversation = 1
-end
+-- A widget session keeps ids for its visitor without announcing them ('~' before the id, and
+-- only for the standby window); the first message announces them. Sessions alone leave nothing
+-- for the writer, and no key without a time to live.
+local reserve = ARGV[10] == '1'
 local standby = tonumber(ARGV[2])
-if standby > 0 then
-  redis.call('SET', KEYS[3], conversation, 'EX', standby)
-elseif created_conversation == 1 then
-  redis.call('SET', KEYS[3], conversation)
+local forget = tonumber(ARGV[9])
+local function resolve(key, fresh, ttl, reserved_ttl)
+  local value = redis.call('GET', key)
+  local id, announce = value, 0
+  if not value then
+    id, announce = fresh, 1
+  elseif string.sub(value, 1, 1) == '~' then
+    id, announce = string.sub(value, 2), 1
+  end
+  if reserve and announce == 1 then
+    redis.call('SET', key, '~' .. id, 'EX', reserved_ttl)
+    return id, 0
+  end
+  if ttl > 0 then
+    redis.call('SET', key, id, 'EX', ttl)
+  elseif value ~= id then
+    redis.call('SET', key, id)
+  end
+  return id, announce
 end
+local reserved_ttl = standby > 0 and standby or 600
+local contact, created_contact = resolve(KEYS[2], ARGV[5], forget, reserved_ttl)
+local conversation, created_conversation = resolve(KEYS[3], ARGV[6], standby, reserved_ttl)
 -- A record's arguments: the number of routing values, the routing fields, the payload's other
 -- members (a JSON object's inside, possibly empty).
 local function append(at, in_conversation, ids)
@@ -110,7 +114,7 @@ local function append(at, in_conversation, ids)
 end
 local contact_member = '"contact_id":"' .. contact .. '"'
 local conversation_member = '"conversation_id":"' .. conversation .. '"'
-local next_record = 10
+local next_record = 11
 local skip = function(at) return at + tonumber(ARGV[at]) + 2 end
 if created_contact == 1 then
   local _, after = append(next_record, false, contact_member)
@@ -276,6 +280,10 @@ pub struct IngestRequest<'a> {
     pub standby: Option<Duration>,
     /// Count this request against the inbox's per-second limit of this many requests.
     pub rate_per_second: Option<u32>,
+    /// With no message: keep the contact's and conversation's ids for the sender (for the
+    /// standby window) without appending anything; the sender's first message announces them.
+    /// A widget session starts so: sessions alone make no conversation for agents or the writer.
+    pub reserve: bool,
 }
 
 /// What the ingest script did.
@@ -285,7 +293,7 @@ pub enum Ingested {
     Appended { contact_id: Uuid, conversation_id: Uuid, event_id: EventId, offset: EntryId },
     /// Seen within the window: the first entry's offset and conversation.
     Duplicate { conversation_id: Option<Uuid>, offset: EntryId },
-    /// No message: the contact and conversation found or created.
+    /// No message: the contact and conversation found or created (or reserved).
     Resolved { contact_id: Uuid, conversation_id: Uuid },
     /// The inbox is over its per-second limit; nothing was appended.
     RateLimited,
@@ -385,6 +393,7 @@ impl Directory {
             FIELD_CONVERSATION.to_owned(),
             FIELD_PAYLOAD.to_owned(),
             request.standby.map_or(0, |_| VISITOR_FORGET.as_secs()).to_string(),
+            if request.reserve && request.message.is_none() { "1" } else { "0" }.to_owned(),
         ];
         let contact = Event::ContactCreated(ContactCreated {
             contact_id,

@@ -194,6 +194,9 @@ pub struct VisitorClaims {
     pub visitor: Uuid,
     /// The e-mail address the visitor gave (contact data, not proof of anything).
     pub email: String,
+    /// The name the visitor gave, if any: its first message makes the contact with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub exp: u64,
 }
 
@@ -244,6 +247,7 @@ pub struct VisitorGrant<'a> {
     pub conversation: Uuid,
     pub visitor: Uuid,
     pub email: &'a str,
+    pub name: Option<&'a str>,
 }
 
 /// Signs a visitor token valid for `ttl`; returns it and its expiry.
@@ -256,6 +260,7 @@ pub fn issue_visitor_token(key: &TokenKey, grant: &VisitorGrant<'_>, ttl: Durati
         conversation: grant.conversation,
         visitor: grant.visitor,
         email: grant.email.to_owned(),
+        name: grant.name.map(str::to_owned),
         exp: now_seconds() + ttl.as_secs(),
     };
     (sign(key, &claims), claims.exp)
@@ -331,9 +336,11 @@ mod tests {
             conversation: ids.3,
             visitor: ids.0,
             email: "ana@example.com",
+            name: Some("Ana"),
         };
         let (visitor, _) = issue_visitor_token(&key(), &grant, TOKEN_TTL);
-        assert_eq!(verify_visitor_token(&key(), &visitor).unwrap().conversation, ids.3);
+        let claims = verify_visitor_token(&key(), &visitor).unwrap();
+        assert_eq!((claims.conversation, claims.name.as_deref()), (ids.3, Some("Ana")));
         assert_eq!(verify_token(&key(), &visitor), Err(TokenError::Malformed));
         let (agent, _) = issue_token(&key(), ids.0, ids.1, Role::Agent, TOKEN_TTL);
         assert_eq!(verify_visitor_token(&key(), &agent), Err(TokenError::Malformed));

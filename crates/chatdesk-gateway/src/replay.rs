@@ -1,11 +1,12 @@
-//! Filling a resuming client's gap. Inside the stream's retention the gap comes from the stream
-//! (entries after the client's offset, read through `chatdesk_streams::range`); the part older
-//! than the stream's first entry comes from PostgreSQL's `events` table under the same offsets
-//! (trimming never passes what the writer has not stored). An epoch per partition, created with
+//! Filling a resuming client's gap. The part older than the stream's first entry comes from
+//! PostgreSQL's `events` table under the same offsets (trimming never passes what the writer has
+//! not stored); so does, for one conversation, everything the writer has acknowledged, read
+//! through the conversation's index. The rest comes from the stream (entries after the client's
+//! offset, read through `chatdesk_streams::range`). An epoch per partition, created with
 //! the stream, tells a cursor from a stream that was since lost and recreated: such a cursor
 //! cannot be served.
 
-use chatdesk_core::{EntryId, Envelope, EventId, PartitionKeys, TenantId};
+use chatdesk_core::{EntryId, Envelope, EventId, PartitionKeys, StreamSettings, TenantId};
 use chatdesk_streams::RedisClient;
 use fred::prelude::Error;
 use uuid::Uuid;
@@ -16,6 +17,25 @@ pub use chatdesk_streams::range::{bounds, epoch};
 
 /// Entries per XRANGE or SQL page.
 pub const PAGE: u64 = 500;
+
+/// The partition's first entry the writer (every durable group) has not acknowledged yet:
+/// everything before it is in PostgreSQL. `None` when a durable group has not read the
+/// partition, so nothing is known.
+pub async fn stored_floor(
+    redis: &RedisClient,
+    keys: &PartitionKeys,
+    stream: &StreamSettings,
+) -> Result<Option<EntryId>, Error> {
+    chatdesk_streams::retention::durable_floor(redis, &keys.stream, stream).await
+}
+
+/// The greatest entry id below `id`: reading after it starts at `id`.
+pub fn predecessor(id: EntryId) -> EntryId {
+    match id.sequence {
+        0 => EntryId::new(id.millis.saturating_sub(1), u64::MAX),
+        sequence => EntryId::new(id.millis, sequence - 1),
+    }
+}
 
 /// Entries of the partition after `after`, one page.
 pub async fn stream_page(redis: &RedisClient, keys: &PartitionKeys, after: EntryId) -> Result<Vec<Delivery>, Error> {

@@ -90,8 +90,9 @@ pub async fn durable_needs(client: &Client, key: &str, stream: &StreamSettings) 
 }
 
 /// The lowest entry id every durable group still needs, or `None` when a durable group is
-/// missing (then nothing may be trimmed).
-async fn durable_floor(client: &Client, key: &str, stream: &StreamSettings) -> Result<Option<EntryId>, Error> {
+/// missing (then nothing may be trimmed). Every entry below it has been acknowledged by all of
+/// them: for the events stream, stored by the writer.
+pub async fn durable_floor(client: &Client, key: &str, stream: &StreamSettings) -> Result<Option<EntryId>, Error> {
     let mut floor: Option<EntryId> = None;
     for (_, need) in durable_needs(client, key, stream).await? {
         let Some(group_floor) = need.floor() else { return Ok(None) };

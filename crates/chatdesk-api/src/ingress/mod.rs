@@ -157,7 +157,7 @@ fn rate_limited(state: &AppState, inbox: Uuid) -> ApiError {
     }
 }
 
-/// Runs the directory's one script for `message` (or, without one, only finds or creates the
+/// Runs the directory's one script for `message` (or, without one, only finds or reserves the
 /// sender's conversation), counting the request against the inbox's rate limit when `counted`.
 pub async fn ingest(
     state: &AppState,
@@ -173,6 +173,9 @@ pub async fn ingest(
         message,
         standby,
         rate_per_second: counted.then_some(state.ingress.rate_per_inbox),
+        // Without a message this is a widget session starting: it keeps ids for the visitor, and
+        // the first message makes the conversation.
+        reserve: message.is_none(),
     };
     match state.directory.ingest(&request).await.map_err(directory_error)? {
         Ingested::RateLimited => Err(rate_limited(state, inbox.id)),

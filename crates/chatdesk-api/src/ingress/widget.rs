@@ -3,7 +3,9 @@
 //! to come back. Coming back with its key within the standby window (default 10 minutes)
 //! continues the same conversation, later opens a new one. Without the key a visitor is a new
 //! one, whatever e-mail it gives: an e-mail is contact data, not proof of identity, so knowing a
-//! customer's address shows nothing of their conversations. The widget then writes over REST
+//! customer's address shows nothing of their conversations. A session only reserves the
+//! conversation's id: the visitor's first message makes it (agents see it, the writer stores
+//! it), so sessions opened in bulk leave nothing but keys that expire. The widget then writes over REST
 //! here (and reads over the WebSocket protocol with the same token). These routes answer any
 //! origin (CORS), since the widget runs on the customer's own site; sessions are limited per
 //! client address.
@@ -50,6 +52,8 @@ pub struct SessionRequest {
 pub struct Session {
     /// The visitor token: `Authorization: Bearer <token>` here, and `hello.token` on the WebSocket.
     pub token: String,
+    /// The visitor's conversation. A new visitor's is made by its first message; until then it
+    /// has no history and agents do not see it.
     pub conversation_id: Uuid,
     pub contact_id: Uuid,
     /// Seconds since the epoch.
@@ -106,7 +110,7 @@ fn visitor_identity(visitor: Uuid) -> String {
 }
 
 /// Starts (or resumes, with its visitor key, within the standby window) a visitor's
-/// conversation.
+/// conversation. A new conversation is only reserved here; the first message makes it.
 #[utoipa::path(
     post,
     path = "/v1/widget/{inbox_id}/sessions",
@@ -138,8 +142,12 @@ pub async fn start_session(
         let returning =
             request.visitor_key.as_deref().and_then(|key| verify_visitor_key(&state.auth, inbox.id, key).ok());
         let visitor = returning.unwrap_or_else(Uuid::now_v7);
-        let sender =
-            Introduction { inbox: inbox.id, external_id: visitor_identity(visitor), name, email: Some(email.clone()) };
+        let sender = Introduction {
+            inbox: inbox.id,
+            external_id: visitor_identity(visitor),
+            name: name.clone(),
+            email: Some(email.clone()),
+        };
         let standby = Some(state.ingress.widget_standby);
         let Ingested::Resolved { contact_id, conversation_id } =
             ingest(&state, &inbox, &sender, None, standby, true).await?
@@ -153,6 +161,7 @@ pub async fn start_session(
             conversation: conversation_id,
             visitor,
             email: &email,
+            name: name.as_deref(),
         };
         let (token, expires_at) = issue_visitor_token(&state.auth, &grant, TOKEN_TTL);
         let visitor_key = issue_visitor_key(&state.auth, inbox.id, visitor);
@@ -224,7 +233,8 @@ pub async fn post_message(
         let sender = Introduction {
             inbox: inbox.id,
             external_id: visitor_identity(visitor.visitor),
-            name: None,
+            // The contact is made with the first message, as the session's visitor named itself.
+            name: visitor.name.clone(),
             email: Some(visitor.email.clone()),
         };
         let message = InboundMessage {

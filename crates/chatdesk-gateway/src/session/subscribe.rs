@@ -387,21 +387,31 @@ impl Session {
             && let Ok(Some((millis, sequence))) =
                 chatdesk_store::conversations::first_event_offset(&inner.db, tenant, conversation).await
         {
-            let first = EntryId::new(millis as u64, sequence as u64);
-            let before_first = match first.sequence {
-                0 => EntryId::new(first.millis.saturating_sub(1), u64::MAX),
-                sequence => EntryId::new(first.millis, sequence - 1),
-            };
+            let before_first = replay::predecessor(EntryId::new(millis as u64, sequence as u64));
             if cursor < before_first {
                 cursor = before_first;
             }
         }
-        if first.is_none_or(|first| since < first) {
+        // What PostgreSQL answers for: the part trimmed from the stream and, for one
+        // conversation, everything the writer has acknowledged, read through the conversation's
+        // own index. The stream is then read only past that, instead of walking every other
+        // conversation's entries of the partition.
+        let stored_until = match subscription.conversation {
+            Some(_) => replay::stored_floor(&inner.redis, &keys, events).await.map_err(redis_down)?,
+            None => None,
+        };
+        let from_postgres = match (first, stored_until) {
+            (Some(first), Some(stored)) => Some(first.max(stored)),
+            (first, None) => first,
+            (None, stored) => stored,
+        };
+        if from_postgres.is_none_or(|before| cursor < before) {
             loop {
-                let page = replay::stored_page(&inner.db, tenant, subscription.conversation, cursor, first)
+                let page = replay::stored_page(&inner.db, tenant, subscription.conversation, cursor, from_postgres)
                     .await
                     .map_err(|_| unavailable("PostgreSQL is unavailable"))?;
                 let full = page.len() as u64 == replay::PAGE;
+                ::metrics::counter!(metrics::REPLAY_READ_TOTAL, "source" => "postgres").increment(page.len() as u64);
                 for delivery in page {
                     cursor = delivery.offset.unwrap_or(cursor);
                     if self.send_event(name, subscription, &delivery).await.ok_or(ReplayError::SocketGone)? {
@@ -413,10 +423,14 @@ impl Session {
                     break;
                 }
             }
+            if let Some(before) = from_postgres {
+                cursor = cursor.max(replay::predecessor(before));
+            }
         }
         loop {
             let page = replay::stream_page(&inner.redis, &keys, cursor).await.map_err(redis_down)?;
             let full = page.len() as u64 == replay::PAGE;
+            ::metrics::counter!(metrics::REPLAY_READ_TOTAL, "source" => "stream").increment(page.len() as u64);
             for delivery in page {
                 cursor = delivery.offset.unwrap_or(cursor);
                 if self.send_event(name, subscription, &delivery).await.ok_or(ReplayError::SocketGone)? {

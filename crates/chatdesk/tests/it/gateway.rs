@@ -297,8 +297,23 @@ async fn visitors_see_their_own_conversation_and_typing_flows_both_ways() {
     let conversation = session["conversation_id"].as_str().unwrap().to_owned();
     let channel = format!("conversation:{conversation}");
     let api = Client { http, token: token.clone() };
+    let visitor_auth = format!("Bearer {}", session["token"].as_str().unwrap());
+    let visitor_headers = [("Content-Type", "application/json"), ("Authorization", visitor_auth.as_str())];
+    let messages = sessions.replace("/sessions", "/messages");
+
+    // The session only reserved the conversation: the visitor follows it at once, and its first
+    // message makes it, with the name given at the session.
+    let mut visitor = hello(http, session["token"].as_str().unwrap()).await;
+    subscribe(&mut visitor, json!({"op": "subscribe", "channel": channel})).await;
+    let first =
+        chatdesk_testkit::http_request(http, "POST", &messages, &visitor_headers, Some(r#"{"text": "first words"}"#))
+            .await
+            .unwrap();
+    assert_eq!((first.status, first.json()["conversation_id"].as_str()), (202, Some(conversation.as_str())));
+    let own = next_event(&mut visitor).await;
+    assert_eq!((own["type"].as_str(), own["data"]["text"].as_str()), (Some("message.created"), Some("first words")));
     eventually(&api, &format!("/v1/conversations/{conversation}"), "the visitor's conversation", |c| {
-        c["id"] == conversation.as_str()
+        c["id"] == conversation.as_str() && c["contact"]["name"] == "Vera"
     })
     .await;
 
@@ -322,10 +337,8 @@ async fn visitors_see_their_own_conversation_and_typing_flows_both_ways() {
     }
     assert_eq!(presence, [true, true], "still online through the other sockets");
 
-    let mut visitor = hello(http, session["token"].as_str().unwrap()).await;
     send(&mut visitor, json!({"op": "subscribe", "channel": "inbox"})).await;
     assert_eq!(next(&mut visitor).await["code"], "forbidden", "a visitor sees only its conversation");
-    subscribe(&mut visitor, json!({"op": "subscribe", "channel": channel})).await;
     send(&mut visitor, json!({"op": "send", "conversation": conversation, "text": "hi", "client_msg_id": "v-1"})).await;
     assert_eq!(next(&mut visitor).await["code"], "forbidden", "visitors write over REST");
 
@@ -349,11 +362,8 @@ async fn visitors_see_their_own_conversation_and_typing_flows_both_ways() {
     let written = chatdesk_testkit::http_request(
         http,
         "POST",
-        &sessions.replace("/sessions", "/messages"),
-        &[
-            ("Content-Type", "application/json"),
-            ("Authorization", &format!("Bearer {}", session["token"].as_str().unwrap())),
-        ],
+        &messages,
+        &visitor_headers,
         Some(r#"{"text": "hello agent", "client_msg_id": "w-1"}"#),
     )
     .await
@@ -369,7 +379,7 @@ async fn visitors_see_their_own_conversation_and_typing_flows_both_ways() {
     assert_eq!(message["offset"], written.json()["offset"]);
 
     // Reading it resets the unread count, through the stream like every change.
-    eventually(&api, &format!("/v1/conversations/{conversation}"), "one unread message", |c| c["unread_count"] == 1)
+    eventually(&api, &format!("/v1/conversations/{conversation}"), "two unread messages", |c| c["unread_count"] == 2)
         .await;
     send(&mut agent, json!({"op": "read", "conversation": conversation, "offset": message["offset"]})).await;
     let read = next_event(&mut agent).await;

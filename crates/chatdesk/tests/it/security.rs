@@ -349,7 +349,7 @@ async fn small_holes_stay_closed() {
     let tenant = env.tenant("owner@small.test", "owner-pass-1");
     let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
     let generic = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "Hooks"]);
-    let (http, _server) = serve(&env, &[]).await;
+    let (http, _server) = serve(&env, &[("CHATDESK_INGRESS_RATE_PER_INBOX", "1000")]).await;
     let token = login(http, "owner@small.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
     let api = Client { http, token: token.clone() };
 
@@ -424,7 +424,17 @@ async fn small_holes_stay_closed() {
     assert_eq!(again["code"], "unknown_channel", "one subscription, ended once: {again}");
 
     // A resume from the very beginning replays the conversation from its own first event, and
-    // only its events.
+    // only its events, read through its own index: the other conversation's 150 messages are
+    // never read, from PostgreSQL or from the stream.
+    for index in 0..150 {
+        let body = crate::support::generic_body(&format!("busy-{index}"), "cust-2", "busy");
+        assert_eq!(post_generic(http, &generic, &body).await.status, 200);
+    }
+    crate::support::until_group_caught_up(&env, "events", "writer").await;
+    let read = async |source: &str| {
+        crate::support::metric(http, &format!("chatdesk_gateway_replay_read_total{{source=\"{source}\"}}")).await
+    };
+    let (stream_before, stored_before) = (read("stream").await, read("postgres").await);
     socket
         .send(Message::Text(json!({"op": "subscribe", "channel": canonical, "since": "0-0"}).to_string().into()))
         .await
@@ -443,6 +453,9 @@ async fn small_holes_stay_closed() {
     assert_eq!(subscribed["replayed"], replayed.len());
     assert_eq!(replayed.first().map(|frame| frame["type"].clone()), Some(json!("conversation.created")));
     assert!(replayed.iter().all(|frame| frame["data"]["conversation_id"] == first.as_str()), "{replayed:?}");
+    let (stream_read, stored_read) = (read("stream").await - stream_before, read("postgres").await - stored_before);
+    assert_eq!(stored_read as usize, replayed.len(), "only the conversation's own events are read");
+    assert!(stream_read < 10.0, "{stream_read} stream entries read for a conversation the writer has stored");
 }
 
 /// The WebSocket answers protocol abuse with the documented codes, and an agent cannot reach
@@ -1098,6 +1111,11 @@ async fn widget_visitors_leave_no_key_forever() {
     let again = post(http, path, &[], &body).await.json();
     assert_eq!(again["contact_id"], first["contact_id"], "the same contact");
     assert_ne!(again["conversation_id"], first["conversation_id"], "a new conversation after the silence");
+    let visitor = format!("Bearer {}", again["token"].as_str().unwrap());
+    let written =
+        post(http, &path.replace("/sessions", "/messages"), &[("Authorization", &visitor)], r#"{"text": "back"}"#)
+            .await;
+    assert_eq!(written.status, 202, "{}", written.body);
     let token = login(http, "owner@ttl.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
     let api = Client { http, token };
     let conversation = again["conversation_id"].as_str().unwrap();
@@ -1109,4 +1127,82 @@ async fn widget_visitors_leave_no_key_forever() {
     )
     .await;
     assert_eq!(crate::support::dead_letters(&env, "events").await, 0, "the contact was not refused as a duplicate");
+}
+
+/// Opening widget sessions in bulk makes no conversation: nothing is appended, agents see
+/// nothing, and every key a session leaves expires with the standby window. The first message
+/// makes the reserved conversation, with the name given at the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn widget_sessions_make_no_conversation_until_a_message() {
+    use fred::interfaces::{ClientLike, KeysInterface, StreamsInterface};
+
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@quiet.test", "owner-pass-1");
+    let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
+    let web = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "web", "--name", "Site"]);
+    let (http, _server) = serve(&env, &[]).await;
+    let path = web["webhook_path"].as_str().unwrap();
+    let mut sessions = Vec::new();
+    for index in 0..12 {
+        let body = json!({"email": format!("quiet-{index}@quiet.test"), "name": format!("Quiet {index}")}).to_string();
+        let session = post(http, path, &[], &body).await;
+        assert_eq!(session.status, 201, "{}", session.body);
+        sessions.push(session.json());
+    }
+
+    let redis = chatdesk_streams::RedisConnector::new(chatdesk_streams::RedisSettings::new(&env.redis_url))
+        .unwrap()
+        .shared()
+        .await
+        .unwrap();
+    let keys =
+        async |pattern: String| -> Vec<String> { redis.custom(fred::cmd!("KEYS"), vec![pattern]).await.unwrap() };
+    let streams = keys(format!("{}:stream:*", env.prefix)).await;
+    let mut appended = 0;
+    for stream in &streams {
+        let length: u64 = redis.xlen(stream.as_str()).await.unwrap();
+        appended += length;
+    }
+    assert_eq!(appended, 0, "sessions append nothing: {streams:?}");
+    let all = keys(format!("{}:*", env.prefix)).await;
+    for key in all.iter().filter(|key| key.contains(":contact:") || key.contains(":conversation:")) {
+        let ttl: i64 = redis.ttl(key.as_str()).await.unwrap();
+        assert!((1..=600).contains(&ttl), "{key} lives {ttl} s, past the standby window");
+    }
+
+    // One visitor writes: its reserved conversation is made, and only that one.
+    let chosen = &sessions[3];
+    let visitor = format!("Bearer {}", chosen["token"].as_str().unwrap());
+    let messages = path.replace("/sessions", "/messages");
+    let written = post(http, &messages, &[("Authorization", &visitor)], r#"{"text": "hello?"}"#).await;
+    assert_eq!(written.status, 202, "{}", written.body);
+    assert_eq!(written.json()["conversation_id"], chosen["conversation_id"]);
+    let token = login(http, "owner@quiet.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let api = Client { http, token };
+    let conversation = chosen["conversation_id"].as_str().unwrap();
+    let stored = crate::support::eventually(
+        &api,
+        &format!("/v1/conversations/{conversation}"),
+        "the conversation made by the first message",
+        |found| found["contact"]["id"] == chosen["contact_id"],
+    )
+    .await;
+    assert_eq!(stored["contact"]["name"], "Quiet 3", "{stored}");
+    let listed = api.call("GET", "/v1/conversations", None).await.json();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+    // A second message goes to the same conversation, whose contact and creation came once.
+    let again = post(http, &messages, &[("Authorization", &visitor)], r#"{"text": "anyone?"}"#).await;
+    assert_eq!(again.json()["conversation_id"], chosen["conversation_id"]);
+    let mut created = 0;
+    for stream in &keys(format!("{}:stream:*", env.prefix)).await {
+        let entries: Vec<(String, HashMap<String, String>)> =
+            redis.xrange(stream.as_str(), "-", "+", None).await.unwrap();
+        created += entries
+            .iter()
+            .filter(|(_, fields)| {
+                fields.values().any(|value| value == "conversation.created" || value == "contact.created")
+            })
+            .count();
+    }
+    assert_eq!(created, 2, "one contact.created and one conversation.created");
 }
