@@ -294,6 +294,14 @@ export function start({ inbox, base }) {
     for (let tries = 0; tries < SEND_TRIES; tries += 1) {
       try {
         const accepted = await request('POST', `/v1/widget/${inbox}/messages`, { text, client_msg_id: clientMsgId });
+        if (accepted.conversation_id && accepted.conversation_id !== state.conversation_id) {
+          // The visitor was away past the standby window: the message opened a new
+          // conversation. A new session (with the visitor key) follows that one, history first.
+          pending.delete(clientMsgId);
+          await startSession(state.email, state.name);
+          await follow();
+          return;
+        }
         // The event may have arrived over the socket before this answer.
         if (messages.has(accepted.event_id)) pending.delete(clientMsgId);
         else message.event_id = accepted.event_id;

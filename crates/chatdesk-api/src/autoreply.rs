@@ -160,12 +160,9 @@ pub async fn get_autoreply(
     path = "/v1/inboxes/{id}/autoreply",
     tag = "autoreply",
     params(("id" = Uuid, Path, description = "Inbox id")),
-    request_body(content = Object, description = "`{\"mode\": \"off\"}`, `{\"mode\": \"flow\", \"flow\": \"order\"}` or \
-        `{\"mode\": \"llm\", \"llm\": {\"base_url\", \"api_key\", \"model\", \"system_prompt\", \"temperature\", \
-        \"max_context_messages\", \"timeout_ms\", \"on_error\": \"handoff\"|\"fallback\", \"fallback_text\"}}`, plus the \
-        optional `debounce_ms`, `max_wait_ms`, `max_replies`, `handoff_keywords`, `hours` \
-        (`{\"when\": \"outside\"|\"inside\", \"utc_offset_minutes\", \"days\": [1..7], \"from\": \"09:00\", \"to\": \"17:00\"}`) \
-        and `reenable_on_resolve`. Leaving `llm.api_key` out keeps the stored key."),
+    request_body(content = AutoReply, description = "`{\"mode\": \"off\"}`, `{\"mode\": \"flow\", \"flow\": \"order\"}` or \
+        `{\"mode\": \"llm\", \"llm\": {…}}`, with the optional settings. Leaving `llm.api_key` out keeps the stored key \
+        (for the same endpoint)."),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The settings as saved", body = AutoReplyView),
@@ -290,7 +287,8 @@ fn handoff(settings: &AutoReply, reason: chatdesk_core::events::HandoffReason, d
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "Only owners and admins configure bots", body = ErrorBody),
         (status = 404, description = "No such inbox in this tenant", body = ErrorBody),
-        (status = 422, description = "Auto-reply is off for the inbox, or a message is invalid", body = ErrorBody),
+        (status = 409, description = "Auto-reply is off for the inbox: choose a mode and save first", body = ErrorBody),
+        (status = 422, description = "A message is invalid", body = ErrorBody),
         (status = 503, description = "Too many test chats at once (4 per tenant, 32 per process); see Retry-After", body = ErrorBody),
     )
 )]
@@ -304,7 +302,9 @@ pub async fn test_autoreply(
     let inbox = tenant_inbox(&state, &principal, id).await?;
     let settings = AutoReply::from_stored(&inbox.auto_reply);
     if !settings.is_on() {
-        return Err(ApiError::invalid_field("mode", "auto-reply is off for this inbox: choose a mode and save first"));
+        return Err(ApiError::Conflict {
+            message: "auto-reply is off for this inbox: choose a mode and save first".into(),
+        });
     }
     if chat.messages.is_empty() || chat.messages.len() > MAX_TEST_MESSAGES {
         return Err(ApiError::invalid_field("messages", format!("send 1 to {MAX_TEST_MESSAGES} messages")));
@@ -448,6 +448,7 @@ pub async fn usage(State(state): State<AppState>, principal: Principal) -> Resul
 #[serde(deny_unknown_fields)]
 pub struct OrderQuery {
     /// The previous page's `next_cursor`.
+    #[param(pattern = "^[0-9]{1,16}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub cursor: Option<String>,
     /// 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]

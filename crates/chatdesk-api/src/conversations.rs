@@ -4,8 +4,6 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chatdesk_conversations::ReplyError;
 use chatdesk_core::events::{
     Actor, ConversationAssigned, ConversationStatus, ConversationStatusChanged, Event, SenderKind,
@@ -113,6 +111,7 @@ pub struct ListConversations {
     pub assignee: Option<String>,
     pub inbox: Option<Uuid>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,19}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub cursor: Option<String>,
     /// 1 to 200, default 50.
     #[param(minimum = 1, maximum = 200)]
@@ -134,14 +133,15 @@ fn limit(requested: Option<u32>) -> Result<i64, ApiError> {
     }
 }
 
+/// `<last activity, ns since the epoch>_<id>`: a position in the list's order, readable so that
+/// the document can state its shape (any value of that shape is a valid place to continue).
 fn encode_conversation_cursor(row: &ConversationRow) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{}", row.last_activity_at.unix_timestamp_nanos(), row.id))
+    format!("{}_{}", row.last_activity_at.unix_timestamp_nanos(), row.id)
 }
 
 fn decode_conversation_cursor(cursor: &str) -> Result<(OffsetDateTime, Uuid), ApiError> {
     let invalid = || bad_query("cursor", "not a cursor returned by this API");
-    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?).map_err(|_| invalid())?;
-    let (nanos, id) = text.split_once(':').ok_or_else(invalid)?;
+    let (nanos, id) = cursor.split_once('_').ok_or_else(invalid)?;
     let time =
         OffsetDateTime::from_unix_timestamp_nanos(nanos.parse().map_err(|_| invalid())?).map_err(|_| invalid())?;
     Ok((time, id.parse().map_err(|_| invalid())?))
@@ -285,7 +285,8 @@ pub struct MessagePage {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListMessages {
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (a message's offset).
+    #[param(pattern = "^[0-9]{1,19}-[0-9]{1,19}$")]
     pub cursor: Option<String>,
     /// 1 to 200, default 50.
     #[param(minimum = 1, maximum = 200)]
@@ -349,7 +350,7 @@ pub struct AcceptedView {
 #[serde(deny_unknown_fields)]
 pub struct ReplyRequest {
     /// 1 to 4096 characters, not only spaces (trimmed).
-    #[schema(min_length = 1, max_length = 4096, pattern = "\\S")]
+    #[schema(min_length = 1, max_length = 4096, pattern = "[^\\s\\u0085]")]
     pub text: String,
     /// The client's own id for this message (1 to 128 bytes); a repeated id is answered with the
     /// first attempt's event instead of sending again (remembered for 24 hours).

@@ -583,7 +583,7 @@ pub struct AuditQuery {
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// The previous page's `next_cursor`.
-    #[param(pattern = r"^[1-9][0-9]{0,18}$")]
+    #[param(pattern = r"^[1-9][0-9]{0,17}$")]
     pub cursor: Option<String>,
 }
 

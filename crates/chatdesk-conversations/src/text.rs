@@ -16,8 +16,12 @@ pub enum TextError {
 
 /// The text as it will be stored: trimmed, 1 to [`MAX_TEXT_CHARS`] characters.
 pub fn message_text(text: &str) -> Result<String, TextError> {
-    let text = text.trim();
-    if text.is_empty() || text.chars().count() > MAX_TEXT_CHARS {
+    // Counted as sent, as the document's `maxLength` counts it; spaces as the document means them.
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return Err(TextError::Length);
+    }
+    let text = chatdesk_core::spaces::trim(text);
+    if text.is_empty() {
         return Err(TextError::Length);
     }
     Ok(text.to_owned())

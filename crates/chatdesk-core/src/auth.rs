@@ -53,9 +53,11 @@ impl Role {
 /// Whether `text` looks like an e-mail address (a local part, `@`, a dotted domain, no spaces):
 /// logins and widget visitors are identified by one.
 pub fn is_email(text: &str) -> bool {
-    text.len() <= 320
-        && !text.contains(char::is_whitespace)
-        && text.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+    text.chars().count() <= 320
+        && !text.contains(crate::spaces::is_space)
+        && text
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.contains('@'))
 }
 
 /// A random string of `length` letters and digits (secrets, keys).

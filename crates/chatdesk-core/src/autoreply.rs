@@ -22,7 +22,7 @@ const MAX_TEXT: usize = 4_096;
 const MAX_PROMPT: usize = 32_768;
 const MAX_KEYWORDS: usize = 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     #[default]
@@ -32,7 +32,7 @@ pub enum Mode {
 }
 
 /// What the bot does when the model fails or times out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
     /// Hand the conversation to humans (reason `error` or `timeout`).
@@ -42,32 +42,40 @@ pub enum OnError {
     Fallback,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LlmSettings {
     /// An OpenAI-compatible API root, e.g. `https://api.openai.com/v1`; `/chat/completions` is
-    /// appended.
+    /// appended. Its host must be a public address (or one the deployment allows).
+    #[schema(max_length = 2048, pattern = "^\\s*[hH][tT][tT][pP][sS]?://")]
     pub base_url: String,
     /// Write-only: `None` on a `PUT` keeps the stored key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 1024, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     pub api_key: Option<String>,
+    #[schema(min_length = 1, max_length = 200, pattern = "[^\\s\\u0085]")]
     pub model: String,
     #[serde(default)]
+    #[schema(max_length = 32768)]
     pub system_prompt: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f32>,
     #[serde(default = "default_max_context")]
+    #[schema(minimum = 1, maximum = 200)]
     pub max_context_messages: u32,
     #[serde(default = "default_timeout")]
+    #[schema(minimum = 100, maximum = 120000)]
     pub timeout_ms: i64,
     #[serde(default)]
     pub on_error: OnError,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 4096)]
     pub fallback_text: Option<String>,
 }
 
 /// When the bot answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HoursRule {
     /// Only outside business hours (humans answer inside them).
@@ -76,17 +84,21 @@ pub enum HoursRule {
     Inside,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BusinessHours {
     pub when: HoursRule,
     /// The business's offset from UTC, in minutes (`-300` for UTC−5).
     #[serde(default)]
+    #[schema(minimum = -840, maximum = 840)]
     pub utc_offset_minutes: i32,
     /// ISO weekdays the hours apply to: 1 = Monday … 7 = Sunday.
+    #[schema(min_items = 1, max_items = 7)]
     pub days: Vec<u8>,
     /// `HH:MM`, local time; `to` after `from`.
+    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     pub from: String,
+    #[schema(pattern = "^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")]
     pub to: String,
 }
 
@@ -129,24 +141,29 @@ fn clock(text: &str) -> Option<u32> {
     (hours < 24 && minutes < 60).then_some(hours * 60 + minutes).or((hours == 24 && minutes == 0).then_some(1_440))
 }
 
-/// An inbox's auto-reply settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An inbox's auto-reply settings. `llm` is required with `mode: llm` (and checked whenever it
+/// is given), `flow` with `mode: flow`; `max_wait_ms` is at least `debounce_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AutoReply {
     #[serde(default)]
     pub mode: Mode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<LlmSettings>,
-    /// The dialog flow's name (`mode: flow`).
+    /// The dialog flow's name (`mode: flow`), one the deployment loads (`order` ships).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow: Option<String>,
     #[serde(default = "default_debounce")]
+    #[schema(minimum = 0, maximum = 60000)]
     pub debounce_ms: i64,
     #[serde(default = "default_max_wait")]
+    #[schema(minimum = 0, maximum = 600000)]
     pub max_wait_ms: i64,
     #[serde(default = "default_max_replies")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_replies: u32,
     #[serde(default = "default_keywords")]
+    #[schema(max_items = 20, value_type = Vec<String>)]
     pub handoff_keywords: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hours: Option<BusinessHours>,
@@ -157,6 +174,7 @@ pub struct AutoReply {
     /// Told to the customer when the bot hands them over (not when an agent took over by
     /// replying or being assigned: the human is already there); `None`: nothing is said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 4096, pattern = "[^\\s\\u0085]")]
     pub handoff_text: Option<String>,
 }
 
@@ -253,7 +271,7 @@ impl AutoReply {
             bounded_text("handoff_keywords", keyword, 64)?;
         }
         if let Some(text) = &self.handoff_text {
-            if text.trim().is_empty() {
+            if crate::spaces::is_blank(text) {
                 return Err(invalid("handoff_text", "must not be blank (leave it out to say nothing)"));
             }
             bounded_text("handoff_text", text, MAX_TEXT)?;
@@ -336,7 +354,7 @@ impl LlmSettings {
             return Err(invalid("llm.base_url", "must be an http:// or https:// URL"));
         }
         bounded_text("llm.base_url", base, 2_048)?;
-        if self.model.trim().is_empty() {
+        if crate::spaces::is_blank(&self.model) {
             return Err(invalid("llm.model", "must not be blank"));
         }
         bounded_text("llm.model", &self.model, 200)?;

@@ -26,6 +26,7 @@ pub mod ids;
 pub mod keys;
 pub mod names;
 pub mod outbound;
+pub mod spaces;
 
 pub use config::{ConfigError, GroupSettings, Retention, StartFrom, StreamSettings, StreamsConfig};
 pub use envelope::{DeadLetter, Entry, Envelope, Record, SendRequest};

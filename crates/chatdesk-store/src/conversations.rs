@@ -318,14 +318,20 @@ pub async fn events_between(
     limit: i64,
 ) -> Result<Vec<StoredEventRow>, StoreError> {
     let (before_ms, before_seq) = before.map_or((None, None), |(ms, seq)| (Some(ms), Some(seq)));
-    let rows: Vec<StoredEventTuple> = sqlx::query_as(
+    // Two statements, not one with `$2 IS NULL OR …`: a prepared statement's generic plan would
+    // then serve a conversation's replay from the tenant's index, reading all its events.
+    let filter = match conversation {
+        Some(_) => "conversation_id = $2 AND tenant_id = $1",
+        None => "tenant_id = $1 AND $2::uuid IS NULL",
+    };
+    let rows: Vec<StoredEventTuple> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT event_id, type, conversation_id, stream_partition, offset_ms, offset_seq, payload, \
                 (extract(epoch from occurred_at) * 1000)::int8 \
-         FROM events WHERE tenant_id = $1 AND ($2::uuid IS NULL OR conversation_id = $2) \
+         FROM events WHERE {filter} \
            AND (offset_ms, offset_seq) > ($3, $4) \
            AND ($5::int8 IS NULL OR (offset_ms, offset_seq) < ($5, $6)) \
-         ORDER BY offset_ms, offset_seq LIMIT $7",
-    )
+         ORDER BY offset_ms, offset_seq LIMIT $7"
+    )))
     .bind(tenant)
     .bind(conversation)
     .bind(after.0)

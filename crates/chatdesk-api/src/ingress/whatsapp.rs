@@ -358,6 +358,7 @@ pub struct Verification {
         (status = 200, description = "The challenge, as plain text", content_type = "text/plain"),
         (status = 403, description = "Wrong mode or verify token", body = ErrorBody),
         (status = 404, description = "No WhatsApp inbox with this id", body = ErrorBody),
+        (status = 429, description = "Too many failed signatures or verifications from this address to this inbox; see Retry-After", body = ErrorBody),
     )
 )]
 pub async fn verify(

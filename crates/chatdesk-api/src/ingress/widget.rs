@@ -38,7 +38,10 @@ use fred::prelude::*;
 #[serde(deny_unknown_fields)]
 pub struct SessionRequest {
     /// An e-mail address: contact data, not proof of identity.
-    #[schema(max_length = 320, pattern = "^[^@\\s]+@[^@\\s]*\\.[^@\\s]*$")]
+    #[schema(
+        max_length = 320,
+        pattern = "^[\\s\\u0085]*[^@\\s\\u0085]+@[^@\\s\\u0085]*\\.[^@\\s\\u0085]*[\\s\\u0085]*$"
+    )]
     pub email: String,
     /// At most 200 characters.
     #[schema(max_length = 200)]
@@ -133,12 +136,21 @@ pub async fn start_session(
     let started = Instant::now();
     let result = async {
         let inbox = inbox_of_kind(&state, inbox_id, InboxKind::Web).await?;
-        let email = request.email.trim().to_lowercase();
+        // Lengths count what was sent, as the document's `maxLength` does; spaces around are
+        // dropped.
+        if request.email.chars().count() > 320 {
+            return Err(ApiError::invalid_field("email", "must be at most 320 characters"));
+        }
+        if request.name.as_ref().is_some_and(|name| name.chars().count() > 200) {
+            return Err(ApiError::invalid_field("name", "must be at most 200 characters"));
+        }
+        let email = chatdesk_core::spaces::trim(&request.email).to_lowercase();
         if !chatdesk_core::auth::is_email(&email) {
             return Err(ApiError::invalid_field("email", "is not an e-mail address"));
         }
         limit_sessions(&state, peer.ip()).await?;
-        let name = request.name.map(|name| name.trim().to_owned()).filter(|name| !name.is_empty());
+        let name =
+            request.name.map(|name| chatdesk_core::spaces::trim(&name).to_owned()).filter(|name| !name.is_empty());
         let returning =
             request.visitor_key.as_deref().and_then(|key| verify_visitor_key(&state.auth, inbox.id, key).ok());
         let visitor = returning.unwrap_or_else(Uuid::now_v7);
@@ -176,7 +188,7 @@ pub async fn start_session(
 #[serde(deny_unknown_fields)]
 pub struct VisitorMessage {
     /// 1 to 4096 characters, not only spaces (trimmed).
-    #[schema(min_length = 1, max_length = 4096, pattern = "\\S")]
+    #[schema(min_length = 1, max_length = 4096, pattern = "[^\\s\\u0085]")]
     pub text: String,
     /// The widget's own id of the message (1 to 128 bytes): a retry with the same id is not
     /// appended twice.

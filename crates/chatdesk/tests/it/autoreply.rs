@@ -546,7 +546,7 @@ async fn bad_settings_and_strangers_are_refused() {
     assert_eq!(bots.agent.call("GET", &path, None).await.status, 403);
     let test = format!("{path}/test");
     let off = bots.admin.call("POST", &test, Some(json!({"messages": [{"role": "customer", "text": "hi"}]}))).await;
-    assert_eq!(off.status, 422, "{}", off.body);
+    assert_eq!(off.status, 409, "a bot that is off cannot be tested: {}", off.body);
     let unknown = bots.admin.call("GET", "/v1/inboxes/00000000-0000-7000-8000-000000000000/autoreply", None).await;
     assert_eq!(unknown.status, 404);
 

@@ -4,6 +4,7 @@ mod autoreply;
 mod browser;
 mod campaigns;
 mod cli;
+mod conformance;
 mod gateway;
 mod ingress;
 mod ops;
