@@ -7,7 +7,7 @@
 //! - failed logins are counted in Redis (shared by every process) per account and per client
 //!   address; past [`MAX_ACCOUNT_FAILURES`] / [`MAX_ADDRESS_FAILURES`] in [`FAILURE_WINDOW`]
 //!   the next attempt is answered 429 before any hashing;
-//! - passwords longer than [`MAX_PASSWORD_BYTES`] are refused before hashing.
+//! - passwords longer than [`MAX_PASSWORD_CHARS`] characters are refused before hashing.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use crate::error::ApiError;
 use crate::extract::ApiJson;
 
 /// The longest password accepted, in bytes.
-pub const MAX_PASSWORD_BYTES: usize = 1024;
+pub const MAX_PASSWORD_CHARS: usize = 1024;
 /// How long a login may wait for a hashing slot before it is answered 503.
 pub const HASH_WAIT: Duration = Duration::from_secs(2);
 /// Failed logins are counted over this window (from the first failure).
@@ -191,10 +191,14 @@ async fn release(state: &AppState, keys: &[String]) {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    /// 1 to 320 characters, no control characters.
-    #[schema(min_length = 1, max_length = 320, pattern = r"^[^\u0000-\u001F\u007F]*$")]
+    /// 1 to 320 characters, not only spaces, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 320,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0085\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub email: String,
-    /// At most 1,024 bytes.
+    /// At most 1,024 characters.
     #[schema(max_length = 1024)]
     pub password: String,
 }
@@ -235,15 +239,16 @@ pub async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(request): ApiJson<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    let email = request.email.trim();
-    if email.is_empty() || email.chars().count() > 320 {
-        return Err(ApiError::invalid_field("email", "must be 1 to 320 characters"));
+    // Counted as sent, as the document's `maxLength` counts it.
+    if request.email.chars().count() > 320 || chatdesk_core::spaces::is_blank(&request.email) {
+        return Err(ApiError::invalid_field("email", "must be 1 to 320 characters, not only spaces"));
     }
+    let email = chatdesk_core::spaces::trim(&request.email);
     if email.chars().any(char::is_control) {
         return Err(ApiError::invalid_field("email", "must not contain control characters"));
     }
-    if request.password.len() > MAX_PASSWORD_BYTES {
-        return Err(ApiError::invalid_field("password", format!("must be at most {MAX_PASSWORD_BYTES} bytes")));
+    if request.password.chars().count() > MAX_PASSWORD_CHARS {
+        return Err(ApiError::invalid_field("password", format!("must be at most {MAX_PASSWORD_CHARS} characters")));
     }
     let account = email.to_lowercase();
     let address = peer.ip();
