@@ -346,3 +346,76 @@ pub fn redis_benchmark(port: u16, requests: u64, pipeline: u32, clients: u32) ->
         .and_then(|number| number.parse::<f64>().ok())
         .with_context(|| format!("cannot read redis-benchmark's output: {text}"))
 }
+
+/// A chatdesk role service of `docker-compose.yml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployedRole {
+    pub service: String,
+    /// The `--roles` value of its `serve` command.
+    pub role: String,
+    pub replicas: usize,
+    /// Its environment's variable names.
+    pub env: Vec<String>,
+    /// Its health check's command.
+    pub healthcheck: Vec<String>,
+}
+
+/// The deployment as tested: `docker-compose.yml`'s role services, in file order. The chaos run
+/// starts these roles with these replica counts; `tests/topology.rs` checks the rest of the file.
+pub const COMPOSE: &str = include_str!("../../docker-compose.yml");
+
+/// The environment every role process gets, in the chaos run as in `docker-compose.yml` (values
+/// differ: addresses, secrets).
+pub const ROLE_ENV: &[&str] = &[
+    "REDIS_URL",
+    "DATABASE_URL",
+    "CHATDESK_JWT_SECRET",
+    "CHATDESK_STREAMS",
+    "CHATDESK_FLOWS",
+    "CHATDESK_HTTP_ADDR",
+    "CHATDESK_TRUSTED_PROXIES",
+    "RUST_LOG",
+];
+
+/// The role services of a Compose file (those whose command is `serve --roles <role>`).
+pub fn deployed_roles(compose: &str) -> anyhow::Result<Vec<DeployedRole>> {
+    let mut document: serde_yaml::Value = serde_yaml::from_str(compose)?;
+    document.apply_merge()?;
+    let services = document.get("services").and_then(serde_yaml::Value::as_mapping).context("no services")?;
+    let strings = |value: Option<&serde_yaml::Value>| -> Vec<String> {
+        value
+            .and_then(serde_yaml::Value::as_sequence)
+            .map(|items| items.iter().filter_map(|item| item.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let mut roles = Vec::new();
+    for (name, service) in services {
+        let mut service = service.clone();
+        service.apply_merge()?;
+        let command = strings(service.get("command"));
+        let Some(position) = command.iter().position(|word| word == "--roles") else { continue };
+        if command.first().map(String::as_str) != Some("serve") {
+            continue;
+        }
+        let role = command.get(position + 1).context("--roles without a value")?.clone();
+        let replicas = service
+            .get("deploy")
+            .and_then(|deploy| deploy.get("replicas"))
+            .and_then(serde_yaml::Value::as_u64)
+            .unwrap_or(1) as usize;
+        let env = service
+            .get("environment")
+            .and_then(serde_yaml::Value::as_mapping)
+            .map(|env| env.keys().filter_map(|key| key.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        let healthcheck = strings(service.get("healthcheck").and_then(|check| check.get("test")));
+        roles.push(DeployedRole {
+            service: name.as_str().unwrap_or_default().to_owned(),
+            role,
+            replicas,
+            env,
+            healthcheck,
+        });
+    }
+    Ok(roles)
+}
