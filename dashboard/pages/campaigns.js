@@ -201,12 +201,17 @@ function renderDetail(container, context, id) {
   api('GET', `/v1/campaigns/${id}`).then(show).catch((failure) => error.replaceChildren(notice(failure.message, 'error')));
   loadRecipients();
   let refreshed = 0;
+  let trailing = null;
+  const refresh = () => { refreshed = Date.now(); trailing = null; loadRecipients(); };
   context.connection.subscribe(channel, {
     onEvent: (frame) => {
       if (frame.type !== 'campaign.progress') return;
       show(frame.data);
-      // The recipient list follows at most every 2 s.
-      if (Date.now() - refreshed > 2000) { refreshed = Date.now(); loadRecipients(); }
+      // The recipient list follows at most every 2 s, and once more after the last change, so it
+      // ends where the campaign ends.
+      const wait = 2000 - (Date.now() - refreshed);
+      if (wait <= 0) refresh();
+      else if (!trailing) trailing = setTimeout(refresh, wait);
     },
   });
   const onError = (event) => {
@@ -214,6 +219,7 @@ function renderDetail(container, context, id) {
   };
   context.connection.addEventListener('error-frame', onError);
   return () => {
+    if (trailing) clearTimeout(trailing);
     context.connection.unsubscribe(channel);
     context.connection.removeEventListener('error-frame', onError);
   };

@@ -147,6 +147,10 @@ struct Observed {
     socket_resumes: u64,
     /// Event id → deliveries at the provider stand-in.
     delivered: HashMap<String, u32>,
+    /// Recipient (`to`) → deliveries at the provider stand-in.
+    delivered_to: HashMap<String, u32>,
+    /// Per tenant: its campaign's id and recipients.
+    campaigns: Vec<Option<(String, Vec<String>)>>,
     faults: Vec<String>,
 }
 
@@ -160,11 +164,14 @@ async fn stand_in(observed: Shared) -> anyhow::Result<SocketAddr> {
         axum::routing::post(move |body: String| {
             let observed = observed.clone();
             async move {
-                if let Some(id) = serde_json::from_str::<Value>(&body)
-                    .ok()
-                    .and_then(|value| value["event_id"].as_str().map(str::to_owned))
-                {
-                    *observed.lock().expect("observed").delivered.entry(id).or_default() += 1;
+                if let Ok(value) = serde_json::from_str::<Value>(&body) {
+                    let mut seen = observed.lock().expect("observed");
+                    if let Some(id) = value["event_id"].as_str() {
+                        *seen.delivered.entry(id.to_owned()).or_default() += 1;
+                    }
+                    if let Some(to) = value["to"].as_str() {
+                        *seen.delivered_to.entry(to.to_owned()).or_default() += 1;
+                    }
                 }
                 axum::Json(json!({"ok": true}))
             }
@@ -427,6 +434,7 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
         seen.webhooks = vec![HashSet::new(); tenants.len()];
         seen.replies = vec![HashSet::new(); tenants.len()];
         seen.conversations = vec![Vec::new(); tenants.len()];
+        seen.campaigns = vec![None; tenants.len()];
     }
     println!(
         "chaos: seed {}, {} s, {} tenants, {} webhooks/s, a role killed every {} s; logs in {}",
@@ -453,6 +461,31 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // A campaign per tenant, sending through the broadcaster and the senders all along the run.
+    let recipients_per_campaign = (args.seconds as usize * 4).clamp(20, 2_000);
+    for (index, tenant) in tenants.iter().enumerate() {
+        let recipients: Vec<String> = (0..recipients_per_campaign).map(|n| format!("camp{index}-{n}")).collect();
+        let body = json!({
+            "inbox_id": tenant.inbox,
+            "text": "Hello {{name}}",
+            "rate_per_sec": 5,
+            "recipients": recipients.iter().map(|to| json!({"to": to, "vars": {"name": to}})).collect::<Vec<_>>(),
+        });
+        let created = http
+            .post(format!("http://{}/v1/campaigns", ingresses[index % ingresses.len()]))
+            .bearer_auth(&tenant.token)
+            .header("Idempotency-Key", format!("chaos-{index}"))
+            .json(&body)
+            .send()
+            .await?;
+        let status = created.status();
+        let created: Value = created.json().await?;
+        let id = created["campaign"]["id"]
+            .as_str()
+            .with_context(|| format!("campaign not created ({status}): {created}"))?;
+        observed.lock().expect("observed").campaigns[index] = Some((id.to_owned(), recipients));
+    }
 
     // The load: webhooks at the rate, a reply every 200 ms, the conversation list every 2 s.
     let stop_load = CancellationToken::new();
@@ -606,6 +639,8 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
     let keys = KeyScheme::new(prefix).map_err(anyhow::Error::msg)?;
     let drained = drain(&redis_client, &keys, &streams).await;
     let pool = chatdesk_store::connect(&database_url, 4).await?;
+    let campaigns = finished_campaigns(&http, &ingresses, &tenants, &observed).await;
+    let drained = drained && drain(&redis_client, &keys, &streams).await;
     // The sockets catch up with everything stored.
     let tenant_ids: Vec<uuid::Uuid> = tenants.iter().map(|tenant| tenant.id).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -627,7 +662,8 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
     for socket in sockets {
         let _ = socket.await;
     }
-    let ok = tally(&pool, &redis_client, prefix, &tenant_ids, &observed, &roles, (drained, started.elapsed())).await?;
+    let stores = Stores { pool: &pool, redis: &redis_client, prefix, tenants: &tenant_ids };
+    let ok = tally(stores, &observed, &roles, &campaigns, (drained, started.elapsed())).await?;
     for role in &mut roles {
         if let Some(pid) = role.child.as_ref().and_then(Child::id) {
             signal(pid, "INT");
@@ -641,6 +677,42 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
     redis.stop().await;
     postgres.stop().await;
     Ok(ok)
+}
+
+/// Each tenant's campaign once it has finished (or as it stands after 180 s).
+async fn finished_campaigns(
+    http: &reqwest::Client,
+    ingresses: &[SocketAddr],
+    tenants: &[Tenant],
+    observed: &Shared,
+) -> Vec<Value> {
+    let ids: Vec<Option<String>> = observed
+        .lock()
+        .expect("observed")
+        .campaigns
+        .iter()
+        .map(|campaign| campaign.as_ref().map(|(id, _)| id.clone()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut found = vec![Value::Null; tenants.len()];
+    loop {
+        for (index, tenant) in tenants.iter().enumerate() {
+            let Some(id) = &ids[index] else { continue };
+            if found[index]["status"] == "finished" {
+                continue;
+            }
+            if let Ok(answer) =
+                http.get(format!("http://{}/v1/campaigns/{id}", ingresses[0])).bearer_auth(&tenant.token).send().await
+                && let Ok(campaign) = answer.json::<Value>().await
+            {
+                found[index] = campaign;
+            }
+        }
+        if found.iter().all(|campaign| campaign["status"] == "finished") || Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Waits until the durable groups have nothing pending or unread and the delivery queue is empty.
@@ -696,13 +768,19 @@ async fn stored_events(
     Ok(stored)
 }
 
+/// Where the tally reads what was stored.
+struct Stores<'a> {
+    pool: &'a chatdesk_store::Pool,
+    redis: &'a chatdesk_streams::RedisClient,
+    prefix: &'a str,
+    tenants: &'a [uuid::Uuid],
+}
+
 async fn tally(
-    pool: &chatdesk_store::Pool,
-    redis: &chatdesk_streams::RedisClient,
-    prefix: &str,
-    tenants: &[uuid::Uuid],
+    Stores { pool, redis, prefix, tenants }: Stores<'_>,
     observed: &Shared,
     roles: &[Role],
+    campaigns: &[Value],
     (drained, took): (bool, Duration),
 ) -> anyhow::Result<bool> {
     use fred::prelude::*;
@@ -713,9 +791,10 @@ async fn tally(
     .fetch_all(pool)
     .await?;
     let inbound: HashMap<String, i64> = inbound.into_iter().collect();
-    let outbound: Vec<(uuid::Uuid,)> =
-        sqlx::query_as("SELECT event_id FROM messages WHERE direction = 'outbound'").fetch_all(pool).await?;
-    let outbound: HashSet<String> = outbound.into_iter().map(|(id,)| id.to_string()).collect();
+    let outbound: Vec<(uuid::Uuid, Option<String>)> =
+        sqlx::query_as("SELECT event_id, status FROM messages WHERE direction = 'outbound'").fetch_all(pool).await?;
+    let outbound: HashMap<String, Option<String>> =
+        outbound.into_iter().map(|(id, status)| (id.to_string(), status)).collect();
     let dead_keys: Vec<String> = redis.custom(fred::cmd!("KEYS"), vec![format!("{prefix}:dlq.*")]).await?;
     let mut dead_letters = 0u64;
     for key in &dead_keys {
@@ -739,8 +818,13 @@ async fn tally(
     for (tenant, acked) in seen.replies.iter().enumerate() {
         replies += acked.len();
         for id in acked {
-            if !outbound.contains(id) {
-                failures.push(format!("tenant {tenant}: acknowledged reply {id} is not stored"));
+            match outbound.get(id) {
+                None => failures.push(format!("tenant {tenant}: acknowledged reply {id} is not stored")),
+                // The provider's answer came back through the sender and the writer.
+                Some(status) if status.as_deref() != Some("sent") => {
+                    failures.push(format!("tenant {tenant}: delivered reply {id} is stored as {status:?}, not sent"));
+                }
+                Some(_) => {}
             }
             match seen.delivered.get(id).copied().unwrap_or(0) {
                 0 => failures.push(format!("tenant {tenant}: acknowledged reply {id} never reached the provider")),
@@ -776,6 +860,27 @@ async fn tally(
     if seen.sockets.len() < seen.webhooks.len() * 2 {
         failures.push(format!("only {} of {} sockets received anything", seen.sockets.len(), seen.webhooks.len() * 2));
     }
+    let (mut recipients, mut campaign_repeats) = (0usize, 0u64);
+    for (tenant, campaign) in seen.campaigns.iter().enumerate() {
+        let Some((id, to)) = campaign else { continue };
+        let found = &campaigns[tenant];
+        let sent = found["counts"]["sent"].as_u64().unwrap_or(0) as usize;
+        if found["status"] != "finished" || sent != to.len() {
+            failures.push(format!(
+                "tenant {tenant}: campaign {id} is {} with {sent} of {} sent: {}",
+                found["status"],
+                to.len(),
+                found["counts"]
+            ));
+        }
+        for address in to {
+            recipients += 1;
+            match seen.delivered_to.get(address).copied().unwrap_or(0) {
+                0 => failures.push(format!("tenant {tenant}: campaign recipient {address} never reached the provider")),
+                times => campaign_repeats += u64::from(times - 1),
+            }
+        }
+    }
     if dead_letters > 0 {
         failures.push(format!("{dead_letters} dead letters"));
     }
@@ -795,6 +900,10 @@ async fn tally(
     println!(
         "  acknowledged replies:  {replies}, stored: {}, reached the provider: {reached} (repeats: {repeated})",
         replies - failures.iter().filter(|f| f.contains("reply") && f.contains("not stored")).count()
+    );
+    let campaigns_ok = if failures.iter().any(|failure| failure.contains("campaign")) { "NO" } else { "yes" };
+    println!(
+        "  campaign recipients: {recipients}, each sent and delivered: {campaigns_ok} (repeats: {campaign_repeats})"
     );
     println!("  stored events: {}", stored.values().map(Vec::len).sum::<usize>());
     println!("  socket events: {socket_events} over {} sockets, {} resumes", seen.sockets.len(), seen.socket_resumes);

@@ -195,7 +195,12 @@ pub async fn put_autoreply(
         .validate(|name| state.bot.flows.get(name).is_some())
         .map_err(|invalid| ApiError::invalid_field(&invalid.field, invalid.reason))?;
     if let Some(llm) = &settings.llm {
-        crate::inboxes::check_destination(&state.ingress.outbound, llm.base_url.trim(), "llm.base_url").await?;
+        crate::inboxes::check_destination(
+            &state.ingress.outbound,
+            chatdesk_core::spaces::trim(&llm.base_url),
+            "llm.base_url",
+        )
+        .await?;
     }
     let stored = serde_json::to_value(&settings).map_err(|error| ApiError::Internal(Box::new(error)))?;
     let saved = directory::set_auto_reply(&state.db, principal.tenant, id, &stored)
@@ -479,8 +484,8 @@ pub struct OrderPage {
 
 fn parse_cursor(cursor: &str) -> Option<(OffsetDateTime, Uuid)> {
     let (micros, id) = cursor.split_once('_')?;
-    let micros: i128 = micros.parse().ok()?;
-    Some((OffsetDateTime::from_unix_timestamp_nanos(micros.checked_mul(1_000)?).ok()?, id.parse().ok()?))
+    let micros: u64 = micros.parse().ok()?;
+    Some((OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros).checked_mul(1_000)?).ok()?, id.parse().ok()?))
 }
 
 #[utoipa::path(

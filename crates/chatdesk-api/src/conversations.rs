@@ -142,8 +142,9 @@ fn encode_conversation_cursor(row: &ConversationRow) -> String {
 fn decode_conversation_cursor(cursor: &str) -> Result<(OffsetDateTime, Uuid), ApiError> {
     let invalid = || bad_query("cursor", "not a cursor returned by this API");
     let (nanos, id) = cursor.split_once('_').ok_or_else(invalid)?;
-    let time =
-        OffsetDateTime::from_unix_timestamp_nanos(nanos.parse().map_err(|_| invalid())?).map_err(|_| invalid())?;
+    // Not before the epoch: what PostgreSQL and the list's order can hold, as the document says.
+    let nanos: u64 = nanos.parse().map_err(|_| invalid())?;
+    let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)).map_err(|_| invalid())?;
     Ok((time, id.parse().map_err(|_| invalid())?))
 }
 
@@ -320,7 +321,9 @@ pub async fn list_messages(
         Some(cursor) => {
             let offset: EntryId =
                 cursor.parse().map_err(|_| bad_query("cursor", "not a cursor returned by this API"))?;
-            Some((offset.millis as i64, offset.sequence as i64))
+            // Past the largest stored offset, every message is older: the same page as that.
+            let clamp = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+            Some((clamp(offset.millis), clamp(offset.sequence)))
         }
         None => None,
     };
@@ -341,8 +344,9 @@ pub async fn list_messages(
 #[schema(as = Accepted)]
 pub struct AcceptedView {
     pub event_id: Uuid,
-    /// The events-stream entry id of the appended event (`null` only when a repeated
-    /// `client_msg_id` is answered before its first attempt finished appending).
+    /// The events-stream entry id of the appended event. (A repeated `client_msg_id` finishes
+    /// what its first attempt left undone, so it is always set; it stays nullable for clients
+    /// written against earlier versions.)
     pub offset: Option<String>,
 }
 
@@ -350,11 +354,12 @@ pub struct AcceptedView {
 #[serde(deny_unknown_fields)]
 pub struct ReplyRequest {
     /// 1 to 4096 characters, not only spaces (trimmed).
-    #[schema(min_length = 1, max_length = 4096, pattern = "[^\\s\\u0085]")]
+    #[schema(min_length = 1, max_length = 4096, pattern = "[^\\s\\u0085\\u0000]")]
     pub text: String,
-    /// The client's own id for this message (1 to 128 bytes); a repeated id is answered with the
-    /// first attempt's event instead of sending again (remembered for 24 hours).
-    #[schema(min_length = 1, max_length = 128)]
+    /// The client's own id for this message (1 to 128 characters, no control characters); a
+    /// repeated id is answered with the first attempt's event instead of sending again
+    /// (remembered for 24 hours).
+    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub client_msg_id: Option<String>,
 }
 

@@ -86,19 +86,19 @@ pub async fn list_inboxes(State(state): State<AppState>, principal: Principal) -
 pub struct UpdateInbox {
     /// generic: where outbound messages are POSTed (http:// or https://).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 2048, pattern = "^https?://[^\\s\\u0085]+$")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 2048, pattern = "^https?://[^\\s\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub outbound_url: Option<Option<String>>,
     /// whatsapp: the phone number id to send from.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 1024, pattern = "^[^\\s\\u0085]+$")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 1024, pattern = "^[^\\s\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub phone_number_id: Option<Option<String>>,
     /// whatsapp: the Cloud API access token.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 1024, pattern = "^[^\\s\\u0085]+$")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 1024, pattern = "^[^\\s\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub access_token: Option<Option<String>>,
     /// telegram: the bot token.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 1024, pattern = "^[^\\s\\u0085]+$")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 1024, pattern = "^[^\\s\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub bot_token: Option<Option<String>>,
     /// generic: accept only timestamped signatures (`t=…,v1=…`), refusing the older `sha256=`
     /// form, with which a captured request can be replayed.
@@ -166,8 +166,14 @@ pub async fn update_inbox(
     let kind = inbox.kind.as_str();
     if let Some(Some(url)) = &update.outbound_url {
         let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
-        if !scheme_ok || url.chars().count() > MAX_URL_CHARS || url.contains(chatdesk_core::spaces::is_space) {
-            return Err(ApiError::invalid_field("outbound_url", "must be an http:// or https:// URL"));
+        if !scheme_ok
+            || url.chars().count() > MAX_URL_CHARS
+            || url.contains(|c: char| chatdesk_core::spaces::is_space(c) || c.is_control())
+        {
+            return Err(ApiError::invalid_field(
+                "outbound_url",
+                "must be an http:// or https:// URL, without spaces or control characters",
+            ));
         }
         check_destination(&state.ingress.outbound, url, "outbound_url").await?;
     }
@@ -185,9 +191,9 @@ pub async fn update_inbox(
         if let Some(text) = value
             && (text.is_empty()
                 || text.chars().count() > MAX_CREDENTIAL_CHARS
-                || text.contains(chatdesk_core::spaces::is_space))
+                || text.contains(|c: char| chatdesk_core::spaces::is_space(c) || c.is_control()))
         {
-            return Err(ApiError::invalid_field(field, "must be non-empty, without spaces"));
+            return Err(ApiError::invalid_field(field, "must be non-empty, without spaces or control characters"));
         }
         if field != "outbound_url" {
             patch.insert(field.to_owned(), value.clone().map_or(serde_json::Value::Null, serde_json::Value::String));

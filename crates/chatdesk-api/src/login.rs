@@ -256,7 +256,9 @@ pub async fn login(
     reserve_attempt(&state, &places).await?;
     let password = request.password;
     let checked = async {
-        let user = chatdesk_store::directory::user_by_email(&state.db, email).await.map_err(ApiError::store)?;
+        let user = chatdesk_store::directory::user_by_folded_email(&state.db, email, &account)
+            .await
+            .map_err(ApiError::store)?;
         state
             .logins
             .run(move || match user {

@@ -150,7 +150,7 @@ impl Model {
     }
 
     async fn call(&self, settings: &LlmSettings, body: &Value) -> Result<(Decision, Usage), ModelError> {
-        let raw = format!("{}/chat/completions", settings.base_url.trim().trim_end_matches('/'));
+        let raw = format!("{}/chat/completions", chatdesk_core::spaces::trim(&settings.base_url).trim_end_matches('/'));
         // Checked on every call, parsed as the client parses it: a stored URL is held to the
         // policy the process runs with now, and no spelling of an address slips past.
         let url = chatdesk_outbound::checked_url(&self.policy, &raw)

@@ -151,20 +151,6 @@ return count
     )
 });
 
-static APPEND_ONCE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local existing = redis.call('GET', KEYS[2])
-if existing then
-  return {0, existing}
-end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
-redis.call('SET', KEYS[2], id, 'EX', ARGV[1])
-return {1, id}
-"#,
-    )
-});
-
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
     #[error("streams.toml declares no `{EVENTS_STREAM}` stream")]
@@ -487,10 +473,11 @@ impl Directory {
             args.push(value);
         }
         let keys = vec![partition.stream.clone(), partition.scoped("seen", dedupe_id)];
-        let (fresh, id): (i64, String) = APPEND_ONCE
-            .call(&self.client, keys, args)
-            .await
-            .map_err(|source| DirectoryError::Redis { key: partition.stream.clone(), source })?;
+        let (fresh, id): (i64, String) =
+            chatdesk_streams::producer::APPEND_ONCE
+                .call(&self.client, keys, args)
+                .await
+                .map_err(|source| DirectoryError::Redis { key: partition.stream.clone(), source })?;
         let id = parse_offset(&id)?;
         if fresh == 1 {
             ::metrics::counter!(chatdesk_streams::metrics::ENTRIES_APPENDED_TOTAL, "stream" => EVENTS_STREAM)

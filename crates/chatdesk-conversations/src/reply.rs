@@ -1,6 +1,7 @@
 //! An agent's reply: one validated command, used alike by `POST /v1/conversations/{id}/messages`
 //! and the WebSocket's `send`.
 
+use chatdesk_core::config::{EVENTS_STREAM, SEND_STREAM};
 use chatdesk_core::envelope::{Button, SendRequest};
 use chatdesk_core::events::{Actor, ConversationStatus, Direction, Event, MessageCreated};
 use chatdesk_core::{EntryId, Envelope, EventId, KeyScheme, TenantId};
@@ -24,8 +25,8 @@ pub struct Reply {
     pub db: chatdesk_store::Pool,
 }
 
-/// The reply's event id and its events-stream offset; the offset is `None` only when a repeated
-/// `client_msg_id` arrives before its first attempt finished appending.
+/// The reply's event id and its events-stream offset (always set now: a repeated
+/// `client_msg_id` finishes what its first attempt left undone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accepted {
     pub event_id: Uuid,
@@ -102,13 +103,15 @@ impl Reply {
         client_msg_id: Option<&str>,
         buttons: Vec<Button>,
     ) -> Result<Accepted, ProduceError> {
-        let event_id = EventId::new();
+        let mut event_id = EventId::new();
         let redis_error = |key: &str| {
             let key = key.to_owned();
             move |source| ProduceError::Redis { key, source }
         };
         let idempotency_key =
             client_msg_id.map(|client| self.keys.client_message(&target.tenant, &target.conversation, client));
+        // Whether this call claimed the id (and so may give it back if nothing was appended).
+        let mut claimed_here = false;
         if let Some(key) = &idempotency_key {
             let claimed: Option<String> = self
                 .redis
@@ -121,12 +124,19 @@ impl Reply {
                 )
                 .await
                 .map_err(redis_error(key))?;
-            if claimed.is_none() {
+            claimed_here = claimed.is_some();
+            if !claimed_here {
                 let first: Option<String> = self.redis.get(key).await.map_err(redis_error(key))?;
                 let mut parts = first.as_deref().unwrap_or_default().splitn(2, ' ');
                 let first_event = parts.next().and_then(|id| id.parse().ok()).unwrap_or(event_id.0);
-                let offset = parts.next().and_then(|offset| offset.parse().ok());
-                return Ok(Accepted { event_id: first_event, offset });
+                // The offset is written once the reply is appended and queued for sending.
+                if let Some(offset) = parts.next().and_then(|offset| offset.parse().ok()) {
+                    return Ok(Accepted { event_id: first_event, offset: Some(offset) });
+                }
+                // The first attempt has not finished: it died between its appends, or still runs.
+                // Finish it under its event id; each append happens once (`append_once`), so the
+                // message is stored, shown and sent once whichever attempt gets there.
+                event_id = EventId(first_event);
             }
         }
         let event = Event::MessageCreated(MessageCreated {
@@ -142,10 +152,18 @@ impl Reply {
             sent_at_ms: None,
         });
         let entry = Envelope::of(target.tenant, &event).with_event_id(event_id);
-        let offset = match self.producer.append_event(&entry).await {
+        let once = format!("reply:{event_id}");
+        let window = std::time::Duration::from_secs(CLIENT_MSG_ID_TTL_SECONDS as u64);
+        let appended = match &idempotency_key {
+            Some(_) => {
+                self.producer.append_once(EVENTS_STREAM, &entry, &once, window).await.map(|(appended, _)| appended)
+            }
+            None => self.producer.append_event(&entry).await,
+        };
+        let offset = match appended {
             Ok(appended) => appended.id,
             Err(error) => {
-                if let Some(key) = &idempotency_key {
+                if let Some(key) = idempotency_key.as_ref().filter(|_| claimed_here) {
                     let _: Result<i64, _> = self.redis.del(key).await;
                 }
                 return Err(error);
@@ -162,7 +180,15 @@ impl Reply {
             buttons,
         };
         // A send request's event id is its message's: one delivery per message.
-        self.producer.append_send(&Envelope::of(target.tenant, &request).with_event_id(event_id)).await?;
+        let send = Envelope::of(target.tenant, &request).with_event_id(event_id);
+        match &idempotency_key {
+            Some(_) => {
+                self.producer.append_once(SEND_STREAM, &send, &once, window).await?;
+            }
+            None => {
+                self.producer.append_send(&send).await?;
+            }
+        }
         if let Some(key) = &idempotency_key {
             let _: Result<(), _> = self
                 .redis

@@ -55,6 +55,7 @@ impl Role {
 pub fn is_email(text: &str) -> bool {
     text.chars().count() <= 320
         && !text.contains(crate::spaces::is_space)
+        && !text.contains(char::is_control)
         && text
             .split_once('@')
             .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.contains('@'))

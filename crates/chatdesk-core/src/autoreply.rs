@@ -47,7 +47,7 @@ pub enum OnError {
 pub struct LlmSettings {
     /// An OpenAI-compatible API root, e.g. `https://api.openai.com/v1`; `/chat/completions` is
     /// appended. Its host must be a public address (or one the deployment allows).
-    #[schema(max_length = 2048, pattern = "^\\s*[hH][tT][tT][pP][sS]?://")]
+    #[schema(max_length = 2048, pattern = "^[\\s\\u0085]*[hH][tT][tT][pP][sS]?://")]
     pub base_url: String,
     /// Write-only: `None` on a `PUT` keeps the stored key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -348,7 +348,7 @@ impl AutoReply {
 
 impl LlmSettings {
     fn validate(&self) -> Result<(), Invalid> {
-        let base = self.base_url.trim();
+        let base = crate::spaces::trim(&self.base_url);
         let scheme = base.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
         if !matches!(scheme.as_deref(), Some("http" | "https")) {
             return Err(invalid("llm.base_url", "must be an http:// or https:// URL"));
@@ -381,7 +381,7 @@ impl LlmSettings {
                 return Err(invalid("llm.fallback_text", "is required when on_error is fallback"));
             }
             (_, Some(text)) => {
-                if text.trim().is_empty() {
+                if crate::spaces::is_blank(text) {
                     return Err(invalid("llm.fallback_text", "must not be blank"));
                 }
                 bounded_text("llm.fallback_text", text, MAX_TEXT)?;

@@ -93,6 +93,21 @@ pub async fn create_user(
     Ok(id)
 }
 
+/// [`user_by_email`], only when PostgreSQL's `lower()` of `email` is `folded` (the caller's own
+/// case folding, which keys its failure counts): a spelling the two fold differently (`İ`) finds
+/// no account, so it cannot be a second key for the same account's attempts.
+pub async fn user_by_folded_email(pool: &PgPool, email: &str, folded: &str) -> Result<Option<UserRecord>, StoreError> {
+    let row: Option<(Uuid, Uuid, String, String, String)> = sqlx::query_as(
+        "SELECT id, tenant_id, email, role, password_hash FROM users WHERE lower(email) = lower($1) AND lower($1) = $2",
+    )
+    .bind(email)
+    .bind(folded)
+    .fetch_optional(pool)
+    .await
+    .map_err(query_error)?;
+    Ok(row.map(|(id, tenant_id, email, role, password_hash)| UserRecord { id, tenant_id, email, role, password_hash }))
+}
+
 pub async fn user_by_email(pool: &PgPool, email: &str) -> Result<Option<UserRecord>, StoreError> {
     let row: Option<(Uuid, Uuid, String, String, String)> =
         sqlx::query_as("SELECT id, tenant_id, email, role, password_hash FROM users WHERE lower(email) = lower($1)")

@@ -38,6 +38,23 @@ pub struct Appended {
     pub id: EntryId,
 }
 
+/// XADD unless the dedupe key (KEYS[2], same slot as the stream KEYS[1]) names an earlier entry;
+/// remembers the new one for ARGV[1] seconds. ARGV[2..]: the entry's fields. Answers
+/// `{1, id}` for a new entry, `{0, id}` for the earlier one.
+pub static APPEND_ONCE: std::sync::LazyLock<crate::Script> = std::sync::LazyLock::new(|| {
+    crate::Script::new(
+        r#"
+local existing = redis.call('GET', KEYS[2])
+if existing then
+  return {0, existing}
+end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+redis.call('SET', KEYS[2], id, 'EX', ARGV[1])
+return {1, id}
+"#,
+    )
+});
+
 #[derive(Clone)]
 pub struct Producer {
     client: Client,
@@ -70,6 +87,39 @@ impl Producer {
     pub async fn append(&self, family: &str, entry: &Envelope) -> Result<Appended, ProduceError> {
         let (_, partitions) = self.partitions(family)?;
         self.append_to_partition(family, partition_for_tenant(&entry.tenant, partitions), entry).await
+    }
+
+    /// Appends `entry` to its tenant's partition of `family` unless an entry with the same
+    /// `dedupe` id was appended there within `window`: one script, so a retried command (a
+    /// reply whose first attempt died between its appends) appends each entry once. Returns the
+    /// entry (the first one, on a repeat) and whether this call appended it.
+    pub async fn append_once(
+        &self,
+        family: &str,
+        entry: &Envelope,
+        dedupe: &str,
+        window: std::time::Duration,
+    ) -> Result<(Appended, bool), ProduceError> {
+        let (name, partitions) = self.partitions(family)?;
+        let partition = partition_for_tenant(&entry.tenant, partitions);
+        let keys = self.keys.partition(&name, partition);
+        let mut args = vec![window.as_secs().max(1).to_string()];
+        for (field, value) in entry.encode() {
+            args.push(field.to_owned());
+            args.push(value);
+        }
+        let started = Instant::now();
+        let (fresh, id): (i64, String) = APPEND_ONCE
+            .call(&self.client, vec![keys.stream.clone(), keys.scoped("once", dedupe)], args)
+            .await
+            .map_err(|source| ProduceError::Redis { key: keys.stream.clone(), source })?;
+        let labels = [("stream", name.to_string())];
+        ::metrics::histogram!(metrics::APPEND_DURATION_SECONDS, &labels).record(started.elapsed().as_secs_f64());
+        if fresh == 1 {
+            ::metrics::counter!(metrics::ENTRIES_APPENDED_TOTAL, &labels).increment(1);
+        }
+        let id = id.parse().map_err(|_| ProduceError::InvalidId { key: keys.stream, id })?;
+        Ok((Appended { partition, id }, fresh == 1))
     }
 
     /// Appends to an explicit partition (replays and tooling that must keep an entry where it

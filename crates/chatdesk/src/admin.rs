@@ -217,6 +217,8 @@ async fn warn_if_refused(url: &str) {
     let scheme = uri.scheme_str().unwrap_or_default();
     let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
     let warn = |reason: &str| {
+        // The reason may already name the setting; say what to set once.
+        let reason = reason.split(" (the operator can allow it").next().unwrap_or(reason);
         eprintln!(
             "note: {url}: {reason}. Senders deliver there only when they run with CHATDESK_OUTBOUND_ALLOW naming {}:{port} (docs/security.md)",
             uri.host().unwrap_or_default()

@@ -40,7 +40,7 @@ pub struct SessionRequest {
     /// An e-mail address: contact data, not proof of identity.
     #[schema(
         max_length = 320,
-        pattern = "^[\\s\\u0085]*[^@\\s\\u0085]+@[^@\\s\\u0085]*\\.[^@\\s\\u0085]*[\\s\\u0085]*$"
+        pattern = "^[\\s\\u0085]*[^@\\s\\u0000-\\u001F\\u007F-\\u009F]+@[^@\\s\\u0000-\\u001F\\u007F-\\u009F]*\\.[^@\\s\\u0000-\\u001F\\u007F-\\u009F]*[\\s\\u0085]*$"
     )]
     pub email: String,
     /// At most 200 characters.
@@ -188,11 +188,11 @@ pub async fn start_session(
 #[serde(deny_unknown_fields)]
 pub struct VisitorMessage {
     /// 1 to 4096 characters, not only spaces (trimmed).
-    #[schema(min_length = 1, max_length = 4096, pattern = "[^\\s\\u0085]")]
+    #[schema(min_length = 1, max_length = 4096, pattern = "[^\\s\\u0085\\u0000]")]
     pub text: String,
-    /// The widget's own id of the message (1 to 128 bytes): a retry with the same id is not
-    /// appended twice.
-    #[schema(min_length = 1, max_length = 128)]
+    /// The widget's own id of the message (1 to 128 characters, no control characters): a retry
+    /// with the same id is not appended twice.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub client_msg_id: Option<String>,
 }
 

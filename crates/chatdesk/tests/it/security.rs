@@ -1206,3 +1206,46 @@ async fn widget_sessions_make_no_conversation_until_a_message() {
     }
     assert_eq!(created, 2, "one contact.created and one conversation.created");
 }
+
+/// What a hostile client forges around the edges of the contract is refused by name, never a
+/// server error: cursors out of any range, NUL-only texts, control characters in settings and
+/// ids, and a client's own X-Forwarded-For without a trusted proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_cursors_and_control_characters_are_refused_by_name() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@edges.test", "owner-pass-1");
+    let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
+    let generic = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "Hooks"]);
+    let (http, _server) = serve(&env, &[]).await;
+    let token = login(http, "owner@edges.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let api = Client { http, token };
+    let body = crate::support::generic_body("edge-1", "cust-1", "hello");
+    assert_eq!(post_generic(http, &generic, &body).await.status, 200);
+    let conversation = conversation_of(&api, "cust-1").await["id"].as_str().unwrap().to_owned();
+    let id = uuid::Uuid::now_v7();
+
+    for cursor in [format!("-377705116800000000000_{id}"), format!("99999999999999999999_{id}"), "0_x".into()] {
+        let answer = api.call("GET", &format!("/v1/conversations?cursor={cursor}"), None).await;
+        assert_eq!(answer.status, 400, "{cursor}: {}", answer.body);
+    }
+    let answer = api.call("GET", &format!("/v1/orders?cursor=-300000000000000000_{id}"), None).await;
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    // Past the largest offset every message is older: the newest page, not an empty one.
+    let page = format!("/v1/conversations/{conversation}/messages");
+    let huge = api.call("GET", &format!("{page}?cursor=9999999999999999999-0"), None).await;
+    assert_eq!(huge.status, 200, "{}", huge.body);
+    assert_eq!(huge.json()["items"].as_array().unwrap().len(), 1, "{}", huge.body);
+
+    for text in ["\u{0}", "\u{0} \u{0}", "\u{0}\u{feff}\u{0}"] {
+        let answer = api.call("POST", &page, Some(json!({"text": text}))).await;
+        assert_eq!((answer.status, answer.json()["error"]["details"]["field"].as_str()), (422, Some("text")));
+    }
+    let id_with_nul = api.call("POST", &page, Some(json!({"text": "hi", "client_msg_id": "a\u{0}b"}))).await;
+    assert_eq!(id_with_nul.status, 422, "{}", id_with_nul.body);
+    let inbox = generic["inbox_id"].as_str().unwrap();
+    for url in ["https://example.com/\u{0}", "https://example.com/\u{1}x"] {
+        let answer = api.call("PATCH", &format!("/v1/inboxes/{inbox}"), Some(json!({"outbound_url": url}))).await;
+        assert_eq!((answer.status, answer.json()["error"]["details"]["field"].as_str()), (422, Some("outbound_url")));
+    }
+    assert_eq!(crate::support::dead_letters(&env, "events").await, 0);
+}

@@ -495,3 +495,48 @@ async fn telegram_and_whatsapp_throttling_answers_pause_and_retry() {
     let telegram_call = received.iter().find(|request| request.path.ends_with("/sendMessage")).unwrap();
     assert_eq!(telegram_call.body, json!({"chat_id": 1111111, "text": "Hello from the bot"}));
 }
+
+/// A reply whose first attempt died after claiming its `client_msg_id` (an ingress SIGKILLed
+/// between its steps, found by the chaos run) is finished by the client's retry: stored, shown
+/// and sent once, under the first attempt's event id, and a further retry sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_finishes_a_reply_whose_first_attempt_died() {
+    let env = Env::start().await;
+    let receiver = StandIn::start(by_text, |_, _| ok_generic()).await;
+    let http = free_addr();
+    let _chatdesk = serve_roles(&env, "ingress,writer,sender", http, &[]).await;
+    let (tenant, api) = owner(&env, http).await;
+    let (_, conversations) = generic_conversations(&env, http, &api, &tenant, &receiver.url(), 1).await;
+    let conversation = conversations[0].clone();
+
+    // As the first attempt left it: the id claimed with its event id, nothing appended.
+    let first_event = uuid::Uuid::now_v7();
+    let redis = RedisConnector::new(RedisSettings::new(&env.redis_url)).unwrap().shared().await.unwrap();
+    let key = KeyScheme::new(&env.prefix).unwrap().client_message(
+        &chatdesk_core::TenantId(tenant.parse().unwrap()),
+        &conversation.parse().unwrap(),
+        "retry-1",
+    );
+    let _: () = redis.set(&key, first_event.to_string(), Some(Expiration::EX(3600)), None, false).await.unwrap();
+
+    let path = format!("/v1/conversations/{conversation}/messages");
+    let body = json!({"text": "finished by the retry", "client_msg_id": "retry-1"});
+    let answers = futures::future::join_all((0..3).map(|_| api.call("POST", &path, Some(body.clone())))).await;
+    for answer in &answers {
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        assert_eq!(answer.json()["event_id"], first_event.to_string(), "the first attempt's message");
+        assert!(answer.json()["offset"].is_string(), "{}", answer.body);
+    }
+    receiver.wait_for("the reply", |received| !received.is_empty()).await;
+    message_when(&api, &conversation, &first_event.to_string(), "the reply sent", |message| {
+        message["status"] == "sent"
+    })
+    .await;
+    let again = api.call("POST", &path, Some(body)).await;
+    assert_eq!(again.json()["event_id"], first_event.to_string());
+    until_deliveries_finished(&env).await;
+    let page = api.call("GET", &path, None).await.json();
+    let stored =
+        page["items"].as_array().unwrap().iter().filter(|item| item["text"] == "finished by the retry").count();
+    assert_eq!((receiver.received().len(), stored), (1, 1), "sent once and stored once");
+}
