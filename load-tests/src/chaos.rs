@@ -26,7 +26,7 @@ use anyhow::{Context, bail};
 use chatdesk_api::ingress::signature::sign;
 use chatdesk_core::{EntryId, KeyScheme, StreamsConfig};
 use chatdesk_load_tests::chatdesk_binary;
-use chatdesk_local::{PostgresOptions, PostgresServer, RedisOptions, RedisPersistence, RedisServer};
+use chatdesk_local::{PostgresOptions, PostgresServer, RedisCluster, RedisOptions, RedisPersistence, RedisServer};
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -51,6 +51,10 @@ struct Args {
     /// Seconds between two role kills.
     #[arg(long, default_value_t = 4.0)]
     kill_every: f64,
+    /// Run on a 3-master Redis Cluster (AOF `always` on each node); the Redis fault then kills
+    /// one master.
+    #[arg(long)]
+    cluster: bool,
     /// The chatdesk binary (default: the one built next to this one).
     #[arg(long)]
     chatdesk: Option<PathBuf>,
@@ -84,6 +88,8 @@ struct Role {
     http: SocketAddr,
     child: Option<Child>,
     kills: u32,
+    /// Times it exited at start (a dependency down) and was started again.
+    restarts: u32,
 }
 
 struct Launcher {
@@ -93,10 +99,10 @@ struct Launcher {
 }
 
 impl Launcher {
-    async fn start(&self, role: &mut Role) -> anyhow::Result<()> {
+    fn spawn(&self, role: &Role) -> anyhow::Result<Child> {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.logs.join(format!("{}.log", role.name)))?;
-        let child = Command::new(&self.binary)
+        Command::new(&self.binary)
             .args(["serve", "--roles", &role.roles, "--http", &role.http.to_string()])
             .envs(self.env.iter().map(|(name, value)| (name.as_str(), value.as_str())))
             .env("CHATDESK_NODE_ID", &role.name)
@@ -105,8 +111,14 @@ impl Launcher {
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start {}", role.name))?;
-        role.child = Some(child);
+            .with_context(|| format!("cannot start {}", role.name))
+    }
+
+    /// Starts the role and waits until it is ready. A process that exits first (it found Redis
+    /// or PostgreSQL down at start) is started again a second later, as the deployment's restart
+    /// policy does (`restart: unless-stopped`).
+    async fn start(&self, role: &mut Role) -> anyhow::Result<()> {
+        role.child = Some(self.spawn(role)?);
         let http = chatdesk_outbound::http_client(Duration::from_secs(2))?;
         let started = Instant::now();
         loop {
@@ -116,6 +128,13 @@ impl Launcher {
             }
             if started.elapsed() > Duration::from_secs(90) {
                 bail!("{} did not become ready (see {})", role.name, self.logs.display());
+            }
+            if let Some(child) = role.child.as_mut()
+                && child.try_wait()?.is_some()
+            {
+                role.restarts += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                role.child = Some(self.spawn(role)?);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -317,10 +336,70 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The Redis under test: one server, or a cluster whose masters are killed one at a time.
+enum Redis {
+    Single(Box<RedisServer>),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    async fn start(dir: &Path, cluster: bool) -> anyhow::Result<Self> {
+        Ok(if cluster {
+            Self::Cluster(RedisCluster::start_with(&dir.join("redis-cluster"), 3, RedisPersistence::AofAlways).await?)
+        } else {
+            let options = RedisOptions::new(dir.join("redis")).persistence(RedisPersistence::AofAlways);
+            Self::Single(Box::new(RedisServer::start(options).await?))
+        })
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Self::Single(server) => server.url(),
+            Self::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// SIGKILLs the server (one master of a cluster, chosen by `rng`); returns what it killed.
+    async fn kill(&mut self, rng: &mut Rng) -> (String, Option<usize>) {
+        match self {
+            Self::Single(server) => {
+                server.kill().await;
+                ("Redis".into(), None)
+            }
+            Self::Cluster(cluster) => {
+                let index = rng.below(cluster.len());
+                if let Some(node) = cluster.node_mut(index) {
+                    node.kill().await;
+                }
+                (format!("Redis Cluster master {index}"), Some(index))
+            }
+        }
+    }
+
+    async fn restart(&mut self, node: Option<usize>) -> anyhow::Result<()> {
+        match (self, node) {
+            (Self::Single(server), _) => server.restart().await?,
+            (Self::Cluster(cluster), Some(index)) => {
+                if let Some(node) = cluster.node_mut(index) {
+                    node.restart().await?;
+                }
+            }
+            (Self::Cluster(_), None) => {}
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        match self {
+            Self::Single(server) => server.stop().await,
+            Self::Cluster(cluster) => cluster.stop().await,
+        }
+    }
+}
+
 async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
     let mut rng = Rng(args.seed);
-    let mut redis =
-        RedisServer::start(RedisOptions::new(dir.join("redis")).persistence(RedisPersistence::AofAlways)).await?;
+    let mut redis = Redis::start(dir, args.cluster).await?;
     let mut postgres = PostgresServer::start(PostgresOptions::new(dir.join("postgres"))).await?;
     let (redis_url, database_url) = (redis.url(), postgres.url());
     let streams_file = concat!(env!("CARGO_MANIFEST_DIR"), "/../streams.toml");
@@ -408,6 +487,7 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
                 http: format!("127.0.0.1:{port}").parse()?,
                 child: None,
                 kills: 0,
+                restarts: 0,
             });
         }
     }
@@ -588,11 +668,11 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
         let now = started.elapsed();
         if !redis_done && now >= redis_at {
             redis_done = true;
-            redis.kill().await;
-            fault("Redis SIGKILL".into());
+            let (what, node) = redis.kill(&mut rng).await;
+            fault(format!("{what} SIGKILL"));
             tokio::time::sleep(Duration::from_secs(1)).await;
-            redis.restart().await?;
-            fault("Redis restarted".into());
+            redis.restart(node).await?;
+            fault(format!("{what} restarted"));
         }
         if !postgres_done && now >= postgres_at {
             postgres_done = true;
@@ -662,7 +742,7 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
     for socket in sockets {
         let _ = socket.await;
     }
-    let stores = Stores { pool: &pool, redis: &redis_client, prefix, tenants: &tenant_ids };
+    let stores = Stores { pool: &pool, redis: &redis_client, prefix, tenants: &tenant_ids, streams: &streams };
     let ok = tally(stores, &observed, &roles, &campaigns, (drained, started.elapsed())).await?;
     for role in &mut roles {
         if let Some(pid) = role.child.as_ref().and_then(Child::id) {
@@ -774,10 +854,11 @@ struct Stores<'a> {
     redis: &'a chatdesk_streams::RedisClient,
     prefix: &'a str,
     tenants: &'a [uuid::Uuid],
+    streams: &'a StreamsConfig,
 }
 
 async fn tally(
-    Stores { pool, redis, prefix, tenants }: Stores<'_>,
+    Stores { pool, redis, prefix, tenants, streams }: Stores<'_>,
     observed: &Shared,
     roles: &[Role],
     campaigns: &[Value],
@@ -795,10 +876,14 @@ async fn tally(
         sqlx::query_as("SELECT event_id, status FROM messages WHERE direction = 'outbound'").fetch_all(pool).await?;
     let outbound: HashMap<String, Option<String>> =
         outbound.into_iter().map(|(id, status)| (id.to_string(), status)).collect();
-    let dead_keys: Vec<String> = redis.custom(fred::cmd!("KEYS"), vec![format!("{prefix}:dlq.*")]).await?;
+    // Every family's dead-letter stream, partition by partition (each its own slot on a cluster).
+    let keys = KeyScheme::new(prefix).map_err(anyhow::Error::msg)?;
     let mut dead_letters = 0u64;
-    for key in &dead_keys {
-        dead_letters += redis.xlen::<u64, _>(key.as_str()).await.unwrap_or(0);
+    for stream in streams.streams.values() {
+        for partition in 0..stream.partitions {
+            let key = keys.partition(&stream.name, partition).dead_letters;
+            dead_letters += redis.xlen::<u64, _>(key.as_str()).await.unwrap_or(0);
+        }
     }
 
     let seen = observed.lock().expect("observed");
@@ -891,7 +976,9 @@ async fn tally(
     println!("\ntally after {:.0} s:", took.as_secs_f64());
     println!("  faults: {}", seen.faults.len());
     for role in roles {
-        println!("    {:<10} SIGKILLed {} times", role.name, role.kills);
+        let restarts =
+            if role.restarts > 0 { format!(", exited at start {} times", role.restarts) } else { String::new() };
+        println!("    {:<13} SIGKILLed {} times{restarts}", role.name, role.kills);
     }
     println!(
         "  acknowledged webhooks: {webhooks}, each stored once: {}",

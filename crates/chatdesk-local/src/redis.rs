@@ -206,9 +206,19 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub async fn start(base_dir: &Path, masters: usize) -> Result<Self, LocalError> {
+        Self::start_with(base_dir, masters, RedisPersistence::None).await
+    }
+
+    /// [`Self::start`] with each node's persistence (`AofAlways` for a cluster whose nodes are
+    /// killed and restarted without losing an acknowledged write).
+    pub async fn start_with(
+        base_dir: &Path,
+        masters: usize,
+        persistence: RedisPersistence,
+    ) -> Result<Self, LocalError> {
         let mut nodes = Vec::with_capacity(masters);
         for index in 0..masters {
-            let mut options = RedisOptions::new(base_dir.join(format!("node-{index}")));
+            let mut options = RedisOptions::new(base_dir.join(format!("node-{index}"))).persistence(persistence);
             options.cluster = true;
             nodes.push(RedisServer::start(options).await?);
         }
@@ -249,6 +259,19 @@ impl RedisCluster {
 
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().map(RedisServer::port).collect()
+    }
+
+    /// One node, to kill and restart (it rejoins with its own cluster configuration and AOF).
+    pub fn node_mut(&mut self, index: usize) -> Option<&mut RedisServer> {
+        self.nodes.get_mut(index)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
     }
 
     pub async fn stop(&mut self) {
