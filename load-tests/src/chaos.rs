@@ -260,16 +260,22 @@ async fn post_reply(
 }
 
 /// An agent's socket on its tenant's inbox: reconnects to either gateway and resumes from the
-/// last offset it received, until `stop`.
+/// last offset it received, until `stop`. The tenant's first socket also replies over the
+/// WebSocket (`send`) while `sending` lasts; a send not yet acknowledged when its socket drops is
+/// sent again, with the same `client_msg_id`, on the next connection.
 async fn agent_socket(
     gateways: Vec<SocketAddr>,
     token: String,
     key: (usize, usize),
     observed: Shared,
-    stop: CancellationToken,
+    (sending, stop): (CancellationToken, CancellationToken),
 ) {
     let mut last: Option<EntryId> = None;
     let mut attempt = key.1;
+    let replies = key.1 == 0;
+    let mut pending: Vec<Value> = Vec::new();
+    let mut sequence = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(700));
     while !stop.is_cancelled() {
         let address = gateways[attempt % gateways.len()];
         attempt += 1;
@@ -288,18 +294,46 @@ async fn agent_socket(
             subscribe["since"] = json!(offset.to_string());
             observed.lock().expect("observed").socket_resumes += 1;
         }
-        if socket.send(Message::Text(hello.to_string().into())).await.is_err()
-            || socket.send(Message::Text(subscribe.to_string().into())).await.is_err()
-        {
+        let mut frames = vec![hello, subscribe];
+        frames.extend(pending.iter().cloned());
+        let mut sent = true;
+        for frame in frames {
+            sent &= socket.send(Message::Text(frame.to_string().into())).await.is_ok();
+        }
+        if !sent {
             continue;
         }
         loop {
             let frame = tokio::select! {
                 () = stop.cancelled() => return,
+                _ = tick.tick(), if replies && !sending.is_cancelled() => {
+                    let conversation = {
+                        let seen = observed.lock().expect("observed");
+                        let known = &seen.conversations[key.0];
+                        (!known.is_empty()).then(|| known[sequence % known.len()].clone())
+                    };
+                    let Some(conversation) = conversation else { continue };
+                    sequence += 1;
+                    let send = json!({"op": "send", "conversation": conversation,
+                        "text": format!("socket reply {sequence}"), "client_msg_id": format!("ws{}-{sequence}", key.0)});
+                    pending.push(send.clone());
+                    if socket.send(Message::Text(send.to_string().into())).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 frame = tokio::time::timeout(Duration::from_secs(10), socket.next()) => frame,
             };
             let Ok(Some(Ok(Message::Text(text)))) = frame else { break };
             let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
+            if frame["op"] == "ack" {
+                let client = frame["client_msg_id"].clone();
+                pending.retain(|send| send["client_msg_id"] != client);
+                if let Some(event) = frame["event_id"].as_str() {
+                    observed.lock().expect("observed").replies[key.0].insert(event.to_owned());
+                }
+                continue;
+            }
             if frame["op"] == "error" {
                 break;
             }
@@ -528,6 +562,7 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
 
     // Agent sockets, two per tenant, before any load.
     let stop_sockets = CancellationToken::new();
+    let stop_load = CancellationToken::new();
     let mut sockets = Vec::new();
     for (index, tenant) in tenants.iter().enumerate() {
         for socket in 0..2 {
@@ -536,7 +571,7 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
                 tenant.token.clone(),
                 (index, socket),
                 observed.clone(),
-                stop_sockets.clone(),
+                (stop_load.clone(), stop_sockets.clone()),
             )));
         }
     }
@@ -568,7 +603,6 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
     }
 
     // The load: webhooks at the rate, a reply every 200 ms, the conversation list every 2 s.
-    let stop_load = CancellationToken::new();
     let mut load = Vec::new();
     {
         let (http, tenants, ingresses, observed, stop) =
