@@ -1,9 +1,10 @@
 //! Chaos run: the roles as separate processes, as `docker-compose.yml` deploys them (2 × ingress,
-//! gateway, writer, sender; broadcaster; autoreply) on a private Redis (AOF `always`) and PostgreSQL, under a steady bounded load of signed webhooks
-//! and agents' REST replies, with agent sockets following every tenant's inbox, while role
-//! processes are SIGKILLed and restarted every few seconds, Redis is SIGKILLed once,
-//! PostgreSQL killed once and one gateway paused (SIGSTOP, then SIGCONT). Seeded: the same seed
-//! makes the same faults at the same moments.
+//! gateway, writer and sender; a broadcaster and an autoreply), on a private Redis (AOF
+//! `always`) and PostgreSQL, under a steady bounded load of signed webhooks, agents' replies over
+//! REST and the WebSocket and a campaign per tenant, with agent sockets following every
+//! tenant's inbox, while role processes are SIGKILLed and restarted every few seconds, Redis (or
+//! a Redis Cluster master) is SIGKILLed once, PostgreSQL killed once and one gateway paused
+//! (SIGSTOP, then SIGCONT). Seeded: the same seed makes the same faults at the same moments.
 //!
 //! ```text
 //! cargo run --release -p chatdesk-load-tests --bin chaos -- [--seconds 60] [--seed 1]

@@ -37,30 +37,6 @@ const CATCH_UP: Duration = Duration::from_millis(500);
 /// sent the moment the slot frees.
 const LEAD: Duration = Duration::from_millis(200);
 
-static TAKE_LEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
-  return 1
-end
-return 0
-"#,
-    )
-});
-
-static DROP_LEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"#,
-    )
-});
-
 /// The tenant's unique recipients in the last 24 hours: 0 if `address` may be sent to now
 /// (already counted, or room left), otherwise milliseconds until the oldest leaves the window.
 static QUOTA: LazyLock<Script> = LazyLock::new(|| {
@@ -173,14 +149,14 @@ impl Inner {
     }
 
     async fn take_lease(&self, campaign: Uuid) -> Result<bool, fred::error::Error> {
-        let taken: i64 = TAKE_LEASE
+        let held: i64 = chatdesk_streams::lease::HOLD
             .call(
                 &self.redis,
                 vec![self.keys.campaign_runner(&campaign)],
                 vec![self.holder.clone(), LEASE.as_millis().to_string()],
             )
             .await?;
-        Ok(taken == 1)
+        Ok(held != 0)
     }
 
     async fn run_campaign(self: Arc<Self>, campaign: CampaignRow, cancel: CancellationToken) {
@@ -193,8 +169,9 @@ impl Inner {
             let mut run = Run::new(&self, campaign);
             tracing::Instrument::instrument(run.go(&cancel), span.clone()).await
         };
-        let _: Result<i64, _> =
-            DROP_LEASE.call(&self.redis, vec![self.keys.campaign_runner(&id)], vec![self.holder.clone()]).await;
+        let _: Result<i64, _> = chatdesk_streams::lease::RELEASE
+            .call(&self.redis, vec![self.keys.campaign_runner(&id)], vec![self.holder.clone()])
+            .await;
         self.running.lock().expect("running campaigns").remove(&id);
         metrics::gauge!(RUNNING_CAMPAIGNS).decrement(1.0);
         span.in_scope(|| tracing::info!(stop = ?stop, "campaign runner stopped"));

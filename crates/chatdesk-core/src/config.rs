@@ -107,6 +107,11 @@ pub struct GroupSettings {
     /// How many partitions of this group one process handles at the same time.
     pub concurrency: u32,
     pub start: StartFrom,
+    /// One process of the group reads a partition at a time (a lease per partition, taken over
+    /// with the previous holder's pending entries when it lapses), so a handler that needs the
+    /// partition's order keeps it with several processes. Without it, processes of one group
+    /// read a partition side by side and only each one keeps its own batches in order.
+    pub exclusive: bool,
 }
 
 /// One problem in a configuration file.
@@ -183,6 +188,7 @@ struct RawGroup {
     batch_wait: Option<String>,
     concurrency: Option<i64>,
     start: Option<String>,
+    exclusive: Option<bool>,
 }
 
 /// Collects problems while checking; each check returns `None` on failure so validation goes on.
@@ -284,6 +290,7 @@ fn merge(group: &RawGroup, defaults: &RawGroup) -> RawGroup {
         batch_wait: group.batch_wait.clone().or_else(|| defaults.batch_wait.clone()),
         concurrency: group.concurrency.or(defaults.concurrency),
         start: group.start.clone().or_else(|| defaults.start.clone()),
+        exclusive: group.exclusive.or(defaults.exclusive),
     }
 }
 
@@ -426,9 +433,19 @@ fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
                 resolved.concurrency,
                 resolved.start,
             ) {
+                let exclusive = merged.exclusive.unwrap_or(false);
                 groups.insert(
                     group_name,
-                    GroupSettings { batch_size, block, claim_idle, max_deliveries, batch_wait, concurrency, start },
+                    GroupSettings {
+                        batch_size,
+                        block,
+                        claim_idle,
+                        max_deliveries,
+                        batch_wait,
+                        concurrency,
+                        start,
+                        exclusive,
+                    },
                 );
             }
         }
@@ -533,6 +550,8 @@ mod tests {
         }
         let events = config.stream("events").unwrap();
         assert_eq!(events.group("writer").unwrap().batch_wait, Duration::from_millis(100));
+        assert!(events.group("writer").unwrap().exclusive, "the writer keeps each partition's order");
+        assert!(!events.group("gateway").unwrap().exclusive);
         assert_eq!(events.group("gateway").unwrap().batch_wait, Duration::ZERO, "live fan-out never waits");
     }
 

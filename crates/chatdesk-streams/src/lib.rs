@@ -24,6 +24,7 @@
 pub mod connection;
 pub mod dead_letter;
 pub mod entry;
+pub mod lease;
 pub mod metrics;
 pub mod producer;
 pub mod range;

@@ -30,6 +30,9 @@ const ERROR_BACKOFF_BASE: Duration = Duration::from_millis(100);
 const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(3);
 /// How long shutdown keeps trying to acknowledge finished entries while Redis is unreachable.
 const SHUTDOWN_ACK_DEADLINE: Duration = Duration::from_secs(10);
+/// The longest an exclusive group's partition waits for a holder that died: its lease lapses
+/// after this (or the group's `claim_idle`, if shorter) without a renewal.
+const MAX_LEASE: Duration = Duration::from_secs(10);
 
 /// XREADGROUP's answer: stream key → entries (id, fields).
 type ReadResponse = HashMap<String, Vec<(String, HashMap<String, Value>)>>;
@@ -79,6 +82,10 @@ pub(super) struct PartitionWorker<H> {
     /// Bumped by an operator's hand-back (replay, redrive, claim): claim at once.
     claim_now: Arc<std::sync::atomic::AtomicU64>,
     claim_now_seen: u64,
+    /// Exclusive groups: whether we hold the partition's lease, and until when (by our own
+    /// clock, which runs on while the process is paused) it surely holds.
+    leased: bool,
+    lease_until: Instant,
 }
 
 impl<H: Handler> PartitionWorker<H> {
@@ -126,6 +133,88 @@ impl<H: Handler> PartitionWorker<H> {
             claim_cursor: "0-0".to_owned(),
             claim_now_seen: claim_now.load(std::sync::atomic::Ordering::Relaxed),
             claim_now,
+            leased: false,
+            lease_until: Instant::now(),
+        }
+    }
+
+    /// Whether the lease surely lasts through a blocking read and a batch wait from now: a
+    /// process paused past its lease must not read (what it read would be handled beside the
+    /// new holder).
+    fn lease_lasts(&self) -> bool {
+        !self.settings.exclusive
+            || (self.leased && Instant::now() + self.settings.block + self.settings.batch_wait < self.lease_until)
+    }
+
+    fn lease_key(&self) -> String {
+        self.keys.scoped("lease", self.group.as_str())
+    }
+
+    fn lease_ttl(&self) -> Duration {
+        // Renewed at every turn (at most a block and a batch wait apart) and while a batch waits
+        // for its dependency, so a live holder never lapses.
+        self.settings.claim_idle.min(MAX_LEASE).max((self.settings.block + self.settings.batch_wait) * 3)
+    }
+
+    /// Exclusive groups: takes or renews the partition's lease. Taking it over from a holder
+    /// that lapsed also takes that holder's pending entries, so they are handled before anything
+    /// newer. Returns whether we hold it.
+    async fn hold_lease(&mut self) -> Result<bool, Error> {
+        let asked = Instant::now();
+        let ttl = self.lease_ttl();
+        let held: i64 = crate::lease::HOLD
+            .call(&self.shared, vec![self.lease_key()], vec![self.consumer.clone(), ttl.as_millis().to_string()])
+            .await?;
+        let was = self.leased;
+        self.leased = held != 0;
+        // Counted from before the call: Redis started the lease no earlier than that.
+        self.lease_until = asked + ttl;
+        if self.leased {
+            // Entries another consumer of the group still holds come first: at a take-over, and
+            // any its last read got after (they are newer than all we read).
+            self.take_over_pending().await?;
+        }
+        if self.leased && (held == 2 || !was) {
+            tracing::info!(
+                stream = %self.keys.family,
+                group = %self.group,
+                partition = self.keys.partition,
+                "partition lease taken"
+            );
+        }
+        Ok(self.leased)
+    }
+
+    /// Moves every entry other consumers of the group hold pending on this partition to us
+    /// (their holder's lease lapsed: it is gone, or too slow to keep the partition in order).
+    async fn take_over_pending(&mut self) -> Result<(), Error> {
+        loop {
+            let pending: Vec<(String, String, u64, u64)> =
+                self.shared.xpending(self.keys.stream.as_str(), self.group.as_str(), ("-", "+", 1000)).await?;
+            let theirs: Vec<String> = pending
+                .into_iter()
+                .filter(|(_, consumer, _, _)| *consumer != self.consumer)
+                .map(|(id, ..)| id)
+                .collect();
+            if theirs.is_empty() {
+                return Ok(());
+            }
+            let _: Value = self
+                .shared
+                .xclaim(
+                    self.keys.stream.as_str(),
+                    self.group.as_str(),
+                    self.consumer.as_str(),
+                    0,
+                    theirs,
+                    None,
+                    None,
+                    None,
+                    false,
+                    true,
+                )
+                .await?;
+            self.own_pending = true;
         }
     }
 
@@ -184,12 +273,27 @@ impl<H: Handler> PartitionWorker<H> {
                 "stopping with finished entries unacknowledged; they will be delivered again"
             );
         }
+        if self.leased {
+            // Handed over at once rather than after the lease lapses.
+            let _: Result<i64, _> =
+                crate::lease::RELEASE.call(&self.shared, vec![self.lease_key()], vec![self.consumer.clone()]).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.reader.quit()).await;
     }
 
     /// One turn of the loop: acknowledge, then read from our pending list, from claimable
     /// entries or from new entries, and handle what was read.
     async fn step(&mut self, cancel: &CancellationToken) -> Result<(), Error> {
+        if self.settings.exclusive && !self.hold_lease().await? {
+            // Another process of the group reads this partition; what we finished is
+            // acknowledged, and we look again after a block.
+            self.flush_acks().await?;
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.block) => {}
+                _ = cancel.cancelled() => {}
+            }
+            return Ok(());
+        }
         let signalled = self.claim_now.load(std::sync::atomic::Ordering::Relaxed);
         if signalled != self.claim_now_seen {
             self.claim_now_seen = signalled;
@@ -204,6 +308,9 @@ impl<H: Handler> PartitionWorker<H> {
                     _ = cancel.cancelled() => return Ok(()),
                 }
             }
+            if !self.lease_lasts() {
+                return Ok(());
+            }
             let entries = self.read(XID::Manual("0".into()), None).await?;
             if entries.is_empty() {
                 self.own_pending = false;
@@ -215,6 +322,9 @@ impl<H: Handler> PartitionWorker<H> {
             (Source::OwnPending, entries)
         } else if Instant::now() >= self.next_claim_at {
             self.flush_acks().await?;
+            if !self.lease_lasts() {
+                return Ok(());
+            }
             let entries = self.claim().await?;
             if entries.is_empty() {
                 return Ok(());
@@ -224,7 +334,9 @@ impl<H: Handler> PartitionWorker<H> {
             let until_claim = self.next_claim_at.saturating_duration_since(Instant::now());
             let block = self.settings.block.min(until_claim).max(Duration::from_millis(1));
             let entries = tokio::select! {
-                read = self.ack_and_read(block) => read?,
+                read = async {
+                    if self.lease_lasts() { self.ack_and_read(block).await } else { Ok(Vec::new()) }
+                } => read?,
                 // Dropping the read may leave entries delivered to us; they stay in our pending
                 // list and are claimed by a peer (or re-read by us under the same name).
                 _ = cancel.cancelled() => return Ok(()),
@@ -248,6 +360,12 @@ impl<H: Handler> PartitionWorker<H> {
             retried = tracing::field::Empty,
             dead_lettered = tracing::field::Empty,
         );
+        if self.settings.exclusive && Instant::now() >= self.lease_until {
+            // Paused past the lease while reading: the new holder takes these over and handles
+            // them in order; we only keep them pending.
+            self.own_pending = true;
+            return Ok(());
+        }
         self.process(entries, cancel).instrument(span).await
     }
 
@@ -438,6 +556,11 @@ impl<H: Handler> PartitionWorker<H> {
                     _ = tokio::time::sleep(backoff(RETRY_BACKOFF_BASE, UNAVAILABLE_BACKOFF_MAX, unavailable_attempt)) => {}
                     // Shutting down: the entries stay pending and are delivered again later.
                     _ = cancel.cancelled() => return Ok(()),
+                }
+                if self.settings.exclusive && !matches!(self.hold_lease().await, Ok(true)) {
+                    // The lease went to another process (we were paused past it): that one
+                    // handles this batch, in order; ours stays pending until it is taken over.
+                    return Ok(());
                 }
             };
             let outcomes = match outcome {

@@ -4,6 +4,7 @@ mod batching;
 mod claim;
 mod competing;
 mod dead_letters;
+mod exclusive;
 mod redis_restart;
 mod retention;
 mod scripts;
