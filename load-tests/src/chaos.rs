@@ -149,6 +149,8 @@ fn signal(pid: u32, name: &str) {
 struct Tenant {
     id: uuid::Uuid,
     inbox: String,
+    /// The tenant's web widget inbox.
+    web: String,
     secret: String,
     token: String,
 }
@@ -171,10 +173,139 @@ struct Observed {
     delivered_to: HashMap<String, u32>,
     /// Per tenant: its campaign's id and recipients.
     campaigns: Vec<Option<(String, Vec<String>)>>,
+    /// Per tenant: its widget visitor's conversation and contact, the `client_msg_id`s of its
+    /// messages answered 202, and the stored events its socket received, in order.
+    visitors: Vec<Visitor>,
     faults: Vec<String>,
 }
 
+#[derive(Default, Clone)]
+struct Visitor {
+    conversation: Option<String>,
+    contact: Option<String>,
+    acked: Vec<String>,
+    events: Vec<(EntryId, String)>,
+    resumes: u64,
+}
+
 type Shared = Arc<Mutex<Observed>>;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket to the next gateway in turn; `None` (after a pause) when it is down.
+async fn connect(gateways: &[SocketAddr], attempt: &mut usize) -> Option<Socket> {
+    let address = gateways[*attempt % gateways.len()];
+    *attempt += 1;
+    let connected =
+        tokio::time::timeout(Duration::from_secs(3), tokio_tungstenite::connect_async(format!("ws://{address}/v1/ws")))
+            .await;
+    match connected {
+        Ok(Ok((socket, _))) => Some(socket),
+        _ => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            None
+        }
+    }
+}
+
+/// A widget visitor of tenant `index`: a session (with retries on either ingress), its
+/// conversation followed on either gateway (resuming from the last offset), and a message every
+/// 2.5 s (under the 30-a-minute limit) while `sending` lasts, each retried with the same
+/// `client_msg_id` until answered.
+async fn visitor(
+    http: reqwest::Client,
+    ingresses: Vec<SocketAddr>,
+    gateways: Vec<SocketAddr>,
+    (index, web): (usize, String),
+    observed: Shared,
+    (sending, stop): (CancellationToken, CancellationToken),
+) {
+    let session = loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let address = ingresses[observed.lock().expect("observed").visitors[index].resumes as usize % ingresses.len()];
+        let answer = http
+            .post(format!("http://{address}/v1/widget/{web}/sessions"))
+            .json(&json!({"email": format!("visitor{index}@chaos.test"), "name": format!("Visitor {index}")}))
+            .send()
+            .await;
+        if let Ok(answer) = answer
+            && answer.status() == 201
+            && let Ok(session) = answer.json::<Value>().await
+        {
+            break session;
+        }
+        observed.lock().expect("observed").visitors[index].resumes += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let token = session["token"].as_str().unwrap_or_default().to_owned();
+    let conversation = session["conversation_id"].as_str().unwrap_or_default().to_owned();
+    {
+        let mut seen = observed.lock().expect("observed");
+        seen.visitors[index].conversation = Some(conversation.clone());
+        seen.visitors[index].contact = session["contact_id"].as_str().map(str::to_owned);
+    }
+    let writer = {
+        let (http, ingresses, observed, web, token) =
+            (http.clone(), ingresses.clone(), observed.clone(), web.clone(), token.clone());
+        tokio::spawn(async move {
+            let mut sequence = 0usize;
+            while !sending.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                sequence += 1;
+                let client = format!("v{index}-{sequence}");
+                for attempt in 0..40 {
+                    let address = ingresses[(sequence + attempt) % ingresses.len()];
+                    let answer = http
+                        .post(format!("http://{address}/v1/widget/{web}/messages"))
+                        .bearer_auth(&token)
+                        .json(&json!({"text": format!("visitor message {sequence}"), "client_msg_id": client}))
+                        .send()
+                        .await;
+                    if answer.is_ok_and(|answer| answer.status() == 202) {
+                        observed.lock().expect("observed").visitors[index].acked.push(client.clone());
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+            }
+        })
+    };
+    let channel = format!("conversation:{conversation}");
+    let mut last: Option<EntryId> = None;
+    let mut attempt = index;
+    'connections: while !stop.is_cancelled() {
+        let Some(mut socket) = connect(&gateways, &mut attempt).await else { continue };
+        let mut subscribe = json!({"op": "subscribe", "channel": channel});
+        if let Some(offset) = last {
+            subscribe["since"] = json!(offset.to_string());
+            observed.lock().expect("observed").visitors[index].resumes += 1;
+        }
+        for frame in [json!({"op": "hello", "token": token, "protocol": 1}), subscribe] {
+            if socket.send(Message::Text(frame.to_string().into())).await.is_err() {
+                continue 'connections;
+            }
+        }
+        loop {
+            let frame = tokio::select! {
+                () = stop.cancelled() => break 'connections,
+                frame = tokio::time::timeout(Duration::from_secs(10), socket.next()) => frame,
+            };
+            let Ok(Some(Ok(Message::Text(text)))) = frame else { break };
+            let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
+            if frame["op"] == "error" {
+                break;
+            }
+            let (Some(offset), Some(id)) = (frame["offset"].as_str(), frame["event_id"].as_str()) else { continue };
+            let Ok(offset) = offset.parse::<EntryId>() else { continue };
+            last = Some(offset);
+            observed.lock().expect("observed").visitors[index].events.push((offset, id.to_owned()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = writer.await;
+}
 
 async fn stand_in(observed: Shared) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -278,17 +409,7 @@ async fn agent_socket(
     let mut sequence = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(700));
     while !stop.is_cancelled() {
-        let address = gateways[attempt % gateways.len()];
-        attempt += 1;
-        let Ok(Ok((mut socket, _))) = tokio::time::timeout(
-            Duration::from_secs(3),
-            tokio_tungstenite::connect_async(format!("ws://{address}/v1/ws")),
-        )
-        .await
-        else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
+        let Some(mut socket) = connect(&gateways, &mut attempt).await else { continue };
         let hello = json!({"op": "hello", "token": token, "protocol": 1});
         let mut subscribe = json!({"op": "subscribe", "channel": "inbox"});
         if let Some(offset) = last {
@@ -502,7 +623,9 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
             "--outbound-url",
             &format!("http://{receiver}/deliver"),
         ])?;
+        let web = admin(&["inbox", "create", "--tenant", &tenant_id, "--kind", "web", "--name", "site"])?;
         tenants.push((
+            web["inbox_id"].as_str().context("web inbox_id")?.to_owned(),
             tenant_id.parse::<uuid::Uuid>()?,
             email,
             inbox["inbox_id"].as_str().context("inbox_id")?.to_owned(),
@@ -533,7 +656,7 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
     let gateways = ready_addresses(&roles, "gateway");
     let http = chatdesk_outbound::http_client(Duration::from_secs(5))?;
     let mut ready = Vec::new();
-    for (id, email, inbox, secret) in tenants {
+    for (web, id, email, inbox, secret) in tenants {
         let login = http
             .post(format!("http://{}/v1/auth/login", ingresses[0]))
             .json(&json!({"email": email, "password": "chaos-pass-1"}))
@@ -541,7 +664,7 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
             .await?
             .json::<Value>()
             .await?;
-        ready.push(Tenant { id, inbox, secret, token: login["token"].as_str().context("token")?.to_owned() });
+        ready.push(Tenant { id, inbox, web, secret, token: login["token"].as_str().context("token")?.to_owned() });
     }
     let tenants = Arc::new(ready);
     {
@@ -550,6 +673,7 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
         seen.replies = vec![HashSet::new(); tenants.len()];
         seen.conversations = vec![Vec::new(); tenants.len()];
         seen.campaigns = vec![None; tenants.len()];
+        seen.visitors = vec![Visitor::default(); tenants.len()];
     }
     println!(
         "chaos: seed {}, {} s, {} tenants, {} webhooks/s, a role killed every {} s; logs in {}",
@@ -603,6 +727,18 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
         observed.lock().expect("observed").campaigns[index] = Some((id.to_owned(), recipients));
     }
 
+    // A widget visitor per tenant.
+    for (index, tenant) in tenants.iter().enumerate() {
+        sockets.push(tokio::spawn(visitor(
+            http.clone(),
+            ingresses.clone(),
+            gateways.clone(),
+            (index, tenant.web.clone()),
+            observed.clone(),
+            (stop_load.clone(), stop_sockets.clone()),
+        )));
+    }
+
     // The load: webhooks at the rate, a reply every 200 ms, the conversation list every 2 s.
     let mut load = Vec::new();
     {
@@ -647,7 +783,7 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
                     for (index, tenant) in tenants.iter().enumerate() {
                         let address = ingresses[index % ingresses.len()];
                         let Ok(answer) = http
-                            .get(format!("http://{address}/v1/conversations?limit=200"))
+                            .get(format!("http://{address}/v1/conversations?limit=200&inbox={}", tenant.inbox))
                             .bearer_auth(&tenant.token)
                             .send()
                             .await
@@ -907,6 +1043,15 @@ async fn tally(
     .fetch_all(pool)
     .await?;
     let inbound: HashMap<String, i64> = inbound.into_iter().collect();
+    // Each conversation's messages: what a visitor's socket must have shown.
+    let messages: Vec<(uuid::Uuid, uuid::Uuid)> =
+        sqlx::query_as("SELECT conversation_id, event_id FROM messages ORDER BY offset_ms, offset_seq")
+            .fetch_all(pool)
+            .await?;
+    let mut visitor_stored: HashMap<String, Vec<String>> = HashMap::new();
+    for (conversation, event) in messages {
+        visitor_stored.entry(conversation.to_string()).or_default().push(event.to_string());
+    }
     let outbound: Vec<(uuid::Uuid, Option<String>)> =
         sqlx::query_as("SELECT event_id, status FROM messages WHERE direction = 'outbound'").fetch_all(pool).await?;
     let outbound: HashMap<String, Option<String>> =
@@ -980,6 +1125,34 @@ async fn tally(
     if seen.sockets.len() < seen.webhooks.len() * 2 {
         failures.push(format!("only {} of {} sockets received anything", seen.sockets.len(), seen.webhooks.len() * 2));
     }
+    let mut visitor_messages = 0usize;
+    for (tenant, visitor) in seen.visitors.iter().enumerate() {
+        let (Some(conversation), Some(contact)) = (&visitor.conversation, &visitor.contact) else {
+            failures.push(format!("tenant {tenant}: the widget visitor never got a session"));
+            continue;
+        };
+        visitor_messages += visitor.acked.len();
+        for client in &visitor.acked {
+            match inbound.get(&format!("widget:{contact}:{client}")).copied().unwrap_or(0) {
+                1 => {}
+                times => failures.push(format!("tenant {tenant}: visitor message {client} stored {times} times")),
+            }
+        }
+        let shown = visitor_stored.get(conversation).cloned().unwrap_or_default();
+        let got: Vec<&str> = visitor.events.iter().map(|(_, id)| id.as_str()).collect();
+        if got.iter().collect::<HashSet<_>>().len() != got.len() {
+            failures.push(format!("tenant {tenant}: the visitor's socket got an event twice"));
+        }
+        if visitor.events.windows(2).any(|pair| pair[1].0 <= pair[0].0) {
+            failures.push(format!("tenant {tenant}: the visitor's socket got events out of order"));
+        }
+        let missing = shown.iter().filter(|id| !got.contains(&id.as_str())).count();
+        if missing > 0 {
+            failures.push(format!(
+                "tenant {tenant}: {missing} messages of the visitor's conversation never reached its socket"
+            ));
+        }
+    }
     let (mut recipients, mut campaign_repeats) = (0usize, 0u64);
     for (tenant, campaign) in seen.campaigns.iter().enumerate() {
         let Some((id, to)) = campaign else { continue };
@@ -1022,6 +1195,12 @@ async fn tally(
     println!(
         "  acknowledged replies:  {replies}, stored: {}, reached the provider: {reached} (repeats: {repeated})",
         replies - failures.iter().filter(|f| f.contains("reply") && f.contains("not stored")).count()
+    );
+    println!(
+        "  widget visitors: {} messages, each stored once and every message of their conversations on their sockets: {} ({} resumes)",
+        visitor_messages,
+        if failures.iter().any(|failure| failure.contains("visitor")) { "NO" } else { "yes" },
+        seen.visitors.iter().map(|visitor| visitor.resumes).sum::<u64>()
     );
     let campaigns_ok = if failures.iter().any(|failure| failure.contains("campaign")) { "NO" } else { "yes" };
     println!(
