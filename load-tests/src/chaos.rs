@@ -985,7 +985,18 @@ async fn drain(redis: &chatdesk_streams::RedisClient, keys: &KeyScheme, streams:
                     continue;
                 };
                 let number = |field: &str| info.get(field).and_then(fred::types::Value::as_u64);
-                if number("pending") != Some(0) || number("lag").is_some_and(|lag| lag > 0) {
+                // Redis 7.0's `lag` can stay above 0 after claims and scripted appends: compare
+                // the group's last delivered entry with the stream's newest instead.
+                let delivered = info
+                    .get("last-delivered-id")
+                    .and_then(|id| id.as_string())
+                    .and_then(|id| id.parse::<EntryId>().ok())
+                    .unwrap_or(EntryId::new(0, 0));
+                let newest: Vec<(String, HashMap<String, String>)> =
+                    redis.xrevrange(&key, "+", "-", Some(1)).await.unwrap_or_default();
+                let unread =
+                    newest.first().and_then(|(id, _)| id.parse::<EntryId>().ok()).is_some_and(|id| id > delivered);
+                if number("pending") != Some(0) || unread {
                     busy = true;
                 }
                 if family == "send" {
