@@ -70,6 +70,9 @@ const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(1);
 const DEPENDENCY_RETRY: Duration = Duration::from_secs(2);
 const INBOX_CACHE_TTL: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How long a status event's id is remembered: longer than a dead sender's job takes to be
+/// leased and sent again, short enough that the keys stay few.
+const STATUS_DEDUPE_WINDOW: Duration = Duration::from_secs(600);
 /// Contacts whose provider ids are kept in memory before the cache starts over.
 const RECIPIENT_CACHE: usize = 100_000;
 /// How often a paused campaign's queued message looks again.
@@ -710,7 +713,11 @@ impl Inner {
             ),
         };
         let started = Instant::now();
-        self.producer.append_event(&entry).await?;
+        // A sender that dies after this append and before `finish` leaves the job to be sent
+        // again, and its status appended again under the same event id: appended once, so no
+        // socket shows it twice.
+        let once = format!("status:{}", entry.event_id);
+        self.producer.append_once(chatdesk_core::config::EVENTS_STREAM, &entry, &once, STATUS_DEDUPE_WINDOW).await?;
         step("status", started);
         let letter = dead_letter_reason.map(|error| dead_letter(job, leased.partition, error, &self.node));
         let started = Instant::now();
