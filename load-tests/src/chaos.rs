@@ -167,6 +167,8 @@ struct Observed {
     /// Per socket (tenant, index): the stored events it received, in order.
     sockets: BTreeMap<(usize, usize), Vec<(EntryId, String)>>,
     socket_resumes: u64,
+    /// Agent sockets that had their first `subscribed` answer.
+    subscribed: usize,
     /// Event id → deliveries at the provider stand-in.
     delivered: HashMap<String, u32>,
     /// Recipient (`to`) → deliveries at the provider stand-in.
@@ -408,6 +410,7 @@ async fn agent_socket(
     let mut pending: Vec<Value> = Vec::new();
     let mut sequence = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(700));
+    let mut counted = false;
     while !stop.is_cancelled() {
         let Some(mut socket) = connect(&gateways, &mut attempt).await else { continue };
         let hello = json!({"op": "hello", "token": token, "protocol": 1});
@@ -448,6 +451,10 @@ async fn agent_socket(
             };
             let Ok(Some(Ok(Message::Text(text)))) = frame else { break };
             let Ok(frame) = serde_json::from_str::<Value>(&text) else { continue };
+            if frame["op"] == "subscribed" && last.is_none() && !counted {
+                counted = true;
+                observed.lock().expect("observed").subscribed += 1;
+            }
             if frame["op"] == "ack" {
                 let client = frame["client_msg_id"].clone();
                 pending.retain(|send| send["client_msg_id"] != client);
@@ -700,7 +707,12 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
             )));
         }
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The load starts once every agent socket follows its inbox.
+    let expected = tenants.len() * 2;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while observed.lock().expect("observed").subscribed < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A campaign per tenant, sending through the broadcaster and the senders all along the run.
     let recipients_per_campaign = (args.seconds as usize * 4).clamp(20, 2_000);

@@ -33,8 +33,16 @@ async fn a_short_read_waits_for_the_rest_of_its_batch() {
     let sizes = Sizes::default();
     let cancel = CancellationToken::new();
     let running = tokio::spawn(setup.consumer("c", sizes.clone()).run(cancel.clone()));
-    // Let the consumer block on its read, so the first entry comes back alone.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let the consumer block on its read, so the first entry comes back alone: it is in the
+    // group's consumers once it has read the partition.
+    let key = setup.keys.partition(&setup.config.stream("events").unwrap().name, 2).stream;
+    chatdesk_testkit::wait_until("the consumer reading", Duration::from_secs(30), || async {
+        use fred::interfaces::StreamsInterface;
+        let consumers: Vec<std::collections::HashMap<String, fred::types::Value>> =
+            setup.client.xinfo_consumers(key.as_str(), "workers").await.unwrap_or_default();
+        !consumers.is_empty()
+    })
+    .await;
 
     // A trickle: one entry, then four more a little later, all within the wait.
     for sequence in 0..5 {
