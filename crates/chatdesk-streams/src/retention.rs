@@ -20,7 +20,7 @@ use crate::entry::{now_ms, value_text};
 use crate::metrics;
 
 /// XPENDING's summary: count, oldest id, newest id, pending per consumer.
-type PendingSummary = (u64, Option<String>, Option<String>, Vec<(String, String)>);
+pub(crate) type PendingSummary = (u64, Option<String>, Option<String>, Vec<(String, String)>);
 
 /// Entries looked at per partition and pass to find the `max_len` cut; a long backlog is cut
 /// down over several passes instead of one slow command.

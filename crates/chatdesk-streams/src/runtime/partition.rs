@@ -188,6 +188,13 @@ impl<H: Handler> PartitionWorker<H> {
     /// Moves every entry other consumers of the group hold pending on this partition to us
     /// (their holder's lease lapsed: it is gone, or too slow to keep the partition in order).
     async fn take_over_pending(&mut self) -> Result<(), Error> {
+        // The summary names each consumer with pending entries: usually only us (the batch
+        // whose XACK goes out with the next read), and then there is nothing to take.
+        let (_, _, _, consumers): crate::retention::PendingSummary =
+            self.shared.xpending(self.keys.stream.as_str(), self.group.as_str(), ()).await?;
+        if consumers.iter().all(|(consumer, _)| *consumer == self.consumer) {
+            return Ok(());
+        }
         loop {
             let pending: Vec<(String, String, u64, u64)> =
                 self.shared.xpending(self.keys.stream.as_str(), self.group.as_str(), ("-", "+", 1000)).await?;
