@@ -62,6 +62,8 @@ pub struct ConversationView {
     /// Why the bot handed the conversation to humans, while it is not resolved
     /// (`docs/autoreply.md`); `null` when it did not.
     pub handoff: Option<HandoffView>,
+    /// Ids of its labels (`GET /v1/labels`), by label name.
+    pub labels: Vec<Uuid>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -88,6 +90,7 @@ impl From<ConversationRow> for ConversationView {
             unread_count: row.unread_count,
             created_at: rfc3339(row.created_at),
             handoff: row.handoff.map(|(reason, detail)| HandoffView { reason, detail }),
+            labels: Vec::new(),
         }
     }
 }
@@ -110,6 +113,8 @@ pub struct ListConversations {
     #[param(pattern = "^(me|none|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$")]
     pub assignee: Option<String>,
     pub inbox: Option<Uuid>,
+    /// Only conversations with this label id.
+    pub label: Option<Uuid>,
     /// `next_cursor` of the previous page.
     #[param(pattern = "^[0-9]{1,19}_[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     pub cursor: Option<String>,
@@ -118,7 +123,7 @@ pub struct ListConversations {
     pub limit: Option<u32>,
 }
 
-fn bad_query(parameter: &str, message: impl Into<String>) -> ApiError {
+pub(crate) fn bad_query(parameter: &str, message: impl Into<String>) -> ApiError {
     ApiError::BadRequest {
         code: "invalid_query",
         message: format!("query parameter {parameter}: {}", message.into()),
@@ -188,6 +193,8 @@ pub async fn list_conversations(
         status: query.status,
         assignee,
         inbox: query.inbox,
+        label: query.label,
+        inboxes: readable_inboxes(&state, &principal).await?,
         after: query.cursor.as_deref().map(decode_conversation_cursor).transpose()?,
         limit: limit + 1,
     };
@@ -198,14 +205,59 @@ pub async fn list_conversations(
     } else {
         None
     };
-    Ok(Json(ConversationPage { items: rows.into_iter().map(ConversationView::from).collect(), next_cursor }))
+    let items = with_labels(&state, principal.tenant, rows).await?;
+    Ok(Json(ConversationPage { items, next_cursor }))
 }
 
-async fn conversation_of(state: &AppState, principal: &Principal, id: Uuid) -> Result<ConversationRow, ApiError> {
-    store::get_conversation(&state.db, principal.tenant, id)
+/// The views of `rows`, with their labels.
+async fn with_labels(
+    state: &AppState,
+    tenant: Uuid,
+    rows: Vec<ConversationRow>,
+) -> Result<Vec<ConversationView>, ApiError> {
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+    let mut labels = chatdesk_store::workspace::labels_of(&state.db, tenant, &ids).await.map_err(ApiError::store)?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let id = row.id;
+            let mut view = ConversationView::from(row);
+            view.labels = labels.remove(&id).unwrap_or_default();
+            view
+        })
+        .collect())
+}
+
+/// The inboxes the caller may read: `None` for every inbox (owners, admins, API keys); for an
+/// agent, the inboxes it is a member of and those without members.
+pub(crate) async fn readable_inboxes(state: &AppState, principal: &Principal) -> Result<Option<Vec<Uuid>>, ApiError> {
+    match (principal.role, principal.user) {
+        (chatdesk_core::auth::Role::Agent, Some(user)) => Ok(Some(
+            chatdesk_store::workspace::readable_inboxes(&state.db, principal.tenant, user)
+                .await
+                .map_err(ApiError::store)?,
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// The conversation, if it is the caller's tenant's and in an inbox the caller may read; 404
+/// otherwise (another tenant's conversation and an unreadable one look alike).
+pub(crate) async fn conversation_of(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<ConversationRow, ApiError> {
+    let row = store::get_conversation(&state.db, principal.tenant, id)
         .await
         .map_err(ApiError::store)?
-        .ok_or_else(|| ApiError::not_found("conversation"))
+        .ok_or_else(|| ApiError::not_found("conversation"))?;
+    if let Some(inboxes) = readable_inboxes(state, principal).await?
+        && !inboxes.contains(&row.inbox_id)
+    {
+        return Err(ApiError::not_found("conversation"));
+    }
+    Ok(row)
 }
 
 /// One conversation of the caller's tenant.
@@ -228,7 +280,9 @@ pub async fn get_conversation(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<ConversationView>, ApiError> {
     principal.require(CONVERSATION_ROLES, "read conversations")?;
-    Ok(Json(conversation_of(&state, &principal, id).await?.into()))
+    let row = conversation_of(&state, &principal, id).await?;
+    let mut items = with_labels(&state, principal.tenant, vec![row]).await?;
+    Ok(Json(items.remove(0)))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -363,7 +417,7 @@ pub struct ReplyRequest {
     pub client_msg_id: Option<String>,
 }
 
-fn actor(principal: &Principal) -> Actor {
+pub(crate) fn actor(principal: &Principal) -> Actor {
     Actor { kind: if principal.user.is_some() { SenderKind::Agent } else { SenderKind::System }, id: principal.user }
 }
 
@@ -381,7 +435,7 @@ async fn append(
 }
 
 /// Appends an agent action and answers 202 with its event id and offset.
-async fn accept(
+pub(crate) async fn accept(
     state: &AppState,
     tenant: Uuid,
     conversation: Uuid,
@@ -420,6 +474,10 @@ pub async fn reply(
     ApiJson(request): ApiJson<ReplyRequest>,
 ) -> Result<(StatusCode, Json<AcceptedView>), ApiError> {
     principal.require(CONVERSATION_ROLES, "reply to conversations")?;
+    if principal.role == chatdesk_core::auth::Role::Agent && principal.user.is_some() {
+        // An agent replies only where it may read; others skip the lookup the reply makes anyway.
+        conversation_of(&state, &principal, id).await?;
+    }
     let accepted = state
         .reply
         .send(principal.tenant, id, actor(&principal), &request.text, request.client_msg_id.as_deref())

@@ -27,6 +27,7 @@ pub mod login;
 pub mod metrics;
 pub mod openapi;
 pub mod sre;
+pub mod workspace;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -151,6 +152,19 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(conversations::resolve))
         .routes(routes!(conversations::reopen))
         .routes(routes!(conversations::block))
+        .routes(routes!(workspace::create_note, workspace::list_notes))
+        .routes(routes!(workspace::list_labels, workspace::create_label))
+        .routes(routes!(workspace::delete_label))
+        .routes(routes!(workspace::change_labels))
+        .routes(routes!(workspace::list_canned, workspace::create_canned))
+        .routes(routes!(workspace::update_canned, workspace::delete_canned))
+        .routes(routes!(workspace::rendered_canned))
+        .routes(routes!(workspace::get_contact, workspace::update_contact))
+        .routes(routes!(workspace::merge_contacts))
+        .routes(routes!(workspace::search))
+        .routes(routes!(workspace::list_users))
+        .routes(routes!(workspace::get_members, workspace::put_members))
+        .routes(routes!(workspace::get_routing, workspace::put_routing))
         .routes(routes!(inboxes::list_inboxes))
         .routes(routes!(inboxes::update_inbox))
         .routes(routes!(autoreply::get_autoreply, autoreply::put_autoreply))

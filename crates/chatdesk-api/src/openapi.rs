@@ -55,6 +55,7 @@ impl Modify for BearerAuth {
         (name = "auth", description = "Agent login"),
         (name = "conversations", description = "Conversations, history and agent actions"),
         (name = "inboxes", description = "Inboxes and how they send"),
+        (name = "workspace", description = "The agent's workspace: private notes, labels, canned responses, contacts, search and users"),
         (name = "ingress", description = "Channel webhooks: generic, WhatsApp Cloud API, Telegram Bot API"),
         (name = "widget", description = "The embeddable web widget's visitor sessions and messages"),
         (name = "autoreply", description = "Bots: an inbox's auto-reply (AI model or dialog flow), a test chat, flows, budget and orders"),

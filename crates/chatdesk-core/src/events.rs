@@ -186,6 +186,7 @@ pub struct ContactCreated {
     pub email: Option<String>,
 }
 
+/// What changed on a contact; an absent field stays as it was.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContactUpdated {
     pub contact_id: Uuid,
@@ -193,6 +194,44 @@ pub struct ContactUpdated {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// The agent who edited the contact; absent when the channel told us.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<Actor>,
+}
+
+/// Two contacts were the same person: `merged_id`'s conversations now belong to `contact_id`,
+/// and `merged_id` is kept only as an alias of it (its channel identity still finds it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactMerged {
+    pub contact_id: Uuid,
+    pub merged_id: Uuid,
+    pub by: Actor,
+}
+
+/// A private note in a conversation: agents see it, the customer never does. It is not a
+/// message: nothing sends it, and no visitor's socket or history carries it. The note's id is the
+/// event id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoteCreated {
+    pub conversation_id: Uuid,
+    pub author: Actor,
+    pub text: String,
+    /// Users of the tenant the note `@mention`s: they are notified.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<Uuid>,
+}
+
+/// Labels added to and removed from a conversation (label ids of the tenant).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationLabels {
+    pub conversation_id: Uuid,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<Uuid>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<Uuid>,
+    pub by: Actor,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -289,10 +328,16 @@ pub enum Event {
     ConversationRead(ConversationRead),
     #[serde(rename = "conversation.handoff")]
     ConversationHandoff(ConversationHandoff),
+    #[serde(rename = "conversation.labels")]
+    ConversationLabels(ConversationLabels),
+    #[serde(rename = "note.created")]
+    NoteCreated(NoteCreated),
     #[serde(rename = "contact.created")]
     ContactCreated(ContactCreated),
     #[serde(rename = "contact.updated")]
     ContactUpdated(ContactUpdated),
+    #[serde(rename = "contact.merged")]
+    ContactMerged(ContactMerged),
     #[serde(rename = "contact.reachability")]
     ContactReachability(ContactReachability),
     /// Ephemeral: fanned out to dashboards, never persisted.
@@ -322,8 +367,11 @@ impl Event {
             Event::ConversationStatusChanged(_) => "conversation.status_changed",
             Event::ConversationRead(_) => "conversation.read",
             Event::ConversationHandoff(_) => "conversation.handoff",
+            Event::ConversationLabels(_) => "conversation.labels",
+            Event::NoteCreated(_) => "note.created",
             Event::ContactCreated(_) => "contact.created",
             Event::ContactUpdated(_) => "contact.updated",
+            Event::ContactMerged(_) => "contact.merged",
             Event::ContactReachability(_) => "contact.reachability",
             Event::Typing(_) => "typing",
             Event::Presence(_) => "presence",
@@ -340,9 +388,12 @@ impl Event {
             Event::ConversationStatusChanged(event) => Some(event.conversation_id),
             Event::ConversationRead(event) => Some(event.conversation_id),
             Event::ConversationHandoff(event) => Some(event.conversation_id),
+            Event::ConversationLabels(event) => Some(event.conversation_id),
+            Event::NoteCreated(event) => Some(event.conversation_id),
             Event::Typing(event) => Some(event.conversation_id),
             Event::ContactCreated(_)
             | Event::ContactUpdated(_)
+            | Event::ContactMerged(_)
             | Event::ContactReachability(_)
             | Event::Presence(_) => None,
         }
@@ -433,6 +484,6 @@ mod tests {
             assert_eq!(value["type"], event.event_type());
             examples += 1;
         }
-        assert_eq!(examples, 12, "one example per event type");
+        assert_eq!(examples, 15, "one example per event type");
     }
 }

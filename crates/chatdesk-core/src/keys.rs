@@ -146,6 +146,18 @@ impl KeyScheme {
     pub fn presence(&self, tenant: &TenantId) -> String {
         format!("{}:presence:{tenant}", self.prefix)
     }
+
+    /// A tenant's routing state: which agent holds each open routed conversation, and the
+    /// round-robin position. Its load sets ([`KeyScheme::routing_load_prefix`]) share its slot.
+    pub fn routing(&self, tenant: &TenantId) -> String {
+        format!("{}:routing:{{{tenant}}}", self.prefix)
+    }
+
+    /// Prefix of a tenant's per-agent load sets (`<prefix><agent id>`: the open conversations the
+    /// agent holds), in the slot of [`KeyScheme::routing`].
+    pub fn routing_load_prefix(&self, tenant: &TenantId) -> String {
+        format!("{}:routing-load:{{{tenant}}}:", self.prefix)
+    }
 }
 
 /// The keys of one partition of one stream family; all in one cluster slot.

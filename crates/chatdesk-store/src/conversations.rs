@@ -98,6 +98,10 @@ pub struct ConversationFilter {
     pub status: Option<String>,
     pub assignee: AssigneeFilter,
     pub inbox: Option<Uuid>,
+    /// Only conversations with this label.
+    pub label: Option<Uuid>,
+    /// Only conversations of these inboxes (an agent's readable ones); `None`: every inbox.
+    pub inboxes: Option<Vec<Uuid>>,
     /// Keyset cursor: only conversations after this `(last_activity_at, id)` in list order.
     pub after: Option<(OffsetDateTime, Uuid)>,
     pub limit: i64,
@@ -124,6 +128,9 @@ pub async fn list_conversations(
            AND ($6::timestamptz IS NULL OR (c.last_activity_at, c.id) < ($6, $7)) \
            AND (c.last_message_id IS NOT NULL OR NOT EXISTS ( \
                  SELECT 1 FROM messages m WHERE m.conversation_id = c.id AND m.sender_kind = 'campaign')) \
+           AND ($9::uuid IS NULL OR EXISTS ( \
+                 SELECT 1 FROM conversation_labels l WHERE l.conversation_id = c.id AND l.label_id = $9)) \
+           AND ($10::uuid[] IS NULL OR c.inbox_id = ANY($10)) \
          ORDER BY c.last_activity_at DESC, c.id DESC LIMIT $8"
     );
     let rows: Vec<ConversationTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -135,6 +142,8 @@ pub async fn list_conversations(
         .bind(after_time)
         .bind(after_id)
         .bind(filter.limit)
+        .bind(filter.label)
+        .bind(&filter.inboxes)
         .fetch_all(pool)
         .await
         .map_err(StoreError::Query)?;

@@ -18,6 +18,7 @@ pub mod campaigns;
 pub mod conversations;
 pub mod directory;
 pub mod ops_audit;
+pub mod workspace;
 pub mod writer;
 
 pub use sqlx::PgPool as Pool;
@@ -49,6 +50,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "campaign_request_hash", include_str!("../../../migrations/0008_campaign_request_hash.sql")),
     (9, "autoreply", include_str!("../../../migrations/0009_autoreply.sql")),
     (10, "ops_audit", include_str!("../../../migrations/0010_ops_audit.sql")),
+    (11, "workspace", include_str!("../../../migrations/0011_workspace.sql")),
 ];
 
 fn migrator() -> Migrator {

@@ -119,6 +119,7 @@ pub async fn apply_events_with(pool: &PgPool, events: &[StoredEvent], rules: &Ru
     update_statuses(&mut tx, &fresh).await?;
     apply_campaign_effects(&mut tx, &fresh, rules).await?;
     apply_conversation_changes(&mut tx, &fresh).await?;
+    apply_workspace(&mut tx, &fresh).await?;
     tx.commit().await.map_err(StoreError::Query)?;
     Ok(Applied { fresh: fresh.len(), duplicates: durable.len() - fresh.len() })
 }
@@ -185,12 +186,38 @@ async fn insert_contacts(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEv
             Event::ContactUpdated(contact) => {
                 sqlx::query(
                     "UPDATE contacts SET name = COALESCE($3, name), email = COALESCE($4, email), \
+                     phone = COALESCE($6, phone), \
                      updated_at = greatest(updated_at, to_timestamp($5 / 1000.0)) WHERE id = $1 AND tenant_id = $2",
                 )
                 .bind(contact.contact_id)
                 .bind(stored.tenant_id)
                 .bind(&contact.name)
                 .bind(&contact.email)
+                .bind(ms(stored.occurred_at_ms))
+                .bind(&contact.phone)
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::Query)?;
+            }
+            // The survivor takes the merged contact's conversations, and stands for it from now on
+            // (a conversation created later for the merged identity is stored under the survivor).
+            // A survivor that was itself merged meanwhile passes everything on to its own.
+            Event::ContactMerged(merged) => {
+                sqlx::query(
+                    "WITH target AS ( \
+                       SELECT COALESCE(merged_into, id) AS id FROM contacts WHERE id = $1 AND tenant_id = $3), \
+                     moved AS ( \
+                       UPDATE conversations SET contact_id = (SELECT id FROM target), updated_at = now() \
+                       WHERE tenant_id = $3 AND contact_id = $2 AND EXISTS (SELECT 1 FROM target) \
+                         AND (SELECT id FROM target) <> $2) \
+                     UPDATE contacts SET merged_into = (SELECT id FROM target), \
+                       updated_at = greatest(updated_at, to_timestamp($4 / 1000.0)) \
+                     WHERE tenant_id = $3 AND (id = $2 OR merged_into = $2) \
+                       AND EXISTS (SELECT 1 FROM target) AND (SELECT id FROM target) <> $2",
+                )
+                .bind(merged.contact_id)
+                .bind(merged.merged_id)
+                .bind(stored.tenant_id)
                 .bind(ms(stored.occurred_at_ms))
                 .execute(&mut **tx)
                 .await
@@ -218,8 +245,10 @@ async fn insert_conversations(tx: &mut Transaction<'_, Postgres>, events: &[&Sto
     }
     sqlx::query(
         "INSERT INTO conversations (id, tenant_id, inbox_id, contact_id, status, last_activity_at, created_at) \
-         SELECT c.id, c.tenant, c.inbox, c.contact, 'open', to_timestamp(c.at / 1000.0), to_timestamp(c.at / 1000.0) \
+         SELECT c.id, c.tenant, c.inbox, COALESCE(k.merged_into, c.contact), 'open', to_timestamp(c.at / 1000.0), \
+                to_timestamp(c.at / 1000.0) \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int8[]) AS c(id, tenant, inbox, contact, at) \
+         LEFT JOIN contacts k ON k.id = c.contact AND k.tenant_id = c.tenant \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(&ids)
@@ -596,6 +625,63 @@ async fn apply_conversation_changes(
             _ => continue,
         };
         query.execute(&mut **tx).await.map_err(StoreError::Query)?;
+    }
+    Ok(())
+}
+
+/// Notes and labels: an agent's additions to a conversation (rare next to messages).
+async fn apply_workspace(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEvent]) -> Result<(), StoreError> {
+    for stored in events {
+        match &stored.event {
+            Event::NoteCreated(note) => {
+                let kind = serde_json::to_value(note.author.kind).ok();
+                sqlx::query(
+                    "INSERT INTO notes (event_id, tenant_id, conversation_id, author_kind, author_id, body, mentions, \
+                                        stream_offset, offset_ms, offset_seq, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, to_timestamp($11 / 1000.0)) \
+                     ON CONFLICT (event_id) DO NOTHING",
+                )
+                .bind(stored.event_id)
+                .bind(stored.tenant_id)
+                .bind(note.conversation_id)
+                .bind(kind.as_ref().and_then(serde_json::Value::as_str).unwrap_or("agent"))
+                .bind(note.author.id)
+                .bind(&note.text)
+                .bind(&note.mentions)
+                .bind(stored.offset.to_string())
+                .bind(ms(stored.offset.millis))
+                .bind(ms(stored.offset.sequence))
+                .bind(ms(stored.occurred_at_ms))
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::Query)?;
+            }
+            Event::ConversationLabels(change) => {
+                // A label deleted after the event was accepted is skipped, not an error: the
+                // event stays in the ledger, and a deleted label labels nothing.
+                sqlx::query(
+                    "INSERT INTO conversation_labels (tenant_id, conversation_id, label_id) \
+                     SELECT $1, $2, l.id FROM labels l WHERE l.tenant_id = $1 AND l.id = ANY($3) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(stored.tenant_id)
+                .bind(change.conversation_id)
+                .bind(&change.added)
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::Query)?;
+                sqlx::query(
+                    "DELETE FROM conversation_labels WHERE tenant_id = $1 AND conversation_id = $2 AND label_id = ANY($3)",
+                )
+                .bind(stored.tenant_id)
+                .bind(change.conversation_id)
+                .bind(&change.removed)
+                .execute(&mut **tx)
+                .await
+                .map_err(StoreError::Query)?;
+            }
+            _ => {}
+        }
     }
     Ok(())
 }

@@ -1,8 +1,11 @@
 //! chatdesk's stream consumers, one module per role. Each is a [`chatdesk_streams::Handler`]
-//! run by the consumer-group runtime; none touches Redis itself.
+//! run by the consumer-group runtime.
 //!
 //! - [`writer`]: persists every durable event to PostgreSQL (group `writer` on `events`).
+//! - [`routing`]: assigns inboxes' new conversations to online members in turn (group `router`
+//!   on `events`; it appends the assignments it decides and keeps agents' load in Redis).
 
+pub mod routing;
 pub mod writer;
 
 /// Renders an error with its causes, for dead-letter reasons and logs.

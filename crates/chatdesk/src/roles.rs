@@ -248,6 +248,23 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                     &runtime.node_id,
                     runtime.autoreply.clone(),
                 )?;
+                // Routing is the other automation on conversations: the same role runs it.
+                let router = Consumer::new(
+                    runtime.consumer_options(stream),
+                    chatdesk_workers::routing::Router::new(
+                        runtime.redis.clone(),
+                        runtime.db.clone(),
+                        runtime.keys.clone(),
+                        chatdesk_streams::Producer::new(
+                            runtime.redis.clone(),
+                            runtime.keys.clone(),
+                            runtime.streams.clone(),
+                        ),
+                    ),
+                )?;
+                let router_cancel = cancel.clone();
+                consumers
+                    .push(("router", Box::pin(async move { router.run(router_cancel).await.map_err(Into::into) })));
                 let watcher = Consumer::new(runtime.consumer_options(stream), autoreply.watcher())?;
                 let watcher_cancel = cancel.clone();
                 consumers.push((

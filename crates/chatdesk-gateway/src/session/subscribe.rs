@@ -467,7 +467,13 @@ mod tests {
     }
 
     fn stored(tenant: Uuid, offset: u64) -> Delivery {
-        let event = Event::ContactUpdated(ContactUpdated { contact_id: Uuid::from_u128(9), name: None, email: None });
+        let event = Event::ContactUpdated(ContactUpdated {
+            contact_id: Uuid::from_u128(9),
+            name: None,
+            email: None,
+            phone: None,
+            by: None,
+        });
         Delivery::new(Some(EntryId::new(offset, 0)), Envelope::of(TenantId(tenant), &event))
     }
 

@@ -14,18 +14,18 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::{Client, Env, admin, eventually, generic_body, login, post_generic, serve_roles};
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(http: SocketAddr) -> Socket {
+pub(crate) async fn connect(http: SocketAddr) -> Socket {
     tokio_tungstenite::connect_async(format!("ws://{http}/v1/ws")).await.expect("websocket upgrade").0
 }
 
-async fn send(socket: &mut Socket, frame: Value) {
+pub(crate) async fn send(socket: &mut Socket, frame: Value) {
     socket.send(Message::Text(frame.to_string().into())).await.unwrap();
 }
 
 /// The next protocol frame (JSON), or the close frame as `{"close": code, "reason": …}`.
-async fn next(socket: &mut Socket) -> Value {
+pub(crate) async fn next(socket: &mut Socket) -> Value {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(15), socket.next()).await.expect("a frame within 15 s");
         match message {
@@ -42,7 +42,7 @@ async fn next(socket: &mut Socket) -> Value {
     }
 }
 
-async fn hello(http: SocketAddr, token: &str) -> Socket {
+pub(crate) async fn hello(http: SocketAddr, token: &str) -> Socket {
     let mut socket = connect(http).await;
     send(&mut socket, json!({"op": "hello", "token": token, "protocol": 1})).await;
     let welcome = next(&mut socket).await;
@@ -52,7 +52,7 @@ async fn hello(http: SocketAddr, token: &str) -> Socket {
 }
 
 /// Subscribes and collects the replayed events up to `subscribed`.
-async fn subscribe(socket: &mut Socket, frame: Value) -> (Vec<Value>, Value) {
+pub(crate) async fn subscribe(socket: &mut Socket, frame: Value) -> (Vec<Value>, Value) {
     send(socket, frame).await;
     let mut events = Vec::new();
     loop {
@@ -79,7 +79,7 @@ fn texts(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
-async fn next_event(socket: &mut Socket) -> Value {
+pub(crate) async fn next_event(socket: &mut Socket) -> Value {
     let frame = next(socket).await;
     assert_eq!(frame["op"], "event", "{frame}");
     frame

@@ -14,3 +14,4 @@ mod sender;
 mod standin;
 mod support;
 mod up;
+mod workspace;

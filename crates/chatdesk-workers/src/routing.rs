@@ -1,0 +1,231 @@
+//! The router: group `router` on the `events` stream. An inbox in `round_robin` mode gets each
+//! new conversation (and each one reopened without an agent) assigned at once, in turn, to one
+//! of its members who is online and holds fewer open conversations than the inbox's capacity.
+//! When nobody qualifies the conversation stays unassigned, in the list as such.
+//!
+//! Load is kept in Redis, per tenant: which agent holds each routed conversation and, per agent,
+//! the set of open conversations it holds, changed only by scripts keyed by conversation, so a
+//! redelivered entry changes nothing twice. Every `conversation.assigned` (an agent's or the
+//! router's own) and every resolve moves the counts; the assignment the router decides is
+//! appended once, with an id derived from the entry that caused it.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use chatdesk_core::events::{Actor, ConversationAssigned, ConversationStatus, Event, SenderKind};
+use chatdesk_core::{Envelope, EventId, GroupName, KeyScheme, TenantId};
+use chatdesk_store::workspace as store;
+use chatdesk_streams::script::Script;
+use chatdesk_streams::{Batch, Handler, HandlerError, Outcomes, Producer, Unavailable};
+use fred::prelude::*;
+use uuid::Uuid;
+
+pub const GROUP: &str = "router";
+pub const ROUTED_TOTAL: &str = "chatdesk_router_assignments_total";
+
+pub fn describe() {
+    metrics::describe_counter!(
+        ROUTED_TOTAL,
+        metrics::Unit::Count,
+        "Conversations the router decided on, by outcome: assigned, or waiting (nobody online with room)"
+    );
+}
+
+const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6368_6174_6465_736b_2d72_6f75_7465_7200);
+
+/// Takes the next member in turn with room, unless the conversation already has its agent.
+/// KEYS[1] routing hash. ARGV: conversation, capacity, load-set prefix, candidates…
+static ASSIGN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local field = 'c:' .. ARGV[1]
+local current = redis.call('HGET', KEYS[1], field)
+if current then return current end
+local capacity = tonumber(ARGV[2])
+local count = #ARGV - 3
+if count == 0 then return false end
+local last = tonumber(redis.call('HGET', KEYS[1], 'rr') or '0')
+for step = 1, count do
+  local index = ((last + step - 1) % count) + 1
+  local agent = ARGV[index + 3]
+  if redis.call('SCARD', ARGV[3] .. agent) < capacity then
+    redis.call('HSET', KEYS[1], field, agent, 'rr', index)
+    redis.call('SADD', ARGV[3] .. agent, ARGV[1])
+    return agent
+  end
+end
+return false
+"#,
+    )
+});
+
+/// Records who holds a conversation now ('' for nobody: unassigned or no longer open).
+/// KEYS[1] routing hash. ARGV: conversation, agent or '', load-set prefix.
+static TRACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local field = 'c:' .. ARGV[1]
+local current = redis.call('HGET', KEYS[1], field)
+if current and current ~= ARGV[2] then redis.call('SREM', ARGV[3] .. current, ARGV[1]) end
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], field)
+  return 0
+end
+redis.call('HSET', KEYS[1], field, ARGV[2])
+redis.call('SADD', ARGV[3] .. ARGV[2], ARGV[1])
+return 1
+"#,
+    )
+});
+
+pub struct Router {
+    redis: Client,
+    db: chatdesk_store::Pool,
+    keys: KeyScheme,
+    producer: Producer,
+}
+
+impl Router {
+    pub fn new(redis: Client, db: chatdesk_store::Pool, keys: KeyScheme, producer: Producer) -> Self {
+        Self { redis, db, keys, producer }
+    }
+
+    /// The agents of the tenant with a live socket now (the gateways' presence set).
+    async fn online(&self, tenant: &TenantId) -> Result<Vec<Uuid>, Error> {
+        let now = chatdesk_core::envelope::now_ms() as f64;
+        let members: Vec<String> =
+            self.redis.zrangebyscore(self.keys.presence(tenant), now, f64::INFINITY, false, None).await?;
+        let mut users: Vec<Uuid> = members.iter().filter_map(|member| member.split(':').next()?.parse().ok()).collect();
+        users.sort_unstable();
+        users.dedup();
+        Ok(users)
+    }
+
+    async fn track(&self, tenant: &TenantId, conversation: Uuid, agent: Option<Uuid>) -> Result<(), HandlerError> {
+        let agent = agent.map(|agent| agent.to_string()).unwrap_or_default();
+        let _: i64 = TRACK
+            .call(
+                &self.redis,
+                vec![self.keys.routing(tenant)],
+                vec![conversation.to_string(), agent, self.keys.routing_load_prefix(tenant)],
+            )
+            .await
+            .map_err(redis_down)?;
+        Ok(())
+    }
+
+    /// Assigns `conversation` of `inbox` if the inbox routes automatically.
+    async fn route(
+        &self,
+        tenant: &TenantId,
+        conversation: Uuid,
+        inbox: Uuid,
+        trigger: Uuid,
+    ) -> Result<(), HandlerError> {
+        let Some(routing) = store::inbox_routing(&self.db, tenant.0, inbox).await.map_err(store_down)? else {
+            return Ok(());
+        };
+        if routing.mode != "round_robin" {
+            return Ok(());
+        }
+        let online = self.online(tenant).await.map_err(redis_down)?;
+        let candidates: Vec<String> =
+            routing.members.iter().filter(|member| online.contains(member)).map(Uuid::to_string).collect();
+        let mut args = vec![
+            conversation.to_string(),
+            routing.agent_capacity.max(1).to_string(),
+            self.keys.routing_load_prefix(tenant),
+        ];
+        args.extend(candidates);
+        let chosen: Option<String> =
+            ASSIGN.call(&self.redis, vec![self.keys.routing(tenant)], args).await.map_err(redis_down)?;
+        let Some(agent) = chosen.and_then(|agent| agent.parse::<Uuid>().ok()) else {
+            metrics::counter!(ROUTED_TOTAL, "outcome" => "waiting").increment(1);
+            tracing::debug!(%conversation, "nobody online with room: the conversation waits unassigned");
+            return Ok(());
+        };
+        // Derived from the entry that caused it: a redelivery appends the same event once.
+        let event_id = Uuid::new_v5(&ID_NAMESPACE, format!("route:{conversation}:{trigger}").as_bytes());
+        let event = Event::ConversationAssigned(ConversationAssigned {
+            conversation_id: conversation,
+            assignee_id: Some(agent),
+            by: Actor { kind: SenderKind::System, id: None },
+        });
+        let entry = Envelope::of(*tenant, &event).with_event_id(EventId(event_id));
+        self.producer
+            .append_once(
+                chatdesk_core::config::EVENTS_STREAM,
+                &entry,
+                &event_id.to_string(),
+                Duration::from_secs(24 * 3600),
+            )
+            .await
+            .map_err(|error| -> HandlerError { Box::new(Unavailable(crate::error_chain(&error))) })?;
+        metrics::counter!(ROUTED_TOTAL, "outcome" => "assigned").increment(1);
+        Ok(())
+    }
+
+    async fn handle_event(&self, envelope: &Envelope, event: &Event) -> Result<(), HandlerError> {
+        let tenant = envelope.tenant;
+        match event {
+            Event::ConversationCreated(created) => {
+                self.route(&tenant, created.conversation_id, created.inbox_id, envelope.event_id.0).await
+            }
+            Event::ConversationAssigned(assigned) => {
+                self.track(&tenant, assigned.conversation_id, assigned.assignee_id).await
+            }
+            Event::ConversationStatusChanged(changed) => match changed.status {
+                ConversationStatus::Resolved | ConversationStatus::Blocked => {
+                    self.track(&tenant, changed.conversation_id, None).await
+                }
+                ConversationStatus::Open => {
+                    // Reopened: its agent holds it again; without one, it is routed like a new one.
+                    let stored = store::conversation_routing(&self.db, tenant.0, changed.conversation_id)
+                        .await
+                        .map_err(store_down)?;
+                    match stored {
+                        Some((_, Some(agent))) => self.track(&tenant, changed.conversation_id, Some(agent)).await,
+                        Some((inbox, None)) => {
+                            self.route(&tenant, changed.conversation_id, inbox, envelope.event_id.0).await
+                        }
+                        None => Ok(()),
+                    }
+                }
+                ConversationStatus::Pending => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+}
+
+fn redis_down(error: Error) -> HandlerError {
+    Box::new(Unavailable(format!("Redis: {error}")))
+}
+
+fn store_down(error: chatdesk_store::StoreError) -> HandlerError {
+    Box::new(Unavailable(crate::error_chain(&error)))
+}
+
+impl Handler for Router {
+    fn group(&self) -> GroupName {
+        GroupName::parse(GROUP).expect("a valid group name")
+    }
+
+    async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
+        let outcomes = Outcomes::all_done();
+        // In order: a conversation's creation, assignment and resolve must be seen as they happened.
+        for entry in &batch.entries {
+            let relevant = matches!(
+                entry.envelope.record_type.as_str(),
+                "conversation.created" | "conversation.assigned" | "conversation.status_changed"
+            );
+            if !relevant {
+                continue;
+            }
+            // What does not decode is the writer's to dead-letter; routing skips it.
+            let Ok(event) = entry.envelope.event() else { continue };
+            self.handle_event(&entry.envelope, &event).await?;
+        }
+        Ok(outcomes)
+    }
+}

@@ -1,0 +1,485 @@
+//! The agent's workspace as agents meet it over REST and the WebSocket: private notes, labels,
+//! canned responses, the contact panel, search, inbox membership and round-robin routing.
+
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+
+use crate::gateway::{hello, next_event, send, subscribe};
+use crate::standin::{Answer, StandIn};
+use crate::support::{
+    Client, Env, admin, conversation_of, eventually, generic_body, login, metric, post_generic, serve_roles,
+};
+
+fn free_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap()
+}
+
+async fn client(http: SocketAddr, email: &str, password: &str) -> Client {
+    let answer = login(http, email, password).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    Client { http, token: answer.json()["token"].as_str().unwrap().to_owned() }
+}
+
+async fn webhook(http: SocketAddr, inbox: &Value, message_id: &str, from: &str, text: &str) {
+    let response = post_generic(http, inbox, &generic_body(message_id, from, text)).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+}
+
+fn id(value: &Value) -> String {
+    value.as_str().unwrap_or_else(|| panic!("not a string: {value}")).to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_note_reaches_agents_and_never_the_customer() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@notes.test", "owner-pass-1");
+    let tenant_id = id(&tenant["tenant_id"]);
+    let bob = env.user(&tenant_id, "bob@notes.test", "bob-pass-1", "agent");
+    let other = admin(
+        &env,
+        &["tenant", "create", "--name", "Globex", "--owner-email", "owner@globex.test", "--password", "owner-pass-2"],
+    );
+    let provider = StandIn::start(|_| String::new(), |_, _| Answer::json(200, json!({"id": "x"}))).await;
+    let generic = admin(
+        &env,
+        &[
+            "inbox",
+            "create",
+            "--tenant",
+            &tenant_id,
+            "--kind",
+            "generic",
+            "--name",
+            "Mail",
+            "--outbound-url",
+            &provider.url(),
+        ],
+    );
+    let web = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "web", "--name", "Site"]);
+    let http = free_addr();
+    let _server = serve_roles(&env, "ingress,writer,gateway,sender", http, &[]).await;
+    let owner = client(http, "owner@notes.test", "owner-pass-1").await;
+    let stranger = client(http, "owner@globex.test", "owner-pass-2").await;
+
+    // A customer on a provider's channel; an agent follows the conversation.
+    webhook(http, &generic, "n-1", "cust-1", "my parcel never arrived").await;
+    let conversation = id(&conversation_of(&owner, "cust-1").await["id"]);
+    let mut agent = hello(http, &owner.token).await;
+    subscribe(&mut agent, json!({"op": "subscribe", "channel": format!("conversation:{conversation}")})).await;
+
+    let note = owner
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conversation}/notes"),
+            Some(json!({"text": "  @bob she was promised a refund  ", "mentions": [bob["user_id"]]})),
+        )
+        .await;
+    assert_eq!(note.status, 202, "{}", note.body);
+    let note_id = id(&note.json()["event_id"]);
+    let live = next_event(&mut agent).await;
+    assert_eq!(
+        (live["type"].as_str(), live["data"]["text"].as_str()),
+        (Some("note.created"), Some("@bob she was promised a refund"))
+    );
+    assert_eq!(live["data"]["mentions"], json!([bob["user_id"]]));
+    let notes = eventually(&owner, &format!("/v1/conversations/{conversation}/notes"), "the note stored", |page| {
+        page["items"].as_array().unwrap().len() == 1
+    })
+    .await;
+    assert_eq!(notes["items"][0]["id"], note_id.as_str());
+    assert_eq!(notes["items"][0]["author_kind"], "agent");
+
+    // A reply after the note reaches the provider; the note never does, and is no message.
+    let reply = owner
+        .call("POST", &format!("/v1/conversations/{conversation}/messages"), Some(json!({"text": "we are on it"})))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let received = provider.wait_for("the reply at the provider", |received| !received.is_empty()).await;
+    assert_eq!(received.len(), 1);
+    assert!(received[0].raw.contains("we are on it"));
+    let messages =
+        eventually(&owner, &format!("/v1/conversations/{conversation}/messages"), "the reply stored", |page| {
+            page["items"].as_array().unwrap().len() == 2
+        })
+        .await;
+    assert!(
+        messages["items"].as_array().unwrap().iter().all(|message| message["text"] != "@bob she was promised a refund")
+    );
+    assert!(provider.received().iter().all(|request| !request.raw.contains("refund")), "a note reached the provider");
+
+    // Refused by name: no text, a mention of another tenant's user, another tenant's conversation.
+    let blank =
+        owner.call("POST", &format!("/v1/conversations/{conversation}/notes"), Some(json!({"text": "\u{0}  "}))).await;
+    assert_eq!((blank.status, blank.json()["error"]["details"]["field"].as_str()), (422, Some("text")));
+    let foreign = owner
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conversation}/notes"),
+            Some(json!({"text": "hi", "mentions": [other["user_id"]]})),
+        )
+        .await;
+    assert_eq!((foreign.status, foreign.json()["error"]["details"]["field"].as_str()), (422, Some("mentions")));
+    for (method, body) in [("POST", Some(json!({"text": "peek"}))), ("GET", None)] {
+        let answer = stranger.call(method, &format!("/v1/conversations/{conversation}/notes"), body).await;
+        assert_eq!(answer.status, 404, "{method}: {}", answer.body);
+    }
+
+    // A widget visitor: its socket and its history carry messages, never a note.
+    let sessions = id(&web["webhook_path"]);
+    let session = chatdesk_testkit::http_request(
+        http,
+        "POST",
+        &sessions,
+        &[("Content-Type", "application/json")],
+        Some(r#"{"email": "vera@example.com", "name": "Vera"}"#),
+    )
+    .await
+    .unwrap()
+    .json();
+    let visit = id(&session["conversation_id"]);
+    let visitor_auth = format!("Bearer {}", session["token"].as_str().unwrap());
+    let visitor_headers = [("Content-Type", "application/json"), ("Authorization", visitor_auth.as_str())];
+    let messages_path = sessions.replace("/sessions", "/messages");
+    let mut visitor = hello(http, session["token"].as_str().unwrap()).await;
+    subscribe(&mut visitor, json!({"op": "subscribe", "channel": format!("conversation:{visit}")})).await;
+    let first =
+        chatdesk_testkit::http_request(http, "POST", &messages_path, &visitor_headers, Some(r#"{"text": "hello?"}"#))
+            .await
+            .unwrap();
+    assert_eq!(first.status, 202, "{}", first.body);
+    eventually(&owner, &format!("/v1/conversations/{visit}"), "the visitor's conversation", |c| {
+        c["id"] == visit.as_str()
+    })
+    .await;
+    let secret = owner
+        .call("POST", &format!("/v1/conversations/{visit}/notes"), Some(json!({"text": "looks like a reseller"})))
+        .await;
+    assert_eq!(secret.status, 202, "{}", secret.body);
+    send(&mut agent, json!({"op": "subscribe", "channel": format!("conversation:{visit}")})).await;
+    let answer = owner
+        .call("POST", &format!("/v1/conversations/{visit}/messages"), Some(json!({"text": "hello visitor"})))
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let mut seen = Vec::new();
+    loop {
+        let frame = next_event(&mut visitor).await;
+        seen.push((frame["type"].as_str().unwrap_or_default().to_owned(), frame["data"]["text"].clone()));
+        if frame["data"]["text"] == "hello visitor" {
+            break;
+        }
+    }
+    assert!(seen.iter().all(|(kind, _)| kind == "message.created" || kind == "typing"), "{seen:?}");
+    let history = chatdesk_testkit::http_request(http, "GET", &messages_path, &visitor_headers, None).await.unwrap();
+    assert_eq!(history.status, 200, "{}", history.body);
+    assert!(!history.body.contains("reseller"), "a note in the visitor's history: {}", history.body);
+    eventually(&owner, &format!("/v1/conversations/{visit}/notes"), "the widget note stored", |page| {
+        page["items"][0]["text"] == "looks like a reseller"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn labels_canned_responses_contacts_and_search() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@desk.test", "owner-pass-1");
+    let tenant_id = id(&tenant["tenant_id"]);
+    env.user(&tenant_id, "alice@desk.test", "alice-pass-1", "agent");
+    let other = admin(
+        &env,
+        &["tenant", "create", "--name", "Globex", "--owner-email", "owner@globex.test", "--password", "owner-pass-2"],
+    );
+    let inbox = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "Mail"]);
+    let foreign_inbox =
+        admin(&env, &["inbox", "create", "--tenant", &id(&other["tenant_id"]), "--kind", "generic", "--name", "Mail"]);
+    let http = free_addr();
+    let _server = serve_roles(&env, "ingress,writer,gateway", http, &[]).await;
+    let owner = client(http, "owner@desk.test", "owner-pass-1").await;
+    let alice = client(http, "alice@desk.test", "alice-pass-1").await;
+    let stranger = client(http, "owner@globex.test", "owner-pass-2").await;
+
+    webhook(http, &inbox, "s-1", "cust-1", "my parcel never arrived, order 5521").await;
+    webhook(http, &inbox, "s-2", "cust-2", "how do I change my address").await;
+    webhook(http, &foreign_inbox, "g-1", "g-cust", "globex parcel question").await;
+    let first = conversation_of(&owner, "cust-1").await;
+    let second = conversation_of(&owner, "cust-2").await;
+    let (first_id, second_id) = (id(&first["id"]), id(&second["id"]));
+
+    // Labels: defined by admins, put on conversations by agents, filtered on.
+    let vip = owner.call("POST", "/v1/labels", Some(json!({"name": " VIP ", "colour": "#FF0000"}))).await;
+    assert_eq!(vip.status, 201, "{}", vip.body);
+    let vip = vip.json();
+    assert_eq!((vip["name"].as_str(), vip["colour"].as_str()), (Some("VIP"), Some("#ff0000")));
+    let vip_id = id(&vip["id"]);
+    assert_eq!(owner.call("POST", "/v1/labels", Some(json!({"name": "vip", "colour": "#00ff00"}))).await.status, 409);
+    assert_eq!(owner.call("POST", "/v1/labels", Some(json!({"name": "x", "colour": "red"}))).await.status, 422);
+    assert_eq!(alice.call("POST", "/v1/labels", Some(json!({"name": "y", "colour": "#000000"}))).await.status, 403);
+    let foreign_label =
+        stranger.call("POST", "/v1/labels", Some(json!({"name": "Theirs", "colour": "#0000ff"}))).await.json();
+    let labelled =
+        alice.call("POST", &format!("/v1/conversations/{first_id}/labels"), Some(json!({"add": [vip_id]}))).await;
+    assert_eq!(labelled.status, 202, "{}", labelled.body);
+    let filtered =
+        eventually(&alice, &format!("/v1/conversations?label={vip_id}"), "the labelled conversation", |page| {
+            page["items"].as_array().unwrap().len() == 1
+        })
+        .await;
+    assert_eq!(filtered["items"][0]["id"], first_id.as_str());
+    assert_eq!(filtered["items"][0]["labels"], json!([vip_id]));
+    let unlabelled = alice.call("GET", &format!("/v1/conversations/{second_id}"), None).await.json();
+    assert_eq!(unlabelled["labels"], json!([]));
+    let wrong = alice
+        .call("POST", &format!("/v1/conversations/{first_id}/labels"), Some(json!({"add": [foreign_label["id"]]})))
+        .await;
+    assert_eq!((wrong.status, wrong.json()["error"]["details"]["field"].as_str()), (422, Some("add")));
+    let empty = alice.call("POST", &format!("/v1/conversations/{first_id}/labels"), Some(json!({}))).await;
+    assert_eq!(empty.status, 422);
+    let theirs = stranger
+        .call("POST", &format!("/v1/conversations/{first_id}/labels"), Some(json!({"add": [foreign_label["id"]]})))
+        .await;
+    assert_eq!(theirs.status, 404);
+    assert_eq!(stranger.call("DELETE", &format!("/v1/labels/{vip_id}"), None).await.status, 404);
+
+    // Canned responses: shared, found by shortcode, filled in for the conversation and the agent.
+    let canned = alice
+        .call(
+            "POST",
+            "/v1/canned_responses",
+            Some(json!({"shortcode": "thanks", "text": "Hi {{contact.name}}, this is {{agent.name}}. {{ticket.id}}"})),
+        )
+        .await;
+    assert_eq!(canned.status, 201, "{}", canned.body);
+    assert_eq!(
+        alice.call("POST", "/v1/canned_responses", Some(json!({"shortcode": "thanks", "text": "again"}))).await.status,
+        409
+    );
+    let bad = alice.call("POST", "/v1/canned_responses", Some(json!({"shortcode": "Thanks!", "text": "x"}))).await;
+    assert_eq!((bad.status, bad.json()["error"]["details"]["field"].as_str()), (422, Some("shortcode")));
+    let rendered = alice.call("GET", &format!("/v1/conversations/{first_id}/canned_responses"), None).await;
+    assert_eq!(rendered.status, 200, "{}", rendered.body);
+    assert_eq!(rendered.json()["items"][0]["rendered"], "Hi Ana, this is alice. {{ticket.id}}");
+    assert_eq!(stranger.call("GET", "/v1/canned_responses", None).await.json()["items"], json!([]));
+    assert_eq!(stranger.call("GET", &format!("/v1/conversations/{first_id}/canned_responses"), None).await.status, 404);
+
+    // The contact panel: details, identities, conversations; edited and merged through the stream.
+    let contact_id = id(&first["contact"]["id"]);
+    let duplicate_id = id(&second["contact"]["id"]);
+    let panel = alice.call("GET", &format!("/v1/contacts/{contact_id}"), None).await;
+    assert_eq!(panel.status, 200, "{}", panel.body);
+    let panel = panel.json();
+    assert_eq!(panel["name"], "Ana");
+    assert_eq!(panel["identities"][0]["external_id"], "cust-1");
+    assert_eq!(panel["conversations"].as_array().unwrap().len(), 1);
+    assert!(panel["last_seen_at"].is_string());
+    let edited = alice
+        .call("PATCH", &format!("/v1/contacts/{contact_id}"), Some(json!({"name": "Ana Lima", "phone": "+1 555 0100"})))
+        .await;
+    assert_eq!(edited.status, 202, "{}", edited.body);
+    eventually(&alice, &format!("/v1/contacts/{contact_id}"), "the edit stored", |contact| {
+        contact["name"] == "Ana Lima" && contact["phone"] == "+1 555 0100"
+    })
+    .await;
+    let refused = alice.call("PATCH", &format!("/v1/contacts/{contact_id}"), Some(json!({"email": "not-mail"}))).await;
+    assert_eq!((refused.status, refused.json()["error"]["details"]["field"].as_str()), (422, Some("email")));
+    assert_eq!(stranger.call("GET", &format!("/v1/contacts/{contact_id}"), None).await.status, 404);
+    let merge = alice
+        .call("POST", &format!("/v1/contacts/{contact_id}/merge"), Some(json!({"contact_id": duplicate_id})))
+        .await;
+    assert_eq!(merge.status, 202, "{}", merge.body);
+    let merged = eventually(&alice, &format!("/v1/contacts/{contact_id}"), "the conversations moved", |contact| {
+        contact["conversations"].as_array().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(merged["identities"].as_array().unwrap().len(), 2);
+    let alias = alice.call("GET", &format!("/v1/contacts/{duplicate_id}"), None).await.json();
+    assert_eq!(alias["id"], contact_id.as_str(), "a merged contact answers as the one it joined");
+    let moved = alice.call("GET", &format!("/v1/conversations/{second_id}"), None).await.json();
+    assert_eq!(moved["contact"]["id"], contact_id.as_str());
+    let again = alice
+        .call("POST", &format!("/v1/contacts/{contact_id}/merge"), Some(json!({"contact_id": duplicate_id})))
+        .await;
+    assert_eq!(again.status, 422, "{}", again.body);
+    // The merged identity writes again: its conversation, now the survivor's, gets the message.
+    webhook(http, &inbox, "s-3", "cust-2", "any news on the address").await;
+    eventually(&alice, &format!("/v1/conversations/{second_id}/messages"), "the new message", |page| {
+        page["items"].as_array().unwrap().len() == 2
+    })
+    .await;
+
+    // Search: a word of a message, ranked and marked, never another tenant's.
+    let found = alice.call("GET", "/v1/search?q=parcel", None).await;
+    assert_eq!(found.status, 200, "{}", found.body);
+    let found = found.json();
+    let hits = found["messages"].as_array().unwrap();
+    assert_eq!(hits.len(), 1, "{found}");
+    assert_eq!(hits[0]["conversation_id"], first_id.as_str());
+    assert!(hits[0]["snippet"].as_str().unwrap().contains("\u{2063}[parcel]\u{2063}"), "{found}");
+    let theirs = stranger.call("GET", "/v1/search?q=parcel", None).await.json();
+    assert_eq!(theirs["messages"].as_array().unwrap().len(), 1);
+    assert!(theirs["messages"][0]["snippet"].as_str().unwrap().contains("globex"), "{theirs}");
+    let people = alice.call("GET", "/v1/search?q=lima", None).await.json();
+    assert_eq!(people["contacts"][0]["id"], contact_id.as_str());
+    assert_eq!(alice.call("GET", "/v1/search?q=%20%20", None).await.status, 400);
+    let paged = alice.call("GET", "/v1/search?q=my&limit=1", None).await.json();
+    assert_eq!(paged["messages"].as_array().unwrap().len(), 1);
+    let cursor = id(&paged["next_cursor"]);
+    let rest = alice.call("GET", &format!("/v1/search?q=my&limit=1&cursor={cursor}"), None).await.json();
+    assert_ne!(rest["messages"][0]["message_id"], paged["messages"][0]["message_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn round_robin_gives_online_members_turns_up_to_their_capacity() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@route.test", "owner-pass-1");
+    let tenant_id = id(&tenant["tenant_id"]);
+    let mut members = Vec::new();
+    for name in ["ann", "ben", "cat"] {
+        members.push(id(
+            &env.user(&tenant_id, &format!("{name}@route.test"), &format!("{name}-pass-1"), "agent")["user_id"],
+        ));
+    }
+    env.user(&tenant_id, "dan@route.test", "dan-pass-1", "agent");
+    let inbox = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "Queue"]);
+    let inbox_id = id(&inbox["inbox_id"]);
+    let open = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "Open"]);
+    let http = free_addr();
+    let _server = serve_roles(&env, "ingress,writer,gateway,autoreply", http, &[]).await;
+    let owner = client(http, "owner@route.test", "owner-pass-1").await;
+    let dan = client(http, "dan@route.test", "dan-pass-1").await;
+
+    let set = owner.call("PUT", &format!("/v1/inboxes/{inbox_id}/members"), Some(json!({"user_ids": members}))).await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    let routing = owner
+        .call(
+            "PUT",
+            &format!("/v1/inboxes/{inbox_id}/routing"),
+            Some(json!({"mode": "round_robin", "agent_capacity": 10})),
+        )
+        .await;
+    assert_eq!(routing.status, 200, "{}", routing.body);
+    assert_eq!(
+        owner
+            .call(
+                "PUT",
+                &format!("/v1/inboxes/{inbox_id}/routing"),
+                Some(json!({"mode": "random", "agent_capacity": 10}))
+            )
+            .await
+            .status,
+        422
+    );
+    let outsider = owner
+        .call("PUT", &format!("/v1/inboxes/{inbox_id}/members"), Some(json!({"user_ids": [uuid::Uuid::now_v7()]})))
+        .await;
+    assert_eq!(outsider.status, 422);
+
+    // The three members are online (a socket each); the owner watches presence.
+    let mut sockets = Vec::new();
+    for name in ["ann", "ben", "cat"] {
+        let agent = client(http, &format!("{name}@route.test"), &format!("{name}-pass-1")).await;
+        sockets.push(hello(http, &agent.token).await);
+    }
+    let mut watcher = hello(http, &owner.token).await;
+    subscribe(&mut watcher, json!({"op": "subscribe", "channel": "inbox"})).await;
+
+    // Open conversations an agent holds.
+    let counts = |page: &Value, agent: &str| {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|item| item["assignee_id"] == agent && item["status"] == "open")
+            .count()
+    };
+    for index in 0..30 {
+        webhook(http, &inbox, &format!("r-{index}"), &format!("cust-{index}"), "hello").await;
+    }
+    let list = format!("/v1/conversations?inbox={inbox_id}&limit=200");
+    let page = eventually(&owner, &list, "30 conversations assigned", |page| {
+        let items = page["items"].as_array().unwrap();
+        items.len() == 30 && items.iter().all(|item| item["assignee_id"].is_string())
+    })
+    .await;
+    for member in &members {
+        assert_eq!(counts(&page, member), 10, "{member} of {members:?}");
+    }
+
+    // A member who is not in the inbox sees none of it; the open inbox is everyone's.
+    webhook(http, &open, "o-1", "walk-in", "anyone there?").await;
+    let visible = eventually(&dan, "/v1/conversations?limit=200", "the open inbox's conversation", |page| {
+        !page["items"].as_array().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(visible["items"].as_array().unwrap().len(), 1, "only the open inbox: {visible}");
+    let hidden = id(&page["items"][0]["id"]);
+    assert_eq!(dan.call("GET", &format!("/v1/conversations/{hidden}"), None).await.status, 404);
+    assert_eq!(dan.call("GET", &format!("/v1/conversations/{hidden}/messages"), None).await.status, 404);
+    let reply = dan.call("POST", &format!("/v1/conversations/{hidden}/messages"), Some(json!({"text": "hi"}))).await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(dan.call("GET", "/v1/search?q=hello", None).await.json()["messages"], json!([]));
+
+    // Two of each member's conversations resolved; the third member goes offline.
+    for member in &members {
+        let theirs: Vec<String> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|item| item["assignee_id"] == member.as_str())
+            .take(2)
+            .map(|item| id(&item["id"]))
+            .collect();
+        for conversation in theirs {
+            let resolved = owner.call("POST", &format!("/v1/conversations/{conversation}/resolve"), None).await;
+            assert_eq!(resolved.status, 202);
+        }
+    }
+    let gone = sockets.pop().unwrap();
+    drop(gone);
+    loop {
+        let frame = next_event(&mut watcher).await;
+        if frame["type"] == "presence"
+            && frame["data"]["user_id"] == members[2].as_str()
+            && frame["data"]["online"] == false
+        {
+            break;
+        }
+    }
+    for index in 30..34 {
+        webhook(http, &inbox, &format!("r-{index}"), &format!("cust-{index}"), "hello again").await;
+    }
+    let page = eventually(&owner, &list, "the new ones assigned", |page| {
+        let items = page["items"].as_array().unwrap();
+        items.len() == 34
+            && items.iter().filter(|item| item["status"] == "open").all(|item| item["assignee_id"].is_string())
+    })
+    .await;
+    let newest: Vec<&Value> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|item| {
+            item["contact"]["external_id"]
+                .as_str()
+                .is_some_and(|external| (30..34).any(|index| external == format!("cust-{index}")))
+        })
+        .collect();
+    assert_eq!(newest.len(), 4);
+    assert!(newest.iter().all(|item| item["assignee_id"] != members[2].as_str()), "an offline member got one");
+    assert_eq!(counts(&page, &members[0]), 10);
+    assert_eq!(counts(&page, &members[1]), 10);
+
+    // Everyone online is full: the next one waits, unassigned and listed as such.
+    let waited = r#"chatdesk_router_assignments_total{outcome="waiting"}"#;
+    assert_eq!(metric(http, waited).await, 0.0);
+    webhook(http, &inbox, "r-34", "cust-34", "still waiting").await;
+    chatdesk_testkit::eventually("the router's decision", std::time::Duration::from_secs(30), || async {
+        (metric(http, waited).await == 1.0).then_some(())
+    })
+    .await;
+    let waiting =
+        eventually(&owner, &format!("/v1/conversations?inbox={inbox_id}&assignee=none"), "one waiting", |page| {
+            page["items"].as_array().unwrap().len() == 1
+        })
+        .await;
+    assert_eq!(waiting["items"][0]["contact"]["external_id"], "cust-34");
+}
