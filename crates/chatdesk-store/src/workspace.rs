@@ -507,3 +507,17 @@ pub async fn conversation_routing(
         .await
         .map_err(StoreError::Query)
 }
+
+/// The inboxes of the tenant an agent may not read: those with members, of which it is not one.
+pub async fn unreadable_inboxes(pool: &PgPool, tenant: Uuid, user: Uuid) -> Result<Vec<Uuid>, StoreError> {
+    sqlx::query_scalar(
+        "SELECT i.id FROM inboxes i WHERE i.tenant_id = $1 \
+           AND EXISTS (SELECT 1 FROM inbox_members m WHERE m.inbox_id = i.id) \
+           AND NOT EXISTS (SELECT 1 FROM inbox_members m WHERE m.inbox_id = i.id AND m.user_id = $2)",
+    )
+    .bind(tenant)
+    .bind(user)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::Query)
+}

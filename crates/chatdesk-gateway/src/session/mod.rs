@@ -58,6 +58,10 @@ struct Session {
     campaign_tick: Option<tokio::time::Interval>,
     /// Conversations this agent's socket has found to be its tenant's (asked once each).
     known_conversations: std::collections::HashSet<uuid::Uuid>,
+    /// For an agent: the tenant's inboxes it does not work, as of its last `inbox` subscribe.
+    hidden_inboxes: Vec<uuid::Uuid>,
+    /// Conversations' inboxes, for the inbox channel's filter when `hidden_inboxes` is not empty.
+    conversation_inboxes: HashMap<uuid::Uuid, uuid::Uuid>,
     /// An agent's token: rechecked while the socket is open, so revoking it closes the socket.
     claims: Option<chatdesk_core::auth::Claims>,
 }
@@ -128,6 +132,8 @@ pub async fn run(gateway: Gateway, socket: WebSocket) {
         campaigns: HashMap::new(),
         campaign_tick: None,
         known_conversations: std::collections::HashSet::new(),
+        hidden_inboxes: Vec::new(),
+        conversation_inboxes: HashMap::new(),
         claims,
     };
     let ending = session.serve(&mut stream).await;
@@ -187,12 +193,54 @@ impl Session {
         }
         let tenant = self.identity.tenant();
         match chatdesk_store::conversations::get_conversation(&self.gateway.inner.db, tenant, conversation).await {
-            Ok(Some(_)) => {
+            Ok(Some(row)) => {
+                // An agent reads only the inboxes it works (those without members are everyone's).
+                if let Identity::Agent { user, role: chatdesk_core::auth::Role::Agent, .. } = self.identity {
+                    match chatdesk_store::workspace::unreadable_inboxes(&self.gateway.inner.db, tenant, user).await {
+                        Ok(hidden) if hidden.contains(&row.inbox_id) => return Some(ErrorCode::NotFound),
+                        Ok(_) => {}
+                        Err(_) => return Some(ErrorCode::Unavailable),
+                    }
+                }
                 self.known_conversations.insert(conversation);
                 None
             }
             Ok(None) => Some(ErrorCode::NotFound),
             Err(_) => Some(ErrorCode::Unavailable),
+        }
+    }
+
+    /// Whether the inbox channel may carry `delivery` to this agent: events of a conversation
+    /// in an inbox it does not work are left out. A conversation's inbox is looked up once per
+    /// socket; PostgreSQL not answering leaves the event out rather than leak it.
+    async fn inbox_readable(&mut self, delivery: &Delivery) -> bool {
+        let payload_inbox = || {
+            serde_json::from_str::<serde_json::Value>(delivery.data.get())
+                .ok()
+                .and_then(|data| data.get("inbox_id")?.as_str()?.parse::<uuid::Uuid>().ok())
+        };
+        // A contact's own events name their inbox when they have one (a new contact does).
+        let Some(conversation) = delivery.envelope.conversation else {
+            return payload_inbox().is_none_or(|inbox| !self.hidden_inboxes.contains(&inbox));
+        };
+        if let Some(inbox) = self.conversation_inboxes.get(&conversation) {
+            return !self.hidden_inboxes.contains(inbox);
+        }
+        let tenant = self.identity.tenant();
+        match chatdesk_store::workspace::conversation_routing(&self.gateway.inner.db, tenant, conversation).await {
+            Ok(Some((inbox, _))) => {
+                if self.conversation_inboxes.len() >= 10_000 {
+                    self.conversation_inboxes.clear();
+                }
+                self.conversation_inboxes.insert(conversation, inbox);
+                !self.hidden_inboxes.contains(&inbox)
+            }
+            // Not stored yet (a conversation's first events): its inbox is in the payload.
+            Ok(None) => payload_inbox().is_some_and(|inbox| {
+                self.conversation_inboxes.insert(conversation, inbox);
+                !self.hidden_inboxes.contains(&inbox)
+            }),
+            Err(_) => false,
         }
     }
 
@@ -328,6 +376,16 @@ impl Session {
     /// `Some(sent)` otherwise.
     async fn send_event(&mut self, name: &str, subscription: &mut Subscription, delivery: &Delivery) -> Option<bool> {
         if !subscribe::admits(self.identity.tenant(), subscription, delivery) {
+            return Some(false);
+        }
+        if subscription.conversation.is_none()
+            && !self.hidden_inboxes.is_empty()
+            && !self.inbox_readable(delivery).await
+        {
+            // Not this agent's inbox: the offset moves on, so a resume does not send it again.
+            if let Some(offset) = delivery.offset {
+                subscription.last = Some(offset);
+            }
             return Some(false);
         }
         if let Some(offset) = delivery.offset {

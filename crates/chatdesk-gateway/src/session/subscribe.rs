@@ -136,7 +136,17 @@ impl Session {
         };
         let tenant = self.identity.tenant();
         let (key, conversation) = match channel {
-            Channel::Inbox => (format!("inbox:{tenant}"), None),
+            Channel::Inbox => {
+                if let Identity::Agent { user, role: chatdesk_core::auth::Role::Agent, .. } = self.identity {
+                    match chatdesk_store::workspace::unreadable_inboxes(&self.gateway.inner.db, tenant, user).await {
+                        Ok(hidden) => self.hidden_inboxes = hidden,
+                        Err(_) => {
+                            return self.error(ErrorCode::Unavailable, "PostgreSQL is unavailable", Some(&name)).await;
+                        }
+                    }
+                }
+                (format!("inbox:{tenant}"), None)
+            }
             Channel::Ops | Channel::Campaign(_) => unreachable!("handled above"),
             Channel::Conversation(id) => {
                 if let Identity::Agent { .. } = self.identity

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde_json::{Value, json};
 
-use crate::gateway::{hello, next_event, send, subscribe};
+use crate::gateway::{hello, next, next_event, send, subscribe};
 use crate::standin::{Answer, StandIn};
 use crate::support::{
     Client, Env, admin, conversation_of, eventually, generic_body, login, metric, post_generic, serve_roles,
@@ -417,6 +417,21 @@ async fn round_robin_gives_online_members_turns_up_to_their_capacity() {
     let reply = dan.call("POST", &format!("/v1/conversations/{hidden}/messages"), Some(json!({"text": "hi"}))).await;
     assert_eq!(reply.status, 404);
     assert_eq!(dan.call("GET", "/v1/search?q=hello", None).await.json()["messages"], json!([]));
+    // Nor over the WebSocket: the conversation's channel is refused, the inbox channel leaves it out.
+    let mut dan_socket = hello(http, &dan.token).await;
+    send(&mut dan_socket, json!({"op": "subscribe", "channel": format!("conversation:{hidden}")})).await;
+    assert_eq!(next(&mut dan_socket).await["code"], "not_found");
+    subscribe(&mut dan_socket, json!({"op": "subscribe", "channel": "inbox"})).await;
+    webhook(http, &inbox, "h-1", "cust-0", "members only words").await;
+    webhook(http, &open, "o-2", "walk-in-2", "open words").await;
+    let seen = loop {
+        let frame = next_event(&mut dan_socket).await;
+        if frame["type"] == "message.created" {
+            break frame;
+        }
+        assert_ne!(frame["data"]["inbox_id"], inbox_id.as_str(), "the queue's event reached a non-member: {frame}");
+    };
+    assert_eq!(seen["data"]["text"], "open words");
 
     // Two of each member's conversations resolved; the third member goes offline.
     for member in &members {
