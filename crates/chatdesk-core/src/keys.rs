@@ -147,10 +147,32 @@ impl KeyScheme {
         format!("{}:presence:{tenant}", self.prefix)
     }
 
+    /// A widget visitor's live sockets on its conversation, scored like agents' presence; the
+    /// key lapses with its last socket.
+    pub fn visitor_presence(&self, conversation: &uuid::Uuid) -> String {
+        format!("{}:visitor-presence:{conversation}", self.prefix)
+    }
+
     /// A tenant's routing state: which agent holds each open routed conversation, and the
     /// round-robin position. Its load sets ([`KeyScheme::routing_load_prefix`]) share its slot.
     pub fn routing(&self, tenant: &TenantId) -> String {
         format!("{}:routing:{{{tenant}}}", self.prefix)
+    }
+
+    /// Notifications waiting for one recipient (`agent:<user>` or `visitor:<conversation>`),
+    /// by event id, until its e-mail goes.
+    pub fn notify_pending(&self, recipient: &str) -> String {
+        format!("{}:notify:{{{recipient}}}", self.prefix)
+    }
+
+    /// When a recipient's last e-mail went: its presence holds the next one back.
+    pub fn notify_last(&self, recipient: &str) -> String {
+        format!("{}:notify-last:{{{recipient}}}", self.prefix)
+    }
+
+    /// Recipients with notifications waiting, scored by when their e-mail is due.
+    pub fn notify_due(&self) -> String {
+        format!("{}:notify-due", self.prefix)
     }
 
     /// Prefix of a tenant's per-agent load sets (`<prefix><agent id>`: the open conversations the

@@ -60,6 +60,26 @@ pub mod presence {
         Ok(())
     }
 
+    /// Marks a widget visitor's socket live (again) until it lapses: e-mail notifications wait
+    /// for a visitor with no live socket.
+    pub async fn refresh_visitor(gateway: &Gateway, conversation: Uuid, session: u64) -> Result<(), Error> {
+        let key = gateway.inner.keys.visitor_presence(&conversation);
+        let member = format!("{}:{session}", gateway.inner.node);
+        let lapse = lapse_ms(gateway);
+        let now = chatdesk_core::envelope::now_ms() as f64;
+        let _: i64 = gateway.inner.redis.zremrangebyscore(&key, f64::NEG_INFINITY, now).await?;
+        let _: i64 = gateway.inner.redis.zadd(&key, None, None, false, false, (lapse as f64, member)).await?;
+        let _: bool = gateway.inner.redis.pexpire(&key, (lapse - now as u64) as i64, None).await?;
+        Ok(())
+    }
+
+    /// A widget visitor's socket closed.
+    pub async fn visitor_left(gateway: &Gateway, conversation: Uuid, session: u64) -> Result<(), Error> {
+        let member = format!("{}:{session}", gateway.inner.node);
+        let _: i64 = gateway.inner.redis.zrem(gateway.inner.keys.visitor_presence(&conversation), member).await?;
+        Ok(())
+    }
+
     /// Records a socket arriving or leaving and tells the tenant's `inbox` subscribers whether
     /// the agent is online now.
     pub async fn change(

@@ -521,3 +521,22 @@ pub async fn unreadable_inboxes(pool: &PgPool, tenant: Uuid, user: Uuid) -> Resu
     .await
     .map_err(StoreError::Query)
 }
+
+/// The address a web widget's visitor gave, and its inbox, for the conversation; `None` for other
+/// channels and for visitors without one.
+pub async fn visitor_email(
+    pool: &PgPool,
+    tenant: Uuid,
+    conversation: Uuid,
+) -> Result<Option<(String, Uuid)>, StoreError> {
+    sqlx::query_as(
+        "SELECT k.email, c.inbox_id FROM conversations c JOIN contacts k ON k.id = c.contact_id \
+         JOIN inboxes i ON i.id = c.inbox_id \
+         WHERE c.tenant_id = $1 AND c.id = $2 AND i.kind = 'web' AND k.email IS NOT NULL",
+    )
+    .bind(tenant)
+    .bind(conversation)
+    .fetch_optional(pool)
+    .await
+    .map_err(StoreError::Query)
+}

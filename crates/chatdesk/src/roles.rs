@@ -194,6 +194,31 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                     runtime.node_id.clone(),
                     runtime.sender.clone(),
                 )?;
+                // E-mail is one more way out: the sender role sends notifications when SMTP is set.
+                if let Some(settings) = runtime.notify.clone() {
+                    let events =
+                        runtime.streams.stream(EVENTS_STREAM).context("streams.toml declares no `events` stream")?;
+                    let notifier = chatdesk_notify::Notifier::new(
+                        runtime.redis.clone(),
+                        runtime.db.clone(),
+                        runtime.keys.clone(),
+                        settings,
+                    )?;
+                    let recorder = Consumer::new(runtime.consumer_options(events), notifier.handler())?;
+                    let recorder_cancel = cancel.clone();
+                    consumers.push((
+                        "notifier",
+                        Box::pin(async move { recorder.run(recorder_cancel).await.map_err(Into::into) }),
+                    ));
+                    let mail_cancel = cancel.clone();
+                    consumers.push((
+                        "notify-mail",
+                        Box::pin(async move {
+                            notifier.run(mail_cancel).await;
+                            Ok(())
+                        }),
+                    ));
+                }
                 let admission = Consumer::new(runtime.consumer_options(stream), sender.admission())?;
                 let admission_cancel = cancel.clone();
                 consumers.push((

@@ -300,6 +300,37 @@ pub fn autoreply_settings() -> anyhow::Result<chatdesk_autoreply::AutoReplySetti
     Ok(settings)
 }
 
+/// E-mail notifications: on when `CHATDESK_SMTP_URL` is set (`smtp://user:password@host:587`,
+/// `smtps://…` for TLS from the start). `CHATDESK_SMTP_FROM` (the sender mailbox),
+/// `CHATDESK_PUBLIC_URL` (where e-mailed links point, default `http://127.0.0.1:8080`),
+/// `CHATDESK_NOTIFY_DELAY` (an agent's first notification waits this long for others to join it,
+/// default 1m), `CHATDESK_NOTIFY_INTERVAL` (at most one e-mail per recipient per this long,
+/// default 5m); a visitor's reply waits for the widget's standby window.
+pub fn notify_settings(
+    ingress: &chatdesk_api::ingress::IngressSettings,
+) -> anyhow::Result<Option<chatdesk_notify::NotifySettings>> {
+    let Some(url) = env_var("CHATDESK_SMTP_URL") else { return Ok(None) };
+    let mut settings = chatdesk_notify::NotifySettings::new(url.trim());
+    if let Some(from) = env_var("CHATDESK_SMTP_FROM") {
+        settings.from = from.trim().to_owned();
+    }
+    if let Some(public) = env_var("CHATDESK_PUBLIC_URL") {
+        let public = public.trim();
+        if !(public.starts_with("http://") || public.starts_with("https://")) {
+            anyhow::bail!("CHATDESK_PUBLIC_URL {public:?}: expected an http:// or https:// URL");
+        }
+        settings.public_url = public.to_owned();
+    }
+    if let Some(delay) = duration("CHATDESK_NOTIFY_DELAY")? {
+        settings.delay = delay;
+    }
+    if let Some(interval) = duration("CHATDESK_NOTIFY_INTERVAL")? {
+        settings.interval = interval;
+    }
+    settings.visitor_delay = ingress.widget_standby;
+    Ok(Some(settings))
+}
+
 /// Loads dialog flows: the given directory, else `CHATDESK_FLOWS`, else `./flows` when it
 /// exists, else the built-in order flow. Any problem in any file stops the start, listing all.
 pub fn load_flows(dir: Option<&Path>) -> anyhow::Result<chatdesk_autoreply::Flows> {
@@ -371,6 +402,8 @@ pub struct Runtime {
     pub writer: chatdesk_store::writer::Rules,
     pub broadcast: chatdesk_broadcast::BroadcastSettings,
     pub autoreply: chatdesk_autoreply::AutoReplySettings,
+    /// E-mail notifications, when SMTP is configured.
+    pub notify: Option<chatdesk_notify::NotifySettings>,
     pub serve: chatdesk_api::ServeLimits,
 }
 
@@ -412,6 +445,7 @@ impl Runtime {
         let writer = writer_rules()?;
         let broadcast = broadcast_settings()?;
         let autoreply = autoreply_settings()?;
+        let notify = notify_settings(&ingress)?;
         let serve = serve_limits()?;
         let connector = RedisConnector::new(RedisSettings::new(redis_url.expose())).with_context(|| {
             format!("REDIS_URL {} is not a valid Redis URL", chatdesk_streams::connection::redact(redis_url.expose()))
@@ -439,6 +473,7 @@ impl Runtime {
             writer,
             broadcast,
             autoreply,
+            notify,
             serve,
         })
     }

@@ -42,6 +42,7 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     chatdesk_api::metrics::describe();
     chatdesk_workers::writer::describe();
     chatdesk_workers::routing::describe();
+    chatdesk_notify::describe();
     chatdesk_api::ingress::describe();
     chatdesk_gateway::metrics::describe();
     chatdesk_sender::metrics::describe();

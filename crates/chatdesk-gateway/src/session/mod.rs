@@ -118,6 +118,11 @@ pub async fn run(gateway: Gateway, socket: WebSocket) {
     {
         tracing::debug!(error = %error, "cannot record presence");
     }
+    if let Identity::Visitor { conversation, .. } = identity
+        && let Err(error) = crate::ephemeral::presence::refresh_visitor(&gateway, conversation, id).await
+    {
+        tracing::debug!(error = %error, "cannot record a visitor's presence");
+    }
     let mut session = Session {
         gateway: gateway.clone(),
         id,
@@ -140,6 +145,9 @@ pub async fn run(gateway: Gateway, socket: WebSocket) {
     gateway.inner.hub.leave(id);
     if let Some((tenant, user)) = agent {
         let _ = crate::ephemeral::presence::change(&gateway, tenant, user, id, false).await;
+    }
+    if let Identity::Visitor { conversation, .. } = session.identity {
+        let _ = crate::ephemeral::presence::visitor_left(&gateway, conversation, id).await;
     }
     ::metrics::gauge!(metrics::SUBSCRIPTIONS).decrement(
         session.subscriptions.len() as f64 + session.ops.is_some() as u8 as f64 + session.campaigns.len() as f64,
@@ -331,14 +339,20 @@ impl Session {
 
     /// Keeps an agent's presence from lapsing while the socket talks (at most every heartbeat).
     async fn refresh_presence(&mut self) {
-        let Identity::Agent { tenant, user, .. } = self.identity else { return };
         let now = Instant::now();
         if self.presence_refreshed.is_some_and(|at| now.duration_since(at) < self.gateway.inner.settings.heartbeat / 2)
         {
             return;
         }
         self.presence_refreshed = Some(now);
-        let _ = crate::ephemeral::presence::refresh(&self.gateway, tenant, user, self.id).await;
+        let _ = match self.identity {
+            Identity::Agent { tenant, user, .. } => {
+                crate::ephemeral::presence::refresh(&self.gateway, tenant, user, self.id).await
+            }
+            Identity::Visitor { conversation, .. } => {
+                crate::ephemeral::presence::refresh_visitor(&self.gateway, conversation, self.id).await
+            }
+        };
     }
 
     /// Handles one client frame; `false` when the socket is gone.

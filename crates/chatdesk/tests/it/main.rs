@@ -11,6 +11,7 @@ mod ops;
 mod rest;
 mod security;
 mod sender;
+mod smtp;
 mod standin;
 mod support;
 mod up;

@@ -498,3 +498,144 @@ async fn round_robin_gives_online_members_turns_up_to_their_capacity() {
         .await;
     assert_eq!(waiting["items"][0]["contact"]["external_id"], "cust-34");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_offline_agent_gets_one_email_for_what_happened_while_away() {
+    use fred::prelude::*;
+
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@mail.test", "owner-pass-1");
+    let tenant_id = id(&tenant["tenant_id"]);
+    let ann = id(&env.user(&tenant_id, "ann@mail.test", "ann-pass-1", "agent")["user_id"]);
+    let bob = id(&env.user(&tenant_id, "bob@mail.test", "bob-pass-1", "agent")["user_id"]);
+    let inbox = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "Mail"]);
+    let web = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "web", "--name", "Site"]);
+    let smtp = crate::smtp::SmtpStandIn::start().await;
+    let smtp_url = smtp.url();
+    let http = free_addr();
+    let settings = [
+        ("CHATDESK_SMTP_URL", smtp_url.as_str()),
+        ("CHATDESK_SMTP_FROM", "Desk <desk@mail.test>"),
+        ("CHATDESK_PUBLIC_URL", "https://desk.example"),
+        ("CHATDESK_NOTIFY_DELAY", "1s"),
+        ("CHATDESK_NOTIFY_INTERVAL", "1h"),
+        ("CHATDESK_WIDGET_STANDBY", "2s"),
+    ];
+    let _server = serve_roles(&env, "ingress,writer,gateway,sender", http, &settings).await;
+    let owner = client(http, "owner@mail.test", "owner-pass-1").await;
+    let bob_client = client(http, "bob@mail.test", "bob-pass-1").await;
+    let _bob_online = hello(http, &bob_client.token).await;
+
+    // Three conversations assigned to Ann while she is away, a note naming her and Bob (who is
+    // online), and the customers writing on: one e-mail, to Ann alone, with all of it.
+    let mut conversations = Vec::new();
+    for index in 0..3 {
+        webhook(http, &inbox, &format!("m-{index}"), &format!("cust-{index}"), "hello").await;
+        conversations.push(id(&conversation_of(&owner, &format!("cust-{index}")).await["id"]));
+    }
+    for conversation in &conversations {
+        let assigned = owner
+            .call("POST", &format!("/v1/conversations/{conversation}/assign"), Some(json!({"assignee_id": ann})))
+            .await;
+        assert_eq!(assigned.status, 202, "{}", assigned.body);
+    }
+    let note = owner
+        .call(
+            "POST",
+            &format!("/v1/conversations/{}/notes", conversations[0]),
+            Some(json!({"text": "@ann @bob VIP customer", "mentions": [ann, bob]})),
+        )
+        .await;
+    assert_eq!(note.status, 202, "{}", note.body);
+    for index in 0..3 {
+        webhook(http, &inbox, &format!("m-more-{index}"), &format!("cust-{index}"), "anyone?").await;
+    }
+    let mails = smtp.wait_for(1).await;
+    assert_eq!(mails[0].to, ["ann@mail.test"]);
+    assert!(mails[0].from.contains("desk@mail.test"), "{}", mails[0].from);
+    let data = &mails[0].text();
+    assert!(data.contains("Subject: chatdesk: 3 conversations assigned to you, 1 mention"), "{data}");
+    for conversation in &conversations {
+        assert!(data.contains(&format!("https://desk.example/#/inbox/{conversation}")), "{data}");
+    }
+    assert!(data.contains("VIP customer"), "{data}");
+
+    // Another assignment within the interval waits for it instead of making a second e-mail.
+    let more = owner
+        .call("POST", &format!("/v1/conversations/{}/assign", conversations[1]), Some(json!({"assignee_id": bob})))
+        .await;
+    assert_eq!(more.status, 202);
+    let again = owner
+        .call("POST", &format!("/v1/conversations/{}/assign", conversations[1]), Some(json!({"assignee_id": ann})))
+        .await;
+    assert_eq!(again.status, 202);
+    let redis = crate::support::redis_client(&env).await;
+    let keys = chatdesk_core::KeyScheme::new(&env.prefix).unwrap();
+    let recipient = format!("agent:{tenant_id}:{ann}");
+    let pending = keys.notify_pending(&recipient);
+    chatdesk_testkit::eventually("the new assignment held back", std::time::Duration::from_secs(30), || async {
+        let waiting: i64 = redis.hlen(&pending).await.unwrap();
+        let due: Option<f64> = redis.zscore(keys.notify_due(), &recipient).await.unwrap();
+        let held = due.is_some_and(|due| due > (chatdesk_core::envelope::now_ms() + 30 * 60 * 1000) as f64);
+        (waiting == 1 && held).then_some(())
+    })
+    .await;
+    assert_eq!(smtp.mails().len(), 1, "one e-mail per interval");
+
+    // A widget visitor who left gets the reply by e-mail; one still on the page does not.
+    let sessions = id(&web["webhook_path"]);
+    let session = chatdesk_testkit::http_request(
+        http,
+        "POST",
+        &sessions,
+        &[("Content-Type", "application/json")],
+        Some(r#"{"email": "vera@example.com", "name": "Vera"}"#),
+    )
+    .await
+    .unwrap()
+    .json();
+    let visit = id(&session["conversation_id"]);
+    let visitor_auth = format!("Bearer {}", session["token"].as_str().unwrap());
+    let visitor_headers = [("Content-Type", "application/json"), ("Authorization", visitor_auth.as_str())];
+    let mut visitor = hello(http, session["token"].as_str().unwrap()).await;
+    subscribe(&mut visitor, json!({"op": "subscribe", "channel": format!("conversation:{visit}")})).await;
+    let first = chatdesk_testkit::http_request(
+        http,
+        "POST",
+        &sessions.replace("/sessions", "/messages"),
+        &visitor_headers,
+        Some(r#"{"text": "is anyone there?"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.status, 202, "{}", first.body);
+    eventually(&owner, &format!("/v1/conversations/{visit}"), "the visit", |c| c["id"] == visit.as_str()).await;
+    let seen = owner
+        .call("POST", &format!("/v1/conversations/{visit}/messages"), Some(json!({"text": "yes, seen live"})))
+        .await;
+    assert_eq!(seen.status, 202);
+    let visitor_recipient = format!("visitor:{tenant_id}:{visit}");
+    let skipped = r#"chatdesk_notify_emails_total{outcome="skipped"}"#;
+    chatdesk_testkit::eventually("the live reply not e-mailed", std::time::Duration::from_secs(30), || async {
+        let due: Option<f64> = redis.zscore(keys.notify_due(), &visitor_recipient).await.unwrap();
+        (due.is_none() && metric(http, skipped).await == 1.0).then_some(())
+    })
+    .await;
+    drop(visitor);
+    let later = owner
+        .call(
+            "POST",
+            &format!("/v1/conversations/{visit}/messages"),
+            Some(json!({"text": "your refund is on its way"})),
+        )
+        .await;
+    assert_eq!(later.status, 202);
+    let mails = smtp.wait_for(2).await;
+    assert_eq!(mails[1].to, ["vera@example.com"]);
+    let text = mails[1].text();
+    assert!(text.contains("your refund is on its way"), "{text}");
+    assert!(!text.contains("seen live"), "{text}");
+    let link = format!("https://desk.example/demo?inbox={}", id(&web["inbox_id"]));
+    assert!(text.contains(&link), "{link} in {text}");
+    assert_eq!(smtp.mails().len(), 2);
+}
