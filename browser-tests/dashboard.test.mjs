@@ -318,6 +318,149 @@ async function checkWidgetBot(browser, shop) {
   await owner.context().close();
 }
 
+/// A REST call as the tenant's owner.
+async function asOwner(method, path, body) {
+  const login = await (await fetch(`${config.base}/v1/auth/login`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(config.owner),
+  })).json();
+  const response = await fetch(config.base + path, {
+    method,
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${login.token}` },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  check(response.ok, `${method} ${path} answered ${response.status}: ${text}`);
+  return text ? JSON.parse(text) : null;
+}
+
+async function unread(page) {
+  if (await page.locator('#unread-badge').isHidden()) return 0;
+  return Number(await page.textContent('#unread-badge .nav-badge-count'));
+}
+
+/// An agent's workspace around Ana's conversation: a canned response with its variables filled
+/// in, a label (a chip on the conversation, and the inbox's label filter), the contact edited
+/// beside it, a private note mentioning a colleague (who is notified), and the header search
+/// finding the conversation by a word of one of its messages.
+async function checkWorkspace(browser, colleague) {
+  const label = await asOwner('POST', '/v1/labels', { name: 'VIP', colour: '#f2c94c' });
+  await asOwner('POST', '/v1/canned_responses', { shortcode: 'greet', text: 'Hello {{contact.name}}, this is {{agent.name}} from Acme. How can I help?' });
+
+  // The colleague works elsewhere, on the Workspace page (which lists the new label).
+  await colleague.click('nav a:has-text("Workspace")');
+  await colleague.waitForSelector(`#label-list li[data-label-id="${label.id}"]`);
+  const unreadBefore = await unread(colleague);
+
+  const agent = await agentPage(browser, config.agents[0], 'agent in the workspace');
+  await agent.locator('.conversation-item', { hasText: 'Ana Souza' }).click();
+  await agent.waitForSelector('#conv-title:text-is("Ana Souza")');
+  await agent.waitForSelector('#contact-panel #contact-name:text-is("Ana Souza")');
+
+  // "/" opens the canned responses; Enter inserts the chosen one, filled in for Ana.
+  await agent.click('#reply');
+  await agent.keyboard.type('/gre');
+  await agent.locator('#reply-suggestions [role="option"]', { hasText: '/greet' }).waitFor();
+  await agent.keyboard.press('Enter');
+  await agent.waitForSelector('#reply-suggestions', { state: 'hidden' });
+  const inserted = await agent.inputValue('#reply');
+  check(inserted.startsWith('Hello Ana Souza, this is ') && !inserted.includes('{{'), `the canned response inserted ${JSON.stringify(inserted)}`);
+  await agent.press('#reply', 'Enter');
+  await agent.locator('#messages .message.outbound .text', { hasText: 'Hello Ana Souza, this is' }).waitFor();
+  log('a canned response was inserted with the contact\'s name and sent');
+
+  // A label: its chip shows (from the event), and the inbox's label filter lists the conversation.
+  await agent.selectOption('#add-label', label.id);
+  await agent.locator('#conv-labels .label-chip', { hasText: 'VIP' }).waitFor();
+  await agent.selectOption('#label-filter', label.id);
+  await expectTexts('the conversations labelled VIP', agent.locator('#conversation-list .conversation-item .name'), ['Ana Souza']);
+  await agent.locator('.conversation-item .label-chip', { hasText: 'VIP' }).waitFor();
+  log('a label was added and filters the inbox');
+
+  // The contact's phone, edited in the panel.
+  await agent.click('#contact-edit-phone-button');
+  await agent.fill('#contact-edit-phone', '+353 1 555 0199');
+  await agent.press('#contact-edit-phone', 'Enter');
+  await agent.waitForSelector('#contact-phone:text-is("+353 1 555 0199")');
+
+  // A private note mentioning the colleague, picked from the "@" list.
+  await agent.check('#mode-note');
+  await agent.click('#reply');
+  await agent.keyboard.type('Refund promised last week, @bo');
+  await agent.locator('#reply-suggestions [role="option"]', { hasText: 'bob' }).waitFor();
+  await agent.keyboard.press('Enter');
+  await agent.keyboard.type('please follow up.');
+  await agent.keyboard.press('Enter');
+  const note = agent.locator('#messages li.note', { hasText: 'Refund promised last week' });
+  await note.waitFor();
+  check(await note.locator('.note-tag').textContent() === 'Private note', 'the note is tagged as private');
+  await note.locator('.mention', { hasText: '@bob' }).waitFor();
+  const [noteBackground, messageBackground] = await Promise.all([
+    note.evaluate((element) => getComputedStyle(element).backgroundColor),
+    agent.locator('#messages .message').first().evaluate((element) => getComputedStyle(element).backgroundColor),
+  ]);
+  check(noteBackground !== messageBackground, `a note looks unlike a message (${noteBackground})`);
+  check(await agent.locator('#messages .message .text', { hasText: 'Refund promised' }).count() === 0, 'a note is not a message');
+  await waitFor('the mention on the colleague\'s unread badge', async () => (await unread(colleague)) > unreadBefore);
+  check((await colleague.title()).startsWith('('), `the colleague's title counts it: ${await colleague.title()}`);
+  log('a private note mentioning a colleague was added, and the colleague notified');
+
+  // After a reload, everything comes from REST: the note among the messages, the chip, the phone.
+  await agent.reload();
+  await agent.waitForSelector('#connection[data-state="connected"]');
+  await note.waitFor();
+  await agent.locator('#conv-labels .label-chip', { hasText: 'VIP' }).waitFor();
+  await agent.waitForSelector('#contact-phone:text-is("+353 1 555 0199")');
+  const timeline = await agent.locator('#messages > li').evaluateAll((items) => items.map((item) => item.className));
+  check(timeline.at(-1) === 'note', `the note comes last, by offset: ${JSON.stringify(timeline)}`);
+  await agent.screenshot({ path: `${config.screenshots}/workspace-conversation.png` });
+
+  // The shortcuts overlay, then "/" to search from another conversation.
+  await agent.selectOption('#label-filter', '');
+  await agent.locator('.conversation-item', { hasText: 'Webhook Customer' }).click();
+  await agent.waitForSelector('#conv-title:text-is("Webhook Customer")');
+  await agent.locator('#messages').focus();
+  await agent.keyboard.press('?');
+  await agent.waitForSelector('#shortcuts[open]');
+  await agent.keyboard.press('Escape');
+  await agent.waitForSelector('#shortcuts:not([open])', { state: 'attached' });
+  await agent.keyboard.press('/');
+  check(await agent.evaluate(() => document.activeElement?.id) === 'search', '"/" focuses the search box');
+  await agent.keyboard.type('gateway');
+  await agent.keyboard.press('Enter');
+  const hit = agent.locator('#search-results a.search-hit', { hasText: 'gateway' }).first();
+  await hit.waitFor();
+  check((await hit.locator('mark').first().textContent()).toLowerCase() === 'gateway', 'the matched word is highlighted');
+  await agent.screenshot({ path: `${config.screenshots}/search.png` });
+  const conversationId = await hit.getAttribute('data-conversation');
+  await hit.click();
+  await agent.waitForSelector('#conv-title:text-is("Ana Souza")');
+  await agent.waitForSelector('#search-results', { state: 'hidden' });
+  check((await agent.evaluate(() => location.hash)) === `#/inbox/${conversationId}`, 'the search opened the conversation');
+  log('the header search found the conversation by a word and opened it');
+
+  // j and k move through the list, leaving the keys to the list (not the reply box).
+  const names = await texts(agent.locator('#conversation-list .conversation-item .name'));
+  const at = names.indexOf('Ana Souza');
+  const [step, back] = at + 1 < names.length ? ['j', 'k'] : ['k', 'j'];
+  await agent.locator('#messages').focus();
+  await agent.keyboard.press(step);
+  await agent.waitForSelector(`#conv-title:text-is(${JSON.stringify(names[at + (step === 'j' ? 1 : -1)])})`);
+  await agent.keyboard.press(back);
+  await agent.waitForSelector('#conv-title:text-is("Ana Souza")');
+  log('j and k moved between conversations');
+
+  // The webhook customer is Ana too: merged, their conversation becomes one of hers.
+  await agent.click('#contact-merge');
+  await agent.fill('#merge-query', 'Webhook');
+  await agent.press('#merge-query', 'Enter');
+  await agent.locator('#merge-results .merge-candidate', { hasText: 'Webhook Customer' }).click();
+  await agent.click('#merge-confirm');
+  await agent.locator('#contact-conversations a').first().waitFor();
+  check(await agent.locator('#contact-conversations a').count() === 1, 'the merged contact\'s conversation is listed');
+  log('a contact was merged into Ana\'s');
+  await agent.context().close();
+}
+
 async function texts(locator) {
   return (await locator.allTextContents()).map((text) => text.trim());
 }
@@ -457,6 +600,8 @@ async function main() {
     await visitor.click('.bubble');
     await expectTexts('the history after a reload', visitor.locator('ol.messages li'), conversation);
     log('widget reload kept the conversation');
+
+    await checkWorkspace(browser, bob);
 
     await checkStreamsPage(browser);
     log('the SRE saw the streams, opened a dead letter and redrove it');

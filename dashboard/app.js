@@ -4,8 +4,14 @@
 
 import { api, login, session, websocketUrl, whenUnauthorized } from './api.js';
 import { Connection } from './connection.js';
+import { Directory } from './directory.js';
+import { Feed } from './feed.js';
+import { Notifier } from './notifications.js';
+import { searchBox } from './search.js';
+import { installShortcuts } from './shortcuts.js';
 import { h, notice, shortId } from './ui.js';
 import * as inbox from './pages/inbox.js';
+import * as workspace from './pages/workspace.js';
 import * as streams from './pages/streams.js';
 import * as campaigns from './pages/campaigns.js';
 import * as bots from './pages/bots.js';
@@ -13,6 +19,7 @@ import * as bots from './pages/bots.js';
 // Each page names the roles that may use it (as the API and the protocol enforce them).
 const PAGES = [
   { path: 'inbox', title: 'Inbox', module: inbox, roles: ['owner', 'admin', 'agent'] },
+  { path: 'workspace', title: 'Workspace', module: workspace, roles: ['owner', 'admin', 'agent'] },
   { path: 'campaigns', title: 'Campaigns', module: campaigns, roles: ['owner', 'admin', 'marketer'] },
   { path: 'bots', title: 'Bots', module: bots, roles: ['owner', 'admin'] },
   { path: 'streams', title: 'Streams', module: streams, roles: ['sre'] },
@@ -22,9 +29,12 @@ const root = document.getElementById('app');
 let context = null;
 let unmountPage = null;
 
+// The roles that work conversations: they get the inbox feed, notifications, search and shortcuts.
+const AGENT_ROLES = ['owner', 'admin', 'agent'];
+
 function logout() {
   session.clear();
-  context?.connection.close();
+  context?.close();
   context = null;
   location.hash = '#/login';
   render();
@@ -97,7 +107,38 @@ async function startContext() {
   const saved = session.load();
   const connection = new Connection(await websocketUrl(), saved.token);
   connection.addEventListener('unauthorized', logout);
-  return { user: saved.user, connection, online: new Set(), presenceChanged: () => {} };
+  const started = {
+    user: saved.user,
+    connection,
+    online: new Set(),
+    presenceChanged: () => {},
+    close: () => connection.close(),
+  };
+  if (!AGENT_ROLES.includes(saved.user.role)) return started;
+  started.directory = new Directory(saved.user);
+  started.feed = new Feed(connection);
+  started.feed.addEventListener('subscribed', (event) => {
+    if (!event.detail.presence) return;
+    started.online = new Set(event.detail.presence);
+    started.presenceChanged();
+  });
+  started.feed.listen((frame) => {
+    if (frame.type !== 'presence') return;
+    if (frame.data.online) started.online.add(frame.data.user_id);
+    else started.online.delete(frame.data.user_id);
+    started.presenceChanged();
+  });
+  started.notifier = new Notifier(started);
+  started.search = searchBox();
+  const removeShortcuts = installShortcuts(started);
+  started.close = () => {
+    removeShortcuts();
+    started.search.dispose();
+    started.notifier.close();
+    started.feed.close();
+    connection.close();
+  };
+  return started;
 }
 
 async function render() {
@@ -125,14 +166,18 @@ async function render() {
     }
   }
   const nav = h('nav', { 'aria-label': 'Pages' },
-    allowed.map((candidate) => h('a', { href: `#/${candidate.path}`, 'aria-current': candidate === page ? 'page' : null }, candidate.title)),
+    allowed.map((candidate) => h('a', { href: `#/${candidate.path}`, 'aria-current': candidate === page ? 'page' : null },
+      candidate.title, candidate.module === inbox && context.notifier ? context.notifier.badge : null)),
     h('a', { href: '/system' }, 'System'));
   const header = h('header', { class: 'top' },
     h('strong', { class: 'brand' }, 'chatdesk'), nav,
     h('span', { class: 'spacer' }),
+    context.search ? context.search.element : null,
     page.module === inbox ? presenceList(context) : null, connectionBadge(context.connection),
+    context.notifier ? context.notifier.permission : null,
     h('span', { class: 'me', title: context.user.email }, context.user.email),
     h('button', { class: 'link', onclick: signOut }, 'Sign out'));
+  if (page.module === inbox && rest[0]) context.notifier?.seen(rest[0].toLowerCase());
   const container = h('div', { class: 'page' });
   root.replaceChildren(header, container);
   unmountPage = page.module.mount(container, context, rest);

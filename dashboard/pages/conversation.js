@@ -1,21 +1,35 @@
-// One conversation: history from REST, live events from the socket, ticks, typing, reply box and
-// the agent's actions.
+// One conversation: history and private notes from REST, live events from the socket, ticks,
+// typing, the reply box (replies, notes, canned responses), labels, the agent's actions and the
+// contact beside it.
 
 import { api } from '../api.js';
 import { compareOffsets, newClientId } from '../connection.js';
-import { h, notice, shortId, STATUS_RANK, tick, time } from '../ui.js';
+import { composer as makeComposer } from '../composer.js';
+import { mountContactPanel } from '../contact-panel.js';
+import { h, labelChip, notice, STATUS_RANK, tick, time } from '../ui.js';
 
 const TYPING_SHOWN_MS = 6000;
+// A label change is an event: if it has not come back on the socket by then (no socket, say),
+// read the conversation again.
+const LABELS_REREAD_MS = 1500;
 
 export function mount(container, context, conversationId, { onChange }) {
   const channel = `conversation:${conversationId}`;
   const messages = new Map(); // event_id → message
+  const notes = new Map(); // note id (its event id) → note
   const pending = new Map(); // client_msg_id → message not yet appended
   let conversation = null;
   let olderCursor = null;
   let typingTimer = null;
+  let labelsTimer = null;
   let disposed = false;
   let lastTyping = 0;
+  let contactPanel = null;
+  const askedForLabels = new Set();
+  // Moving between conversations from the keyboard keeps the keys for moving on: the reply box
+  // does not take the focus then.
+  const quietFocus = Boolean(context.quietFocus);
+  context.quietFocus = false;
 
   const title = h('h2', { id: 'conv-title' }, 'Conversation');
   const statusLabel = h('span', { id: 'conv-status', class: 'status' });
@@ -23,29 +37,27 @@ export function mount(container, context, conversationId, { onChange }) {
   // Why the bot stepped aside, until the conversation is resolved.
   const handoffLabel = h('span', { class: 'handoff-badge', hidden: true });
   const actions = h('div', { class: 'actions' });
-  const history = h('ol', { class: 'messages', id: 'messages', 'aria-label': 'Messages', tabindex: '0' });
+  const labels = h('div', { class: 'labels', id: 'conv-labels', role: 'group', 'aria-label': 'Labels' });
+  const history = h('ol', { class: 'messages', id: 'messages', 'aria-label': 'Messages and notes', tabindex: '0' });
   const older = h('button', { class: 'link older', hidden: true, onclick: () => loadOlder() }, 'Show older messages');
   const typing = h('p', { id: 'typing', class: 'typing', hidden: true, 'aria-live': 'polite' }, 'The customer is typing…');
   const problem = h('div', { class: 'problem' });
-  const reply = h('textarea', {
-    id: 'reply',
-    rows: '3',
-    placeholder: 'Write a reply — Enter to send, Shift+Enter for a new line',
-    'aria-label': 'Reply',
-    onkeydown: (event) => {
-      if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
-        event.preventDefault();
-        send();
-      }
-    },
+  const box = makeComposer(context, conversationId, {
+    onSubmit: () => (box.mode === 'note' ? sendNote() : send()),
+    onInput: () => typed(),
+    onModeChange: () => renderHead(),
   });
-  const sendButton = h('button', { type: 'button', onclick: () => send() }, 'Send');
+  const reply = box.reply;
+  const panel = h('aside', { class: 'contact-panel', id: 'contact-panel' });
+  container.classList.add('with-contact');
   container.replaceChildren(
-    h('header', { class: 'conversation-head' }, title, statusLabel, assigneeLabel, handoffLabel, actions),
-    problem,
-    h('div', { class: 'scroller' }, older, history),
-    typing,
-    h('div', { class: 'composer' }, reply, sendButton),
+    h('div', { class: 'conversation-main' },
+      h('header', { class: 'conversation-head' }, title, statusLabel, assigneeLabel, handoffLabel, actions, labels),
+      problem,
+      h('div', { class: 'scroller' }, older, history),
+      typing,
+      box.element),
+    panel,
   );
 
   function renderHead() {
@@ -56,7 +68,7 @@ export function mount(container, context, conversationId, { onChange }) {
     statusLabel.className = `status status-${conversation.status}`;
     statusLabel.dataset.status = conversation.status;
     const assignee = conversation.assignee_id;
-    assigneeLabel.textContent = !assignee ? 'Unassigned' : assignee === context.user.id ? 'Assigned to you' : `Assigned to agent …${shortId(assignee)}`;
+    assigneeLabel.textContent = !assignee ? 'Unassigned' : assignee === context.user.id ? 'Assigned to you' : `Assigned to ${context.directory.nameOf(assignee)}`;
     assigneeLabel.dataset.assignee = assignee || '';
     const handedOff = conversation.handoff;
     handoffLabel.hidden = !handedOff;
@@ -71,7 +83,54 @@ export function mount(container, context, conversationId, { onChange }) {
         : button('resolve', 'Resolve', 'resolve'),
       conversation.status === 'blocked' ? null : button('block', 'Block', 'block'),
     ].filter(Boolean));
-    reply.disabled = conversation.status === 'blocked';
+    // Nothing reaches a blocked customer; the team may still write notes.
+    box.setDisabled(conversation.status === 'blocked' && box.mode === 'reply');
+    renderLabels();
+  }
+
+  function renderLabels() {
+    if (!conversation) return;
+    const known = context.directory.known.labels;
+    const on = conversation.labels || [];
+    // A label this page has not heard of was made since it read them: read them again (once:
+    // a label deleted meanwhile stays unknown).
+    const unknown = on.filter((id) => !context.directory.labelById(id) && !askedForLabels.has(id));
+    if (unknown.length && context.directory.loaded.has('labels')) {
+      unknown.forEach((id) => askedForLabels.add(id));
+      context.directory.refresh('labels').catch(() => {});
+    }
+    const chips = on.map((id) => context.directory.labelById(id)).filter(Boolean)
+      .map((label) => labelChip(label, () => changeLabels({ remove: [label.id] })));
+    const addable = known.filter((label) => !on.includes(label.id));
+    const add = h('select', {
+      id: 'add-label',
+      'aria-label': 'Add a label',
+      disabled: !addable.length,
+      onchange: () => { if (add.value) changeLabels({ add: [add.value] }); },
+    }, h('option', { value: '' }, addable.length || known.length ? '+ Label' : 'No labels yet'),
+    addable.map((label) => h('option', { value: label.id }, label.name)));
+    labels.replaceChildren(...chips, add);
+  }
+
+  async function changeLabels(change) {
+    problem.replaceChildren();
+    try {
+      await api('POST', `/v1/conversations/${conversationId}/labels`, change);
+      clearTimeout(labelsTimer);
+      labelsTimer = setTimeout(rereadLabels, LABELS_REREAD_MS);
+    } catch (failure) {
+      problem.replaceChildren(notice(failure.message, 'error'));
+      renderLabels();
+    }
+  }
+
+  async function rereadLabels() {
+    try {
+      const fresh = await api('GET', `/v1/conversations/${conversationId}`);
+      if (disposed || !conversation) return;
+      conversation.labels = fresh.labels;
+      renderLabels();
+    } catch { /* the next event or load shows them */ }
   }
 
   async function act(action, body) {
@@ -83,9 +142,32 @@ export function mount(container, context, conversationId, { onChange }) {
     }
   }
 
+  /// Messages and notes by offset, then the replies not yet appended. While older messages are
+  /// not loaded, notes older than the oldest shown wait with them.
   function ordered() {
     const stored = [...messages.values()].sort((a, b) => compareOffsets(a.offset, b.offset));
-    return stored.concat([...pending.values()]);
+    const oldest = olderCursor && stored.length ? stored[0].offset : null;
+    const shownNotes = [...notes.values()].filter((note) => !oldest || compareOffsets(note.offset, oldest) >= 0);
+    return stored.concat(shownNotes).sort((a, b) => compareOffsets(a.offset, b.offset)).concat([...pending.values()]);
+  }
+
+  /// A note's text, its mentions of users in bold.
+  function noteText(note) {
+    const tags = (note.mentions || []).map((id) => context.directory.userById(id)).filter(Boolean).map((user) => `@${user.name}`);
+    if (!tags.length) return [note.text];
+    const pattern = new RegExp(`(${tags.map((tag) => tag.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('|')})`);
+    return note.text.split(pattern).map((part, index) => (index % 2 ? h('strong', { class: 'mention' }, part) : part));
+  }
+
+  function noteLine(note) {
+    const mentioned = (note.mentions || []).map((id) => context.directory.nameOf(id));
+    return h('li', { class: 'note', role: 'note', 'aria-label': 'Private note', dataset: { noteId: note.id, offset: note.offset } },
+      h('span', { class: 'note-tag' }, 'Private note'),
+      h('p', { class: 'note-text' }, noteText(note)),
+      h('span', { class: 'meta' },
+        h('span', { class: 'who' }, note.author_kind === 'agent' ? context.directory.nameOf(note.author_id) : 'System'),
+        mentioned.length ? h('span', { class: 'mentions' }, `mentions ${mentioned.join(', ')}`) : null,
+        note.created_at ? h('time', {}, time(note.created_at)) : null));
   }
 
   function renderMessages() {
@@ -93,7 +175,7 @@ export function mount(container, context, conversationId, { onChange }) {
     const handoffLine = ({ event_id: eventId, handoff: { reason, detail } }) => h('li', {
       class: 'handoff-line', role: 'note', dataset: { eventId: eventId || '', reason },
     }, `Bot handed off to a human: ${reason}${detail ? ` — ${detail}` : ''}`);
-    history.replaceChildren(...ordered().map((message) => (message.handoff ? handoffLine(message) : h('li', {
+    history.replaceChildren(...ordered().map((message) => (message.note ? noteLine(message) : message.handoff ? handoffLine(message) : h('li', {
       class: `message ${message.direction}`,
       dataset: { eventId: message.event_id || '', direction: message.direction, sender: message.sender_kind || '' },
     },
@@ -131,6 +213,10 @@ export function mount(container, context, conversationId, { onChange }) {
     settle(message);
     if (messages.has(message.event_id)) return;
     messages.set(message.event_id, message);
+  }
+
+  function addNote(note) {
+    if (!notes.has(note.id)) notes.set(note.id, { ...note, note: true });
   }
 
   function onEvent(frame) {
@@ -182,6 +268,28 @@ export function mount(container, context, conversationId, { onChange }) {
           onChange();
         }
         break;
+      case 'note.created':
+        addNote({
+          id: frame.event_id,
+          offset: frame.offset,
+          author_kind: data.author?.kind || 'agent',
+          author_id: data.author?.id || null,
+          text: data.text,
+          mentions: data.mentions || [],
+          created_at: new Date(Number(frame.offset.split('-')[0])).toISOString(),
+        });
+        renderMessages();
+        break;
+      case 'conversation.labels':
+        if (conversation) {
+          const removed = new Set(data.removed || []);
+          const kept = (conversation.labels || []).filter((id) => !removed.has(id));
+          conversation.labels = kept.concat((data.added || []).filter((id) => !kept.includes(id)));
+          clearTimeout(labelsTimer);
+          renderLabels();
+          onChange();
+        }
+        break;
       default:
         break;
     }
@@ -191,6 +299,26 @@ export function mount(container, context, conversationId, { onChange }) {
     clearTimeout(typingTimer);
     typing.hidden = !on;
     if (on) typingTimer = setTimeout(() => { typing.hidden = true; }, TYPING_SHOWN_MS);
+  }
+
+  async function sendNote() {
+    const text = reply.value.trim();
+    if (!text) return;
+    const mentions = box.mentionsIn(text);
+    reply.value = '';
+    problem.replaceChildren();
+    try {
+      const answer = await api('POST', `/v1/conversations/${conversationId}/notes`, { text, mentions });
+      box.forgetMentions();
+      // Shown at once under its event id and offset; the event, when it comes, is the same note.
+      if (answer && answer.offset) {
+        addNote({ id: answer.event_id, offset: answer.offset, author_kind: 'agent', author_id: context.user.id, text, mentions, created_at: new Date().toISOString() });
+        renderMessages();
+      }
+    } catch (failure) {
+      problem.replaceChildren(notice(`Note not added: ${failure.message}`, 'error'));
+      if (!reply.value) reply.value = text;
+    }
   }
 
   async function send() {
@@ -237,17 +365,23 @@ export function mount(container, context, conversationId, { onChange }) {
     history.replaceChildren(h('li', { class: 'loading' }, 'Loading…'));
     try {
       conversation = await api('GET', `/v1/conversations/${conversationId}`);
-      const page = await api('GET', `/v1/conversations/${conversationId}/messages?limit=50`);
+      const [page, noteList] = await Promise.all([
+        api('GET', `/v1/conversations/${conversationId}/messages?limit=50`),
+        api('GET', `/v1/conversations/${conversationId}/notes`),
+      ]);
       if (disposed) return null;
       messages.clear();
       page.items.forEach((item) => add(fromRest(item)));
+      notes.clear();
+      noteList.items.forEach(addNote);
       olderCursor = page.next_cursor;
       older.hidden = !olderCursor;
       renderHead();
       renderMessages();
+      showContact();
       const newest = page.items[0];
       if (newest && newest.direction === 'inbound') context.connection.read(conversationId, newest.offset);
-      reply.focus();
+      if (!quietFocus) reply.focus();
       return newest ? newest.offset : '0-0';
     } catch (failure) {
       if (!disposed) problem.replaceChildren(notice(failure.status === 404 ? 'No such conversation.' : failure.message, 'error'));
@@ -265,17 +399,41 @@ export function mount(container, context, conversationId, { onChange }) {
     });
   });
 
-  reply.addEventListener('input', () => {
+  /// The contact beside the conversation, mounted once (it follows its contact's events itself).
+  function showContact() {
+    if (contactPanel || !conversation) return;
+    contactPanel = mountContactPanel(panel, context, {
+      contactId: conversation.contact.id,
+      conversationId,
+      onContact: (contact) => {
+        if (!conversation) return;
+        conversation.contact = { ...conversation.contact, id: contact.id, name: contact.name ?? conversation.contact.name };
+        renderHead();
+      },
+    });
+  }
+
+  // The customer sees "typing…" for replies, never for notes.
+  function typed() {
+    if (box.mode !== 'reply') return;
     const now = Date.now();
     if (now - lastTyping > 2000) {
       lastTyping = now;
       context.connection.typing(conversationId, true);
     }
-  });
+  }
+
+  // Names of users and labels arrive on their own; redraw what shows them.
+  const onDirectory = () => { if (conversation) { renderHead(); renderMessages(); } };
+  context.directory.addEventListener('change', onDirectory);
+  Promise.all([context.directory.users(), context.directory.labels()]).then(() => { if (!disposed) onDirectory(); }, () => {});
 
   return () => {
     disposed = true;
     clearTimeout(typingTimer);
+    clearTimeout(labelsTimer);
+    contactPanel?.dispose();
+    context.directory.removeEventListener('change', onDirectory);
     context.connection.unsubscribe(channel);
   };
 }

@@ -1,7 +1,8 @@
-// The inbox: conversations with filters and live updates, and the open conversation beside them.
+// The inbox: conversations with filters (status, assignee, label) and live updates, and the open
+// conversation beside them.
 
 import { api } from '../api.js';
-import { h, notice, time } from '../ui.js';
+import { h, labelChip, notice, time } from '../ui.js';
 import * as conversationView from './conversation.js';
 
 const FILTERS = [
@@ -15,16 +16,39 @@ const FILTERS = [
 
 export function mount(container, context, [selected] = []) {
   let filter = sessionStorage.getItem('chatdesk.filter') || 'open';
+  let labelFilter = sessionStorage.getItem('chatdesk.label') || '';
   let items = [];
   let reloadTimer = null;
   let wanted = null;
   let disposed = false;
+  let listed = false;
 
   const list = h('ul', { class: 'conversations', id: 'conversation-list', 'aria-label': 'Conversations' });
   const status = h('div', { class: 'list-status' });
   const filters = h('div', { class: 'filters', role: 'tablist', 'aria-label': 'Filter conversations' });
+  const labelSelect = h('select', {
+    id: 'label-filter',
+    onchange: () => {
+      labelFilter = labelSelect.value;
+      sessionStorage.setItem('chatdesk.label', labelFilter);
+      reload();
+    },
+  });
+  const labelBar = h('div', { class: 'label-filter' }, h('label', { for: 'label-filter' }, 'Label'), labelSelect);
   const detail = h('section', { class: 'detail', 'aria-label': 'Conversation' });
-  container.replaceChildren(h('aside', { class: 'sidebar' }, filters, status, list), detail);
+  container.replaceChildren(h('aside', { class: 'sidebar' }, filters, labelBar, status, list), detail);
+
+  function renderLabelFilter() {
+    const labels = context.directory.known.labels;
+    // A label deleted meanwhile filters nothing any more.
+    if (labelFilter && context.directory.loaded.has('labels') && !labels.some((label) => label.id === labelFilter)) {
+      labelFilter = '';
+      sessionStorage.removeItem('chatdesk.label');
+    }
+    labelSelect.replaceChildren(h('option', { value: '' }, 'Any label'),
+      ...labels.map((label) => h('option', { value: label.id, selected: label.id === labelFilter }, label.name)));
+    labelSelect.value = labelFilter;
+  }
 
   function renderFilters() {
     filters.replaceChildren(...FILTERS.map((candidate) => h('button', {
@@ -42,7 +66,7 @@ export function mount(container, context, [selected] = []) {
   }
 
   function renderList() {
-    status.replaceChildren(items.length ? '' : notice('No conversations here yet.'));
+    status.replaceChildren(items.length || !listed ? '' : notice('No conversations here yet.'));
     list.replaceChildren(...items.map((item) => {
       const name = item.contact.name || item.contact.external_id;
       return h('li', {},
@@ -55,6 +79,8 @@ export function mount(container, context, [selected] = []) {
         h('span', { class: 'name' }, name),
         item.unread_count ? h('span', { class: 'unread', 'aria-label': `${item.unread_count} unread` }, item.unread_count) : null,
         h('span', { class: 'preview' }, item.last_message ? item.last_message.text : ''),
+        item.labels && item.labels.length ? h('span', { class: 'labels' },
+          item.labels.map((id) => context.directory.labelById(id)).filter(Boolean).map((label) => labelChip(label))) : null,
         h('span', { class: 'meta' },
           h('span', { class: `status status-${item.status}` }, item.status),
           item.assignee_id ? h('span', { class: 'assignee' }, item.assignee_id === context.user.id ? 'mine' : 'assigned') : null,
@@ -67,11 +93,14 @@ export function mount(container, context, [selected] = []) {
   let round = 0;
 
   async function reload(attempt = 0, mine = round) {
-    const query = FILTERS.find((candidate) => candidate.id === filter).query;
+    const query = FILTERS.find((candidate) => candidate.id === filter).query
+      + (labelFilter ? `&label=${encodeURIComponent(labelFilter)}` : '');
     try {
       const page = await api('GET', `/v1/conversations?${query}&limit=100`);
       if (disposed || mine !== round) return;
       items = page.items;
+      listed = true;
+      context.notifier?.learn(items);
       renderList();
       // PostgreSQL trails the stream by a moment. A new message: look again until it is there.
       // Any other change (status, assignment) cannot be recognised in a page: look a few times.
@@ -96,31 +125,34 @@ export function mount(container, context, [selected] = []) {
     reloadTimer = setTimeout(() => reload(0, mine), 150);
   }
 
-  context.connection.subscribe('inbox', {
-    onEvent: (frame) => {
-      if (frame.type === 'presence') {
-        if (frame.data.online) context.online.add(frame.data.user_id);
-        else context.online.delete(frame.data.user_id);
-        context.presenceChanged();
-        return;
-      }
-      if (frame.type === 'typing') return;
-      scheduleReload(frame.data.conversation_id, frame.type === 'message.created' ? frame.event_id : null);
-    },
-    onSubscribed: (frame) => {
-      if (frame.presence) {
-        context.online = new Set(frame.presence);
-        context.presenceChanged();
-      }
-    },
-    onReset: () => scheduleReload(),
+  // Events of every conversation (the feed is the app's, shared with the notifications).
+  const stopFeed = context.feed.listen((frame) => {
+    if (frame.type === 'presence' || frame.type === 'typing') return;
+    // Contact events name a contact, not a conversation: its name may show in the list.
+    const about = frame.data.conversation_id || frame.data.contact_id;
+    scheduleReload(about, frame.type === 'message.created' ? frame.event_id : null);
   });
+  const onReset = () => scheduleReload();
+  context.feed.addEventListener('reset', onReset);
   context.connection.addEventListener('state', onState);
   function onState(event) {
     if (event.detail === 'resumed') scheduleReload();
   }
+  const onDirectory = (event) => {
+    if (event.detail !== 'labels') return;
+    renderLabelFilter();
+    renderList();
+  };
+  context.directory.addEventListener('change', onDirectory);
+  context.directory.labels().then(() => {
+    if (disposed) return;
+    const before = labelFilter;
+    renderLabelFilter();
+    if (before !== labelFilter) reload(); else renderList();
+  }, () => {});
 
   renderFilters();
+  renderLabelFilter();
   reload();
   let closeConversation = null;
   if (selected) {
@@ -133,7 +165,9 @@ export function mount(container, context, [selected] = []) {
     disposed = true;
     clearTimeout(reloadTimer);
     closeConversation?.();
-    context.connection.unsubscribe('inbox');
+    stopFeed();
+    context.feed.removeEventListener('reset', onReset);
+    context.directory.removeEventListener('change', onDirectory);
     context.connection.removeEventListener('state', onState);
   };
 }

@@ -599,6 +599,9 @@ fn display_name(name: Option<&str>, email: &str) -> String {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct IdentityView {
     pub inbox_id: Uuid,
+    pub inbox_name: String,
+    /// generic, whatsapp, telegram or web.
+    pub inbox_kind: String,
     /// The id on the channel (phone number, chat id, visitor id).
     pub external_id: String,
     /// The contact this identity was first known as (itself, or a contact merged into it).
@@ -659,8 +662,10 @@ async fn contact_detail(state: &AppState, principal: &Principal, row: ContactRow
             .into_iter()
             .map(|identity| IdentityView {
                 inbox_id: identity.inbox_id,
+                inbox_name: identity.inbox_name,
+                inbox_kind: identity.inbox_kind,
                 external_id: identity.external_id,
-                contact_id: identity.id,
+                contact_id: identity.contact_id,
             })
             .collect(),
         first_seen_at: rfc3339(row.created_at),

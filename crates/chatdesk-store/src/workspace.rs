@@ -250,18 +250,37 @@ pub async fn get_contact(pool: &PgPool, tenant: Uuid, id: Uuid) -> Result<Option
     Ok(row.map(contact))
 }
 
+/// A channel identity of a contact, with its inbox's name and kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentityRow {
+    pub contact_id: Uuid,
+    pub inbox_id: Uuid,
+    pub inbox_name: String,
+    pub inbox_kind: String,
+    pub external_id: String,
+}
+
 /// The channel identities of a contact: its own and those of the contacts merged into it.
-pub async fn identities(pool: &PgPool, tenant: Uuid, id: Uuid) -> Result<Vec<ContactRow>, StoreError> {
-    let rows: Vec<ContactTuple> = sqlx::query_as(
-        "SELECT id, inbox_id, external_id, name, email, phone, created_at, merged_into FROM contacts \
-         WHERE tenant_id = $1 AND (id = $2 OR merged_into = $2) ORDER BY created_at",
+pub async fn identities(pool: &PgPool, tenant: Uuid, id: Uuid) -> Result<Vec<IdentityRow>, StoreError> {
+    let rows: Vec<(Uuid, Uuid, String, String, String)> = sqlx::query_as(
+        "SELECT k.id, k.inbox_id, i.name, i.kind, k.external_id FROM contacts k JOIN inboxes i ON i.id = k.inbox_id \
+         WHERE k.tenant_id = $1 AND (k.id = $2 OR k.merged_into = $2) ORDER BY k.created_at",
     )
     .bind(tenant)
     .bind(id)
     .fetch_all(pool)
     .await
     .map_err(StoreError::Query)?;
-    Ok(rows.into_iter().map(contact).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(contact_id, inbox_id, inbox_name, inbox_kind, external_id)| IdentityRow {
+            contact_id,
+            inbox_id,
+            inbox_name,
+            inbox_kind,
+            external_id,
+        })
+        .collect())
 }
 
 /// A contact's conversations, newest activity first: `(id, inbox, status, last activity)`.
