@@ -319,6 +319,32 @@ async function checkWidgetBot(browser, shop) {
 }
 
 /// A REST call as the tenant's owner.
+/// An owner sets an inbox to round robin with a limit and a grace on the Workspace page, then
+/// back to manual, and the API holds each setting.
+async function checkRouting(browser) {
+  const owner = await agentPage(browser, config.owner, 'owner setting routing');
+  await owner.click('nav a:has-text("Workspace")');
+  await owner.waitForSelector('#members-inbox option', { state: 'attached' });
+  const inbox = await owner.inputValue('#members-inbox');
+  await owner.waitForSelector('#members input[name="member"]');
+  await owner.selectOption('#routing-mode', 'round_robin');
+  await owner.fill('#routing-capacity', '5');
+  await owner.fill('#routing-grace', '600');
+  await owner.click('#members-form button[type="submit"]');
+  await waitFor('round robin saved from the page', async () => {
+    const routing = await asOwner('GET', `/v1/inboxes/${inbox}/routing`);
+    return routing.mode === 'round_robin' && routing.agent_capacity === 5 && routing.reassign_after_seconds === 600;
+  });
+  await owner.selectOption('#routing-mode', 'manual');
+  await owner.fill('#routing-grace', '');
+  await owner.click('#members-form button[type="submit"]');
+  await waitFor('manual routing saved', async () => {
+    const now = await asOwner('GET', `/v1/inboxes/${inbox}/routing`);
+    return now.mode === 'manual' && now.reassign_after_seconds === null;
+  });
+  await owner.context().close();
+}
+
 async function asOwner(method, path, body) {
   const login = await (await fetch(`${config.base}/v1/auth/login`, {
     method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(config.owner),
@@ -602,6 +628,8 @@ async function main() {
     log('widget reload kept the conversation');
 
     await checkWorkspace(browser, bob);
+    await checkRouting(browser);
+    log('an owner set an inbox to round robin with a limit and a grace, then back to manual');
 
     await checkStreamsPage(browser);
     log('the SRE saw the streams, opened a dead letter and redrove it');

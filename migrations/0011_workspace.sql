@@ -60,7 +60,9 @@ CREATE INDEX messages_search ON messages USING gin (to_tsvector('simple', body))
 -- Routing: which agents work an inbox, and how its new conversations find one.
 ALTER TABLE inboxes
     ADD COLUMN assignment     text    NOT NULL DEFAULT 'manual' CHECK (assignment IN ('manual', 'round_robin')),
-    ADD COLUMN agent_capacity integer NOT NULL DEFAULT 10 CHECK (agent_capacity BETWEEN 1 AND 1000);
+    ADD COLUMN agent_capacity integer NOT NULL DEFAULT 10 CHECK (agent_capacity BETWEEN 1 AND 1000),
+    -- An agent offline this long has its unanswered conversations handed to others; NULL: never.
+    ADD COLUMN reassign_after_seconds integer CHECK (reassign_after_seconds BETWEEN 1 AND 86400);
 
 CREATE TABLE inbox_members (
     tenant_id uuid NOT NULL,

@@ -185,7 +185,12 @@ function membersSection(context, gone) {
   const inbox = h('select', { id: 'members-inbox' });
   const people = h('fieldset', { class: 'members', id: 'members' }, h('legend', {}, 'Members'));
   const status = h('div', { role: 'status' });
-  const save = h('button', { type: 'submit', class: 'primary', disabled: true }, 'Save members');
+  const save = h('button', { type: 'submit', class: 'primary', disabled: true }, 'Save members and routing');
+  const mode = h('select', { id: 'routing-mode' },
+    h('option', { value: 'manual' }, 'Manual: agents pick or assign'),
+    h('option', { value: 'round_robin' }, 'Round robin among online members'));
+  const capacity = h('input', { id: 'routing-capacity', type: 'number', min: 1, max: 1000, required: true, value: 10 });
+  const grace = h('input', { id: 'routing-grace', type: 'number', min: 1, max: 86400, placeholder: 'never' });
   let users = [];
 
   async function start() {
@@ -205,8 +210,12 @@ function membersSection(context, gone) {
     status.replaceChildren();
     const id = inbox.value;
     try {
-      const members = await api('GET', `/v1/inboxes/${id}/members`);
+      const [members, routing] = await Promise.all([
+        api('GET', `/v1/inboxes/${id}/members`), api('GET', `/v1/inboxes/${id}/routing`)]);
       if (gone() || inbox.value !== id) return;
+      mode.value = routing.mode;
+      capacity.value = routing.agent_capacity;
+      grace.value = routing.reassign_after_seconds ?? '';
       people.replaceChildren(h('legend', {}, 'Members'),
         ...users.map((user) => h('label', { class: 'check' },
           h('input', { type: 'checkbox', name: 'member', value: user.id, checked: members.user_ids.includes(user.id) }),
@@ -220,8 +229,8 @@ function membersSection(context, gone) {
   inbox.addEventListener('change', show);
   start();
   return h('section', { class: 'workspace-section', 'aria-labelledby': 'members-title' },
-    h('h3', { id: 'members-title' }, 'Inbox members'),
-    h('p', { class: 'muted' }, 'An inbox without members is the whole team’s; with members, agents other than them do not see its conversations (owners and admins see every inbox).'),
+    h('h3', { id: 'members-title' }, 'Inbox members and routing'),
+    h('p', { class: 'muted' }, 'An inbox without members is the whole team’s; with members, agents other than them do not see its conversations (owners and admins see every inbox). Round robin assigns each new or reopened conversation at once to the next member who is online and under the limit; when nobody is, it waits unassigned.'),
     h('form', {
       class: 'ops-form workspace-form', id: 'members-form', 'aria-label': 'Inbox members',
       onsubmit: async (event) => {
@@ -230,6 +239,11 @@ function membersSection(context, gone) {
         save.disabled = true;
         try {
           const answer = await api('PUT', `/v1/inboxes/${inbox.value}/members`, { user_ids: chosen });
+          await api('PUT', `/v1/inboxes/${inbox.value}/routing`, {
+            mode: mode.value,
+            agent_capacity: Number(capacity.value),
+            reassign_after_seconds: grace.value === '' ? null : Number(grace.value),
+          });
           status.replaceChildren(notice(answer.user_ids.length ? `${answer.user_ids.length} members saved.` : 'Saved: the whole team works this inbox.', 'ok'));
         } catch (failure) {
           status.replaceChildren(notice(failure.message, 'error'));
@@ -238,6 +252,10 @@ function membersSection(context, gone) {
       },
     },
     h('div', { class: 'field' }, h('label', { for: 'members-inbox' }, 'Inbox'), inbox),
-    people, save),
+    people,
+    h('div', { class: 'field' }, h('label', { for: 'routing-mode' }, 'Assignment'), mode),
+    h('div', { class: 'field' }, h('label', { for: 'routing-capacity' }, 'Open conversations per agent'), capacity),
+    h('div', { class: 'field' }, h('label', { for: 'routing-grace' }, 'Hand an offline agent’s unanswered conversations to others after (seconds)'), grace),
+    save),
     status);
 }

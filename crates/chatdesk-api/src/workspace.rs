@@ -1099,6 +1099,12 @@ pub struct Routing {
     /// 1 to 1000 open conversations per agent.
     #[schema(minimum = 1, maximum = 1000)]
     pub agent_capacity: u32,
+    /// `round_robin`: when a member has been offline this many seconds (1 to 86400), its open
+    /// conversations with unanswered customer messages go to members who are online and have
+    /// room; `null` (the default): they stay.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 86400)]
+    pub reassign_after_seconds: Option<u32>,
 }
 
 /// How an inbox's conversations are assigned.
@@ -1125,7 +1131,11 @@ pub async fn get_routing(
         .await
         .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::not_found("inbox"))?;
-    Ok(Json(Routing { mode: routing.mode, agent_capacity: routing.agent_capacity.max(1) as u32 }))
+    Ok(Json(Routing {
+        mode: routing.mode,
+        agent_capacity: routing.agent_capacity.max(1) as u32,
+        reassign_after_seconds: routing.reassign_after_seconds.map(|seconds| seconds.max(1) as u32),
+    }))
 }
 
 /// Sets how an inbox's conversations are assigned (owners and admins). Members are set with
@@ -1158,8 +1168,12 @@ pub async fn put_routing(
     if !(1..=1000).contains(&request.agent_capacity) {
         return Err(ApiError::invalid_field("agent_capacity", "must be between 1 and 1000"));
     }
+    if request.reassign_after_seconds.is_some_and(|seconds| !(1..=86_400).contains(&seconds)) {
+        return Err(ApiError::invalid_field("reassign_after_seconds", "must be between 1 and 86400, or null"));
+    }
     let capacity = request.agent_capacity as i32;
-    if !store::set_inbox_routing(&state.db, principal.tenant, id, &request.mode, capacity)
+    let reassign = request.reassign_after_seconds.map(|seconds| seconds as i32);
+    if !store::set_inbox_routing(&state.db, principal.tenant, id, &request.mode, capacity, reassign)
         .await
         .map_err(ApiError::store)?
     {

@@ -477,12 +477,14 @@ pub struct RoutingRow {
     pub mode: String,
     /// Open conversations the router gives one agent at most.
     pub agent_capacity: i32,
+    /// Seconds an agent may be offline before its unanswered conversations go to others.
+    pub reassign_after_seconds: Option<i32>,
     pub members: Vec<Uuid>,
 }
 
 pub async fn inbox_routing(pool: &PgPool, tenant: Uuid, inbox: Uuid) -> Result<Option<RoutingRow>, StoreError> {
-    let row: Option<(String, i32, Vec<Uuid>)> = sqlx::query_as(
-        "SELECT i.assignment, i.agent_capacity, \
+    let row: Option<(String, i32, Option<i32>, Vec<Uuid>)> = sqlx::query_as(
+        "SELECT i.assignment, i.agent_capacity, i.reassign_after_seconds, \
                 COALESCE(ARRAY(SELECT m.user_id FROM inbox_members m WHERE m.inbox_id = i.id ORDER BY m.user_id), '{}') \
          FROM inboxes i WHERE i.tenant_id = $1 AND i.id = $2",
     )
@@ -491,7 +493,12 @@ pub async fn inbox_routing(pool: &PgPool, tenant: Uuid, inbox: Uuid) -> Result<O
     .fetch_optional(pool)
     .await
     .map_err(StoreError::Query)?;
-    Ok(row.map(|(mode, agent_capacity, members)| RoutingRow { mode, agent_capacity, members }))
+    Ok(row.map(|(mode, agent_capacity, reassign_after_seconds, members)| RoutingRow {
+        mode,
+        agent_capacity,
+        reassign_after_seconds,
+        members,
+    }))
 }
 
 pub async fn set_inbox_routing(
@@ -500,16 +507,20 @@ pub async fn set_inbox_routing(
     inbox: Uuid,
     mode: &str,
     agent_capacity: i32,
+    reassign_after_seconds: Option<i32>,
 ) -> Result<bool, StoreError> {
-    let updated =
-        sqlx::query("UPDATE inboxes SET assignment = $3, agent_capacity = $4 WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant)
-            .bind(inbox)
-            .bind(mode)
-            .bind(agent_capacity)
-            .execute(pool)
-            .await
-            .map_err(StoreError::Query)?;
+    let updated = sqlx::query(
+        "UPDATE inboxes SET assignment = $3, agent_capacity = $4, reassign_after_seconds = $5 \
+         WHERE tenant_id = $1 AND id = $2",
+    )
+    .bind(tenant)
+    .bind(inbox)
+    .bind(mode)
+    .bind(agent_capacity)
+    .bind(reassign_after_seconds)
+    .execute(pool)
+    .await
+    .map_err(StoreError::Query)?;
     Ok(updated.rows_affected() == 1)
 }
 
@@ -556,6 +567,32 @@ pub async fn visitor_email(
     .bind(tenant)
     .bind(conversation)
     .fetch_optional(pool)
+    .await
+    .map_err(StoreError::Query)
+}
+
+/// Inboxes that hand an offline agent's unanswered conversations to others:
+/// `(tenant, inbox, capacity, seconds)`.
+pub async fn reassigning_inboxes(pool: &PgPool) -> Result<Vec<(Uuid, Uuid, i32, i32)>, StoreError> {
+    sqlx::query_as(
+        "SELECT tenant_id, id, agent_capacity, reassign_after_seconds FROM inboxes \
+         WHERE assignment = 'round_robin' AND reassign_after_seconds IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::Query)
+}
+
+/// An inbox's open conversations with an agent and customer messages no agent has answered:
+/// `(conversation, assignee)`.
+pub async fn unanswered_assigned(pool: &PgPool, tenant: Uuid, inbox: Uuid) -> Result<Vec<(Uuid, Uuid)>, StoreError> {
+    sqlx::query_as(
+        "SELECT id, assignee_id FROM conversations WHERE tenant_id = $1 AND inbox_id = $2 AND status = 'open' \
+           AND assignee_id IS NOT NULL AND unread_count > 0 LIMIT 5000",
+    )
+    .bind(tenant)
+    .bind(inbox)
+    .fetch_all(pool)
     .await
     .map_err(StoreError::Query)
 }

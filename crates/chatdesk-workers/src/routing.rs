@@ -78,6 +78,50 @@ return 1
     )
 });
 
+/// Moves a conversation from an offline agent to the next member in turn with room; nothing
+/// changes when another change got there first or nobody has room.
+/// KEYS[1] routing hash. ARGV: conversation, from-agent, capacity, load-set prefix, candidates…
+static REASSIGN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local field = 'c:' .. ARGV[1]
+if redis.call('HGET', KEYS[1], field) ~= ARGV[2] then return false end
+local capacity = tonumber(ARGV[3])
+local count = #ARGV - 4
+local last = tonumber(redis.call('HGET', KEYS[1], 'rr') or '0')
+for step = 1, count do
+  local index = ((last + step - 1) % count) + 1
+  local agent = ARGV[index + 4]
+  if agent ~= ARGV[2] and redis.call('SCARD', ARGV[4] .. agent) < capacity then
+    redis.call('SREM', ARGV[4] .. ARGV[2], ARGV[1])
+    redis.call('HSET', KEYS[1], field, agent, 'rr', index)
+    redis.call('SADD', ARGV[4] .. agent, ARGV[1])
+    return agent
+  end
+end
+return false
+"#,
+    )
+});
+
+/// How often the router looks for agents offline past their inboxes' grace.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Records who holds a conversation when the router has no record of it yet.
+/// KEYS[1] routing hash. ARGV: conversation, agent, load-set prefix.
+static TRACK_IF_NEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local field = 'c:' .. ARGV[1]
+if redis.call('HEXISTS', KEYS[1], field) == 1 then return 0 end
+redis.call('HSET', KEYS[1], field, ARGV[2])
+redis.call('SADD', ARGV[3] .. ARGV[2], ARGV[1])
+return 1
+"#,
+    )
+});
+
+#[derive(Clone)]
 pub struct Router {
     redis: Client,
     db: chatdesk_store::Pool,
@@ -145,6 +189,93 @@ impl Router {
             return Ok(());
         };
         // Derived from the entry that caused it: a redelivery appends the same event once.
+        self.announce(tenant, conversation, agent, trigger).await?;
+        metrics::counter!(ROUTED_TOTAL, "outcome" => "assigned").increment(1);
+        Ok(())
+    }
+
+    /// Hands the unanswered conversations of members offline longer than their inbox's grace to
+    /// members online with room, until `cancel` fires. Every process running the router may do
+    /// it at once: the script moves a conversation only from the agent it still belongs to, and
+    /// the assignment's event id is derived from that move.
+    pub async fn sweep(&self, cancel: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            }
+            if let Err(error) = self.sweep_once().await {
+                tracing::debug!(error = %error, "cannot look for offline agents now");
+            }
+        }
+    }
+
+    async fn sweep_once(&self) -> Result<(), HandlerError> {
+        let inboxes = store::reassigning_inboxes(&self.db).await.map_err(store_down)?;
+        let now = chatdesk_core::envelope::now_ms();
+        for (tenant, inbox, capacity, seconds) in inboxes {
+            let tenant = TenantId(tenant);
+            let Some(routing) = store::inbox_routing(&self.db, tenant.0, inbox).await.map_err(store_down)? else {
+                continue;
+            };
+            let online = self.online(&tenant).await.map_err(redis_down)?;
+            let key = self.keys.routing(&tenant);
+            // Back online: the grace starts afresh next time.
+            let back: Vec<String> = online.iter().map(|user| format!("off:{user}")).collect();
+            if !back.is_empty() {
+                let _: i64 = self.redis.hdel(&key, back).await.map_err(redis_down)?;
+            }
+            let held = store::unanswered_assigned(&self.db, tenant.0, inbox).await.map_err(store_down)?;
+            let candidates: Vec<String> =
+                routing.members.iter().filter(|member| online.contains(member)).map(Uuid::to_string).collect();
+            for (conversation, agent) in held {
+                if online.contains(&agent) {
+                    continue;
+                }
+                let field = format!("off:{agent}");
+                let _: bool = self.redis.hsetnx(&key, &field, now.to_string()).await.map_err(redis_down)?;
+                let since: Option<String> = self.redis.hget(&key, &field).await.map_err(redis_down)?;
+                let since: u64 = since.and_then(|since| since.parse().ok()).unwrap_or(now);
+                if now.saturating_sub(since) < u64::from(seconds.max(1) as u32) * 1000 || candidates.is_empty() {
+                    continue;
+                }
+                let mut args = vec![
+                    conversation.to_string(),
+                    agent.to_string(),
+                    capacity.max(1).to_string(),
+                    self.keys.routing_load_prefix(&tenant),
+                ];
+                args.extend(candidates.iter().cloned());
+                // The router tracks the conversation from its assignment; one assigned before
+                // routing was on is taken into the count first.
+                let _: i64 = TRACK_IF_NEW
+                    .call(
+                        &self.redis,
+                        vec![key.clone()],
+                        vec![conversation.to_string(), agent.to_string(), self.keys.routing_load_prefix(&tenant)],
+                    )
+                    .await
+                    .map_err(redis_down)?;
+                let chosen: Option<String> =
+                    REASSIGN.call(&self.redis, vec![key.clone()], args).await.map_err(redis_down)?;
+                let Some(chosen) = chosen.and_then(|chosen| chosen.parse::<Uuid>().ok()) else { continue };
+                let trigger = Uuid::new_v5(&ID_NAMESPACE, format!("offline:{agent}:{since}").as_bytes());
+                self.announce(&tenant, conversation, chosen, trigger).await?;
+                metrics::counter!(ROUTED_TOTAL, "outcome" => "reassigned").increment(1);
+                tracing::info!(%conversation, from = %agent, to = %chosen, "reassigned from an offline agent");
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the router's assignment of `conversation` to `agent`, once per `trigger`.
+    async fn announce(
+        &self,
+        tenant: &TenantId,
+        conversation: Uuid,
+        agent: Uuid,
+        trigger: Uuid,
+    ) -> Result<(), HandlerError> {
         let event_id = Uuid::new_v5(&ID_NAMESPACE, format!("route:{conversation}:{trigger}").as_bytes());
         let event = Event::ConversationAssigned(ConversationAssigned {
             conversation_id: conversation,
@@ -161,7 +292,6 @@ impl Router {
             )
             .await
             .map_err(|error| -> HandlerError { Box::new(Unavailable(crate::error_chain(&error))) })?;
-        metrics::counter!(ROUTED_TOTAL, "outcome" => "assigned").increment(1);
         Ok(())
     }
 

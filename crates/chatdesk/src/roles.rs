@@ -274,22 +274,28 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                     runtime.autoreply.clone(),
                 )?;
                 // Routing is the other automation on conversations: the same role runs it.
-                let router = Consumer::new(
-                    runtime.consumer_options(stream),
-                    chatdesk_workers::routing::Router::new(
+                let routing = chatdesk_workers::routing::Router::new(
+                    runtime.redis.clone(),
+                    runtime.db.clone(),
+                    runtime.keys.clone(),
+                    chatdesk_streams::Producer::new(
                         runtime.redis.clone(),
-                        runtime.db.clone(),
                         runtime.keys.clone(),
-                        chatdesk_streams::Producer::new(
-                            runtime.redis.clone(),
-                            runtime.keys.clone(),
-                            runtime.streams.clone(),
-                        ),
+                        runtime.streams.clone(),
                     ),
-                )?;
+                );
+                let router = Consumer::new(runtime.consumer_options(stream), routing.clone())?;
                 let router_cancel = cancel.clone();
                 consumers
                     .push(("router", Box::pin(async move { router.run(router_cancel).await.map_err(Into::into) })));
+                let sweep_cancel = cancel.clone();
+                consumers.push((
+                    "router-sweep",
+                    Box::pin(async move {
+                        routing.sweep(sweep_cancel).await;
+                        Ok(())
+                    }),
+                ));
                 let watcher = Consumer::new(runtime.consumer_options(stream), autoreply.watcher())?;
                 let watcher_cancel = cancel.clone();
                 consumers.push((

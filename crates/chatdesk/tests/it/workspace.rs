@@ -639,3 +639,80 @@ async fn an_offline_agent_gets_one_email_for_what_happened_while_away() {
     assert!(text.contains(&link), "{link} in {text}");
     assert_eq!(smtp.mails().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_offline_agents_unanswered_conversations_go_to_others_after_the_grace() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@grace.test", "owner-pass-1");
+    let tenant_id = id(&tenant["tenant_id"]);
+    let ann = id(&env.user(&tenant_id, "ann@grace.test", "ann-pass-1", "agent")["user_id"]);
+    let ben = id(&env.user(&tenant_id, "ben@grace.test", "ben-pass-1", "agent")["user_id"]);
+    let inbox = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "Queue"]);
+    let inbox_id = id(&inbox["inbox_id"]);
+    let http = free_addr();
+    let _server = serve_roles(&env, "ingress,writer,gateway,autoreply", http, &[]).await;
+    let owner = client(http, "owner@grace.test", "owner-pass-1").await;
+    let ann_client = client(http, "ann@grace.test", "ann-pass-1").await;
+    let ben_client = client(http, "ben@grace.test", "ben-pass-1").await;
+    let members =
+        owner.call("PUT", &format!("/v1/inboxes/{inbox_id}/members"), Some(json!({"user_ids": [ann, ben]}))).await;
+    assert_eq!(members.status, 200, "{}", members.body);
+    let routing = json!({"mode": "round_robin", "agent_capacity": 10, "reassign_after_seconds": 1});
+    let set = owner.call("PUT", &format!("/v1/inboxes/{inbox_id}/routing"), Some(routing.clone())).await;
+    assert_eq!((set.status, set.json()), (200, routing));
+    let ann_socket = hello(http, &ann_client.token).await;
+    let _ben_socket = hello(http, &ben_client.token).await;
+    let mut watcher = hello(http, &owner.token).await;
+    subscribe(&mut watcher, json!({"op": "subscribe", "channel": "inbox"})).await;
+
+    for index in 0..4 {
+        webhook(http, &inbox, &format!("g-{index}"), &format!("cust-{index}"), "help").await;
+    }
+    let list = format!("/v1/conversations?inbox={inbox_id}&limit=200");
+    let page = eventually(&owner, &list, "four assigned", |page| {
+        let items = page["items"].as_array().unwrap();
+        items.len() == 4 && items.iter().all(|item| item["assignee_id"].is_string())
+    })
+    .await;
+    let anns: Vec<String> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|item| item["assignee_id"] == ann.as_str())
+        .map(|item| id(&item["id"]))
+        .collect();
+    assert_eq!(anns.len(), 2, "{page}");
+    // Ann answers one of hers, then leaves.
+    let answered = &anns[0];
+    let reply = ann_client
+        .call("POST", &format!("/v1/conversations/{answered}/messages"), Some(json!({"text": "on it"})))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    eventually(&owner, &format!("/v1/conversations/{answered}"), "the answer stored", |c| c["unread_count"] == 0).await;
+    drop(ann_socket);
+    loop {
+        let frame = next_event(&mut watcher).await;
+        if frame["type"] == "presence" && frame["data"]["user_id"] == ann.as_str() && frame["data"]["online"] == false {
+            break;
+        }
+    }
+    let waiting = &anns[1];
+    eventually(&owner, &format!("/v1/conversations/{waiting}"), "the unanswered one moved to Ben", |c| {
+        c["assignee_id"] == ben.as_str()
+    })
+    .await;
+    let kept = owner.call("GET", &format!("/v1/conversations/{answered}"), None).await.json();
+    assert_eq!(kept["assignee_id"], ann.as_str(), "an answered conversation stays with its agent");
+    assert_eq!(metric(http, r#"chatdesk_router_assignments_total{outcome="reassigned"}"#).await, 1.0);
+    let refused = owner
+        .call(
+            "PUT",
+            &format!("/v1/inboxes/{inbox_id}/routing"),
+            Some(json!({"mode": "round_robin", "agent_capacity": 10, "reassign_after_seconds": 0})),
+        )
+        .await;
+    assert_eq!(
+        (refused.status, refused.json()["error"]["details"]["field"].as_str()),
+        (422, Some("reassign_after_seconds"))
+    );
+}
