@@ -81,6 +81,16 @@ pub async fn seed(db: &chatdesk_store::Pool) -> anyhow::Result<Demo> {
     };
     let web = find_or_create(InboxKind::Web, WEB_INBOX).await?;
     let simulated = find_or_create(InboxKind::Generic, SIMULATED_INBOX).await?;
+    // A label and a canned response to try the workspace with (each made once: a taken name is
+    // left as it is).
+    chatdesk_store::workspace::create_label(db, tenant, "VIP", "#f2c94c").await?;
+    chatdesk_store::workspace::create_canned(
+        db,
+        tenant,
+        "thanks",
+        "Hi {{contact.name}}, thanks for writing! This is {{agent.name}}, I'm looking into it now.",
+    )
+    .await?;
     Ok(Demo { web, simulated })
 }
 

@@ -30,13 +30,15 @@ pub enum Role {
     Writer,
     /// The WebSocket gateway at `/v1/ws` (group `gateway.<node id>` on `events`).
     Gateway,
-    /// Delivers outbound messages to the providers (group `sender` on `send`).
+    /// Delivers outbound messages to the providers (group `sender` on `send`), and notification
+    /// e-mails when SMTP is set (group `notifier` on `events`).
     Sender,
     /// Runs broadcast campaigns: hands recipients over at each campaign's rate and turns them
     /// into messages (group `broadcaster` on `broadcast`).
     Broadcaster,
     /// Answers customers with an AI model or a dialog flow where an inbox turned auto-reply on,
-    /// and hands conversations to humans (group `autoreply` on `events`).
+    /// and hands conversations to humans (group `autoreply` on `events`); assigns round-robin
+    /// inboxes' conversations (group `router` on `events`).
     Autoreply,
 }
 
