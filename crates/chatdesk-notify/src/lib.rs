@@ -115,6 +115,22 @@ impl Recipient {
     }
 }
 
+/// How long a process holds a due recipient while it sends.
+const LEASE_MS: u64 = 60_000;
+
+/// Leases a due recipient: moves its score to the lease's end if it is due now.
+/// KEYS[1] the due set. ARGV: recipient, now, lease end.
+static CLAIM: std::sync::LazyLock<chatdesk_streams::Script> = std::sync::LazyLock::new(|| {
+    chatdesk_streams::Script::new(
+        r#"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"#,
+    )
+});
+
 #[derive(Clone)]
 pub struct Notifier {
     inner: Arc<Inner>,
@@ -278,19 +294,47 @@ impl Notifier {
             .redis
             .zrangebyscore(&due_key, f64::NEG_INFINITY, Self::now_ms() as f64, false, Some((0, 50)))
             .await?;
+        let now = Self::now_ms();
         for name in due {
-            // Whoever removes the recipient sends its e-mail: one process, once.
-            let taken: i64 = self.inner.redis.zrem(&due_key, &name).await?;
-            if taken == 0 {
+            // Whoever leases the recipient sends its e-mail: one process at a time; a process that
+            // dies holding the lease leaves it to run out, and another sends.
+            let leased: i64 = CLAIM
+                .call(
+                    &self.inner.redis,
+                    vec![due_key.clone()],
+                    vec![name.clone(), now.to_string(), (now + LEASE_MS).to_string()],
+                )
+                .await?;
+            if leased == 0 {
                 continue;
             }
-            let Some(recipient) = Recipient::parse(&name) else { continue };
-            if let Err(error) = self.send_one(recipient, &name).await {
-                metrics::counter!(EMAILS_TOTAL, "outcome" => "failed").increment(1);
-                tracing::warn!(error = %error, recipient = %name, "notification e-mail failed; retrying in 30 s");
-                let retry = (Self::now_ms() + 30_000) as f64;
-                let _: i64 =
-                    self.inner.redis.zadd(&due_key, Some(SetOptions::NX), None, false, false, (retry, name)).await?;
+            let Some(recipient) = Recipient::parse(&name) else {
+                let _: i64 = self.inner.redis.zrem(&due_key, &name).await?;
+                continue;
+            };
+            let next = match self.send_one(recipient, &name).await {
+                Ok(()) => {
+                    // What arrived while this e-mail went waits for the interval.
+                    let left: i64 = self.inner.redis.hlen(self.inner.keys.notify_pending(&name)).await?;
+                    (left > 0).then(|| now + self.inner.settings.interval.as_millis() as u64)
+                }
+                Err(error) => {
+                    metrics::counter!(EMAILS_TOTAL, "outcome" => "failed").increment(1);
+                    tracing::warn!(error = %error, recipient = %name, "notification e-mail failed; retrying in 30 s");
+                    Some(now + 30_000)
+                }
+            };
+            match next {
+                Some(at) => {
+                    let _: i64 = self
+                        .inner
+                        .redis
+                        .zadd(&due_key, Some(SetOptions::XX), None, false, false, (at as f64, name))
+                        .await?;
+                }
+                None => {
+                    let _: i64 = self.inner.redis.zrem(&due_key, &name).await?;
+                }
             }
         }
         Ok(())
