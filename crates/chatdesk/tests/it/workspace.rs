@@ -306,6 +306,44 @@ async fn labels_canned_responses_contacts_and_search() {
     })
     .await;
 
+    // Every route, called by another tenant with this tenant's ids: 404, and nothing changes.
+    let canned_id = id(&alice.call("GET", "/v1/canned_responses", None).await.json()["items"][0]["id"]);
+    let inbox_id = id(&inbox["inbox_id"]);
+    let calls: Vec<(&str, String, Option<Value>)> = vec![
+        ("GET", format!("/v1/conversations/{first_id}"), None),
+        ("GET", format!("/v1/conversations/{first_id}/notes"), None),
+        ("POST", format!("/v1/conversations/{first_id}/notes"), Some(json!({"text": "x"}))),
+        ("POST", format!("/v1/conversations/{first_id}/labels"), Some(json!({"remove": [foreign_label["id"]]}))),
+        ("GET", format!("/v1/conversations/{first_id}/canned_responses"), None),
+        ("DELETE", format!("/v1/labels/{vip_id}"), None),
+        ("PATCH", format!("/v1/canned_responses/{canned_id}"), Some(json!({"text": "taken over"}))),
+        ("DELETE", format!("/v1/canned_responses/{canned_id}"), None),
+        ("GET", format!("/v1/contacts/{contact_id}"), None),
+        ("PATCH", format!("/v1/contacts/{contact_id}"), Some(json!({"name": "Mallory"}))),
+        ("POST", format!("/v1/contacts/{contact_id}/merge"), Some(json!({"contact_id": duplicate_id}))),
+        ("GET", format!("/v1/inboxes/{inbox_id}/members"), None),
+        ("PUT", format!("/v1/inboxes/{inbox_id}/members"), Some(json!({"user_ids": []}))),
+        ("GET", format!("/v1/inboxes/{inbox_id}/routing"), None),
+        ("PUT", format!("/v1/inboxes/{inbox_id}/routing"), Some(json!({"mode": "manual", "agent_capacity": 3}))),
+    ];
+    for (method, path, body) in calls {
+        let answer = stranger.call(method, &path, body).await;
+        assert_eq!(answer.status, 404, "{method} {path}: {}", answer.body);
+    }
+    // With another tenant's ids in the body: refused by field.
+    let foreign_contact = conversation_of(&stranger, "g-cust").await["contact"]["id"].clone();
+    let merge_theirs = alice
+        .call("POST", &format!("/v1/contacts/{contact_id}/merge"), Some(json!({"contact_id": foreign_contact})))
+        .await;
+    assert_eq!(merge_theirs.status, 404, "{}", merge_theirs.body);
+    assert_eq!(
+        alice.call("GET", "/v1/canned_responses", None).await.json()["items"][0]["text"]
+            .as_str()
+            .map(|text| text.starts_with("Hi ")),
+        Some(true)
+    );
+    assert_eq!(alice.call("GET", &format!("/v1/contacts/{contact_id}"), None).await.json()["name"], "Ana Lima");
+
     // Search: a word of a message, ranked and marked, never another tenant's.
     let found = alice.call("GET", "/v1/search?q=parcel", None).await;
     assert_eq!(found.status, 200, "{}", found.body);
