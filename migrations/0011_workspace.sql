@@ -44,6 +44,8 @@ CREATE TABLE canned_responses (
     tenant_id  uuid        NOT NULL REFERENCES tenants (id),
     shortcode  text        NOT NULL CHECK (shortcode ~ '^[a-z0-9_-]{1,32}$'),
     body       text        NOT NULL CHECK (length(body) BETWEEN 1 AND 4096),
+    -- Agents change only their own; owners and admins any.
+    created_by uuid,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
     UNIQUE (tenant_id, shortcode)
@@ -54,8 +56,12 @@ CREATE TABLE canned_responses (
 ALTER TABLE contacts ADD COLUMN phone text, ADD COLUMN merged_into uuid;
 
 -- Full-text search over messages; `simple` keeps every word as typed (no language's stemming
--- guessed for a tenant's customers).
-CREATE INDEX messages_search ON messages USING gin (to_tsvector('simple', body));
+-- guessed for a tenant's customers). The vector is stored, so ranking a match does not parse its
+-- text again, and the index leads with the tenant (btree_gin), so a tenant's search never reads
+-- another tenant's matches.
+CREATE EXTENSION IF NOT EXISTS btree_gin;
+ALTER TABLE messages ADD COLUMN search tsvector GENERATED ALWAYS AS (to_tsvector('simple', body)) STORED;
+CREATE INDEX messages_search ON messages USING gin (tenant_id, search);
 
 -- Routing: which agents work an inbox, and how its new conversations find one.
 ALTER TABLE inboxes

@@ -30,6 +30,7 @@ fn rfc3339(time: OffsetDateTime) -> String {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ContactView {
+    /// The person (`GET /v1/contacts/{id}`): after a merge, the contact it was merged into.
     pub id: Uuid,
     pub name: Option<String>,
     /// The contact's id on its channel (phone number, chat id, visitor id).
@@ -82,7 +83,7 @@ impl From<ConversationRow> for ConversationView {
         Self {
             id: row.id,
             inbox_id: row.inbox_id,
-            contact: ContactView { id: row.contact_id, name: row.contact_name, external_id: row.contact_external_id },
+            contact: ContactView { id: row.person_id, name: row.contact_name, external_id: row.contact_external_id },
             status: row.status.as_str().to_owned(),
             assignee_id: row.assignee_id,
             last_message,

@@ -73,6 +73,8 @@ pub struct AppState {
     pub ops: chatdesk_ops::Ops,
     /// The operators' tenant (`CHATDESK_OPS_TENANT`); unset: the first tenant created.
     pub ops_tenant: Option<uuid::Uuid>,
+    /// Searches this process runs at once (`GET /v1/search`).
+    pub searches: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -116,6 +118,7 @@ impl AppState {
             keys,
             ops,
             ops_tenant: None,
+            searches: std::sync::Arc::new(tokio::sync::Semaphore::new(4)),
         }
     }
 

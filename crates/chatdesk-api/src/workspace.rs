@@ -27,14 +27,21 @@ fn rfc3339(time: OffsetDateTime) -> String {
     time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
-/// A short single-line name: trimmed, 1 to `max` characters, no control characters.
+/// Invisible characters that reorder or hide text (bidirectional overrides, zero-width ones):
+/// in a short name they spoof or blank what others see.
+fn is_invisible(character: char) -> bool {
+    matches!(character, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{061C}' | '\u{180E}')
+}
+
+/// A short single-line name: trimmed, 1 to `max` characters, no control or invisible characters.
 fn short_name(field: &str, raw: &str, max: usize) -> Result<String, ApiError> {
     let trimmed = chatdesk_core::spaces::trim(raw);
     if trimmed.is_empty() || trimmed.chars().count() > max {
         return Err(ApiError::invalid_field(field, format!("must be 1 to {max} characters, not only spaces")));
     }
-    if trimmed.chars().any(char::is_control) {
-        return Err(ApiError::invalid_field(field, "must not contain control characters"));
+    if trimmed.chars().any(|character| character.is_control() || is_invisible(character)) {
+        return Err(ApiError::invalid_field(field, "must not contain control or invisible characters"));
     }
     Ok(trimmed.to_owned())
 }
@@ -111,11 +118,25 @@ pub async fn create_note(
     let mut mentions = request.mentions;
     mentions.sort_unstable();
     mentions.dedup();
-    conversation_of(&state, &principal, id).await?;
+    let conversation = conversation_of(&state, &principal, id).await?;
     if !mentions.is_empty() {
         let users = store::users_of(&state.db, principal.tenant).await.map_err(ApiError::store)?;
         if !mentions.iter().all(|mention| users.iter().any(|(user, ..)| user == mention)) {
             return Err(ApiError::invalid_field("mentions", "every mention must be a user of this tenant"));
+        }
+        // A mention notifies, with the note's text: only someone who may read the conversation.
+        let members =
+            store::inbox_members(&state.db, principal.tenant, conversation.inbox_id).await.map_err(ApiError::store)?;
+        let outsider = mentions.iter().find(|mention| {
+            let role = users.iter().find(|(user, ..)| user == *mention).map(|(.., role)| role.as_str());
+            match role {
+                Some("owner" | "admin") => false,
+                Some("agent") => !members.is_empty() && !members.contains(mention),
+                _ => true,
+            }
+        });
+        if let Some(outsider) = outsider {
+            return Err(ApiError::invalid_field("mentions", format!("{outsider} cannot read this conversation")));
         }
     }
     let event = Event::NoteCreated(NoteCreated { conversation_id: id, author: actor(&principal), text, mentions });
@@ -427,6 +448,19 @@ pub fn render(template: &str, values: &[(&str, Option<&str>)]) -> String {
     out
 }
 
+/// Owners and admins change any canned response; an agent only the ones it made (they are the
+/// whole team's, so one agent cannot rewrite or remove what others rely on).
+async fn may_change_canned(state: &AppState, principal: &Principal, id: Uuid) -> Result<(), ApiError> {
+    let creator = store::canned_creator(&state.db, principal.tenant, id)
+        .await
+        .map_err(ApiError::store)?
+        .ok_or_else(|| ApiError::not_found("canned response"))?;
+    if ADMIN_ROLES.contains(&principal.role) || (principal.user.is_some() && creator == principal.user) {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden { message: "an agent changes only the canned responses it made".into() })
+}
+
 /// The tenant's canned responses.
 #[utoipa::path(
     get,
@@ -456,7 +490,7 @@ pub async fn list_canned(State(state): State<AppState>, principal: Principal) ->
         (status = 201, description = "Created", body = CannedView),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "The role may not write canned responses", body = ErrorBody),
-        (status = 409, description = "The shortcode is taken", body = ErrorBody),
+        (status = 409, description = "The shortcode is taken, or the tenant keeps 1,000 already", body = ErrorBody),
         (status = 422, description = "shortcode or text is invalid", body = ErrorBody),
     )
 )]
@@ -468,9 +502,15 @@ pub async fn create_canned(
     principal.require(CONVERSATION_ROLES, "write canned responses")?;
     let code = shortcode(&request.shortcode)?;
     let body = text("text", &request.text)?;
-    match store::create_canned(&state.db, principal.tenant, &code, &body).await.map_err(ApiError::store)? {
-        Some(row) => Ok((StatusCode::CREATED, Json(row.into()))),
-        None => Err(ApiError::Conflict { message: format!("the shortcode {code:?} is taken") }),
+    match store::create_canned(&state.db, principal.tenant, &code, &body, principal.user)
+        .await
+        .map_err(ApiError::store)?
+    {
+        store::Created::Done(row) => Ok((StatusCode::CREATED, Json(row.into()))),
+        store::Created::Taken => Err(ApiError::Conflict { message: format!("the shortcode {code:?} is taken") }),
+        store::Created::Full => Err(ApiError::Conflict {
+            message: format!("the tenant has {} canned responses, the most it keeps", store::MAX_CANNED),
+        }),
     }
 }
 
@@ -485,7 +525,7 @@ pub async fn create_canned(
     responses(
         (status = 200, description = "Changed", body = CannedView),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
-        (status = 403, description = "The role may not write canned responses", body = ErrorBody),
+        (status = 403, description = "The role may not write canned responses, or an agent's change to another's", body = ErrorBody),
         (status = 404, description = "No such canned response in this tenant", body = ErrorBody),
         (status = 409, description = "The shortcode is taken", body = ErrorBody),
         (status = 422, description = "shortcode or text is invalid", body = ErrorBody),
@@ -498,6 +538,7 @@ pub async fn update_canned(
     ApiJson(request): ApiJson<CannedPatch>,
 ) -> Result<Json<CannedView>, ApiError> {
     principal.require(CONVERSATION_ROLES, "write canned responses")?;
+    may_change_canned(&state, &principal, id).await?;
     let code = request.shortcode.as_deref().map(shortcode).transpose()?;
     let body = request.text.as_deref().map(|raw| text("text", raw)).transpose()?;
     match store::update_canned(&state.db, principal.tenant, id, code.as_deref(), body.as_deref())
@@ -520,7 +561,7 @@ pub async fn update_canned(
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
-        (status = 403, description = "The role may not write canned responses", body = ErrorBody),
+        (status = 403, description = "The role may not write canned responses, or an agent's change to another's", body = ErrorBody),
         (status = 404, description = "No such canned response in this tenant", body = ErrorBody),
     )
 )]
@@ -530,6 +571,7 @@ pub async fn delete_canned(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<StatusCode, ApiError> {
     principal.require(CONVERSATION_ROLES, "write canned responses")?;
+    may_change_canned(&state, &principal, id).await?;
     if store::delete_canned(&state.db, principal.tenant, id).await.map_err(ApiError::store)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -559,7 +601,7 @@ pub async fn rendered_canned(
 ) -> Result<Json<CannedList>, ApiError> {
     principal.require(CONVERSATION_ROLES, "read canned responses")?;
     let conversation = conversation_of(&state, &principal, id).await?;
-    let contact = store::get_contact(&state.db, principal.tenant, conversation.contact_id)
+    let contact = store::get_contact(&state.db, principal.tenant, conversation.person_id)
         .await
         .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::not_found("contact"))?;
@@ -632,19 +674,27 @@ pub struct ContactDetail {
     pub conversations: Vec<ContactConversation>,
 }
 
-/// A contact, and with it the contact a merged one now belongs to.
+/// A contact, and with it the contact a merged one now belongs to; 404 for an agent who works
+/// none of the inboxes the person is known in.
 async fn contact_of(state: &AppState, principal: &Principal, id: Uuid) -> Result<ContactRow, ApiError> {
     let row = store::get_contact(&state.db, principal.tenant, id)
         .await
         .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::not_found("contact"))?;
-    match row.merged_into {
+    let person = match row.merged_into {
         Some(survivor) => store::get_contact(&state.db, principal.tenant, survivor)
             .await
             .map_err(ApiError::store)?
-            .ok_or_else(|| ApiError::not_found("contact")),
-        None => Ok(row),
+            .ok_or_else(|| ApiError::not_found("contact"))?,
+        None => row,
+    };
+    if let Some(readable) = readable_inboxes(state, principal).await? {
+        let identities = store::identities(&state.db, principal.tenant, person.id).await.map_err(ApiError::store)?;
+        if !identities.iter().any(|identity| readable.contains(&identity.inbox_id)) {
+            return Err(ApiError::not_found("contact"));
+        }
     }
+    Ok(person)
 }
 
 async fn contact_detail(state: &AppState, principal: &Principal, row: ContactRow) -> Result<ContactDetail, ApiError> {
@@ -905,6 +955,7 @@ pub struct SearchResults {
         (status = 400, description = "A query parameter is invalid", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
         (status = 403, description = "The role may not read conversations", body = ErrorBody),
+        (status = 503, description = "Too many searches at once, or one that took too long (busy); Retry-After says when to try again", body = ErrorBody),
     )
 )]
 pub async fn search(
@@ -931,14 +982,25 @@ pub async fn search(
             .ok_or_else(|| bad_query("cursor", "not a cursor returned by this API"))?,
         None => 0,
     };
+    // Searches share the database with everything else: a few at a time per process, and each
+    // one bounded in time, so no tenant's searches can hold the pool.
+    let busy =
+        || ApiError::Busy { message: "too many searches at once; try again shortly".into(), retry_after_seconds: 1 };
+    let _slot = state.searches.clone().try_acquire_owned().map_err(|_| busy())?;
     let readable = readable_inboxes(&state, &principal).await?;
     let mut hits = store::search_messages(&state.db, principal.tenant, q, readable.as_deref(), offset, limit + 1)
         .await
-        .map_err(ApiError::store)?;
+        .map_err(ApiError::store)?
+        .ok_or_else(|| ApiError::Busy {
+            message: "the search took too long; add words to narrow it".into(),
+            retry_after_seconds: 1,
+        })?;
     let next_cursor = (hits.len() as i64 > limit).then(|| (offset + limit).to_string());
     hits.truncate(limit as usize);
     let contacts = if offset == 0 {
-        store::search_contacts(&state.db, principal.tenant, q, 10).await.map_err(ApiError::store)?
+        store::search_contacts(&state.db, principal.tenant, q, readable.as_deref(), 10)
+            .await
+            .map_err(ApiError::store)?
     } else {
         Vec::new()
     };

@@ -33,7 +33,7 @@ pub fn describe() {
     metrics::describe_counter!(
         EMAILS_TOTAL,
         metrics::Unit::Count,
-        "Notification e-mails by outcome: sent, failed (retried), skipped (the recipient came back)"
+        "Notification e-mails by outcome: sent, failed (retried), skipped (the recipient came back), undeliverable (dropped)"
     );
     metrics::describe_gauge!(WAITING, metrics::Unit::Count, "Recipients with notifications waiting to be e-mailed");
 }
@@ -313,7 +313,8 @@ impl Notifier {
                 continue;
             };
             let next = match self.send_one(recipient, &name).await {
-                Ok(()) => {
+                Ok(Some(at)) => Some(at),
+                Ok(None) => {
                     // What arrived while this e-mail went waits for the interval.
                     let left: i64 = self.inner.redis.hlen(self.inner.keys.notify_pending(&name)).await?;
                     (left > 0).then(|| now + self.inner.settings.interval.as_millis() as u64)
@@ -340,11 +341,18 @@ impl Notifier {
         Ok(())
     }
 
-    async fn send_one(&self, recipient: Recipient, name: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// Sends `recipient`'s waiting notifications in one e-mail; `Ok(Some(at))` when its address
+    /// had an e-mail within the interval (another conversation's visitor with the same address),
+    /// so this one waits until `at`.
+    async fn send_one(
+        &self,
+        recipient: Recipient,
+        name: &str,
+    ) -> Result<Option<u64>, Box<dyn std::error::Error + Send + Sync>> {
         let pending_key = self.inner.keys.notify_pending(name);
         let pending: std::collections::HashMap<String, String> = self.inner.redis.hgetall(&pending_key).await?;
         if pending.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let mut items: Vec<Item> = pending.values().filter_map(|value| serde_json::from_str(value).ok()).collect();
         items.sort_by_key(|item| item.at_ms);
@@ -353,49 +361,76 @@ impl Notifier {
             Recipient::Agent { tenant, user } => self.agent_online(tenant, user).await?,
             Recipient::Visitor { conversation, .. } => self.visitor_present(conversation).await?,
         };
-        if !back {
-            let (address, subject, body) = match recipient {
-                Recipient::Agent { user, .. } => {
-                    let Some(address) = chatdesk_store::directory::user_email(&self.inner.db, user).await? else {
-                        let _: i64 = self.inner.redis.hdel(&pending_key, fields).await?;
-                        return Ok(());
-                    };
-                    let (subject, body) = agent_email(&self.inner.settings.public_url, &items);
-                    (address, subject, body)
-                }
+        if back {
+            metrics::counter!(EMAILS_TOTAL, "outcome" => "skipped").increment(1);
+        } else {
+            let found = match recipient {
+                Recipient::Agent { user, .. } => chatdesk_store::directory::user_email(&self.inner.db, user)
+                    .await?
+                    .map(|address| (address, agent_email(&self.inner.settings.public_url, &items))),
                 Recipient::Visitor { tenant, conversation } => {
-                    let Some((address, inbox)) =
-                        chatdesk_store::workspace::visitor_email(&self.inner.db, tenant, conversation).await?
-                    else {
-                        let _: i64 = self.inner.redis.hdel(&pending_key, fields).await?;
-                        return Ok(());
-                    };
-                    let (subject, body) = visitor_email(&self.inner.settings.public_url, inbox, &items);
-                    (address, subject, body)
+                    chatdesk_store::workspace::visitor_email(&self.inner.db, tenant, conversation).await?.map(
+                        |(address, inbox)| (address, visitor_email(&self.inner.settings.public_url, inbox, &items)),
+                    )
                 }
             };
-            let to: Mailbox = address.parse()?;
-            let message = Message::builder()
-                .from(self.inner.from.clone())
-                .to(to)
-                .subject(subject)
-                .header(ContentType::TEXT_PLAIN)
-                .body(body)?;
-            self.inner.mailer.send(message).await?;
-            metrics::counter!(EMAILS_TOTAL, "outcome" => "sent").increment(1);
+            let Some((address, (subject, body))) = found else {
+                let _: i64 = self.inner.redis.hdel(&pending_key, fields).await?;
+                return Ok(None);
+            };
+            // An address a visitor typed is anyone's: it gets at most one e-mail per interval
+            // whatever the conversation or tenant, so sessions opened in bulk cannot flood it.
+            let address_key = self.inner.keys.notify_last(&format!("address:{}", address.to_lowercase()));
+            if matches!(recipient, Recipient::Visitor { .. }) {
+                let held: i64 = self.inner.redis.pttl(&address_key).await?;
+                if held > 0 {
+                    return Ok(Some(Self::now_ms() + held as u64));
+                }
+            }
             let interval = self.inner.settings.interval.as_millis().max(1) as i64;
-            let _: () = self
-                .inner
-                .redis
-                .set(self.inner.keys.notify_last(name), "1", Some(Expiration::PX(interval)), None, false)
-                .await?;
-        } else {
-            metrics::counter!(EMAILS_TOTAL, "outcome" => "skipped").increment(1);
+            match self.deliver(&address, subject, body).await {
+                Ok(()) => {
+                    metrics::counter!(EMAILS_TOTAL, "outcome" => "sent").increment(1);
+                    for key in [self.inner.keys.notify_last(name), address_key] {
+                        let _: () = self.inner.redis.set(key, "1", Some(Expiration::PX(interval)), None, false).await?;
+                    }
+                }
+                // No retry can help an address that does not parse or that the server refuses
+                // for good: what it was told is dropped, not retried forever.
+                Err(Delivery::Permanent(reason)) => {
+                    metrics::counter!(EMAILS_TOTAL, "outcome" => "undeliverable").increment(1);
+                    tracing::warn!(recipient = %name, reason = %reason, "notification e-mail undeliverable; dropped");
+                }
+                Err(Delivery::Transient(error)) => return Err(error),
+            }
         }
         // Only what this e-mail told: an item that arrived meanwhile made the recipient due again.
         let _: i64 = self.inner.redis.hdel(&pending_key, fields).await?;
-        Ok(())
+        Ok(None)
     }
+
+    async fn deliver(&self, address: &str, subject: String, body: String) -> Result<(), Delivery> {
+        let to: Mailbox = address.parse().map_err(|error| Delivery::Permanent(format!("address: {error}")))?;
+        let message = Message::builder()
+            .from(self.inner.from.clone())
+            .to(to)
+            .subject(subject)
+            .header(ContentType::TEXT_PLAIN)
+            .body(body)
+            .map_err(|error| Delivery::Permanent(error.to_string()))?;
+        match self.inner.mailer.send(message).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.is_permanent() => Err(Delivery::Permanent(error.to_string())),
+            Err(error) => Err(Delivery::Transient(Box::new(error))),
+        }
+    }
+}
+
+/// Why an e-mail did not go.
+enum Delivery {
+    /// The address or the server's answer says it never will.
+    Permanent(String),
+    Transient(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Subject and text of an agent's e-mail: what was assigned to it and where it was mentioned.

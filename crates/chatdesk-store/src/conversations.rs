@@ -12,7 +12,11 @@ use crate::StoreError;
 pub struct ConversationRow {
     pub id: Uuid,
     pub inbox_id: Uuid,
+    /// The channel identity the customer wrote from: where replies go.
     pub contact_id: Uuid,
+    /// The person: the contact itself, or the one it was merged into.
+    pub person_id: Uuid,
+    /// The person's name.
     pub contact_name: Option<String>,
     pub contact_external_id: String,
     pub status: ConversationStatus,
@@ -28,6 +32,7 @@ pub struct ConversationRow {
 }
 
 type ConversationTuple = (
+    Uuid,
     Uuid,
     Uuid,
     Uuid,
@@ -50,6 +55,7 @@ fn conversation(row: ConversationTuple) -> ConversationRow {
         id,
         inbox_id,
         contact_id,
+        person_id,
         contact_name,
         contact_external_id,
         status,
@@ -67,6 +73,7 @@ fn conversation(row: ConversationTuple) -> ConversationRow {
         id,
         inbox_id,
         contact_id,
+        person_id,
         contact_name,
         contact_external_id,
         // The schema's CHECK admits only the four statuses.
@@ -82,9 +89,14 @@ fn conversation(row: ConversationTuple) -> ConversationRow {
     }
 }
 
-const CONVERSATION_COLUMNS: &str = "c.id, c.inbox_id, c.contact_id, k.name, k.external_id, c.status, c.assignee_id, \
+/// A merged contact's conversations keep it (its channel identity is where replies go) and show
+/// the person it was merged into: `s`, joined as [`PERSON_JOIN`].
+const CONVERSATION_COLUMNS: &str = "c.id, c.inbox_id, c.contact_id, COALESCE(k.merged_into, k.id), \
+     COALESCE(s.name, k.name), k.external_id, c.status, c.assignee_id, \
      c.last_message_id, c.last_message_text, c.last_message_at, c.last_activity_at, c.unread_count, c.created_at, \
      c.handoff_reason, c.handoff_detail";
+
+const PERSON_JOIN: &str = "LEFT JOIN contacts s ON s.id = k.merged_into";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AssigneeFilter {
@@ -120,7 +132,7 @@ pub async fn list_conversations(
     };
     let (after_time, after_id) = filter.after.map_or((None, None), |(time, id)| (Some(time), Some(id)));
     let sql = format!(
-        "SELECT {CONVERSATION_COLUMNS} FROM conversations c JOIN contacts k ON k.id = c.contact_id \
+        "SELECT {CONVERSATION_COLUMNS} FROM conversations c JOIN contacts k ON k.id = c.contact_id {PERSON_JOIN} \
          WHERE c.tenant_id = $1 \
            AND ($2::text IS NULL OR c.status = $2) \
            AND ($3 = 'any' OR ($3 = 'none' AND c.assignee_id IS NULL) OR ($3 = 'user' AND c.assignee_id = $4)) \
@@ -152,7 +164,7 @@ pub async fn list_conversations(
 
 pub async fn get_conversation(pool: &PgPool, tenant: Uuid, id: Uuid) -> Result<Option<ConversationRow>, StoreError> {
     let sql = format!(
-        "SELECT {CONVERSATION_COLUMNS} FROM conversations c JOIN contacts k ON k.id = c.contact_id \
+        "SELECT {CONVERSATION_COLUMNS} FROM conversations c JOIN contacts k ON k.id = c.contact_id {PERSON_JOIN} \
          WHERE c.tenant_id = $1 AND c.id = $2"
     );
     let row: Option<ConversationTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))

@@ -148,30 +148,63 @@ pub async fn list_canned(pool: &PgPool, tenant: Uuid) -> Result<Vec<CannedRow>, 
     Ok(rows.into_iter().map(|(id, shortcode, body)| CannedRow { id, shortcode, body }).collect())
 }
 
-/// Creates a canned response; `None` when the shortcode is taken.
+/// The most canned responses a tenant keeps.
+pub const MAX_CANNED: i64 = 1000;
+
+/// What creating a canned response did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created<T> {
+    Done(T),
+    /// The shortcode (or name) is another row's.
+    Taken,
+    /// The tenant has as many as it may keep.
+    Full,
+}
+
+/// Creates a canned response, unless the shortcode is taken or the tenant has [`MAX_CANNED`].
 pub async fn create_canned(
     pool: &PgPool,
     tenant: Uuid,
     shortcode: &str,
     body: &str,
-) -> Result<Option<CannedRow>, StoreError> {
+    created_by: Option<Uuid>,
+) -> Result<Created<CannedRow>, StoreError> {
     let id = Uuid::now_v7();
     let inserted = sqlx::query(
-        "INSERT INTO canned_responses (id, tenant_id, shortcode, body) VALUES ($1, $2, $3, $4) \
+        "INSERT INTO canned_responses (id, tenant_id, shortcode, body, created_by) \
+         SELECT $1, $2, $3, $4, $5 WHERE (SELECT count(*) FROM canned_responses WHERE tenant_id = $2) < $6 \
          ON CONFLICT (tenant_id, shortcode) DO NOTHING",
     )
     .bind(id)
     .bind(tenant)
     .bind(shortcode)
     .bind(body)
+    .bind(created_by)
+    .bind(MAX_CANNED)
     .execute(pool)
     .await
     .map_err(StoreError::Query)?;
-    Ok((inserted.rows_affected() == 1).then(|| CannedRow {
-        id,
-        shortcode: shortcode.to_owned(),
-        body: body.to_owned(),
-    }))
+    if inserted.rows_affected() == 1 {
+        return Ok(Created::Done(CannedRow { id, shortcode: shortcode.to_owned(), body: body.to_owned() }));
+    }
+    let taken: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM canned_responses WHERE tenant_id = $1 AND shortcode = $2)")
+            .bind(tenant)
+            .bind(shortcode)
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::Query)?;
+    Ok(if taken { Created::Taken } else { Created::Full })
+}
+
+/// Who made a canned response: `None` if there is no such response in the tenant.
+pub async fn canned_creator(pool: &PgPool, tenant: Uuid, id: Uuid) -> Result<Option<Option<Uuid>>, StoreError> {
+    sqlx::query_scalar("SELECT created_by FROM canned_responses WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::Query)
 }
 
 /// What an update found.
@@ -290,7 +323,8 @@ pub async fn contact_conversations(
     contact: Uuid,
 ) -> Result<Vec<(Uuid, Uuid, String, OffsetDateTime)>, StoreError> {
     sqlx::query_as(
-        "SELECT id, inbox_id, status, last_activity_at FROM conversations WHERE tenant_id = $1 AND contact_id = $2 \
+        "SELECT id, inbox_id, status, last_activity_at FROM conversations WHERE tenant_id = $1 AND contact_id IN ( \
+           SELECT id FROM contacts WHERE tenant_id = $1 AND (id = $2 OR merged_into = $2)) \
          ORDER BY last_activity_at DESC LIMIT 100",
     )
     .bind(tenant)
@@ -304,7 +338,8 @@ pub async fn contact_conversations(
 pub async fn last_seen(pool: &PgPool, tenant: Uuid, contact: Uuid) -> Result<Option<OffsetDateTime>, StoreError> {
     sqlx::query_scalar(
         "SELECT max(m.created_at) FROM messages m JOIN conversations c ON c.id = m.conversation_id \
-         WHERE c.tenant_id = $1 AND c.contact_id = $2 AND m.direction = 'inbound'",
+         WHERE c.tenant_id = $1 AND m.direction = 'inbound' AND c.contact_id IN ( \
+           SELECT id FROM contacts WHERE tenant_id = $1 AND (id = $2 OR merged_into = $2))",
     )
     .bind(tenant)
     .bind(contact)
@@ -341,15 +376,19 @@ pub async fn search_messages(
     inboxes: Option<&[Uuid]>,
     offset: i64,
     limit: i64,
-) -> Result<Vec<MessageHit>, StoreError> {
+) -> Result<Option<Vec<MessageHit>>, StoreError> {
     let options = format!("StartSel={HIT_START}, StopSel={HIT_END}, MaxWords=20, MinWords=8, MaxFragments=2");
-    let rows: Vec<HitTuple> = sqlx::query_as(
+    // One statement may not hold a connection of the shared pool for long: a search that runs
+    // past the timeout is cancelled and answered as such.
+    let mut tx = pool.begin().await.map_err(StoreError::Query)?;
+    sqlx::query("SET LOCAL statement_timeout = '3s'").execute(&mut *tx).await.map_err(StoreError::Query)?;
+    let rows: Result<Vec<HitTuple>, sqlx::Error> = sqlx::query_as(
         "WITH q AS (SELECT websearch_to_tsquery('simple', $2) AS q), \
          hits AS ( \
            SELECT m.event_id, m.conversation_id, m.stream_offset, m.direction, m.body, m.created_at, \
-                  ts_rank(to_tsvector('simple', m.body), q.q) AS rank \
+                  ts_rank(m.search, q.q) AS rank \
            FROM messages m, q \
-           WHERE to_tsvector('simple', m.body) @@ q.q AND m.tenant_id = $1 \
+           WHERE m.tenant_id = $1 AND m.search @@ q.q \
              AND ($3::uuid[] IS NULL OR EXISTS ( \
                    SELECT 1 FROM conversations c WHERE c.id = m.conversation_id AND c.inbox_id = ANY($3))) \
            ORDER BY rank DESC, m.created_at DESC, m.event_id LIMIT $5 OFFSET $4) \
@@ -363,29 +402,36 @@ pub async fn search_messages(
     .bind(offset)
     .bind(limit)
     .bind(options)
-    .fetch_all(pool)
-    .await
-    .map_err(StoreError::Query)?;
-    Ok(rows
-        .into_iter()
-        .map(|(event_id, conversation_id, stream_offset, direction, snippet, rank, created_at)| MessageHit {
-            event_id,
-            conversation_id,
-            stream_offset,
-            direction,
-            snippet,
-            rank,
-            created_at,
-        })
-        .collect())
+    .fetch_all(&mut *tx)
+    .await;
+    let rows = match rows {
+        // query_canceled: the statement timeout.
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("57014") => return Ok(None),
+        other => other.map_err(StoreError::Query)?,
+    };
+    tx.commit().await.map_err(StoreError::Query)?;
+    Ok(Some(
+        rows.into_iter()
+            .map(|(event_id, conversation_id, stream_offset, direction, snippet, rank, created_at)| MessageHit {
+                event_id,
+                conversation_id,
+                stream_offset,
+                direction,
+                snippet,
+                rank,
+                created_at,
+            })
+            .collect(),
+    ))
 }
 
 /// Contacts of the tenant whose name, e-mail, phone or channel id contains `query` (case aside),
-/// merged ones left out.
+/// merged ones left out; known in one of `inboxes` (itself or a contact merged into it), when given.
 pub async fn search_contacts(
     pool: &PgPool,
     tenant: Uuid,
     query: &str,
+    inboxes: Option<&[Uuid]>,
     limit: i64,
 ) -> Result<Vec<ContactRow>, StoreError> {
     let pattern = format!("%{}%", query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
@@ -393,11 +439,14 @@ pub async fn search_contacts(
         "SELECT id, inbox_id, external_id, name, email, phone, created_at, merged_into FROM contacts \
          WHERE tenant_id = $1 AND merged_into IS NULL \
            AND (name ILIKE $2 OR email ILIKE $2 OR phone ILIKE $2 OR external_id ILIKE $2) \
+           AND ($4::uuid[] IS NULL OR inbox_id = ANY($4) OR EXISTS ( \
+                 SELECT 1 FROM contacts a WHERE a.merged_into = contacts.id AND a.inbox_id = ANY($4))) \
          ORDER BY created_at DESC LIMIT $3",
     )
     .bind(tenant)
     .bind(pattern)
     .bind(limit)
+    .bind(inboxes)
     .fetch_all(pool)
     .await
     .map_err(StoreError::Query)?;

@@ -199,17 +199,13 @@ async fn insert_contacts(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEv
                 .await
                 .map_err(StoreError::Query)?;
             }
-            // The survivor takes the merged contact's conversations, and stands for it from now on
-            // (a conversation created later for the merged identity is stored under the survivor).
+            // The merged contact (and any merged into it) becomes an alias of the survivor's
+            // person. Conversations keep their contact: its channel identity is where replies go.
             // A survivor that was itself merged meanwhile passes everything on to its own.
             Event::ContactMerged(merged) => {
                 sqlx::query(
                     "WITH target AS ( \
-                       SELECT COALESCE(merged_into, id) AS id FROM contacts WHERE id = $1 AND tenant_id = $3), \
-                     moved AS ( \
-                       UPDATE conversations SET contact_id = (SELECT id FROM target), updated_at = now() \
-                       WHERE tenant_id = $3 AND contact_id = $2 AND EXISTS (SELECT 1 FROM target) \
-                         AND (SELECT id FROM target) <> $2) \
+                       SELECT COALESCE(merged_into, id) AS id FROM contacts WHERE id = $1 AND tenant_id = $3) \
                      UPDATE contacts SET merged_into = (SELECT id FROM target), \
                        updated_at = greatest(updated_at, to_timestamp($4 / 1000.0)) \
                      WHERE tenant_id = $3 AND (id = $2 OR merged_into = $2) \
@@ -245,10 +241,8 @@ async fn insert_conversations(tx: &mut Transaction<'_, Postgres>, events: &[&Sto
     }
     sqlx::query(
         "INSERT INTO conversations (id, tenant_id, inbox_id, contact_id, status, last_activity_at, created_at) \
-         SELECT c.id, c.tenant, c.inbox, COALESCE(k.merged_into, c.contact), 'open', to_timestamp(c.at / 1000.0), \
-                to_timestamp(c.at / 1000.0) \
+         SELECT c.id, c.tenant, c.inbox, c.contact, 'open', to_timestamp(c.at / 1000.0), to_timestamp(c.at / 1000.0) \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int8[]) AS c(id, tenant, inbox, contact, at) \
-         LEFT JOIN contacts k ON k.id = c.contact AND k.tenant_id = c.tenant \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(&ids)

@@ -89,6 +89,7 @@ pub async fn seed(db: &chatdesk_store::Pool) -> anyhow::Result<Demo> {
         tenant,
         "thanks",
         "Hi {{contact.name}}, thanks for writing! This is {{agent.name}}, I'm looking into it now.",
+        None,
     )
     .await?;
     Ok(Demo { web, simulated })

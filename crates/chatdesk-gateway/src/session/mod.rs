@@ -60,7 +60,8 @@ struct Session {
     known_conversations: std::collections::HashSet<uuid::Uuid>,
     /// For an agent: the tenant's inboxes it does not work, as of its last `inbox` subscribe.
     hidden_inboxes: Vec<uuid::Uuid>,
-    /// Conversations' inboxes, for the inbox channel's filter when `hidden_inboxes` is not empty.
+    /// Conversations' and contacts' inboxes, for the inbox channel's filter when `hidden_inboxes`
+    /// is not empty.
     conversation_inboxes: HashMap<uuid::Uuid, uuid::Uuid>,
     /// An agent's token: rechecked while the socket is open, so revoking it closes the socket.
     claims: Option<chatdesk_core::auth::Claims>,
@@ -227,9 +228,27 @@ impl Session {
                 .ok()
                 .and_then(|data| data.get("inbox_id")?.as_str()?.parse::<uuid::Uuid>().ok())
         };
-        // A contact's own events name their inbox when they have one (a new contact does).
+        // A contact's own events name their inbox when they have one (a new contact does); the
+        // others (edits, merges) are the inbox channel's only if the contact's inbox is readable.
         let Some(conversation) = delivery.envelope.conversation else {
-            return payload_inbox().is_none_or(|inbox| !self.hidden_inboxes.contains(&inbox));
+            if let Some(inbox) = payload_inbox() {
+                return !self.hidden_inboxes.contains(&inbox);
+            }
+            let contact = serde_json::from_str::<serde_json::Value>(delivery.data.get())
+                .ok()
+                .and_then(|data| data.get("contact_id")?.as_str()?.parse::<uuid::Uuid>().ok());
+            let Some(contact) = contact else { return true };
+            if let Some(inbox) = self.conversation_inboxes.get(&contact) {
+                return !self.hidden_inboxes.contains(inbox);
+            }
+            let tenant = self.identity.tenant();
+            return match chatdesk_store::workspace::get_contact(&self.gateway.inner.db, tenant, contact).await {
+                Ok(Some(row)) => {
+                    self.conversation_inboxes.insert(contact, row.inbox_id);
+                    !self.hidden_inboxes.contains(&row.inbox_id)
+                }
+                Ok(None) | Err(_) => false,
+            };
         };
         if let Some(inbox) = self.conversation_inboxes.get(&conversation) {
             return !self.hidden_inboxes.contains(inbox);

@@ -26,10 +26,12 @@ impl Session {
                 .await;
         };
         let inner = self.gateway.inner.clone();
-        match chatdesk_store::conversations::get_conversation(&inner.db, tenant, conversation).await {
-            Ok(Some(_)) => {}
-            Ok(None) => return self.error(ErrorCode::NotFound, "no such conversation", Some(&channel)).await,
-            Err(_) => return self.error(ErrorCode::Unavailable, "PostgreSQL is unavailable", Some(&channel)).await,
+        match self.check_conversation(conversation).await {
+            None => {}
+            Some(ErrorCode::NotFound) => {
+                return self.error(ErrorCode::NotFound, "no such conversation", Some(&channel)).await;
+            }
+            Some(_) => return self.error(ErrorCode::Unavailable, "PostgreSQL is unavailable", Some(&channel)).await,
         }
         let event = Event::ConversationRead(ConversationRead {
             conversation_id: conversation,

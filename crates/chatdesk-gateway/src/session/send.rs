@@ -25,6 +25,12 @@ impl Session {
         let Ok(conversation) = Uuid::parse_str(&conversation) else {
             return self.error(ErrorCode::BadFrame, "conversation must be a conversation id", None).await;
         };
+        // The tenant's, and of an inbox this agent works (asked once per conversation and socket).
+        if let Some(code) = self.check_conversation(conversation).await {
+            let message =
+                if code == ErrorCode::NotFound { "no such conversation" } else { "PostgreSQL is unavailable" };
+            return self.error(code, message, Some(&channel)).await;
+        }
         let sender = Actor { kind: SenderKind::Agent, id: Some(user) };
         let inner = self.gateway.inner.clone();
         match inner.reply.send(tenant, conversation, sender, &text, Some(&client_msg_id)).await {

@@ -108,6 +108,31 @@ async fn a_note_reaches_agents_and_never_the_customer() {
     );
     assert!(provider.received().iter().all(|request| !request.raw.contains("refund")), "a note reached the provider");
 
+    // A merge joins two contacts of one person; each conversation's replies still go to the
+    // identity its customer wrote from.
+    webhook(http, &generic, "n-2", "cust-9", "same person, other phone").await;
+    let second_phone = conversation_of(&owner, "cust-9").await;
+    let first_contact = id(&conversation_of(&owner, "cust-1").await["contact"]["id"]);
+    let merge = owner
+        .call(
+            "POST",
+            &format!("/v1/contacts/{first_contact}/merge"),
+            Some(json!({"contact_id": second_phone["contact"]["id"]})),
+        )
+        .await;
+    assert_eq!(merge.status, 202, "{}", merge.body);
+    let other_id = id(&second_phone["id"]);
+    eventually(&owner, &format!("/v1/conversations/{other_id}"), "the merged person shown", |c| {
+        c["contact"]["id"] == first_contact.as_str() && c["contact"]["external_id"] == "cust-9"
+    })
+    .await;
+    let answer = owner
+        .call("POST", &format!("/v1/conversations/{other_id}/messages"), Some(json!({"text": "to the other phone"})))
+        .await;
+    assert_eq!(answer.status, 202);
+    let received = provider.wait_for("the second reply", |received| received.len() == 2).await;
+    assert_eq!(received[1].body["to"], "cust-9", "{}", received[1].raw);
+
     // Refused by name: no text, a mention of another tenant's user, another tenant's conversation.
     let blank =
         owner.call("POST", &format!("/v1/conversations/{conversation}/notes"), Some(json!({"text": "\u{0}  "}))).await;
@@ -214,6 +239,10 @@ async fn labels_canned_responses_contacts_and_search() {
     assert_eq!(owner.call("POST", "/v1/labels", Some(json!({"name": "vip", "colour": "#00ff00"}))).await.status, 409);
     assert_eq!(owner.call("POST", "/v1/labels", Some(json!({"name": "x", "colour": "red"}))).await.status, 422);
     assert_eq!(alice.call("POST", "/v1/labels", Some(json!({"name": "y", "colour": "#000000"}))).await.status, 403);
+    for spoof in ["\u{202e}evil", "\u{200b}", "a\u{2066}b"] {
+        let refused = owner.call("POST", "/v1/labels", Some(json!({"name": spoof, "colour": "#000000"}))).await;
+        assert_eq!(refused.status, 422, "{spoof:?}: {}", refused.body);
+    }
     let foreign_label =
         stranger.call("POST", "/v1/labels", Some(json!({"name": "Theirs", "colour": "#0000ff"}))).await.json();
     let labelled =
@@ -255,6 +284,30 @@ async fn labels_canned_responses_contacts_and_search() {
     );
     let bad = alice.call("POST", "/v1/canned_responses", Some(json!({"shortcode": "Thanks!", "text": "x"}))).await;
     assert_eq!((bad.status, bad.json()["error"]["details"]["field"].as_str()), (422, Some("shortcode")));
+    // Shared, but an agent changes only its own; owners and admins any.
+    let owners =
+        owner.call("POST", "/v1/canned_responses", Some(json!({"shortcode": "bye", "text": "Bye!"}))).await.json();
+    let theirs = alice
+        .call("PATCH", &format!("/v1/canned_responses/{}", owners["id"].as_str().unwrap()), Some(json!({"text": "x"})))
+        .await;
+    assert_eq!(theirs.status, 403, "{}", theirs.body);
+    assert_eq!(
+        alice.call("DELETE", &format!("/v1/canned_responses/{}", owners["id"].as_str().unwrap()), None).await.status,
+        403
+    );
+    let own = canned.json();
+    let edited = alice
+        .call(
+            "PATCH",
+            &format!("/v1/canned_responses/{}", own["id"].as_str().unwrap()),
+            Some(json!({"shortcode": "thanks"})),
+        )
+        .await;
+    assert_eq!(edited.status, 200, "{}", edited.body);
+    assert_eq!(
+        owner.call("DELETE", &format!("/v1/canned_responses/{}", owners["id"].as_str().unwrap()), None).await.status,
+        204
+    );
     let rendered = alice.call("GET", &format!("/v1/conversations/{first_id}/canned_responses"), None).await;
     assert_eq!(rendered.status, 200, "{}", rendered.body);
     assert_eq!(rendered.json()["items"][0]["rendered"], "Hi Ana, this is alice. {{ticket.id}}");
@@ -459,7 +512,31 @@ async fn round_robin_gives_online_members_turns_up_to_their_capacity() {
     let mut dan_socket = hello(http, &dan.token).await;
     send(&mut dan_socket, json!({"op": "subscribe", "channel": format!("conversation:{hidden}")})).await;
     assert_eq!(next(&mut dan_socket).await["code"], "not_found");
+    send(&mut dan_socket, json!({"op": "send", "conversation": hidden, "text": "hi", "client_msg_id": "d-1"})).await;
+    assert_eq!(next(&mut dan_socket).await["code"], "not_found");
+    send(&mut dan_socket, json!({"op": "read", "conversation": hidden, "offset": "1-0"})).await;
+    assert_eq!(next(&mut dan_socket).await["code"], "not_found");
+    let hidden_contact = id(&page["items"][0]["contact"]["id"]);
+    assert_eq!(dan.call("GET", &format!("/v1/contacts/{hidden_contact}"), None).await.status, 404);
+    let patched =
+        dan.call("PATCH", &format!("/v1/contacts/{hidden_contact}"), Some(json!({"email": "x@evil.test"}))).await;
+    assert_eq!(patched.status, 404);
+    let query = format!("/v1/search?q={}", page["items"][0]["contact"]["external_id"].as_str().unwrap());
+    let found = dan.call("GET", &query, None).await;
+    assert_eq!(found.json()["contacts"], json!([]));
+    let outsider = id(&env.user(&tenant_id, "eve@route.test", "eve-pass-1", "agent")["user_id"]);
+    let mention = owner
+        .call(
+            "POST",
+            &format!("/v1/conversations/{hidden}/notes"),
+            Some(json!({"text": "see this", "mentions": [outsider]})),
+        )
+        .await;
+    assert_eq!((mention.status, mention.json()["error"]["details"]["field"].as_str()), (422, Some("mentions")));
     subscribe(&mut dan_socket, json!({"op": "subscribe", "channel": "inbox"})).await;
+    let edit =
+        owner.call("PATCH", &format!("/v1/contacts/{hidden_contact}"), Some(json!({"name": "Members Only"}))).await;
+    assert_eq!(edit.status, 202, "{}", edit.body);
     webhook(http, &inbox, "h-1", "cust-0", "members only words").await;
     webhook(http, &open, "o-2", "walk-in-2", "open words").await;
     let seen = loop {
@@ -468,6 +545,7 @@ async fn round_robin_gives_online_members_turns_up_to_their_capacity() {
             break frame;
         }
         assert_ne!(frame["data"]["inbox_id"], inbox_id.as_str(), "the queue's event reached a non-member: {frame}");
+        assert_ne!(frame["type"], "contact.updated", "the queue's contact reached a non-member: {frame}");
     };
     assert_eq!(seen["data"]["text"], "open words");
 
@@ -675,6 +753,48 @@ async fn an_offline_agent_gets_one_email_for_what_happened_while_away() {
     assert!(!text.contains("seen live"), "{text}");
     let link = format!("https://desk.example/demo?inbox={}", id(&web["inbox_id"]));
     assert!(text.contains(&link), "{link} in {text}");
+
+    // The same address in another visitor's conversation waits for the address's interval.
+    let again = chatdesk_testkit::http_request(
+        http,
+        "POST",
+        &sessions,
+        &[("Content-Type", "application/json")],
+        Some(r#"{"email": "Vera@Example.com", "name": "Vera again"}"#),
+    )
+    .await
+    .unwrap()
+    .json();
+    let second_visit = id(&again["conversation_id"]);
+    let again_auth = format!("Bearer {}", again["token"].as_str().unwrap());
+    let written = chatdesk_testkit::http_request(
+        http,
+        "POST",
+        &sessions.replace("/sessions", "/messages"),
+        &[("Content-Type", "application/json"), ("Authorization", again_auth.as_str())],
+        Some(r#"{"text": "me again"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(written.status, 202, "{}", written.body);
+    eventually(&owner, &format!("/v1/conversations/{second_visit}"), "the second visit", |c| {
+        c["id"] == second_visit.as_str()
+    })
+    .await;
+    let reply = owner
+        .call("POST", &format!("/v1/conversations/{second_visit}/messages"), Some(json!({"text": "hello again"})))
+        .await;
+    assert_eq!(reply.status, 202);
+    let second_recipient = format!("visitor:{tenant_id}:{second_visit}");
+    chatdesk_testkit::eventually(
+        "the second visit's e-mail held for the address",
+        std::time::Duration::from_secs(30),
+        || async {
+            let due: Option<f64> = redis.zscore(keys.notify_due(), &second_recipient).await.unwrap();
+            due.is_some_and(|due| due > (chatdesk_core::envelope::now_ms() + 30 * 60 * 1000) as f64).then_some(())
+        },
+    )
+    .await;
     assert_eq!(smtp.mails().len(), 2);
 }
 
