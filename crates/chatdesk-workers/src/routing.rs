@@ -27,7 +27,7 @@ pub fn describe() {
     metrics::describe_counter!(
         ROUTED_TOTAL,
         metrics::Unit::Count,
-        "Conversations the router decided on, by outcome: assigned, or waiting (nobody online with room)"
+        "Conversations the router decided on, by outcome: assigned, waiting (nobody online with room), reassigned (from an agent offline past the grace)"
     );
 }
 
