@@ -62,6 +62,12 @@ ALTER TABLE contacts ADD COLUMN phone text, ADD COLUMN merged_into uuid;
 CREATE EXTENSION IF NOT EXISTS btree_gin;
 ALTER TABLE messages ADD COLUMN search tsvector GENERATED ALWAYS AS (to_tsvector('simple', body)) STORED;
 CREATE INDEX messages_search ON messages USING gin (tenant_id, search);
+-- A frequent word's matches are ranked among the tenant's newest ones, found walking this.
+CREATE INDEX messages_by_tenant_time ON messages (tenant_id, created_at DESC);
+-- Contacts are found by any part of a name, address, phone or channel id.
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE INDEX contacts_search ON contacts
+    USING gin (name gin_trgm_ops, email gin_trgm_ops, phone gin_trgm_ops, external_id gin_trgm_ops);
 
 -- Routing: which agents work an inbox, and how its new conversations find one.
 ALTER TABLE inboxes
