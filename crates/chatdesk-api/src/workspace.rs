@@ -538,6 +538,9 @@ pub async fn update_canned(
     ApiJson(request): ApiJson<CannedPatch>,
 ) -> Result<Json<CannedView>, ApiError> {
     principal.require(CONVERSATION_ROLES, "write canned responses")?;
+    if request.shortcode.is_none() && request.text.is_none() {
+        return Err(ApiError::invalid_field("text", "shortcode or text must be given"));
+    }
     may_change_canned(&state, &principal, id).await?;
     let code = request.shortcode.as_deref().map(shortcode).transpose()?;
     let body = request.text.as_deref().map(|raw| text("text", raw)).transpose()?;
@@ -1159,14 +1162,32 @@ pub struct Routing {
     #[schema(pattern = "^(manual|round_robin)$")]
     pub mode: String,
     /// 1 to 1000 open conversations per agent.
+    #[serde(deserialize_with = "whole")]
     #[schema(minimum = 1, maximum = 1000)]
     pub agent_capacity: u32,
     /// `round_robin`: when a member has been offline this many seconds (1 to 86400), its open
     /// conversations with unanswered customer messages go to members who are online and have
     /// room; `null` (the default): they stay.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_or_null")]
     #[schema(minimum = 1, maximum = 86400)]
     pub reassign_after_seconds: Option<u32>,
+}
+
+/// A whole number as JSON means it: `713.0` is 713 (JSON Schema's `integer` says so too).
+fn whole<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    number
+        .as_u64()
+        .or_else(|| number.as_f64().filter(|value| value.fract() == 0.0 && *value >= 0.0).map(|value| value as u64))
+        .and_then(|value| u32::try_from(value).ok())
+        .ok_or_else(|| serde::de::Error::custom(format!("expected a whole number, got {number}")))
+}
+
+fn whole_or_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    match Option::<serde_json::Number>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(number) => whole(serde_json::Value::Number(number)).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// How an inbox's conversations are assigned.
