@@ -14,13 +14,32 @@
 //!
 //! **At most once per entry, and the duplicate window.** A job is held under a lease, and every
 //! change to it needs the lease's token, so concurrent senders never both work on it. The result
-//! is recorded on the job right after the provider answers and before anything else; a sender
-//! that then crashes leaves a job that finishes (status event, removal) without calling the
-//! provider again. Only a crash between the provider accepting a message and that record (one
-//! Redis round trip), or a provider call outliving its lease (the lease is twice the HTTP
-//! timeout plus 10 s), can send a message twice. The generic channel carries
-//! `Idempotency-Key: <event id>` so its receivers can drop even those; the WhatsApp and Telegram
-//! APIs offer no idempotency key.
+//! is recorded on the job right after the provider answers, and the job is removed only after
+//! its status event is appended; a sender that crashes once the result is recorded leaves a job
+//! that finishes (status event, removal) without calling the provider again. Only a crash
+//! between the provider accepting a message and that record (one Redis round trip), or a
+//! provider call outliving its lease (the lease is twice the HTTP timeout plus 10 s), can send a
+//! message twice. The generic channel carries `Idempotency-Key: <event id>` so its receivers
+//! can drop even those; the WhatsApp and Telegram APIs offer no idempotency key.
+//!
+//! **Statuses.** A status event's id is derived from the message and the status (`sent`,
+//! `failed`), and it is appended once per id (the id is remembered for 10 minutes, or twice the
+//! lease when that is longer), so a result recorded or sent twice shows once. A `sent` status
+//! is appended together with the record, not after it: it is true as soon as the provider
+//! accepted the message, whoever ends up holding the job, so a sender that finds its lease lost
+//! may still have appended it; the holder's `sent` then carries the same id and is dropped. A
+//! `failed` status waits for its record: a sender that could not record its failure (a lost
+//! lease, a Redis error) leaves the job to be tried again, and a `failed` already shown would
+//! outrank that try's `sent` (statuses only move forward). Either way the job is removed only
+//! once its status is appended, so no status is lost with it.
+//!
+//! **Round trips.** Leasing takes due jobs in batches (one script per up to 50 jobs); admission
+//! is one script per batch of entries; every script is called by its SHA. A delivery then takes,
+//! one after the other: the rate limits of all its buckets (one script, see [`limits`]), the
+//! provider call, the record together with the slots' release and a `sent` status, and the
+//! removal: three Redis round trips, two without limits. A failed ending appends its status
+//! between its record and the removal: one round trip more. A campaign's message also reads
+//! its campaign's state, at most every 200 ms per campaign and process.
 
 pub mod job;
 pub mod limits;
@@ -70,8 +89,9 @@ const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(1);
 const DEPENDENCY_RETRY: Duration = Duration::from_secs(2);
 const INBOX_CACHE_TTL: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// How long a status event's id is remembered: longer than a dead sender's job takes to be
-/// leased and sent again, short enough that the keys stay few.
+/// How long a status event's id is remembered at least (twice the lease when that is longer):
+/// longer than a dead sender's job takes to be leased and sent again, short enough that the
+/// keys stay few.
 const STATUS_DEDUPE_WINDOW: Duration = Duration::from_secs(600);
 /// Contacts whose provider ids are kept in memory before the cache starts over.
 const RECIPIENT_CACHE: usize = 100_000;
@@ -609,13 +629,38 @@ impl Inner {
         ::metrics::histogram!(metrics::PROVIDER_LATENCY_SECONDS, "provider" => provider)
             .record(started.elapsed().as_secs_f64());
         step("call", started);
-        // Giving the slots back and recording the outcome touch different keys: one round trip.
+        // Giving the slots back and recording the outcome touch different keys: they go together.
         let (released, recorded) =
             tokio::join!(self.limiter.release(&taken), self.record_outcome(leased, delivery, &buckets, provider));
         if let Err(error) = released {
             tracing::warn!(error = %error, "cannot give back a rate-limit slot; it lapses by itself");
         }
         recorded
+    }
+
+    /// The provider accepted the message: records that on the job and appends the `sent` status
+    /// at once, then removes the job once both are done (see the crate docs for why the status
+    /// need not wait for the record).
+    async fn sent(
+        &self,
+        leased: &mut Leased,
+        provider_message_id: Option<String>,
+        provider: &'static str,
+    ) -> Result<(), DeliverError> {
+        let ending = Ending::Sent { provider_message_id };
+        leased.job.ending = Some(ending.clone());
+        let started = Instant::now();
+        let (recorded, appended) =
+            tokio::join!(self.queue.update(leased, None), self.append_status(&leased.job, &ending));
+        step("record", started);
+        if !recorded? {
+            // Another sender holds the job: it finishes it. The status appended here is true (this
+            // call was accepted) and carries the id that sender's `sent` would have.
+            ::metrics::counter!(metrics::LEASES_LOST_TOTAL).increment(1);
+            return Ok(());
+        }
+        appended?;
+        self.remove(leased, &ending, provider).await
     }
 
     /// What follows the provider's answer: the ending recorded and concluded, or a retry.
@@ -634,25 +679,32 @@ impl Inner {
         };
         ::metrics::counter!(metrics::SENDS_TOTAL, "provider" => provider, "outcome" => outcome).increment(1);
         match delivery {
-            CallOutcome::Sent { provider_message_id } => {
-                self.end(leased, Ending::Sent { provider_message_id }, provider).await
-            }
+            CallOutcome::Sent { provider_message_id } => self.sent(leased, provider_message_id, provider).await,
             CallOutcome::Permanent { reason } => {
                 tracing::info!(reason = %reason, "the provider refused the message");
                 self.end(leased, Ending::Failed { reason, dead_letter: false, code: None }, provider).await
             }
             CallOutcome::Throttled { retry_after, bucket, reason } => {
                 let pause = retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE);
-                if let Some(bucket) = bucket.and_then(|kind| buckets.iter().find(|bucket| bucket.kind == kind)) {
-                    self.limiter.pause(bucket, pause).await?;
-                }
+                let throttled = bucket.and_then(|kind| buckets.iter().find(|bucket| bucket.kind == kind));
+                let pause_bucket = async {
+                    match throttled {
+                        Some(bucket) => self.limiter.pause(buckets, bucket, pause).await,
+                        None => Ok(()),
+                    }
+                };
                 if leased.job.attempts >= self.settings.max_attempts.saturating_mul(THROTTLES_PER_ATTEMPT) {
+                    pause_bucket.await?;
                     let reason = format!("still throttled after {} attempts: {reason}", leased.job.attempts);
                     return self.end(leased, Ending::Failed { reason, dead_letter: true, code: None }, provider).await;
                 }
                 ::metrics::counter!(metrics::RETRIES_TOTAL, "provider" => provider).increment(1);
                 leased.job.last_error = Some(reason);
-                self.queue.update(leased, Some(pause.as_millis() as u64)).await?;
+                // The pause and the retry touch different keys: they go together.
+                let (paused, updated) =
+                    tokio::join!(pause_bucket, self.queue.update(leased, Some(pause.as_millis() as u64)));
+                updated?;
+                paused?;
                 Ok(())
             }
             CallOutcome::Transient { reason, retry_after } => {
@@ -677,7 +729,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Records how the job ended (before anything else, see the crate docs), then concludes it.
+    /// Records how the job ended, then concludes it. For a failed ending (and any ending without
+    /// a provider call) the record comes before the status, see the crate docs.
     async fn end(&self, leased: &mut Leased, ending: Ending, provider: &'static str) -> Result<(), DeliverError> {
         leased.job.ending = Some(ending.clone());
         let started = Instant::now();
@@ -690,11 +743,41 @@ impl Inner {
         self.conclude(leased, ending, provider).await
     }
 
-    /// Appends the status event and removes the job (dead-lettering it when it gave up).
+    /// Appends the status event, then removes the job (dead-lettering it when it gave up).
     async fn conclude(&self, leased: &Leased, ending: Ending, provider: &'static str) -> Result<(), DeliverError> {
+        // A sender that dies after this append and before the removal leaves the job to be
+        // concluded again, and its status appended again under the same event id: appended
+        // once, so no socket shows it twice.
+        self.append_status(&leased.job, &ending).await?;
+        self.remove(leased, &ending, provider).await
+    }
+
+    /// Appends the job's status event for `ending`, once per event id (see [`status_event`]).
+    async fn append_status(&self, job: &Job, ending: &Ending) -> Result<(), DeliverError> {
+        let entry = match ending {
+            Ending::Sent { provider_message_id } => {
+                status_event(job, MessageStatus::Sent, None, provider_message_id.clone(), None)
+            }
+            Ending::Failed { reason, code, .. } => {
+                status_event(job, MessageStatus::Failed, Some(reason.clone()), None, code.clone())
+            }
+        };
+        // Longer than a lease, so a status appended again by the job's next holder is still
+        // recognised.
+        let window = STATUS_DEDUPE_WINDOW.max(self.settings.lease() * 2);
+        let started = Instant::now();
+        let once = format!("status:{}", entry.event_id);
+        self.producer.append_once(chatdesk_core::config::EVENTS_STREAM, &entry, &once, window).await?;
+        step("status", started);
+        Ok(())
+    }
+
+    /// Removes the job whose status is appended (dead-lettering it when it gave up) and readies
+    /// its conversation's next one.
+    async fn remove(&self, leased: &Leased, ending: &Ending, provider: &'static str) -> Result<(), DeliverError> {
         let job = &leased.job;
         if job_is_campaign(job) {
-            let result = match &ending {
+            let result = match ending {
                 Ending::Sent { .. } => "sent",
                 Ending::Failed { code: Some(code), .. } if code == "campaign_cancelled" => "skipped",
                 Ending::Failed { code: Some(code), .. } if code == "expired" => "expired",
@@ -703,22 +786,10 @@ impl Inner {
             ::metrics::counter!(metrics::CAMPAIGN_RESULTS_TOTAL, "inbox" => job.request.inbox_id.to_string(), "result" => result)
                 .increment(1);
         }
-        let (entry, dead_letter_reason) = match &ending {
-            Ending::Sent { provider_message_id } => {
-                (status_event(job, MessageStatus::Sent, None, provider_message_id.clone(), None), None)
-            }
-            Ending::Failed { reason, dead_letter, code } => (
-                status_event(job, MessageStatus::Failed, Some(reason.clone()), None, code.clone()),
-                dead_letter.then_some(reason.as_str()),
-            ),
+        let dead_letter_reason = match ending {
+            Ending::Failed { reason, dead_letter: true, .. } => Some(reason.as_str()),
+            _ => None,
         };
-        let started = Instant::now();
-        // A sender that dies after this append and before `finish` leaves the job to be sent
-        // again, and its status appended again under the same event id: appended once, so no
-        // socket shows it twice.
-        let once = format!("status:{}", entry.event_id);
-        self.producer.append_once(chatdesk_core::config::EVENTS_STREAM, &entry, &once, STATUS_DEDUPE_WINDOW).await?;
-        step("status", started);
         let letter = dead_letter_reason.map(|error| dead_letter(job, leased.partition, error, &self.node));
         let started = Instant::now();
         let finished = self.queue.finish(leased, letter.as_ref()).await?;

@@ -17,6 +17,18 @@
 //! **Replies go first.** Campaign sends and agents' replies share a number's bucket. A reply
 //! that finds the bucket full marks it wanted for a moment; while it is, campaign sends keep out
 //! of it, so a reply waits for at most one window however large the broadcast.
+//!
+//! **One script per delivery.** A delivery's buckets (its inbox's account, its recipient or
+//! chat, its campaign) are checked and taken by one script, all or none: the limits cost one
+//! round trip however many buckets there are, and a full bucket never holds a slot in another.
+//! For that, all of an inbox's buckets live in one Redis Cluster slot, the slot of its
+//! account-wide bucket ([`BucketKind::is_account`]; for a web inbox, which has none, its
+//! campaign bucket). That bucket's keys are `<prefix>:ratelimit:{<kind>:<inbox>}` (and
+//! `ratelimit.pause`, `ratelimit.wanted` alike); the keys of the inbox's other buckets are
+//! those followed by `:<kind>:<scope>`. The account-wide keys are named as when every bucket had a
+//! slot of its own, so during an upgrade old and new senders still share the per-number limit;
+//! the per-recipient, per-chat and campaign logs of the old senders are not seen by the new
+//! ones until the old ones stop.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -58,6 +70,12 @@ impl BucketKind {
         BucketKind::TelegramGroup,
         BucketKind::GenericAccount,
     ];
+
+    /// A limit on the whole account (a phone number, a bot, a receiver's URL), one per inbox:
+    /// its bucket's slot holds the inbox's other buckets too (see the module docs).
+    pub fn is_account(self) -> bool {
+        matches!(self, BucketKind::WhatsappAccount | BucketKind::TelegramBot | BucketKind::GenericAccount)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -197,54 +215,68 @@ pub struct Taken {
     member: String,
 }
 
+/// Every bucket of one delivery, in order, all or none.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
--- KEYS: log, pause, wanted. ARGV: count, window ms, member, hold ms, campaign (1/0), wanted ms.
+-- KEYS: per bucket, its log, pause and wanted keys (one slot). ARGV: member, hold ms,
+-- campaign (1/0), then per bucket: count, window ms, wanted ms.
+-- Answers {0, 0} when every bucket took a slot, else {ms to wait, the full bucket's position}
+-- and no bucket took one.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local paused = redis.call('PTTL', KEYS[2])
-if paused > 0 then
-  return paused
-end
-local window = tonumber(ARGV[2])
-local hold = tonumber(ARGV[4])
-local campaign = ARGV[5] == '1'
-if campaign then
-  local wanted = redis.call('PTTL', KEYS[3])
-  if wanted > 0 then
-    return math.min(wanted, 50)
+local member = ARGV[1]
+local hold = tonumber(ARGV[2])
+local campaign = ARGV[3] == '1'
+local buckets = #KEYS / 3
+for index = 1, buckets do
+  local log, pause, wanted = KEYS[index * 3 - 2], KEYS[index * 3 - 1], KEYS[index * 3]
+  local count, window = tonumber(ARGV[index * 3 + 1]), tonumber(ARGV[index * 3 + 2])
+  local paused = redis.call('PTTL', pause)
+  if paused > 0 then
+    return {paused, index}
+  end
+  if campaign then
+    local wanted_for = redis.call('PTTL', wanted)
+    if wanted_for > 0 then
+      return {math.min(wanted_for, 50), index}
+    end
+  end
+  -- `now` is truncated to the millisecond: a slot frees only when its send is more than a whole
+  -- window old, so no two sends a window apart can land in one window at the provider.
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', now - window - 1)
+  if redis.call('ZCARD', log) >= count then
+    if not campaign then
+      redis.call('SET', wanted, '1', 'PX', tonumber(ARGV[index * 3 + 3]))
+    end
+    local oldest = tonumber(redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')[2])
+    if oldest > now then
+      -- Still in flight: it moves back when its call returns.
+      return {math.min(oldest + window + 1 - now, 20), index}
+    end
+    return {math.max(1, oldest + window + 1 - now), index}
   end
 end
--- `now` is truncated to the millisecond: a slot frees only when its send is more than a whole
--- window old, so no two sends a window apart can land in one window at the provider.
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window - 1)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + hold, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window + hold)
-  return 0
+for index = 1, buckets do
+  redis.call('ZADD', KEYS[index * 3 - 2], now + hold, member)
+  redis.call('PEXPIRE', KEYS[index * 3 - 2], tonumber(ARGV[index * 3 + 2]) + hold)
 end
-if not campaign then
-  redis.call('SET', KEYS[3], '1', 'PX', tonumber(ARGV[6]))
-end
-local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
-if oldest > now then
-  -- Still in flight: it moves back when its call returns.
-  return math.min(oldest + window + 1 - now, 20)
-end
-return math.max(1, oldest + window + 1 - now)
+return {0, 0}
 "#,
     )
 });
 
+/// KEYS: the logs a send took a slot in (one slot). ARGV: its member.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) > now then
-  redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
+for _, log in ipairs(KEYS) do
+  local score = redis.call('ZSCORE', log, ARGV[1])
+  if score and tonumber(score) > now then
+    redis.call('ZADD', log, 'XX', now, ARGV[1])
+  end
 end
 return 1
 "#,
@@ -274,18 +306,30 @@ impl Limiter {
         Self { redis, keys, limits }
     }
 
-    fn bucket_keys(&self, bucket: &Bucket) -> (String, String, String) {
-        let tag = format!("{}:{}", bucket.kind, bucket.scope);
-        (
-            self.keys.tagged("ratelimit", &tag),
-            self.keys.tagged("ratelimit.pause", &tag),
-            self.keys.tagged("ratelimit.wanted", &tag),
-        )
+    /// The hash tag of the slot `buckets` (one delivery's) live in: their inbox's account-wide
+    /// bucket's, else (a web inbox's campaign) the first one's.
+    fn slot(buckets: &[Bucket]) -> Option<String> {
+        let anchor = buckets.iter().find(|bucket| bucket.kind.is_account()).or_else(|| buckets.first())?;
+        Some(format!("{}:{}", anchor.kind, anchor.scope))
     }
 
-    /// Takes a slot in each bucket, in order, or returns how long to wait and the bucket that
-    /// is full. `member` must be unique per call. Slots taken before a full bucket are given
-    /// back, since that send does not happen now.
+    /// A bucket's log, pause and wanted keys, in the slot tagged `slot`.
+    fn bucket_keys(&self, slot: &str, bucket: &Bucket) -> (String, String, String) {
+        let key = |name: &str| {
+            let tagged = self.keys.tagged(name, slot);
+            // The slot's own bucket keeps the key it has always had; the others follow the tag.
+            if format!("{}:{}", bucket.kind, bucket.scope) == slot {
+                tagged
+            } else {
+                format!("{tagged}:{}:{}", bucket.kind, bucket.scope)
+            }
+        };
+        (key("ratelimit"), key("ratelimit.pause"), key("ratelimit.wanted"))
+    }
+
+    /// Takes a slot in every bucket (one delivery's), or returns how long to wait and the first
+    /// bucket, in order, that is full or paused; then it takes none. One script: one round trip.
+    /// `member` must be unique per call.
     pub async fn acquire(
         &self,
         buckets: &[Bucket],
@@ -293,45 +337,51 @@ impl Limiter {
         priority: Priority,
     ) -> Result<Result<Taken, (Duration, BucketKind)>, Error> {
         let mut taken = Taken { logs: Vec::with_capacity(buckets.len()), member: member.to_owned() };
+        let Some(slot) = Self::slot(buckets) else { return Ok(Ok(taken)) };
+        let mut kinds = Vec::with_capacity(buckets.len());
+        let mut script_keys = Vec::with_capacity(buckets.len() * 3);
+        let mut args = vec![
+            member.to_owned(),
+            IN_FLIGHT_HOLD.as_millis().to_string(),
+            if priority == Priority::Campaign { "1" } else { "0" }.to_owned(),
+        ];
         for bucket in buckets {
             let Some(limit) = bucket.limit.or_else(|| self.limits.get(bucket.kind)) else { continue };
-            let (log, pause, wanted) = self.bucket_keys(bucket);
-            let wait: i64 = ACQUIRE
-                .call(
-                    &self.redis,
-                    vec![log.clone(), pause, wanted],
-                    vec![
-                        limit.count.to_string(),
-                        limit.window.as_millis().to_string(),
-                        member.to_owned(),
-                        IN_FLIGHT_HOLD.as_millis().to_string(),
-                        if priority == Priority::Campaign { "1" } else { "0" }.to_owned(),
-                        REPLY_WANTS_FOR.max(limit.window).as_millis().to_string(),
-                    ],
-                )
-                .await?;
-            if wait > 0 {
-                for log in &taken.logs {
-                    let _: i64 = self.redis.zrem(log, member).await?;
-                }
-                return Ok(Err((Duration::from_millis(wait as u64), bucket.kind)));
-            }
-            taken.logs.push(log);
+            let (log, pause, wanted) = self.bucket_keys(&slot, bucket);
+            taken.logs.push(log.clone());
+            script_keys.extend([log, pause, wanted]);
+            args.extend([
+                limit.count.to_string(),
+                limit.window.as_millis().to_string(),
+                REPLY_WANTS_FOR.max(limit.window).as_millis().to_string(),
+            ]);
+            kinds.push(bucket.kind);
         }
-        Ok(Ok(taken))
+        if kinds.is_empty() {
+            return Ok(Ok(taken));
+        }
+        let (wait, position): (i64, i64) = ACQUIRE.call(&self.redis, script_keys, args).await?;
+        if wait <= 0 {
+            return Ok(Ok(taken));
+        }
+        let full = usize::try_from(position - 1).ok().and_then(|index| kinds.get(index).copied()).unwrap_or(kinds[0]);
+        Ok(Err((Duration::from_millis(wait as u64), full)))
     }
 
     /// The call of `taken` returned: its slots count from now, no longer from the future.
     pub async fn release(&self, taken: &Taken) -> Result<(), Error> {
-        for log in &taken.logs {
-            let _: i64 = RELEASE.call(&self.redis, vec![log.clone()], vec![taken.member.clone()]).await?;
+        if taken.logs.is_empty() {
+            return Ok(());
         }
+        let _: i64 = RELEASE.call(&self.redis, taken.logs.clone(), vec![taken.member.clone()]).await?;
         Ok(())
     }
 
-    /// Pauses `bucket` for `duration` (a provider asked us to slow down).
-    pub async fn pause(&self, bucket: &Bucket, duration: Duration) -> Result<(), Error> {
-        let (_, pause, _) = self.bucket_keys(bucket);
+    /// Pauses `bucket`, one of the delivery's `buckets`, for `duration` (a provider asked us to
+    /// slow down).
+    pub async fn pause(&self, buckets: &[Bucket], bucket: &Bucket, duration: Duration) -> Result<(), Error> {
+        let slot = Self::slot(buckets).unwrap_or_else(|| format!("{}:{}", bucket.kind, bucket.scope));
+        let (_, pause, _) = self.bucket_keys(&slot, bucket);
         let _: i64 = PAUSE.call(&self.redis, vec![pause], vec![duration.as_millis().max(1).to_string()]).await?;
         Ok(())
     }

@@ -1,0 +1,230 @@
+//! Whole deliveries by a running sender, with the rate limits on: each sent message gets one
+//! status and leaves the queue; a sender whose lease ran out during its call, whose status goes
+//! out together with its record, never makes a second, different one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use chatdesk_core::events::{Event, MessageStatus, MessageStatusChanged};
+use chatdesk_core::{Envelope, KeyScheme, StreamsConfig};
+use chatdesk_sender::job::Job;
+use chatdesk_sender::providers::Endpoints;
+use chatdesk_sender::queue::Queue;
+use chatdesk_sender::{Sender, SenderSettings};
+use chatdesk_store::directory::InboxKind;
+use chatdesk_streams::{RedisConnector, RedisSettings};
+use fred::prelude::*;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const CONFIG: &str = r#"
+[streams.events]
+partitions = 1
+
+[streams.send]
+partitions = 1
+
+[streams.send.groups.sender]
+"#;
+
+/// What the WhatsApp stand-in does on its first call, before it answers.
+type FirstCall = Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
+
+#[derive(Default)]
+struct StandIn {
+    calls: Mutex<Vec<Value>>,
+    first_call: Mutex<Option<FirstCall>>,
+}
+
+/// Accepts every message, as `wamid.<n>` for the n-th call.
+async fn accept(State(stand_in): State<Arc<StandIn>>, Json(body): Json<Value>) -> Json<Value> {
+    let call = {
+        let mut calls = stand_in.calls.lock().unwrap();
+        calls.push(body);
+        calls.len()
+    };
+    let first = if call == 1 { stand_in.first_call.lock().unwrap().take() } else { None };
+    if let Some(first) = first {
+        first().await;
+    }
+    Json(json!({"messaging_product": "whatsapp", "messages": [{"id": format!("wamid.{call}")}]}))
+}
+
+struct Deployment {
+    redis: Client,
+    keys: KeyScheme,
+    config: Arc<StreamsConfig>,
+    queue: Queue,
+    sender: Sender,
+    stand_in: Arc<StandIn>,
+    tenant: Uuid,
+    inbox: Uuid,
+    _postgres: chatdesk_testkit::TestPostgres,
+}
+
+impl Deployment {
+    async fn start(redis_url: &str) -> Self {
+        let postgres = chatdesk_testkit::postgres().await;
+        let pool = chatdesk_store::connect(postgres.url(), 4).await.unwrap();
+        chatdesk_store::migrate(&pool).await.unwrap();
+        let tenant = chatdesk_store::directory::create_tenant(&pool, "Send Co").await.unwrap();
+        let config = json!({"phone_number_id": "106540352242922", "access_token": "EAAG-test-token"});
+        let inbox =
+            chatdesk_store::directory::create_inbox(&pool, tenant, InboxKind::Whatsapp, "WA", "secret", None, &config)
+                .await
+                .unwrap()
+                .id;
+
+        let stand_in = Arc::new(StandIn::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = axum::Router::new().fallback(accept).with_state(stand_in.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+        let redis = RedisConnector::new(RedisSettings::new(redis_url)).unwrap().shared().await.unwrap();
+        let keys = KeyScheme::new(chatdesk_testkit::unique_prefix()).unwrap();
+        let config = Arc::new(StreamsConfig::from_toml_str("test", CONFIG).unwrap());
+        let settings = SenderSettings {
+            timeout: Duration::from_secs(2),
+            endpoints: Endpoints { whatsapp: format!("http://{address}"), ..Endpoints::default() },
+            ..SenderSettings::default()
+        };
+        let sender =
+            Sender::new(redis.clone(), pool, keys.clone(), config.clone(), "sender-test".to_owned(), settings).unwrap();
+        let send = config.stream("send").unwrap().name.clone();
+        let queue = Queue::new(redis.clone(), keys.clone(), send);
+        Self { redis, keys, config, queue, sender, stand_in, tenant, inbox, _postgres: postgres }
+    }
+
+    /// A campaign message (its buckets: the campaign's, the number's and the recipient's).
+    fn job(&self) -> Job {
+        let request = serde_json::from_value(json!({
+            "message_id": Uuid::now_v7(),
+            "conversation_id": Uuid::now_v7(),
+            "inbox_id": self.inbox,
+            "contact_id": Uuid::now_v7(),
+            "text": "Our summer sale starts today",
+            "campaign": {"campaign_id": Uuid::now_v7(), "to": "15550001111", "rate_per_sec": 50},
+        }))
+        .unwrap();
+        Job::new(self.tenant, "1-0".to_owned(), request)
+    }
+
+    fn queue_key(&self, name: &'static str) -> String {
+        self.keys.partition(&self.config.stream("send").unwrap().name, 0).key(name)
+    }
+
+    /// The `message.status` events of `message` on the events stream.
+    async fn statuses(&self, message: Uuid) -> Vec<MessageStatusChanged> {
+        let stream = self.keys.partition(&self.config.stream("events").unwrap().name, 0).stream;
+        let entries: Vec<(String, HashMap<String, String>)> = self.redis.xrange(stream, "-", "+", None).await.unwrap();
+        entries
+            .into_iter()
+            .filter_map(|(_, fields)| match Envelope::decode(fields).unwrap().event() {
+                Ok(Event::MessageStatus(status)) if status.message_id == message => Some(status),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn calls(&self) -> usize {
+        self.stand_in.calls.lock().unwrap().len()
+    }
+}
+
+/// The message's one status, once the job has left the queue, and the calls made for it.
+async fn delivered(deployment: &Deployment, job: &Job) -> (MessageStatusChanged, usize) {
+    chatdesk_testkit::wait_until("the job leaves the queue", Duration::from_secs(20), || async {
+        deployment.queue.len(0).await.unwrap() == 0
+    })
+    .await;
+    let statuses = deployment.statuses(job.id()).await;
+    assert_eq!(statuses.len(), 1, "one status: {statuses:?}");
+    // A finished job is remembered: its stream entry, delivered again, is not admitted again.
+    assert_eq!(deployment.queue.admit(0, std::slice::from_ref(job)).await.unwrap(), 0);
+    (statuses.into_iter().next().unwrap(), deployment.calls())
+}
+
+async fn a_message_is_sent_once_with_one_status(redis_url: &str) {
+    let deployment = Deployment::start(redis_url).await;
+    let cancel = CancellationToken::new();
+    let dispatch = tokio::spawn({
+        let sender = deployment.sender.clone();
+        let cancel = cancel.clone();
+        async move { sender.dispatch(cancel).await }
+    });
+    let job = deployment.job();
+    assert_eq!(deployment.queue.admit(0, std::slice::from_ref(&job)).await.unwrap(), 1);
+    let (status, calls) = delivered(&deployment, &job).await;
+    assert_eq!(
+        (status.status, status.provider_message_id.as_deref(), calls),
+        (MessageStatus::Sent, Some("wamid.1"), 1)
+    );
+    cancel.cancel();
+    dispatch.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_is_sent_once_with_one_status_on_one_redis() {
+    let redis = chatdesk_testkit::redis().await;
+    a_message_is_sent_once_with_one_status(redis.url()).await;
+}
+
+/// The job's keys, the buckets and the events stream are in different slots of the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_is_sent_once_with_one_status_on_redis_cluster() {
+    let cluster = chatdesk_testkit::redis_cluster().await;
+    a_message_is_sent_once_with_one_status(&cluster.url()).await;
+}
+
+/// The lease runs out while the provider answers (the stand-in hands it to "another sender"):
+/// the late sender's `sent` status goes out with its record, which fails; once the other
+/// holder is gone the job is sent again (the documented window) and finished, and its status
+/// is the same event, appended once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sender_that_lost_its_lease_mid_call_leaves_one_status() {
+    let redis = chatdesk_testkit::redis().await;
+    let deployment = Deployment::start(redis.url()).await;
+    let job = deployment.job();
+    let (leases, ready) = (deployment.queue_key("sendq.leases"), deployment.queue_key("sendq.ready"));
+    let thief = deployment.redis.clone();
+    let (job_id, leases_key) = (job.id().to_string(), leases.clone());
+    *deployment.stand_in.first_call.lock().unwrap() = Some(Box::new(move || {
+        Box::pin(async move {
+            let _: i64 = thief.hset(&leases_key, (job_id.as_str(), "another-sender:1")).await.unwrap();
+        })
+    }));
+    let cancel = CancellationToken::new();
+    let dispatch = tokio::spawn({
+        let sender = deployment.sender.clone();
+        let cancel = cancel.clone();
+        async move { sender.dispatch(cancel).await }
+    });
+    assert_eq!(deployment.queue.admit(0, std::slice::from_ref(&job)).await.unwrap(), 1);
+
+    // The late sender's status is out; the job stays, held by the other sender.
+    let statuses = chatdesk_testkit::eventually("the late sender's status", Duration::from_secs(20), || async {
+        let statuses = deployment.statuses(job.id()).await;
+        (!statuses.is_empty()).then_some(statuses)
+    })
+    .await;
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(statuses[0].provider_message_id.as_deref(), Some("wamid.1"));
+    assert_eq!(deployment.queue.len(0).await.unwrap(), 1, "a sender without the lease removes nothing");
+    let holder: Option<String> = deployment.redis.hget(&leases, job.id().to_string()).await.unwrap();
+    assert_eq!(holder.as_deref(), Some("another-sender:1"));
+
+    // The other sender dies: its lease ends and the job is due again.
+    let _: i64 = deployment.redis.hdel(&leases, job.id().to_string()).await.unwrap();
+    let _: i64 = deployment.redis.zadd(&ready, None, None, false, false, (0.0, job.id().to_string())).await.unwrap();
+    let (status, calls) = delivered(&deployment, &job).await;
+    assert_eq!(calls, 2, "sent again by the next holder: the call outlived its lease");
+    assert_eq!(status.status, MessageStatus::Sent);
+    assert_eq!(status.provider_message_id.as_deref(), Some("wamid.1"), "the first status stands");
+    cancel.cancel();
+    dispatch.await.unwrap();
+}
