@@ -1,12 +1,18 @@
 //! Writer throughput: events per second from the `events` stream into PostgreSQL through the
-//! `writer` consumer group, for batch sizes 100, 500 and 2000, next to a raw PostgreSQL `COPY`
-//! of the same message rows measured in the same run against the same server.
+//! `writer` consumer group, for batch sizes 100, 500 and 2000 with one tenant (every event in one
+//! partition, read in order by one task: the single-company deployment), and with the shipped
+//! settings (8 partitions, batch 500, `batch_wait` 100 ms) and the messages spread over
+//! `--tenants` tenants; next to a raw PostgreSQL `COPY` of the same message rows measured in the
+//! same run against the same server.
 //!
 //! ```text
-//! cargo run --release -p chatdesk-load-tests --bin writer-throughput -- [--messages 100000]
+//! cargo run --release -p chatdesk-load-tests --bin writer-throughput -- [--messages 100000] [--tenants 32]
 //! ```
 //!
-//! Starts a private Redis and a private PostgreSQL (fsync on, as in production) on loopback.
+//! Starts a private Redis and a private PostgreSQL (fsync on, as in production) on loopback. The
+//! end of a run is read from Redis (the group has nothing left to deliver or acknowledge), not by
+//! counting rows in PostgreSQL while the writer works, which would take a share of the server
+//! being measured; the rows are counted once at the end.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,54 +38,101 @@ struct Args {
     /// Conversations the messages are spread over.
     #[arg(long, default_value_t = 200)]
     conversations: usize,
+    /// Tenants of the shipped-settings scenario (their events spread over 8 partitions).
+    #[arg(long, default_value_t = 32)]
+    tenants: usize,
 }
 
 struct Scenario {
     pool: chatdesk_store::Pool,
-    tenant: Uuid,
-    inbox: Uuid,
+    /// Each tenant with its inbox.
+    tenants: Vec<(Uuid, Uuid)>,
 }
 
-async fn fresh_database(postgres: &PostgresServer, name: &str) -> anyhow::Result<Scenario> {
+/// Where a run's events go: partitions, and the writer group's batch.
+struct Shape {
+    partitions: u16,
+    batch_size: u32,
+    batch_wait_ms: u64,
+}
+
+async fn fresh_database(postgres: &PostgresServer, name: &str, tenants: usize) -> anyhow::Result<Scenario> {
     postgres.ensure_database(name).await?;
     let pool = chatdesk_store::connect(&postgres.url_for(name), 8).await?;
     chatdesk_store::migrate(&pool).await?;
-    let tenant = create_tenant(&pool, "bench").await?;
-    let inbox =
-        create_inbox(&pool, tenant, InboxKind::Generic, "bench", "secret", None, &serde_json::json!({})).await?.id;
-    Ok(Scenario { pool, tenant, inbox })
+    let mut all = Vec::with_capacity(tenants);
+    for index in 0..tenants.max(1) {
+        let tenant = create_tenant(&pool, &format!("bench {index}")).await?;
+        let inbox =
+            create_inbox(&pool, tenant, InboxKind::Generic, "bench", "secret", None, &serde_json::json!({})).await?.id;
+        all.push((tenant, inbox));
+    }
+    Ok(Scenario { pool, tenants: all })
 }
 
-/// Contacts and conversations first, then the messages round-robin over the conversations.
-fn events(scenario: &Scenario, args: &Args) -> Vec<Event> {
-    let pairs: Vec<(Uuid, Uuid)> = (0..args.conversations).map(|_| (Uuid::now_v7(), Uuid::now_v7())).collect();
+/// Contacts and conversations first (each in its tenant, round-robin), then the messages
+/// round-robin over the conversations.
+fn events(scenario: &Scenario, args: &Args) -> Vec<(Uuid, Event)> {
+    let pairs: Vec<(Uuid, Uuid, Uuid, Uuid)> = (0..args.conversations)
+        .map(|index| {
+            let (tenant, inbox) = scenario.tenants[index % scenario.tenants.len()];
+            (tenant, inbox, Uuid::now_v7(), Uuid::now_v7())
+        })
+        .collect();
     let mut events = Vec::with_capacity(args.messages + 2 * args.conversations);
-    for (index, (contact, conversation)) in pairs.iter().enumerate() {
-        events.push(Event::ContactCreated(ContactCreated {
-            contact_id: *contact,
-            inbox_id: scenario.inbox,
-            external_id: format!("customer-{index}"),
-            name: Some(format!("Customer {index}")),
-            email: None,
-        }));
-        events.push(Event::ConversationCreated(ConversationCreated {
-            conversation_id: *conversation,
-            inbox_id: scenario.inbox,
-            contact_id: *contact,
-        }));
+    for (index, (tenant, inbox, contact, conversation)) in pairs.iter().enumerate() {
+        events.push((
+            *tenant,
+            Event::ContactCreated(ContactCreated {
+                contact_id: *contact,
+                inbox_id: *inbox,
+                external_id: format!("customer-{index}"),
+                name: Some(format!("Customer {index}")),
+                email: None,
+            }),
+        ));
+        events.push((
+            *tenant,
+            Event::ConversationCreated(ConversationCreated {
+                conversation_id: *conversation,
+                inbox_id: *inbox,
+                contact_id: *contact,
+            }),
+        ));
     }
     for index in 0..args.messages {
-        let (contact, conversation) = pairs[index % pairs.len()];
-        events.push(chatdesk_load_tests::inbound_message(scenario.inbox, contact, conversation, index));
+        let (tenant, inbox, contact, conversation) = pairs[index % pairs.len()];
+        events.push((tenant, chatdesk_load_tests::inbound_message(inbox, contact, conversation, index)));
     }
     events
 }
 
-async fn writer_rate(redis_url: &str, scenario: &Scenario, args: &Args, batch_size: u32) -> anyhow::Result<f64> {
+/// Whether the writer group has delivered and acknowledged everything on every partition.
+async fn drained(
+    client: &chatdesk_streams::RedisClient,
+    keys: &KeyScheme,
+    stream: &chatdesk_core::StreamSettings,
+) -> anyhow::Result<bool> {
+    for partition in 0..stream.partitions {
+        let groups = chatdesk_streams::status::partition_status(client, keys, stream, partition).await?;
+        let length = groups.first().map_or(0, |group| group.length);
+        let done = match groups.iter().find(|group| group.group == "writer") {
+            Some(group) => group.pending == 0 && group.lag == Some(0),
+            None => length == 0,
+        };
+        if !done {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn writer_rate(redis_url: &str, scenario: &Scenario, args: &Args, shape: &Shape) -> anyhow::Result<f64> {
+    let Shape { partitions, batch_size, batch_wait_ms } = shape;
     let config = Arc::new(StreamsConfig::from_toml_str(
         "(benchmark)",
         &format!(
-            "[streams.events]\npartitions = 1\n[streams.events.groups.writer]\nbatch_size = {batch_size}\nblock = \"100ms\"\nclaim_idle = \"5m\"\n"
+            "[streams.events]\npartitions = {partitions}\n[streams.events.groups.writer]\nbatch_size = {batch_size}\nbatch_wait = \"{batch_wait_ms}ms\"\nblock = \"100ms\"\nclaim_idle = \"5m\"\nexclusive = true\n"
         ),
     )?);
     let connector = RedisConnector::new(RedisSettings::new(redis_url))?;
@@ -90,8 +143,8 @@ async fn writer_rate(redis_url: &str, scenario: &Scenario, args: &Args, batch_si
     let all = Arc::new(events(scenario, args));
     // Contacts and conversations are appended (in order) before any message that refers to them;
     // the messages go concurrently.
-    for event in all.iter() {
-        let entry = Envelope::of(TenantId(scenario.tenant), event);
+    for (tenant, event) in all.iter() {
+        let entry = Envelope::of(TenantId(*tenant), event);
         if !matches!(event, Event::MessageCreated(_)) {
             producer.append_event(&entry).await?;
             continue;
@@ -108,54 +161,54 @@ async fn writer_rate(redis_url: &str, scenario: &Scenario, args: &Args, batch_si
 
     let stream = config.stream("events").context("events stream")?;
     let consumer = Consumer::new(
-        ConsumerOptions::new(connector.clone(), keys, stream, "bench"),
+        ConsumerOptions::new(connector.clone(), keys.clone(), stream, "bench"),
         Writer::new(scenario.pool.clone()),
     )?;
     let cancel = CancellationToken::new();
     let started = Instant::now();
     let running = tokio::spawn(consumer.run(cancel.clone()));
-    let expected = i64::try_from(args.messages)?;
-    loop {
-        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM messages").fetch_one(&scenario.pool).await?;
-        if rows >= expected {
-            break;
-        }
+    let redis = connector.shared().await?;
+    while !drained(&redis, &keys, stream).await? {
         if started.elapsed() > Duration::from_secs(900) {
-            bail!("the writer stored {rows} of {expected} rows in 15 minutes");
+            bail!("the writer has not stored the run's events in 15 minutes");
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = all.len() as f64 / started.elapsed().as_secs_f64();
     cancel.cancel();
     running.await??;
+    let expected = i64::try_from(args.messages)?;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM messages").fetch_one(&scenario.pool).await?;
+    anyhow::ensure!(rows == expected, "the writer acknowledged every event but stored {rows} of {expected} messages");
     Ok(rate)
 }
 
 /// COPY of the same message rows (after their conversations exist), one statement.
 async fn copy_rate(scenario: &Scenario, args: &Args) -> anyhow::Result<f64> {
     let all = events(scenario, args);
-    let (setup, messages): (Vec<&Event>, Vec<&Event>) =
-        all.iter().partition(|event| !matches!(event, Event::MessageCreated(_)));
+    let (setup, messages): (Vec<&(Uuid, Event)>, Vec<&(Uuid, Event)>) =
+        all.iter().partition(|(_, event)| !matches!(event, Event::MessageCreated(_)));
     let stored: Vec<chatdesk_store::writer::StoredEvent> = setup
         .iter()
         .enumerate()
-        .map(|(index, event)| chatdesk_store::writer::StoredEvent {
+        .map(|(index, (tenant, event))| chatdesk_store::writer::StoredEvent {
             event_id: Uuid::now_v7(),
-            tenant_id: scenario.tenant,
+            tenant_id: *tenant,
             partition: 0,
             offset: chatdesk_core::EntryId::new(1, index as u64),
             occurred_at_ms: 1_763_800_000_000,
             event: (*event).clone(),
+            payload: None,
         })
         .collect();
     chatdesk_store::writer::apply_events(&scenario.pool, &stored).await?;
     let mut data = String::with_capacity(messages.len() * 200);
-    for (index, event) in messages.iter().enumerate() {
+    for (index, (tenant, event)) in messages.iter().enumerate() {
         let Event::MessageCreated(message) = event else { continue };
         data.push_str(&format!(
             "{}\t{}\t{}\t2-{index}\t2\t{index}\tinbound\tcustomer\t{}\t{}\t\\N\t{}\t\\N\t\\N\t-1\t2026-11-22 00:00:00+00\n",
             Uuid::now_v7(),
-            scenario.tenant,
+            tenant,
             message.conversation_id,
             message.contact_id,
             message.text,
@@ -190,12 +243,18 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("{:<40} {:>14}", "scenario", "events/s");
     for batch_size in [100, 500, 2000] {
-        let scenario = fresh_database(&postgres, &format!("bench_writer_{batch_size}")).await?;
-        let rate = writer_rate(&redis.url(), &scenario, &args, batch_size).await?;
+        let scenario = fresh_database(&postgres, &format!("bench_writer_{batch_size}"), 1).await?;
+        let shape = Shape { partitions: 1, batch_size, batch_wait_ms: 0 };
+        let rate = writer_rate(&redis.url(), &scenario, &args, &shape).await?;
         println!("{:<40} {:>14.0}", format!("writer group, batch {batch_size}"), rate);
         scenario.pool.close().await;
     }
-    let scenario = fresh_database(&postgres, "bench_copy").await?;
+    let scenario = fresh_database(&postgres, "bench_writer_shipped", args.tenants).await?;
+    let shape = Shape { partitions: 8, batch_size: 500, batch_wait_ms: 100 };
+    let rate = writer_rate(&redis.url(), &scenario, &args, &shape).await?;
+    println!("{:<40} {:>14.0}", format!("writer group, shipped, {} tenants", args.tenants), rate);
+    scenario.pool.close().await;
+    let scenario = fresh_database(&postgres, "bench_copy", 1).await?;
     let rate = copy_rate(&scenario, &args).await?;
     println!("{:<40} {:>14.0}", "raw COPY of the message rows", rate);
     scenario.pool.close().await;

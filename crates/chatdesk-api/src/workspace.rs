@@ -991,22 +991,23 @@ pub async fn search(
         || ApiError::Busy { message: "too many searches at once; try again shortly".into(), retry_after_seconds: 1 };
     let _slot = state.searches.clone().try_acquire_owned().map_err(|_| busy())?;
     let readable = readable_inboxes(&state, &principal).await?;
-    let mut hits = store::search_messages(&state.db, principal.tenant, q, readable.as_deref(), offset, limit + 1)
-        .await
-        .map_err(ApiError::store)?
-        .ok_or_else(|| ApiError::Busy {
-            message: "the search took too long; add words to narrow it".into(),
-            retry_after_seconds: 1,
-        })?;
+    // The two searches run side by side: a first page waits for the slower, not for both.
+    let messages = store::search_messages(&state.db, principal.tenant, q, readable.as_deref(), offset, limit + 1);
+    let contacts = async {
+        if offset == 0 {
+            store::search_contacts(&state.db, principal.tenant, q, readable.as_deref(), 10).await
+        } else {
+            Ok(Vec::new())
+        }
+    };
+    let (hits, contacts) = tokio::join!(messages, contacts);
+    let mut hits = hits.map_err(ApiError::store)?.ok_or_else(|| ApiError::Busy {
+        message: "the search took too long; add words to narrow it".into(),
+        retry_after_seconds: 1,
+    })?;
+    let contacts = contacts.map_err(ApiError::store)?;
     let next_cursor = (hits.len() as i64 > limit).then(|| (offset + limit).to_string());
     hits.truncate(limit as usize);
-    let contacts = if offset == 0 {
-        store::search_contacts(&state.db, principal.tenant, q, readable.as_deref(), 10)
-            .await
-            .map_err(ApiError::store)?
-    } else {
-        Vec::new()
-    };
     Ok(Json(SearchResults {
         messages: hits
             .into_iter()

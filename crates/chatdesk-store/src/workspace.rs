@@ -383,12 +383,12 @@ pub async fn search_messages(
 ) -> Result<Option<Vec<MessageHit>>, StoreError> {
     let options = format!("StartSel={HIT_START}, StopSel={HIT_END}, MaxWords=20, MinWords=8, MaxFragments=2");
     // One statement may not hold a connection of the shared pool for long: a search that runs
-    // past the timeout is cancelled and answered as such. A plan for these very values: the
-    // planner then sees how frequent the words are, and walks the tenant's newest messages for a
-    // frequent word instead of reading every match.
+    // past the timeout is cancelled and answered as such.
     let mut tx = pool.begin().await.map_err(StoreError::Query)?;
-    sqlx::query("SET LOCAL statement_timeout = '3s'").execute(&mut *tx).await.map_err(StoreError::Query)?;
-    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan").execute(&mut *tx).await.map_err(StoreError::Query)?;
+    sqlx::query("SELECT set_config('statement_timeout', '3s', true)")
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::Query)?;
     // Ranked among the newest RANKED matches: a word in a tenth of all messages would otherwise
     // read them all to rank them.
     let rows: Result<Vec<HitTuple>, sqlx::Error> = sqlx::query_as(
@@ -413,6 +413,10 @@ pub async fn search_messages(
     .bind(limit)
     .bind(options)
     .bind(RANKED)
+    // Not prepared: planned for these very values, the planner sees how frequent the words are
+    // and walks the tenant's newest messages for a frequent word instead of reading every match
+    // (a prepared statement's generic plan would not).
+    .persistent(false)
     .fetch_all(&mut *tx)
     .await;
     let rows = match rows {
@@ -458,6 +462,8 @@ pub async fn search_contacts(
     .bind(pattern)
     .bind(limit)
     .bind(inboxes)
+    // Not prepared: a generic plan for `ILIKE $2` cannot use the trigram index.
+    .persistent(false)
     .fetch_all(pool)
     .await
     .map_err(StoreError::Query)?;

@@ -23,6 +23,9 @@ pub struct StoredEvent {
     pub offset: EntryId,
     pub occurred_at_ms: u64,
     pub event: Event,
+    /// The entry's payload (JSON) as it was appended, kept in the ledger as is: a resume from
+    /// PostgreSQL then sends what the stream sent. `None` stores the event's own serialisation.
+    pub payload: Option<String>,
 }
 
 /// What a batch did.
@@ -137,13 +140,20 @@ async fn insert_ledger(
     let offset_ms: Vec<i64> = events.iter().map(|stored| ms(stored.offset.millis)).collect();
     let offset_seq: Vec<i64> = events.iter().map(|stored| ms(stored.offset.sequence)).collect();
     let occurred: Vec<i64> = events.iter().map(|stored| ms(stored.occurred_at_ms)).collect();
-    let payloads: Vec<serde_json::Value> = events.iter().map(|stored| stored.event.to_payload()).collect();
+    let payloads: Vec<std::borrow::Cow<'_, str>> = events
+        .iter()
+        .map(|stored| match &stored.payload {
+            Some(payload) => std::borrow::Cow::Borrowed(payload.as_str()),
+            None => std::borrow::Cow::Owned(stored.event.to_payload().to_string()),
+        })
+        .collect();
     let inserted: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO events (event_id, tenant_id, type, conversation_id, stream_partition, stream_offset, \
                              offset_ms, offset_seq, occurred_at, payload) \
-         SELECT e.id, e.tenant, e.type, e.conversation, e.part, e.off, e.ms, e.seq, to_timestamp(e.at / 1000.0), e.payload \
+         SELECT e.id, e.tenant, e.type, e.conversation, e.part, e.off, e.ms, e.seq, to_timestamp(e.at / 1000.0), \
+                e.payload::jsonb \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::int2[], $6::text[], $7::int8[], $8::int8[], \
-                     $9::int8[], $10::jsonb[]) AS e(id, tenant, type, conversation, part, off, ms, seq, at, payload) \
+                     $9::int8[], $10::text[]) AS e(id, tenant, type, conversation, part, off, ms, seq, at, payload) \
          ON CONFLICT (event_id) DO NOTHING \
          RETURNING event_id",
     )

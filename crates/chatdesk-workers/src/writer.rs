@@ -63,6 +63,7 @@ impl Handler for Writer {
                     offset: entry.id,
                     occurred_at_ms: entry.envelope.time_ms,
                     event,
+                    payload: Some(entry.envelope.payload.clone()),
                 }),
                 Err(error) => {
                     outcomes.reject(entry.id, error.to_string());

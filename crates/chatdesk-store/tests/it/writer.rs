@@ -78,6 +78,8 @@ impl Fixture {
             partition: 0,
             offset: EntryId::new(self.next_offset, 0),
             occurred_at_ms: 1_763_800_000_000 + self.next_offset,
+            // As the writer passes it: the entry's payload text.
+            payload: Some(event.to_payload().to_string()),
             event,
         }
     }

@@ -8,7 +8,10 @@
 //! 2. runs one task per partition, each with its own connection, reading with `XREADGROUP`
 //!    (COUNT = `batch_size`, BLOCK = `block`, raced against shutdown);
 //! 3. decodes entries (an entry that cannot be decoded is dead-lettered at once) and calls the
-//!    handler with the batch, at most `concurrency` partitions at a time per process;
+//!    handler with the batch, at most `concurrency` partitions at a time per process; while a
+//!    full batch is handled (a backlog), the next batch is read without blocking, so reading and
+//!    handling overlap instead of taking turns (order holds: it is handled next, or re-read with
+//!    the pending list if this batch asked for a retry or the partition's lease was lost);
 //! 4. acknowledges the entries the handler finished, in one XACK, only after the handler
 //!    returned, and keeps re-trying that XACK until Redis takes it;
 //! 5. re-delivers entries the handler asked to retry after an exponential backoff with jitter,

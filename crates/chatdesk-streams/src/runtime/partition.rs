@@ -72,6 +72,9 @@ pub(super) struct PartitionWorker<H> {
     labels: [(&'static str, String); 3],
     /// Entries the handler finished whose XACK has not been confirmed yet.
     unacked: Vec<String>,
+    /// New entries read while the previous batch was handled (see `read_ahead`), next in line.
+    /// They are in our pending list: whenever that list is re-read, they are dropped from here.
+    ahead: Vec<RawEntry>,
     /// Our own pending list may hold entries (after a retry, a restart, or a Redis error).
     own_pending: bool,
     retry_attempt: u32,
@@ -123,6 +126,7 @@ impl<H: Handler> PartitionWorker<H> {
             permits,
             labels,
             unacked: Vec::new(),
+            ahead: Vec::new(),
             // A consumer restarted under the same name picks up what it had in hand.
             own_pending: true,
             retry_attempt: 0,
@@ -246,6 +250,7 @@ impl<H: Handler> PartitionWorker<H> {
                     );
                     // Whatever was delivered before the error is in our pending list.
                     self.own_pending = true;
+                    self.ahead.clear();
                     if error.details().starts_with("NOGROUP") {
                         // The stream (and its groups) vanished, e.g. Redis restarted without
                         // persistence: recreate so the partition keeps flowing.
@@ -308,6 +313,8 @@ impl<H: Handler> PartitionWorker<H> {
             self.claim_cursor = "0-0".to_owned();
         }
         let (source, entries) = if self.own_pending {
+            // Re-read below with the rest of our pending list, in order.
+            self.ahead.clear();
             self.flush_acks().await?;
             if let Some(not_before) = self.retry_not_before {
                 tokio::select! {
@@ -327,6 +334,8 @@ impl<H: Handler> PartitionWorker<H> {
                 return Ok(());
             }
             (Source::OwnPending, entries)
+        } else if !self.ahead.is_empty() {
+            (Source::New, std::mem::take(&mut self.ahead))
         } else if Instant::now() >= self.next_claim_at {
             self.flush_acks().await?;
             if !self.lease_lasts() {
@@ -373,6 +382,42 @@ impl<H: Handler> PartitionWorker<H> {
             self.own_pending = true;
             return Ok(());
         }
+        // A full batch of new entries means more are probably waiting: read the next batch
+        // while the handler works on this one, so a backlog is read and handled at once rather
+        // than in turns.
+        if source == Source::New && batch_len >= self.settings.batch_size as usize && self.lease_lasts() {
+            let acks = std::mem::take(&mut self.unacked);
+            let next = read_ahead(
+                self.reader.clone(),
+                self.keys.stream.clone(),
+                self.group.clone(),
+                self.consumer.clone(),
+                self.settings.batch_size as usize,
+                acks,
+            );
+            let (processed, (unconfirmed, next)) = tokio::join!(self.process(entries, cancel).instrument(span), next);
+            self.unacked.extend(unconfirmed);
+            processed?;
+            let next = match next {
+                Ok(next) => next,
+                Err(error) => {
+                    // The read may have delivered entries before it failed: they are ours.
+                    self.own_pending = true;
+                    return Err(error);
+                }
+            };
+            // Kept only while this batch went through and the partition is still ours; otherwise
+            // they wait in our pending list (re-read in order, or taken over by the new holder).
+            if next.is_empty() || cancel.is_cancelled() {
+                return Ok(());
+            }
+            if self.own_pending || (self.settings.exclusive && !self.leased) {
+                self.own_pending = true;
+            } else {
+                self.ahead = next;
+            }
+            return Ok(());
+        }
         self.process(entries, cancel).instrument(span).await
     }
 
@@ -398,19 +443,7 @@ impl<H: Handler> PartitionWorker<H> {
     }
 
     async fn read_up_to(&self, id: XID, block: Option<Duration>, count: usize) -> Result<Vec<RawEntry>, Error> {
-        let response: ReadResponse = self
-            .reader
-            .xreadgroup_map(
-                self.group.as_str(),
-                self.consumer.as_str(),
-                Some(count as u64),
-                block.map(|block| block.as_millis() as u64),
-                false,
-                self.keys.stream.as_str(),
-                id,
-            )
-            .await?;
-        Ok(response.into_values().flatten().map(|(id, fields)| raw_entry(id, fields)).collect())
+        read_group(&self.reader, &self.keys.stream, &self.group, &self.consumer, id, block, count).await
     }
 
     /// XACK of the finished entries and the next read, sent together on the reader's connection:
@@ -658,6 +691,56 @@ impl<H: Handler> PartitionWorker<H> {
         let _: i64 = self.shared.xack(self.keys.stream.as_str(), self.group.as_str(), ids).await?;
         self.unacked.clear();
         Ok(())
+    }
+}
+
+async fn read_group(
+    reader: &Client,
+    stream: &str,
+    group: &GroupName,
+    consumer: &str,
+    id: XID,
+    block: Option<Duration>,
+    count: usize,
+) -> Result<Vec<RawEntry>, Error> {
+    let response: ReadResponse = reader
+        .xreadgroup_map(
+            group.as_str(),
+            consumer,
+            Some(count as u64),
+            block.map(|block| block.as_millis() as u64),
+            false,
+            stream,
+            id,
+        )
+        .await?;
+    Ok(response.into_values().flatten().map(|(id, fields)| raw_entry(id, fields)).collect())
+}
+
+/// The next batch of new entries without blocking, with the XACK of what was finished before
+/// the batch now in hand (sent together, as in `ack_and_read`). Owns what it uses, so it runs
+/// beside the handler. Returns the ids whose XACK is not confirmed, and what was read.
+async fn read_ahead(
+    reader: Client,
+    stream: String,
+    group: GroupName,
+    consumer: String,
+    count: usize,
+    acks: Vec<String>,
+) -> (Vec<String>, Result<Vec<RawEntry>, Error>) {
+    let read = read_group(&reader, &stream, &group, &consumer, XID::NewInGroup, None, count);
+    if acks.is_empty() {
+        return (acks, read.await);
+    }
+    let acked = {
+        let ids: Vec<&str> = acks.iter().map(String::as_str).collect();
+        let ack = reader.xack::<i64, _, _, _>(stream.as_str(), group.as_str(), ids);
+        let (acked, read) = tokio::join!(ack, read);
+        (acked.is_ok(), read)
+    };
+    match acked {
+        (true, read) => (Vec::new(), read),
+        (false, read) => (acks, read),
     }
 }
 
