@@ -25,7 +25,8 @@
 //! 8. when the handler reports a dependency [`Unavailable`], keeps the batch and calls the handler
 //!    again after a backoff until it succeeds (deliveries are not counted: an outage never
 //!    dead-letters anything);
-//! 9. on cancellation stops reading, finishes the batch in hand, acknowledges it and returns.
+//! 9. on cancellation stops reading, finishes the batch in hand (and one read ahead),
+//!    acknowledges them and returns.
 //!
 //! Metrics (see [`crate::metrics`]) are emitted per batch; each batch runs in a `batch` span
 //! with `stream`, `group`, `partition` and `batch_len`.

@@ -270,6 +270,24 @@ impl<H: Handler> PartitionWorker<H> {
                 }
             }
         }
+        // A batch read ahead is in hand too: finished before stopping, like the one being
+        // handled, unless the partition is no longer surely ours.
+        let ahead = std::mem::take(&mut self.ahead);
+        if !ahead.is_empty() && (!self.settings.exclusive || Instant::now() < self.lease_until) {
+            let span = tracing::info_span!(
+                "batch",
+                stream = %self.keys.family,
+                group = %self.group,
+                partition = self.keys.partition,
+                batch_len = ahead.len(),
+                done = tracing::field::Empty,
+                retried = tracing::field::Empty,
+                dead_lettered = tracing::field::Empty,
+            );
+            if let Err(error) = self.process(ahead, &cancel).instrument(span).await {
+                tracing::warn!(stream = %self.keys.family, group = %self.group, error = %error, "batch read ahead not finished at shutdown; it will be delivered again");
+            }
+        }
         let deadline = Instant::now() + SHUTDOWN_ACK_DEADLINE;
         while !self.unacked.is_empty() && Instant::now() < deadline {
             if self.flush_acks().await.is_err() {
@@ -298,7 +316,12 @@ impl<H: Handler> PartitionWorker<H> {
     async fn step(&mut self, cancel: &CancellationToken) -> Result<(), Error> {
         if self.settings.exclusive && !self.hold_lease().await? {
             // Another process of the group reads this partition; what we finished is
-            // acknowledged, and we look again after a block.
+            // acknowledged, and we look again after a block. What we read ahead is the new
+            // holder's to take over; whatever it has not taken is re-read if the lease comes back.
+            if !self.ahead.is_empty() {
+                self.ahead.clear();
+                self.own_pending = true;
+            }
             self.flush_acks().await?;
             tokio::select! {
                 _ = tokio::time::sleep(self.settings.block) => {}
@@ -334,8 +357,6 @@ impl<H: Handler> PartitionWorker<H> {
                 return Ok(());
             }
             (Source::OwnPending, entries)
-        } else if !self.ahead.is_empty() {
-            (Source::New, std::mem::take(&mut self.ahead))
         } else if Instant::now() >= self.next_claim_at {
             self.flush_acks().await?;
             if !self.lease_lasts() {
@@ -346,6 +367,8 @@ impl<H: Handler> PartitionWorker<H> {
                 return Ok(());
             }
             (Source::Claimed, entries)
+        } else if !self.ahead.is_empty() {
+            (Source::New, std::mem::take(&mut self.ahead))
         } else {
             let until_claim = self.next_claim_at.saturating_duration_since(Instant::now());
             let block = self.settings.block.min(until_claim).max(Duration::from_millis(1));
@@ -408,10 +431,12 @@ impl<H: Handler> PartitionWorker<H> {
             };
             // Kept only while this batch went through and the partition is still ours; otherwise
             // they wait in our pending list (re-read in order, or taken over by the new holder).
-            if next.is_empty() || cancel.is_cancelled() {
+            // When shutting down, `run` finishes them.
+            if next.is_empty() {
                 return Ok(());
             }
-            if self.own_pending || (self.settings.exclusive && !self.leased) {
+            let lease_lapsed = self.settings.exclusive && (!self.leased || Instant::now() >= self.lease_until);
+            if self.own_pending || lease_lapsed {
                 self.own_pending = true;
             } else {
                 self.ahead = next;
@@ -599,7 +624,9 @@ impl<H: Handler> PartitionWorker<H> {
                 }
                 if self.settings.exclusive && !matches!(self.hold_lease().await, Ok(true)) {
                     // The lease went to another process (we were paused past it): that one
-                    // handles this batch, in order; ours stays pending until it is taken over.
+                    // handles this batch, in order; ours stays pending until it is taken over,
+                    // and is re-read first if we hold the partition again (or could not tell).
+                    self.own_pending = true;
                     return Ok(());
                 }
             };

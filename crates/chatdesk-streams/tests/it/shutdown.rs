@@ -59,3 +59,41 @@ async fn cancellation_finishes_and_acknowledges_the_batch_in_hand() {
     let group = statuses.iter().find(|status| status.group == "workers").unwrap();
     assert_eq!(group.lag, Some((appended.len() - handled) as u64));
 }
+
+/// Under a backlog the next batch is read while one is handled: cancelling then finishes both,
+/// each entry once, and leaves nothing pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_under_a_backlog_also_finishes_the_batch_read_ahead() {
+    let redis = chatdesk_testkit::redis().await;
+    let setup = Setup::with_config(
+        redis.url(),
+        "[streams.events]\npartitions = 1\n[streams.events.groups.workers]\nbatch_size = 10\nblock = \"200ms\"\n",
+    )
+    .await;
+    let mut appended = Vec::new();
+    for sequence in 0..50 {
+        let entry = crate::support::entry(sequence, false);
+        setup.producer.append_to_partition("events", 0, &entry).await.unwrap();
+        appended.push(entry.event_id);
+    }
+    let record = Record::default();
+    let started = Arc::new(Notify::new());
+    let cancel = CancellationToken::new();
+    let consumer = setup.consumer("c", Slow { record: record.clone(), started: started.clone() });
+    let running = tokio::spawn(consumer.run(cancel.clone()));
+    tokio::time::timeout(Duration::from_secs(30), started.notified()).await.expect("a batch started");
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(30), running).await.expect("the runtime returns").unwrap().unwrap();
+
+    let handled = record.distinct();
+    assert!(record.handled_more_than_once().is_empty(), "no entry handled twice");
+    assert_eq!(handled, 20, "the batch in hand and the one read ahead were finished");
+    assert_eq!(setup.pending().await, 0, "both were acknowledged");
+    let stream = setup.config.stream("events").unwrap();
+    let statuses = chatdesk_streams::status::partition_status(&setup.client, &setup.keys, stream, 0).await.unwrap();
+    let group = statuses.iter().find(|status| status.group == "workers").unwrap();
+    assert_eq!(group.lag, Some((appended.len() - handled) as u64));
+    for event_id in &appended[..handled] {
+        assert!(record.contains(event_id), "handled in stream order, from the first entry");
+    }
+}
