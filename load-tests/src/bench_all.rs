@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo build --release -p chatdesk -p chatdesk-load-tests
-//! cargo run --release -p chatdesk-load-tests --bin bench-all -- [--json bench-all.json]
+//! cargo run --release -p chatdesk-load-tests --bin bench-all -- [--json bench-all.json] [--quick] [--soak]
 //! ```
 //!
 //! It runs the other benchmark binaries next to it (same build profile) with the arguments the
@@ -27,6 +27,10 @@ struct Args {
     /// Smaller runs (fewer entries, shorter rates): a quick look, not figures to publish.
     #[arg(long)]
     quick: bool,
+    /// Also keep the gateway's load on for a 10-minute soak (1 minute with `--quick`) and report
+    /// the server's RSS at its start and end; off by default, since it adds those minutes.
+    #[arg(long)]
+    soak: bool,
 }
 
 /// One line of the table.
@@ -124,6 +128,15 @@ fn main() -> anyhow::Result<()> {
     let stored = figure(&writer, "writer group, batch 2000")?;
     let copy = figure(&writer, "raw COPY")?;
     rows.push(Row::half_of("writer: events stored (batch 2000)", stored, "events/s", "raw COPY of the rows", copy));
+    // The shipped settings: 8 partitions, batch 500, 32 tenants.
+    let shipped = figure(&writer, "writer group, shipped")?;
+    rows.push(Row::half_of(
+        "writer: events stored (shipped settings, 32 tenants)",
+        shipped,
+        "events/s",
+        "raw COPY of the rows",
+        copy,
+    ));
     outputs.insert("writer-throughput".to_owned(), json!(writer));
 
     // Signed webhooks next to redis-benchmark XADD with AOF always.
@@ -149,23 +162,26 @@ fn main() -> anyhow::Result<()> {
 
     // Fan-out next to the Socket.IO peer, memory per idle socket, replay.
     let (idle, replay) = if args.quick { ("2000", "10000") } else { ("10000", "100000") };
-    let gateway = run(
-        "gateway-load",
-        &[
-            "--rates",
-            "1000,5000",
-            "--seconds",
-            seconds,
-            "--tenants",
-            "500",
-            "--agents-per-tenant",
-            "2",
-            "--idle",
-            idle,
-            "--replay",
-            replay,
-        ],
-    )?;
+    let mut gateway_args = vec![
+        "--rates",
+        "1000,5000",
+        "--seconds",
+        seconds,
+        "--tenants",
+        "500",
+        "--agents-per-tenant",
+        "2",
+        "--idle",
+        idle,
+        "--replay",
+        replay,
+    ];
+    // The soak's rate is gateway-load's default: half the highest rate these rates carried.
+    let soak_seconds = if args.quick { "60" } else { "600" };
+    if args.soak {
+        gateway_args.extend(["--soak-seconds", soak_seconds]);
+    }
+    let gateway = run("gateway-load", &gateway_args)?;
     // Side-by-side lines: rate, chatdesk/s, p50, p99, Socket.IO/s, p50, p99, ratio.
     let side_by_side = numeric_lines(&gateway, 8);
     for numbers in &side_by_side {
@@ -205,25 +221,72 @@ fn main() -> anyhow::Result<()> {
         goal: "<= 16 KiB",
         met: memory <= 16.0,
     });
+    if args.soak {
+        let start = figure(&gateway, "soak RSS at 0 s (KiB):")?;
+        let end = figure(&gateway, "soak RSS at the end (KiB):")?;
+        let lost = figure(&gateway, "soak lost:")?;
+        let p99 = figure(&gateway, "soak p99 ms:")?;
+        let rate = gateway
+            .lines()
+            .find_map(|line| line.strip_prefix("soak: "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or("?");
+        rows.push(Row {
+            stage: if args.quick { "memory: RSS over a 1-minute soak" } else { "memory: RSS over a 10-minute soak" },
+            figure: end,
+            unit: "KiB at the end",
+            against: format!("RSS at the start ({rate} msgs/s; lost {lost:.0}, p99 {p99:.2} ms)"),
+            reference: start,
+            higher_is_better: false,
+            goal: "flat (<= 1.1x), none lost",
+            met: end <= 1.1 * start && lost == 0.0,
+        });
+    }
     outputs.insert("gateway-load".to_owned(), json!(gateway));
 
-    // The sender draining its queue, next to what its concurrency allows with a 50 ms provider.
+    // The sender draining its queue, next to the BullMQ peer draining the same number of jobs to
+    // the same instant receiver, and to what its concurrency allows with a 50 ms provider.
     let messages = if args.quick { "5000" } else { "20000" };
     let sender = run("sender-throughput", &["--messages", messages, "--conversations", "500", "--delays", "0,50"])?;
     // Lines: delay, appended/s, delivered/s, after appends/s, p50, p99, max.
     let lines = numeric_lines(&sender, 7);
+    // Absent when the peer was skipped (no Node.js): the instant row is then against the goal.
+    let bullmq = figure(&sender, "bullmq drain, instant receiver (jobs/s):").ok();
     for numbers in &lines {
-        let instant = numbers[0] == 0.0;
-        rows.push(Row {
-            stage: if instant { "sender: deliveries, instant receiver" } else { "sender: deliveries, 50 ms receiver" },
-            figure: numbers[3],
-            unit: "deliveries/s",
-            against: if instant { "the goal".to_owned() } else { "256 concurrent calls / 50 ms".to_owned() },
-            reference: if instant { 5000.0 } else { 256.0 / 0.05 },
-            higher_is_better: true,
-            goal: if instant { ">= 5,000/s" } else { "bounded by concurrency" },
-            met: if instant { numbers[3] >= 5000.0 } else { numbers[3] >= 0.8 * 256.0 / 0.05 },
-        });
+        let drain = numbers[3];
+        let row = match (numbers[0] == 0.0, bullmq) {
+            (true, Some(peer)) => Row {
+                stage: "sender: deliveries, instant receiver",
+                figure: drain,
+                unit: "deliveries/s",
+                against: "BullMQ peer, concurrency 50, jobs/s".to_owned(),
+                reference: peer,
+                higher_is_better: true,
+                goal: ">= 5,000/s and > BullMQ",
+                met: drain >= 5000.0 && drain > peer,
+            },
+            (true, None) => Row {
+                stage: "sender: deliveries, instant receiver",
+                figure: drain,
+                unit: "deliveries/s",
+                against: "the goal (BullMQ peer skipped)".to_owned(),
+                reference: 5000.0,
+                higher_is_better: true,
+                goal: ">= 5,000/s",
+                met: drain >= 5000.0,
+            },
+            (false, _) => Row {
+                stage: "sender: deliveries, 50 ms receiver",
+                figure: drain,
+                unit: "deliveries/s",
+                against: "256 concurrent calls / 50 ms".to_owned(),
+                reference: 256.0 / 0.05,
+                higher_is_better: true,
+                goal: "bounded by concurrency",
+                met: drain >= 0.8 * 256.0 / 0.05,
+            },
+        };
+        rows.push(row);
     }
     outputs.insert("sender-throughput".to_owned(), json!(sender));
 

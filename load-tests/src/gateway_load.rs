@@ -9,6 +9,10 @@
 //!    without them, divided by their number;
 //! 3. the time to replay `--replay` missed events to one resuming client.
 //!
+//! With `--soak-seconds`, a steady load between 1 and 2 with the sockets live: the server's RSS
+//! at its start, every minute and at its end, every message counted at every socket (lost must
+//! be 0) and the latency over the soak.
+//!
 //! ```text
 //! cargo build --release -p chatdesk
 //! cargo run --release -p chatdesk-load-tests --bin gateway-load -- [--rates 500,1000,2000] [--seconds 10]
@@ -26,7 +30,7 @@ use chatdesk_core::Envelope;
 use chatdesk_core::events::{Actor, Event, SenderKind, Typing};
 use chatdesk_core::{KeyScheme, StreamsConfig, TenantId};
 use chatdesk_load_tests::{
-    Connection, Histogram, Up, chatdesk_binary, cpu_seconds, cpu_shares, histogram, percentile, scrape,
+    Connection, Histogram, Up, chatdesk_binary, cpu_seconds, cpu_shares, histogram, node_peer, percentile, scrape,
     tree_cpu_seconds,
 };
 use chatdesk_streams::{Producer, RedisConnector, RedisSettings};
@@ -54,11 +58,13 @@ struct Args {
     #[arg(long)]
     no_peer: bool,
     /// After the rates, a steady load this long (0: none), printing the server's RSS at its
-    /// start and end.
+    /// start, every minute and at its end.
     #[arg(long, default_value_t = 0)]
     soak_seconds: u64,
-    #[arg(long, default_value_t = 500)]
-    soak_rate: u64,
+    /// The soak's messages/s; by default half the highest rate sent in this run's rates (the
+    /// issue's soak is at half the sustained rate).
+    #[arg(long)]
+    soak_rate: Option<u64>,
     #[arg(long)]
     chatdesk: Option<PathBuf>,
 }
@@ -100,6 +106,21 @@ impl Breakdown {
             ],
         }
     }
+}
+
+/// A benchmark message read by an agent socket.
+#[derive(Clone, Copy)]
+struct Frame {
+    socket: usize,
+    /// The message's number (`n=` in its text), to count each message at each socket once.
+    number: u64,
+    /// From the webhook being built to the frame being read.
+    latency: Duration,
+}
+
+/// The number after `key` in a frame's text (`sent=` and `n=` in the benchmark's messages).
+fn number_after(text: &str, key: &str) -> Option<u64> {
+    text.split(key).nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -166,10 +187,11 @@ async fn post_at_rate(
                     number % 97,
                     now_micros()
                 );
-                if connection.post(&tenant.path, &sign(body.as_bytes(), &tenant.secret), &body).await.is_ok() {
-                    sent += 1;
-                } else {
-                    connection = Connection::open(address).await?;
+                match connection.post(&tenant.path, &sign(body.as_bytes(), &tenant.secret), &body).await {
+                    // Only an accepted message is due at the sockets.
+                    Ok(status) if (200..300).contains(&status) => sent += 1,
+                    Ok(_) => {}
+                    Err(_) => connection = Connection::open(address).await?,
                 }
                 index += connections;
             }
@@ -187,19 +209,10 @@ async fn post_at_rate(
 /// clients, rates and seconds, against its own Redis (AOF `everysec`, as that peer is usually
 /// run), and prints both side by side.
 async fn compare_with_socketio(args: &Args, ours: &[(u64, f64, Duration, Duration)]) -> anyhow::Result<()> {
-    let peer = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/socketio");
-    if std::process::Command::new("node").arg("--version").output().is_err() {
+    let Some(peer) = node_peer("socketio")? else {
         println!("\nSocket.IO peer skipped: `node` is not installed (Debian: apt-get install nodejs npm)");
         return Ok(());
-    }
-    if !peer.join("node_modules").exists() {
-        let installed = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&peer)
-            .status()
-            .context("cannot run npm to install the Socket.IO peer")?;
-        anyhow::ensure!(installed.success(), "npm ci failed in {}", peer.display());
-    }
+    };
     let dir = std::env::temp_dir().join(format!("chatdesk-bench-socketio-{}", std::process::id()));
     let mut redis = chatdesk_local::RedisServer::start(
         chatdesk_local::RedisOptions::new(dir.join("redis")).persistence(chatdesk_local::RedisPersistence::AofEverySec),
@@ -258,6 +271,95 @@ async fn compare_with_socketio(args: &Args, ours: &[(u64, f64, Duration, Duratio
     Ok(())
 }
 
+/// A steady load after the rates, with the sockets live: the server's memory must level off,
+/// not climb, and every message must still reach every socket.
+struct Soak {
+    rate: u64,
+    seconds: u64,
+    /// The first message number, past every number the rates used.
+    base: u64,
+    agents_per_tenant: usize,
+}
+
+impl Soak {
+    async fn run(
+        &self,
+        address: SocketAddr,
+        tenants: &Arc<Vec<Tenant>>,
+        frames: &Arc<Mutex<Vec<Frame>>>,
+        server: u32,
+    ) -> anyhow::Result<()> {
+        let total = self.rate * self.seconds;
+        let numbers = self.base..self.base + total;
+        frames.lock().await.clear();
+        println!();
+        println!("soak: {} msgs/s for {} s ({total} messages) with the sockets live", self.rate, self.seconds);
+        let begin = Instant::now() + Duration::from_millis(200);
+        let posting = tokio::spawn({
+            let tenants = tenants.clone();
+            let (rate, base) = (self.rate, self.base);
+            async move { post_at_rate(address, &tenants, rate, total, begin, base).await }
+        });
+        let start = rss_kib(server)?;
+        println!("soak RSS at 0 s (KiB): {start}");
+        // Sampled every 10 s for the highest value of each half, printed every minute.
+        let mut samples = vec![start];
+        let (mut next_sample, mut next_report) = (Duration::from_secs(10), Duration::from_secs(60));
+        while !posting.is_finished() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let elapsed = begin.elapsed();
+            if elapsed >= next_sample {
+                samples.push(rss_kib(server)?);
+                next_sample += Duration::from_secs(10);
+            }
+            if elapsed >= next_report {
+                println!("soak RSS at {} s (KiB): {}", next_report.as_secs(), samples.last().copied().unwrap_or(start));
+                next_report += Duration::from_secs(60);
+            }
+        }
+        let sent = posting.await??;
+        // Frames still on their way are given a bounded while, not forever.
+        let due = sent * self.agents_per_tenant as u64;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let arrived = frames.lock().await.iter().filter(|frame| numbers.contains(&frame.number)).count() as u64;
+            if arrived >= due || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let end = rss_kib(server)?;
+        let mut soaked: Vec<Frame> =
+            frames.lock().await.iter().filter(|frame| numbers.contains(&frame.number)).copied().collect();
+        let mut latencies: Vec<Duration> = soaked.iter().map(|frame| frame.latency).collect();
+        latencies.sort();
+        soaked.sort_by_key(|frame| (frame.socket, frame.number));
+        soaked.dedup_by_key(|frame| (frame.socket, frame.number));
+        let distinct = soaked.len() as u64;
+        let repeated = latencies.len() as u64 - distinct;
+        let (first_half, second_half) = samples.split_at(samples.len() / 2);
+        let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
+        println!("soak RSS at the end (KiB): {end}");
+        println!(
+            "soak RSS highest (KiB): {} in the first half, {} in the second",
+            first_half.iter().max().copied().unwrap_or(start),
+            second_half.iter().max().copied().unwrap_or(end),
+        );
+        println!("soak RSS end / start: {:.3}", end as f64 / start as f64);
+        println!(
+            "soak messages: {sent} of {total} accepted; socket deliveries {distinct} of {due} ({repeated} repeated)"
+        );
+        println!("soak lost: {}", due.saturating_sub(distinct));
+        println!(
+            "soak latency p50 / p99.9 ms: {:.2} / {:.2}",
+            ms(percentile(&latencies, 0.5)),
+            ms(percentile(&latencies, 0.999))
+        );
+        println!("soak p99 ms: {:.2}", ms(percentile(&latencies, 0.99)));
+        Ok(())
+    }
+}
+
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -314,14 +416,17 @@ async fn main() -> anyhow::Result<()> {
     let tenants = Arc::new(tenants);
 
     // 1. End-to-end latency.
-    let latencies = Arc::new(Mutex::new(Vec::<Duration>::new()));
+    let frames = Arc::new(Mutex::new(Vec::<Frame>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut readers = tokio::task::JoinSet::new();
+    let mut sockets_opened = 0usize;
     for tenant in tenants.iter() {
         for _ in 0..args.agents_per_tenant {
             let mut socket = open_socket(address, &tenant.token).await?;
             subscribe(&mut socket, serde_json::json!({"op": "subscribe", "channel": "inbox"})).await?;
-            let (latencies, stop) = (latencies.clone(), stop.clone());
+            let (frames, stop) = (frames.clone(), stop.clone());
+            let socket_index = sockets_opened;
+            sockets_opened += 1;
             readers.spawn(async move {
                 // Clients ping well inside the heartbeat, as the protocol asks; a silent one is
                 // closed by the server after 2.5 heartbeats.
@@ -339,12 +444,9 @@ async fn main() -> anyhow::Result<()> {
                         Ok(Some(Ok(_))) => continue,
                         Ok(None) | Ok(Some(Err(_))) => break,
                     };
-                    let sent = text
-                        .split("sent=")
-                        .nth(1)
-                        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok());
-                    if let Some(sent) = sent {
-                        latencies.lock().await.push(Duration::from_micros(now_micros().saturating_sub(sent)));
+                    if let (Some(sent), Some(number)) = (number_after(&text, "sent="), number_after(&text, "n=")) {
+                        let latency = Duration::from_micros(now_micros().saturating_sub(sent));
+                        frames.lock().await.push(Frame { socket: socket_index, number, latency });
                     }
                 }
             });
@@ -365,7 +467,7 @@ async fn main() -> anyhow::Result<()> {
     let mut breakdowns = Vec::new();
     let mut ours = Vec::new();
     for &rate in &args.rates {
-        latencies.lock().await.clear();
+        frames.lock().await.clear();
         let scraped = scrape(address).await?;
         let cpu = (cpu_seconds(std::process::id())?, tree_cpu_seconds(server), Instant::now());
         let total = rate * args.seconds;
@@ -374,7 +476,7 @@ async fn main() -> anyhow::Result<()> {
         let elapsed = begin.elapsed();
         sequence += total;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let mut measured = latencies.lock().await.clone();
+        let mut measured: Vec<Duration> = frames.lock().await.iter().map(|frame| frame.latency).collect();
         measured.sort();
         let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
         println!(
@@ -418,31 +520,10 @@ async fn main() -> anyhow::Result<()> {
         compare_with_socketio(&args, &ours).await?;
     }
     if args.soak_seconds > 0 {
-        // A steady load with the sockets live: memory must level off, not climb.
-        let total = args.soak_rate * args.soak_seconds;
-        let begin = Instant::now() + Duration::from_millis(200);
-        let posting = tokio::spawn({
-            let tenants = tenants.clone();
-            let (rate, base) = (args.soak_rate, sequence);
-            async move { post_at_rate(address, &tenants, rate, total, begin, base).await }
-        });
-        let start = rss_kib(server)?;
-        let mut samples = vec![start];
-        while !posting.is_finished() {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            samples.push(rss_kib(server)?);
-        }
-        let sent = posting.await??;
-        let end = rss_kib(server)?;
-        let (first_half, second_half) = samples.split_at(samples.len() / 2);
-        println!(
-            "soak: {sent} messages at {}/s for {} s; RSS {start} KiB at start, {end} KiB at the end, max {} KiB ({} KiB the first half, {} KiB the second)",
-            args.soak_rate,
-            args.soak_seconds,
-            samples.iter().max().copied().unwrap_or(end),
-            first_half.iter().max().copied().unwrap_or(start),
-            second_half.iter().max().copied().unwrap_or(end),
-        );
+        let highest_sent = ours.iter().map(|(_, sent, ..)| *sent).fold(0.0, f64::max);
+        let rate = args.soak_rate.unwrap_or(((highest_sent / 2.0).round() as u64).max(1));
+        let soak = Soak { rate, seconds: args.soak_seconds, base: sequence, agents_per_tenant: args.agents_per_tenant };
+        soak.run(address, &tenants, &frames, server).await?;
     }
     stop.store(true, Ordering::Relaxed);
     while readers.join_next().await.is_some() {}

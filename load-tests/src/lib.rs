@@ -76,6 +76,25 @@ pub fn chatdesk_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(beside)
 }
 
+/// The Node.js peer in `load-tests/peers/<name>`, its packages installed with `npm ci` when
+/// missing, so every run uses the versions its `package-lock.json` pins; `None` when `node` is not
+/// installed (the caller says so and goes on without the peer).
+pub fn node_peer(name: &str) -> anyhow::Result<Option<PathBuf>> {
+    let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers").join(name);
+    if std::process::Command::new("node").arg("--version").output().is_err() {
+        return Ok(None);
+    }
+    if !peer.join("node_modules").exists() {
+        let installed = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&peer)
+            .status()
+            .with_context(|| format!("cannot run npm to install the {name} peer"))?;
+        anyhow::ensure!(installed.success(), "npm ci failed in {}", peer.display());
+    }
+    Ok(Some(peer))
+}
+
 /// Runs `chatdesk admin <args>` and returns its JSON.
 pub fn admin(binary: &Path, database_url: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
     let output =

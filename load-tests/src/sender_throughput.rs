@@ -4,9 +4,12 @@
 //! receiver, for receivers that answer at once and after a provider-like delay, and the rate
 //! after the last append (the sender draining its queue without the appenders beside it).
 //!
+//! Then, in the same run, the BullMQ peer in `load-tests/peers/bullmq` delivers as many jobs to
+//! the same receiver answering at once, and the drain rates are compared (`--no-peer` skips it).
+//!
 //! ```text
 //! cargo build --release -p chatdesk
-//! cargo run --release -p chatdesk-load-tests --bin sender-throughput -- [--messages 5000] [--conversations 200] [--delays 0,50]
+//! cargo run --release -p chatdesk-load-tests --bin sender-throughput -- [--messages 5000] [--conversations 200] [--delays 0,50] [--no-peer]
 //! ```
 
 use std::collections::HashMap;
@@ -20,7 +23,7 @@ use chatdesk_api::ingress::signature::sign;
 use chatdesk_conversations::Reply;
 use chatdesk_core::events::{Actor, SenderKind};
 use chatdesk_core::{KeyScheme, StreamsConfig};
-use chatdesk_load_tests::{Connection, Up, chatdesk_binary, percentile};
+use chatdesk_load_tests::{Connection, Up, chatdesk_binary, node_peer, percentile};
 use chatdesk_streams::{Producer, RedisConnector, RedisSettings};
 use clap::Parser;
 use uuid::Uuid;
@@ -37,12 +40,18 @@ struct Args {
     /// The receiver's answer delay per run, in milliseconds (a provider's latency).
     #[arg(long, value_delimiter = ',', default_value = "0,50")]
     delays: Vec<u64>,
+    /// Skip the BullMQ peer (it needs Node.js; its packages are installed when missing).
+    #[arg(long)]
+    no_peer: bool,
     /// The chatdesk binary; defaults to the one next to this benchmark (same build profile).
     #[arg(long)]
     chatdesk: Option<PathBuf>,
 }
 
 const APPENDERS: usize = 64;
+
+/// The issue's figure for the peer: one BullMQ worker running 50 jobs at once.
+const PEER_CONCURRENCY: usize = 50;
 
 #[derive(Clone, Default)]
 struct Receiver {
@@ -141,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
         "{:>9} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
         "delay ms", "appended/s", "delivered/s", "after ap./s", "p50 ms", "p99 ms", "max ms"
     );
+    let mut instant_drain = None;
     for &delay in &args.delays {
         *receiver.delay.lock().expect("delay") = Duration::from_millis(delay);
         receiver.arrivals.lock().expect("arrivals").clear();
@@ -191,8 +201,85 @@ async fn main() -> anyhow::Result<()> {
             percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
             latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
         );
+        if delay == 0 {
+            instant_drain = Some(drain);
+        }
     }
     pool.close().await;
+    // The peer gets the cores chatdesk had, not a share of them.
     up.stop().await;
+    if !args.no_peer {
+        compare_with_bullmq(&args, &receiver, receiver_address, instant_drain).await?;
+    }
+    Ok(())
+}
+
+/// Runs the BullMQ peer with as many jobs as chatdesk delivered, to the same receiver answering
+/// at once, against a private Redis with chatdesk's settings (AOF `always`, as `chatdesk up`
+/// runs it), so both pay the same for a durable write. Both figures are drain rates: the peer
+/// enqueues everything first and is timed from its worker's start to the last job completed.
+async fn compare_with_bullmq(
+    args: &Args,
+    receiver: &Receiver,
+    receiver_address: SocketAddr,
+    chatdesk_drain: Option<f64>,
+) -> anyhow::Result<()> {
+    let Some(peer) = node_peer("bullmq")? else {
+        println!("\nBullMQ peer skipped: `node` is not installed (Debian: apt-get install nodejs npm)");
+        return Ok(());
+    };
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(peer.join("package.json"))?)?;
+    let version = manifest["dependencies"]["bullmq"].as_str().unwrap_or("?").to_owned();
+    *receiver.delay.lock().expect("delay") = Duration::ZERO;
+    receiver.arrivals.lock().expect("arrivals").clear();
+    let dir = std::env::temp_dir().join(format!("chatdesk-bench-bullmq-{}", std::process::id()));
+    let mut redis = chatdesk_local::RedisServer::start(
+        chatdesk_local::RedisOptions::new(dir.join("redis")).persistence(chatdesk_local::RedisPersistence::AofAlways),
+    )
+    .await?;
+    let output = tokio::process::Command::new("node")
+        .arg(peer.join("worker.mjs"))
+        .args(["--redis", &redis.url(), "--url", &format!("http://{receiver_address}/replies")])
+        .args(["--jobs", &args.messages.to_string(), "--conversations", &args.conversations.to_string()])
+        .args(["--concurrency", &PEER_CONCURRENCY.to_string(), "--modes", "call,none"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("cannot run the BullMQ peer")?;
+    redis.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(output.status.success(), "the BullMQ peer failed: {}", String::from_utf8_lossy(&output.stderr));
+    // One JSON object per mode: mode, jobs, completed, failed, enqueue_seconds, seconds, jobs_per_sec.
+    let runs: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&output.stdout).lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
+    let mode = |name: &str| runs.iter().find(|run| run["mode"] == name);
+    let called = mode("call").context("no figure from the BullMQ peer")?;
+    let number = |run: &serde_json::Value, field: &str| run[field].as_f64().unwrap_or(f64::NAN);
+    let received =
+        receiver.arrivals.lock().expect("arrivals").keys().filter(|id| id.starts_with("bullmq-call-")).count();
+    anyhow::ensure!(
+        number(called, "failed") == 0.0 && received == args.messages,
+        "the BullMQ peer failed {} jobs and delivered {received} of {}",
+        called["failed"],
+        args.messages
+    );
+    println!();
+    println!(
+        "next to the BullMQ {version} peer (one Worker, concurrency {PEER_CONCURRENCY}, its own Redis with AOF always, the same receiver answering at once):"
+    );
+    println!(
+        "bullmq jobs: {} enqueued by addBulk at {:.0}/s, then completed, every one arrived at the receiver",
+        called["completed"],
+        number(called, "completed") / number(called, "enqueue_seconds")
+    );
+    let peer_drain = number(called, "jobs_per_sec");
+    println!("bullmq drain, instant receiver (jobs/s): {peer_drain:.0}");
+    if let Some(bare) = mode("none") {
+        println!("bullmq drain, no call (jobs/s): {:.0}", number(bare, "jobs_per_sec"));
+    }
+    match chatdesk_drain {
+        Some(drain) => println!("chatdesk drain / bullmq drain, instant receiver: {:.2}", drain / peer_drain),
+        None => println!("chatdesk drain / bullmq drain: no run with an instant receiver (--delays 0) to compare"),
+    }
     Ok(())
 }

@@ -186,7 +186,7 @@ async fn writer_rate(redis_url: &str, scenario: &Scenario, args: &Args, shape: &
 /// COPY of the same message rows (after their conversations exist), one statement.
 async fn copy_rate(scenario: &Scenario, args: &Args) -> anyhow::Result<f64> {
     let all = events(scenario, args);
-    let (setup, messages): (Vec<&(Uuid, Event)>, Vec<&(Uuid, Event)>) =
+    let (setup, messages): (Vec<_>, Vec<_>) =
         all.iter().partition(|(_, event)| !matches!(event, Event::MessageCreated(_)));
     let stored: Vec<chatdesk_store::writer::StoredEvent> = setup
         .iter()
