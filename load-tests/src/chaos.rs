@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chatdesk_api::ingress::signature::sign;
 use chatdesk_core::{EntryId, KeyScheme, StreamsConfig};
+use chatdesk_load_tests::SplitMix64 as Rng;
 use chatdesk_load_tests::chatdesk_binary;
 use chatdesk_local::{PostgresOptions, PostgresServer, RedisCluster, RedisOptions, RedisPersistence, RedisServer};
 use clap::Parser;
@@ -59,27 +60,6 @@ struct Args {
     /// The chatdesk binary (default: the one built next to this one).
     #[arg(long)]
     chatdesk: Option<PathBuf>,
-}
-
-/// SplitMix64: a seeded, dependency-free generator for the fault schedule and the load's picks.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next() % bound as u64) as usize
-    }
-
-    fn between(&mut self, low: f64, high: f64) -> f64 {
-        low + (self.next() as f64 / u64::MAX as f64) * (high - low)
-    }
 }
 
 /// One role process, restarted in place after a kill.

@@ -438,3 +438,31 @@ pub fn deployed_roles(compose: &str) -> anyhow::Result<Vec<DeployedRole>> {
     }
     Ok(roles)
 }
+
+/// SplitMix64: a seeded, dependency-free generator (the same seed, the same draws), for the
+/// benchmarks' data and the chaos run's fault schedule, which a seed must replay exactly.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A draw in [0, 1) with 53 bits.
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound as u64) as usize
+    }
+
+    pub fn between(&mut self, low: f64, high: f64) -> f64 {
+        low + (self.next() as f64 / u64::MAX as f64) * (high - low)
+    }
+}

@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use chatdesk_core::events::MessageStatus;
 use chatdesk_load_tests::{
-    Histogram, admin, chatdesk_binary, cpu_seconds, cpu_shares, histogram, percentile, scrape, tree_cpu_seconds,
+    Histogram, SplitMix64 as Rng, admin, chatdesk_binary, cpu_seconds, cpu_shares, histogram, percentile, scrape,
+    tree_cpu_seconds,
 };
 use chatdesk_local::{PostgresOptions, PostgresServer, RedisOptions, RedisServer};
 use clap::Parser;
@@ -127,27 +128,6 @@ const PHRASES: &[(&str, &str)] = &[
     ("shipping", "cost"),
     ("wrong", "size"),
 ];
-
-/// SplitMix64: seeded, dependency-free, and fast enough for twelve million draws.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next() % bound as u64) as usize
-    }
-}
 
 /// A pronounceable made-up word for `index` (the same index, the same word).
 fn coined(index: u64) -> String {

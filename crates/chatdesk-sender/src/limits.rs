@@ -315,14 +315,11 @@ impl Limiter {
 
     /// A bucket's log, pause and wanted keys, in the slot tagged `slot`.
     fn bucket_keys(&self, slot: &str, bucket: &Bucket) -> (String, String, String) {
+        let own = format!("{}:{}", bucket.kind, bucket.scope);
         let key = |name: &str| {
             let tagged = self.keys.tagged(name, slot);
             // The slot's own bucket keeps the key it has always had; the others follow the tag.
-            if format!("{}:{}", bucket.kind, bucket.scope) == slot {
-                tagged
-            } else {
-                format!("{tagged}:{}:{}", bucket.kind, bucket.scope)
-            }
+            if own == slot { tagged } else { format!("{tagged}:{own}") }
         };
         (key("ratelimit"), key("ratelimit.pause"), key("ratelimit.wanted"))
     }
