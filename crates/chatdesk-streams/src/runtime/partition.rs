@@ -77,6 +77,11 @@ pub(super) struct PartitionWorker<H> {
     ahead: Vec<RawEntry>,
     /// Our own pending list may hold entries (after a retry, a restart, or a Redis error).
     own_pending: bool,
+    /// Entries read ahead and put back unhandled (a retry, a lost lease, a Redis error), with how
+    /// many times: Redis counted each read as a delivery, so a re-read subtracts them and only
+    /// the handler's attempts count toward `max_deliveries`. Forgotten once our pending list is
+    /// empty.
+    put_back: HashMap<String, u64>,
     retry_attempt: u32,
     retry_not_before: Option<Instant>,
     last_errors: HashMap<String, String>,
@@ -127,6 +132,7 @@ impl<H: Handler> PartitionWorker<H> {
             labels,
             unacked: Vec::new(),
             ahead: Vec::new(),
+            put_back: HashMap::new(),
             // A consumer restarted under the same name picks up what it had in hand.
             own_pending: true,
             retry_attempt: 0,
@@ -249,8 +255,7 @@ impl<H: Handler> PartitionWorker<H> {
                         "stream read failed, retrying"
                     );
                     // Whatever was delivered before the error is in our pending list.
-                    self.own_pending = true;
-                    self.ahead.clear();
+                    self.put_back_ahead();
                     if error.details().starts_with("NOGROUP") {
                         // The stream (and its groups) vanished, e.g. Redis restarted without
                         // persistence: recreate so the partition keeps flowing.
@@ -319,8 +324,7 @@ impl<H: Handler> PartitionWorker<H> {
             // acknowledged, and we look again after a block. What we read ahead is the new
             // holder's to take over; whatever it has not taken is re-read if the lease comes back.
             if !self.ahead.is_empty() {
-                self.ahead.clear();
-                self.own_pending = true;
+                self.put_back_ahead();
             }
             self.flush_acks().await?;
             tokio::select! {
@@ -337,7 +341,7 @@ impl<H: Handler> PartitionWorker<H> {
         }
         let (source, entries) = if self.own_pending {
             // Re-read below with the rest of our pending list, in order.
-            self.ahead.clear();
+            self.put_back_ahead();
             self.flush_acks().await?;
             if let Some(not_before) = self.retry_not_before {
                 tokio::select! {
@@ -354,6 +358,7 @@ impl<H: Handler> PartitionWorker<H> {
                 self.retry_attempt = 0;
                 self.retry_not_before = None;
                 self.last_errors.clear();
+                self.put_back.clear();
                 return Ok(());
             }
             (Source::OwnPending, entries)
@@ -420,26 +425,23 @@ impl<H: Handler> PartitionWorker<H> {
             );
             let (processed, (unconfirmed, next)) = tokio::join!(self.process(entries, cancel).instrument(span), next);
             self.unacked.extend(unconfirmed);
-            processed?;
-            let next = match next {
-                Ok(next) => next,
+            match next {
+                Ok(next) => self.ahead = next,
                 Err(error) => {
                     // The read may have delivered entries before it failed: they are ours.
                     self.own_pending = true;
+                    processed?;
                     return Err(error);
                 }
-            };
+            }
+            // If the batch failed, `run` puts what was read ahead back.
+            processed?;
             // Kept only while this batch went through and the partition is still ours; otherwise
             // they wait in our pending list (re-read in order, or taken over by the new holder).
             // When shutting down, `run` finishes them.
-            if next.is_empty() {
-                return Ok(());
-            }
             let lease_lapsed = self.settings.exclusive && (!self.leased || Instant::now() >= self.lease_until);
-            if self.own_pending || lease_lapsed {
-                self.own_pending = true;
-            } else {
-                self.ahead = next;
+            if !self.ahead.is_empty() && (self.own_pending || lease_lapsed) {
+                self.put_back_ahead();
             }
             return Ok(());
         }
@@ -534,8 +536,17 @@ impl<H: Handler> PartitionWorker<H> {
         Ok(entries.into_iter().map(|(id, fields)| raw_entry(id, fields)).collect())
     }
 
-    /// Re-delivered entries: look up how often the group has delivered each.
-    async fn with_delivery_counts(&self, mut entries: Vec<RawEntry>) -> Result<Vec<RawEntry>, Error> {
+    /// Drops the batch read ahead back to our pending list, noting that the handler never saw it.
+    fn put_back_ahead(&mut self) {
+        for entry in self.ahead.drain(..) {
+            *self.put_back.entry(entry.id).or_default() += 1;
+        }
+        self.own_pending = true;
+    }
+
+    /// Re-delivered entries: look up how often the group has delivered each, less the reads
+    /// put back unhandled.
+    async fn with_delivery_counts(&mut self, mut entries: Vec<RawEntry>) -> Result<Vec<RawEntry>, Error> {
         let first =
             entries.iter().map(|entry| entry.id.as_str()).min_by_key(|id| parse_id(id)).unwrap_or("-").to_owned();
         let last =
@@ -550,7 +561,9 @@ impl<H: Handler> PartitionWorker<H> {
             .await?;
         let counts: HashMap<String, u64> = pending.into_iter().map(|(id, _, _, count)| (id, count)).collect();
         for entry in &mut entries {
-            entry.delivery_count = counts.get(&entry.id).copied().unwrap_or(1);
+            let count = counts.get(&entry.id).copied().unwrap_or(1);
+            let unhandled_reads = self.put_back.remove(&entry.id).unwrap_or(0);
+            entry.delivery_count = count.saturating_sub(unhandled_reads).max(1);
         }
         Ok(entries)
     }

@@ -128,3 +128,69 @@ async fn an_undecodable_entry_is_dead_lettered_at_once() {
     assert!(letters[0].error.contains("tenant"), "{:?}", letters[0]);
     assert!(letters[0].original.contains(&("tenant".to_owned(), "not-a-uuid".to_owned())), "{:?}", letters[0]);
 }
+
+/// Retries the entries it is told to, the first time it sees each, and records the delivery
+/// count every entry was handed over with.
+struct RetryOnce {
+    retry: Vec<chatdesk_core::EventId>,
+    seen: Arc<std::sync::Mutex<HashMap<chatdesk_core::EventId, Vec<u64>>>>,
+}
+
+impl Handler for RetryOnce {
+    fn group(&self) -> chatdesk_core::GroupName {
+        crate::support::group()
+    }
+
+    async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
+        let mut outcomes = Outcomes::all_done();
+        let mut seen = self.seen.lock().unwrap();
+        for entry in &batch.entries {
+            let deliveries = seen.entry(entry.envelope.event_id).or_default();
+            deliveries.push(entry.delivery_count);
+            if deliveries.len() == 1 && self.retry.contains(&entry.envelope.event_id) {
+                outcomes.retry(entry.id, "try again");
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+/// Under a backlog the next batch is read while one is handled; when the batch in hand is
+/// retried, the one read ahead goes back to the pending list unhandled. Redis counted that read
+/// as a delivery, the runtime does not: the retried entry comes back as its second delivery, and
+/// every other entry is handled once, as its first, so nothing is dead-lettered before its time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_read_ahead_and_put_back_is_not_counted_as_delivered() {
+    let redis = chatdesk_testkit::redis().await;
+    let setup = Setup::with_config(
+        redis.url(),
+        "[streams.events]\npartitions = 1\n[streams.events.groups.workers]\n\
+         batch_size = 10\nblock = \"200ms\"\nmax_deliveries = 2\n",
+    )
+    .await;
+    let mut appended = Vec::new();
+    for sequence in 0..35 {
+        let entry = entry(sequence, false);
+        setup.producer.append_to_partition("events", 0, &entry).await.unwrap();
+        appended.push(entry.event_id);
+    }
+    let seen = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let cancel = CancellationToken::new();
+    let consumer = spawn(setup.consumer("c", RetryOnce { retry: vec![appended[3]], seen: seen.clone() }), &cancel);
+
+    chatdesk_testkit::wait_until("every entry handled", Duration::from_secs(30), || async {
+        seen.lock().unwrap().len() == appended.len()
+    })
+    .await;
+    setup.wait_pending_zero().await;
+    cancel.cancel();
+    consumer.await.unwrap();
+
+    let letters = dead_letters(&setup, 0).await;
+    assert!(letters.is_empty(), "{letters:?}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[&appended[3]], vec![1, 2], "the retried entry, twice");
+    for event_id in appended.iter().filter(|id| **id != appended[3]) {
+        assert_eq!(seen[event_id], vec![1], "{event_id} handed over once, as its first delivery");
+    }
+}

@@ -746,3 +746,79 @@ async fn a_released_partition_is_read_again_for_the_next_socket() {
         .await;
     }
 }
+
+/// An entry the gateway read but never acknowledged (its XREADGROUP answered into a connection
+/// a Redis failover cut, or the XACK lost) comes back with a delivery count of 2. It is handed
+/// to the sockets again, which already have it and drop it by offset, and acknowledged; it is
+/// not dead-lettered, which would leave a hole in every socket reading past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_entry_a_gateway_read_and_never_acknowledged_is_not_dead_lettered() {
+    let env = Env::start().await;
+    let tenant = env.tenant("owner@redeliver.test", "owner-pass-1");
+    let tenant_id: TenantId = TenantId(tenant["tenant_id"].as_str().unwrap().parse().unwrap());
+    let inbox =
+        admin(&env, &["inbox", "create", "--tenant", &tenant_id.to_string(), "--kind", "generic", "--name", "Hooks"]);
+    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let _server = serve_roles(&env, "ingress,writer,gateway", http, &[]).await;
+    let token = login(http, "owner@redeliver.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
+    let mut socket = hello(http, &token).await;
+    subscribe(&mut socket, json!({"op": "subscribe", "channel": "inbox"})).await;
+
+    let mut offsets: Vec<(u64, u64)> = Vec::new();
+    let mut until_message = async |socket: &mut Socket, text: &str| -> String {
+        loop {
+            let frame = next_event(socket).await;
+            let offset = frame["offset"].as_str().unwrap().to_owned();
+            let (ms, seq) = offset.split_once('-').unwrap();
+            offsets.push((ms.parse().unwrap(), seq.parse().unwrap()));
+            if frame["type"] == "message.created" && frame["data"]["text"] == text {
+                return offset;
+            }
+        }
+    };
+    assert_eq!(post_generic(http, &inbox, &generic_body("m-1", "cust-1", "first")).await.status, 200);
+    let first = until_message(&mut socket, "first").await;
+
+    // Put the entry back into the node's pending list as delivered once and never acknowledged,
+    // then tell the group to claim at once (what an operator's hand-back does).
+    let streams = StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap();
+    let events = streams.stream("events").unwrap();
+    let keys = KeyScheme::new(&env.prefix).unwrap();
+    let stream_key =
+        keys.partition(&events.name, chatdesk_core::keys::partition_for_tenant(&tenant_id, events.partitions)).stream;
+    let redis = RedisConnector::new(RedisSettings::new(&env.redis_url)).unwrap().shared().await.unwrap();
+    let consumers: Vec<std::collections::HashMap<String, fred::types::Value>> =
+        redis.xinfo_consumers(&stream_key, "gateway.test-node").await.unwrap();
+    let consumer = consumers[0]["name"].as_string().unwrap();
+    let _: fred::types::Value = redis
+        .xclaim(
+            &stream_key,
+            "gateway.test-node",
+            &consumer,
+            0,
+            first.as_str(),
+            Some(3_600_000),
+            None,
+            Some(1),
+            true,
+            true,
+        )
+        .await
+        .unwrap();
+    let pending = || async {
+        let summary: fred::types::Value = redis.xpending(&stream_key, "gateway.test-node", ()).await.unwrap();
+        summary.into_array().first().and_then(|count| count.as_u64()).unwrap_or(0)
+    };
+    assert_eq!(pending().await, 1, "the entry is pending again");
+    let _: i64 = redis.publish(keys.claim_now_channel(), "events:gateway.test-node").await.unwrap();
+    chatdesk_testkit::wait_until("the entry claimed and acknowledged", Duration::from_secs(30), || async {
+        pending().await == 0
+    })
+    .await;
+    assert_eq!(crate::support::dead_letters(&env, "events").await, 0, "handed out again, not dead-lettered");
+
+    // The socket did not get it twice, and live events keep flowing.
+    assert_eq!(post_generic(http, &inbox, &generic_body("m-2", "cust-1", "second")).await.status, 200);
+    until_message(&mut socket, "second").await;
+    assert!(offsets.windows(2).all(|pair| pair[0] < pair[1]), "each event once, in order: {offsets:?}");
+}
