@@ -34,9 +34,6 @@ const SHUTDOWN_ACK_DEADLINE: Duration = Duration::from_secs(10);
 /// after this (or the group's `claim_idle`, if shorter) without a renewal.
 const MAX_LEASE: Duration = Duration::from_secs(10);
 
-/// XREADGROUP's answer: stream key → entries (id, fields).
-type ReadResponse = HashMap<String, Vec<(String, HashMap<String, Value>)>>;
-
 /// An entry as read, before decoding.
 struct RawEntry {
     id: String,
@@ -521,8 +518,7 @@ impl<H: Handler> PartitionWorker<H> {
                 "pending entries were deleted from the stream before the group handled them"
             );
         }
-        let entries: Vec<(String, HashMap<String, Value>)> =
-            if claimed.is_null() { Vec::new() } else { claimed.into_xread_value()? };
+        let entries = entries_of(claimed)?;
         if !entries.is_empty() {
             ::metrics::counter!(metrics::ENTRIES_CLAIMED_TOTAL, &self.labels).increment(entries.len() as u64);
             tracing::info!(
@@ -533,7 +529,7 @@ impl<H: Handler> PartitionWorker<H> {
                 "claimed entries idle past claim_idle"
             );
         }
-        Ok(entries.into_iter().map(|(id, fields)| raw_entry(id, fields)).collect())
+        Ok(entries)
     }
 
     /// Drops the batch read ahead back to our pending list, noting that the handler never saw it.
@@ -743,8 +739,8 @@ async fn read_group(
     block: Option<Duration>,
     count: usize,
 ) -> Result<Vec<RawEntry>, Error> {
-    let response: ReadResponse = reader
-        .xreadgroup_map(
+    let reply: Value = reader
+        .xreadgroup(
             group.as_str(),
             consumer,
             Some(count as u64),
@@ -754,7 +750,7 @@ async fn read_group(
             id,
         )
         .await?;
-    Ok(response.into_values().flatten().map(|(id, fields)| raw_entry(id, fields)).collect())
+    read_reply_entries(reply)
 }
 
 /// The next batch of new entries without blocking, with the XACK of what was finished before
@@ -788,16 +784,123 @@ fn parse_id(id: &str) -> EntryId {
     id.parse().unwrap_or(EntryId::ZERO)
 }
 
-fn raw_entry(id: String, fields: HashMap<String, Value>) -> RawEntry {
-    let mut fields: Vec<(String, String)> =
-        fields.into_iter().map(|(field, value)| (field, value_text(&value))).collect();
-    fields.sort();
-    RawEntry { id, fields, delivery_count: 1 }
+/// XREADGROUP's reply (one stream: `[[key, entries]]`, or a map under RESP3; nil when nothing
+/// came) as entries.
+fn read_reply_entries(reply: Value) -> Result<Vec<RawEntry>, Error> {
+    match reply {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(streams) => {
+            let mut entries = Vec::new();
+            for stream in streams {
+                let Value::Array(key_and_entries) = stream else { return Err(unexpected_reply("XREADGROUP")) };
+                let Some(stream_entries) = key_and_entries.into_iter().nth(1) else {
+                    return Err(unexpected_reply("XREADGROUP"));
+                };
+                entries.extend(entries_of(stream_entries)?);
+            }
+            Ok(entries)
+        }
+        Value::Map(streams) => {
+            let mut entries = Vec::new();
+            for (_, stream_entries) in streams.inner() {
+                entries.extend(entries_of(stream_entries)?);
+            }
+            Ok(entries)
+        }
+        _ => Err(unexpected_reply("XREADGROUP")),
+    }
+}
+
+/// Entries as XREADGROUP and XAUTOCLAIM send them, `[[id, [field, value, …]], …]`, walked as they
+/// are: fred's typed conversion builds a hash map per entry (hashing every field name), which
+/// cost the runtime more than everything else it does per entry. Fields keep the order they
+/// were appended in; a pending entry deleted from the stream has none (nil).
+fn entries_of(value: Value) -> Result<Vec<RawEntry>, Error> {
+    let items = match value {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(items) => items,
+        _ => return Err(unexpected_reply("entries")),
+    };
+    let mut entries = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(id_and_fields) = item else { return Err(unexpected_reply("entry")) };
+        let mut id_and_fields = id_and_fields.into_iter();
+        let id = match id_and_fields.next() {
+            Some(id @ (Value::String(_) | Value::Bytes(_))) => into_text(id),
+            _ => return Err(unexpected_reply("entry id")),
+        };
+        let fields = match id_and_fields.next() {
+            Some(Value::Array(flat)) => {
+                let mut fields = Vec::with_capacity(flat.len() / 2);
+                let mut flat = flat.into_iter();
+                while let (Some(field), Some(value)) = (flat.next(), flat.next()) {
+                    fields.push((into_text(field), into_text(value)));
+                }
+                fields
+            }
+            Some(Value::Map(map)) => map
+                .inner()
+                .into_iter()
+                .map(|(field, value)| (field.into_string().unwrap_or_default(), into_text(value)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        entries.push(RawEntry { id, fields, delivery_count: 1 });
+    }
+    Ok(entries)
+}
+
+fn into_text(value: Value) -> String {
+    match value {
+        Value::String(text) => String::from(&*text),
+        other => value_text(&other),
+    }
+}
+
+fn unexpected_reply(what: &str) -> Error {
+    Error::new(fred::error::ErrorKind::Protocol, format!("unexpected {what} in a stream reply"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn text(text: &str) -> Value {
+        Value::String(text.into())
+    }
+
+    #[test]
+    fn stream_replies_are_read_as_sent() {
+        assert!(read_reply_entries(Value::Null).unwrap().is_empty(), "nothing new");
+        let reply = Value::Array(vec![Value::Array(vec![
+            text("p:{events:0}"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    text("1-0"),
+                    Value::Array(vec![text("type"), text("a"), text("payload"), text("{}"), text("tenant"), text("t")]),
+                ]),
+                // A pending entry deleted from the stream.
+                Value::Array(vec![text("2-0"), Value::Null]),
+            ]),
+        ])]);
+        let entries = read_reply_entries(reply).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].id, "1-0");
+        let fields: Vec<(&str, &str)> = entries[0].fields.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
+        assert_eq!(fields, [("type", "a"), ("payload", "{}"), ("tenant", "t")], "in the order appended");
+        assert_eq!((entries[1].id.as_str(), entries[1].fields.len()), ("2-0", 0));
+
+        let mut map = HashMap::new();
+        map.insert(
+            fred::types::Key::from("p"),
+            Value::Array(vec![Value::Array(vec![text("3-0"), Value::Array(vec![text("type"), text("b")])])]),
+        );
+        let entries = read_reply_entries(Value::Map(map.try_into().unwrap())).unwrap();
+        assert_eq!((entries[0].id.as_str(), entries[0].fields[0].1.as_str()), ("3-0", "b"), "RESP3");
+
+        assert!(read_reply_entries(text("OK")).is_err());
+        assert!(entries_of(Value::Array(vec![text("1-0")])).is_err(), "an entry is a pair");
+    }
 
     #[test]
     fn backoff_grows_and_stays_capped() {
