@@ -74,10 +74,11 @@ pub(super) struct PartitionWorker<H> {
     ahead: Vec<RawEntry>,
     /// Our own pending list may hold entries (after a retry, a restart, or a Redis error).
     own_pending: bool,
-    /// Entries read ahead and put back unhandled (a retry, a lost lease, a Redis error), with how
-    /// many times: Redis counted each read as a delivery, so a re-read subtracts them and only
-    /// the handler's attempts count toward `max_deliveries`. Forgotten once our pending list is
-    /// empty.
+    /// Entries read but put back unhandled (a batch read ahead dropped after a retry, a lost
+    /// lease or a Redis error; a batch read as the lease ran out), with how many times: Redis
+    /// counted each read as a delivery, so every re-read subtracts them and only the handler's
+    /// attempts count toward `max_deliveries`. Forgotten when the entry is acknowledged or
+    /// dead-lettered, and once our pending list is empty.
     put_back: HashMap<String, u64>,
     retry_attempt: u32,
     retry_not_before: Option<Instant>,
@@ -403,7 +404,10 @@ impl<H: Handler> PartitionWorker<H> {
         );
         if self.settings.exclusive && Instant::now() >= self.lease_until {
             // Paused past the lease while reading: the new holder takes these over and handles
-            // them in order; we only keep them pending.
+            // them in order; we only keep them pending, read but not handled.
+            for entry in entries {
+                *self.put_back.entry(entry.id).or_default() += 1;
+            }
             self.own_pending = true;
             return Ok(());
         }
@@ -558,7 +562,9 @@ impl<H: Handler> PartitionWorker<H> {
         let counts: HashMap<String, u64> = pending.into_iter().map(|(id, _, _, count)| (id, count)).collect();
         for entry in &mut entries {
             let count = counts.get(&entry.id).copied().unwrap_or(1);
-            let unhandled_reads = self.put_back.remove(&entry.id).unwrap_or(0);
+            // Kept until the entry is acknowledged or dead-lettered: Redis counts that read again
+            // at every re-read.
+            let unhandled_reads = self.put_back.get(&entry.id).copied().unwrap_or(0);
             entry.delivery_count = count.saturating_sub(unhandled_reads).max(1);
         }
         Ok(entries)
@@ -575,6 +581,7 @@ impl<H: Handler> PartitionWorker<H> {
                 // Deleted from the stream (XDEL or trim) while pending: nothing left to handle.
                 ::metrics::counter!(metrics::ENTRIES_LOST_TOTAL, &self.labels).increment(1);
                 tracing::error!(stream = %self.keys.family, group = %self.group, id = %raw.id, "pending entry no longer exists");
+                self.put_back.remove(&raw.id);
                 self.unacked.push(raw.id);
                 continue;
             }
@@ -660,6 +667,7 @@ impl<H: Handler> PartitionWorker<H> {
                     Outcome::Done => {
                         done += 1;
                         self.last_errors.remove(&raw.id);
+                        self.put_back.remove(&raw.id);
                         self.unacked.push(raw.id);
                     }
                     Outcome::Retry(reason) if raw.delivery_count >= max_deliveries => {
@@ -689,6 +697,7 @@ impl<H: Handler> PartitionWorker<H> {
                 original: raw.fields.clone(),
             };
             let moved = dead_letter_pending(&self.shared, &self.keys, &letter).await?;
+            self.put_back.remove(&raw.id);
             if moved {
                 tracing::warn!(stream = %self.keys.family, group = %self.group, id = %raw.id, error = %error, "entry dead-lettered");
             }
@@ -831,6 +840,9 @@ fn entries_of(value: Value) -> Result<Vec<RawEntry>, Error> {
         };
         let fields = match id_and_fields.next() {
             Some(Value::Array(flat)) => {
+                if flat.len() % 2 != 0 {
+                    return Err(unexpected_reply("entry fields"));
+                }
                 let mut fields = Vec::with_capacity(flat.len() / 2);
                 let mut flat = flat.into_iter();
                 while let (Some(field), Some(value)) = (flat.next(), flat.next()) {
@@ -843,7 +855,9 @@ fn entries_of(value: Value) -> Result<Vec<RawEntry>, Error> {
                 .into_iter()
                 .map(|(field, value)| (field.into_string().unwrap_or_default(), into_text(value)))
                 .collect(),
-            _ => Vec::new(),
+            // A pending entry deleted from the stream.
+            Some(Value::Null) => Vec::new(),
+            _ => return Err(unexpected_reply("entry fields")),
         };
         entries.push(RawEntry { id, fields, delivery_count: 1 });
     }
@@ -900,6 +914,10 @@ mod tests {
 
         assert!(read_reply_entries(text("OK")).is_err());
         assert!(entries_of(Value::Array(vec![text("1-0")])).is_err(), "an entry is a pair");
+        let odd = Value::Array(vec![Value::Array(vec![text("1-0"), Value::Array(vec![text("type")])])]);
+        assert!(entries_of(odd).is_err(), "fields come in pairs");
+        let not_fields = Value::Array(vec![Value::Array(vec![text("1-0"), text("type")])]);
+        assert!(entries_of(not_fields).is_err(), "not taken for a deleted entry");
     }
 
     #[test]
