@@ -168,6 +168,8 @@ struct Visitor {
     acked: Vec<String>,
     events: Vec<(EntryId, String)>,
     resumes: u64,
+    /// Its messages are still being sent (or retried): the drain waits for the last answer.
+    writing: bool,
 }
 
 type Shared = Arc<Mutex<Observed>>;
@@ -228,13 +230,17 @@ async fn visitor(
         seen.visitors[index].conversation = Some(conversation.clone());
         seen.visitors[index].contact = session["contact_id"].as_str().map(str::to_owned);
     }
+    observed.lock().expect("observed").visitors[index].writing = true;
     let writer = {
         let (http, ingresses, observed, web, token) =
             (http.clone(), ingresses.clone(), observed.clone(), web.clone(), token.clone());
         tokio::spawn(async move {
             let mut sequence = 0usize;
             while !sending.is_cancelled() {
-                tokio::time::sleep(Duration::from_millis(2500)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(2500)) => {}
+                    () = sending.cancelled() => break,
+                }
                 sequence += 1;
                 let client = format!("v{index}-{sequence}");
                 for attempt in 0..40 {
@@ -252,6 +258,7 @@ async fn visitor(
                     tokio::time::sleep(Duration::from_millis(150)).await;
                 }
             }
+            observed.lock().expect("observed").visitors[index].writing = false;
         })
     };
     let channel = format!("conversation:{conversation}");
@@ -873,6 +880,12 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
     stop_load.cancel();
     for task in load {
         let _ = task.await;
+    }
+    // A visitor's message sent as the load stopped is answered (and counted) before the drain.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while observed.lock().expect("observed").visitors.iter().any(|visitor| visitor.writing) && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("  {:>6.1} s  load stopped; draining", started.elapsed().as_secs_f64());
 
