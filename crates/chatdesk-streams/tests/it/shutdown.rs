@@ -97,3 +97,59 @@ async fn cancellation_under_a_backlog_also_finishes_the_batch_read_ahead() {
         assert!(record.contains(event_id), "handled in stream order, from the first entry");
     }
 }
+
+/// Its dependency is down: every batch is answered `Unavailable`, and each call is counted.
+struct Down {
+    record: Record,
+    calls: Arc<std::sync::atomic::AtomicU32>,
+    started: Arc<Notify>,
+}
+
+impl Handler for Down {
+    fn group(&self) -> chatdesk_core::GroupName {
+        crate::support::group()
+    }
+
+    async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.started.notify_one();
+        for entry in &batch.entries {
+            self.record.add(entry.envelope.event_id, "down");
+        }
+        Err(Box::new(chatdesk_streams::Unavailable("database down".into())))
+    }
+}
+
+/// Cancelled while a batch waits out its dependency under a backlog: that batch stays pending,
+/// and the batch read ahead behind it is not handled before it (it stays pending too), so the
+/// next consumer handles the partition in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_during_an_outage_leaves_the_batch_and_the_one_behind_it_pending() {
+    let redis = chatdesk_testkit::redis().await;
+    let setup = Setup::with_config(
+        redis.url(),
+        "[streams.events]\npartitions = 1\n[streams.events.groups.workers]\nbatch_size = 10\nblock = \"200ms\"\n",
+    )
+    .await;
+    let mut appended = Vec::new();
+    for sequence in 0..30 {
+        let entry = crate::support::entry(sequence, false);
+        setup.producer.append_to_partition("events", 0, &entry).await.unwrap();
+        appended.push(entry.event_id);
+    }
+    let record = Record::default();
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let started = Arc::new(Notify::new());
+    let cancel = CancellationToken::new();
+    let consumer = setup.consumer("c", Down { record: record.clone(), calls: calls.clone(), started: started.clone() });
+    let running = tokio::spawn(consumer.run(cancel.clone()));
+    tokio::time::timeout(Duration::from_secs(30), started.notified()).await.expect("a batch started");
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(30), running).await.expect("the runtime returns").unwrap().unwrap();
+
+    assert_eq!(record.distinct(), 10, "only the first batch reached the handler");
+    for event_id in &appended[..10] {
+        assert!(record.contains(event_id), "the first batch, in stream order");
+    }
+    assert_eq!(setup.pending().await, 20, "the batch in hand and the one read ahead, both still pending");
+}
