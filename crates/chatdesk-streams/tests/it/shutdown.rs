@@ -60,22 +60,28 @@ async fn cancellation_finishes_and_acknowledges_the_batch_in_hand() {
     assert_eq!(group.lag, Some((appended.len() - handled) as u64));
 }
 
+/// One partition, batches of 10, and `count` entries waiting before any consumer starts.
+async fn backlog(url: &str, count: u64) -> (Setup, Vec<chatdesk_core::EventId>) {
+    let setup = Setup::with_config(
+        url,
+        "[streams.events]\npartitions = 1\n[streams.events.groups.workers]\nbatch_size = 10\nblock = \"200ms\"\n",
+    )
+    .await;
+    let mut appended = Vec::new();
+    for sequence in 0..count {
+        let entry = crate::support::entry(sequence, false);
+        setup.producer.append_to_partition("events", 0, &entry).await.unwrap();
+        appended.push(entry.event_id);
+    }
+    (setup, appended)
+}
+
 /// Under a backlog the next batch is read while one is handled: cancelling then finishes both,
 /// each entry once, and leaves nothing pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_under_a_backlog_also_finishes_the_batch_read_ahead() {
     let redis = chatdesk_testkit::redis().await;
-    let setup = Setup::with_config(
-        redis.url(),
-        "[streams.events]\npartitions = 1\n[streams.events.groups.workers]\nbatch_size = 10\nblock = \"200ms\"\n",
-    )
-    .await;
-    let mut appended = Vec::new();
-    for sequence in 0..50 {
-        let entry = crate::support::entry(sequence, false);
-        setup.producer.append_to_partition("events", 0, &entry).await.unwrap();
-        appended.push(entry.event_id);
-    }
+    let (setup, appended) = backlog(redis.url(), 50).await;
     let record = Record::default();
     let started = Arc::new(Notify::new());
     let cancel = CancellationToken::new();
@@ -126,17 +132,7 @@ impl Handler for Down {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_during_an_outage_leaves_the_batch_and_the_one_behind_it_pending() {
     let redis = chatdesk_testkit::redis().await;
-    let setup = Setup::with_config(
-        redis.url(),
-        "[streams.events]\npartitions = 1\n[streams.events.groups.workers]\nbatch_size = 10\nblock = \"200ms\"\n",
-    )
-    .await;
-    let mut appended = Vec::new();
-    for sequence in 0..30 {
-        let entry = crate::support::entry(sequence, false);
-        setup.producer.append_to_partition("events", 0, &entry).await.unwrap();
-        appended.push(entry.event_id);
-    }
+    let (setup, appended) = backlog(redis.url(), 30).await;
     let record = Record::default();
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let started = Arc::new(Notify::new());
