@@ -35,6 +35,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 #[derive(Parser)]
 #[command(about = "Kills roles, Redis and PostgreSQL under load, then counts every message")]
@@ -168,8 +169,6 @@ struct Visitor {
     acked: Vec<String>,
     events: Vec<(EntryId, String)>,
     resumes: u64,
-    /// Its messages are still being sent (or retried): the drain waits for the last answer.
-    writing: bool,
 }
 
 type Shared = Arc<Mutex<Observed>>;
@@ -203,6 +202,7 @@ async fn visitor(
     (index, web): (usize, String),
     observed: Shared,
     (sending, stop): (CancellationToken, CancellationToken),
+    writers: TaskTracker,
 ) {
     let session = loop {
         if stop.is_cancelled() {
@@ -230,11 +230,10 @@ async fn visitor(
         seen.visitors[index].conversation = Some(conversation.clone());
         seen.visitors[index].contact = session["contact_id"].as_str().map(str::to_owned);
     }
-    observed.lock().expect("observed").visitors[index].writing = true;
     let writer = {
         let (http, ingresses, observed, web, token) =
             (http.clone(), ingresses.clone(), observed.clone(), web.clone(), token.clone());
-        tokio::spawn(async move {
+        writers.spawn(async move {
             let mut sequence = 0usize;
             while !sending.is_cancelled() {
                 tokio::select! {
@@ -258,7 +257,6 @@ async fn visitor(
                     tokio::time::sleep(Duration::from_millis(150)).await;
                 }
             }
-            observed.lock().expect("observed").visitors[index].writing = false;
         })
     };
     let channel = format!("conversation:{conversation}");
@@ -727,6 +725,7 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
     }
 
     // A widget visitor per tenant.
+    let visitor_writers = TaskTracker::new();
     for (index, tenant) in tenants.iter().enumerate() {
         sockets.push(tokio::spawn(visitor(
             http.clone(),
@@ -735,6 +734,7 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
             (index, tenant.web.clone()),
             observed.clone(),
             (stop_load.clone(), stop_sockets.clone()),
+            visitor_writers.clone(),
         )));
     }
 
@@ -882,11 +882,8 @@ async fn run(args: &Args, binary: &Path, dir: &Path) -> anyhow::Result<bool> {
         let _ = task.await;
     }
     // A visitor's message sent as the load stopped is answered (and counted) before the drain.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while observed.lock().expect("observed").visitors.iter().any(|visitor| visitor.writing) && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    visitor_writers.close();
+    let _ = tokio::time::timeout(Duration::from_secs(30), visitor_writers.wait()).await;
     println!("  {:>6.1} s  load stopped; draining", started.elapsed().as_secs_f64());
 
     // Drain: the writer and the sender have nothing left.

@@ -30,8 +30,8 @@ use chatdesk_core::Envelope;
 use chatdesk_core::events::{Actor, Event, SenderKind, Typing};
 use chatdesk_core::{KeyScheme, StreamsConfig, TenantId};
 use chatdesk_load_tests::{
-    Connection, Histogram, Up, chatdesk_binary, cpu_seconds, cpu_shares, histogram, node_peer, percentile, scrape,
-    tree_cpu_seconds,
+    Connection, Histogram, Up, chatdesk_binary, cpu_seconds, cpu_shares, histogram, node_peer, percentile,
+    run_node_peer, scrape, tree_cpu_seconds,
 };
 use chatdesk_streams::{Producer, RedisConnector, RedisSettings};
 use clap::Parser;
@@ -213,29 +213,23 @@ async fn compare_with_socketio(args: &Args, ours: &[(u64, f64, Duration, Duratio
         println!("\nSocket.IO peer skipped: `node` is not installed (Debian: apt-get install nodejs npm)");
         return Ok(());
     };
-    let dir = std::env::temp_dir().join(format!("chatdesk-bench-socketio-{}", std::process::id()));
-    let mut redis = chatdesk_local::RedisServer::start(
-        chatdesk_local::RedisOptions::new(dir.join("redis")).persistence(chatdesk_local::RedisPersistence::AofEverySec),
-    )
-    .await?;
     let ports = {
         let (first, second) =
             (std::net::TcpListener::bind("127.0.0.1:0")?, std::net::TcpListener::bind("127.0.0.1:0")?);
         format!("{},{}", first.local_addr()?.port(), second.local_addr()?.port())
     };
     let rates: Vec<String> = args.rates.iter().map(u64::to_string).collect();
-    let output = tokio::process::Command::new("node")
-        .arg(peer.join("fanout.mjs"))
-        .args(["--redis", &redis.url(), "--clients", &(args.tenants * args.agents_per_tenant).to_string()])
-        .args(["--rates", &rates.join(","), "--seconds", &args.seconds.to_string()])
-        .args(["--ports", &ports])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .context("cannot run the Socket.IO peer")?;
-    redis.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    anyhow::ensure!(output.status.success(), "the Socket.IO peer failed: {}", String::from_utf8_lossy(&output.stderr));
+    let peer_args: Vec<String> = vec![
+        "--clients".to_owned(),
+        (args.tenants * args.agents_per_tenant).to_string(),
+        "--rates".to_owned(),
+        rates.join(","),
+        "--seconds".to_owned(),
+        args.seconds.to_string(),
+        "--ports".to_owned(),
+        ports,
+    ];
+    let output = run_node_peer(&peer, "fanout.mjs", chatdesk_local::RedisPersistence::AofEverySec, &peer_args).await?;
     println!();
     println!(
         "next to the Socket.IO 4.8 peer (redis-streams-adapter, 2 servers, {} clients in rooms of 2, same rates, same machine):",
@@ -246,7 +240,7 @@ async fn compare_with_socketio(args: &Args, ours: &[(u64, f64, Duration, Duratio
         "msgs/s", "chatdesk /s", "p50 ms", "p99 ms", "Socket.IO /s", "p50 ms", "p99 ms", "p99 ratio"
     );
     let ms = |duration: Duration| duration.as_secs_f64() * 1000.0;
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
+    for line in output.lines() {
         let Ok(peer) = serde_json::from_str::<serde_json::Value>(line) else { continue };
         let rate = peer["rate"].as_u64().unwrap_or_default();
         let Some((_, sent, p50, p99)) = ours.iter().find(|(ours, ..)| *ours == rate) else { continue };

@@ -95,6 +95,35 @@ pub fn node_peer(name: &str) -> anyhow::Result<Option<PathBuf>> {
     Ok(Some(peer))
 }
 
+/// Runs `script` of the Node peer in `peer` (from [`node_peer`]) with `--redis <url>` of a private
+/// Redis of its own with `persistence`, then `args`; returns what it printed once it succeeded.
+pub async fn run_node_peer(
+    peer: &Path,
+    script: &str,
+    persistence: chatdesk_local::RedisPersistence,
+    args: &[String],
+) -> anyhow::Result<String> {
+    let name = peer.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!("chatdesk-bench-{name}-{}", std::process::id()));
+    let mut redis = chatdesk_local::RedisServer::start(
+        chatdesk_local::RedisOptions::new(dir.join("redis")).persistence(persistence),
+    )
+    .await?;
+    let output = tokio::process::Command::new("node")
+        .arg(peer.join(script))
+        .args(["--redis", &redis.url()])
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("cannot run the {name} peer"));
+    redis.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let output = output?;
+    anyhow::ensure!(output.status.success(), "the {name} peer failed: {}", String::from_utf8_lossy(&output.stderr));
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// Runs `chatdesk admin <args>` and returns its JSON.
 pub fn admin(binary: &Path, database_url: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
     let output =

@@ -23,7 +23,7 @@ use chatdesk_api::ingress::signature::sign;
 use chatdesk_conversations::Reply;
 use chatdesk_core::events::{Actor, SenderKind};
 use chatdesk_core::{KeyScheme, StreamsConfig};
-use chatdesk_load_tests::{Connection, Up, chatdesk_binary, node_peer, percentile};
+use chatdesk_load_tests::{Connection, Up, chatdesk_binary, node_peer, percentile, run_node_peer};
 use chatdesk_streams::{Producer, RedisConnector, RedisSettings};
 use clap::Parser;
 use uuid::Uuid;
@@ -232,26 +232,23 @@ async fn compare_with_bullmq(
     let version = manifest["dependencies"]["bullmq"].as_str().unwrap_or("?").to_owned();
     *receiver.delay.lock().expect("delay") = Duration::ZERO;
     receiver.arrivals.lock().expect("arrivals").clear();
-    let dir = std::env::temp_dir().join(format!("chatdesk-bench-bullmq-{}", std::process::id()));
-    let mut redis = chatdesk_local::RedisServer::start(
-        chatdesk_local::RedisOptions::new(dir.join("redis")).persistence(chatdesk_local::RedisPersistence::AofAlways),
-    )
-    .await?;
-    let output = tokio::process::Command::new("node")
-        .arg(peer.join("worker.mjs"))
-        .args(["--redis", &redis.url(), "--url", &format!("http://{receiver_address}/replies")])
-        .args(["--jobs", &args.messages.to_string(), "--conversations", &args.conversations.to_string()])
-        .args(["--concurrency", &PEER_CONCURRENCY.to_string(), "--modes", "call,none"])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .context("cannot run the BullMQ peer")?;
-    redis.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    anyhow::ensure!(output.status.success(), "the BullMQ peer failed: {}", String::from_utf8_lossy(&output.stderr));
+    let peer_args: Vec<String> = [
+        "--url",
+        &format!("http://{receiver_address}/replies"),
+        "--jobs",
+        &args.messages.to_string(),
+        "--conversations",
+        &args.conversations.to_string(),
+        "--concurrency",
+        &PEER_CONCURRENCY.to_string(),
+        "--modes",
+        "call,none",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let output = run_node_peer(&peer, "worker.mjs", chatdesk_local::RedisPersistence::AofAlways, &peer_args).await?;
     // One JSON object per mode: mode, jobs, completed, failed, enqueue_seconds, seconds, jobs_per_sec.
-    let runs: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&output.stdout).lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
+    let runs: Vec<serde_json::Value> = output.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
     let mode = |name: &str| runs.iter().find(|run| run["mode"] == name);
     let called = mode("call").context("no figure from the BullMQ peer")?;
     let number = |run: &serde_json::Value, field: &str| run[field].as_f64().unwrap_or(f64::NAN);
