@@ -33,6 +33,8 @@ pub const FIELD_CONVERSATION: &str = "conversation";
 pub const FIELD_EVENT_ID: &str = "event_id";
 pub const FIELD_TIME: &str = "time";
 pub const FIELD_PAYLOAD: &str = "payload";
+/// Every field an envelope carries; [`Envelope::decode`] ignores others.
+pub const FIELDS: [&str; 6] = [FIELD_TYPE, FIELD_TENANT, FIELD_CONVERSATION, FIELD_EVENT_ID, FIELD_TIME, FIELD_PAYLOAD];
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

@@ -1,12 +1,14 @@
 //! The loop of one partition of one consumer. See the module docs of [`super`] for the
 //! sequence; this file is the state machine behind it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatdesk_core::{DeadLetter, EntryId, GroupName, GroupSettings, PartitionKeys};
+use chatdesk_core::envelope::FIELDS;
+use chatdesk_core::{DeadLetter, Entry, EntryId, GroupName, GroupSettings, PartitionKeys};
 use fred::prelude::*;
 use fred::types::streams::XID;
 use futures::FutureExt;
@@ -19,7 +21,7 @@ use tracing::Instrument;
 use super::consumer::ensure_group;
 use super::{Batch, Handler, Outcome, Unavailable};
 use crate::dead_letter::dead_letter_pending;
-use crate::entry::{decode, now_ms, value_text};
+use crate::entry::{Envelope, ReadError, now_ms, value_text};
 use crate::metrics;
 
 const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -34,11 +36,52 @@ const SHUTDOWN_ACK_DEADLINE: Duration = Duration::from_secs(10);
 /// after this (or the group's `claim_idle`, if shorter) without a renewal.
 const MAX_LEASE: Duration = Duration::from_secs(10);
 
-/// An entry as read, before decoding.
+/// Field-value pairs as they were appended.
+type Fields = Vec<(String, String)>;
+
+/// An entry as read, decoded from the reply's values as they were walked.
 struct RawEntry {
     id: String,
-    fields: Vec<(String, String)>,
+    body: Body,
     delivery_count: u64,
+}
+
+/// What an entry read holds.
+enum Body {
+    /// A pending entry deleted from the stream (XDEL or trim) before it was handled.
+    Deleted,
+    /// An envelope, and any fields it does not carry (kept for a dead letter).
+    Decoded { envelope: Envelope, extra: Fields },
+    /// Fields that are not an envelope, kept as read for the dead letter.
+    Undecodable { fields: Fields, error: ReadError },
+}
+
+/// An entry on its way to the dead-letter stream.
+struct Doomed {
+    id: String,
+    delivery_count: u64,
+    original: Fields,
+    error: String,
+}
+
+impl Body {
+    /// The fields a dead letter keeps of this entry.
+    fn into_original(self) -> Fields {
+        match self {
+            Body::Deleted => Vec::new(),
+            Body::Decoded { envelope, extra } => original_fields(&envelope, &extra),
+            Body::Undecodable { fields, .. } => fields,
+        }
+    }
+}
+
+/// The fields a dead letter keeps of an entry that decoded: the envelope's own, as the producer
+/// writes them, then any others as they came. An entry appended through [`Envelope::encode`]
+/// gets back exactly what was appended.
+fn original_fields(envelope: &Envelope, extra: &[(String, String)]) -> Fields {
+    let mut fields: Fields = envelope.encode().into_iter().map(|(field, value)| (field.to_owned(), value)).collect();
+    fields.extend(extra.iter().cloned());
+    fields
 }
 
 /// Where a batch came from; decides how delivery counts are known.
@@ -574,35 +617,49 @@ impl<H: Handler> PartitionWorker<H> {
     async fn process(&mut self, entries: Vec<RawEntry>, cancel: &CancellationToken) -> Result<(), Error> {
         let started = std::time::Instant::now();
         let max_deliveries = u64::from(self.settings.max_deliveries);
-        let mut to_handle = Vec::with_capacity(entries.len());
+        // Each handled entry's id, delivery count and extra fields, beside its decoded entry.
+        let mut to_handle: Vec<(String, u64, Fields)> = Vec::with_capacity(entries.len());
         let mut decoded = Vec::with_capacity(entries.len());
-        let mut to_dead_letter: Vec<(RawEntry, String)> = Vec::new();
+        let mut to_dead_letter: Vec<Doomed> = Vec::new();
         for raw in entries {
-            if raw.fields.is_empty() {
+            let RawEntry { id, body, delivery_count } = raw;
+            if matches!(body, Body::Deleted) {
                 // Deleted from the stream (XDEL or trim) while pending: nothing left to handle.
                 ::metrics::counter!(metrics::ENTRIES_LOST_TOTAL, &self.labels).increment(1);
-                tracing::error!(stream = %self.keys.family, group = %self.group, id = %raw.id, "pending entry no longer exists");
-                self.put_back.remove(&raw.id);
-                self.unacked.push(raw.id);
+                tracing::error!(stream = %self.keys.family, group = %self.group, id = %id, "pending entry no longer exists");
+                self.put_back.remove(&id);
+                self.unacked.push(id);
                 continue;
             }
-            if raw.delivery_count > max_deliveries {
-                let error = self.last_errors.remove(&raw.id).unwrap_or_else(|| {
+            if delivery_count > max_deliveries {
+                let error = self.last_errors.remove(&id).unwrap_or_else(|| {
                     format!(
                         "delivered {} times without being acknowledged (consumers failed or crashed)",
-                        raw.delivery_count - 1
+                        delivery_count - 1
                     )
                 });
-                to_dead_letter.push((raw, error));
+                to_dead_letter.push(Doomed { original: body.into_original(), id, delivery_count, error });
                 continue;
             }
-            let fields = raw.fields.iter().map(|(field, value)| (field.as_str(), value.as_str()));
-            match decode(&raw.id, self.keys.partition, raw.delivery_count, fields) {
-                Ok(entry) => {
-                    to_handle.push(raw);
-                    decoded.push(entry);
-                }
-                Err(error) => to_dead_letter.push((raw, format!("cannot decode entry: {error}"))),
+            match body {
+                Body::Decoded { envelope, extra } => match id.parse::<EntryId>() {
+                    Ok(entry_id) => {
+                        decoded.push(Entry { id: entry_id, partition: self.keys.partition, delivery_count, envelope });
+                        to_handle.push((id, delivery_count, extra));
+                    }
+                    Err(_) => {
+                        let error = format!("cannot decode entry: {}", ReadError::Id(id.clone()));
+                        let original = original_fields(&envelope, &extra);
+                        to_dead_letter.push(Doomed { id, delivery_count, original, error });
+                    }
+                },
+                Body::Undecodable { fields, error } => to_dead_letter.push(Doomed {
+                    id,
+                    delivery_count,
+                    original: fields,
+                    error: format!("cannot decode entry: {error}"),
+                }),
+                Body::Deleted => unreachable!("handled above"),
             }
         }
 
@@ -664,48 +721,49 @@ impl<H: Handler> PartitionWorker<H> {
                         .unwrap_or_default()
                 )),
             };
-            for (raw, entry) in to_handle.into_iter().zip(&batch.entries) {
+            for ((id, delivery_count, extra), entry) in to_handle.into_iter().zip(&batch.entries) {
                 let outcome = match &outcomes {
                     Ok(outcomes) => outcomes.of(&entry.id).clone(),
                     Err(error) => Outcome::Retry(error.clone()),
                 };
-                match outcome {
+                let error = match outcome {
                     Outcome::Done => {
                         done += 1;
-                        self.last_errors.remove(&raw.id);
-                        self.put_back.remove(&raw.id);
-                        self.unacked.push(raw.id);
+                        self.last_errors.remove(&id);
+                        self.put_back.remove(&id);
+                        self.unacked.push(id);
+                        continue;
                     }
-                    Outcome::Retry(reason) if raw.delivery_count >= max_deliveries => {
-                        to_dead_letter.push((raw, reason))
-                    }
-                    Outcome::Retry(reason) => {
+                    Outcome::Retry(reason) if delivery_count < max_deliveries => {
                         retried += 1;
-                        self.last_errors.insert(raw.id, reason);
+                        self.last_errors.insert(id, reason);
+                        continue;
                     }
-                    Outcome::Reject(reason) => to_dead_letter.push((raw, reason)),
-                }
+                    Outcome::Retry(reason) | Outcome::Reject(reason) => reason,
+                };
+                let original = original_fields(&entry.envelope, &extra);
+                to_dead_letter.push(Doomed { id, delivery_count, original, error });
             }
         }
 
         let failed = retried + to_dead_letter.len() as u64;
         let dead_lettered = to_dead_letter.len() as u64;
-        for (raw, error) in &to_dead_letter {
+        for doomed in to_dead_letter {
             let letter = DeadLetter {
-                original_id: raw.id.clone(),
+                original_id: doomed.id,
                 family: self.keys.family.to_string(),
                 partition: self.keys.partition,
                 group: self.group.to_string(),
                 consumer: self.consumer.clone(),
-                error: error.clone(),
-                deliveries: raw.delivery_count,
+                error: doomed.error,
+                deliveries: doomed.delivery_count,
                 time_ms: now_ms(),
-                original: raw.fields.clone(),
+                original: doomed.original,
             };
             let moved = dead_letter_pending(&self.shared, &self.keys, &letter).await?;
-            self.put_back.remove(&raw.id);
+            self.put_back.remove(&letter.original_id);
             if moved {
-                tracing::warn!(stream = %self.keys.family, group = %self.group, id = %raw.id, error = %error, "entry dead-lettered");
+                tracing::warn!(stream = %self.keys.family, group = %self.group, id = %letter.original_id, error = %letter.error, "entry dead-lettered");
             }
         }
         if retried > 0 {
@@ -826,10 +884,11 @@ fn read_reply_entries(reply: Value) -> Result<Vec<RawEntry>, Error> {
     }
 }
 
-/// Entries as XREADGROUP and XAUTOCLAIM send them, `[[id, [field, value, …]], …]`, walked as they
-/// are: fred's typed conversion builds a hash map per entry (hashing every field name), a fifth
-/// of the runtime's CPU under a backlog. Fields keep the order they
-/// were appended in; a pending entry deleted from the stream has none (nil).
+/// Entries as XREADGROUP and XAUTOCLAIM send them, `[[id, [field, value, …]], …]`, walked and
+/// decoded as they are: fred's typed conversion builds a hash map per entry (hashing every field
+/// name), and copying every field into a `String` before decoding cost as much again. Only the
+/// id, the type and the payload are copied out of the reply. A pending entry deleted from the
+/// stream has no fields (nil).
 fn entries_of(value: Value) -> Result<Vec<RawEntry>, Error> {
     let items = match value {
         Value::Null => return Ok(Vec::new()),
@@ -841,39 +900,55 @@ fn entries_of(value: Value) -> Result<Vec<RawEntry>, Error> {
         let Value::Array(id_and_fields) = item else { return Err(unexpected_reply("entry")) };
         let mut id_and_fields = id_and_fields.into_iter();
         let id = match id_and_fields.next() {
-            Some(id @ (Value::String(_) | Value::Bytes(_))) => into_text(id),
+            Some(id @ (Value::String(_) | Value::Bytes(_))) => text_of(&id).into_owned(),
             _ => return Err(unexpected_reply("entry id")),
         };
-        let fields = match id_and_fields.next() {
+        let body = match id_and_fields.next() {
             Some(Value::Array(flat)) => {
                 if flat.len() % 2 != 0 {
                     return Err(unexpected_reply("entry fields"));
                 }
-                let mut fields = Vec::with_capacity(flat.len() / 2);
-                let mut flat = flat.into_iter();
-                while let (Some(field), Some(value)) = (flat.next(), flat.next()) {
-                    fields.push((into_text(field), into_text(value)));
-                }
-                fields
+                body_of(|| flat.chunks_exact(2).map(|pair| (text_of(&pair[0]), text_of(&pair[1]))))
             }
-            Some(Value::Map(map)) => map
-                .inner()
-                .into_iter()
-                .map(|(field, value)| (field.into_string().unwrap_or_default(), into_text(value)))
-                .collect(),
+            Some(Value::Map(map)) => {
+                let map: Vec<(fred::types::Key, Value)> = map.inner().into_iter().collect();
+                body_of(|| map.iter().map(|(field, value)| (field.as_str_lossy(), text_of(value))))
+            }
             // A pending entry deleted from the stream.
-            Some(Value::Null) => Vec::new(),
+            Some(Value::Null) => Body::Deleted,
             _ => return Err(unexpected_reply("entry fields")),
         };
-        entries.push(RawEntry { id, fields, delivery_count: 1 });
+        entries.push(RawEntry { id, body, delivery_count: 1 });
     }
     Ok(entries)
 }
 
-fn into_text(value: Value) -> String {
+/// An entry's fields, borrowed from the reply (walked once to decode, and again only for fields
+/// the envelope does not carry, or to keep them all when they are not an envelope).
+fn body_of<'a, I>(pairs: impl Fn() -> I) -> Body
+where
+    I: Iterator<Item = (Cow<'a, str>, Cow<'a, str>)>,
+{
+    if pairs().next().is_none() {
+        return Body::Deleted;
+    }
+    let owned = |(field, value): (Cow<'a, str>, Cow<'a, str>)| (field.into_owned(), value.into_owned());
+    match Envelope::decode(pairs()) {
+        Ok(envelope) => Body::Decoded {
+            envelope,
+            extra: pairs().filter(|(field, _)| !FIELDS.contains(&field.as_ref())).map(owned).collect(),
+        },
+        Err(error) => Body::Undecodable { fields: pairs().map(owned).collect(), error: error.into() },
+    }
+}
+
+/// A reply value as text, borrowed when it is UTF-8 (binary data decoded lossily rather than
+/// failing the read).
+fn text_of(value: &Value) -> Cow<'_, str> {
     match value {
-        Value::String(text) => String::from(&*text),
-        other => value_text(&other),
+        Value::String(text) => Cow::Borrowed(&**text),
+        Value::Bytes(bytes) => String::from_utf8_lossy(bytes),
+        other => Cow::Owned(value_text(other)),
     }
 }
 
@@ -906,9 +981,36 @@ mod tests {
         let entries = read_reply_entries(reply).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].id, "1-0");
-        let fields: Vec<(&str, &str)> = entries[0].fields.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
-        assert_eq!(fields, [("type", "a"), ("payload", "{}"), ("tenant", "t")], "in the order appended");
-        assert_eq!((entries[1].id.as_str(), entries[1].fields.len()), ("2-0", 0));
+        let Body::Undecodable { fields, .. } = &entries[0].body else { panic!("not an envelope") };
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(f, v)| (f.as_str(), v.as_str())).collect();
+        assert_eq!(fields, [("type", "a"), ("payload", "{}"), ("tenant", "t")], "kept in the order appended");
+        assert_eq!(entries[1].id, "2-0");
+        assert!(matches!(entries[1].body, Body::Deleted));
+
+        // An envelope as the producer writes it, with a field it does not carry.
+        let envelope = Envelope {
+            record_type: "typing".to_owned(),
+            tenant: chatdesk_core::TenantId(uuid::Uuid::now_v7()),
+            conversation: Some(uuid::Uuid::now_v7()),
+            event_id: chatdesk_core::EventId::new(),
+            time_ms: 1_765_000_000_000,
+            payload: r#"{"active":true}"#.to_owned(),
+        };
+        let mut flat: Vec<Value> =
+            envelope.encode().into_iter().flat_map(|(field, value)| [text(field), text(&value)]).collect();
+        flat.extend([text("trace"), text("abc")]);
+        let reply = Value::Array(vec![Value::Array(vec![
+            text("p:{events:0}"),
+            Value::Array(vec![Value::Array(vec![text("4-0"), Value::Array(flat)])]),
+        ])]);
+        let entries = read_reply_entries(reply).unwrap();
+        let Body::Decoded { envelope: read, extra } = &entries[0].body else { panic!("an envelope") };
+        assert_eq!(read, &envelope);
+        assert_eq!(extra, &[("trace".to_owned(), "abc".to_owned())]);
+        let mut appended: Vec<(String, String)> =
+            envelope.encode().into_iter().map(|(field, value)| (field.to_owned(), value)).collect();
+        appended.push(("trace".to_owned(), "abc".to_owned()));
+        assert_eq!(original_fields(read, extra), appended, "a dead letter keeps what was appended");
 
         let mut map = HashMap::new();
         map.insert(
@@ -916,7 +1018,8 @@ mod tests {
             Value::Array(vec![Value::Array(vec![text("3-0"), Value::Array(vec![text("type"), text("b")])])]),
         );
         let entries = read_reply_entries(Value::Map(map.try_into().unwrap())).unwrap();
-        assert_eq!((entries[0].id.as_str(), entries[0].fields[0].1.as_str()), ("3-0", "b"), "RESP3");
+        let Body::Undecodable { fields, .. } = &entries[0].body else { panic!("not an envelope") };
+        assert_eq!((entries[0].id.as_str(), fields[0].1.as_str()), ("3-0", "b"), "RESP3");
 
         assert!(read_reply_entries(text("OK")).is_err());
         assert!(entries_of(Value::Array(vec![text("1-0")])).is_err(), "an entry is a pair");
