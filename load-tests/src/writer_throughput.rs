@@ -26,6 +26,7 @@ use chatdesk_store::directory::{InboxKind, create_inbox, create_tenant};
 use chatdesk_streams::{Consumer, ConsumerOptions, Producer, RedisConnector, RedisSettings};
 use chatdesk_workers::writer::Writer;
 use clap::Parser;
+use fred::interfaces::StreamsInterface;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -115,10 +116,10 @@ async fn drained(
 ) -> anyhow::Result<bool> {
     for partition in 0..stream.partitions {
         let groups = chatdesk_streams::status::partition_status(client, keys, stream, partition).await?;
-        let length = groups.first().map_or(0, |group| group.length);
         let done = match groups.iter().find(|group| group.group == "writer") {
             Some(group) => group.pending == 0 && group.lag == Some(0),
-            None => length == 0,
+            // Not created yet (the consumer is starting): done only if there is nothing to read.
+            None => client.xlen::<u64, _>(keys.partition(&stream.name, partition).stream.as_str()).await? == 0,
         };
         if !done {
             return Ok(false);
@@ -181,7 +182,20 @@ async fn writer_rate(redis_url: &str, scenario: &Scenario, args: &Args, shape: &
     running.await??;
     let expected = i64::try_from(args.messages)?;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM messages").fetch_one(&scenario.pool).await?;
-    anyhow::ensure!(rows == expected, "the writer acknowledged every event but stored {rows} of {expected} messages");
+    if rows != expected {
+        let mut dead_letters = 0u64;
+        let mut groups = Vec::new();
+        for partition in 0..stream.partitions {
+            let partition_keys = keys.partition(&stream.name, partition);
+            dead_letters += redis.xlen::<u64, _>(partition_keys.dead_letters.as_str()).await?;
+            groups.push(chatdesk_streams::status::partition_status(&redis, &keys, stream, partition).await?);
+        }
+        bail!(
+            "the writer acknowledged every event but stored {rows} of {expected} messages ({dead_letters} dead-lettered; \
+             groups after {:?}: {groups:?})",
+            started.elapsed()
+        );
+    }
     Ok(rate)
 }
 

@@ -169,10 +169,16 @@ impl Deployment {
         let stream = self.config.stream("events").unwrap();
         let (mut lag, mut pending) = (0, 0);
         for partition in 0..stream.partitions {
-            for status in partition_status(&self.redis, &self.keys, stream, partition).await.unwrap() {
-                if status.group == "writer" {
+            let statuses = partition_status(&self.redis, &self.keys, stream, partition).await.unwrap();
+            match statuses.iter().find(|status| status.group == "writer") {
+                Some(status) => {
                     lag += status.lag.unwrap_or(u64::MAX / 16);
                     pending += status.pending;
+                }
+                // Not created yet: everything in the partition is still to be read.
+                None => {
+                    let key = self.keys.partition(&stream.name, partition).stream;
+                    lag += self.redis.xlen::<u64, _>(key.as_str()).await.unwrap();
                 }
             }
         }
