@@ -4,6 +4,8 @@
 //! contact changes are written by the writer from their events; the tenant's settings here
 //! (label definitions, canned responses, inbox members) are written directly.
 
+use std::collections::HashMap;
+
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -565,6 +567,34 @@ pub async fn inbox_routing(pool: &PgPool, tenant: Uuid, inbox: Uuid) -> Result<O
         reassign_after_seconds,
         members,
     }))
+}
+
+/// [`inbox_routing`] of many inboxes in one query, by `(tenant, inbox)`; an inbox that does not
+/// exist (in that tenant) maps to `None`.
+pub async fn inbox_routings(
+    pool: &PgPool,
+    inboxes: &[(Uuid, Uuid)],
+) -> Result<HashMap<(Uuid, Uuid), Option<RoutingRow>>, StoreError> {
+    let mut found: HashMap<(Uuid, Uuid), Option<RoutingRow>> = inboxes.iter().map(|key| (*key, None)).collect();
+    if inboxes.is_empty() {
+        return Ok(found);
+    }
+    let (tenants, ids): (Vec<Uuid>, Vec<Uuid>) = inboxes.iter().copied().unzip();
+    type Row = (Uuid, Uuid, String, i32, Option<i32>, Vec<Uuid>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT i.tenant_id, i.id, i.assignment, i.agent_capacity, i.reassign_after_seconds, \
+                COALESCE(ARRAY(SELECT m.user_id FROM inbox_members m WHERE m.inbox_id = i.id ORDER BY m.user_id), '{}') \
+         FROM inboxes i JOIN UNNEST($1::uuid[], $2::uuid[]) AS w(tenant, inbox) ON i.tenant_id = w.tenant AND i.id = w.inbox",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::Query)?;
+    for (tenant, inbox, mode, agent_capacity, reassign_after_seconds, members) in rows {
+        found.insert((tenant, inbox), Some(RoutingRow { mode, agent_capacity, reassign_after_seconds, members }));
+    }
+    Ok(found)
 }
 
 pub async fn set_inbox_routing(

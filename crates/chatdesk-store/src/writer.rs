@@ -173,26 +173,47 @@ async fn insert_ledger(
     Ok(inserted.into_iter().collect())
 }
 
+/// New contacts in one statement (a batch of first messages from new customers holds as many
+/// as messages), then changes to contacts in stream order. A change always follows its
+/// contact's creation in the stream, so it still finds the contact.
 async fn insert_contacts(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEvent]) -> Result<(), StoreError> {
+    let mut created = NewContacts::default();
+    for stored in events {
+        if let Event::ContactCreated(contact) = &stored.event {
+            created.ids.push(contact.contact_id);
+            created.tenants.push(stored.tenant_id);
+            created.inboxes.push(contact.inbox_id);
+            created.external_ids.push(contact.external_id.as_str());
+            created.names.push(contact.name.as_deref());
+            created.emails.push(contact.email.as_deref());
+            created.times.push(ms(stored.occurred_at_ms));
+        }
+    }
+    if !created.ids.is_empty() {
+        // Row by row in input order: of two creations of one contact (or of one channel
+        // identity), the first is kept, as separate statements would.
+        sqlx::query(
+            "INSERT INTO contacts (id, tenant_id, inbox_id, external_id, name, email, created_at, updated_at) \
+             SELECT k.id, k.tenant, k.inbox, k.external_id, k.name, k.email, to_timestamp(k.at / 1000.0), \
+                    to_timestamp(k.at / 1000.0) \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::int8[]) \
+                  WITH ORDINALITY AS k(id, tenant, inbox, external_id, name, email, at, position) \
+             ORDER BY k.position \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&created.ids)
+        .bind(&created.tenants)
+        .bind(&created.inboxes)
+        .bind(&created.external_ids)
+        .bind(&created.names)
+        .bind(&created.emails)
+        .bind(&created.times)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::Query)?;
+    }
     for stored in events {
         match &stored.event {
-            Event::ContactCreated(contact) => {
-                sqlx::query(
-                    "INSERT INTO contacts (id, tenant_id, inbox_id, external_id, name, email, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7 / 1000.0), to_timestamp($7 / 1000.0)) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(contact.contact_id)
-                .bind(stored.tenant_id)
-                .bind(contact.inbox_id)
-                .bind(&contact.external_id)
-                .bind(&contact.name)
-                .bind(&contact.email)
-                .bind(ms(stored.occurred_at_ms))
-                .execute(&mut **tx)
-                .await
-                .map_err(StoreError::Query)?;
-            }
             Event::ContactUpdated(contact) => {
                 sqlx::query(
                     "UPDATE contacts SET name = COALESCE($3, name), email = COALESCE($4, email), \
@@ -233,6 +254,18 @@ async fn insert_contacts(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEv
         }
     }
     Ok(())
+}
+
+/// Column arrays for one multi-row contact insert.
+#[derive(Default)]
+struct NewContacts<'a> {
+    ids: Vec<Uuid>,
+    tenants: Vec<Uuid>,
+    inboxes: Vec<Uuid>,
+    external_ids: Vec<&'a str>,
+    names: Vec<Option<&'a str>>,
+    emails: Vec<Option<&'a str>>,
+    times: Vec<i64>,
 }
 
 async fn insert_conversations(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEvent]) -> Result<(), StoreError> {

@@ -31,6 +31,9 @@ pub fn describe() {
     );
 }
 
+/// Inboxes' routing read once for a batch, by `(tenant, inbox)`.
+type Routings = std::collections::HashMap<(Uuid, Uuid), Option<store::RoutingRow>>;
+
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6368_6174_6465_736b_2d72_6f75_7465_7200);
 
 /// Takes the next member in turn with room, unless the conversation already has its agent.
@@ -158,15 +161,25 @@ impl Router {
         Ok(())
     }
 
-    /// Assigns `conversation` of `inbox` if the inbox routes automatically.
+    /// Assigns `conversation` of `inbox` if the inbox routes automatically. `known` holds the
+    /// routing of inboxes already read for this batch.
     async fn route(
         &self,
         tenant: &TenantId,
         conversation: Uuid,
         inbox: Uuid,
         trigger: Uuid,
+        known: &Routings,
     ) -> Result<(), HandlerError> {
-        let Some(routing) = store::inbox_routing(&self.db, tenant.0, inbox).await.map_err(store_down)? else {
+        let read;
+        let routing = match known.get(&(tenant.0, inbox)) {
+            Some(routing) => routing.as_ref(),
+            None => {
+                read = store::inbox_routing(&self.db, tenant.0, inbox).await.map_err(store_down)?;
+                read.as_ref()
+            }
+        };
+        let Some(routing) = routing else {
             return Ok(());
         };
         if routing.mode != "round_robin" {
@@ -295,11 +308,11 @@ impl Router {
         Ok(())
     }
 
-    async fn handle_event(&self, envelope: &Envelope, event: &Event) -> Result<(), HandlerError> {
+    async fn handle_event(&self, envelope: &Envelope, event: &Event, known: &Routings) -> Result<(), HandlerError> {
         let tenant = envelope.tenant;
         match event {
             Event::ConversationCreated(created) => {
-                self.route(&tenant, created.conversation_id, created.inbox_id, envelope.event_id.0).await
+                self.route(&tenant, created.conversation_id, created.inbox_id, envelope.event_id.0, known).await
             }
             Event::ConversationAssigned(assigned) => {
                 self.track(&tenant, assigned.conversation_id, assigned.assignee_id).await
@@ -316,7 +329,7 @@ impl Router {
                     match stored {
                         Some((_, Some(agent))) => self.track(&tenant, changed.conversation_id, Some(agent)).await,
                         Some((inbox, None)) => {
-                            self.route(&tenant, changed.conversation_id, inbox, envelope.event_id.0).await
+                            self.route(&tenant, changed.conversation_id, inbox, envelope.event_id.0, known).await
                         }
                         None => Ok(()),
                     }
@@ -343,18 +356,33 @@ impl Handler for Router {
 
     async fn handle(&self, batch: &Batch) -> Result<Outcomes, HandlerError> {
         let outcomes = Outcomes::all_done();
-        // In order: a conversation's creation, assignment and resolve must be seen as they happened.
-        for entry in &batch.entries {
-            let relevant = matches!(
-                entry.envelope.record_type.as_str(),
-                "conversation.created" | "conversation.assigned" | "conversation.status_changed"
-            );
-            if !relevant {
-                continue;
-            }
+        let events: Vec<(&Envelope, Event)> = batch
+            .entries
+            .iter()
+            .filter(|entry| {
+                matches!(
+                    entry.envelope.record_type.as_str(),
+                    "conversation.created" | "conversation.assigned" | "conversation.status_changed"
+                )
+            })
             // What does not decode is the writer's to dead-letter; routing skips it.
-            let Ok(event) = entry.envelope.event() else { continue };
-            self.handle_event(&entry.envelope, &event).await?;
+            .filter_map(|entry| Some((&entry.envelope, entry.envelope.event().ok()?)))
+            .collect();
+        // The routing of every inbox with a new conversation in the batch, in one query: a burst
+        // of first messages from new customers would otherwise cost a query each.
+        let mut inboxes: Vec<(Uuid, Uuid)> = events
+            .iter()
+            .filter_map(|(envelope, event)| match event {
+                Event::ConversationCreated(created) => Some((envelope.tenant.0, created.inbox_id)),
+                _ => None,
+            })
+            .collect();
+        inboxes.sort_unstable();
+        inboxes.dedup();
+        let known = store::inbox_routings(&self.db, &inboxes).await.map_err(store_down)?;
+        // In order: a conversation's creation, assignment and resolve must be seen as they happened.
+        for (envelope, event) in &events {
+            self.handle_event(envelope, event, &known).await?;
         }
         Ok(outcomes)
     }

@@ -3,8 +3,8 @@
 
 use chatdesk_core::EntryId;
 use chatdesk_core::events::{
-    Actor, ContactCreated, ConversationCreated, Direction, Event, MessageCreated, MessageStatus, MessageStatusChanged,
-    SenderKind,
+    Actor, ContactCreated, ContactUpdated, ConversationCreated, Direction, Event, MessageCreated, MessageStatus,
+    MessageStatusChanged, SenderKind,
 };
 use chatdesk_store::directory::{InboxKind, create_inbox, create_tenant};
 use chatdesk_store::writer::{StoredEvent, apply_events};
@@ -13,6 +13,7 @@ use uuid::Uuid;
 struct Fixture {
     pool: chatdesk_store::Pool,
     tenant: Uuid,
+    inbox: Uuid,
     conversation: Uuid,
     message: Uuid,
     next_offset: u64,
@@ -30,7 +31,7 @@ impl Fixture {
             .unwrap()
             .id;
         let (contact, conversation, message) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-        let mut fixture = Self { pool, tenant, conversation, message, next_offset: 1, _postgres: postgres };
+        let mut fixture = Self { pool, tenant, inbox, conversation, message, next_offset: 1, _postgres: postgres };
         let setup = vec![
             fixture.stored(
                 Uuid::now_v7(),
@@ -149,4 +150,55 @@ async fn an_event_pointing_into_nothing_is_a_data_error() {
     );
     let error = apply_events(&fixture.pool, &[orphan]).await.unwrap_err();
     assert!(!error.is_transient(), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_batch_of_new_contacts_keeps_the_first_of_an_identity_and_applies_later_changes() {
+    let mut fixture = Fixture::new().await;
+    let contact = |id: Uuid, external_id: &str, name: &str| {
+        Event::ContactCreated(ContactCreated {
+            contact_id: id,
+            inbox_id: fixture.inbox,
+            external_id: external_id.into(),
+            name: Some(name.into()),
+            email: None,
+        })
+    };
+    let (first, second, twin) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let events = [
+        contact(first, "15550000001", "First"),
+        contact(second, "15550000002", "Second"),
+        // The same channel identity again under another id: the first creation stands.
+        contact(twin, "15550000001", "Twin"),
+        Event::ContactUpdated(ContactUpdated {
+            contact_id: second,
+            name: Some("Second, renamed".into()),
+            email: Some("second@example.com".into()),
+            phone: None,
+            by: None,
+        }),
+    ];
+    let batch: Vec<StoredEvent> = events.into_iter().map(|event| fixture.stored(Uuid::now_v7(), event)).collect();
+    let applied = apply_events(&fixture.pool, &batch).await.unwrap();
+    assert_eq!(applied.fresh, 4);
+    let rows: Vec<(Uuid, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT id, external_id, name, email FROM contacts WHERE tenant_id = $1 AND external_id LIKE '1555000000%' \
+         ORDER BY external_id",
+    )
+    .bind(fixture.tenant)
+    .fetch_all(&fixture.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (first, "15550000001".to_owned(), Some("First".to_owned()), None),
+            (
+                second,
+                "15550000002".to_owned(),
+                Some("Second, renamed".to_owned()),
+                Some("second@example.com".to_owned())
+            ),
+        ]
+    );
 }
