@@ -117,8 +117,9 @@ pub async fn apply_events_with(pool: &PgPool, events: &[StoredEvent], rules: &Ru
     let fresh: Vec<&StoredEvent> =
         durable.iter().copied().filter(|stored| fresh_ids.contains(&stored.event_id)).collect();
     insert_contacts(&mut tx, &fresh).await?;
-    insert_conversations(&mut tx, &fresh).await?;
-    insert_messages(&mut tx, &fresh).await?;
+    let (messages, mut deltas) = plan_messages(&mut tx, &fresh).await?;
+    insert_conversations(&mut tx, &fresh, &mut deltas).await?;
+    insert_messages(&mut tx, messages, deltas).await?;
     update_statuses(&mut tx, &fresh).await?;
     apply_campaign_effects(&mut tx, &fresh, rules).await?;
     apply_conversation_changes(&mut tx, &fresh).await?;
@@ -268,35 +269,84 @@ struct NewContacts<'a> {
     times: Vec<i64>,
 }
 
-async fn insert_conversations(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEvent]) -> Result<(), StoreError> {
-    let (mut ids, mut tenants, mut inboxes, mut contacts, mut times) = (vec![], vec![], vec![], vec![], vec![]);
+/// New conversations, each with what this batch's messages make of its projection (last
+/// message, unread count): a conversation and its first messages usually arrive in one batch,
+/// and updating the row just inserted would write it, and its five index entries, twice. The
+/// deltas of the conversations inserted here are taken out of `deltas`; one that already
+/// existed (a replay) keeps its delta for the update.
+async fn insert_conversations(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[&StoredEvent],
+    deltas: &mut HashMap<Uuid, ProjectionDelta>,
+) -> Result<(), StoreError> {
+    let mut rows = NewConversations::default();
     for stored in events {
         if let Event::ConversationCreated(created) = &stored.event {
-            ids.push(created.conversation_id);
-            tenants.push(stored.tenant_id);
-            inboxes.push(created.inbox_id);
-            contacts.push(created.contact_id);
-            times.push(ms(stored.occurred_at_ms));
+            rows.ids.push(created.conversation_id);
+            rows.tenants.push(stored.tenant_id);
+            rows.inboxes.push(created.inbox_id);
+            rows.contacts.push(created.contact_id);
+            rows.times.push(ms(stored.occurred_at_ms));
+            let last = deltas.get(&created.conversation_id).and_then(|delta| delta.last.as_ref());
+            rows.last_ids.push(last.map(|(id, ..)| *id));
+            rows.last_texts.push(last.map(|(_, text, ..)| text.as_str()));
+            rows.last_times.push(last.map(|(_, _, at, _)| *at));
+            rows.last_offset_ms.push(last.map(|(.., offset)| ms(offset.millis)));
+            rows.last_offset_seq.push(last.map(|(.., offset)| ms(offset.sequence)));
+            rows.unread.push(deltas.get(&created.conversation_id).map_or(0, |delta| delta.unread));
         }
     }
-    if ids.is_empty() {
+    if rows.ids.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO conversations (id, tenant_id, inbox_id, contact_id, status, last_activity_at, created_at) \
-         SELECT c.id, c.tenant, c.inbox, c.contact, 'open', to_timestamp(c.at / 1000.0), to_timestamp(c.at / 1000.0) \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int8[]) AS c(id, tenant, inbox, contact, at) \
-         ON CONFLICT (id) DO NOTHING",
+    // A new row has no unread count to add to, and `greatest` skips a missing last message.
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO conversations (id, tenant_id, inbox_id, contact_id, status, last_message_id, last_message_text, \
+                                    last_message_at, last_message_offset_ms, last_message_offset_seq, \
+                                    last_activity_at, unread_count, created_at) \
+         SELECT c.id, c.tenant, c.inbox, c.contact, 'open', c.last_id, c.last_text, to_timestamp(c.last_at / 1000.0), \
+                c.off_ms, c.off_seq, greatest(to_timestamp(c.at / 1000.0), to_timestamp(c.last_at / 1000.0)), \
+                c.unread, to_timestamp(c.at / 1000.0) \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::int8[], $6::uuid[], $7::text[], $8::int8[], \
+                     $9::int8[], $10::int8[], $11::int4[]) \
+              AS c(id, tenant, inbox, contact, at, last_id, last_text, last_at, off_ms, off_seq, unread) \
+         ON CONFLICT (id) DO NOTHING \
+         RETURNING id",
     )
-    .bind(&ids)
-    .bind(&tenants)
-    .bind(&inboxes)
-    .bind(&contacts)
-    .bind(&times)
-    .execute(&mut **tx)
+    .bind(&rows.ids)
+    .bind(&rows.tenants)
+    .bind(&rows.inboxes)
+    .bind(&rows.contacts)
+    .bind(&rows.times)
+    .bind(&rows.last_ids)
+    .bind(&rows.last_texts)
+    .bind(&rows.last_times)
+    .bind(&rows.last_offset_ms)
+    .bind(&rows.last_offset_seq)
+    .bind(&rows.unread)
+    .fetch_all(&mut **tx)
     .await
     .map_err(StoreError::Query)?;
+    for conversation in inserted {
+        deltas.remove(&conversation);
+    }
     Ok(())
+}
+
+/// Column arrays for one multi-row conversation insert.
+#[derive(Default)]
+struct NewConversations<'a> {
+    ids: Vec<Uuid>,
+    tenants: Vec<Uuid>,
+    inboxes: Vec<Uuid>,
+    contacts: Vec<Uuid>,
+    times: Vec<i64>,
+    last_ids: Vec<Option<Uuid>>,
+    last_texts: Vec<Option<&'a str>>,
+    last_times: Vec<Option<i64>>,
+    last_offset_ms: Vec<Option<i64>>,
+    last_offset_seq: Vec<Option<i64>>,
+    unread: Vec<i32>,
 }
 
 /// The conversation projection's change from one batch.
@@ -309,7 +359,12 @@ struct ProjectionDelta {
     tenant: Uuid,
 }
 
-async fn insert_messages(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEvent]) -> Result<(), StoreError> {
+/// The batch's message rows, and what they change in each conversation's projection. Read
+/// before the batch's new conversations are inserted, which take their share of it.
+async fn plan_messages(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[&StoredEvent],
+) -> Result<(MessageColumns, HashMap<Uuid, ProjectionDelta>), StoreError> {
     let mut columns = MessageColumns::default();
     let mut deltas: HashMap<Uuid, ProjectionDelta> = HashMap::new();
     let applied = applied_offsets(tx, events).await?;
@@ -341,6 +396,15 @@ async fn insert_messages(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEv
             delta.last = Some((stored.event_id, message.text.clone(), ms(stored.occurred_at_ms), stored.offset));
         }
     }
+    Ok((columns, deltas))
+}
+
+/// The message rows, then the projection of every conversation that was not inserted with it.
+async fn insert_messages(
+    tx: &mut Transaction<'_, Postgres>,
+    columns: MessageColumns,
+    deltas: HashMap<Uuid, ProjectionDelta>,
+) -> Result<(), StoreError> {
     if columns.ids.is_empty() {
         return Ok(());
     }
@@ -368,6 +432,9 @@ async fn insert_messages(tx: &mut Transaction<'_, Postgres>, events: &[&StoredEv
         offset_seq.push(ms(offset.sequence));
         unread.push(delta.unread);
         reset.push(delta.reset);
+    }
+    if conversations.is_empty() {
+        return Ok(());
     }
     // `newer` guards the last-message columns: a batch never replaces a later message.
     sqlx::query(

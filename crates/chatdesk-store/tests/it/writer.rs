@@ -202,3 +202,79 @@ async fn a_batch_of_new_contacts_keeps_the_first_of_an_identity_and_applies_late
         ]
     );
 }
+
+#[tokio::test]
+async fn a_conversation_created_with_its_first_messages_shows_them_at_once() {
+    let mut fixture = Fixture::new().await;
+    let (contact, conversation) = (Uuid::now_v7(), Uuid::now_v7());
+    let inbound = |text: &str| {
+        Event::MessageCreated(MessageCreated {
+            conversation_id: conversation,
+            inbox_id: fixture.inbox,
+            contact_id: contact,
+            direction: Direction::Inbound,
+            sender: Actor { kind: SenderKind::Customer, id: None },
+            text: text.into(),
+            extra: None,
+            provider_message_id: None,
+            client_msg_id: None,
+            sent_at_ms: None,
+        })
+    };
+    let (hello, question) = (inbound("Hello"), inbound("Where is my order?"));
+    let events = [
+        Event::ContactCreated(ContactCreated {
+            contact_id: contact,
+            inbox_id: fixture.inbox,
+            external_id: "15559990000".into(),
+            name: None,
+            email: None,
+        }),
+        Event::ConversationCreated(ConversationCreated {
+            conversation_id: conversation,
+            inbox_id: fixture.inbox,
+            contact_id: contact,
+        }),
+        hello,
+        question,
+    ];
+    let batch: Vec<StoredEvent> = events.into_iter().map(|event| fixture.stored(Uuid::now_v7(), event)).collect();
+    apply_events(&fixture.pool, &batch).await.unwrap();
+    let projection = || async {
+        sqlx::query_as::<_, (Option<Uuid>, Option<String>, i32, bool, Option<i64>)>(
+            "SELECT last_message_id, last_message_text, unread_count, last_activity_at = last_message_at, \
+                    last_message_offset_ms FROM conversations WHERE id = $1",
+        )
+        .bind(conversation)
+        .fetch_one(&fixture.pool)
+        .await
+        .unwrap()
+    };
+    let last = &batch[3];
+    assert_eq!(
+        projection().await,
+        (Some(last.event_id), Some("Where is my order?".to_owned()), 2, true, Some(last.offset.millis as i64))
+    );
+
+    // The same batch again, its ledger rows lost (as after an operator's cleanup): the row is
+    // there already, and nothing is counted twice.
+    sqlx::query("DELETE FROM events WHERE conversation_id = $1 OR event_id = $2")
+        .bind(conversation)
+        .bind(batch[0].event_id)
+        .execute(&fixture.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM messages WHERE conversation_id = $1")
+        .bind(conversation)
+        .execute(&fixture.pool)
+        .await
+        .unwrap();
+    apply_events(&fixture.pool, &batch).await.unwrap();
+    assert_eq!(projection().await.2, 2, "a replay restores rows without counting them again");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE conversation_id = $1")
+        .bind(conversation)
+        .fetch_one(&fixture.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2);
+}
