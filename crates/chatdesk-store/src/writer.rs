@@ -5,7 +5,7 @@
 //! change anything else. A replay, a redelivery after a crash, or a claim of a slow writer's
 //! batch therefore changes nothing twice: not the message rows, not the unread counts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chatdesk_core::EntryId;
 use chatdesk_core::events::{Direction, Event, MessageStatus, SenderKind};
@@ -131,7 +131,7 @@ pub async fn apply_events_with(pool: &PgPool, events: &[StoredEvent], rules: &Ru
 async fn insert_ledger(
     tx: &mut Transaction<'_, Postgres>,
     events: &[&StoredEvent],
-) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+) -> Result<HashSet<Uuid>, StoreError> {
     let ids: Vec<Uuid> = events.iter().map(|stored| stored.event_id).collect();
     let tenants: Vec<Uuid> = events.iter().map(|stored| stored.tenant_id).collect();
     let types: Vec<&str> = events.iter().map(|stored| stored.event.event_type()).collect();
@@ -272,7 +272,7 @@ struct NewContacts<'a> {
 /// New conversations, each with what this batch's messages make of its projection (last
 /// message, unread count): a conversation and its first messages usually arrive in one batch,
 /// and updating the row just inserted would write it, and its five index entries, twice. The
-/// deltas of the conversations inserted here are taken out of `deltas`; one that already
+/// deltas the inserted rows carried are taken out of `deltas`; a conversation that already
 /// existed (a replay) keeps its delta for the update.
 async fn insert_conversations(
     tx: &mut Transaction<'_, Postgres>,
@@ -280,6 +280,10 @@ async fn insert_conversations(
     deltas: &mut HashMap<Uuid, ProjectionDelta>,
 ) -> Result<(), StoreError> {
     let mut rows = NewConversations::default();
+    // Conversations whose row carries their projection. Only a delta of the same tenant: a
+    // message naming another tenant's conversation fails on its own row's foreign key, and must
+    // not reach this one's projection first.
+    let mut carried = HashSet::new();
     for stored in events {
         if let Event::ConversationCreated(created) = &stored.event {
             rows.ids.push(created.conversation_id);
@@ -287,13 +291,17 @@ async fn insert_conversations(
             rows.inboxes.push(created.inbox_id);
             rows.contacts.push(created.contact_id);
             rows.times.push(ms(stored.occurred_at_ms));
-            let last = deltas.get(&created.conversation_id).and_then(|delta| delta.last.as_ref());
+            let delta = deltas.get(&created.conversation_id).filter(|delta| delta.tenant == stored.tenant_id);
+            if delta.is_some() {
+                carried.insert(created.conversation_id);
+            }
+            let last = delta.and_then(|delta| delta.last.as_ref());
             rows.last_ids.push(last.map(|(id, ..)| *id));
             rows.last_texts.push(last.map(|(_, text, ..)| text.as_str()));
             rows.last_times.push(last.map(|(_, _, at, _)| *at));
             rows.last_offset_ms.push(last.map(|(.., offset)| ms(offset.millis)));
             rows.last_offset_seq.push(last.map(|(.., offset)| ms(offset.sequence)));
-            rows.unread.push(deltas.get(&created.conversation_id).map_or(0, |delta| delta.unread));
+            rows.unread.push(delta.map_or(0, |delta| delta.unread));
         }
     }
     if rows.ids.is_empty() {
@@ -328,7 +336,9 @@ async fn insert_conversations(
     .await
     .map_err(StoreError::Query)?;
     for conversation in inserted {
-        deltas.remove(&conversation);
+        if carried.contains(&conversation) {
+            deltas.remove(&conversation);
+        }
     }
     Ok(())
 }

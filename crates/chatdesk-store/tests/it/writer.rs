@@ -278,3 +278,54 @@ async fn a_conversation_created_with_its_first_messages_shows_them_at_once() {
         .unwrap();
     assert_eq!(rows, 2);
 }
+
+#[tokio::test]
+async fn a_message_naming_another_tenants_new_conversation_never_reaches_its_projection() {
+    let mut fixture = Fixture::new().await;
+    let (contact, conversation) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut batch: Vec<StoredEvent> = [
+        Event::ContactCreated(ContactCreated {
+            contact_id: contact,
+            inbox_id: fixture.inbox,
+            external_id: "15558880000".into(),
+            name: None,
+            email: None,
+        }),
+        Event::ConversationCreated(ConversationCreated {
+            conversation_id: conversation,
+            inbox_id: fixture.inbox,
+            contact_id: contact,
+        }),
+    ]
+    .into_iter()
+    .map(|event| fixture.stored(Uuid::now_v7(), event))
+    .collect();
+    // Another tenant's message naming that conversation, under the id of a message row that
+    // exists already (its ledger row lost), so that the row's own foreign key is never checked.
+    sqlx::query("DELETE FROM events WHERE event_id = $1").bind(fixture.message).execute(&fixture.pool).await.unwrap();
+    let mut intruder = fixture.stored(
+        fixture.message,
+        Event::MessageCreated(MessageCreated {
+            conversation_id: conversation,
+            inbox_id: fixture.inbox,
+            contact_id: contact,
+            direction: Direction::Inbound,
+            sender: Actor { kind: SenderKind::Customer, id: None },
+            text: "not yours".into(),
+            extra: None,
+            provider_message_id: None,
+            client_msg_id: None,
+            sent_at_ms: None,
+        }),
+    );
+    intruder.tenant_id = Uuid::now_v7();
+    batch.push(intruder);
+    apply_events(&fixture.pool, &batch).await.unwrap();
+    let (last, unread): (Option<String>, i32) =
+        sqlx::query_as("SELECT last_message_text, unread_count FROM conversations WHERE id = $1")
+            .bind(conversation)
+            .fetch_one(&fixture.pool)
+            .await
+            .unwrap();
+    assert_eq!((last, unread), (None, 0));
+}
