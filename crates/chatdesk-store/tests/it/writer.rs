@@ -98,6 +98,40 @@ impl Fixture {
         self.stored(Uuid::now_v7(), event)
     }
 
+    /// A new customer's contact and conversation in the fixture's inbox.
+    fn new_customer(&self, contact: Uuid, conversation: Uuid, external_id: &str) -> [Event; 2] {
+        [
+            Event::ContactCreated(ContactCreated {
+                contact_id: contact,
+                inbox_id: self.inbox,
+                external_id: external_id.into(),
+                name: None,
+                email: None,
+            }),
+            Event::ConversationCreated(ConversationCreated {
+                conversation_id: conversation,
+                inbox_id: self.inbox,
+                contact_id: contact,
+            }),
+        ]
+    }
+
+    /// A customer's message in `conversation`.
+    fn inbound(&self, contact: Uuid, conversation: Uuid, text: &str) -> Event {
+        Event::MessageCreated(MessageCreated {
+            conversation_id: conversation,
+            inbox_id: self.inbox,
+            contact_id: contact,
+            direction: Direction::Inbound,
+            sender: Actor { kind: SenderKind::Customer, id: None },
+            text: text.into(),
+            extra: None,
+            provider_message_id: None,
+            client_msg_id: None,
+            sent_at_ms: None,
+        })
+    }
+
     async fn current(&self) -> (String, Option<String>) {
         sqlx::query_as("SELECT status, failure_reason FROM messages WHERE event_id = $1")
             .bind(self.message)
@@ -207,36 +241,12 @@ async fn a_batch_of_new_contacts_keeps_the_first_of_an_identity_and_applies_late
 async fn a_conversation_created_with_its_first_messages_shows_them_at_once() {
     let mut fixture = Fixture::new().await;
     let (contact, conversation) = (Uuid::now_v7(), Uuid::now_v7());
-    let inbound = |text: &str| {
-        Event::MessageCreated(MessageCreated {
-            conversation_id: conversation,
-            inbox_id: fixture.inbox,
-            contact_id: contact,
-            direction: Direction::Inbound,
-            sender: Actor { kind: SenderKind::Customer, id: None },
-            text: text.into(),
-            extra: None,
-            provider_message_id: None,
-            client_msg_id: None,
-            sent_at_ms: None,
-        })
-    };
-    let (hello, question) = (inbound("Hello"), inbound("Where is my order?"));
+    let [contact_created, conversation_created] = fixture.new_customer(contact, conversation, "15559990000");
     let events = [
-        Event::ContactCreated(ContactCreated {
-            contact_id: contact,
-            inbox_id: fixture.inbox,
-            external_id: "15559990000".into(),
-            name: None,
-            email: None,
-        }),
-        Event::ConversationCreated(ConversationCreated {
-            conversation_id: conversation,
-            inbox_id: fixture.inbox,
-            contact_id: contact,
-        }),
-        hello,
-        question,
+        contact_created,
+        conversation_created,
+        fixture.inbound(contact, conversation, "Hello"),
+        fixture.inbound(contact, conversation, "Where is my order?"),
     ];
     let batch: Vec<StoredEvent> = events.into_iter().map(|event| fixture.stored(Uuid::now_v7(), event)).collect();
     apply_events(&fixture.pool, &batch).await.unwrap();
@@ -283,41 +293,16 @@ async fn a_conversation_created_with_its_first_messages_shows_them_at_once() {
 async fn a_message_naming_another_tenants_new_conversation_never_reaches_its_projection() {
     let mut fixture = Fixture::new().await;
     let (contact, conversation) = (Uuid::now_v7(), Uuid::now_v7());
-    let mut batch: Vec<StoredEvent> = [
-        Event::ContactCreated(ContactCreated {
-            contact_id: contact,
-            inbox_id: fixture.inbox,
-            external_id: "15558880000".into(),
-            name: None,
-            email: None,
-        }),
-        Event::ConversationCreated(ConversationCreated {
-            conversation_id: conversation,
-            inbox_id: fixture.inbox,
-            contact_id: contact,
-        }),
-    ]
-    .into_iter()
-    .map(|event| fixture.stored(Uuid::now_v7(), event))
-    .collect();
+    let mut batch: Vec<StoredEvent> = fixture
+        .new_customer(contact, conversation, "15558880000")
+        .into_iter()
+        .map(|event| fixture.stored(Uuid::now_v7(), event))
+        .collect();
     // Another tenant's message naming that conversation, under the id of a message row that
     // exists already (its ledger row lost), so that the row's own foreign key is never checked.
     sqlx::query("DELETE FROM events WHERE event_id = $1").bind(fixture.message).execute(&fixture.pool).await.unwrap();
-    let mut intruder = fixture.stored(
-        fixture.message,
-        Event::MessageCreated(MessageCreated {
-            conversation_id: conversation,
-            inbox_id: fixture.inbox,
-            contact_id: contact,
-            direction: Direction::Inbound,
-            sender: Actor { kind: SenderKind::Customer, id: None },
-            text: "not yours".into(),
-            extra: None,
-            provider_message_id: None,
-            client_msg_id: None,
-            sent_at_ms: None,
-        }),
-    );
+    let intruder = fixture.inbound(contact, conversation, "not yours");
+    let mut intruder = fixture.stored(fixture.message, intruder);
     intruder.tenant_id = Uuid::now_v7();
     batch.push(intruder);
     apply_events(&fixture.pool, &batch).await.unwrap();
