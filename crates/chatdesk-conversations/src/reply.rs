@@ -84,14 +84,14 @@ impl Reply {
     ) -> Result<Accepted, ReplyError> {
         let text = text::message_text(text).map_err(ReplyError::Text)?;
         let client_msg_id = client_msg_id.map(text::client_msg_id).transpose().map_err(ReplyError::ClientMsgId)?;
-        let row = chatdesk_store::conversations::get_conversation(&self.db, tenant, conversation)
+        let (inbox, contact, status) = chatdesk_store::conversations::reply_target(&self.db, tenant, conversation)
             .await
             .map_err(ReplyError::Store)?
             .ok_or(ReplyError::NotFound)?;
-        if row.status == ConversationStatus::Blocked {
+        if status == ConversationStatus::Blocked {
             return Err(ReplyError::Blocked);
         }
-        let target = Target { tenant: TenantId(tenant), conversation, inbox: row.inbox_id, contact: row.contact_id };
+        let target = Target { tenant: TenantId(tenant), conversation, inbox, contact };
         self.append(target, sender, &text, client_msg_id, buttons).await.map_err(ReplyError::Append)
     }
 

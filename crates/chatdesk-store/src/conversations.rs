@@ -162,6 +162,25 @@ pub async fn list_conversations(
     Ok(rows.into_iter().map(conversation).collect())
 }
 
+/// Where a reply to the conversation goes and whether it may: `(inbox, contact, status)`. One
+/// row by its key, without the list's joins: every agent's and bot's reply asks it.
+pub async fn reply_target(
+    pool: &PgPool,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<Option<(Uuid, Uuid, ConversationStatus)>, StoreError> {
+    let row: Option<(Uuid, Uuid, String)> =
+        sqlx::query_as("SELECT inbox_id, contact_id, status FROM conversations WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(StoreError::Query)?;
+    Ok(row.map(|(inbox, contact, status)| {
+        (inbox, contact, ConversationStatus::parse(&status).unwrap_or(ConversationStatus::Open))
+    }))
+}
+
 pub async fn get_conversation(pool: &PgPool, tenant: Uuid, id: Uuid) -> Result<Option<ConversationRow>, StoreError> {
     let sql = format!(
         "SELECT {CONVERSATION_COLUMNS} FROM conversations c JOIN contacts k ON k.id = c.contact_id {PERSON_JOIN} \
