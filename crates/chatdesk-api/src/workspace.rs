@@ -702,10 +702,9 @@ async fn contact_of(state: &AppState, principal: &Principal, id: Uuid) -> Result
 
 async fn contact_detail(state: &AppState, principal: &Principal, row: ContactRow) -> Result<ContactDetail, ApiError> {
     let tenant = principal.tenant;
-    let identities = store::identities(&state.db, tenant, row.id).await.map_err(ApiError::store)?;
     let readable = readable_inboxes(state, principal).await?;
-    let conversations = store::contact_conversations(&state.db, tenant, row.id).await.map_err(ApiError::store)?;
-    let last_seen = store::last_seen(&state.db, tenant, row.id).await.map_err(ApiError::store)?;
+    let (identities, conversations, last_seen) =
+        store::contact_panel(&state.db, tenant, row.id).await.map_err(ApiError::store)?;
     Ok(ContactDetail {
         id: row.id,
         name: row.name,

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -295,15 +295,38 @@ pub struct IdentityRow {
     pub external_id: String,
 }
 
+/// A contact's conversations as [`contact_conversations`] lists them.
+pub type ContactConversation = (Uuid, Uuid, String, OffsetDateTime);
+
+/// [`identities`], [`contact_conversations`] and [`last_seen`] of one contact, read in one
+/// snapshot: a merge the writer commits between two separate reads would show the merged
+/// contact's conversations without its identity, or the other way round.
+pub async fn contact_panel(
+    pool: &PgPool,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<(Vec<IdentityRow>, Vec<ContactConversation>, Option<OffsetDateTime>), StoreError> {
+    let mut snapshot = pool.begin().await.map_err(StoreError::Query)?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *snapshot)
+        .await
+        .map_err(StoreError::Query)?;
+    let identities = identities(&mut *snapshot, tenant, id).await?;
+    let conversations = contact_conversations(&mut *snapshot, tenant, id).await?;
+    let last_seen = last_seen(&mut *snapshot, tenant, id).await?;
+    snapshot.commit().await.map_err(StoreError::Query)?;
+    Ok((identities, conversations, last_seen))
+}
+
 /// The channel identities of a contact: its own and those of the contacts merged into it.
-pub async fn identities(pool: &PgPool, tenant: Uuid, id: Uuid) -> Result<Vec<IdentityRow>, StoreError> {
+pub async fn identities(db: impl PgExecutor<'_>, tenant: Uuid, id: Uuid) -> Result<Vec<IdentityRow>, StoreError> {
     let rows: Vec<(Uuid, Uuid, String, String, String)> = sqlx::query_as(
         "SELECT k.id, k.inbox_id, i.name, i.kind, k.external_id FROM contacts k JOIN inboxes i ON i.id = k.inbox_id \
          WHERE k.tenant_id = $1 AND (k.id = $2 OR k.merged_into = $2) ORDER BY k.created_at",
     )
     .bind(tenant)
     .bind(id)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
     .map_err(StoreError::Query)?;
     Ok(rows
@@ -320,10 +343,10 @@ pub async fn identities(pool: &PgPool, tenant: Uuid, id: Uuid) -> Result<Vec<Ide
 
 /// A contact's conversations, newest activity first: `(id, inbox, status, last activity)`.
 pub async fn contact_conversations(
-    pool: &PgPool,
+    db: impl PgExecutor<'_>,
     tenant: Uuid,
     contact: Uuid,
-) -> Result<Vec<(Uuid, Uuid, String, OffsetDateTime)>, StoreError> {
+) -> Result<Vec<ContactConversation>, StoreError> {
     sqlx::query_as(
         "SELECT id, inbox_id, status, last_activity_at FROM conversations WHERE tenant_id = $1 AND contact_id IN ( \
            SELECT id FROM contacts WHERE tenant_id = $1 AND (id = $2 OR merged_into = $2)) \
@@ -331,13 +354,17 @@ pub async fn contact_conversations(
     )
     .bind(tenant)
     .bind(contact)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
     .map_err(StoreError::Query)
 }
 
 /// When the contact last wrote (its newest inbound message), if ever.
-pub async fn last_seen(pool: &PgPool, tenant: Uuid, contact: Uuid) -> Result<Option<OffsetDateTime>, StoreError> {
+pub async fn last_seen(
+    db: impl PgExecutor<'_>,
+    tenant: Uuid,
+    contact: Uuid,
+) -> Result<Option<OffsetDateTime>, StoreError> {
     sqlx::query_scalar(
         "SELECT max(m.created_at) FROM messages m JOIN conversations c ON c.id = m.conversation_id \
          WHERE c.tenant_id = $1 AND m.direction = 'inbound' AND c.contact_id IN ( \
@@ -345,7 +372,7 @@ pub async fn last_seen(pool: &PgPool, tenant: Uuid, contact: Uuid) -> Result<Opt
     )
     .bind(tenant)
     .bind(contact)
-    .fetch_one(pool)
+    .fetch_one(db)
     .await
     .map_err(StoreError::Query)
 }
