@@ -1,6 +1,7 @@
 //! Redis is killed (SIGKILL) and restarted (AOF, appendfsync always) while entries are appended
 //! and consumed: every acknowledged XADD is handled, none twice.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,14 +20,17 @@ async fn every_acknowledged_entry_is_handled_once_across_a_redis_crash() {
     let cancel = CancellationToken::new();
     let consumers = setup.spawn_recording(2, &record, &cancel);
 
-    // The producer keeps appending through the crash; only ids Redis acknowledged count.
+    // The producer keeps appending through the crash; only ids Redis acknowledged count. It
+    // goes on past ENTRIES until Redis is back, so the crash always falls inside its appends.
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let failures = Arc::new(Mutex::new(0u64));
+    let restarted = Arc::new(AtomicBool::new(false));
     let producer = {
-        let (setup, acknowledged, failures) = (setup.clone(), acknowledged.clone(), failures.clone());
+        let (setup, acknowledged, failures, restarted) =
+            (setup.clone(), acknowledged.clone(), failures.clone(), restarted.clone());
         tokio::spawn(async move {
             let mut sequence = 0;
-            while sequence < ENTRIES {
+            while sequence < ENTRIES || !restarted.load(Ordering::Relaxed) {
                 let entry = entry(sequence, false);
                 match setup.producer.append_to_partition("events", (sequence % 8) as u16, &entry).await {
                     Ok(_) => {
@@ -50,6 +54,7 @@ async fn every_acknowledged_entry_is_handled_once_across_a_redis_crash() {
     server.kill().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.restart().await.expect("redis restarts from its AOF");
+    restarted.store(true, Ordering::Relaxed);
 
     producer.await.unwrap();
     let acknowledged = acknowledged.lock().unwrap().clone();
