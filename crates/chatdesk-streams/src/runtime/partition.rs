@@ -21,7 +21,7 @@ use tracing::Instrument;
 use super::consumer::ensure_group;
 use super::{Batch, Handler, Outcome, Unavailable};
 use crate::dead_letter::dead_letter_pending;
-use crate::entry::{Envelope, ReadError, now_ms, value_text};
+use crate::entry::{Envelope, ReadError, now_ms};
 use crate::metrics;
 
 const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -50,8 +50,9 @@ struct RawEntry {
 enum Body {
     /// A pending entry deleted from the stream (XDEL or trim) before it was handled.
     Deleted,
-    /// An envelope, and any fields it does not carry (kept for a dead letter).
-    Decoded { envelope: Envelope, extra: Fields },
+    /// An envelope under its parsed id, and any fields it does not carry (kept for a dead
+    /// letter).
+    Decoded { id: EntryId, envelope: Envelope, extra: Fields },
     /// Fields that are not an envelope, kept as read for the dead letter.
     Undecodable { fields: Fields, error: ReadError },
 }
@@ -69,7 +70,7 @@ impl Body {
     fn into_original(self) -> Fields {
         match self {
             Body::Deleted => Vec::new(),
-            Body::Decoded { envelope, extra } => original_fields(&envelope, &extra),
+            Body::Decoded { envelope, extra, .. } => original_fields(&envelope, &extra),
             Body::Undecodable { fields, .. } => fields,
         }
     }
@@ -621,46 +622,35 @@ impl<H: Handler> PartitionWorker<H> {
         let mut to_handle: Vec<(String, u64, Fields)> = Vec::with_capacity(entries.len());
         let mut decoded = Vec::with_capacity(entries.len());
         let mut to_dead_letter: Vec<Doomed> = Vec::new();
-        for raw in entries {
-            let RawEntry { id, body, delivery_count } = raw;
-            if matches!(body, Body::Deleted) {
-                // Deleted from the stream (XDEL or trim) while pending: nothing left to handle.
-                ::metrics::counter!(metrics::ENTRIES_LOST_TOTAL, &self.labels).increment(1);
-                tracing::error!(stream = %self.keys.family, group = %self.group, id = %id, "pending entry no longer exists");
-                self.put_back.remove(&id);
-                self.unacked.push(id);
-                continue;
-            }
-            if delivery_count > max_deliveries {
-                let error = self.last_errors.remove(&id).unwrap_or_else(|| {
-                    format!(
-                        "delivered {} times without being acknowledged (consumers failed or crashed)",
-                        delivery_count - 1
-                    )
-                });
-                to_dead_letter.push(Doomed { original: body.into_original(), id, delivery_count, error });
-                continue;
-            }
-            match body {
-                Body::Decoded { envelope, extra } => match id.parse::<EntryId>() {
-                    Ok(entry_id) => {
-                        decoded.push(Entry { id: entry_id, partition: self.keys.partition, delivery_count, envelope });
-                        to_handle.push((id, delivery_count, extra));
-                    }
-                    Err(_) => {
-                        let error = format!("cannot decode entry: {}", ReadError::Id(id.clone()));
-                        let original = original_fields(&envelope, &extra);
-                        to_dead_letter.push(Doomed { id, delivery_count, original, error });
-                    }
-                },
-                Body::Undecodable { fields, error } => to_dead_letter.push(Doomed {
-                    id,
-                    delivery_count,
-                    original: fields,
-                    error: format!("cannot decode entry: {error}"),
-                }),
-                Body::Deleted => unreachable!("handled above"),
-            }
+        for RawEntry { id, body, delivery_count } in entries {
+            let (entry_id, envelope, extra) = match body {
+                Body::Deleted => {
+                    // Deleted from the stream (XDEL or trim) while pending: nothing left to handle.
+                    ::metrics::counter!(metrics::ENTRIES_LOST_TOTAL, &self.labels).increment(1);
+                    tracing::error!(stream = %self.keys.family, group = %self.group, id = %id, "pending entry no longer exists");
+                    self.put_back.remove(&id);
+                    self.unacked.push(id);
+                    continue;
+                }
+                body if delivery_count > max_deliveries => {
+                    let error = self.last_errors.remove(&id).unwrap_or_else(|| {
+                        format!(
+                            "delivered {} times without being acknowledged (consumers failed or crashed)",
+                            delivery_count - 1
+                        )
+                    });
+                    to_dead_letter.push(Doomed { original: body.into_original(), id, delivery_count, error });
+                    continue;
+                }
+                Body::Undecodable { fields, error } => {
+                    let error = format!("cannot decode entry: {error}");
+                    to_dead_letter.push(Doomed { id, delivery_count, original: fields, error });
+                    continue;
+                }
+                Body::Decoded { id: entry_id, envelope, extra } => (entry_id, envelope, extra),
+            };
+            decoded.push(Entry { id: entry_id, partition: self.keys.partition, delivery_count, envelope });
+            to_handle.push((id, delivery_count, extra));
         }
 
         let (mut done, mut retried) = (0u64, 0u64);
@@ -908,11 +898,11 @@ fn entries_of(value: Value) -> Result<Vec<RawEntry>, Error> {
                 if flat.len() % 2 != 0 {
                     return Err(unexpected_reply("entry fields"));
                 }
-                body_of(|| flat.chunks_exact(2).map(|pair| (text_of(&pair[0]), text_of(&pair[1]))))
+                body_of(&id, || flat.chunks_exact(2).map(|pair| (text_of(&pair[0]), text_of(&pair[1]))))
             }
             Some(Value::Map(map)) => {
                 let map: Vec<(fred::types::Key, Value)> = map.inner().into_iter().collect();
-                body_of(|| map.iter().map(|(field, value)| (field.as_str_lossy(), text_of(value))))
+                body_of(&id, || map.iter().map(|(field, value)| (field.as_str_lossy(), text_of(value))))
             }
             // A pending entry deleted from the stream.
             Some(Value::Null) => Body::Deleted,
@@ -923,9 +913,9 @@ fn entries_of(value: Value) -> Result<Vec<RawEntry>, Error> {
     Ok(entries)
 }
 
-/// An entry's fields, borrowed from the reply (walked once to decode, and again only for fields
-/// the envelope does not carry, or to keep them all when they are not an envelope).
-fn body_of<'a, I>(pairs: impl Fn() -> I) -> Body
+/// Entry `id`'s fields, borrowed from the reply (walked once to decode, and again only for
+/// fields the envelope does not carry, or to keep them all when they are not an envelope).
+fn body_of<'a, I>(id: &str, pairs: impl Fn() -> I) -> Body
 where
     I: Iterator<Item = (Cow<'a, str>, Cow<'a, str>)>,
 {
@@ -933,23 +923,24 @@ where
         return Body::Deleted;
     }
     let owned = |(field, value): (Cow<'a, str>, Cow<'a, str>)| (field.into_owned(), value.into_owned());
-    match Envelope::decode(pairs()) {
-        Ok(envelope) => Body::Decoded {
+    let decoded = id
+        .parse::<EntryId>()
+        .map_err(|_| ReadError::Id(id.to_owned()))
+        .and_then(|entry_id| Ok((entry_id, Envelope::decode(pairs())?)));
+    match decoded {
+        Ok((id, envelope)) => Body::Decoded {
+            id,
             envelope,
             extra: pairs().filter(|(field, _)| !FIELDS.contains(&field.as_ref())).map(owned).collect(),
         },
-        Err(error) => Body::Undecodable { fields: pairs().map(owned).collect(), error: error.into() },
+        Err(error) => Body::Undecodable { fields: pairs().map(owned).collect(), error },
     }
 }
 
 /// A reply value as text, borrowed when it is UTF-8 (binary data decoded lossily rather than
 /// failing the read).
 fn text_of(value: &Value) -> Cow<'_, str> {
-    match value {
-        Value::String(text) => Cow::Borrowed(&**text),
-        Value::Bytes(bytes) => String::from_utf8_lossy(bytes),
-        other => Cow::Owned(value_text(other)),
-    }
+    value.as_str_lossy().unwrap_or_default()
 }
 
 fn unexpected_reply(what: &str) -> Error {
@@ -1004,7 +995,8 @@ mod tests {
             Value::Array(vec![Value::Array(vec![text("4-0"), Value::Array(flat)])]),
         ])]);
         let entries = read_reply_entries(reply).unwrap();
-        let Body::Decoded { envelope: read, extra } = &entries[0].body else { panic!("an envelope") };
+        let Body::Decoded { id, envelope: read, extra } = &entries[0].body else { panic!("an envelope") };
+        assert_eq!(id.to_string(), "4-0");
         assert_eq!(read, &envelope);
         assert_eq!(extra, &[("trace".to_owned(), "abc".to_owned())]);
         let mut appended: Vec<(String, String)> =
