@@ -578,22 +578,7 @@ pub struct RoutingRow {
 }
 
 pub async fn inbox_routing(pool: &PgPool, tenant: Uuid, inbox: Uuid) -> Result<Option<RoutingRow>, StoreError> {
-    let row: Option<(String, i32, Option<i32>, Vec<Uuid>)> = sqlx::query_as(
-        "SELECT i.assignment, i.agent_capacity, i.reassign_after_seconds, \
-                COALESCE(ARRAY(SELECT m.user_id FROM inbox_members m WHERE m.inbox_id = i.id ORDER BY m.user_id), '{}') \
-         FROM inboxes i WHERE i.tenant_id = $1 AND i.id = $2",
-    )
-    .bind(tenant)
-    .bind(inbox)
-    .fetch_optional(pool)
-    .await
-    .map_err(StoreError::Query)?;
-    Ok(row.map(|(mode, agent_capacity, reassign_after_seconds, members)| RoutingRow {
-        mode,
-        agent_capacity,
-        reassign_after_seconds,
-        members,
-    }))
+    Ok(inbox_routings(pool, &[(tenant, inbox)]).await?.remove(&(tenant, inbox)).flatten())
 }
 
 /// [`inbox_routing`] of many inboxes in one query, by `(tenant, inbox)`; an inbox that does not
