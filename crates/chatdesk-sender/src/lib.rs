@@ -39,7 +39,10 @@
 //! provider call, the record together with the slots' release and a `sent` status, and the
 //! removal: three Redis round trips, two without limits. A failed ending appends its status
 //! between its record and the removal: one round trip more. A campaign's message also reads
-//! its campaign's state, at most every 200 ms per campaign and process.
+//! its campaign's state, at most every 200 ms per campaign and process. The removal also leases
+//! the conversation's next message to the same task, which delivers it at once: a conversation
+//! with messages waiting pays no lease round trip, nor a wait for its partition's loop, between
+//! one message and the next.
 
 pub mod job;
 pub mod limits;
@@ -70,7 +73,7 @@ use uuid::Uuid;
 use crate::job::{Ending, Job, SendRequest};
 use crate::limits::{Bucket, BucketKind, Limit, Limiter, Limits, Priority};
 use crate::providers::{CallOutcome, Endpoints, Outbound, Providers, provider_name};
-use crate::queue::{Leased, Queue};
+use crate::queue::{Finished, Following, Leased, Queue};
 
 /// The consumer group of the send stream.
 pub const GROUP: &str = "sender";
@@ -78,6 +81,9 @@ pub const GROUP: &str = "sender";
 pub const STREAM: &str = SEND_STREAM;
 
 const LEASE_BATCH: usize = 50;
+/// Deliveries a process keeps at once per provider call it may make: a delivery gives its call
+/// permit back when the provider answers, and records the answer while the next call goes out.
+const DELIVERIES_PER_CALL: usize = 4;
 /// How often an idle partition looks for jobs other processes made due.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 const QUEUE_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
@@ -171,7 +177,8 @@ impl Drop for InFlight {
 
 #[derive(Debug, Clone)]
 pub struct SenderSettings {
-    /// Deliveries one process works on at once, over all partitions.
+    /// Provider calls one process makes at once, over all partitions. A delivery holds one for
+    /// its call only: recording the answer does not keep the next call waiting.
     pub concurrency: usize,
     /// Failed attempts (5xx, timeout, connection error) before a message is dead-lettered.
     pub max_attempts: u32,
@@ -213,6 +220,10 @@ pub enum SenderError {
     Http(#[from] reqwest::Error),
 }
 
+/// The conversation's next job, leased by the call that finished the last one: the same task
+/// delivers it next, without a lease round trip.
+type Next = Option<Leased>;
+
 /// A failure that leaves the job where it is (its lease runs out and it is tried again).
 #[derive(Debug, thiserror::Error)]
 enum DeliverError {
@@ -241,7 +252,10 @@ struct Inner {
     holder: String,
     partitions: u16,
     wake: Vec<Notify>,
-    permits: Arc<Semaphore>,
+    /// Provider calls in flight (`concurrency`).
+    calls: Arc<Semaphore>,
+    /// Deliveries under way, calling or recording (see [`DELIVERIES_PER_CALL`]).
+    deliveries: Arc<Semaphore>,
     inboxes: Mutex<HashMap<Uuid, CachedInbox>>,
     /// Contacts' provider ids (they never change once a contact exists).
     recipients: Mutex<HashMap<(Uuid, Uuid), String>>,
@@ -278,7 +292,8 @@ impl Sender {
             node,
             partitions,
             wake: (0..partitions).map(|_| Notify::new()).collect(),
-            permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            calls: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            deliveries: Arc::new(Semaphore::new(settings.concurrency.max(1).saturating_mul(DELIVERIES_PER_CALL))),
             settings,
             inboxes: Mutex::new(HashMap::new()),
             recipients: Mutex::new(HashMap::new()),
@@ -414,13 +429,22 @@ impl Inner {
         Ok(state)
     }
 
+    /// A delivery's permits: its place among the deliveries, then a call. Never the other way
+    /// round, so a delivery waiting for a call (the next of its conversation) never waits on one
+    /// that holds a call and waits for a place.
+    async fn permits(&self) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+        let delivery = self.deliveries.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let call = self.calls.clone().acquire_owned().await.expect("the semaphore is never closed");
+        (delivery, call)
+    }
+
     async fn run_partition(self: Arc<Self>, partition: u16, cancel: CancellationToken, tracker: TaskTracker) {
         let lease_ms = self.settings.lease().as_millis() as u64;
         let mut gauge_at = Instant::now();
         let mut errors = 0u32;
         loop {
-            let permit = tokio::select! {
-                permit = self.permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            let permits = tokio::select! {
+                permits = self.permits() => permits,
                 _ = cancel.cancelled() => return,
             };
             if Instant::now() >= gauge_at {
@@ -429,7 +453,8 @@ impl Inner {
                     ::metrics::gauge!(metrics::QUEUED_JOBS, "partition" => partition.to_string()).set(queued as f64);
                 }
             }
-            let want = (1 + self.permits.available_permits()).min(LEASE_BATCH);
+            let free = self.calls.available_permits().min(self.deliveries.available_permits());
+            let want = (1 + free).min(LEASE_BATCH);
             let started = Instant::now();
             let leased = self.queue.lease(partition, want, lease_ms, &self.holder).await;
             step("lease", started);
@@ -441,7 +466,7 @@ impl Inner {
                 Err(error) => {
                     errors += 1;
                     tracing::warn!(partition, error = %error, "cannot lease deliveries");
-                    drop(permit);
+                    drop(permits);
                     let pause = backoff(Duration::from_millis(200), errors).min(Duration::from_secs(5));
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
@@ -451,17 +476,17 @@ impl Inner {
                 }
             };
             if leased.is_empty() {
-                drop(permit);
+                drop(permits);
                 self.wait_for_work(partition, &cancel).await;
                 continue;
             }
-            let mut permit = Some(permit);
+            let mut permits = Some(permits);
             for job in leased {
-                let permit = match permit.take() {
-                    Some(permit) => permit,
-                    None => self.permits.clone().acquire_owned().await.expect("the semaphore is never closed"),
+                let (delivery, call) = match permits.take() {
+                    Some(permits) => permits,
+                    None => self.permits().await,
                 };
-                tracker.spawn(self.clone().process(job, permit));
+                tracker.spawn(self.clone().process(job, delivery, call, cancel.clone()));
             }
         }
     }
@@ -479,18 +504,58 @@ impl Inner {
         }
     }
 
-    async fn process(self: Arc<Self>, mut leased: Leased, _permit: OwnedSemaphorePermit) {
-        ::metrics::gauge!(metrics::IN_FLIGHT).increment(1.0);
-        let span = tracing::info_span!(
-            "delivery",
-            message = %leased.job.request.message_id,
-            conversation = %leased.job.request.conversation_id,
-            attempt = leased.job.attempts + 1,
-        );
-        if let Err(error) = self.deliver(&mut leased).instrument(span).await {
-            tracing::warn!(message = %leased.job.request.message_id, error = %error, "delivery not recorded; it will be tried again");
+    /// Delivers `leased`, then each next job of its conversation that finishing the last one
+    /// leased to this task, each with a call permit of its own.
+    async fn process(
+        self: Arc<Self>,
+        mut leased: Leased,
+        _delivery: OwnedSemaphorePermit,
+        call: OwnedSemaphorePermit,
+        cancel: CancellationToken,
+    ) {
+        let mut call = Some(call);
+        loop {
+            let permit = match call.take() {
+                Some(permit) => Some(permit),
+                None => tokio::select! {
+                    permit = self.calls.clone().acquire_owned() => Some(permit.expect("the semaphore is never closed")),
+                    _ = cancel.cancelled() => None,
+                },
+            };
+            let Some(permit) = permit else {
+                self.give_back(&leased).await;
+                return;
+            };
+            ::metrics::gauge!(metrics::IN_FLIGHT).increment(1.0);
+            let span = tracing::info_span!(
+                "delivery",
+                message = %leased.job.request.message_id,
+                conversation = %leased.job.request.conversation_id,
+                attempt = leased.job.attempts + 1,
+            );
+            let next = match self.deliver(&mut leased, permit).instrument(span).await {
+                Ok(next) => next,
+                Err(error) => {
+                    tracing::warn!(message = %leased.job.request.message_id, error = %error, "delivery not recorded; it will be tried again");
+                    None
+                }
+            };
+            ::metrics::gauge!(metrics::IN_FLIGHT).decrement(1.0);
+            let Some(next) = next else { return };
+            if cancel.is_cancelled() {
+                self.give_back(&next).await;
+                return;
+            }
+            leased = next;
         }
-        ::metrics::gauge!(metrics::IN_FLIGHT).decrement(1.0);
+    }
+
+    /// Stopping: a job leased to this task goes back to the queue now rather than when its lease
+    /// ends.
+    async fn give_back(&self, leased: &Leased) {
+        if let Err(error) = self.queue.update(leased, Some(0)).await {
+            tracing::warn!(message = %leased.job.request.message_id, error = %error, "cannot give back a leased job; it is leased again when its lease ends");
+        }
     }
 
     /// The inbox, if it exists in the job's tenant (cached briefly).
@@ -521,7 +586,8 @@ impl Inner {
         Ok(to)
     }
 
-    async fn deliver(&self, leased: &mut Leased) -> Result<(), DeliverError> {
+    /// One delivery; `call` is given back as soon as the provider answers.
+    async fn deliver(&self, leased: &mut Leased, call: OwnedSemaphorePermit) -> Result<Next, DeliverError> {
         if let Some(ending) = leased.job.ending.clone() {
             // Recorded before a crash: finish without calling the provider again.
             return self.conclude(leased, ending, "unknown").await;
@@ -573,7 +639,7 @@ impl Inner {
                 Some("paused") => {
                     ::metrics::counter!(metrics::CAMPAIGN_HELD_TOTAL, "provider" => provider).increment(1);
                     self.queue.update(leased, Some(CAMPAIGN_PAUSE_POLL.as_millis() as u64)).await?;
-                    return Ok(());
+                    return Ok(None);
                 }
                 Some("cancelled") => {
                     let ending = Ending::Failed {
@@ -592,10 +658,10 @@ impl Inner {
         // Past its share of the permits (see `InFlight`), an inbox's job waits briefly for one of
         // its calls to return, then goes back to the queue.
         let concurrency = self.settings.concurrency;
-        let Some(_in_flight) = InFlight::wait(&self.in_flight, inbox.id, concurrency, INBOX_BUSY_RETRY).await else {
+        let Some(in_flight) = InFlight::wait(&self.in_flight, inbox.id, concurrency, INBOX_BUSY_RETRY).await else {
             ::metrics::counter!(metrics::INBOX_BUSY_TOTAL).increment(1);
             self.queue.update(leased, Some(INBOX_BUSY_RETRY.as_millis() as u64)).await?;
-            return Ok(());
+            return Ok(None);
         };
         // Unique per try: the lease token is.
         let member = format!("{}:{}", job.request.message_id, leased.token);
@@ -616,7 +682,7 @@ impl Inner {
                 self.queue.update(leased, Some(wait.as_millis() as u64)).await?;
                 // The partition's loop may be asleep until a later due time: let it see this one.
                 self.wake[usize::from(leased.partition)].notify_one();
-                return Ok(());
+                return Ok(None);
             }
         };
 
@@ -629,6 +695,8 @@ impl Inner {
         ::metrics::histogram!(metrics::PROVIDER_LATENCY_SECONDS, "provider" => provider)
             .record(started.elapsed().as_secs_f64());
         step("call", started);
+        // The call is over: the next one may go out while this answer is recorded.
+        drop((call, in_flight));
         // Giving the slots back and recording the outcome touch different keys: they go together.
         let (released, recorded) =
             tokio::join!(self.limiter.release(&taken), self.record_outcome(leased, delivery, &buckets, provider));
@@ -646,7 +714,7 @@ impl Inner {
         leased: &mut Leased,
         provider_message_id: Option<String>,
         provider: &'static str,
-    ) -> Result<(), DeliverError> {
+    ) -> Result<Next, DeliverError> {
         let ending = Ending::Sent { provider_message_id };
         leased.job.ending = Some(ending.clone());
         let started = Instant::now();
@@ -657,7 +725,7 @@ impl Inner {
             // Another sender holds the job: it finishes it. The status appended here is true (this
             // call was accepted) and carries the id that sender's `sent` would have.
             ::metrics::counter!(metrics::LEASES_LOST_TOTAL).increment(1);
-            return Ok(());
+            return Ok(None);
         }
         appended?;
         self.remove(leased, &ending, provider).await
@@ -670,7 +738,7 @@ impl Inner {
         delivery: CallOutcome,
         buckets: &[Bucket],
         provider: &'static str,
-    ) -> Result<(), DeliverError> {
+    ) -> Result<Next, DeliverError> {
         let outcome = match &delivery {
             CallOutcome::Sent { .. } => "sent",
             CallOutcome::Throttled { .. } => "throttled",
@@ -705,7 +773,7 @@ impl Inner {
                     tokio::join!(pause_bucket, self.queue.update(leased, Some(pause.as_millis() as u64)));
                 updated?;
                 paused?;
-                Ok(())
+                Ok(None)
             }
             CallOutcome::Transient { reason, retry_after } => {
                 leased.job.failures += 1;
@@ -717,34 +785,34 @@ impl Inner {
                 let delay = backoff(self.settings.backoff, leased.job.failures).max(retry_after.unwrap_or_default());
                 leased.job.last_error = Some(reason);
                 self.queue.update(leased, Some(delay.as_millis() as u64)).await?;
-                Ok(())
+                Ok(None)
             }
         }
     }
 
     /// Tries the job again later without counting an attempt (a dependency of ours failed).
-    async fn postpone(&self, leased: &mut Leased, delay: Duration, why: &str) -> Result<(), DeliverError> {
+    async fn postpone(&self, leased: &mut Leased, delay: Duration, why: &str) -> Result<Next, DeliverError> {
         tracing::warn!(error = %why, "cannot prepare a delivery, postponing it");
         self.queue.update(leased, Some(delay.as_millis() as u64)).await?;
-        Ok(())
+        Ok(None)
     }
 
     /// Records how the job ended, then concludes it. For a failed ending (and any ending without
     /// a provider call) the record comes before the status, see the crate docs.
-    async fn end(&self, leased: &mut Leased, ending: Ending, provider: &'static str) -> Result<(), DeliverError> {
+    async fn end(&self, leased: &mut Leased, ending: Ending, provider: &'static str) -> Result<Next, DeliverError> {
         leased.job.ending = Some(ending.clone());
         let started = Instant::now();
         let recorded = self.queue.update(leased, None).await?;
         step("record", started);
         if !recorded {
             ::metrics::counter!(metrics::LEASES_LOST_TOTAL).increment(1);
-            return Ok(());
+            return Ok(None);
         }
         self.conclude(leased, ending, provider).await
     }
 
     /// Appends the status event, then removes the job (dead-lettering it when it gave up).
-    async fn conclude(&self, leased: &Leased, ending: Ending, provider: &'static str) -> Result<(), DeliverError> {
+    async fn conclude(&self, leased: &Leased, ending: Ending, provider: &'static str) -> Result<Next, DeliverError> {
         // A sender that dies after this append and before the removal leaves the job to be
         // concluded again, and its status appended again under the same event id: appended
         // once, so no socket shows it twice.
@@ -772,9 +840,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Removes the job whose status is appended (dead-lettering it when it gave up) and readies
-    /// its conversation's next one.
-    async fn remove(&self, leased: &Leased, ending: &Ending, provider: &'static str) -> Result<(), DeliverError> {
+    /// Removes the job whose status is appended (dead-lettering it when it gave up) and leases
+    /// its conversation's next one to this task.
+    async fn remove(&self, leased: &Leased, ending: &Ending, provider: &'static str) -> Result<Next, DeliverError> {
         let job = &leased.job;
         if job_is_campaign(job) {
             let result = match ending {
@@ -792,19 +860,26 @@ impl Inner {
         };
         let letter = dead_letter_reason.map(|error| dead_letter(job, leased.partition, error, &self.node));
         let started = Instant::now();
-        let finished = self.queue.finish(leased, letter.as_ref()).await?;
+        let lease = (self.settings.lease().as_millis() as u64, self.holder.as_str());
+        let finished = self.queue.finish(leased, letter.as_ref(), Some(lease)).await?;
         step("finish", started);
-        if !finished {
+        let Finished::Done(following) = finished else {
             ::metrics::counter!(metrics::LEASES_LOST_TOTAL).increment(1);
-            return Ok(());
-        }
+            return Ok(None);
+        };
         if dead_letter_reason.is_some() {
             ::metrics::counter!(metrics::DEAD_LETTERS_TOTAL, "provider" => provider).increment(1);
             tracing::warn!(message = %job.request.message_id, attempts = job.attempts, "delivery dead-lettered");
         }
-        // The conversation's next message (if any) is ready now.
-        self.wake[usize::from(leased.partition)].notify_one();
-        Ok(())
+        Ok(match following {
+            Following::Leased(next) => Some(*next),
+            Following::Readied => {
+                // Due now for any sender, and this partition's loop may be asleep.
+                self.wake[usize::from(leased.partition)].notify_one();
+                None
+            }
+            Following::None => None,
+        })
     }
 }
 

@@ -15,7 +15,9 @@
 //!   another sender now holds.
 //! - *Finishing* removes the job, leaves a `done` marker (so a redelivered stream entry is not
 //!   admitted again), readies the lane's next job, and dead-letters the job to `dlq.send` when
-//!   asked, all at once.
+//!   asked, all at once. A finishing sender may take the next job's lease in the same call:
+//!   a busy conversation's messages then follow each other without a lease round trip between
+//!   them, as a worker of a job queue takes its next job when it reports the last one done.
 //!
 //! Times come from Redis (`TIME`), so every sender process agrees on them.
 
@@ -88,21 +90,30 @@ return 1
 
 const FINISH: &str = r#"
 if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then
-  return 0
+  return {'lost'}
 end
 if ARGV[4] == '1' then
-  dead_letter(KEYS[6], 5)
+  dead_letter(KEYS[6], 7)
 end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('SET', KEYS[5], '1', 'EX', tonumber(ARGV[3]))
-local next = redis.call('ZRANGE', KEYS[4], 0, 0)
-if next[1] then
-  redis.call('ZADD', KEYS[1], now, next[1])
+local following = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
+if not following then
+  return {'done'}
 end
-return 1
+if ARGV[5] ~= '' then
+  local job = redis.call('HGET', KEYS[2], following)
+  if job then
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[5]), following)
+    redis.call('HSET', KEYS[3], following, ARGV[6])
+    return {'done', following, ARGV[6], job}
+  end
+end
+redis.call('ZADD', KEYS[1], now, following)
+return {'done', following}
 "#;
 
 const NEXT_DUE: &str = r#"
@@ -119,6 +130,26 @@ pub struct Leased {
     pub partition: u16,
     pub token: String,
     pub job: Job,
+}
+
+/// What finishing a job did.
+#[derive(Debug)]
+pub enum Finished {
+    /// Nothing: the lease was lost, another sender holds the job now.
+    Lost,
+    /// The job is gone; its conversation's next job, if any, is as [`Following`] says.
+    Done(Following),
+}
+
+/// The conversation's next job after a finished one.
+#[derive(Debug)]
+pub enum Following {
+    /// The conversation has no other job queued.
+    None,
+    /// Due now, for any sender to lease.
+    Readied,
+    /// Leased to the finishing sender, which asked for it.
+    Leased(Box<Leased>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -252,25 +283,50 @@ impl Queue {
     }
 
     /// Removes the finished job (dead-lettering it when `dead_letter` is given) and readies the
-    /// next job of its conversation. `false`: the lease was lost.
-    pub async fn finish(&self, leased: &Leased, dead_letter: Option<&DeadLetter>) -> Result<bool, Error> {
+    /// next job of its conversation, or with `lease` (`(lease_ms, holder)`, as for
+    /// [`Queue::lease`]) leases it to the caller.
+    pub async fn finish(
+        &self,
+        leased: &Leased,
+        dead_letter: Option<&DeadLetter>,
+        lease: Option<(u64, &str)>,
+    ) -> Result<Finished, Error> {
         let keys = self.partition_keys(leased.partition);
         let job = &leased.job;
+        let (lease_ms, token) = match lease {
+            Some((lease_ms, holder)) => (lease_ms.to_string(), format!("{holder}:{}", Uuid::new_v4().simple())),
+            None => (String::new(), String::new()),
+        };
         let leading = vec![
             job.id().to_string(),
             leased.token.clone(),
             DONE_TTL_SECONDS.to_string(),
             if dead_letter.is_some() { "1" } else { "0" }.to_owned(),
+            lease_ms,
+            token,
         ];
         let args = match dead_letter {
             Some(letter) => dead_letter::arguments(leading, letter),
             None => leading,
         };
         let (lane, done) = (Self::lane(&keys, job.request.conversation_id), Self::done(&keys, job.id()));
-        let finished: i64 = FINISH_SCRIPT
+        let reply: Vec<String> = FINISH_SCRIPT
             .call(&self.redis, vec![keys.ready, keys.jobs, keys.leases, lane, done, keys.dead_letters], args)
             .await?;
-        Ok(finished == 1)
+        let partition = leased.partition;
+        Ok(match reply.as_slice() {
+            [state] if state == "done" => Finished::Done(Following::None),
+            [state, _] if state == "done" => Finished::Done(Following::Readied),
+            [state, id, token, job] if state == "done" => match serde_json::from_str(job) {
+                Ok(job) => Finished::Done(Following::Leased(Box::new(Leased { partition, token: token.clone(), job }))),
+                // Finished all the same; the leasing loop reports the broken job when its lease ends.
+                Err(error) => {
+                    tracing::warn!(partition, id = %id, error = %error, "the conversation's next job is not valid JSON");
+                    Finished::Done(Following::None)
+                }
+            },
+            _ => Finished::Lost,
+        })
     }
 
     /// Milliseconds until the partition's next job is due (0: due now); `None` when none waits.

@@ -12,7 +12,7 @@ use chatdesk_core::events::{Event, MessageStatus, MessageStatusChanged};
 use chatdesk_core::{Envelope, KeyScheme, StreamsConfig};
 use chatdesk_sender::job::Job;
 use chatdesk_sender::providers::Endpoints;
-use chatdesk_sender::queue::Queue;
+use chatdesk_sender::queue::{Finished, Following, Queue};
 use chatdesk_sender::{Sender, SenderSettings};
 use chatdesk_store::directory::InboxKind;
 use chatdesk_streams::{RedisConnector, RedisSettings};
@@ -102,13 +102,20 @@ impl Deployment {
 
     /// A campaign message (its buckets: the campaign's, the number's and the recipient's).
     fn job(&self) -> Job {
+        self.job_in(Uuid::now_v7(), "Our summer sale starts today")
+    }
+
+    /// A campaign message with `text` in `conversation`, to a number of its own (so WhatsApp's
+    /// pair rate never holds it).
+    fn job_in(&self, conversation: Uuid, text: &str) -> Job {
+        let to = format!("1555{:07}", Uuid::new_v4().as_u128() % 10_000_000);
         let request = serde_json::from_value(json!({
             "message_id": Uuid::now_v7(),
-            "conversation_id": Uuid::now_v7(),
+            "conversation_id": conversation,
             "inbox_id": self.inbox,
             "contact_id": Uuid::now_v7(),
-            "text": "Our summer sale starts today",
-            "campaign": {"campaign_id": Uuid::now_v7(), "to": "15550001111", "rate_per_sec": 50},
+            "text": text,
+            "campaign": {"campaign_id": Uuid::now_v7(), "to": to, "rate_per_sec": 50},
         }))
         .unwrap();
         Job::new(self.tenant, "1-0".to_owned(), request)
@@ -225,6 +232,84 @@ async fn a_sender_that_lost_its_lease_mid_call_leaves_one_status() {
     assert_eq!(calls, 2, "sent again by the next holder: the call outlived its lease");
     assert_eq!(status.status, MessageStatus::Sent);
     assert_eq!(status.provider_message_id.as_deref(), Some("wamid.1"), "the first status stands");
+    cancel.cancel();
+    dispatch.await.unwrap();
+}
+
+/// Finishing a job can lease its conversation's next one to the finisher, under a token of its
+/// own; the lease is like any other: the old token finishes nothing, nobody else leases the
+/// job meanwhile, and without the request the next job is only made due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finishing_a_job_leases_its_conversations_next_one_to_the_finisher() {
+    let redis = chatdesk_testkit::redis().await;
+    let deployment = Deployment::start(redis.url()).await;
+    let queue = &deployment.queue;
+    let (talk, other) = (Uuid::now_v7(), Uuid::now_v7());
+    let jobs = [
+        deployment.job_in(talk, "first"),
+        deployment.job_in(talk, "second"),
+        deployment.job_in(other, "elsewhere"),
+        deployment.job_in(other, "elsewhere again"),
+    ];
+    assert_eq!(queue.admit(0, &jobs).await.unwrap(), 4);
+    let leased = queue.lease(0, 10, 60_000, "a").await.unwrap();
+    let texts: Vec<&str> = leased.iter().map(|leased| leased.job.request.text.as_str()).collect();
+    assert_eq!(texts, ["first", "elsewhere"], "one job per conversation is due");
+
+    let Finished::Done(Following::Leased(next)) = queue.finish(&leased[0], None, Some((60_000, "a"))).await.unwrap()
+    else {
+        panic!("the conversation's next job should be leased to the finisher");
+    };
+    assert_eq!((next.job.id(), next.partition), (jobs[1].id(), 0));
+    assert_ne!(next.token, leased[0].token);
+    assert!(queue.lease(0, 10, 60_000, "b").await.unwrap().is_empty(), "nobody else gets the leased job");
+    assert!(matches!(queue.finish(&leased[0], None, Some((60_000, "a"))).await.unwrap(), Finished::Lost));
+    let stale = chatdesk_sender::queue::Leased { token: leased[0].token.clone(), ..(*next).clone() };
+    assert!(!queue.update(&stale, None).await.unwrap(), "the finished job's token holds nothing");
+    assert!(queue.update(&next, None).await.unwrap(), "the new token holds the next job");
+    assert!(matches!(queue.finish(&next, None, Some((60_000, "a"))).await.unwrap(), Finished::Done(Following::None)));
+
+    // Without asking, the next job is made due for anyone.
+    assert!(matches!(queue.finish(&leased[1], None, None).await.unwrap(), Finished::Done(Following::Readied)));
+    let leased = queue.lease(0, 10, 60_000, "b").await.unwrap();
+    assert_eq!(leased.iter().map(|leased| leased.job.id()).collect::<Vec<_>>(), [jobs[3].id()]);
+    assert!(matches!(queue.finish(&leased[0], None, None).await.unwrap(), Finished::Done(Following::None)));
+    assert_eq!(queue.len(0).await.unwrap(), 0);
+}
+
+/// A running sender delivers a conversation's queued messages in order, each once, each with
+/// its status, handing the conversation from one message to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_conversations_queued_messages_leave_in_order_once_each() {
+    let redis = chatdesk_testkit::redis().await;
+    let deployment = Deployment::start(redis.url()).await;
+    let conversation = Uuid::now_v7();
+    let texts: Vec<String> = (1..=6).map(|index| format!("message {index}")).collect();
+    let jobs: Vec<Job> = texts.iter().map(|text| deployment.job_in(conversation, text)).collect();
+    assert_eq!(deployment.queue.admit(0, &jobs).await.unwrap(), jobs.len());
+    let cancel = CancellationToken::new();
+    let dispatch = tokio::spawn({
+        let sender = deployment.sender.clone();
+        let cancel = cancel.clone();
+        async move { sender.dispatch(cancel).await }
+    });
+    chatdesk_testkit::wait_until("the queue empties", Duration::from_secs(20), || async {
+        deployment.queue.len(0).await.unwrap() == 0
+    })
+    .await;
+    let called: Vec<String> = deployment
+        .stand_in
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|body| body["text"]["body"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(called, texts, "each message once, in the conversation's order");
+    for job in &jobs {
+        let statuses = deployment.statuses(job.id()).await;
+        assert_eq!(statuses.iter().map(|status| status.status).collect::<Vec<_>>(), [MessageStatus::Sent]);
+    }
     cancel.cancel();
     dispatch.await.unwrap();
 }
