@@ -249,12 +249,12 @@ fn main() -> anyhow::Result<()> {
     // the same instant receiver, and to what its concurrency allows with a 50 ms provider.
     let messages = if args.quick { "5000" } else { "20000" };
     let sender = run("sender-throughput", &["--messages", messages, "--conversations", "500", "--delays", "0,50"])?;
-    // Lines: delay, appended/s, delivered/s, after appends/s, p50, p99, max.
-    let lines = numeric_lines(&sender, 7);
+    // Lines "queued-first drain, <delay> ms receiver, <n> replies (deliveries/s): <rate>".
+    let lines = rows_of(&sender, "queued-first drain,");
     // Absent when the peer was skipped (no Node.js): the instant row is then against the goal.
     let bullmq = figure(&sender, "bullmq drain, instant receiver (jobs/s):").ok();
     for numbers in &lines {
-        let drain = numbers[3];
+        let drain = *numbers.last().context("a drain line without its rate")?;
         let row = match (numbers[0] == 0.0, bullmq) {
             (true, Some(peer)) => Row {
                 stage: "sender: deliveries, instant receiver",

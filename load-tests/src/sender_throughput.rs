@@ -2,10 +2,13 @@
 //! `chatdesk up` (private Redis and PostgreSQL, every role) to a generic-channel receiver in this
 //! process, with the rate limits off. Reports messages/s and the latency from the append to the
 //! receiver, for receivers that answer at once and after a provider-like delay, and the rate
-//! after the last append (the sender draining its queue without the appenders beside it).
+//! after the last append (the sender draining what is queued then, if anything).
 //!
-//! Then, in the same run, the BullMQ peer in `load-tests/peers/bullmq` delivers as many jobs to
-//! the same receiver answering at once, and the drain rates are compared (`--no-peer` skips it).
+//! Then the queued-first drain: the receiver holds every call while the replies are appended, so
+//! they all wait in the delivery queue (the first `CHATDESK_SEND_CONCURRENCY` of them in calls),
+//! and is timed from its opening to the last arrival. In the same run, the BullMQ peer in
+//! `load-tests/peers/bullmq` enqueues as many jobs first and drains them to the same receiver
+//! answering at once, and the two drain rates are compared (`--no-peer` skips the peer).
 //!
 //! ```text
 //! cargo build --release -p chatdesk
@@ -53,16 +56,25 @@ const APPENDERS: usize = 64;
 /// The issue's figure for the peer: one BullMQ worker running 50 jobs at once.
 const PEER_CONCURRENCY: usize = 50;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Receiver {
     arrivals: Arc<Mutex<HashMap<String, Instant>>>,
     delay: Arc<Mutex<Duration>>,
+    /// `false` holds every call until it turns `true`.
+    open: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Self { arrivals: Arc::default(), delay: Arc::default(), open: Arc::new(tokio::sync::watch::Sender::new(true)) }
+    }
 }
 
 async fn start_receiver(receiver: Receiver) -> anyhow::Result<SocketAddr> {
     let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
         let receiver = receiver.clone();
         async move {
+            let _ = receiver.open.subscribe().wait_for(|open| *open).await;
             let arrived = Instant::now();
             let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             if let Some(id) = value["event_id"].as_str() {
@@ -95,6 +107,8 @@ async fn main() -> anyhow::Result<()> {
             ("CHATDESK_INGRESS_RATE_PER_INBOX", "1000000"),
             ("CHATDESK_SEND_LIMITS", "generic.account=off"),
             ("CHATDESK_OUTBOUND_ALLOW", &allowed),
+            // The queued-first drain holds calls while it appends; they must not time out.
+            ("CHATDESK_SEND_TIMEOUT", "300s"),
         ],
     )
     .await?;
@@ -150,31 +164,11 @@ async fn main() -> anyhow::Result<()> {
         "{:>9} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
         "delay ms", "appended/s", "delivered/s", "after ap./s", "p50 ms", "p99 ms", "max ms"
     );
-    let mut instant_drain = None;
     for &delay in &args.delays {
         *receiver.delay.lock().expect("delay") = Duration::from_millis(delay);
         receiver.arrivals.lock().expect("arrivals").clear();
         let started = Instant::now();
-        // Many appenders at once, so the producer side outpaces the sender being measured.
-        let mut appenders = tokio::task::JoinSet::new();
-        for worker in 0..APPENDERS {
-            let (reply, targets) = (reply.clone(), targets.clone());
-            let messages = args.messages;
-            appenders.spawn(async move {
-                let mut appended = Vec::new();
-                for index in (worker..messages).step_by(APPENDERS) {
-                    let conversation = targets[index % targets.len()];
-                    let sender = Actor { kind: SenderKind::Agent, id: None };
-                    let accepted = reply.send(tenant_id, conversation, sender, "benchmark reply", None).await?;
-                    appended.push((accepted.event_id.to_string(), Instant::now()));
-                }
-                anyhow::Ok(appended)
-            });
-        }
-        let mut appended: HashMap<String, Instant> = HashMap::with_capacity(args.messages);
-        while let Some(done) = appenders.join_next().await {
-            appended.extend(done??);
-        }
+        let appended = append_all(&reply, tenant_id, &targets, args.messages).await?;
         let appended_in = started.elapsed();
         let deadline = Instant::now() + Duration::from_secs(600);
         while receiver.arrivals.lock().expect("arrivals").len() < args.messages {
@@ -201,6 +195,11 @@ async fn main() -> anyhow::Result<()> {
             percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
             latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
         );
+    }
+    println!("queued first (every reply appended while the receiver holds its calls, then timed from its opening):");
+    let mut instant_drain = None;
+    for &delay in &args.delays {
+        let drain = queued_first_drain(&receiver, &reply, tenant_id, &targets, args.messages, delay).await?;
         if delay == 0 {
             instant_drain = Some(drain);
         }
@@ -212,6 +211,67 @@ async fn main() -> anyhow::Result<()> {
         compare_with_bullmq(&args, &receiver, receiver_address, instant_drain).await?;
     }
     Ok(())
+}
+
+/// Appends `messages` replies round-robin over `targets` from many appenders at once, so the
+/// producer side outpaces the sender being measured; each reply's event id with its time.
+async fn append_all(
+    reply: &Reply,
+    tenant: Uuid,
+    targets: &[Uuid],
+    messages: usize,
+) -> anyhow::Result<HashMap<String, Instant>> {
+    let mut appenders = tokio::task::JoinSet::new();
+    for worker in 0..APPENDERS {
+        let (reply, targets) = (reply.clone(), targets.to_vec());
+        appenders.spawn(async move {
+            let mut appended = Vec::new();
+            for index in (worker..messages).step_by(APPENDERS) {
+                let conversation = targets[index % targets.len()];
+                let sender = Actor { kind: SenderKind::Agent, id: None };
+                let accepted = reply.send(tenant, conversation, sender, "benchmark reply", None).await?;
+                appended.push((accepted.event_id.to_string(), Instant::now()));
+            }
+            anyhow::Ok(appended)
+        });
+    }
+    let mut appended: HashMap<String, Instant> = HashMap::with_capacity(messages);
+    while let Some(done) = appenders.join_next().await {
+        appended.extend(done??);
+    }
+    Ok(appended)
+}
+
+/// The sender's drain of a full queue, as BullMQ's is measured: the receiver holds every call
+/// while `messages` replies are appended and admitted, then opens and answers after `delay_ms`;
+/// deliveries/s from the opening to the last arrival.
+async fn queued_first_drain(
+    receiver: &Receiver,
+    reply: &Reply,
+    tenant: Uuid,
+    targets: &[Uuid],
+    messages: usize,
+    delay_ms: u64,
+) -> anyhow::Result<f64> {
+    *receiver.delay.lock().expect("delay") = Duration::from_millis(delay_ms);
+    receiver.arrivals.lock().expect("arrivals").clear();
+    receiver.open.send_replace(false);
+    let appended = append_all(reply, tenant, targets, messages).await?;
+    // Admission takes milliseconds; a moment more and every reply waits in the queue or a call.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let opened = Instant::now();
+    receiver.open.send_replace(true);
+    let deadline = opened + Duration::from_secs(600);
+    while receiver.arrivals.lock().expect("arrivals").len() < messages {
+        anyhow::ensure!(Instant::now() < deadline, "not every message arrived within 10 minutes");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let arrivals = receiver.arrivals.lock().expect("arrivals").clone();
+    anyhow::ensure!(appended.keys().all(|id| arrivals.contains_key(id)), "a reply never arrived");
+    let last = arrivals.values().max().copied().unwrap_or(opened);
+    let drain = messages as f64 / last.saturating_duration_since(opened).as_secs_f64().max(1e-3);
+    println!("queued-first drain, {delay_ms} ms receiver, {messages} replies (deliveries/s): {drain:.0}");
+    Ok(drain)
 }
 
 /// Runs the BullMQ peer with as many jobs as chatdesk delivered, to the same receiver answering
@@ -275,7 +335,9 @@ async fn compare_with_bullmq(
         println!("bullmq drain, no call (jobs/s): {:.0}", number(bare, "jobs_per_sec"));
     }
     match chatdesk_drain {
-        Some(drain) => println!("chatdesk drain / bullmq drain, instant receiver: {:.2}", drain / peer_drain),
+        Some(drain) => {
+            println!("chatdesk drain / bullmq drain, queued first, instant receiver: {:.2}", drain / peer_drain)
+        }
         None => println!("chatdesk drain / bullmq drain: no run with an instant receiver (--delays 0) to compare"),
     }
     Ok(())

@@ -216,6 +216,8 @@ impl SenderSettings {
 pub enum SenderError {
     #[error("streams.toml declares no `{STREAM}` stream")]
     NoSendStream,
+    #[error("a sender needs a Redis connection")]
+    NoConnection,
     #[error("cannot build the HTTP client")]
     Http(#[from] reqwest::Error),
 }
@@ -274,9 +276,23 @@ impl Sender {
         node: String,
         settings: SenderSettings,
     ) -> Result<Self, SenderError> {
+        Self::over(vec![redis], db, keys, streams, node, settings)
+    }
+
+    /// A sender whose delivery queue takes `connections` in turn (see [`Queue::over`]); the
+    /// first also serves the rate limits and the status events.
+    pub fn over(
+        connections: Vec<RedisClient>,
+        db: chatdesk_store::Pool,
+        keys: KeyScheme,
+        streams: Arc<StreamsConfig>,
+        node: String,
+        settings: SenderSettings,
+    ) -> Result<Self, SenderError> {
         let send = streams.stream(STREAM).ok_or(SenderError::NoSendStream)?;
         let partitions = send.partitions;
-        let queue = Queue::new(redis.clone(), keys.clone(), send.name.clone());
+        let redis = connections.first().cloned().ok_or(SenderError::NoConnection)?;
+        let queue = Queue::over(connections, keys.clone(), send.name.clone());
         let (state_redis, state_keys) = (redis.clone(), keys.clone());
         let limiter = Limiter::new(redis.clone(), keys.clone(), settings.limits.clone());
         let providers = Providers::new(settings.endpoints.clone(), settings.timeout, settings.outbound.clone())?;

@@ -21,7 +21,8 @@
 //!
 //! Times come from Redis (`TIME`), so every sender process agrees on them.
 
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use chatdesk_core::{DeadLetter, KeyScheme, PartitionKeys, StreamName};
 use chatdesk_streams::{Script, dead_letter};
@@ -174,7 +175,11 @@ static NEXT_DUE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(format!(
 
 #[derive(Clone)]
 pub struct Queue {
-    redis: Client,
+    /// Connections taken in turn: Redis reads at most 16 KiB of one connection's commands per
+    /// event-loop turn, and with AOF `always` every turn waits for an fsync, so one connection
+    /// caps the jobs moved per fsync.
+    connections: Arc<[Client]>,
+    turn: Arc<AtomicUsize>,
     keys: KeyScheme,
     family: StreamName,
 }
@@ -190,7 +195,18 @@ struct QueueKeys {
 
 impl Queue {
     pub fn new(redis: Client, keys: KeyScheme, family: StreamName) -> Self {
-        Self { redis, keys, family }
+        Self::over(vec![redis], keys, family)
+    }
+
+    /// A queue whose calls take `connections` in turn (at least one).
+    pub fn over(connections: Vec<Client>, keys: KeyScheme, family: StreamName) -> Self {
+        assert!(!connections.is_empty(), "a queue needs a connection");
+        Self { connections: connections.into(), turn: Arc::default(), keys, family }
+    }
+
+    fn redis(&self) -> &Client {
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        &self.connections[turn % self.connections.len()]
     }
 
     fn partition_keys(&self, partition: u16) -> QueueKeys {
@@ -230,7 +246,7 @@ impl Queue {
             args.push(serde_json::to_string(job).expect("jobs serialise"));
         }
         script_keys.splice(0..0, [keys.jobs, keys.ready, keys.seq]);
-        let admitted: i64 = ADMIT_SCRIPT.call(&self.redis, script_keys, args).await?;
+        let admitted: i64 = ADMIT_SCRIPT.call(self.redis(), script_keys, args).await?;
         Ok(usize::try_from(admitted).unwrap_or(0))
     }
 
@@ -246,7 +262,7 @@ impl Queue {
         let keys = self.partition_keys(partition);
         let flat: Vec<String> = LEASE_SCRIPT
             .call(
-                &self.redis,
+                self.redis(),
                 vec![keys.ready, keys.jobs, keys.leases],
                 vec![lease_ms.to_string(), limit.to_string(), format!("{holder}:{}", Uuid::new_v4().simple())],
             )
@@ -269,7 +285,7 @@ impl Queue {
         let keys = self.partition_keys(leased.partition);
         let updated: i64 = UPDATE_SCRIPT
             .call(
-                &self.redis,
+                self.redis(),
                 vec![keys.ready, keys.jobs, keys.leases],
                 vec![
                     leased.job.id().to_string(),
@@ -311,7 +327,7 @@ impl Queue {
         };
         let (lane, done) = (Self::lane(&keys, job.request.conversation_id), Self::done(&keys, job.id()));
         let reply: Vec<String> = FINISH_SCRIPT
-            .call(&self.redis, vec![keys.ready, keys.jobs, keys.leases, lane, done, keys.dead_letters], args)
+            .call(self.redis(), vec![keys.ready, keys.jobs, keys.leases, lane, done, keys.dead_letters], args)
             .await?;
         let partition = leased.partition;
         Ok(match reply.as_slice() {
@@ -331,13 +347,14 @@ impl Queue {
 
     /// Milliseconds until the partition's next job is due (0: due now); `None` when none waits.
     pub async fn next_due_in(&self, partition: u16) -> Result<Option<u64>, Error> {
-        let due: i64 =
-            NEXT_DUE_SCRIPT.call(&self.redis, vec![self.partition_keys(partition).ready], Vec::<String>::new()).await?;
+        let due: i64 = NEXT_DUE_SCRIPT
+            .call(self.redis(), vec![self.partition_keys(partition).ready], Vec::<String>::new())
+            .await?;
         Ok(u64::try_from(due).ok())
     }
 
     /// Jobs queued in a partition (waiting, leased or backing off).
     pub async fn len(&self, partition: u16) -> Result<u64, Error> {
-        self.redis.hlen(self.partition_keys(partition).jobs).await
+        self.redis().hlen(self.partition_keys(partition).jobs).await
     }
 }

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
+use fred::types::config::{ReconnectPolicy, TcpConfig, UnresponsiveConfig};
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
@@ -68,6 +68,10 @@ impl RedisConnector {
                 performance.default_command_timeout = command_timeout;
             })
             .with_connection_config(|connection| {
+                // Without it, a command written while the last one is unacknowledged waits in the
+                // kernel for Redis's reply (Nagle), and Redis holds replies until its AOF fsync:
+                // every command pipelined on the shared connection would wait a round trip more.
+                connection.tcp = TcpConfig { nodelay: Some(true), ..TcpConfig::default() };
                 connection.connection_timeout = Duration::from_secs(5);
                 connection.internal_command_timeout = Duration::from_secs(5);
                 connection.max_command_attempts = 1;

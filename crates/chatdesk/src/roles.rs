@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::settings::Runtime;
 
+/// Redis connections of a sender's delivery queue.
+const SENDER_CONNECTIONS: usize = 4;
+
 type ConsumerTask = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
 
 /// How long roles get to finish their work after cancellation before they are aborted.
@@ -140,6 +143,8 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
     // Every process serves health, readiness and metrics; roles add their routes.
     let mut router = chatdesk_api::ops_router(state.clone());
     let mut consumers: Vec<(&'static str, ConsumerTask)> = Vec::new();
+    // Connections a role opened for itself, closed once every role has stopped.
+    let mut own_connections: Vec<chatdesk_streams::RedisClient> = Vec::new();
     for role in roles {
         match role {
             Role::Ingress => {
@@ -188,8 +193,15 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                     .streams
                     .stream(chatdesk_sender::STREAM)
                     .context("streams.toml declares no `send` stream")?;
-                let sender = chatdesk_sender::Sender::new(
-                    runtime.redis.clone(),
+                // Connections of its own (see `Queue::over`): the sender's scripts carry whole
+                // jobs, and on the shared connection they would queue behind ingress.
+                let mut sender_redis = Vec::with_capacity(SENDER_CONNECTIONS);
+                for _ in 0..SENDER_CONNECTIONS {
+                    sender_redis.push(runtime.connector.shared().await.context("cannot connect the sender to Redis")?);
+                }
+                own_connections.extend(sender_redis.iter().cloned());
+                let sender = chatdesk_sender::Sender::over(
+                    sender_redis,
                     runtime.db.clone(),
                     runtime.keys.clone(),
                     runtime.streams.clone(),
@@ -380,6 +392,9 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
     if drained.is_err() {
         tracing::warn!(deadline = ?SHUTDOWN_DEADLINE, "roles did not stop in time, aborting them");
         tasks.abort_all();
+    }
+    for connection in own_connections {
+        let _ = tokio::time::timeout(Duration::from_secs(1), fred::interfaces::ClientLike::quit(&connection)).await;
     }
     failure.map_or(Ok(()), Err)
 }
