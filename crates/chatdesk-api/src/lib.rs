@@ -128,6 +128,14 @@ impl AppState {
             .expect("the model endpoints' HTTP client builds");
         self
     }
+
+    /// Webhooks' messages go into the streams over `connections`, taken in turn, instead of the
+    /// one shared connection (see [`chatdesk_streams::Connections`]).
+    pub fn with_ingest_connections(mut self, connections: chatdesk_streams::Connections) -> Self {
+        self.directory =
+            chatdesk_conversations::Directory::over(connections, self.keys.clone(), self.ops.streams.clone());
+        self
+    }
 }
 
 /// Health, readiness, metrics, the dashboard and the widget: served by every process, whatever

@@ -28,7 +28,7 @@ use chatdesk_core::envelope::{FIELD_CONVERSATION, FIELD_PAYLOAD};
 use chatdesk_core::events::{Actor, ContactCreated, ConversationCreated, Direction, Event, MessageCreated, SenderKind};
 use chatdesk_core::keys::partition_for_tenant;
 use chatdesk_core::{EntryId, Envelope, EventId, KeyScheme, PartitionKeys, StreamsConfig, TenantId};
-use chatdesk_streams::Script;
+use chatdesk_streams::{Connections, Script};
 use fred::prelude::*;
 use uuid::Uuid;
 
@@ -295,7 +295,8 @@ pub enum Once {
 
 #[derive(Clone)]
 pub struct Directory {
-    client: Client,
+    /// Taken in turn: every webhook's message goes through here (see [`Connections`]).
+    connections: Connections,
     keys: KeyScheme,
     config: Arc<StreamsConfig>,
 }
@@ -336,7 +337,12 @@ fn parse_offset(raw: &str) -> Result<EntryId, DirectoryError> {
 
 impl Directory {
     pub fn new(client: Client, keys: KeyScheme, config: Arc<StreamsConfig>) -> Self {
-        Self { client, keys, config }
+        Self::over(client.into(), keys, config)
+    }
+
+    /// A directory whose scripts take `connections` in turn.
+    pub fn over(connections: Connections, keys: KeyScheme, config: Arc<StreamsConfig>) -> Self {
+        Self { connections, keys, config }
     }
 
     fn partition(&self, tenant: &TenantId) -> Result<PartitionKeys, DirectoryError> {
@@ -413,7 +419,7 @@ impl Directory {
         }
         let started = std::time::Instant::now();
         let answer: Vec<String> = INGEST
-            .call(&self.client, keys, args)
+            .call(self.connections.next(), keys, args)
             .await
             .map_err(|source| DirectoryError::Redis { key: partition.stream.clone(), source })?;
         ::metrics::histogram!(chatdesk_streams::metrics::APPEND_DURATION_SECONDS, "stream" => EVENTS_STREAM, "by" => "ingest")
@@ -452,7 +458,7 @@ impl Directory {
         let second = chatdesk_core::envelope::now_ms() / 1000;
         let key = partition.scoped("ingress-rate", &format!("{inbox}:{second}"));
         let count: i64 = COUNT
-            .call(&self.client, vec![key], vec![per_second.to_string()])
+            .call(self.connections.next(), vec![key], vec![per_second.to_string()])
             .await
             .map_err(|source| DirectoryError::Redis { key: partition.stream.clone(), source })?;
         Ok(count <= i64::from(per_second))
@@ -473,11 +479,10 @@ impl Directory {
             args.push(value);
         }
         let keys = vec![partition.stream.clone(), partition.scoped("seen", dedupe_id)];
-        let (fresh, id): (i64, String) =
-            chatdesk_streams::producer::APPEND_ONCE
-                .call(&self.client, keys, args)
-                .await
-                .map_err(|source| DirectoryError::Redis { key: partition.stream.clone(), source })?;
+        let (fresh, id): (i64, String) = chatdesk_streams::producer::APPEND_ONCE
+            .call(self.connections.next(), keys, args)
+            .await
+            .map_err(|source| DirectoryError::Redis { key: partition.stream.clone(), source })?;
         let id = parse_offset(&id)?;
         if fresh == 1 {
             ::metrics::counter!(chatdesk_streams::metrics::ENTRIES_APPENDED_TOTAL, "stream" => EVENTS_STREAM)

@@ -60,7 +60,7 @@ use chatdesk_core::{DeadLetter, Envelope, GroupName};
 use chatdesk_core::{EventId, KeyScheme, StreamsConfig, TenantId};
 use chatdesk_store::directory::InboxKind;
 use chatdesk_store::directory::{InboxRecord, contact_external_id, inbox_by_id};
-use chatdesk_streams::{Batch, Handler, HandlerError, Outcomes, Producer, RedisClient, Unavailable};
+use chatdesk_streams::{Batch, Connections, Handler, HandlerError, Outcomes, Producer, RedisClient, Unavailable};
 use fred::interfaces::KeysInterface as _;
 use rand::Rng;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -216,8 +216,6 @@ impl SenderSettings {
 pub enum SenderError {
     #[error("streams.toml declares no `{STREAM}` stream")]
     NoSendStream,
-    #[error("a sender needs a Redis connection")]
-    NoConnection,
     #[error("cannot build the HTTP client")]
     Http(#[from] reqwest::Error),
 }
@@ -276,13 +274,13 @@ impl Sender {
         node: String,
         settings: SenderSettings,
     ) -> Result<Self, SenderError> {
-        Self::over(vec![redis], db, keys, streams, node, settings)
+        Self::over(redis.into(), db, keys, streams, node, settings)
     }
 
     /// A sender whose delivery queue takes `connections` in turn (see [`Queue::over`]); the
     /// first also serves the rate limits and the status events.
     pub fn over(
-        connections: Vec<RedisClient>,
+        connections: Connections,
         db: chatdesk_store::Pool,
         keys: KeyScheme,
         streams: Arc<StreamsConfig>,
@@ -291,7 +289,7 @@ impl Sender {
     ) -> Result<Self, SenderError> {
         let send = streams.stream(STREAM).ok_or(SenderError::NoSendStream)?;
         let partitions = send.partitions;
-        let redis = connections.first().cloned().ok_or(SenderError::NoConnection)?;
+        let redis = connections.first().clone();
         let queue = Queue::over(connections, keys.clone(), send.name.clone());
         let (state_redis, state_keys) = (redis.clone(), keys.clone());
         let limiter = Limiter::new(redis.clone(), keys.clone(), settings.limits.clone());

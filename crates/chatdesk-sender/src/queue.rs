@@ -21,11 +21,10 @@
 //!
 //! Times come from Redis (`TIME`), so every sender process agrees on them.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use chatdesk_core::{DeadLetter, KeyScheme, PartitionKeys, StreamName};
-use chatdesk_streams::{Script, dead_letter};
+use chatdesk_streams::{Connections, Script, dead_letter};
 use fred::prelude::*;
 use uuid::Uuid;
 
@@ -175,11 +174,8 @@ static NEXT_DUE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(format!(
 
 #[derive(Clone)]
 pub struct Queue {
-    /// Connections taken in turn: Redis reads at most 16 KiB of one connection's commands per
-    /// event-loop turn, and with AOF `always` every turn waits for an fsync, so one connection
-    /// caps the jobs moved per fsync.
-    connections: Arc<[Client]>,
-    turn: Arc<AtomicUsize>,
+    /// Taken in turn: the queue's scripts carry whole jobs (see [`Connections`]).
+    connections: Connections,
     keys: KeyScheme,
     family: StreamName,
 }
@@ -195,18 +191,16 @@ struct QueueKeys {
 
 impl Queue {
     pub fn new(redis: Client, keys: KeyScheme, family: StreamName) -> Self {
-        Self::over(vec![redis], keys, family)
+        Self::over(redis.into(), keys, family)
     }
 
-    /// A queue whose calls take `connections` in turn (at least one).
-    pub fn over(connections: Vec<Client>, keys: KeyScheme, family: StreamName) -> Self {
-        assert!(!connections.is_empty(), "a queue needs a connection");
-        Self { connections: connections.into(), turn: Arc::default(), keys, family }
+    /// A queue whose calls take `connections` in turn.
+    pub fn over(connections: Connections, keys: KeyScheme, family: StreamName) -> Self {
+        Self { connections, keys, family }
     }
 
     fn redis(&self) -> &Client {
-        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        &self.connections[turn % self.connections.len()]
+        self.connections.next()
     }
 
     fn partition_keys(&self, partition: u16) -> QueueKeys {

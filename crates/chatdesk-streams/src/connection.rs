@@ -3,13 +3,17 @@
 //!
 //! A blocking `XREADGROUP` occupies its connection for the whole BLOCK time, so every blocking
 //! reader gets a connection of its own ([`RedisConnector::dedicated`]); everything else shares
-//! one client ([`RedisConnector::shared`]).
+//! one client ([`RedisConnector::shared`]), except the paths whose scripts carry whole messages
+//! at a high rate (webhook ingest, the sender's queue), which take a few connections in turn
+//! ([`Connections`]).
 //!
 //! fred reconnects forever with exponential backoff after the server goes away. Commands are
 //! attempted once: a command whose connection dropped fails instead of being re-sent, because
 //! re-sending an XADD that Redis already executed would append it twice. Callers that can
 //! safely repeat a command (XACK, reads) retry it themselves.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -91,11 +95,62 @@ impl RedisConnector {
         Ok(client)
     }
 
+    /// `count` connected clients of their own, taken in turn (see [`Connections`]).
+    pub async fn connections(&self, count: usize) -> Result<Connections, Error> {
+        let mut clients = Vec::with_capacity(count.max(1));
+        for _ in 0..count.max(1) {
+            clients.push(self.shared().await?);
+        }
+        Ok(Connections::new(clients))
+    }
+
     /// A connected client of its own for a blocking reader whose BLOCK is at most `block`.
     pub async fn dedicated(&self, block: Duration) -> Result<Client, Error> {
         let client = self.build(block + self.settings.command_timeout)?;
         client.init().await?;
         Ok(client)
+    }
+}
+
+/// Connections taken in turn by the commands of one busy path (webhook ingest, the delivery
+/// queue). Redis reads at most 16 KiB of one connection's commands per event-loop turn, and with
+/// AOF `always` every turn waits for an fsync: on one connection, a path whose scripts carry
+/// whole messages gets only that much through per fsync, and its callers queue behind each other.
+#[derive(Clone)]
+pub struct Connections {
+    clients: Arc<[Client]>,
+    turn: Arc<AtomicUsize>,
+}
+
+impl Connections {
+    /// `clients` taken in turn; at least one.
+    pub fn new(clients: Vec<Client>) -> Self {
+        assert!(!clients.is_empty(), "connections need at least one client");
+        Self { clients: clients.into(), turn: Arc::default() }
+    }
+
+    /// The connection for the next command.
+    pub fn next(&self) -> &Client {
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        &self.clients[turn % self.clients.len()]
+    }
+
+    /// The first connection, for the path's rarer commands.
+    pub fn first(&self) -> &Client {
+        &self.clients[0]
+    }
+
+    /// Closes every connection (at shutdown, before the server goes away).
+    pub async fn quit(&self) {
+        for client in self.clients.iter() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
+        }
+    }
+}
+
+impl From<Client> for Connections {
+    fn from(client: Client) -> Self {
+        Self::new(vec![client])
     }
 }
 
@@ -153,5 +208,18 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(redact("redis://user:secret@host:6379"), "redis://***@host:6379");
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn connections_are_taken_in_turn() {
+        let connector = RedisConnector::new(RedisSettings::new("redis://127.0.0.1:6379")).unwrap();
+        let clients: Vec<Client> = (0..3).map(|_| connector.build(Duration::from_secs(1)).unwrap()).collect();
+        let ids: Vec<&str> = clients.iter().map(|client| client.id()).collect();
+        let connections = Connections::new(clients.clone());
+        let taken: Vec<&str> = (0..7).map(|_| connections.next().id()).collect();
+        assert_eq!(taken, [ids[0], ids[1], ids[2], ids[0], ids[1], ids[2], ids[0]]);
+        assert_eq!(connections.first().id(), ids[0]);
+        let single = Connections::from(clients[1].clone());
+        assert_eq!((single.next().id(), single.next().id()), (ids[1], ids[1]));
     }
 }

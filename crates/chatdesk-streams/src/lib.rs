@@ -34,7 +34,7 @@ pub mod script;
 pub mod status;
 
 pub use chatdesk_core::{Entry, Envelope};
-pub use connection::{RedisConnector, RedisSettings};
+pub use connection::{Connections, RedisConnector, RedisSettings};
 pub use producer::{Appended, ProduceError, Producer};
 pub use runtime::{
     Batch, Consumer, ConsumerError, ConsumerOptions, Handler, HandlerError, Outcome, Outcomes, Partitions, Unavailable,

@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::settings::Runtime;
 
-/// Redis connections of a sender's delivery queue.
-const SENDER_CONNECTIONS: usize = 4;
+/// Redis connections taken in turn by the two paths whose scripts carry whole messages: webhook
+/// ingest and the sender's delivery queue (see `chatdesk_streams::Connections`).
+const PATH_CONNECTIONS: usize = 4;
 
 type ConsumerTask = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
 
@@ -127,6 +128,7 @@ pub fn cancel_on_signals(cancel: CancellationToken) {
 
 /// Runs the HTTP server and `roles` until `cancel` fires or one of them exits.
 pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -> anyhow::Result<()> {
+    let ingest = runtime.connector.connections(PATH_CONNECTIONS).await.context("cannot connect ingress to Redis")?;
     let mut state = AppState::new(
         runtime.redis.clone(),
         runtime.db.clone(),
@@ -136,7 +138,8 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
         runtime.streams.clone(),
         runtime.ingress.clone(),
     )
-    .with_bot(&runtime.autoreply);
+    .with_bot(&runtime.autoreply)
+    .with_ingest_connections(ingest.clone());
     state.ops_tenant = runtime.gateway.ops_tenant;
     state.metrics_token =
         crate::settings::env_var("CHATDESK_METRICS_TOKEN").map(|token| std::sync::Arc::from(token.as_str()));
@@ -144,7 +147,7 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
     let mut router = chatdesk_api::ops_router(state.clone());
     let mut consumers: Vec<(&'static str, ConsumerTask)> = Vec::new();
     // Connections a role opened for itself, closed once every role has stopped.
-    let mut own_connections: Vec<chatdesk_streams::RedisClient> = Vec::new();
+    let mut own_connections: Vec<chatdesk_streams::Connections> = vec![ingest];
     for role in roles {
         match role {
             Role::Ingress => {
@@ -193,13 +196,12 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                     .streams
                     .stream(chatdesk_sender::STREAM)
                     .context("streams.toml declares no `send` stream")?;
-                // Connections of its own (see `Queue::over`): the sender's scripts carry whole
-                // jobs, and on the shared connection they would queue behind ingress.
-                let mut sender_redis = Vec::with_capacity(SENDER_CONNECTIONS);
-                for _ in 0..SENDER_CONNECTIONS {
-                    sender_redis.push(runtime.connector.shared().await.context("cannot connect the sender to Redis")?);
-                }
-                own_connections.extend(sender_redis.iter().cloned());
+                let sender_redis = runtime
+                    .connector
+                    .connections(PATH_CONNECTIONS)
+                    .await
+                    .context("cannot connect the sender to Redis")?;
+                own_connections.push(sender_redis.clone());
                 let sender = chatdesk_sender::Sender::over(
                     sender_redis,
                     runtime.db.clone(),
@@ -393,8 +395,8 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
         tracing::warn!(deadline = ?SHUTDOWN_DEADLINE, "roles did not stop in time, aborting them");
         tasks.abort_all();
     }
-    for connection in own_connections {
-        let _ = tokio::time::timeout(Duration::from_secs(1), fred::interfaces::ClientLike::quit(&connection)).await;
+    for connections in own_connections {
+        connections.quit().await;
     }
     failure.map_or(Ok(()), Err)
 }

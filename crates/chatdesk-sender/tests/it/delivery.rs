@@ -246,7 +246,8 @@ async fn finishing_a_job_leases_its_conversations_next_one_to_the_finisher() {
     // Two connections taken in turn: a job leased on one is finished on the other.
     let second = RedisConnector::new(RedisSettings::new(redis.url())).unwrap().shared().await.unwrap();
     let send = deployment.config.stream("send").unwrap().name.clone();
-    let queue = &Queue::over(vec![deployment.redis.clone(), second], deployment.keys.clone(), send);
+    let connections = chatdesk_streams::Connections::new(vec![deployment.redis.clone(), second]);
+    let queue = &Queue::over(connections, deployment.keys.clone(), send);
     let (talk, other) = (Uuid::now_v7(), Uuid::now_v7());
     let jobs = [
         deployment.job_in(talk, "first"),
