@@ -39,10 +39,11 @@
 //! provider call, the record together with the slots' release and a `sent` status, and the
 //! removal: three Redis round trips, two without limits. A failed ending appends its status
 //! between its record and the removal: one round trip more. A campaign's message also reads
-//! its campaign's state, at most every 200 ms per campaign and process. The removal also leases
-//! the conversation's next message to the same task, which delivers it at once: a conversation
-//! with messages waiting pays no lease round trip, nor a wait for its partition's loop, between
-//! one message and the next.
+//! its campaign's state, at most every 200 ms per campaign and process. When a call permit is
+//! free, the removal also leases the conversation's next message to the same task, which
+//! delivers it next: a conversation with messages waiting pays no lease round trip, nor a wait
+//! for its partition's loop, between one message and the next (up to 16 in a row, then it waits
+//! its turn behind other conversations).
 
 pub mod job;
 pub mod limits;
@@ -51,6 +52,7 @@ pub mod providers;
 pub mod queue;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -177,8 +179,8 @@ impl Drop for InFlight {
 
 #[derive(Debug, Clone)]
 pub struct SenderSettings {
-    /// Provider calls one process makes at once, over all partitions. A delivery holds one for
-    /// its call only: recording the answer does not keep the next call waiting.
+    /// Provider calls one process makes at once, over all partitions. A delivery holds one from
+    /// its lease until the provider answers, not while the answer is recorded.
     pub concurrency: usize,
     /// Failed attempts (5xx, timeout, connection error) before a message is dead-lettered.
     pub max_attempts: u32,
@@ -220,9 +222,18 @@ pub enum SenderError {
     Http(#[from] reqwest::Error),
 }
 
-/// The conversation's next job, leased by the call that finished the last one: the same task
-/// delivers it next, without a lease round trip.
-type Next = Option<Leased>;
+/// The conversation's next job, leased by the call that finished the last one, with the call
+/// permit taken for it: the same task delivers it next, without a lease round trip.
+struct Chained {
+    leased: Leased,
+    call: OwnedSemaphorePermit,
+}
+
+type Next = Option<Chained>;
+
+/// Jobs of one conversation a task delivers one after the other before it leaves the next to
+/// the partition's loop, behind whatever else is due.
+const MAX_STREAK: u32 = 16;
 
 /// A failure that leaves the job where it is (its lease runs out and it is tried again).
 #[derive(Debug, thiserror::Error)]
@@ -256,6 +267,8 @@ struct Inner {
     calls: Arc<Semaphore>,
     /// Deliveries under way, calling or recording (see [`DELIVERIES_PER_CALL`]).
     deliveries: Arc<Semaphore>,
+    /// Set once dispatch stops: a finished job's next one is no longer leased to its task.
+    stopping: AtomicBool,
     inboxes: Mutex<HashMap<Uuid, CachedInbox>>,
     /// Contacts' provider ids (they never change once a contact exists).
     recipients: Mutex<HashMap<(Uuid, Uuid), String>>,
@@ -308,6 +321,7 @@ impl Sender {
             wake: (0..partitions).map(|_| Notify::new()).collect(),
             calls: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             deliveries: Arc::new(Semaphore::new(settings.concurrency.max(1).saturating_mul(DELIVERIES_PER_CALL))),
+            stopping: AtomicBool::new(false),
             settings,
             inboxes: Mutex::new(HashMap::new()),
             recipients: Mutex::new(HashMap::new()),
@@ -333,6 +347,7 @@ impl Sender {
             loops.spawn(self.inner.clone().run_partition(partition, cancel.clone(), tracker.clone()));
         }
         while loops.join_next().await.is_some() {}
+        self.inner.stopping.store(true, Ordering::Relaxed);
         tracker.close();
         if tokio::time::timeout(self.inner.settings.timeout + Duration::from_secs(5), tracker.wait()).await.is_err() {
             tracing::warn!("deliveries still in flight at shutdown; their leases will run out and they are retried");
@@ -519,27 +534,15 @@ impl Inner {
     }
 
     /// Delivers `leased`, then each next job of its conversation that finishing the last one
-    /// leased to this task, each with a call permit of its own.
+    /// leased to this task together with a call permit.
     async fn process(
         self: Arc<Self>,
         mut leased: Leased,
         _delivery: OwnedSemaphorePermit,
-        call: OwnedSemaphorePermit,
+        mut call: OwnedSemaphorePermit,
         cancel: CancellationToken,
     ) {
-        let mut call = Some(call);
         loop {
-            let permit = match call.take() {
-                Some(permit) => Some(permit),
-                None => tokio::select! {
-                    permit = self.calls.clone().acquire_owned() => Some(permit.expect("the semaphore is never closed")),
-                    _ = cancel.cancelled() => None,
-                },
-            };
-            let Some(permit) = permit else {
-                self.give_back(&leased).await;
-                return;
-            };
             ::metrics::gauge!(metrics::IN_FLIGHT).increment(1.0);
             let span = tracing::info_span!(
                 "delivery",
@@ -547,7 +550,7 @@ impl Inner {
                 conversation = %leased.job.request.conversation_id,
                 attempt = leased.job.attempts + 1,
             );
-            let next = match self.deliver(&mut leased, permit).instrument(span).await {
+            let next = match self.deliver(&mut leased, call).instrument(span).await {
                 Ok(next) => next,
                 Err(error) => {
                     tracing::warn!(message = %leased.job.request.message_id, error = %error, "delivery not recorded; it will be tried again");
@@ -557,10 +560,11 @@ impl Inner {
             ::metrics::gauge!(metrics::IN_FLIGHT).decrement(1.0);
             let Some(next) = next else { return };
             if cancel.is_cancelled() {
-                self.give_back(&next).await;
+                drop(next.call);
+                self.give_back(&next.leased).await;
                 return;
             }
-            leased = next;
+            (leased, call) = (next.leased, next.call);
         }
     }
 
@@ -600,7 +604,8 @@ impl Inner {
         Ok(to)
     }
 
-    /// One delivery; `call` is given back as soon as the provider answers.
+    /// One delivery; `call` is given back as soon as the provider answers (before the answer is
+    /// recorded).
     async fn deliver(&self, leased: &mut Leased, call: OwnedSemaphorePermit) -> Result<Next, DeliverError> {
         if let Some(ending) = leased.job.ending.clone() {
             // Recorded before a crash: finish without calling the provider again.
@@ -874,8 +879,16 @@ impl Inner {
         };
         let letter = dead_letter_reason.map(|error| dead_letter(job, leased.partition, error, &self.node));
         let started = Instant::now();
-        let lease = (self.settings.lease().as_millis() as u64, self.holder.as_str());
-        let finished = self.queue.finish(leased, letter.as_ref(), Some(lease)).await?;
+        // The next job is leased to this task only with a call permit free now (so its lease
+        // never runs while it waits for one), while no partition loop may be waiting for a place,
+        // and for at most `MAX_STREAK` jobs in a row: a busy conversation does not keep others
+        // waiting.
+        let chain = !self.stopping.load(Ordering::Relaxed)
+            && leased.streak + 1 < MAX_STREAK
+            && self.deliveries.available_permits() > 0;
+        let call = if chain { self.calls.clone().try_acquire_owned().ok() } else { None };
+        let lease = call.as_ref().map(|_| (self.settings.lease().as_millis() as u64, self.holder.as_str()));
+        let finished = self.queue.finish(leased, letter.as_ref(), lease).await?;
         step("finish", started);
         let Finished::Done(following) = finished else {
             ::metrics::counter!(metrics::LEASES_LOST_TOTAL).increment(1);
@@ -885,14 +898,16 @@ impl Inner {
             ::metrics::counter!(metrics::DEAD_LETTERS_TOTAL, "provider" => provider).increment(1);
             tracing::warn!(message = %job.request.message_id, attempts = job.attempts, "delivery dead-lettered");
         }
-        Ok(match following {
-            Following::Leased(next) => Some(*next),
-            Following::Readied => {
+        Ok(match (following, call) {
+            (Following::Leased(next), Some(call)) => Some(Chained { leased: *next, call }),
+            // Not asked for: cannot happen; the job's lease lapses and it is leased again.
+            (Following::Leased(_), None) => None,
+            (Following::Readied, _) => {
                 // Due now for any sender, and this partition's loop may be asleep.
                 self.wake[usize::from(leased.partition)].notify_one();
                 None
             }
-            Following::None => None,
+            (Following::None, _) => None,
         })
     }
 }

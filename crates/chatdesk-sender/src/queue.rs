@@ -130,6 +130,9 @@ pub struct Leased {
     pub partition: u16,
     pub token: String,
     pub job: Job,
+    /// Jobs of the same conversation its holder finished one after the other right before
+    /// leasing this one ([`Queue::finish`]); 0 when leased by [`Queue::lease`].
+    pub streak: u32,
 }
 
 /// What finishing a job did.
@@ -268,7 +271,7 @@ impl Queue {
                     id: chunk[0].clone(),
                     source,
                 })?;
-                Ok(Leased { partition, token: chunk[1].clone(), job })
+                Ok(Leased { partition, token: chunk[1].clone(), job, streak: 0 })
             })
             .collect()
     }
@@ -328,7 +331,12 @@ impl Queue {
             [state] if state == "done" => Finished::Done(Following::None),
             [state, _] if state == "done" => Finished::Done(Following::Readied),
             [state, id, token, job] if state == "done" => match serde_json::from_str(job) {
-                Ok(job) => Finished::Done(Following::Leased(Box::new(Leased { partition, token: token.clone(), job }))),
+                Ok(job) => Finished::Done(Following::Leased(Box::new(Leased {
+                    partition,
+                    token: token.clone(),
+                    job,
+                    streak: leased.streak + 1,
+                }))),
                 // Finished all the same; the leasing loop reports the broken job when its lease ends.
                 Err(error) => {
                     tracing::warn!(partition, id = %id, error = %error, "the conversation's next job is not valid JSON");

@@ -72,9 +72,8 @@ impl RedisConnector {
                 performance.default_command_timeout = command_timeout;
             })
             .with_connection_config(|connection| {
-                // Without it, a command written while the last one is unacknowledged waits in the
-                // kernel for Redis's reply (Nagle), and Redis holds replies until its AOF fsync:
-                // every command pipelined on the shared connection would wait a round trip more.
+                // A command goes out at once instead of waiting, under Nagle's algorithm, for the
+                // acknowledgement of the one before it (ioredis does the same by default).
                 connection.tcp = TcpConfig { nodelay: Some(true), ..TcpConfig::default() };
                 connection.connection_timeout = Duration::from_secs(5);
                 connection.internal_command_timeout = Duration::from_secs(5);

@@ -128,7 +128,12 @@ pub fn cancel_on_signals(cancel: CancellationToken) {
 
 /// Runs the HTTP server and `roles` until `cancel` fires or one of them exits.
 pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -> anyhow::Result<()> {
-    let ingest = runtime.connector.connections(PATH_CONNECTIONS).await.context("cannot connect ingress to Redis")?;
+    // Webhooks arrive only where the ingress role runs.
+    let ingest = if roles.contains(&Role::Ingress) {
+        Some(runtime.connector.connections(PATH_CONNECTIONS).await.context("cannot connect ingress to Redis")?)
+    } else {
+        None
+    };
     let mut state = AppState::new(
         runtime.redis.clone(),
         runtime.db.clone(),
@@ -138,8 +143,10 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
         runtime.streams.clone(),
         runtime.ingress.clone(),
     )
-    .with_bot(&runtime.autoreply)
-    .with_ingest_connections(ingest.clone());
+    .with_bot(&runtime.autoreply);
+    if let Some(ingest) = &ingest {
+        state = state.with_ingest_connections(ingest.clone());
+    }
     state.ops_tenant = runtime.gateway.ops_tenant;
     state.metrics_token =
         crate::settings::env_var("CHATDESK_METRICS_TOKEN").map(|token| std::sync::Arc::from(token.as_str()));
@@ -147,7 +154,7 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
     let mut router = chatdesk_api::ops_router(state.clone());
     let mut consumers: Vec<(&'static str, ConsumerTask)> = Vec::new();
     // Connections a role opened for itself, closed once every role has stopped.
-    let mut own_connections: Vec<chatdesk_streams::Connections> = vec![ingest];
+    let mut own_connections: Vec<chatdesk_streams::Connections> = ingest.into_iter().collect();
     for role in roles {
         match role {
             Role::Ingress => {

@@ -264,7 +264,8 @@ async fn finishing_a_job_leases_its_conversations_next_one_to_the_finisher() {
     else {
         panic!("the conversation's next job should be leased to the finisher");
     };
-    assert_eq!((next.job.id(), next.partition), (jobs[1].id(), 0));
+    assert_eq!((next.job.id(), next.partition, next.streak), (jobs[1].id(), 0, 1));
+    assert_eq!(leased[0].streak, 0, "a job leased by the partition's loop starts a streak");
     assert_ne!(next.token, leased[0].token);
     assert!(queue.lease(0, 10, 60_000, "b").await.unwrap().is_empty(), "nobody else gets the leased job");
     assert!(matches!(queue.finish(&leased[0], None, Some((60_000, "a"))).await.unwrap(), Finished::Lost));
