@@ -100,17 +100,24 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('SET', KEYS[5], '1', 'EX', tonumber(ARGV[3]))
-local following = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
-if not following then
-  return {'done'}
-end
-if ARGV[5] ~= '' then
-  local job = redis.call('HGET', KEYS[2], following)
-  if job then
-    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[5]), following)
-    redis.call('HSET', KEYS[3], following, ARGV[6])
-    return {'done', following, ARGV[6], job}
+-- A lane entry whose job is gone would hold its conversation forever: it is dropped.
+local following, job
+repeat
+  following = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
+  if not following then
+    return {'done'}
   end
+  job = redis.call('HGET', KEYS[2], following)
+  if not job then
+    redis.call('ZREM', KEYS[4], following)
+    redis.call('ZREM', KEYS[1], following)
+    redis.call('HDEL', KEYS[3], following)
+  end
+until job
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[5]), following)
+  redis.call('HSET', KEYS[3], following, ARGV[6])
+  return {'done', following, ARGV[6], job}
 end
 redis.call('ZADD', KEYS[1], now, following)
 return {'done', following}

@@ -318,3 +318,32 @@ async fn a_conversations_queued_messages_leave_in_order_once_each() {
     cancel.cancel();
     dispatch.await.unwrap();
 }
+
+/// A lane entry whose job is gone (a hand-edited or half-restored queue) is skipped when the job
+/// before it finishes, so its conversation's later messages still go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_entry_without_its_job_does_not_hold_its_conversation() {
+    let redis = chatdesk_testkit::redis().await;
+    let deployment = Deployment::start(redis.url()).await;
+    let queue = &deployment.queue;
+    let talk = Uuid::now_v7();
+    let jobs = [
+        deployment.job_in(talk, "first"),
+        deployment.job_in(talk, "lost"),
+        deployment.job_in(talk, "third"),
+        deployment.job_in(talk, "fourth"),
+    ];
+    assert_eq!(queue.admit(0, &jobs).await.unwrap(), 4);
+    let _: i64 = deployment.redis.hdel(deployment.queue_key("sendq.jobs"), jobs[1].id().to_string()).await.unwrap();
+    let leased = queue.lease(0, 10, 60_000, "a").await.unwrap();
+    assert_eq!(leased.len(), 1);
+    let Finished::Done(Following::Leased(next)) = queue.finish(&leased[0], None, Some((60_000, "a"))).await.unwrap()
+    else {
+        panic!("the job after the lost one should be leased");
+    };
+    assert_eq!(next.job.id(), jobs[2].id());
+    // Without a lease asked for, the same: the next job with a body is made due.
+    assert!(matches!(queue.finish(&next, None, None).await.unwrap(), Finished::Done(Following::Readied)));
+    let leased = queue.lease(0, 10, 60_000, "b").await.unwrap();
+    assert_eq!(leased.iter().map(|leased| leased.job.id()).collect::<Vec<_>>(), [jobs[3].id()]);
+}
