@@ -458,9 +458,9 @@ impl Inner {
         Ok(state)
     }
 
-    /// A delivery's permits: its place among the deliveries, then a call. Never the other way
-    /// round, so a delivery waiting for a call (the next of its conversation) never waits on one
-    /// that holds a call and waits for a place.
+    /// A delivery's permits: its place among the deliveries, then a call, always in that order
+    /// (a call is never held while waiting for a place). A conversation's next job takes its
+    /// call without waiting, or is not leased to its task (see `remove`).
     async fn permits(&self) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
         let delivery = self.deliveries.clone().acquire_owned().await.expect("the semaphore is never closed");
         let call = self.calls.clone().acquire_owned().await.expect("the semaphore is never closed");
