@@ -77,6 +77,18 @@ impl Default for Receiver {
     }
 }
 
+impl Receiver {
+    /// Every arrival, once `messages` have arrived (each is timed as it arrives, not here).
+    async fn all_arrived(&self, messages: usize) -> anyhow::Result<HashMap<String, Instant>> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while self.arrivals.lock().expect("arrivals").len() < messages {
+            anyhow::ensure!(Instant::now() < deadline, "not every message arrived within 10 minutes");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(self.arrivals.lock().expect("arrivals").clone())
+    }
+}
+
 async fn start_receiver(receiver: Receiver) -> anyhow::Result<SocketAddr> {
     let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
         let receiver = receiver.clone();
@@ -181,12 +193,7 @@ async fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let appended = append_all(&reply, tenant_id, &targets, args.messages).await?;
         let appended_in = started.elapsed();
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while receiver.arrivals.lock().expect("arrivals").len() < args.messages {
-            anyhow::ensure!(Instant::now() < deadline, "not every message arrived within 10 minutes");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let arrivals = receiver.arrivals.lock().expect("arrivals").clone();
+        let arrivals = receiver.all_arrived(args.messages).await?;
         let last = arrivals.values().max().copied().unwrap_or(started);
         let mut latencies: Vec<Duration> = appended
             .iter()
@@ -283,12 +290,7 @@ async fn queued_first_drain(
     }
     let opened = Instant::now();
     receiver.open.send_replace(true);
-    let deadline = opened + Duration::from_secs(600);
-    while receiver.arrivals.lock().expect("arrivals").len() < messages {
-        anyhow::ensure!(Instant::now() < deadline, "not every message arrived within 10 minutes");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let arrivals = receiver.arrivals.lock().expect("arrivals").clone();
+    let arrivals = receiver.all_arrived(messages).await?;
     anyhow::ensure!(appended.keys().all(|id| arrivals.contains_key(id)), "a reply never arrived");
     let last = arrivals.values().max().copied().unwrap_or(opened);
     let queued = messages.saturating_sub(held);

@@ -138,6 +138,17 @@ impl Deployment {
             .collect()
     }
 
+    /// The sender delivering until the token is cancelled.
+    fn dispatch(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let cancel = CancellationToken::new();
+        let sender = self.sender.clone();
+        let dispatch = tokio::spawn({
+            let cancel = cancel.clone();
+            async move { sender.dispatch(cancel).await }
+        });
+        (cancel, dispatch)
+    }
+
     fn calls(&self) -> usize {
         self.stand_in.calls.lock().unwrap().len()
     }
@@ -158,12 +169,7 @@ async fn delivered(deployment: &Deployment, job: &Job) -> (MessageStatusChanged,
 
 async fn a_message_is_sent_once_with_one_status(redis_url: &str) {
     let deployment = Deployment::start(redis_url).await;
-    let cancel = CancellationToken::new();
-    let dispatch = tokio::spawn({
-        let sender = deployment.sender.clone();
-        let cancel = cancel.clone();
-        async move { sender.dispatch(cancel).await }
-    });
+    let (cancel, dispatch) = deployment.dispatch();
     let job = deployment.job();
     assert_eq!(deployment.queue.admit(0, std::slice::from_ref(&job)).await.unwrap(), 1);
     let (status, calls) = delivered(&deployment, &job).await;
@@ -205,12 +211,7 @@ async fn a_sender_that_lost_its_lease_mid_call_leaves_one_status() {
             let _: i64 = thief.hset(&leases_key, (job_id.as_str(), "another-sender:1")).await.unwrap();
         })
     }));
-    let cancel = CancellationToken::new();
-    let dispatch = tokio::spawn({
-        let sender = deployment.sender.clone();
-        let cancel = cancel.clone();
-        async move { sender.dispatch(cancel).await }
-    });
+    let (cancel, dispatch) = deployment.dispatch();
     assert_eq!(deployment.queue.admit(0, std::slice::from_ref(&job)).await.unwrap(), 1);
 
     // The late sender's status is out; the job stays, held by the other sender.
@@ -292,12 +293,7 @@ async fn a_conversations_queued_messages_leave_in_order_once_each() {
     let texts: Vec<String> = (1..=6).map(|index| format!("message {index}")).collect();
     let jobs: Vec<Job> = texts.iter().map(|text| deployment.job_in(conversation, text)).collect();
     assert_eq!(deployment.queue.admit(0, &jobs).await.unwrap(), jobs.len());
-    let cancel = CancellationToken::new();
-    let dispatch = tokio::spawn({
-        let sender = deployment.sender.clone();
-        let cancel = cancel.clone();
-        async move { sender.dispatch(cancel).await }
-    });
+    let (cancel, dispatch) = deployment.dispatch();
     chatdesk_testkit::wait_until("the queue empties", Duration::from_secs(20), || async {
         deployment.queue.len(0).await.unwrap() == 0
     })
