@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 pub use chatdesk_core::envelope::{SendRequest, Template};
 
-/// How a job ended, recorded on the job before its status event is appended, so a job that
+/// How a job ended, recorded beside the job before its status event is appended, so a job that
 /// comes back after a crash finishes without calling the provider again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]

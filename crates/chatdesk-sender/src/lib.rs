@@ -14,7 +14,7 @@
 //!
 //! **At most once per entry, and the duplicate window.** A job is held under a lease, and every
 //! change to it needs the lease's token, so concurrent senders never both work on it. The result
-//! is recorded on the job right after the provider answers, and the job is removed only after
+//! is recorded beside the job right after the provider answers, and the job is removed only after
 //! its status event is appended; a sender that crashes once the result is recorded leaves a job
 //! that finishes (status event, removal) without calling the provider again. Only a crash
 //! between the provider accepting a message and that record (one Redis round trip), or a
@@ -303,11 +303,13 @@ impl Sender {
         let send = streams.stream(STREAM).ok_or(SenderError::NoSendStream)?;
         let partitions = send.partitions;
         let redis = connections.first().clone();
+        // Status events carry whole entries, one per delivery: they take the connections in
+        // turn too, rather than queueing on the first behind the rate limits.
+        let producer = Producer::over(connections.clone(), keys.clone(), streams.clone());
         let queue = Queue::over(connections, keys.clone(), send.name.clone());
         let (state_redis, state_keys) = (redis.clone(), keys.clone());
         let limiter = Limiter::new(redis.clone(), keys.clone(), settings.limits.clone());
         let providers = Providers::new(settings.endpoints.clone(), settings.timeout, settings.outbound.clone())?;
-        let producer = Producer::new(redis, keys, streams.clone());
         let inner = Inner {
             queue,
             limiter,
@@ -738,7 +740,7 @@ impl Inner {
         leased.job.ending = Some(ending.clone());
         let started = Instant::now();
         let (recorded, appended) =
-            tokio::join!(self.queue.update(leased, None), self.append_status(&leased.job, &ending));
+            tokio::join!(self.queue.record(leased, &ending), self.append_status(&leased.job, &ending));
         step("record", started);
         if !recorded? {
             // Another sender holds the job: it finishes it. The status appended here is true (this
@@ -821,7 +823,7 @@ impl Inner {
     async fn end(&self, leased: &mut Leased, ending: Ending, provider: &'static str) -> Result<Next, DeliverError> {
         leased.job.ending = Some(ending.clone());
         let started = Instant::now();
-        let recorded = self.queue.update(leased, None).await?;
+        let recorded = self.queue.record(leased, &ending).await?;
         step("record", started);
         if !recorded {
             ::metrics::counter!(metrics::LEASES_LOST_TOTAL).increment(1);

@@ -13,7 +13,10 @@
 //! - A retry or a rate-limit wait *reschedules* the job (new due time, lease released). Every
 //!   change requires the current lease token: a sender whose lease ran out cannot finish a job
 //!   another sender now holds.
-//! - *Finishing* removes the job, leaves a `done` marker (so a redelivered stream entry is not
+//! - A job's *ending* (sent, or failed for good) is recorded beside the job, in a hash of its
+//!   own, before its status is appended: a few bytes instead of the whole job written again,
+//!   and a job leased after a crash comes back with it.
+//! - *Finishing* removes the job and its ending, leaves a `done` marker (so a redelivered stream entry is not
 //!   admitted again), readies the lane's next job, and dead-letters the job to `dlq.send` when
 //!   asked, all at once. A finishing sender may take the next job's lease in the same call:
 //!   a busy conversation's messages then follow each other without a lease round trip between
@@ -28,7 +31,7 @@ use chatdesk_streams::{Connections, Script, dead_letter};
 use fred::prelude::*;
 use uuid::Uuid;
 
-use crate::job::Job;
+use crate::job::{Ending, Job};
 
 /// How long a finished job's id is remembered: as long as the send stream keeps entries.
 const DONE_TTL_SECONDS: u64 = 8 * 86_400;
@@ -68,9 +71,11 @@ for index, id in ipairs(ids) do
     out[#out + 1] = id
     out[#out + 1] = token
     out[#out + 1] = job
+    out[#out + 1] = redis.call('HGET', KEYS[4], id) or ''
   else
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', KEYS[3], id)
+    redis.call('HDEL', KEYS[4], id)
   end
 end
 return out
@@ -88,6 +93,15 @@ end
 return 1
 "#;
 
+/// KEYS = endings; ARGV = id, token, the ending's JSON.
+const RECORD: &str = r#"
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"#;
+
 const FINISH: &str = r#"
 if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then
   return {'lost'}
@@ -96,6 +110,7 @@ if ARGV[4] == '1' then
   dead_letter(KEYS[6], 7)
 end
 redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[7], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
@@ -112,12 +127,13 @@ repeat
     redis.call('ZREM', KEYS[4], following)
     redis.call('ZREM', KEYS[1], following)
     redis.call('HDEL', KEYS[3], following)
+    redis.call('HDEL', KEYS[7], following)
   end
 until job
 if ARGV[5] ~= '' then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[5]), following)
   redis.call('HSET', KEYS[3], following, ARGV[6])
-  return {'done', following, ARGV[6], job}
+  return {'done', following, ARGV[6], job, redis.call('HGET', KEYS[7], following) or ''}
 end
 redis.call('ZADD', KEYS[1], now, following)
 return {'done', following}
@@ -130,6 +146,15 @@ if not first[1] then
 end
 return math.max(0, tonumber(first[2]) - now)
 "#;
+
+/// A job as stored, with its ending when one was recorded (`""` when none was).
+fn with_ending(job: &str, ending: &str) -> Result<Job, serde_json::Error> {
+    let mut job: Job = serde_json::from_str(job)?;
+    if !ending.is_empty() {
+        job.ending = Some(serde_json::from_str(ending)?);
+    }
+    Ok(job)
+}
 
 /// A job this sender holds.
 #[derive(Debug, Clone)]
@@ -178,6 +203,7 @@ pub enum QueueError {
 static ADMIT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(format!("{NOW}{ADMIT}")));
 static LEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(format!("{NOW}{LEASE}")));
 static UPDATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(format!("{NOW}{UPDATE}")));
+static RECORD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD));
 static FINISH_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(format!("{NOW}{}{FINISH}", dead_letter::LUA_FUNCTION)));
 static NEXT_DUE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(format!("{NOW}{NEXT_DUE}")));
@@ -192,6 +218,7 @@ pub struct Queue {
 
 struct QueueKeys {
     jobs: String,
+    endings: String,
     ready: String,
     leases: String,
     seq: String,
@@ -217,6 +244,7 @@ impl Queue {
         let keys = self.keys.partition(&self.family, partition);
         QueueKeys {
             jobs: keys.key("sendq.jobs"),
+            endings: keys.key("sendq.endings"),
             ready: keys.key("sendq.ready"),
             leases: keys.key("sendq.leases"),
             seq: keys.key("sendq.seq"),
@@ -267,17 +295,14 @@ impl Queue {
         let flat: Vec<String> = LEASE_SCRIPT
             .call(
                 self.redis(),
-                vec![keys.ready, keys.jobs, keys.leases],
+                vec![keys.ready, keys.jobs, keys.leases, keys.endings],
                 vec![lease_ms.to_string(), limit.to_string(), format!("{holder}:{}", Uuid::new_v4().simple())],
             )
             .await?;
-        flat.chunks_exact(3)
+        flat.chunks_exact(4)
             .map(|chunk| {
-                let job = serde_json::from_str(&chunk[2]).map_err(|source| QueueError::Corrupt {
-                    partition,
-                    id: chunk[0].clone(),
-                    source,
-                })?;
+                let corrupt = |source| QueueError::Corrupt { partition, id: chunk[0].clone(), source };
+                let job = with_ending(&chunk[2], &chunk[3]).map_err(corrupt)?;
                 Ok(Leased { partition, token: chunk[1].clone(), job, streak: 0 })
             })
             .collect()
@@ -300,6 +325,24 @@ impl Queue {
             )
             .await?;
         Ok(updated == 1)
+    }
+
+    /// Records how the job ended (see the module docs); the job itself is not written again.
+    /// `false`: the lease was lost (another sender holds the job now).
+    pub async fn record(&self, leased: &Leased, ending: &Ending) -> Result<bool, Error> {
+        let keys = self.partition_keys(leased.partition);
+        let recorded: i64 = RECORD_SCRIPT
+            .call(
+                self.redis(),
+                vec![keys.endings, keys.leases],
+                vec![
+                    leased.job.id().to_string(),
+                    leased.token.clone(),
+                    serde_json::to_string(ending).expect("endings serialise"),
+                ],
+            )
+            .await?;
+        Ok(recorded == 1)
     }
 
     /// Removes the finished job (dead-lettering it when `dead_letter` is given) and readies the
@@ -331,13 +374,17 @@ impl Queue {
         };
         let (lane, done) = (Self::lane(&keys, job.request.conversation_id), Self::done(&keys, job.id()));
         let reply: Vec<String> = FINISH_SCRIPT
-            .call(self.redis(), vec![keys.ready, keys.jobs, keys.leases, lane, done, keys.dead_letters], args)
+            .call(
+                self.redis(),
+                vec![keys.ready, keys.jobs, keys.leases, lane, done, keys.dead_letters, keys.endings],
+                args,
+            )
             .await?;
         let partition = leased.partition;
         Ok(match reply.as_slice() {
             [state] if state == "done" => Finished::Done(Following::None),
             [state, _] if state == "done" => Finished::Done(Following::Readied),
-            [state, id, token, job] if state == "done" => match serde_json::from_str(job) {
+            [state, id, token, job, ending] if state == "done" => match with_ending(job, ending) {
                 Ok(job) => Finished::Done(Following::Leased(Box::new(Leased {
                     partition,
                     token: token.clone(),

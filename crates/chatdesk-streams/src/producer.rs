@@ -13,6 +13,7 @@ use chatdesk_core::{EntryId, Envelope, KeyScheme, StreamsConfig};
 use fred::prelude::*;
 use fred::types::streams::XID;
 
+use crate::Connections;
 use crate::metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,14 +58,20 @@ return {1, id}
 
 #[derive(Clone)]
 pub struct Producer {
-    client: Client,
+    connections: Connections,
     keys: KeyScheme,
     config: Arc<StreamsConfig>,
 }
 
 impl Producer {
     pub fn new(client: Client, keys: KeyScheme, config: Arc<StreamsConfig>) -> Self {
-        Self { client, keys, config }
+        Self::over(client.into(), keys, config)
+    }
+
+    /// A producer whose appends take `connections` in turn: for a path that appends whole
+    /// entries at a high rate beside other traffic (see [`Connections`]).
+    pub fn over(connections: Connections, keys: KeyScheme, config: Arc<StreamsConfig>) -> Self {
+        Self { connections, keys, config }
     }
 
     fn partitions(&self, family: &str) -> Result<(chatdesk_core::StreamName, u16), ProduceError> {
@@ -110,7 +117,7 @@ impl Producer {
         }
         let started = Instant::now();
         let (fresh, id): (i64, String) = APPEND_ONCE
-            .call(&self.client, vec![keys.stream.clone(), keys.scoped("once", dedupe)], args)
+            .call(self.connections.next(), vec![keys.stream.clone(), keys.scoped("once", dedupe)], args)
             .await
             .map_err(|source| ProduceError::Redis { key: keys.stream.clone(), source })?;
         let labels = [("stream", name.to_string())];
@@ -137,7 +144,8 @@ impl Producer {
         let key = self.keys.partition(&name, partition).stream;
         let started = Instant::now();
         let id: String = self
-            .client
+            .connections
+            .next()
             .xadd(&key, false, None::<()>, XID::Auto, entry.encode())
             .await
             .map_err(|source| ProduceError::Redis { key: key.clone(), source })?;

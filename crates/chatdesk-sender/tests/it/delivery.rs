@@ -10,7 +10,7 @@ use axum::Json;
 use axum::extract::State;
 use chatdesk_core::events::{Event, MessageStatus, MessageStatusChanged};
 use chatdesk_core::{Envelope, KeyScheme, StreamsConfig};
-use chatdesk_sender::job::Job;
+use chatdesk_sender::job::{Ending, Job};
 use chatdesk_sender::providers::Endpoints;
 use chatdesk_sender::queue::{Finished, Following, Queue};
 use chatdesk_sender::{Sender, SenderSettings};
@@ -342,4 +342,42 @@ async fn a_lane_entry_without_its_job_does_not_hold_its_conversation() {
     assert!(matches!(queue.finish(&next, None, None).await.unwrap(), Finished::Done(Following::Readied)));
     let leased = queue.lease(0, 10, 60_000, "b").await.unwrap();
     assert_eq!(leased.iter().map(|leased| leased.job.id()).collect::<Vec<_>>(), [jobs[3].id()]);
+}
+
+/// A sender that dies once it has recorded how a job ended leaves the job to the next holder,
+/// which gets the ending back with the job and finishes it without calling the provider again.
+/// Only the lease's holder records an ending, and finishing removes it with the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_ending_comes_back_with_its_job_and_is_not_sent_again() {
+    let redis = chatdesk_testkit::redis().await;
+    let deployment = Deployment::start(redis.url()).await;
+    let queue = &deployment.queue;
+    let job = deployment.job();
+    assert_eq!(queue.admit(0, std::slice::from_ref(&job)).await.unwrap(), 1);
+    let leased = queue.lease(0, 10, 60_000, "crashed").await.unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].job.ending, None);
+    let ending = Ending::Sent { provider_message_id: Some("wamid.before-the-crash".to_owned()) };
+    let stale = chatdesk_sender::queue::Leased { token: "another-sender:1".to_owned(), ..leased[0].clone() };
+    assert!(!queue.record(&stale, &ending).await.unwrap(), "only the lease's holder records");
+    assert!(queue.record(&leased[0], &ending).await.unwrap());
+
+    // The sender dies: its lease ends and the job is due again, with its ending.
+    let (leases, ready) = (deployment.queue_key("sendq.leases"), deployment.queue_key("sendq.ready"));
+    let _: i64 = deployment.redis.hdel(&leases, job.id().to_string()).await.unwrap();
+    let _: i64 = deployment.redis.zadd(&ready, None, None, false, false, (0.0, job.id().to_string())).await.unwrap();
+    let again = queue.lease(0, 10, 60_000, "next").await.unwrap();
+    assert_eq!(again[0].job.ending.as_ref(), Some(&ending));
+    let _: i64 = deployment.redis.hdel(&leases, job.id().to_string()).await.unwrap();
+    let _: i64 = deployment.redis.zadd(&ready, None, None, false, false, (0.0, job.id().to_string())).await.unwrap();
+
+    let (cancel, dispatch) = deployment.dispatch();
+    let (status, calls) = delivered(&deployment, &job).await;
+    assert_eq!(calls, 0, "the provider accepted it before the crash");
+    assert_eq!(status.status, MessageStatus::Sent);
+    assert_eq!(status.provider_message_id.as_deref(), Some("wamid.before-the-crash"));
+    let endings: u64 = deployment.redis.hlen(deployment.queue_key("sendq.endings")).await.unwrap();
+    assert_eq!(endings, 0, "the ending leaves with its job");
+    cancel.cancel();
+    dispatch.await.unwrap();
 }
