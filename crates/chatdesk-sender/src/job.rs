@@ -23,7 +23,8 @@ pub enum Ending {
     },
 }
 
-/// What the queue keeps per job (JSON in the partition's job hash).
+/// What the queue keeps per job (JSON in the partition's job hash; a recorded ending is kept
+/// beside it and set here when the job is leased, see [`crate::queue`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub tenant: Uuid,

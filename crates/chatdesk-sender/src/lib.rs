@@ -290,8 +290,8 @@ impl Sender {
         Self::over(redis.into(), db, keys, streams, node, settings)
     }
 
-    /// A sender whose delivery queue takes `connections` in turn (see [`Queue::over`]); the
-    /// first also serves the rate limits and the status events.
+    /// A sender whose delivery queue and status events take `connections` in turn (see
+    /// [`Queue::over`]); the first also serves the rate limits and the campaigns' states.
     pub fn over(
         connections: Connections,
         db: chatdesk_store::Pool,

@@ -14,11 +14,12 @@
 //!   change requires the current lease token: a sender whose lease ran out cannot finish a job
 //!   another sender now holds.
 //! - A job's *ending* (sent, or failed for good) is recorded beside the job, in a hash of its
-//!   own, before its status is appended: a few bytes instead of the whole job written again,
-//!   and a job leased after a crash comes back with it.
-//! - *Finishing* removes the job and its ending, leaves a `done` marker (so a redelivered stream entry is not
-//!   admitted again), readies the lane's next job, and dead-letters the job to `dlq.send` when
-//!   asked, all at once. A finishing sender may take the next job's lease in the same call:
+//!   own, with the provider calls made: a few bytes instead of the whole job written again, and
+//!   a job leased again after a crash comes back with it. A `failed` status is appended only
+//!   after its record, a `sent` one together with it (see the crate docs).
+//! - *Finishing* removes the job and its ending, leaves a `done` marker (so a redelivered stream
+//!   entry is not admitted again), readies the lane's next job, and dead-letters the job to
+//!   `dlq.send` when asked, all at once. A finishing sender may take the next job's lease in the same call:
 //!   a busy conversation's messages then follow each other without a lease round trip between
 //!   them, as a worker of a job queue takes its next job when it reports the last one done.
 //!
@@ -39,15 +40,16 @@ const DONE_TTL_SECONDS: u64 = 8 * 86_400;
 const NOW: &str =
     "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
 
-/// A whole batch in one call: KEYS = jobs, ready, seq, then each job's lane and done marker;
-/// ARGV = each job's id and JSON, in stream order (a lane's jobs keep that order).
+/// A whole batch in one call: KEYS = jobs, ready, seq, endings, then each job's lane and done
+/// marker; ARGV = each job's id and JSON, in stream order (a lane's jobs keep that order).
 const ADMIT: &str = r#"
 local admitted = 0
 for index = 1, #ARGV / 2 do
   local id, job = ARGV[index * 2 - 1], ARGV[index * 2]
-  local lane, done = KEYS[2 + index * 2], KEYS[3 + index * 2]
+  local lane, done = KEYS[3 + index * 2], KEYS[4 + index * 2]
   if redis.call('EXISTS', done) == 0 and redis.call('HEXISTS', KEYS[1], id) == 0 then
     redis.call('HSET', KEYS[1], id, job)
+    redis.call('HDEL', KEYS[4], id)
     local seq = redis.call('INCR', KEYS[3])
     redis.call('ZADD', lane, seq, id)
     if redis.call('ZCARD', lane) == 1 then
@@ -147,11 +149,31 @@ end
 return math.max(0, tonumber(first[2]) - now)
 "#;
 
-/// A job as stored, with its ending when one was recorded (`""` when none was).
-fn with_ending(job: &str, ending: &str) -> Result<Job, serde_json::Error> {
-    let mut job: Job = serde_json::from_str(job)?;
+/// What is recorded beside a job that ended: the ending and the provider calls made, so a job
+/// concluded by its next holder reports them as its last holder would have.
+#[derive(serde::Serialize)]
+struct RecordedEnding<'a> {
+    #[serde(flatten)]
+    ending: &'a Ending,
+    attempts: u32,
+}
+
+#[derive(serde::Deserialize)]
+struct StoredEnding {
+    #[serde(flatten)]
+    ending: Ending,
+    #[serde(default)]
+    attempts: u32,
+}
+
+/// A job as stored, with its ending when one was recorded (`""` when none was); on error, which
+/// of the two cannot be read.
+fn with_ending(job: &str, ending: &str) -> Result<Job, (&'static str, serde_json::Error)> {
+    let mut job: Job = serde_json::from_str(job).map_err(|error| ("job", error))?;
     if !ending.is_empty() {
-        job.ending = Some(serde_json::from_str(ending)?);
+        let stored: StoredEnding = serde_json::from_str(ending).map_err(|error| ("ending", error))?;
+        job.ending = Some(stored.ending);
+        job.attempts = job.attempts.max(stored.attempts);
     }
     Ok(job)
 }
@@ -191,10 +213,12 @@ pub enum Following {
 pub enum QueueError {
     #[error(transparent)]
     Redis(#[from] Error),
-    #[error("job {id} in partition {partition} is not valid JSON: {source}")]
+    #[error("the {what} of job {id} in partition {partition} is not valid JSON: {source}")]
     Corrupt {
         partition: u16,
         id: String,
+        /// `job`, or its recorded `ending`.
+        what: &'static str,
         #[source]
         source: serde_json::Error,
     },
@@ -269,7 +293,7 @@ impl Queue {
             return Ok(0);
         }
         let keys = self.partition_keys(partition);
-        let mut script_keys = Vec::with_capacity(3 + jobs.len() * 2);
+        let mut script_keys = Vec::with_capacity(4 + jobs.len() * 2);
         let mut args = Vec::with_capacity(jobs.len() * 2);
         for job in jobs {
             script_keys.push(Self::lane(&keys, job.request.conversation_id));
@@ -277,7 +301,7 @@ impl Queue {
             args.push(job.id().to_string());
             args.push(serde_json::to_string(job).expect("jobs serialise"));
         }
-        script_keys.splice(0..0, [keys.jobs, keys.ready, keys.seq]);
+        script_keys.splice(0..0, [keys.jobs, keys.ready, keys.seq, keys.endings]);
         let admitted: i64 = ADMIT_SCRIPT.call(self.redis(), script_keys, args).await?;
         Ok(usize::try_from(admitted).unwrap_or(0))
     }
@@ -299,13 +323,19 @@ impl Queue {
                 vec![lease_ms.to_string(), limit.to_string(), format!("{holder}:{}", Uuid::new_v4().simple())],
             )
             .await?;
-        flat.chunks_exact(4)
-            .map(|chunk| {
-                let corrupt = |source| QueueError::Corrupt { partition, id: chunk[0].clone(), source };
-                let job = with_ending(&chunk[2], &chunk[3]).map_err(corrupt)?;
-                Ok(Leased { partition, token: chunk[1].clone(), job, streak: 0 })
+        // A job that cannot be read is left to its lease's end, reported each time, and holds
+        // up no other job of the batch.
+        Ok(flat
+            .chunks_exact(4)
+            .filter_map(|chunk| match with_ending(&chunk[2], &chunk[3]) {
+                Ok(job) => Some(Leased { partition, token: chunk[1].clone(), job, streak: 0 }),
+                Err((what, source)) => {
+                    let error = QueueError::Corrupt { partition, id: chunk[0].clone(), what, source };
+                    tracing::error!(error = %error, "a leased job cannot be read; it stays queued");
+                    None
+                }
             })
-            .collect()
+            .collect())
     }
 
     /// Stores the job's new state; with `delay_ms`, makes it due again then and releases the
@@ -338,7 +368,8 @@ impl Queue {
                 vec![
                     leased.job.id().to_string(),
                     leased.token.clone(),
-                    serde_json::to_string(ending).expect("endings serialise"),
+                    serde_json::to_string(&RecordedEnding { ending, attempts: leased.job.attempts })
+                        .expect("endings serialise"),
                 ],
             )
             .await?;
@@ -392,8 +423,8 @@ impl Queue {
                     streak: leased.streak + 1,
                 }))),
                 // Finished all the same; the leasing loop reports the broken job when its lease ends.
-                Err(error) => {
-                    tracing::warn!(partition, id = %id, error = %error, "the conversation's next job is not valid JSON");
+                Err((what, error)) => {
+                    tracing::warn!(partition, id = %id, what, error = %error, "the conversation's next job cannot be read");
                     Finished::Done(Following::None)
                 }
             },

@@ -69,7 +69,9 @@ impl Producer {
     }
 
     /// A producer whose appends take `connections` in turn: for a path that appends whole
-    /// entries at a high rate beside other traffic (see [`Connections`]).
+    /// entries at a high rate beside other traffic (see [`Connections`]). Appends not awaited
+    /// one after the other may then land in either order; a caller that needs an order awaits
+    /// each append before the next.
     pub fn over(connections: Connections, keys: KeyScheme, config: Arc<StreamsConfig>) -> Self {
         Self { connections, keys, config }
     }

@@ -354,9 +354,10 @@ async fn a_recorded_ending_comes_back_with_its_job_and_is_not_sent_again() {
     let queue = &deployment.queue;
     let job = deployment.job();
     assert_eq!(queue.admit(0, std::slice::from_ref(&job)).await.unwrap(), 1);
-    let leased = queue.lease(0, 10, 60_000, "crashed").await.unwrap();
+    let mut leased = queue.lease(0, 10, 60_000, "crashed").await.unwrap();
     assert_eq!(leased.len(), 1);
     assert_eq!(leased[0].job.ending, None);
+    leased[0].job.attempts = 2;
     let ending = Ending::Sent { provider_message_id: Some("wamid.before-the-crash".to_owned()) };
     let stale = chatdesk_sender::queue::Leased { token: "another-sender:1".to_owned(), ..leased[0].clone() };
     assert!(!queue.record(&stale, &ending).await.unwrap(), "only the lease's holder records");
@@ -368,6 +369,7 @@ async fn a_recorded_ending_comes_back_with_its_job_and_is_not_sent_again() {
     let _: i64 = deployment.redis.zadd(&ready, None, None, false, false, (0.0, job.id().to_string())).await.unwrap();
     let again = queue.lease(0, 10, 60_000, "next").await.unwrap();
     assert_eq!(again[0].job.ending.as_ref(), Some(&ending));
+    assert_eq!(again[0].job.attempts, 2, "the calls made come back with the ending");
     let _: i64 = deployment.redis.hdel(&leases, job.id().to_string()).await.unwrap();
     let _: i64 = deployment.redis.zadd(&ready, None, None, false, false, (0.0, job.id().to_string())).await.unwrap();
 
@@ -380,4 +382,28 @@ async fn a_recorded_ending_comes_back_with_its_job_and_is_not_sent_again() {
     assert_eq!(endings, 0, "the ending leaves with its job");
     cancel.cancel();
     dispatch.await.unwrap();
+}
+
+/// A leased job that cannot be read (its JSON or its recorded ending) stays queued and holds up
+/// no other job leased with it; a job admitted again after its `done` marker lapsed does not
+/// inherit an ending left from before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_cannot_be_read_holds_up_no_other() {
+    let redis = chatdesk_testkit::redis().await;
+    let deployment = Deployment::start(redis.url()).await;
+    let queue = &deployment.queue;
+    let endings = deployment.queue_key("sendq.endings");
+    let jobs = [deployment.job(), deployment.job(), deployment.job()];
+    let stale = json!({"result": "sent", "provider_message_id": "wamid.old", "attempts": 1}).to_string();
+    let _: i64 = deployment.redis.hset(&endings, (jobs[2].id().to_string(), stale.as_str())).await.unwrap();
+    assert_eq!(queue.admit(0, &jobs).await.unwrap(), 3);
+    let _: i64 = deployment.redis.hset(&endings, (jobs[0].id().to_string(), "{not json")).await.unwrap();
+    let _: i64 =
+        deployment.redis.hset(deployment.queue_key("sendq.jobs"), (jobs[1].id().to_string(), "[]")).await.unwrap();
+
+    let leased = queue.lease(0, 10, 60_000, "a").await.unwrap();
+    assert_eq!(leased.iter().map(|leased| leased.job.id()).collect::<Vec<_>>(), [jobs[2].id()]);
+    assert_eq!(leased[0].job.ending, None, "admitted afresh, with no ending");
+    assert!(matches!(queue.finish(&leased[0], None, None).await.unwrap(), Finished::Done(Following::None)));
+    assert_eq!(queue.len(0).await.unwrap(), 2, "the unreadable jobs stay queued");
 }
