@@ -19,9 +19,10 @@
 //!   after its record, a `sent` one together with it (see the crate docs).
 //! - *Finishing* removes the job and its ending, leaves a `done` marker (so a redelivered stream
 //!   entry is not admitted again), readies the lane's next job, and dead-letters the job to
-//!   `dlq.send` when asked, all at once. A finishing sender may take the next job's lease in the same call:
-//!   a busy conversation's messages then follow each other without a lease round trip between
-//!   them, as a worker of a job queue takes its next job when it reports the last one done.
+//!   `dlq.send` when asked, all at once. A finishing sender may take the next job's lease in the
+//!   same call: a busy conversation's messages then follow each other without a lease round
+//!   trip between them, as a worker of a job queue takes its next job when it reports the last
+//!   one done.
 //!
 //! Times come from Redis (`TIME`), so every sender process agrees on them.
 
@@ -95,7 +96,7 @@ end
 return 1
 "#;
 
-/// KEYS = endings; ARGV = id, token, the ending's JSON.
+/// KEYS = endings, leases; ARGV = id, token, the ending's JSON (see `RecordedEnding`).
 const RECORD: &str = r#"
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then
   return 0
