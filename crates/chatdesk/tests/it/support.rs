@@ -227,26 +227,33 @@ pub async fn whatsapp_notify(http: SocketAddr, inbox: &Value, value: Value) {
 
 /// Jobs in the sender's delivery queue, over every partition of the send stream.
 pub async fn queued_deliveries(env: &Env) -> u64 {
+    queue_entries(env, "sendq.jobs").await
+}
+
+/// Entries of one of the delivery queue's hashes (`sendq.jobs`, `sendq.endings`), over every
+/// partition of the send stream.
+async fn queue_entries(env: &Env, hash: &'static str) -> u64 {
     use fred::interfaces::HashesInterface as _;
     let streams = shipped_streams();
     let send = streams.stream("send").unwrap();
     let keys = chatdesk_core::KeyScheme::new(&env.prefix).unwrap();
     let redis = redis_client(env).await;
-    let mut queued = 0u64;
+    let mut entries = 0u64;
     for partition in 0..send.partitions {
-        let jobs: u64 = redis.hlen(keys.partition(&send.name, partition).key("sendq.jobs")).await.unwrap();
-        queued += jobs;
+        let count: u64 = redis.hlen(keys.partition(&send.name, partition).key(hash)).await.unwrap();
+        entries += count;
     }
-    queued
+    entries
 }
 
 /// Waits until the delivery queue holds no job: every message was sent, failed or dead-lettered,
-/// so no further provider call can come.
+/// so no further provider call can come. No recorded ending outlives its job.
 pub async fn until_deliveries_finished(env: &Env) {
     chatdesk_testkit::wait_until("the delivery queue to drain", Duration::from_secs(60), || async {
         queued_deliveries(env).await == 0
     })
     .await;
+    assert_eq!(queue_entries(env, "sendq.endings").await, 0, "an ending was left behind its job");
 }
 
 /// The value of a metric line (`name` with its labels, as `/metrics` prints it) of the process at
