@@ -4,8 +4,8 @@
 //! A blocking `XREADGROUP` occupies its connection for the whole BLOCK time, so every blocking
 //! reader gets a connection of its own ([`RedisConnector::dedicated`]); everything else shares
 //! one client ([`RedisConnector::shared`]), except the paths whose scripts carry whole messages
-//! at a high rate (webhook ingest, the sender's queue), which take a few connections in turn
-//! ([`Connections`]).
+//! at a high rate (webhook ingest, the sender's queue and status events), which take a few
+//! connections in turn ([`Connections`]).
 //!
 //! fred reconnects forever with exponential backoff after the server goes away. Commands are
 //! attempted once: a command whose connection dropped fails instead of being re-sent, because
@@ -112,7 +112,7 @@ impl RedisConnector {
 }
 
 /// Connections taken in turn by the commands of one busy path (webhook ingest, the delivery
-/// queue). Redis reads at most 16 KiB of one connection's commands per event-loop turn, and with
+/// queue and its status events). Redis reads at most 16 KiB of one connection's commands per event-loop turn, and with
 /// AOF `always` every turn waits for an fsync: on one connection, a path whose scripts carry
 /// whole messages gets only that much through per fsync, and its callers queue behind each other.
 #[derive(Clone)]

@@ -149,6 +149,14 @@ impl Deployment {
         (cancel, dispatch)
     }
 
+    /// The job's holder is gone and its lease has ended: the job is due again for anyone.
+    async fn lease_ends(&self, job: &Job) {
+        let id = job.id().to_string();
+        let _: i64 = self.redis.hdel(self.queue_key("sendq.leases"), &id).await.unwrap();
+        let _: i64 =
+            self.redis.zadd(self.queue_key("sendq.ready"), None, None, false, false, (0.0, id.as_str())).await.unwrap();
+    }
+
     fn calls(&self) -> usize {
         self.stand_in.calls.lock().unwrap().len()
     }
@@ -203,7 +211,7 @@ async fn a_sender_that_lost_its_lease_mid_call_leaves_one_status() {
     let redis = chatdesk_testkit::redis().await;
     let deployment = Deployment::start(redis.url()).await;
     let job = deployment.job();
-    let (leases, ready) = (deployment.queue_key("sendq.leases"), deployment.queue_key("sendq.ready"));
+    let leases = deployment.queue_key("sendq.leases");
     let thief = deployment.redis.clone();
     let (job_id, leases_key) = (job.id().to_string(), leases.clone());
     *deployment.stand_in.first_call.lock().unwrap() = Some(Box::new(move || {
@@ -227,8 +235,7 @@ async fn a_sender_that_lost_its_lease_mid_call_leaves_one_status() {
     assert_eq!(holder.as_deref(), Some("another-sender:1"));
 
     // The other sender dies: its lease ends and the job is due again.
-    let _: i64 = deployment.redis.hdel(&leases, job.id().to_string()).await.unwrap();
-    let _: i64 = deployment.redis.zadd(&ready, None, None, false, false, (0.0, job.id().to_string())).await.unwrap();
+    deployment.lease_ends(&job).await;
     let (status, calls) = delivered(&deployment, &job).await;
     assert_eq!(calls, 2, "sent again by the next holder: the call outlived its lease");
     assert_eq!(status.status, MessageStatus::Sent);
@@ -364,14 +371,11 @@ async fn a_recorded_ending_comes_back_with_its_job_and_is_not_sent_again() {
     assert!(queue.record(&leased[0], &ending).await.unwrap());
 
     // The sender dies: its lease ends and the job is due again, with its ending.
-    let (leases, ready) = (deployment.queue_key("sendq.leases"), deployment.queue_key("sendq.ready"));
-    let _: i64 = deployment.redis.hdel(&leases, job.id().to_string()).await.unwrap();
-    let _: i64 = deployment.redis.zadd(&ready, None, None, false, false, (0.0, job.id().to_string())).await.unwrap();
+    deployment.lease_ends(&job).await;
     let again = queue.lease(0, 10, 60_000, "next").await.unwrap();
     assert_eq!(again[0].job.ending.as_ref(), Some(&ending));
     assert_eq!(again[0].job.attempts, 2, "the calls made come back with the ending");
-    let _: i64 = deployment.redis.hdel(&leases, job.id().to_string()).await.unwrap();
-    let _: i64 = deployment.redis.zadd(&ready, None, None, false, false, (0.0, job.id().to_string())).await.unwrap();
+    deployment.lease_ends(&job).await;
 
     let (cancel, dispatch) = deployment.dispatch();
     let (status, calls) = delivered(&deployment, &job).await;
