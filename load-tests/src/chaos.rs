@@ -1078,6 +1078,15 @@ async fn tally(
             dead_letters += redis.xlen::<u64, _>(key.as_str()).await.unwrap_or(0);
         }
     }
+    // A delivery's recorded ending leaves with its job: once the queue is empty, none is left,
+    // however often a sender was killed between its record and its finish.
+    let mut endings = 0u64;
+    if let Some(send) = streams.stream("send") {
+        for partition in 0..send.partitions {
+            let key = keys.partition(&send.name, partition).key("sendq.endings");
+            endings += redis.hlen::<u64, _>(key.as_str()).await.unwrap_or(0);
+        }
+    }
 
     let seen = observed.lock().expect("observed");
     let mut failures = Vec::new();
@@ -1193,6 +1202,9 @@ async fn tally(
     if !drained {
         failures.push("the writer or the sender did not drain within 180 s".into());
     }
+    if endings > 0 {
+        failures.push(format!("{endings} recorded delivery endings outlived their jobs"));
+    }
 
     println!("\ntally after {:.0} s:", took.as_secs_f64());
     println!("  faults: {}", seen.faults.len());
@@ -1222,6 +1234,7 @@ async fn tally(
     println!("  stored events: {}", stored.values().map(Vec::len).sum::<usize>());
     println!("  socket events: {socket_events} over {} sockets, {} resumes", seen.sockets.len(), seen.socket_resumes);
     println!("  dead letters: {dead_letters}");
+    println!("  recorded delivery endings left: {endings}");
     for failure in failures.iter().take(30) {
         println!("  FAIL {failure}");
     }
