@@ -302,8 +302,8 @@ pub struct Directory {
 }
 
 /// A record's script arguments: its routing fields (no conversation, no payload; the script adds
-/// them) and its payload's members without `without`.
-fn record_arguments(envelope: &Envelope, without: &[&str]) -> Result<Vec<String>, DirectoryError> {
+/// them) and its payload's members without `without`, from [`Envelope::unfinished`].
+fn record_arguments((envelope, mut payload): (Envelope, serde_json::Value), without: &[&str]) -> Vec<String> {
     let routing: Vec<(&'static str, String)> = envelope
         .encode()
         .into_iter()
@@ -315,8 +315,6 @@ fn record_arguments(envelope: &Envelope, without: &[&str]) -> Result<Vec<String>
         args.push(field.to_owned());
         args.push(value);
     }
-    let mut payload: serde_json::Value = serde_json::from_str(&envelope.payload)
-        .map_err(|error| invalid("extra", format!("cannot be kept as it is: {error}")))?;
     if let Some(object) = payload.as_object_mut() {
         for member in without {
             object.remove(*member);
@@ -324,7 +322,7 @@ fn record_arguments(envelope: &Envelope, without: &[&str]) -> Result<Vec<String>
     }
     let text = payload.to_string();
     args.push(text[1..text.len() - 1].to_owned());
-    Ok(args)
+    args
 }
 
 fn parse_uuid(raw: &str) -> Result<Uuid, DirectoryError> {
@@ -394,13 +392,13 @@ impl Directory {
             name: sender.name.clone(),
             email: sender.email.clone(),
         });
-        args.extend(record_arguments(&Envelope::of(request.tenant, &contact), &["contact_id"])?);
+        args.extend(record_arguments(Envelope::unfinished(request.tenant, &contact), &["contact_id"]));
         let conversation =
             Event::ConversationCreated(ConversationCreated { conversation_id, inbox_id: sender.inbox, contact_id });
         args.extend(record_arguments(
-            &Envelope::of(request.tenant, &conversation),
+            Envelope::unfinished(request.tenant, &conversation),
             &["conversation_id", "contact_id"],
-        )?);
+        ));
         if let Some(message) = request.message {
             let event = Event::MessageCreated(MessageCreated {
                 conversation_id,
@@ -414,8 +412,11 @@ impl Directory {
                 client_msg_id: None,
                 sent_at_ms: message.sent_at_ms,
             });
-            let envelope = Envelope::of(request.tenant, &event).with_event_id(event_id);
-            args.extend(record_arguments(&envelope, &["conversation_id", "contact_id", "sender"])?);
+            let (envelope, payload) = Envelope::unfinished(request.tenant, &event);
+            args.extend(record_arguments(
+                (envelope.with_event_id(event_id), payload),
+                &["conversation_id", "contact_id", "sender"],
+            ));
         }
         let started = std::time::Instant::now();
         let answer: Vec<String> = INGEST
@@ -507,8 +508,10 @@ mod tests {
             inbox_id: Uuid::from_u128(3),
             contact_id,
         });
-        let envelope = Envelope::of(TenantId(Uuid::from_u128(4)), &event);
-        let args = record_arguments(&envelope, &["conversation_id", "contact_id"]).unwrap();
+        let args = record_arguments(
+            Envelope::unfinished(TenantId(Uuid::from_u128(4)), &event),
+            &["conversation_id", "contact_id"],
+        );
         let rest = args.last().unwrap();
         let payload = format!(r#"{{"conversation_id":"{conversation_id}","contact_id":"{contact_id}",{rest}}}"#);
         assert_eq!(Event::from_payload(&payload).unwrap(), event);

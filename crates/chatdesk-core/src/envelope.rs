@@ -95,16 +95,26 @@ impl Envelope {
     /// Every string of the payload loses its U+0000 characters here (see [`without_nul`]): this
     /// is the one door every entry passes, so no entry can carry what PostgreSQL cannot store.
     pub fn of<R: Record>(tenant: TenantId, record: &R) -> Self {
+        let (mut envelope, payload) = Self::unfinished(tenant, record);
+        envelope.payload = payload.to_string();
+        envelope
+    }
+
+    /// [`Envelope::of`] for an appender that finishes the payload itself (the ingest script adds
+    /// the ids only it can know): the envelope with an empty payload, and the payload as a JSON
+    /// value, its strings already without U+0000.
+    pub fn unfinished<R: Record>(tenant: TenantId, record: &R) -> (Self, serde_json::Value) {
         let mut payload = record.to_payload();
         without_nul(&mut payload);
-        Self {
+        let envelope = Self {
             record_type: record.record_type().to_owned(),
             tenant,
             conversation: record.conversation(),
             event_id: EventId::new(),
             time_ms: now_ms(),
-            payload: payload.to_string(),
-        }
+            payload: String::new(),
+        };
+        (envelope, payload)
     }
 
     /// The same record under a given event id (an id decided earlier, or derived so that

@@ -153,9 +153,9 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
     if let Some(ingest) = &ingest {
         state = state.with_ingest_connections(ingest.clone());
     }
-    state.ops_tenant = runtime.gateway.ops_tenant;
-    state.metrics_token =
-        crate::settings::env_var("CHATDESK_METRICS_TOKEN").map(|token| std::sync::Arc::from(token.as_str()));
+    let state = state.with_ops_tenant(runtime.gateway.ops_tenant).with_metrics_token(
+        crate::settings::env_var("CHATDESK_METRICS_TOKEN").map(|token| std::sync::Arc::from(token.as_str())),
+    );
     // Every process serves health, readiness and metrics; roles add their routes.
     let mut router = chatdesk_api::ops_router(state.clone());
     let mut consumers: Vec<(&'static str, ConsumerTask)> = Vec::new();
