@@ -63,7 +63,6 @@ impl std::ops::Deref for AppState {
 }
 
 /// The parts of [`AppState`].
-#[derive(Clone)]
 pub struct Shared {
     pub redis: RedisClient,
     pub db: chatdesk_store::Pool,
@@ -136,10 +135,11 @@ impl AppState {
         }))
     }
 
-    /// The parts to change while the state is being built (a copy of them if it is already
-    /// shared, which leaves the other holders as they were).
+    /// The parts to change while the state is being built. Building goes before any router gets
+    /// the state: a change to a copy would leave a router serving without it (an open `/metrics`,
+    /// say), so a builder called too late panics at start-up instead.
     fn parts(&mut self) -> &mut Shared {
-        std::sync::Arc::make_mut(&mut self.0)
+        std::sync::Arc::get_mut(&mut self.0).expect("the state is built before it is shared")
     }
 
     /// Uses the process's bot settings (its flows, budget and outbound policy).

@@ -102,7 +102,8 @@ impl Envelope {
 
     /// [`Envelope::of`] for an appender that finishes the payload itself (the ingest script adds
     /// the ids only it can know): the envelope with an empty payload, and the payload as a JSON
-    /// value, its strings already without U+0000.
+    /// value, its strings already without U+0000. The envelope is not an entry until its payload
+    /// is set: appended as it is, every consumer would dead-letter it.
     pub fn unfinished<R: Record>(tenant: TenantId, record: &R) -> (Self, serde_json::Value) {
         let mut payload = record.to_payload();
         without_nul(&mut payload);
