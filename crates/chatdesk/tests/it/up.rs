@@ -25,9 +25,13 @@ async fn start(data_dir: &Path, http: SocketAddr, extra: &[&str]) -> Child {
         .expect("chatdesk starts")
 }
 
-async fn wait_ready(http: SocketAddr) {
+/// Ready, and ours: a free port can be taken by another test's server between choosing it and
+/// binding it, and that server's `/readyz` would answer first. `chatdesk up` writes
+/// `servers.env` before it serves.
+async fn wait_ready(http: SocketAddr, data_dir: &Path) {
     chatdesk_testkit::wait_until("/readyz answers 200", Duration::from_secs(120), || async {
-        matches!(chatdesk_testkit::http_get(http, "/readyz").await, Ok((200, _)))
+        data_dir.join("servers.env").exists()
+            && matches!(chatdesk_testkit::http_get(http, "/readyz").await, Ok((200, _)))
     })
     .await;
 }
@@ -64,7 +68,7 @@ async fn up_starts_private_servers_stops_them_and_reuses_their_data() {
     let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
 
     let first = start(&data_dir, http, &[]).await;
-    wait_ready(http).await;
+    wait_ready(http, &data_dir).await;
     let (redis_url, database_url) = urls(&data_dir);
     // What holds secrets or data is its owner's alone.
     let mode = |path: &Path| {
@@ -123,7 +127,7 @@ async fn up_starts_private_servers_stops_them_and_reuses_their_data() {
     }
     tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
     assert!(banner.contains("agent@demo.chatdesk.dev / demo-agent-1"), "{banner}");
-    wait_ready(http).await;
+    wait_ready(http, &data_dir).await;
     let token = crate::support::login(http, "agent@demo.chatdesk.dev", "demo-agent-1").await.json()["token"]
         .as_str()
         .expect("the demo agent signs in")
@@ -200,7 +204,7 @@ async fn up_works_from_a_home_closed_to_other_users() {
     let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
 
     let up = start(&data_dir, http, &[]).await;
-    wait_ready(http).await;
+    wait_ready(http, &data_dir).await;
     let (status, body) = chatdesk_testkit::http_get(http, "/readyz").await.unwrap();
     assert_eq!(status, 200);
     assert!(body.contains(r#""postgres":{"status":"ok"}"#), "{body}");
