@@ -50,7 +50,7 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// What handlers share. Axum clones it for every extractor and middleware of every request, so
 /// it is one reference count: cloning its parts one by one cost a webhook dozens of atomic
-/// increments and decrements, about a twentieth of the ingress role's CPU.
+/// increments and decrements, about a twentieth of the process's CPU under webhook load.
 #[derive(Clone)]
 pub struct AppState(std::sync::Arc<Shared>);
 
