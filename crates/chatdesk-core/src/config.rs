@@ -112,6 +112,12 @@ pub struct GroupSettings {
     /// partition's order keeps it with several processes. Without it, processes of one group
     /// read a partition side by side and only each one keeps its own batches in order.
     pub exclusive: bool,
+    /// Live fan-out whose readers resume from their own cursors (every gateway's group): read
+    /// with `NOACK`, so Redis keeps no pending list, nothing is acknowledged, claimed or
+    /// dead-lettered, and no `XCLAIM` per entry goes into the append-only file. The worker sets
+    /// the group back to the last entry it handled after a Redis error instead. One consumer per
+    /// group; never `exclusive`.
+    pub live: bool,
 }
 
 /// One problem in a configuration file.
@@ -189,6 +195,7 @@ struct RawGroup {
     concurrency: Option<i64>,
     start: Option<String>,
     exclusive: Option<bool>,
+    live: Option<bool>,
 }
 
 /// Collects problems while checking; each check returns `None` on failure so validation goes on.
@@ -291,6 +298,7 @@ fn merge(group: &RawGroup, defaults: &RawGroup) -> RawGroup {
         concurrency: group.concurrency.or(defaults.concurrency),
         start: group.start.clone().or_else(|| defaults.start.clone()),
         exclusive: group.exclusive.or(defaults.exclusive),
+        live: group.live.or(defaults.live),
     }
 }
 
@@ -411,6 +419,15 @@ fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
                     ),
                 );
             }
+            if merged.exclusive == Some(true) && merged.live == Some(true) {
+                checker.report(
+                    origin(&group_path, "live", raw_group.live.is_some()),
+                    format!(
+                        "group {raw_group_name} cannot be both live and exclusive: a live group keeps no pending \
+                         list for another process to take over"
+                    ),
+                );
+            }
             if checker.problems.len() != before {
                 continue;
             }
@@ -434,6 +451,7 @@ fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
                 resolved.start,
             ) {
                 let exclusive = merged.exclusive.unwrap_or(false);
+                let live = merged.live.unwrap_or(false);
                 groups.insert(
                     group_name,
                     GroupSettings {
@@ -445,6 +463,7 @@ fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
                         concurrency,
                         start,
                         exclusive,
+                        live,
                     },
                 );
             }
@@ -553,6 +572,8 @@ mod tests {
         assert!(events.group("writer").unwrap().exclusive, "the writer keeps each partition's order");
         assert!(!events.group("gateway").unwrap().exclusive);
         assert_eq!(events.group("gateway").unwrap().batch_wait, Duration::ZERO, "live fan-out never waits");
+        assert!(events.group("gateway").unwrap().live, "gateways resume from their sockets' cursors");
+        assert!(!events.group("writer").unwrap().live, "the writer's entries wait in its pending list");
     }
 
     /// Each case: a file, and the key and a fragment of the reason the error must name.
@@ -586,6 +607,11 @@ mod tests {
                 "[defaults]\nclaim_idle = \"1s\"\n[streams.events]\npartitions = 2\n[streams.events.groups.writer]\n",
                 "defaults.claim_idle",
                 "must be longer than block",
+            ),
+            (
+                "[streams.events]\npartitions = 2\n[streams.events.groups.writer]\nexclusive = true\nlive = true",
+                "streams.events.groups.writer.live",
+                "cannot be both live and exclusive",
             ),
             (
                 "[streams.events]\npartitions = 2\n[streams.events.groups.writer]\nbatch_size = 0",

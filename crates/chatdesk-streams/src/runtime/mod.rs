@@ -28,6 +28,10 @@
 //! 9. on cancellation stops reading, finishes the batch in hand (and one read ahead),
 //!    acknowledges them and returns.
 //!
+//! A live group (`live = true`, every gateway's) skips the pending list altogether: it reads
+//! with `NOACK`, so steps 4–7 do not apply, and after a Redis error it sets its group back to
+//! the last entry it handled (`partition/live.rs`).
+//!
 //! Metrics (see [`crate::metrics`]) are emitted per batch; each batch runs in a `batch` span
 //! with `stream`, `group`, `partition` and `batch_len`.
 

@@ -1,5 +1,7 @@
 //! The loop of one partition of one consumer. See the module docs of [`super`] for the
-//! sequence; this file is the state machine behind it.
+//! sequence; this file is the state machine behind it (and `live.rs`, the one of live groups).
+
+mod live;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -91,6 +93,16 @@ enum Source {
     New,
     OwnPending,
     Claimed,
+}
+
+/// A handler's panic, as the retry reason and the dead letter's error.
+fn panic_reason(panic: Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    format!("handler panicked: {text}")
 }
 
 fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
@@ -277,32 +289,44 @@ impl<H: Handler> PartitionWorker<H> {
         }
     }
 
+    /// Counts and logs a turn of the loop that failed on Redis.
+    fn report_error(&self, error: &Error) {
+        metrics::record_redis_error(&self.labels, "consume");
+        tracing::warn!(
+            stream = %self.keys.family,
+            group = %self.group,
+            partition = self.keys.partition,
+            error = %error,
+            "stream read failed, retrying"
+        );
+    }
+
+    /// Creates the group again (at its `start`) after the stream or the group vanished.
+    async fn recreate_group(&self) {
+        let _ = ensure_group(&self.shared, &self.keys.stream, self.group.as_str(), self.settings.start).await;
+    }
+
     fn claim_interval(&self) -> Duration {
         (self.settings.claim_idle / 2).max(Duration::from_millis(100))
     }
 
     pub(super) async fn run(mut self, cancel: CancellationToken) {
+        if self.settings.live {
+            return self.run_live(cancel).await;
+        }
         let mut error_attempt = 0;
         while !cancel.is_cancelled() {
             match self.step(&cancel).await {
                 Ok(()) => error_attempt = 0,
                 Err(error) => {
                     error_attempt += 1;
-                    metrics::record_redis_error(&self.labels, "consume");
-                    tracing::warn!(
-                        stream = %self.keys.family,
-                        group = %self.group,
-                        partition = self.keys.partition,
-                        error = %error,
-                        "stream read failed, retrying"
-                    );
+                    self.report_error(&error);
                     // Whatever was delivered before the error is in our pending list.
                     self.put_back_ahead();
                     if error.details().starts_with("NOGROUP") {
                         // The stream (and its groups) vanished, e.g. Redis restarted without
                         // persistence: recreate so the partition keeps flowing.
-                        let _ = ensure_group(&self.shared, &self.keys.stream, self.group.as_str(), self.settings.start)
-                            .await;
+                        self.recreate_group().await;
                     }
                     let mut pause = backoff(ERROR_BACKOFF_BASE, ERROR_BACKOFF_MAX, error_attempt);
                     if !self.unacked.is_empty() {
@@ -516,7 +540,8 @@ impl<H: Handler> PartitionWorker<H> {
     }
 
     async fn read_up_to(&self, id: XID, block: Option<Duration>, count: usize) -> Result<Vec<RawEntry>, Error> {
-        read_group(&self.reader, &self.keys.stream, &self.group, &self.consumer, id, block, count).await
+        let noack = self.settings.live;
+        read_group(&self.reader, &self.keys.stream, &self.group, &self.consumer, id, block, count, noack).await
     }
 
     /// XACK of the finished entries and the next read, sent together on the reader's connection:
@@ -702,14 +727,7 @@ impl<H: Handler> PartitionWorker<H> {
             let outcomes = match outcome {
                 Ok(Ok(outcomes)) => Ok(outcomes),
                 Ok(Err(error)) => Err(error.to_string()),
-                Err(panic) => Err(format!(
-                    "handler panicked: {}",
-                    panic
-                        .downcast_ref::<&str>()
-                        .map(|text| text.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default()
-                )),
+                Err(panic) => Err(panic_reason(panic)),
             };
             for ((id, delivery_count, extra), entry) in to_handle.into_iter().zip(&batch.entries) {
                 let outcome = match &outcomes {
@@ -793,6 +811,7 @@ impl<H: Handler> PartitionWorker<H> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_group(
     reader: &Client,
     stream: &str,
@@ -801,6 +820,7 @@ async fn read_group(
     id: XID,
     block: Option<Duration>,
     count: usize,
+    noack: bool,
 ) -> Result<Vec<RawEntry>, Error> {
     let reply: Value = reader
         .xreadgroup(
@@ -808,7 +828,7 @@ async fn read_group(
             consumer,
             Some(count as u64),
             block.map(|block| block.as_millis() as u64),
-            false,
+            noack,
             stream,
             id,
         )
@@ -827,7 +847,7 @@ async fn read_ahead(
     count: usize,
     acks: Vec<String>,
 ) -> (Vec<String>, Result<Vec<RawEntry>, Error>) {
-    let read = read_group(&reader, &stream, &group, &consumer, XID::NewInGroup, None, count);
+    let read = read_group(&reader, &stream, &group, &consumer, XID::NewInGroup, None, count, false);
     if acks.is_empty() {
         return (acks, read.await);
     }

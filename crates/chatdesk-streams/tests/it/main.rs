@@ -5,6 +5,7 @@ mod claim;
 mod competing;
 mod dead_letters;
 mod exclusive;
+mod live;
 mod redis_restart;
 mod retention;
 mod scripts;

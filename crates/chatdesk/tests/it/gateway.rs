@@ -747,12 +747,12 @@ async fn a_released_partition_is_read_again_for_the_next_socket() {
     }
 }
 
-/// An entry the gateway read but never acknowledged (its XREADGROUP answered into a connection
-/// a Redis failover cut, or the XACK lost) comes back with a delivery count of 2. It is handed
-/// to the sockets again, which already have it and drop it by offset, and acknowledged; it is
-/// not dead-lettered, which would leave a hole in every socket reading past it.
+/// A gateway's group is live (`live = true`): read with NOACK, so Redis keeps no pending list
+/// for it. An entry its read took but whose reply never arrived (the XREADGROUP answered into a
+/// connection a Redis failover cut) is read again: the node sets its group back to the last
+/// entry it handled. The socket gets it once, in order, and nothing is dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_entry_a_gateway_read_and_never_acknowledged_is_not_dead_lettered() {
+async fn an_entry_a_gateway_read_but_never_received_is_read_again() {
     let env = Env::start().await;
     let tenant = env.tenant("owner@redeliver.test", "owner-pass-1");
     let tenant_id: TenantId = TenantId(tenant["tenant_id"].as_str().unwrap().parse().unwrap());
@@ -765,7 +765,7 @@ async fn an_entry_a_gateway_read_and_never_acknowledged_is_not_dead_lettered() {
     subscribe(&mut socket, json!({"op": "subscribe", "channel": "inbox"})).await;
 
     let mut offsets: Vec<(u64, u64)> = Vec::new();
-    let mut until_message = async |socket: &mut Socket, text: &str| -> String {
+    let mut until_message = async |socket: &mut Socket, text: &str| -> Value {
         loop {
             let frame = next_event(socket).await;
             // Ephemeral events (presence, typing) have no offset.
@@ -773,53 +773,68 @@ async fn an_entry_a_gateway_read_and_never_acknowledged_is_not_dead_lettered() {
             let (ms, seq) = offset.split_once('-').unwrap();
             offsets.push((ms.parse().unwrap(), seq.parse().unwrap()));
             if frame["type"] == "message.created" && frame["data"]["text"] == text {
-                return offset;
+                return frame;
             }
         }
     };
     assert_eq!(post_generic(http, &inbox, &generic_body("m-1", "cust-1", "first")).await.status, 200);
     let first = until_message(&mut socket, "first").await;
 
-    // Put the entry back into the node's pending list as delivered once and never acknowledged,
-    // then tell the group to claim at once (what an operator's hand-back does).
     let streams = StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap();
     let events = streams.stream("events").unwrap();
     let keys = KeyScheme::new(&env.prefix).unwrap();
     let stream_key =
         keys.partition(&events.name, chatdesk_core::keys::partition_for_tenant(&tenant_id, events.partitions)).stream;
     let redis = RedisConnector::new(RedisSettings::new(&env.redis_url)).unwrap().shared().await.unwrap();
-    let consumers: Vec<std::collections::HashMap<String, fred::types::Value>> =
-        redis.xinfo_consumers(&stream_key, "gateway.test-node").await.unwrap();
-    let consumer = consumers[0]["name"].as_string().unwrap();
-    let _: fred::types::Value = redis
-        .xclaim(
-            &stream_key,
-            "gateway.test-node",
-            &consumer,
-            0,
-            first.as_str(),
-            Some(3_600_000),
-            None,
-            Some(1),
-            true,
-            true,
-        )
-        .await
-        .unwrap();
     let pending = || async {
         let summary: fred::types::Value = redis.xpending(&stream_key, "gateway.test-node", ()).await.unwrap();
         summary.into_array().first().and_then(|count| count.as_u64()).unwrap_or(0)
     };
-    assert_eq!(pending().await, 1, "the entry is pending again");
-    let _: i64 = redis.publish(keys.claim_now_channel(), "events:gateway.test-node").await.unwrap();
-    chatdesk_testkit::wait_until("the entry claimed and acknowledged", Duration::from_secs(30), || async {
-        pending().await == 0
-    })
-    .await;
-    assert_eq!(crate::support::dead_letters(&env, "events").await, 0, "handed out again, not dead-lettered");
+    assert_eq!(pending().await, 0, "a gateway's group keeps no pending list");
 
-    // The socket did not get it twice, and live events keep flowing.
+    // A message appended and read for the node's consumer in one transaction, so the node's
+    // blocked read finds nothing new after it: the read whose reply was lost. Then the node's
+    // connection is cut, as a failover cuts it.
+    let consumers: Vec<std::collections::HashMap<String, fred::types::Value>> =
+        redis.xinfo_consumers(&stream_key, "gateway.test-node").await.unwrap();
+    let consumer = consumers[0]["name"].as_string().unwrap();
+    let id = |field: &str| first["data"][field].as_str().unwrap().parse::<uuid::Uuid>().unwrap();
+    let contact = id("contact_id");
+    let event = Event::MessageCreated(chatdesk_core::events::MessageCreated {
+        conversation_id: id("conversation_id"),
+        inbox_id: id("inbox_id"),
+        contact_id: contact,
+        direction: chatdesk_core::events::Direction::Inbound,
+        sender: Actor { kind: SenderKind::Customer, id: Some(contact) },
+        text: "lost on the way".to_owned(),
+        extra: None,
+        provider_message_id: Some("m-lost".to_owned()),
+        client_msg_id: None,
+        sent_at_ms: None,
+    });
+    let fields: Vec<(String, String)> =
+        Envelope::of(tenant_id, &event).encode().into_iter().map(|(field, value)| (field.to_owned(), value)).collect();
+    let transaction = redis.multi();
+    let _: () = transaction.xadd(&stream_key, false, None, "*", fields).await.unwrap();
+    let _: () = transaction
+        .custom(
+            fred::cmd!("XREADGROUP"),
+            vec!["GROUP", "gateway.test-node", consumer.as_str(), "COUNT", "10", "NOACK", "STREAMS", &stream_key, ">"],
+        )
+        .await
+        .unwrap();
+    let _: fred::types::Value = transaction.exec(true).await.unwrap();
+    let list: String = redis.custom(fred::cmd!("CLIENT"), vec!["LIST"]).await.unwrap();
+    for line in list.lines().filter(|line| line.contains("cmd=xreadgroup")) {
+        let id = line.split(' ').find_map(|field| field.strip_prefix("id=")).unwrap();
+        let _: fred::types::Value = redis.custom(fred::cmd!("CLIENT"), vec!["KILL", "ID", id]).await.unwrap();
+    }
+    until_message(&mut socket, "lost on the way").await;
+
+    // Once, in order, and live events keep flowing.
     assert_eq!(post_generic(http, &inbox, &generic_body("m-2", "cust-1", "second")).await.status, 200);
     until_message(&mut socket, "second").await;
     assert!(offsets.windows(2).all(|pair| pair[0] < pair[1]), "each event once, in order: {offsets:?}");
+    assert_eq!(pending().await, 0);
+    assert_eq!(crate::support::dead_letters(&env, "events").await, 0, "nothing dead-lettered");
 }
