@@ -351,6 +351,10 @@ fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
     // Check the defaults on their own so a bad default is reported once, at its own key.
     resolve_group(&mut checker, "defaults", &raw.defaults, 1);
     let defaults_ok = checker.problems.is_empty();
+    if raw.defaults.live.is_some() {
+        // Made a default, it would take every durable group's pending list away.
+        checker.report("defaults.live", "is a setting of a group of its own, not a default");
+    }
 
     if raw.streams.is_empty() {
         checker.report("streams", "no stream family declared; declare at least one [streams.<name>] table");
@@ -417,6 +421,21 @@ fn validate(raw: RawFile) -> Result<StreamsConfig, Vec<Problem>> {
                         claim_idle.as_millis(),
                         block.as_millis()
                     ),
+                );
+            }
+            if merged.live == Some(true) && merged.start.as_deref() != Some("latest") {
+                checker.report(
+                    origin(&group_path, "live", raw_group.live.is_some()),
+                    format!(
+                        "group {raw_group_name} is live and must start at \"latest\": a live group's readers fill \
+                         their own gaps, and it keeps no pending list to replay from"
+                    ),
+                );
+            }
+            if merged.live == Some(true) && raw_stream.retention.durable_groups.iter().any(|g| g == raw_group_name) {
+                checker.report(
+                    origin(&group_path, "live", raw_group.live.is_some()),
+                    format!("group {raw_group_name} is durable and cannot be live: a live group keeps no pending list"),
                 );
             }
             if merged.exclusive == Some(true) && merged.live == Some(true) {
@@ -613,6 +632,17 @@ mod tests {
                 "streams.events.groups.writer.live",
                 "cannot be both live and exclusive",
             ),
+            (
+                "[streams.events]\npartitions = 2\n[streams.events.groups.gateway]\nlive = true",
+                "streams.events.groups.gateway.live",
+                "must start at \"latest\"",
+            ),
+            (
+                "[streams.events]\npartitions = 2\nretention.durable_groups = [\"writer\"]\n[streams.events.groups.writer]\nstart = \"latest\"\nlive = true",
+                "streams.events.groups.writer.live",
+                "is durable and cannot be live",
+            ),
+            ("[defaults]\nlive = true\n[streams.events]\npartitions = 2", "defaults.live", "not a default"),
             (
                 "[streams.events]\npartitions = 2\n[streams.events.groups.writer]\nbatch_size = 0",
                 "streams.events.groups.writer.batch_size",

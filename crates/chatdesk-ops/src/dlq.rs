@@ -426,6 +426,18 @@ impl Ops {
                 }
             }
             let Ok(stream) = self.stream(&letter.family).map(|stream| stream.name.clone()) else { continue };
+            // A live group (a gateway's) reads no pending list: a letter moved there would sit
+            // in it for good.
+            if self.group(Some(&letter.family), &letter.group).is_ok_and(|target| target.settings.live) {
+                running.task.skipped += 1;
+                if skipped_why.len() < 5 {
+                    skipped_why.push(format!(
+                        "{}: the group {} is live and reads no pending list (purge the letter instead)",
+                        letter.reference, letter.group
+                    ));
+                }
+                continue;
+            }
             let keys = self.keys.partition(&stream, letter.partition);
             let result: Result<String, Error> = REDRIVE
                 .call(

@@ -29,8 +29,8 @@
 //!    acknowledges them and returns.
 //!
 //! A live group (`live = true`, every gateway's) skips the pending list altogether: it reads
-//! with `NOACK`, so steps 4–7 do not apply, and after a Redis error it sets its group back to
-//! the last entry it handled (`partition/live.rs`).
+//! with `NOACK` and acknowledges, claims and dead-letters nothing (steps 3–9 differ: see
+//! `partition/live.rs`); after a Redis error it sets its group back to the last entry it handled.
 //!
 //! Metrics (see [`crate::metrics`]) are emitted per batch; each batch runs in a `batch` span
 //! with `stream`, `group`, `partition` and `batch_len`.

@@ -6,14 +6,16 @@
 //! goes into the append-only file (under AOF `always` every byte of it is written and fsynced
 //! before any reply of that turn). What the pending list did for such a group is kept here: the
 //! worker remembers the last entry it handed to the handler, and after a Redis error (a read
-//! whose reply was lost took its entries with it) it sets the group back there with
-//! `XGROUP SETID` before reading again. That is exact only with one consumer per group, which is
-//! how gateways use it (the group is named after the node).
+//! whose reply was lost took its entries with it) it waits out the read's `block` and sets the
+//! group back there with `XGROUP SETID` on the reader's connection before reading again. That is
+//! exact only with one consumer per group, which is how gateways use it (the group is named after
+//! the node).
 //!
 //! A failing handler is called again with the entries it did not finish: while a dependency is
 //! [`Unavailable`], for as long as it takes; otherwise up to `max_deliveries` calls, after which
-//! those entries are skipped and counted as failed (the group's readers fetch any gap from the
-//! stream themselves). An entry that cannot be decoded is skipped the same way.
+//! those entries are skipped and counted as lost (the group's readers fetch any gap from the
+//! stream themselves). An entry that cannot be decoded is skipped the same way. Shutdown
+//! acknowledges nothing: what was read and not handled is gone for this group.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -31,8 +33,12 @@ use super::{
     UNAVAILABLE_BACKOFF_MAX, backoff, panic_reason,
 };
 use crate::entry::value_text;
+
 use crate::metrics;
 use crate::runtime::{Batch, Handler, Outcome, Unavailable};
+
+/// Beyond a read's `block`: how long a read cut short on our side may still take in Redis.
+const READ_SETTLE: Duration = Duration::from_millis(200);
 
 /// Where the group reads from, as this worker knows it.
 #[derive(Default)]
@@ -44,8 +50,9 @@ struct Position {
     rewind: bool,
 }
 
-/// Whether `error` says the stream or the group is gone (Redis restarted without its data, or
-/// an operator deleted the key): the group is created again, at the group's `start`.
+/// Whether `error` says the stream or the group is gone (Redis restarted without its data, an
+/// operator deleted the key, or a janitor took the group for a gone node's): the group is
+/// created again ([`PartitionWorker::recreate_live_group`]).
 fn group_gone(error: &Error) -> bool {
     let details = error.details();
     details.starts_with("NOGROUP") || details.contains("no such key") || details.contains("requires the key to exist")
@@ -62,13 +69,17 @@ impl<H: Handler> PartitionWorker<H> {
                     error_attempt += 1;
                     self.report_error(&error);
                     if group_gone(&error) {
-                        self.recreate_group().await;
-                        position = Position::default();
-                    } else {
-                        position.rewind = true;
+                        self.recreate_live_group(position.last.as_deref()).await;
                     }
+                    // Known or not, the position is where the group is set back to; unknown,
+                    // it is read from the group first.
+                    position.rewind = position.last.is_some();
+                    // A read the error cut short on our side may still be blocked in Redis, and
+                    // would take entries after a set-back sent sooner: wait it out.
+                    let pause = backoff(ERROR_BACKOFF_BASE, ERROR_BACKOFF_MAX, error_attempt)
+                        .max(self.settings.block + READ_SETTLE);
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff(ERROR_BACKOFF_BASE, ERROR_BACKOFF_MAX, error_attempt)) => {}
+                        _ = tokio::time::sleep(pause) => {}
                         _ = cancel.cancelled() => {}
                     }
                 }
@@ -80,12 +91,26 @@ impl<H: Handler> PartitionWorker<H> {
     async fn live_step(&mut self, position: &mut Position, cancel: &CancellationToken) -> Result<(), Error> {
         match &position.last {
             None => {
-                position.last = Some(self.group_position().await?);
+                let known = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Ok(()),
+                    known = self.group_position() => known?,
+                };
+                position.last = Some(known);
                 position.rewind = false;
             }
             Some(last) if position.rewind => {
-                let _: Value =
-                    self.shared.xgroup_setid(self.keys.stream.as_str(), self.group.as_str(), last.as_str()).await?;
+                // On the reader's own connection, so it runs after anything still queued there.
+                let set_back = self.reader.xgroup_setid::<Value, _, _, _>(
+                    self.keys.stream.as_str(),
+                    self.group.as_str(),
+                    last.as_str(),
+                );
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Ok(()),
+                    set = set_back => set?,
+                };
                 position.rewind = false;
                 tracing::info!(
                     stream = %self.keys.family,
@@ -97,9 +122,12 @@ impl<H: Handler> PartitionWorker<H> {
             }
             Some(_) => {}
         }
+        // Cancellation first: a read sent after a partition was released and assigned again
+        // would take entries from the new worker's group.
         let mut entries = tokio::select! {
-            read = self.read(XID::NewInGroup, Some(self.settings.block)) => read?,
+            biased;
             _ = cancel.cancelled() => return Ok(()),
+            read = self.read(XID::NewInGroup, Some(self.settings.block)) => read?,
         };
         if entries.is_empty() {
             return Ok(());
@@ -120,6 +148,25 @@ impl<H: Handler> PartitionWorker<H> {
             position.last = last;
         }
         Ok(())
+    }
+
+    /// Creates the group again after it or its stream vanished: where this worker stopped, when
+    /// known (entries appended meanwhile are read, not skipped), else at the group's `start`.
+    async fn recreate_live_group(&self, last: Option<&str>) {
+        match last {
+            Some(last) => {
+                let _: Result<Value, _> = self
+                    .shared
+                    .xgroup_create(
+                        self.keys.stream.as_str(),
+                        self.group.as_str(),
+                        XID::Manual(last.to_owned().into()),
+                        true,
+                    )
+                    .await;
+            }
+            None => self.recreate_group().await,
+        }
     }
 
     /// The group's last delivered entry, from `XINFO GROUPS`.
@@ -217,7 +264,9 @@ impl<H: Handler> PartitionWorker<H> {
         span.record("dead_lettered", 0u64);
         ::metrics::counter!(metrics::ENTRIES_PROCESSED_TOTAL, &self.labels).increment(done);
         if failed > 0 {
+            // Skipped for good: no pending list or dead letter keeps them for this group.
             ::metrics::counter!(metrics::ENTRIES_FAILED_TOTAL, &self.labels).increment(failed);
+            ::metrics::counter!(metrics::ENTRIES_LOST_TOTAL, &self.labels).increment(failed);
         }
         ::metrics::histogram!(metrics::BATCH_DURATION_SECONDS, &self.labels).record(started.elapsed().as_secs_f64());
         true
