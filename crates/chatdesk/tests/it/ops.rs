@@ -795,3 +795,44 @@ async fn every_metric_the_alert_rules_read_is_exported() {
     })
     .await;
 }
+
+/// A gateway's group is live and reads no pending list: a dead letter a gateway group left
+/// (before groups were live) is not redriven into it, where it would sit for good; the redrive
+/// says why, and the letter stays to be purged.
+#[tokio::test]
+async fn a_redrive_skips_letters_of_a_live_group() {
+    let env = Env::start().await;
+    let streams = quick_claims();
+    let config = chatdesk_core::StreamsConfig::from_toml_str("streams.toml", SHIPPED_STREAMS).unwrap();
+    let events = config.stream("events").unwrap();
+    let keys = KeyScheme::new(&env.prefix).unwrap().partition(&events.name, 0);
+    let redis = chatdesk_streams::RedisConnector::new(chatdesk_streams::RedisSettings::new(&env.redis_url))
+        .unwrap()
+        .shared()
+        .await
+        .unwrap();
+    let group = "gateway.old-node";
+    let _: () = redis.xgroup_create(&keys.stream, group, "$", true).await.unwrap();
+    let id: String = redis.xadd(&keys.stream, false, None, "*", vec![("type", "typing")]).await.unwrap();
+    let _: fred::types::Value =
+        redis.xreadgroup(group, "old-node", Some(10), None, false, &keys.stream, ">").await.unwrap();
+    let letter = chatdesk_core::DeadLetter {
+        original_id: id,
+        family: "events".to_owned(),
+        partition: 0,
+        group: group.to_owned(),
+        consumer: "old-node".to_owned(),
+        error: "delivered 5 times".to_owned(),
+        deliveries: 5,
+        time_ms: now_ms(),
+        original: vec![("type".to_owned(), "typing".to_owned())],
+    };
+    assert!(chatdesk_streams::dead_letter::dead_letter_pending(&redis, &keys, &letter).await.unwrap());
+
+    let output = cli(&env, streams.path(), &["streams", "dlq", "redrive", "--group", group]);
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(text.contains("is live and reads no pending list"), "{text}");
+    assert_eq!(crate::support::dead_letters(&env, "events").await, 1, "the letter stays: {text}");
+    let pending: Vec<(String, String, u64, u64)> = redis.xpending(&keys.stream, group, ("-", "+", 10)).await.unwrap();
+    assert!(pending.is_empty(), "nothing moved into the live group: {pending:?}");
+}
