@@ -118,25 +118,22 @@ impl Readers {
                 }
                 _ = tick.tick() => {}
             }
-            let idle: Vec<u16> = {
-                let mut used = self.used.lock().await;
-                let idle: Vec<u16> = used
-                    .iter()
-                    .filter(|(_, entry)| entry.idle_since.is_some_and(|since| since.elapsed() >= self.linger))
-                    .map(|(&partition, _)| partition)
-                    .collect();
-                for partition in &idle {
-                    used.remove(partition);
-                }
-                ::metrics::gauge!(metrics::PARTITIONS_READ).set(used.len() as f64);
-                idle
-            };
-            // Outside the lock: sockets keep arriving while partitions are released.
+            // Released under the lock, as `acquire` assigns under it: a socket arriving between
+            // the two would otherwise find the partition's worker still running (its assignment a
+            // no-op), and the release that follows would leave it unread.
+            let mut used = self.used.lock().await;
+            let idle: Vec<u16> = used
+                .iter()
+                .filter(|(_, entry)| entry.idle_since.is_some_and(|since| since.elapsed() >= self.linger))
+                .map(|(&partition, _)| partition)
+                .collect();
             for partition in idle {
+                used.remove(&partition);
                 if let Err(error) = self.assignments.release(partition).await {
                     tracing::warn!(partition, error = %error, "cannot release a partition");
                 }
             }
+            ::metrics::gauge!(metrics::PARTITIONS_READ).set(used.len() as f64);
         }
     }
 }

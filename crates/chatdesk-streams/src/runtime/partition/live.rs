@@ -65,6 +65,9 @@ impl<H: Handler> PartitionWorker<H> {
         while !cancel.is_cancelled() {
             match self.live_step(&mut position, &cancel).await {
                 Ok(()) => error_attempt = 0,
+                // A released worker's read answered by the group's destruction: the partition is
+                // another worker's now, whose group must not be recreated from here.
+                Err(_) if cancel.is_cancelled() => break,
                 Err(error) => {
                     error_attempt += 1;
                     self.report_error(&error);
