@@ -8,6 +8,7 @@ pub const ENTRIES_FAILED_TOTAL: &str = "chatdesk_stream_entries_failed_total";
 pub const ENTRIES_DEAD_LETTERED_TOTAL: &str = "chatdesk_stream_entries_dead_lettered_total";
 pub const ENTRIES_CLAIMED_TOTAL: &str = "chatdesk_stream_entries_claimed_total";
 pub const ENTRIES_LOST_TOTAL: &str = "chatdesk_stream_entries_lost_total";
+pub const LIVE_SET_BACKS_TOTAL: &str = "chatdesk_stream_live_set_backs_total";
 pub const HANDLER_UNAVAILABLE_TOTAL: &str = "chatdesk_stream_handler_unavailable_total";
 pub const BATCH_DURATION_SECONDS: &str = "chatdesk_stream_batch_duration_seconds";
 pub const REDIS_ERRORS_TOTAL: &str = "chatdesk_stream_redis_errors_total";
@@ -26,14 +27,19 @@ pub fn describe() {
     describe_counter!(
         ENTRIES_FAILED_TOTAL,
         Unit::Count,
-        "Entry deliveries that failed and will be retried or dead-lettered"
+        "Entry deliveries that failed and will be retried or dead-lettered (a live group: skipped)"
     );
     describe_counter!(ENTRIES_DEAD_LETTERED_TOTAL, Unit::Count, "Entries moved to the dead-letter stream");
     describe_counter!(ENTRIES_CLAIMED_TOTAL, Unit::Count, "Entries claimed from consumers idle longer than claim_idle");
     describe_counter!(
         ENTRIES_LOST_TOTAL,
         Unit::Count,
-        "Pending entries deleted from the stream before they were handled"
+        "Pending entries deleted from the stream before they were handled, and entries a live group skipped"
+    );
+    describe_counter!(
+        LIVE_SET_BACKS_TOTAL,
+        Unit::Count,
+        "Times a live group was set back to the last entry it handled after a Redis error"
     );
     describe_counter!(
         HANDLER_UNAVAILABLE_TOTAL,

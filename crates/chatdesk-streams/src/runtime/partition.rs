@@ -174,6 +174,9 @@ impl<H: Handler> PartitionWorker<H> {
         {
             ::metrics::counter!(name, &labels).increment(0);
         }
+        if settings.live {
+            ::metrics::counter!(metrics::LIVE_SET_BACKS_TOTAL, &labels).increment(0);
+        }
         Self {
             shared,
             reader,

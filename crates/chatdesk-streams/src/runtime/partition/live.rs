@@ -115,6 +115,7 @@ impl<H: Handler> PartitionWorker<H> {
                     set = set_back => set?,
                 };
                 position.rewind = false;
+                ::metrics::counter!(metrics::LIVE_SET_BACKS_TOTAL, &self.labels).increment(1);
                 tracing::info!(
                     stream = %self.keys.family,
                     group = %self.group,
