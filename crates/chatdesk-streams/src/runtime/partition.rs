@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::consumer::ensure_group;
-use super::{Batch, Handler, Outcome, Unavailable};
+use super::{Batch, Handler, HandlerError, Outcome, Outcomes, Unavailable};
 use crate::dead_letter::dead_letter_pending;
 use crate::entry::{Envelope, ReadError, now_ms};
 use crate::metrics;
@@ -292,6 +292,26 @@ impl<H: Handler> PartitionWorker<H> {
         }
     }
 
+    /// The span a batch is handled in (the runtime's module docs name its fields).
+    fn batch_span(&self, batch_len: usize) -> tracing::Span {
+        tracing::info_span!(
+            "batch",
+            stream = %self.keys.family,
+            group = %self.group,
+            partition = self.keys.partition,
+            batch_len,
+            done = tracing::field::Empty,
+            retried = tracing::field::Empty,
+            dead_lettered = tracing::field::Empty,
+        )
+    }
+
+    /// One call of the handler, within the process's concurrency, a panic caught as an error.
+    async fn call_handler(&self, batch: &Batch) -> std::thread::Result<Result<Outcomes, HandlerError>> {
+        let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
+        AssertUnwindSafe(self.handler.handle(batch)).catch_unwind().await
+    }
+
     /// Counts and logs a turn of the loop that failed on Redis.
     fn report_error(&self, error: &Error) {
         metrics::record_redis_error(&self.labels, "consume");
@@ -349,16 +369,7 @@ impl<H: Handler> PartitionWorker<H> {
         // surely ours.
         let ahead = std::mem::take(&mut self.ahead);
         if !ahead.is_empty() && !self.own_pending && (!self.settings.exclusive || Instant::now() < self.lease_until) {
-            let span = tracing::info_span!(
-                "batch",
-                stream = %self.keys.family,
-                group = %self.group,
-                partition = self.keys.partition,
-                batch_len = ahead.len(),
-                done = tracing::field::Empty,
-                retried = tracing::field::Empty,
-                dead_lettered = tracing::field::Empty,
-            );
+            let span = self.batch_span(ahead.len());
             if let Err(error) = self.process(ahead, &cancel).instrument(span).await {
                 tracing::warn!(stream = %self.keys.family, group = %self.group, error = %error, "batch read ahead not finished at shutdown; it will be delivered again");
             }
@@ -464,16 +475,7 @@ impl<H: Handler> PartitionWorker<H> {
         };
         let entries = if source == Source::New { entries } else { self.with_delivery_counts(entries).await? };
         let batch_len = entries.len();
-        let span = tracing::info_span!(
-            "batch",
-            stream = %self.keys.family,
-            group = %self.group,
-            partition = self.keys.partition,
-            batch_len,
-            done = tracing::field::Empty,
-            retried = tracing::field::Empty,
-            dead_lettered = tracing::field::Empty,
-        );
+        let span = self.batch_span(batch_len);
         if self.settings.exclusive && Instant::now() >= self.lease_until {
             // Paused past the lease while reading: the new holder takes these over and handles
             // them in order; we only keep them pending, read but not handled.
@@ -691,10 +693,7 @@ impl<H: Handler> PartitionWorker<H> {
             };
             let mut unavailable_attempt = 0;
             let outcome = loop {
-                let outcome = {
-                    let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
-                    AssertUnwindSafe(self.handler.handle(&batch)).catch_unwind().await
-                };
+                let outcome = self.call_handler(&batch).await;
                 let Ok(Err(error)) = &outcome else { break outcome };
                 if !error.is::<Unavailable>() {
                     break outcome;

@@ -18,13 +18,11 @@
 //! acknowledges nothing: what was read and not handled is gone for this group.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use chatdesk_core::Entry;
 use fred::prelude::*;
 use fred::types::streams::XID;
-use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -33,7 +31,6 @@ use super::{
     UNAVAILABLE_BACKOFF_MAX, backoff, panic_reason,
 };
 use crate::entry::value_text;
-
 use crate::metrics;
 use crate::runtime::{Batch, Handler, Outcome, Unavailable};
 
@@ -138,16 +135,7 @@ impl<H: Handler> PartitionWorker<H> {
         }
         self.fill(&mut entries, cancel).await?;
         let last = entries.last().map(|entry| entry.id.clone());
-        let span = tracing::info_span!(
-            "batch",
-            stream = %self.keys.family,
-            group = %self.group,
-            partition = self.keys.partition,
-            batch_len = entries.len(),
-            done = tracing::field::Empty,
-            retried = tracing::field::Empty,
-            dead_lettered = tracing::field::Empty,
-        );
+        let span = self.batch_span(entries.len());
         if self.handle_live(entries, cancel).instrument(span).await {
             position.last = last;
         }
@@ -212,10 +200,7 @@ impl<H: Handler> PartitionWorker<H> {
         };
         let (mut done, mut calls, mut unavailable_attempt) = (0u64, 0u32, 0u32);
         while !batch.entries.is_empty() {
-            let outcome = {
-                let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
-                AssertUnwindSafe(self.handler.handle(&batch)).catch_unwind().await
-            };
+            let outcome = self.call_handler(&batch).await;
             let reason = match outcome {
                 Ok(Ok(outcomes)) => {
                     let mut reason = String::new();
