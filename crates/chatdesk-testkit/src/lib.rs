@@ -7,10 +7,16 @@
 //! - [`postgres`] gives a test a fresh, empty database: a new database on `DATABASE_URL`'s
 //!   server when set, otherwise a private PostgreSQL.
 //! - [`unique_prefix`] isolates Redis keys of tests sharing one server.
+//! - [`free_port`] and [`free_addr`] give a server a test starts itself a port no other test
+//!   or outgoing connection can take first.
 //! - [`wait_until`] polls a condition with a deadline; tests wait for outcomes, not for time.
 //!
 //! nextest runs every test in its own process, so each test gets its own servers; they are
 //! killed when the handle drops, even if the test panics.
+
+mod ports;
+
+pub use ports::{free_addr, free_port};
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -249,11 +255,6 @@ pub async fn http_request(
 /// `GET path`: `(status, body)`.
 pub async fn http_get(address: std::net::SocketAddr, path: &str) -> Result<(u16, String), reqwest::Error> {
     http_request(address, "GET", path, &[], None).await.map(|response| (response.status, response.body))
-}
-
-/// A free loopback port for a server under test.
-pub fn free_port() -> u16 {
-    chatdesk_local::ports::free_port().expect("a free loopback port")
 }
 
 #[cfg(test)]

@@ -112,7 +112,7 @@ impl Bots {
         )
         .await;
         let model = StandIn::start(last_user, scripted_model).await;
-        let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+        let http: SocketAddr = chatdesk_testkit::free_addr();
         let server = serve_roles(&env, ROLES, http, extra_env).await;
         let tenant = env.tenant("owner@bots.test", "owner-pass-1")["tenant_id"].as_str().unwrap().to_owned();
         let agent = env.user(&tenant, "agent@bots.test", "agent-pass-1", "agent");
@@ -666,7 +666,7 @@ async fn a_flow_offers_buttons_on_telegram_and_a_press_answers_it() {
         },
     )
     .await;
-    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let http: SocketAddr = chatdesk_testkit::free_addr();
     let _server = serve_roles(&env, ROLES, http, &[("CHATDESK_TELEGRAM_API_URL", &telegram.url())]).await;
     let tenant = env.tenant("owner@tg.test", "owner-pass-1")["tenant_id"].as_str().unwrap().to_owned();
     let owner = Client {
@@ -859,7 +859,7 @@ async fn the_bot_waits_for_a_conversation_the_writer_has_not_stored_yet() {
         |_, _| Answer::json(200, json!({"id": "delivered"})),
     )
     .await;
-    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let http: SocketAddr = chatdesk_testkit::free_addr();
     let _front = serve_roles(&env, "ingress,sender,autoreply", http, &[]).await;
     let tenant = env.tenant("owner@early.test", "owner-pass-1")["tenant_id"].as_str().unwrap().to_owned();
     let token = login(http, "owner@early.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
@@ -871,7 +871,7 @@ async fn the_bot_waits_for_a_conversation_the_writer_has_not_stored_yet() {
     assert!(post_generic(http, &inbox, &generic_body("m-early", "rae", "hi")).await.status < 300);
     // The bot has tried and found no conversation yet.
     wait_metric(http, "chatdesk_autoreply_messages_total{outcome=\"waiting\"}", 1.0).await;
-    let writer_http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let writer_http: SocketAddr = chatdesk_testkit::free_addr();
     let _writer = serve_roles(&env, "writer", writer_http, &[]).await;
     let replies = receiver.wait_for("the bot's answer", |received| !deliveries_to(received, "rae").is_empty()).await;
     assert!(deliveries_to(&replies, "rae")[0].contains("What is the delivery address?"));

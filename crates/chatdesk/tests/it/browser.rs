@@ -4,17 +4,13 @@
 //! Screenshots go to `screenshots/` in the cargo target's tmp directory, never into the clone, so
 //! a test run leaves the tree as it was; `scripts/screenshots` copies them into `docs/screenshots/`.
 
-use std::net::SocketAddr;
+use chatdesk_testkit::free_addr;
 use std::path::PathBuf;
 use std::process::Stdio;
 
 use serde_json::json;
 
 use crate::support::{Env, JWT_SECRET, admin, serve_roles};
-
-fn free_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap()
-}
 
 /// Where the test writes its screenshots (`scripts/screenshots` reads them from there).
 fn screenshot_dir() -> PathBuf {

@@ -2,6 +2,7 @@
 //! broadcaster processes, a broadcaster killed mid-campaign, pause / resume / cancel,
 //! idempotent creation, WhatsApp's marketing cap and quota, STOP, and bad input.
 
+use chatdesk_testkit::free_addr;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -16,10 +17,6 @@ use crate::support::{
     Client, Env, admin, login, metric, post, queued_deliveries, serve_roles, until_deliveries_finished, whatsapp_inbox,
     whatsapp_notify,
 };
-
-fn free_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap()
-}
 
 /// A tenant with an owner and a marketer; returns (tenant id, the marketer's client).
 async fn marketer(env: &Env, http: SocketAddr, name: &str) -> (String, Client) {

@@ -112,8 +112,8 @@ async fn subscriptions_deliver_live_and_resume_without_gaps_or_duplicates() {
 
     // Ingress and writer in one process, the gateway in another, so the gateway can be
     // restarted while customers keep writing.
-    let api_http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
-    let ws_http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let api_http: SocketAddr = chatdesk_testkit::free_addr();
+    let ws_http: SocketAddr = chatdesk_testkit::free_addr();
     let _api = serve_roles(&env, "ingress,writer", api_http, &[]).await;
     let mut gateway = serve_roles(&env, "gateway", ws_http, &[]).await;
 
@@ -280,7 +280,7 @@ async fn visitors_see_their_own_conversation_and_typing_flows_both_ways() {
         &env,
         &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "web", "--name", "Site"],
     );
-    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let http: SocketAddr = chatdesk_testkit::free_addr();
     let _server = serve_roles(&env, "ingress,writer,gateway", http, &[]).await;
     let token = login(http, "owner@typing.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
     let sessions = inbox["webhook_path"].as_str().unwrap();
@@ -445,9 +445,9 @@ async fn resume_after_a_long_gap_a_killed_gateway_and_a_move_to_another_node() {
             "Support",
         ],
     );
-    let api_http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
-    let first_http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
-    let second_http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let api_http: SocketAddr = chatdesk_testkit::free_addr();
+    let first_http: SocketAddr = chatdesk_testkit::free_addr();
+    let second_http: SocketAddr = chatdesk_testkit::free_addr();
     let _api = serve_roles(&env, "ingress,writer", api_http, &[("CHATDESK_INGRESS_RATE_PER_INBOX", "100000")]).await;
     let mut first = serve_roles(&env, "gateway", first_http, &[("CHATDESK_NODE_ID", "gw-1")]).await;
     let _second = serve_roles(&env, "gateway", second_http, &[("CHATDESK_NODE_ID", "gw-2")]).await;
@@ -560,7 +560,7 @@ async fn a_client_that_stops_reading_is_closed_and_others_keep_up() {
     let env = Env::start().await;
     let tenant = env.tenant("owner@slow.test", "owner-pass-1");
     let tenant_id: uuid::Uuid = tenant["tenant_id"].as_str().unwrap().parse().unwrap();
-    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let http: SocketAddr = chatdesk_testkit::free_addr();
     // The default queue (1,024 frames) is ten batches of the gateway group: room for a client
     // that reads, none for one that does not, once its socket buffers are full too.
     let _server = serve_roles(&env, "ingress,writer,gateway", http, &[("CHATDESK_WS_QUEUE", "1024")]).await;
@@ -647,7 +647,7 @@ async fn a_gateway_reads_only_its_sockets_partitions_and_sres_get_the_ops_feed()
         &env,
         &["agent", "create", "--tenant", &tenant_id, "--email", "agent@ops.test", "--password", "agent-pass-1"],
     );
-    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let http: SocketAddr = chatdesk_testkit::free_addr();
     let _server = serve_roles(&env, "ingress,writer,gateway", http, &[]).await;
 
     let streams = StreamsConfig::from_toml_str("streams.toml", include_str!("../../../../streams.toml")).unwrap();
@@ -718,7 +718,7 @@ async fn a_released_partition_is_read_again_for_the_next_socket() {
         &env,
         &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "generic", "--name", "Hooks"],
     );
-    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let http: SocketAddr = chatdesk_testkit::free_addr();
     let _server = serve_roles(&env, "ingress,writer,gateway", http, &[("CHATDESK_GATEWAY_LINGER", "1s")]).await;
     let token = login(http, "owner@linger.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
     let partitions_read = || async move {
@@ -759,7 +759,7 @@ async fn an_entry_a_gateway_read_but_never_received_is_read_again() {
     let tenant_id: TenantId = TenantId(tenant["tenant_id"].as_str().unwrap().parse().unwrap());
     let inbox =
         admin(&env, &["inbox", "create", "--tenant", &tenant_id.to_string(), "--kind", "generic", "--name", "Hooks"]);
-    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let http: SocketAddr = chatdesk_testkit::free_addr();
     let _server = serve_roles(&env, "ingress,writer,gateway", http, &[]).await;
     let token = login(http, "owner@redeliver.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();
     let mut socket = hello(http, &token).await;

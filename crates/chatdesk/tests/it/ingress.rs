@@ -365,7 +365,7 @@ async fn a_generic_webhook_is_one_redis_round_trip_and_no_postgres_query() {
         &env,
         &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "generic", "--name", "Hooks"],
     );
-    let http: std::net::SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let http: std::net::SocketAddr = chatdesk_testkit::free_addr();
     let _api = crate::support::serve_roles(&env, "ingress", http, &[]).await;
 
     // The first webhook fills the inbox cache and loads the script.
@@ -448,8 +448,7 @@ async fn an_inbox_change_reaches_every_process_cache() {
         &env,
         &["inbox", "create", "--tenant", tenant["tenant_id"].as_str().unwrap(), "--kind", "generic", "--name", "Hooks"],
     );
-    let address =
-        || -> std::net::SocketAddr { format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap() };
+    let address = || -> std::net::SocketAddr { chatdesk_testkit::free_addr() };
     let (first, second) = (address(), address());
     let _first = crate::support::serve_roles(&env, "ingress", first, &[]).await;
     let _second = crate::support::serve_roles(&env, "ingress", second, &[("CHATDESK_NODE_ID", "second")]).await;

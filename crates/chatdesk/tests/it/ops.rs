@@ -1,8 +1,8 @@
 //! The operators' tools as an SRE uses them after an incident: replaying a window into one
 //! group, redriving dead letters, honest lag, retention held back, the audit log, and refusals.
 
+use chatdesk_testkit::free_addr;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -14,10 +14,6 @@ use crate::standin::{Answer, StandIn};
 use crate::support::{Client, Env, generic_body, generic_inbox, login, post_generic, quick_claims, serve_roles};
 
 const SHIPPED_STREAMS: &str = include_str!("../../../../streams.toml");
-
-fn free_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap()
-}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64

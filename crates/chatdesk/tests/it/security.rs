@@ -250,7 +250,7 @@ async fn the_outbound_url_cannot_reach_internal_services() {
     .await;
     // Only the stand-in receiver is allowed, by host and port: not the rest of loopback.
     let allowed = receiver.url().trim_start_matches("http://").to_owned();
-    let http: std::net::SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let http: std::net::SocketAddr = chatdesk_testkit::free_addr();
     let _server =
         crate::support::serve_roles(&env, "ingress,writer,sender", http, &[("CHATDESK_OUTBOUND_ALLOW", &allowed)])
             .await;
@@ -642,7 +642,7 @@ async fn a_bot_token_never_appears_in_a_failure() {
     );
     // Nothing listens there: every call fails to connect.
     let nowhere = format!("http://127.0.0.1:{}", chatdesk_testkit::free_port());
-    let http: std::net::SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let http: std::net::SocketAddr = chatdesk_testkit::free_addr();
     let settings = [
         ("CHATDESK_TELEGRAM_API_URL", nowhere.as_str()),
         ("CHATDESK_SEND_MAX_ATTEMPTS", "2"),
@@ -1057,7 +1057,7 @@ async fn a_huge_answer_is_not_read_whole() {
         ],
     );
     let settings = [("CHATDESK_SEND_MAX_ATTEMPTS", "2"), ("CHATDESK_SEND_BACKOFF", "100ms")];
-    let http: std::net::SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let http: std::net::SocketAddr = chatdesk_testkit::free_addr();
     let server = crate::support::serve_roles(&env, "ingress,writer,sender", http, &settings).await;
     let pid = server.id().unwrap();
     let token = login(http, "owner@huge.test", "owner-pass-1").await.json()["token"].as_str().unwrap().to_owned();

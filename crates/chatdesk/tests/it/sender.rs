@@ -1,6 +1,7 @@
 //! Outbound delivery against provider stand-ins: bodies and auth, ticks, retries, throttling,
 //! failures, slow conversations, shared rate limits and a sender killed mid-flight.
 
+use chatdesk_testkit::free_addr;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,10 +21,6 @@ use crate::support::{
 };
 
 const WABA_PHONE: &str = "106540352242922";
-
-fn free_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap()
-}
 
 /// A tenant with an owner; returns (tenant id, API client).
 async fn owner(env: &Env, http: SocketAddr) -> (String, Client) {

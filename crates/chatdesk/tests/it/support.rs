@@ -69,13 +69,13 @@ impl Env {
 /// `chatdesk serve` with every role on a free port, with extra environment; returns once it is
 /// ready. The process is killed when the handle drops.
 pub async fn serve(env: &Env, extra_env: &[(&str, &str)]) -> (SocketAddr, Child) {
-    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let http: SocketAddr = chatdesk_testkit::free_addr();
     (http, serve_roles(env, "ingress,writer,gateway", http, extra_env).await)
 }
 
 /// `chatdesk serve --roles <roles>` on `http`; returns once it is ready.
 pub async fn serve_roles(env: &Env, roles: &str, http: SocketAddr, extra_env: &[(&str, &str)]) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_chatdesk"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatdesk"))
         .args(["serve", "--roles", roles, "--http", &http.to_string()])
         .env("REDIS_URL", &env.redis_url)
         .env("DATABASE_URL", &env.database_url)
@@ -91,8 +91,13 @@ pub async fn serve_roles(env: &Env, roles: &str, http: SocketAddr, extra_env: &[
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    chatdesk_testkit::wait_until("the API answers", Duration::from_secs(120), || async {
-        matches!(chatdesk_testkit::http_get(http, "/readyz").await, Ok((200, _)))
+    // The port is this test's alone (see chatdesk_testkit::free_port), so a ready answer there
+    // is this process's; one that exits instead fails the test at once, with its status.
+    chatdesk_testkit::wait_until("the API answers", Duration::from_secs(120), || {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("chatdesk serve --roles {roles} on {http} exited before it was ready: {status}");
+        }
+        async move { matches!(chatdesk_testkit::http_get(http, "/readyz").await, Ok((200, _))) }
     })
     .await;
     child

@@ -65,7 +65,7 @@ fn listening(port: u16) -> bool {
 async fn up_starts_private_servers_stops_them_and_reuses_their_data() {
     let dir = tempfile::Builder::new().prefix("chatdesk-up-").tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let http: SocketAddr = chatdesk_testkit::free_addr();
 
     let first = start(&data_dir, http, &[]).await;
     wait_ready(http, &data_dir).await;
@@ -201,7 +201,7 @@ async fn up_works_from_a_home_closed_to_other_users() {
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
     let data_dir = home.join("chatdesk/.chatdesk");
     let _cluster = LinkedCluster(data_dir.join("postgres"));
-    let http: SocketAddr = format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap();
+    let http: SocketAddr = chatdesk_testkit::free_addr();
 
     let up = start(&data_dir, http, &[]).await;
     wait_ready(http, &data_dir).await;

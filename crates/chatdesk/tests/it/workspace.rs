@@ -1,6 +1,7 @@
 //! The agent's workspace as agents meet it over REST and the WebSocket: private notes, labels,
 //! canned responses, the contact panel, search, inbox membership and round-robin routing.
 
+use chatdesk_testkit::free_addr;
 use std::net::SocketAddr;
 
 use serde_json::{Value, json};
@@ -10,10 +11,6 @@ use crate::standin::{Answer, StandIn};
 use crate::support::{
     Client, Env, admin, conversation_of, eventually, generic_body, login, metric, post_generic, serve_roles,
 };
-
-fn free_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", chatdesk_testkit::free_port()).parse().unwrap()
-}
 
 async fn client(http: SocketAddr, email: &str, password: &str) -> Client {
     let answer = login(http, email, password).await;
