@@ -1149,6 +1149,7 @@ pub async fn put_members(
     if !store::set_inbox_members(&state.db, principal.tenant, id, &users).await.map_err(ApiError::store)? {
         return Err(ApiError::invalid_field("user_ids", "every user must be an owner, admin or agent of this tenant"));
     }
+    announce_routing_change(&state, id).await;
     Ok(Json(Members { user_ids: users }))
 }
 
@@ -1262,7 +1263,17 @@ pub async fn put_routing(
     {
         return Err(ApiError::not_found("inbox"));
     }
+    announce_routing_change(&state, id).await;
     Ok(Json(request))
+}
+
+/// Routers keep each inbox's routing and members; they drop their copy when the inbox's change
+/// is announced, and one that misses it reads the inbox again within
+/// `chatdesk_workers::routing::ROUTING_MAX_AGE`.
+async fn announce_routing_change(state: &AppState, inbox: Uuid) {
+    if let Err(error) = state.inboxes.announce_change(inbox).await {
+        tracing::warn!(error = %error, %inbox, "cannot announce an inbox's routing change");
+    }
 }
 
 #[cfg(test)]

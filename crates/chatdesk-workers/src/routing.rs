@@ -8,9 +8,16 @@
 //! redelivered entry changes nothing twice. Every `conversation.assigned` (an agent's or the
 //! router's own) and every resolve moves the counts; the assignment the router decides is
 //! appended once, with an id derived from the entry that caused it.
+//!
+//! Each inbox's routing (mode, capacity, members) is kept in the process once read, so a new
+//! conversation costs no PostgreSQL query: the API announces a change of an inbox's routing or
+//! members on the inbox changes channel, and [`Router::listen`] drops that inbox's copy. As
+//! pub/sub loses announcements while a listener reconnects, a reconnect drops every copy, and
+//! none is used longer than [`ROUTING_MAX_AGE`].
 
-use std::sync::LazyLock;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use chatdesk_core::events::{Actor, ConversationAssigned, ConversationStatus, Event, SenderKind};
 use chatdesk_core::{Envelope, EventId, GroupName, KeyScheme, TenantId};
@@ -22,6 +29,12 @@ use uuid::Uuid;
 
 pub const GROUP: &str = "router";
 pub const ROUTED_TOTAL: &str = "chatdesk_router_assignments_total";
+pub const ROUTING_LOOKUPS_TOTAL: &str = "chatdesk_router_routing_lookups_total";
+
+/// The longest a kept copy of an inbox's routing is used without reading it again.
+pub const ROUTING_MAX_AGE: Duration = Duration::from_secs(60);
+/// Inboxes kept at most; past it the copies start over.
+const ROUTING_CAPACITY: usize = 10_000;
 
 pub fn describe() {
     metrics::describe_counter!(
@@ -29,10 +42,23 @@ pub fn describe() {
         metrics::Unit::Count,
         "Conversations the router decided on, by outcome: assigned, waiting (nobody online with room), reassigned (from an agent offline past the grace)"
     );
+    metrics::describe_counter!(
+        ROUTING_LOOKUPS_TOTAL,
+        metrics::Unit::Count,
+        "Inboxes' routing the router looked up for new conversations, by outcome: hit (kept in the process), miss (read from PostgreSQL)"
+    );
 }
 
 /// Inboxes' routing read once for a batch, by `(tenant, inbox)`.
-type Routings = std::collections::HashMap<(Uuid, Uuid), Option<store::RoutingRow>>;
+type Routings = HashMap<(Uuid, Uuid), Option<store::RoutingRow>>;
+
+/// The kept copies, and a count of the changes heard, so that a copy read while a change was
+/// announced is not kept.
+#[derive(Default)]
+struct RoutingCopies {
+    copies: HashMap<(Uuid, Uuid), (Instant, Option<store::RoutingRow>)>,
+    changes: u64,
+}
 
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6368_6174_6465_736b_2d72_6f75_7465_7200);
 
@@ -130,11 +156,80 @@ pub struct Router {
     db: chatdesk_store::Pool,
     keys: KeyScheme,
     producer: Producer,
+    routings: Arc<Mutex<RoutingCopies>>,
 }
 
 impl Router {
     pub fn new(redis: Client, db: chatdesk_store::Pool, keys: KeyScheme, producer: Producer) -> Self {
-        Self { redis, db, keys, producer }
+        Self { redis, db, keys, producer, routings: Arc::default() }
+    }
+
+    /// Drops the kept routing of `inbox` as its changes are announced, until cancelled; what
+    /// may have been missed (a reconnect, an unreadable announcement) drops every copy.
+    pub async fn listen(
+        self,
+        connector: chatdesk_streams::RedisConnector,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<(), Error> {
+        use chatdesk_streams::connection::Heard;
+        let channel = self.keys.inbox_changes_channel();
+        chatdesk_streams::connection::follow(&connector, &channel, &cancel, |heard| {
+            let inbox = match heard {
+                Heard::Message(text) => text.parse::<Uuid>().ok(),
+                Heard::Missed => None,
+            };
+            self.forget(inbox);
+        })
+        .await
+    }
+
+    /// Drops the kept routing of `inbox`, or of every inbox.
+    fn forget(&self, inbox: Option<Uuid>) {
+        let mut routings = self.routings.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        routings.changes += 1;
+        match inbox {
+            Some(inbox) => routings.copies.retain(|(_, kept), _| *kept != inbox),
+            None => routings.copies.clear(),
+        }
+    }
+
+    /// The routing of `inboxes`, from the kept copies or, for the rest, in one query.
+    async fn routings(&self, inboxes: &[(Uuid, Uuid)]) -> Result<Routings, HandlerError> {
+        let mut known = Routings::with_capacity(inboxes.len());
+        let mut missing = Vec::new();
+        let changes = {
+            let routings = self.routings.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for key in inboxes {
+                match routings.copies.get(key) {
+                    Some((read_at, routing)) if read_at.elapsed() < ROUTING_MAX_AGE => {
+                        known.insert(*key, routing.clone());
+                    }
+                    _ => missing.push(*key),
+                }
+            }
+            routings.changes
+        };
+        metrics::counter!(ROUTING_LOOKUPS_TOTAL, "outcome" => "hit").increment(known.len() as u64);
+        if missing.is_empty() {
+            return Ok(known);
+        }
+        metrics::counter!(ROUTING_LOOKUPS_TOTAL, "outcome" => "miss").increment(missing.len() as u64);
+        let read_at = Instant::now();
+        let read = store::inbox_routings(&self.db, &missing).await.map_err(store_down)?;
+        let mut routings = self.routings.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A change announced during the query may not be in what it read: use it for this batch
+        // only (the entries that caused it came before the change), and read it again next time.
+        let keep = routings.changes == changes;
+        if keep && routings.copies.len() + read.len() > ROUTING_CAPACITY {
+            routings.copies.clear();
+        }
+        for (key, routing) in read {
+            if keep {
+                routings.copies.insert(key, (read_at, routing.clone()));
+            }
+            known.insert(key, routing);
+        }
+        Ok(known)
     }
 
     /// The agents of the tenant with a live socket now (the gateways' presence set).
@@ -368,8 +463,8 @@ impl Handler for Router {
             // What does not decode is the writer's to dead-letter; routing skips it.
             .filter_map(|entry| Some((&entry.envelope, entry.envelope.event().ok()?)))
             .collect();
-        // The routing of every inbox with a new conversation in the batch, in one query: a burst
-        // of first messages from new customers would otherwise cost a query each.
+        // The routing of every inbox with a new conversation in the batch, kept or in one query:
+        // a burst of first messages from new customers would otherwise cost a query each.
         let mut inboxes: Vec<(Uuid, Uuid)> = events
             .iter()
             .filter_map(|(envelope, event)| match event {
@@ -379,7 +474,7 @@ impl Handler for Router {
             .collect();
         inboxes.sort_unstable();
         inboxes.dedup();
-        let known = store::inbox_routings(&self.db, &inboxes).await.map_err(store_down)?;
+        let known = self.routings(&inboxes).await?;
         // In order: a conversation's creation, assignment and resolve must be seen as they happened.
         for (envelope, event) in &events {
             self.handle_event(envelope, event, &known).await?;

@@ -317,6 +317,8 @@ pub async fn run(runtime: &Runtime, roles: &[Role], cancel: CancellationToken) -
                 let router_cancel = cancel.clone();
                 consumers
                     .push(("router", Box::pin(async move { router.run(router_cancel).await.map_err(Into::into) })));
+                let changes = routing.clone().listen(runtime.connector.clone(), cancel.clone());
+                consumers.push(("router-inbox-changes", Box::pin(async move { changes.await.map_err(Into::into) })));
                 let sweep_cancel = cancel.clone();
                 consumers.push((
                     "router-sweep",

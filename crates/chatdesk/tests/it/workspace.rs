@@ -426,7 +426,7 @@ async fn round_robin_gives_online_members_turns_up_to_their_capacity() {
             &env.user(&tenant_id, &format!("{name}@route.test"), &format!("{name}-pass-1"), "agent")["user_id"],
         ));
     }
-    env.user(&tenant_id, "dan@route.test", "dan-pass-1", "agent");
+    let dan_id = id(&env.user(&tenant_id, "dan@route.test", "dan-pass-1", "agent")["user_id"]);
     let inbox = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "Queue"]);
     let inbox_id = id(&inbox["inbox_id"]);
     let open = admin(&env, &["inbox", "create", "--tenant", &tenant_id, "--kind", "generic", "--name", "Open"]);
@@ -610,6 +610,44 @@ async fn round_robin_gives_online_members_turns_up_to_their_capacity() {
         })
         .await;
     assert_eq!(waiting["items"][0]["contact"]["external_id"], "cust-34");
+
+    // The router keeps each inbox's routing once read; a change of members or routing reaches
+    // it at once, not when its copy ages out.
+    let hits = r#"chatdesk_router_routing_lookups_total{outcome="hit"}"#;
+    assert!(metric(http, hits).await > 0.0, "the router read the inbox's routing for every conversation");
+    let with_dan = json!({"user_ids": [members[0], members[1], members[2], dan_id]});
+    assert_eq!(owner.call("PUT", &format!("/v1/inboxes/{inbox_id}/members"), Some(with_dan)).await.status, 200);
+    let assignee_of = |external: &'static str| {
+        let owner = &owner;
+        let list = list.clone();
+        async move {
+            let page = eventually(owner, &list, external, |page| {
+                page["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|item| item["contact"]["external_id"] == external && item["assignee_id"].is_string())
+            })
+            .await;
+            let items = page["items"].as_array().unwrap();
+            let item = items.iter().find(|item| item["contact"]["external_id"] == external).unwrap();
+            id(&item["assignee_id"])
+        }
+    };
+    webhook(http, &inbox, "r-35", "cust-35", "a new member is online").await;
+    assert_eq!(assignee_of("cust-35").await, dan_id);
+    let without_dan = json!({"user_ids": [members[0], members[1]]});
+    assert_eq!(owner.call("PUT", &format!("/v1/inboxes/{inbox_id}/members"), Some(without_dan)).await.status, 200);
+    webhook(http, &inbox, "r-36", "cust-36", "only full members left").await;
+    chatdesk_testkit::eventually("the router's decision", std::time::Duration::from_secs(30), || async {
+        (metric(http, waited).await == 2.0).then_some(())
+    })
+    .await;
+    let roomier = json!({"mode": "round_robin", "agent_capacity": 11});
+    assert_eq!(owner.call("PUT", &format!("/v1/inboxes/{inbox_id}/routing"), Some(roomier)).await.status, 200);
+    webhook(http, &inbox, "r-37", "cust-37", "room again").await;
+    let chosen = assignee_of("cust-37").await;
+    assert!(chosen == members[0] || chosen == members[1], "{chosen} is not one of the members left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
