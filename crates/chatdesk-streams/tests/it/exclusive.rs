@@ -87,3 +87,76 @@ async fn one_process_at_a_time_reads_a_partition_in_order_and_hands_it_over() {
     a.await.unwrap().unwrap();
     b.await.unwrap().unwrap();
 }
+
+/// Appends an entry and reads it for consumer `old` of the group in one transaction, so no
+/// blocked reader of the group gets it first: a read that landed after its lease lapsed.
+async fn read_for_old(setup: &Setup, key: &str, sequence: u64) -> EntryId {
+    use fred::prelude::*;
+    let late = crate::support::entry(sequence, false);
+    let fields: Vec<(String, String)> =
+        late.encode().into_iter().map(|(field, value)| (field.to_owned(), value)).collect();
+    let transaction = setup.client.multi();
+    let _: () = transaction.xadd(key, false, None, "*", fields).await.unwrap();
+    let _: () = transaction
+        .custom(fred::cmd!("XREADGROUP"), vec!["GROUP", "workers", "old", "COUNT", "10", "STREAMS", key, ">"])
+        .await
+        .unwrap();
+    // The holder may take the entry over at once: its id comes from the XADD's own reply.
+    let (id, _read): (String, Value) = transaction.exec(true).await.unwrap();
+    id.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holder_handles_what_another_consumer_held_first_and_takes_a_late_read_over() {
+    use fred::prelude::*;
+    let redis = chatdesk_testkit::redis().await;
+    // Claims of idle entries come too late to matter here: only the take-over finds them.
+    let config = crate::support::CONFIG
+        .replace("partitions = 8", "partitions = 1")
+        .replace("claim_idle = \"1500ms\"", "claim_idle = \"5m\"")
+        .replace(
+            "[streams.events.groups.workers]\n",
+            "[streams.events.groups.workers]\nexclusive = true\nbatch_size = 7\n",
+        );
+    let setup = Setup::with_config(redis.url(), &config).await;
+    let stream = setup.config.stream("events").unwrap();
+    let key = setup.keys.partition(&stream.name, 0).stream;
+    // A consumer that read ten entries and vanished without its lease: they are pending for it.
+    let _: Value = setup
+        .client
+        .custom(fred::cmd!("XGROUP"), vec!["CREATE", key.as_str(), "workers", "0", "MKSTREAM"])
+        .await
+        .unwrap();
+    for sequence in 0..20 {
+        setup.producer.append_to_partition("events", 0, &crate::support::entry(sequence, false)).await.unwrap();
+    }
+    let _: Value = setup
+        .client
+        .custom(fred::cmd!("XREADGROUP"), vec!["GROUP", "workers", "old", "COUNT", "10", "STREAMS", key.as_str(), ">"])
+        .await
+        .unwrap();
+
+    let ordered = Ordered::default();
+    let stop = CancellationToken::new();
+    let holder = tokio::spawn(setup.consumer("new", Named("new".into(), ordered.clone())).run(stop.clone()));
+    let handled = |count: usize| {
+        let ordered = ordered.clone();
+        async move { ordered.handled.lock().unwrap().len() >= count }
+    };
+    chatdesk_testkit::wait_until("the first twenty handled", Duration::from_secs(30), || handled(20)).await;
+    let ids: Vec<EntryId> = ordered.handled.lock().unwrap().iter().map(|(id, _)| *id).collect();
+    assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "the other consumer's entries first, in order: {ids:?}");
+
+    // While it holds the partition, a read for the vanished consumer lands late: the holder
+    // takes it over at its next turn and handles it.
+    let late = read_for_old(&setup, &key, 20).await;
+    chatdesk_testkit::wait_until("the late read handled", Duration::from_secs(30), || {
+        let ordered = ordered.clone();
+        async move { ordered.handled.lock().unwrap().iter().any(|(id, _)| *id == late) }
+    })
+    .await;
+    setup.wait_pending_zero().await;
+    assert_eq!(ordered.handled.lock().unwrap().len(), 21, "each entry handled once");
+    stop.cancel();
+    holder.await.unwrap().unwrap();
+}
