@@ -85,9 +85,9 @@ impl InboxCache {
         Ok(())
     }
 
-    /// Drops changed inboxes as they are announced, until cancelled. What was cached before
-    /// the subscription took effect (moments of start-up) is still bounded by MAX_AGE; a
-    /// reconnect, which may have lost announcements, drops everything.
+    /// Drops changed inboxes as they are announced, until cancelled. Once the subscription is
+    /// in place, and after every reconnect (either may have missed announcements), it drops
+    /// everything.
     pub async fn listen(self, connector: RedisConnector, cancel: CancellationToken) -> Result<(), Error> {
         let channel = self.keys.inbox_changes_channel();
         chatdesk_streams::connection::follow(&connector, &channel, &cancel, |heard| match heard {

@@ -164,7 +164,8 @@ pub enum Heard {
 }
 
 /// Subscribes to `channel` on a connection of its own (subscribing again after reconnects) and
-/// calls `on` with what it hears, until cancelled.
+/// calls `on` with what it hears, until cancelled. It hears [`Heard::Missed`] first, once the
+/// subscription is in place: what was kept before may have missed a message.
 pub async fn follow(
     connector: &RedisConnector,
     channel: &str,
@@ -175,6 +176,7 @@ pub async fn follow(
     let mut messages = client.message_rx();
     let mut reconnects = client.reconnect_rx();
     client.subscribe(channel).await?;
+    on(Heard::Missed);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,

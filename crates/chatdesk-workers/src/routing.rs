@@ -12,8 +12,9 @@
 //! Each inbox's routing (mode, capacity, members) is kept in the process once read, so a new
 //! conversation costs no PostgreSQL query: the API announces a change of an inbox's routing or
 //! members on the inbox changes channel, and [`Router::listen`] drops that inbox's copy. As
-//! pub/sub loses announcements while a listener reconnects, a reconnect drops every copy, and
-//! none is used longer than [`ROUTING_MAX_AGE`].
+//! pub/sub loses announcements until a listener has subscribed and while it reconnects, each
+//! subscription drops every copy; none is used longer than [`ROUTING_MAX_AGE`] (an announcement
+//! Redis did not take).
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -52,12 +53,23 @@ pub fn describe() {
 /// Inboxes' routing read once for a batch, by `(tenant, inbox)`.
 type Routings = HashMap<(Uuid, Uuid), Option<store::RoutingRow>>;
 
-/// The kept copies, and a count of the changes heard, so that a copy read while a change was
-/// announced is not kept.
+/// The kept copies, by inbox, and counts of the changes heard, so that a copy read while its
+/// inbox's change was announced is not kept.
 #[derive(Default)]
 struct RoutingCopies {
-    copies: HashMap<(Uuid, Uuid), (Instant, Option<store::RoutingRow>)>,
-    changes: u64,
+    /// By inbox: its tenant, when it was read, and what was read.
+    copies: HashMap<Uuid, (Uuid, Instant, Option<store::RoutingRow>)>,
+    /// Changes heard per inbox.
+    changes: HashMap<Uuid, u64>,
+    /// Times every copy was dropped at once.
+    drops: u64,
+}
+
+impl RoutingCopies {
+    /// What has to stay the same while `inbox` is read for its copy to be kept.
+    fn version(&self, inbox: Uuid) -> (u64, u64) {
+        (self.drops, self.changes.get(&inbox).copied().unwrap_or(0))
+    }
 }
 
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6368_6174_6465_736b_2d72_6f75_7465_7200);
@@ -186,10 +198,16 @@ impl Router {
     /// Drops the kept routing of `inbox`, or of every inbox.
     fn forget(&self, inbox: Option<Uuid>) {
         let mut routings = self.routings.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        routings.changes += 1;
         match inbox {
-            Some(inbox) => routings.copies.retain(|(_, kept), _| *kept != inbox),
-            None => routings.copies.clear(),
+            Some(inbox) if routings.changes.len() < ROUTING_CAPACITY => {
+                routings.copies.remove(&inbox);
+                *routings.changes.entry(inbox).or_default() += 1;
+            }
+            _ => {
+                routings.copies.clear();
+                routings.changes.clear();
+                routings.drops += 1;
+            }
         }
     }
 
@@ -197,37 +215,37 @@ impl Router {
     async fn routings(&self, inboxes: &[(Uuid, Uuid)]) -> Result<Routings, HandlerError> {
         let mut known = Routings::with_capacity(inboxes.len());
         let mut missing = Vec::new();
-        let changes = {
+        {
             let routings = self.routings.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            for key in inboxes {
-                match routings.copies.get(key) {
-                    Some((read_at, routing)) if read_at.elapsed() < ROUTING_MAX_AGE => {
-                        known.insert(*key, routing.clone());
+            for &(tenant, inbox) in inboxes {
+                match routings.copies.get(&inbox) {
+                    Some((of, read_at, routing)) if *of == tenant && read_at.elapsed() < ROUTING_MAX_AGE => {
+                        known.insert((tenant, inbox), routing.clone());
                     }
-                    _ => missing.push(*key),
+                    _ => missing.push(((tenant, inbox), routings.version(inbox))),
                 }
             }
-            routings.changes
-        };
+        }
         metrics::counter!(ROUTING_LOOKUPS_TOTAL, "outcome" => "hit").increment(known.len() as u64);
         if missing.is_empty() {
             return Ok(known);
         }
         metrics::counter!(ROUTING_LOOKUPS_TOTAL, "outcome" => "miss").increment(missing.len() as u64);
         let read_at = Instant::now();
-        let read = store::inbox_routings(&self.db, &missing).await.map_err(store_down)?;
+        let keys: Vec<(Uuid, Uuid)> = missing.iter().map(|(key, _)| *key).collect();
+        let mut read = store::inbox_routings(&self.db, &keys).await.map_err(store_down)?;
         let mut routings = self.routings.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        // A change announced during the query may not be in what it read: use it for this batch
-        // only (the entries that caused it came before the change), and read it again next time.
-        let keep = routings.changes == changes;
-        if keep && routings.copies.len() + read.len() > ROUTING_CAPACITY {
+        if routings.copies.len() + missing.len() > ROUTING_CAPACITY {
             routings.copies.clear();
         }
-        for (key, routing) in read {
-            if keep {
-                routings.copies.insert(key, (read_at, routing.clone()));
+        for ((tenant, inbox), version) in missing {
+            let routing = read.remove(&(tenant, inbox)).flatten();
+            // A change of this inbox announced during the query may not be in what it read: use
+            // it for this batch only (the entries that caused it came before the change).
+            if routings.version(inbox) == version {
+                routings.copies.insert(inbox, (tenant, read_at, routing.clone()));
             }
-            known.insert(key, routing);
+            known.insert((tenant, inbox), routing);
         }
         Ok(known)
     }
