@@ -288,7 +288,8 @@ impl Router {
         let routing = match known.get(&(tenant.0, inbox)) {
             Some(routing) => routing.as_ref(),
             None => {
-                read = store::inbox_routing(&self.db, tenant.0, inbox).await.map_err(store_down)?;
+                // A reopened conversation's inbox: kept like the others.
+                read = self.routings(&[(tenant.0, inbox)]).await?.remove(&(tenant.0, inbox)).flatten();
                 read.as_ref()
             }
         };
