@@ -377,6 +377,51 @@ pub fn cpu_shares(
         .join(", ")
 }
 
+/// The whole machine's CPU time so far, from the `cpu` line of `/proc/stat` (every core, in
+/// clock ticks): a figure whose processes add up to less than the cores may still have queued for
+/// them, when something else (the kernel's interrupts, another program) took the rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineCpu {
+    /// Ticks running anything: user, nice, system, interrupts, soft interrupts, steal.
+    pub busy: u64,
+    /// Ticks idle or waiting for I/O.
+    pub idle: u64,
+}
+
+impl MachineCpu {
+    pub fn read() -> anyhow::Result<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat")?)
+    }
+
+    fn parse(stat: &str) -> anyhow::Result<Self> {
+        let line = stat.lines().find(|line| line.starts_with("cpu ")).context("no `cpu` line in /proc/stat")?;
+        let ticks = line
+            .split_whitespace()
+            .skip(1)
+            .map(|field| field.parse::<u64>().with_context(|| format!("`{field}` in /proc/stat's cpu line")))
+            .collect::<anyhow::Result<Vec<u64>>>()?;
+        if ticks.len() < 4 {
+            bail!("/proc/stat's cpu line has {} fields, expected at least 4", ticks.len());
+        }
+        let at = |index: usize| ticks.get(index).copied().unwrap_or(0);
+        // user nice system idle iowait irq softirq steal; guest time is already counted in user.
+        Ok(Self { busy: at(0) + at(1) + at(2) + at(5) + at(6) + at(7), idle: at(3) + at(4) })
+    }
+
+    /// The share of every core's time that was busy since `earlier` (1.0: all of them, all the
+    /// time).
+    pub fn busy_since(&self, earlier: &MachineCpu) -> f64 {
+        let busy = self.busy.saturating_sub(earlier.busy) as f64;
+        let total = busy + self.idle.saturating_sub(earlier.idle) as f64;
+        if total == 0.0 { 0.0 } else { busy / total }
+    }
+}
+
+/// The cores this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 /// `redis-benchmark` XADD requests per second against the server on `port`, with `pipeline`
 /// commands per round trip from `clients` connections.
 pub fn redis_benchmark(port: u16, requests: u64, pipeline: u32, clients: u32) -> anyhow::Result<f64> {
@@ -493,5 +538,25 @@ impl SplitMix64 {
 
     pub fn between(&mut self, low: f64, high: f64) -> f64 {
         low + (self.next() as f64 / u64::MAX as f64) * (high - low)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MachineCpu;
+
+    #[test]
+    fn the_machine_cpu_is_read_from_proc_stat() {
+        let stat = "cpu  100 5 50 800 40 3 2 0 7 0\ncpu0 50 2 25 400 20 1 1 0 0 0\nintr 1 2 3\n";
+        let earlier = MachineCpu::parse(stat).unwrap();
+        assert_eq!(earlier, MachineCpu { busy: 160, idle: 840 });
+        let later = MachineCpu::parse("cpu  160 5 80 850 50 3 12 0 0 0\n").unwrap();
+        // 100 busy ticks and 60 idle ones since.
+        assert!((later.busy_since(&earlier) - 100.0 / 160.0).abs() < 1e-9);
+        assert_eq!(earlier.busy_since(&earlier), 0.0);
+        assert!(MachineCpu::parse("intr 1 2\n").unwrap_err().to_string().contains("no `cpu` line"));
+        assert!(MachineCpu::parse("cpu  1 x 3 4\n").unwrap_err().to_string().contains("`x`"));
+        assert!(MachineCpu::parse("cpu  1 2\n").unwrap_err().to_string().contains("2 fields"));
+        assert!(MachineCpu::read().is_ok());
     }
 }
