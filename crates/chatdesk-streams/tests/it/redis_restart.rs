@@ -54,6 +54,7 @@ async fn every_acknowledged_entry_is_handled_once_across_a_redis_crash() {
     server.kill().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.restart().await.expect("redis restarts from its AOF");
+    let at_restart = acknowledged.lock().unwrap().len();
     restarted.store(true, Ordering::Relaxed);
 
     producer.await.unwrap();
@@ -68,5 +69,12 @@ async fn every_acknowledged_entry_is_handled_once_across_a_redis_crash() {
         consumer.await.unwrap();
     }
     assert!(record.handled_more_than_once().is_empty(), "handled twice: {:?}", record.handled_more_than_once());
-    assert!(*failures.lock().unwrap() > 0, "the crash should have been noticed by the producer");
+    // The crash fell inside the appends: an append in flight at the kill fails, and one made while
+    // the connection was down waits for the reconnection, so either some failed or some were
+    // acknowledged only after the restart.
+    assert!(
+        *failures.lock().unwrap() > 0 || acknowledged.len() > at_restart,
+        "the producer should have appended across the crash ({} acknowledged, {at_restart} at the restart)",
+        acknowledged.len()
+    );
 }
