@@ -30,8 +30,8 @@ use chatdesk_core::Envelope;
 use chatdesk_core::events::{Actor, Event, SenderKind, Typing};
 use chatdesk_core::{KeyScheme, StreamsConfig, TenantId};
 use chatdesk_load_tests::{
-    Connection, Histogram, MachineCpu, Up, chatdesk_binary, cores, cpu_seconds, cpu_shares, histogram, node_peer,
-    percentile, run_node_peer, scrape, tree_cpu_seconds,
+    Connection, Histogram, MachineCpu, Up, chatdesk_binary, cpu_seconds, cpu_shares, histogram, node_peer, percentile,
+    run_node_peer, scrape, tree_cpu_seconds,
 };
 use chatdesk_streams::{Producer, RedisConnector, RedisSettings};
 use clap::Parser;
@@ -470,7 +470,7 @@ async fn main() -> anyhow::Result<()> {
         let sent = post_at_rate(address, &tenants, rate, total, begin, sequence).await?;
         let elapsed = begin.elapsed();
         // While sending only: the per-process shares below also count the drain after it.
-        let busy = MachineCpu::read()?.busy_since(&machine);
+        let machine = (MachineCpu::read()?.busy_since(&machine), machine.cores);
         sequence += total;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut measured: Vec<Duration> = frames.lock().await.iter().map(|frame| frame.latency).collect();
@@ -494,7 +494,8 @@ async fn main() -> anyhow::Result<()> {
         let wall = cpu.2.elapsed().as_secs_f64();
         let generator = (cpu_seconds(std::process::id())? - cpu.0) / wall;
         let servers = cpu_shares(&cpu.1, &tree_cpu_seconds(server), wall);
-        let servers = format!("{servers}; the machine's {} cores {:.0}% busy while sending", cores(), busy * 100.0);
+        let servers =
+            format!("{servers}; the machine's {} cores {:.0}% busy while sending", machine.1, machine.0 * 100.0);
         breakdowns.push((rate, Breakdown::between(&scraped, &scrape(address).await?, &measured), generator, servers));
     }
     println!();

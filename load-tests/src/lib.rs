@@ -386,6 +386,8 @@ pub struct MachineCpu {
     pub busy: u64,
     /// Ticks idle or waiting for I/O.
     pub idle: u64,
+    /// The cores the ticks are summed over (the `cpuN` lines).
+    pub cores: usize,
 }
 
 impl MachineCpu {
@@ -405,7 +407,8 @@ impl MachineCpu {
         }
         let at = |index: usize| ticks.get(index).copied().unwrap_or(0);
         // user nice system idle iowait irq softirq steal; guest time is already counted in user.
-        Ok(Self { busy: at(0) + at(1) + at(2) + at(5) + at(6) + at(7), idle: at(3) + at(4) })
+        let cores = stat.lines().filter(|line| line.starts_with("cpu") && !line.starts_with("cpu ")).count();
+        Ok(Self { busy: at(0) + at(1) + at(2) + at(5) + at(6) + at(7), idle: at(3) + at(4), cores: cores.max(1) })
     }
 
     /// The share of every core's time that was busy since `earlier` (1.0: all of them, all the
@@ -415,11 +418,6 @@ impl MachineCpu {
         let total = busy + self.idle.saturating_sub(earlier.idle) as f64;
         if total == 0.0 { 0.0 } else { busy / total }
     }
-}
-
-/// The cores this process may run on.
-pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// `redis-benchmark` XADD requests per second against the server on `port`, with `pipeline`
@@ -549,7 +547,7 @@ mod tests {
     fn the_machine_cpu_is_read_from_proc_stat() {
         let stat = "cpu  100 5 50 800 40 3 2 0 7 0\ncpu0 50 2 25 400 20 1 1 0 0 0\nintr 1 2 3\n";
         let earlier = MachineCpu::parse(stat).unwrap();
-        assert_eq!(earlier, MachineCpu { busy: 160, idle: 840 });
+        assert_eq!(earlier, MachineCpu { busy: 160, idle: 840, cores: 1 });
         let later = MachineCpu::parse("cpu  160 5 80 850 50 3 12 0 0 0\n").unwrap();
         // 100 busy ticks and 60 idle ones since.
         assert!((later.busy_since(&earlier) - 100.0 / 160.0).abs() < 1e-9);
