@@ -46,7 +46,7 @@ pub fn describe() {
     metrics::describe_counter!(
         ROUTING_LOOKUPS_TOTAL,
         metrics::Unit::Count,
-        "Inboxes' routing the router looked up for new conversations, by outcome: hit (kept in the process), miss (read from PostgreSQL)"
+        "Inboxes' routing the router looked up (new and reopened conversations, the offline sweep), by outcome: hit (kept in the process), miss (read from PostgreSQL)"
     );
 }
 
@@ -339,12 +339,16 @@ impl Router {
 
     async fn sweep_once(&self) -> Result<(), HandlerError> {
         let inboxes = store::reassigning_inboxes(&self.db).await.map_err(store_down)?;
+        // Their members from the kept copies, like a new conversation's: no query per inbox and
+        // second.
+        let keys: Vec<(Uuid, Uuid)> = inboxes.iter().map(|(tenant, inbox, ..)| (*tenant, *inbox)).collect();
+        let mut routings = self.routings(&keys).await?;
         let now = chatdesk_core::envelope::now_ms();
         for (tenant, inbox, capacity, seconds) in inboxes {
-            let tenant = TenantId(tenant);
-            let Some(routing) = store::inbox_routing(&self.db, tenant.0, inbox).await.map_err(store_down)? else {
+            let Some(routing) = routings.remove(&(tenant, inbox)).flatten() else {
                 continue;
             };
+            let tenant = TenantId(tenant);
             let online = self.online(&tenant).await.map_err(redis_down)?;
             let key = self.keys.routing(&tenant);
             // Back online: the grace starts afresh next time.
