@@ -22,6 +22,9 @@ export function mount(container, context, [selected] = []) {
   let wanted = null;
   let disposed = false;
   let listed = false;
+  // The page last drawn by a reload: a look again that finds the same page leaves the list's
+  // elements in place (a click or hover on one is not lost to a redraw).
+  let drawn = null;
 
   const list = h('ul', { class: 'conversations', id: 'conversation-list', 'aria-label': 'Conversations' });
   const status = h('div', { class: 'list-status' });
@@ -65,8 +68,12 @@ export function mount(container, context, [selected] = []) {
     }, candidate.label)));
   }
 
-  function renderList() {
+  function renderStatus() {
     status.replaceChildren(items.length || !listed ? '' : notice('No conversations here yet.'));
+  }
+
+  function renderList() {
+    renderStatus();
     list.replaceChildren(...items.map((item) => {
       const name = item.contact.name || item.contact.external_id;
       return h('li', {},
@@ -101,7 +108,13 @@ export function mount(container, context, [selected] = []) {
       items = page.items;
       listed = true;
       context.notifier?.learn(items);
-      renderList();
+      const seen = JSON.stringify(items);
+      if (seen !== drawn) {
+        drawn = seen;
+        renderList();
+      } else {
+        renderStatus();
+      }
       // PostgreSQL trails the stream by a moment. A new message: look again until it is there.
       // Any other change (status, assignment) cannot be recognised in a page: look a few times.
       const arrived = (item) => item.id === wanted.conversation
