@@ -470,7 +470,7 @@ async fn main() -> anyhow::Result<()> {
         let sent = post_at_rate(address, &tenants, rate, total, begin, sequence).await?;
         let elapsed = begin.elapsed();
         // While sending only: the per-process shares below also count the drain after it.
-        let machine = (MachineCpu::read()?.busy_since(&machine), machine.cores);
+        let busy = MachineCpu::read()?.busy_since(&machine);
         sequence += total;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut measured: Vec<Duration> = frames.lock().await.iter().map(|frame| frame.latency).collect();
@@ -495,7 +495,7 @@ async fn main() -> anyhow::Result<()> {
         let generator = (cpu_seconds(std::process::id())? - cpu.0) / wall;
         let servers = cpu_shares(&cpu.1, &tree_cpu_seconds(server), wall);
         let servers =
-            format!("{servers}; the machine's {} cores {:.0}% busy while sending", machine.1, machine.0 * 100.0);
+            format!("{servers}; the machine's {} cores {:.0}% busy while sending", machine.cores, busy * 100.0);
         breakdowns.push((rate, Breakdown::between(&scraped, &scrape(address).await?, &measured), generator, servers));
     }
     println!();
